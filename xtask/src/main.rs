@@ -1,1 +1,52 @@
-fn main() {}
+//! Project automation for mfp.
+//!
+//! ```text
+//! cargo xtask ci               fmt, clippy, tests, doc tests, docs, vectors — fail fast
+//! cargo xtask vectors [FILE]   check the implementation against a vectors file
+//! ```
+#![forbid(unsafe_code)]
+
+mod ci;
+mod vectors;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn usage() -> ExitCode {
+    eprintln!("usage: cargo xtask <ci | vectors [FILE]>");
+    ExitCode::from(2)
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub(crate) fn workspace_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(PathBuf::from).unwrap_or(here)
+}
+
+/// The default vectors file: `../shared/protocol/vectors.json` beside the workspace,
+/// or `$MFP_VECTORS` when set.
+pub(crate) fn default_vectors() -> PathBuf {
+    match std::env::var_os("MFP_VECTORS") {
+        Some(p) => PathBuf::from(p),
+        None => workspace_root().join("../shared/protocol/vectors.json"),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci::run(),
+        Some("vectors") => {
+            let path = args.get(1).map(PathBuf::from).unwrap_or_else(default_vectors);
+            match vectors::run_file(&path) {
+                Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("vectors: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => usage(),
+    }
+}

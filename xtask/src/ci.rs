@@ -1,0 +1,72 @@
+//! `cargo xtask ci`: every check CI runs, in order, stopping at the first failure.
+
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use crate::{default_vectors, vectors, workspace_root};
+
+struct Step {
+    name: &'static str,
+    program: &'static str,
+    args: Vec<&'static str>,
+    env: Vec<(&'static str, &'static str)>,
+}
+
+fn step(name: &'static str, args: &[&'static str]) -> Step {
+    Step { name, program: "cargo", args: args.to_vec(), env: Vec::new() }
+}
+
+fn have_nextest() -> bool {
+    Command::new("cargo").args(["nextest", "--version"]).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+pub(crate) fn run() -> ExitCode {
+    let root = workspace_root();
+    let started = Instant::now();
+    let mut steps = vec![
+        step("fmt", &["fmt", "--all", "--check"]),
+        step("clippy", &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]),
+    ];
+    if have_nextest() {
+        steps.push(step("tests", &["nextest", "run", "--workspace", "--locked", "--no-fail-fast"]));
+    } else {
+        steps.push(step("tests", &["test", "--workspace", "--locked", "--no-fail-fast"]));
+    }
+    steps.push(step("doc tests", &["test", "--workspace", "--doc", "--locked"]));
+    let mut doc = step("docs", &["doc", "--workspace", "--no-deps", "--locked"]);
+    doc.env.push(("RUSTDOCFLAGS", "-D warnings"));
+    steps.push(doc);
+
+    let total = steps.len() + 1;
+    let mut passed = 0usize;
+    for s in &steps {
+        println!("==> ci: {} (cargo {})", s.name, s.args.join(" "));
+        let t = Instant::now();
+        let status = Command::new(s.program).args(&s.args).envs(s.env.iter().copied()).current_dir(&root).status();
+        match status {
+            Ok(st) if st.success() => {
+                passed += 1;
+                println!("==> ci: {} ok ({:.1} s)", s.name, t.elapsed().as_secs_f64());
+            }
+            Ok(st) => return fail(s.name, &format!("exit status {st}"), passed, total),
+            Err(e) => return fail(s.name, &format!("could not start cargo: {e}"), passed, total),
+        }
+    }
+
+    let path = default_vectors();
+    println!("==> ci: vectors ({})", path.display());
+    match vectors::run_file(&path) {
+        Ok(summary) if summary.failed == 0 => passed += 1,
+        Ok(summary) => return fail("vectors", &format!("{} checks failed", summary.failed), passed, total),
+        Err(e) => return fail("vectors", &e, passed, total),
+    }
+    println!("==> ci: all steps passed in {:.1} s", started.elapsed().as_secs_f64());
+    println!("ci: {passed} passed, 0 failed");
+    ExitCode::SUCCESS
+}
+
+fn fail(name: &str, why: &str, passed: usize, total: usize) -> ExitCode {
+    eprintln!("==> ci: step '{name}' failed: {why}");
+    println!("ci: {passed} passed, 1 failed, {} skipped", total - passed - 1);
+    ExitCode::FAILURE
+}
