@@ -1,0 +1,343 @@
+//! Agent records, handlers and the per-agent delivery worker.
+//!
+//! Each agent owns a bounded mailbox. A worker task drains it and runs the agent's handler
+//! one message at a time, so messages reach a handler in the order they were queued (and
+//! per channel, in send order). Sync handlers run on tokio's blocking pool, draining as
+//! many queued messages as are available per hand-off; async handlers run on the worker
+//! task under `tokio::time::timeout`. A panicking handler is caught and counted; a handler
+//! that exceeds `agent_timeout` gets its agent quarantined. Neither stalls other agents.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use mfp_core::{AgentId, ChannelId};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::channel::RateWindow;
+use crate::handle::AgentHandle;
+use crate::hooks::DeliveryFailure;
+use crate::runtime::Inner;
+use crate::types::{AgentState, DeliveredMessage};
+
+/// A boxed, sendable future returned by async handlers.
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// An agent's async handler.
+///
+/// ```
+/// use mfp_runtime::{AgentHandle, AsyncHandler, DeliveredMessage};
+///
+/// struct Echo;
+/// impl AsyncHandler for Echo {
+///     async fn handle(&self, agent: AgentHandle, msg: DeliveredMessage) {
+///         // Reply on the same channel; replying from a handler never deadlocks.
+///         let _ = agent.send_async(msg.channel, &msg.payload).await;
+///     }
+/// }
+/// ```
+pub trait AsyncHandler: Send + Sync + 'static {
+    /// Handles one delivered message.
+    fn handle(&self, agent: AgentHandle, message: DeliveredMessage) -> impl Future<Output = ()> + Send;
+}
+
+type SyncFn = dyn Fn(&AgentHandle, DeliveredMessage) + Send + Sync + 'static;
+type AsyncFn = dyn Fn(AgentHandle, DeliveredMessage) -> BoxFuture + Send + Sync + 'static;
+
+/// How an agent processes messages.
+#[derive(Clone)]
+pub(crate) enum Handler {
+    Sync(Arc<SyncFn>),
+    Async(Arc<AsyncFn>),
+}
+
+impl Handler {
+    pub(crate) fn from_sync<F>(f: F) -> Self
+    where
+        F: Fn(&AgentHandle, DeliveredMessage) + Send + Sync + 'static,
+    {
+        Handler::Sync(Arc::new(f))
+    }
+
+    pub(crate) fn from_async<H: AsyncHandler>(h: H) -> Self {
+        let h = Arc::new(h);
+        Handler::Async(Arc::new(move |agent, msg| {
+            let h = Arc::clone(&h);
+            Box::pin(async move { h.handle(agent, msg).await })
+        }))
+    }
+
+    pub(crate) fn from_async_fn<F, Fut>(f: F) -> Self
+    where
+        F: Fn(AgentHandle, DeliveredMessage) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Handler::Async(Arc::new(move |agent, msg| Box::pin(f(agent, msg))))
+    }
+}
+
+/// How a delivery ended, for senders that wait for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Done,
+    Panicked,
+    TimedOut,
+}
+
+/// One queued message.
+pub(crate) struct Delivery {
+    pub(crate) msg: DeliveredMessage,
+    pub(crate) done: Option<oneshot::Sender<Outcome>>,
+}
+
+/// Worker control signal.
+pub(crate) const RUN: u8 = 0;
+/// Deliver what is queued, then stop.
+pub(crate) const DRAIN: u8 = 1;
+/// Stop now; drop what is queued.
+pub(crate) const STOP: u8 = 2;
+
+/// Mutable bookkeeping of an agent (guarded; never held across a channel lock).
+pub(crate) struct AgentAdmin {
+    pub(crate) channels: Vec<ChannelId>,
+    pub(crate) quarantine_reason: String,
+}
+
+/// Everything the runtime knows about one agent.
+pub(crate) struct AgentRecord {
+    pub(crate) id: AgentId,
+    pub(crate) name: Option<String>,
+    state: AtomicU8,
+    pub(crate) admin: Mutex<AgentAdmin>,
+    pub(crate) tx: mpsc::Sender<Delivery>,
+    pub(crate) rate: Mutex<RateWindow>,
+    pub(crate) messages_sent: AtomicU64,
+    pub(crate) control: watch::Sender<u8>,
+    /// Microseconds since the runtime's epoch at which the current handler call started
+    /// (0 = not in a handler).
+    pub(crate) in_handler_since: AtomicU64,
+}
+
+impl AgentRecord {
+    pub(crate) fn new(
+        id: AgentId,
+        name: Option<String>,
+        capacity: usize,
+    ) -> (Arc<Self>, mpsc::Receiver<Delivery>, watch::Receiver<u8>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let (control, control_rx) = watch::channel(RUN);
+        let rec = Arc::new(Self {
+            id,
+            name,
+            state: AtomicU8::new(AgentState::Bound.to_u8()),
+            admin: Mutex::new(AgentAdmin { channels: Vec::new(), quarantine_reason: String::new() }),
+            tx,
+            rate: Mutex::new(RateWindow::default()),
+            messages_sent: AtomicU64::new(0),
+            control,
+            in_handler_since: AtomicU64::new(0),
+        });
+        (rec, rx, control_rx)
+    }
+
+    /// Current lifecycle state (lock-free read).
+    pub(crate) fn state(&self) -> AgentState {
+        AgentState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Sets the state; callers hold `admin` and have checked the transition.
+    pub(crate) fn set_state(&self, s: AgentState) {
+        self.state.store(s.to_u8(), Ordering::Release);
+        // Wake the worker so it re-reads the state (quarantine pauses, restore resumes).
+        self.control.send_modify(|_| {});
+    }
+
+    pub(crate) fn mailbox_len(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// Catches a panic raised while polling the inner future.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future<Output = ()>> Future for CatchUnwind<F> {
+    type Output = Result<(), ()>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}
+
+fn micros_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// What the worker needs besides its record.
+pub(crate) struct WorkerCtx {
+    pub(crate) inner: std::sync::Weak<Inner>,
+    pub(crate) record: Arc<AgentRecord>,
+    pub(crate) handler: Handler,
+    pub(crate) timeout: Duration,
+    pub(crate) epoch: Instant,
+}
+
+impl WorkerCtx {
+    fn handle(&self) -> AgentHandle {
+        AgentHandle::new(self.inner.clone(), Arc::clone(&self.record))
+    }
+}
+
+/// Bookkeeping after one handler call.
+fn finish(
+    inner: &std::sync::Weak<Inner>,
+    record: &AgentRecord,
+    outcome: Outcome,
+    started: Instant,
+    msg_id: mfp_core::MessageId,
+) {
+    let Some(inner) = inner.upgrade() else { return };
+    inner.in_flight_done();
+    inner.metrics.handler_duration.observe_duration(started.elapsed());
+    match outcome {
+        Outcome::Done => inner.metrics.messages_delivered.inc(),
+        Outcome::Panicked => inner.delivery_failed(record, msg_id, DeliveryFailure::Panicked),
+        Outcome::TimedOut => inner.delivery_failed(record, msg_id, DeliveryFailure::TimedOut),
+    }
+}
+
+/// Whether the worker should deliver now.
+fn may_deliver(rec: &AgentRecord) -> bool {
+    matches!(rec.state(), AgentState::Bound | AgentState::Active | AgentState::Terminated)
+}
+
+/// The delivery loop of one agent.
+pub(crate) async fn run_worker(ctx: WorkerCtx, mut rx: mpsc::Receiver<Delivery>, mut control: watch::Receiver<u8>) {
+    loop {
+        let signal = *control.borrow_and_update();
+        if signal == STOP {
+            break;
+        }
+        if signal == DRAIN && rx.is_empty() {
+            break;
+        }
+        if !may_deliver(&ctx.record) {
+            // Quarantined: hold queued messages until restored or stopped.
+            if control.changed().await.is_err() {
+                break;
+            }
+            continue;
+        }
+        let first = tokio::select! {
+            biased;
+            changed = control.changed() => {
+                if changed.is_err() { break; }
+                continue;
+            }
+            m = rx.recv() => match m {
+                Some(d) => d,
+                None => break,
+            },
+        };
+        match &ctx.handler {
+            Handler::Async(f) => deliver_async(&ctx, f, first).await,
+            Handler::Sync(f) => {
+                rx = match deliver_sync_batch(&ctx, Arc::clone(f), first, rx).await {
+                    Some(rx) => rx,
+                    // The blocking task was cancelled (runtime shutting down): the
+                    // mailbox went with it.
+                    None => return,
+                };
+            }
+        }
+    }
+    // Whatever is left is dropped; waiting senders see their delivery channel close.
+    rx.close();
+    while let Ok(d) = rx.try_recv() {
+        drop(d);
+        if let Some(inner) = ctx.inner.upgrade() {
+            inner.in_flight_done();
+        }
+    }
+}
+
+async fn deliver_async(ctx: &WorkerCtx, f: &Arc<AsyncFn>, d: Delivery) {
+    let started = Instant::now();
+    let msg_id = d.msg.message_id;
+    let fut = f(ctx.handle(), d.msg);
+    let outcome = match tokio::time::timeout(ctx.timeout, CatchUnwind(Box::pin(fut))).await {
+        Ok(Ok(())) => Outcome::Done,
+        Ok(Err(())) => Outcome::Panicked,
+        Err(_) => Outcome::TimedOut,
+    };
+    if let Some(done) = d.done {
+        let _ = done.send(outcome);
+    }
+    finish(&ctx.inner, &ctx.record, outcome, started, msg_id);
+}
+
+/// Hands the mailbox to a blocking-pool thread that runs the sync handler on `first` and
+/// on every further message already queued, while a watchdog here enforces the timeout.
+/// Returns the mailbox, or `None` if the blocking task was lost.
+async fn deliver_sync_batch(
+    ctx: &WorkerCtx,
+    f: Arc<SyncFn>,
+    first: Delivery,
+    rx: mpsc::Receiver<Delivery>,
+) -> Option<mpsc::Receiver<Delivery>> {
+    let record = Arc::clone(&ctx.record);
+    let handle = ctx.handle();
+    let epoch = ctx.epoch;
+    let inner = ctx.inner.clone();
+    let control = ctx.record.control.subscribe();
+    let mut join = tokio::task::spawn_blocking(move || {
+        let mut rx = rx;
+        let mut next = Some(first);
+        while let Some(d) = next.take() {
+            let started = Instant::now();
+            record.in_handler_since.store(micros_since(epoch), Ordering::Release);
+            let msg_id = d.msg.message_id;
+            let res = catch_unwind(AssertUnwindSafe(|| f(&handle, d.msg)));
+            record.in_handler_since.store(0, Ordering::Release);
+            let outcome = if res.is_ok() { Outcome::Done } else { Outcome::Panicked };
+            if let Some(done) = d.done {
+                let _ = done.send(outcome);
+            }
+            finish(&inner, &record, outcome, started, msg_id);
+            if *control.borrow() != RUN || !may_deliver(&record) {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        rx
+    });
+    let tick = (ctx.timeout / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
+    let mut flagged = false;
+    loop {
+        tokio::select! {
+            res = &mut join => return res.ok(),
+            () = tokio::time::sleep(tick) => {
+                let since = ctx.record.in_handler_since.load(Ordering::Acquire);
+                if since == 0 {
+                    flagged = false;
+                    continue;
+                }
+                let running = Duration::from_micros(micros_since(ctx.epoch).saturating_sub(since));
+                if running > ctx.timeout && !flagged {
+                    flagged = true;
+                    if let Some(inner) = ctx.inner.upgrade() {
+                        inner.handler_timed_out(&ctx.record);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Agent handles and pymfp-style free functions.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mfp_core::{AgentId, ChannelId};
+use tokio::sync::oneshot;
+
+use crate::agent::{AgentRecord, Outcome};
+use crate::error::{Error, Result};
+use crate::runtime::{Inner, Runtime, WeakInner};
+use crate::types::{AgentState, AgentStatus, ChannelInfo, DeliveredMessage, Receipt, SendOptions};
+
+/// An agent's view of the runtime: send, list channels, read status (the three MFP
+/// tools). Cheap to clone; holds no strong reference to the runtime.
+#[derive(Clone)]
+pub struct AgentHandle {
+    inner: WeakInner,
+    record: Arc<AgentRecord>,
+}
+
+impl std::fmt::Debug for AgentHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentHandle").field("agent_id", &self.record.id).field("name", &self.record.name).finish()
+    }
+}
+
+/// How long a sender waiting for delivery allows beyond the agent timeout.
+const WAIT_MARGIN: Duration = Duration::from_millis(250);
+
+impl AgentHandle {
+    pub(crate) fn new(inner: WeakInner, record: Arc<AgentRecord>) -> Self {
+        Self { inner, record }
+    }
+
+    fn runtime(&self) -> Result<Arc<Inner>> {
+        self.inner.upgrade().ok_or(Error::ShutDown)
+    }
+
+    /// The agent's id.
+    #[must_use]
+    pub fn id(&self) -> AgentId {
+        self.record.id
+    }
+
+    /// The agent's name, if it was bound with one.
+    #[must_use]
+    pub fn name(&self) -> Option<&str> {
+        self.record.name.as_deref()
+    }
+
+    /// The agent's lifecycle state.
+    #[must_use]
+    pub fn state(&self) -> AgentState {
+        self.record.state()
+    }
+
+    /// `mfp_send`: sends `payload` on `channel`. Returns once the message is framed,
+    /// encoded, validated and queued for the recipient (not after the recipient's handler
+    /// ran; see [`AgentHandle::send_and_wait`]). May wait for mailbox space or the rate
+    /// window as configured, at most `pipeline_timeout`.
+    pub fn send(&self, channel: ChannelId, payload: &[u8]) -> Result<Receipt> {
+        self.send_blocking(channel, payload, &SendOptions::default(), None)
+    }
+
+    /// [`AgentHandle::send`] with options (e.g. an idempotency key).
+    pub fn send_with(&self, channel: ChannelId, payload: &[u8], options: &SendOptions) -> Result<Receipt> {
+        self.send_blocking(channel, payload, options, None)
+    }
+
+    /// Sends and waits until the recipient's handler has processed the message (pymfp's
+    /// synchronous semantics). Fails with [`Error::Timeout`] or [`Error::HandlerFailed`]
+    /// if the handler timed out or panicked — the message was still sent and the channel
+    /// advanced. Do not call it for a message to an agent that is itself waiting on you.
+    pub fn send_and_wait(&self, channel: ChannelId, payload: &[u8]) -> Result<Receipt> {
+        let (tx, rx) = oneshot::channel();
+        let receipt = self.send_blocking(channel, payload, &SendOptions::default(), Some(tx))?;
+        let inner = self.runtime()?;
+        let limit = inner.config.agent_timeout + WAIT_MARGIN;
+        let _g = inner.exec().enter();
+        let outcome = crate::block::block_on(tokio::time::timeout(limit, rx));
+        map_outcome(outcome, receipt)
+    }
+
+    /// Async `mfp_send`.
+    pub async fn send_async(&self, channel: ChannelId, payload: &[u8]) -> Result<Receipt> {
+        self.send_async_inner(channel, payload, &SendOptions::default(), None).await
+    }
+
+    /// Async [`AgentHandle::send_with`].
+    pub async fn send_with_async(&self, channel: ChannelId, payload: &[u8], options: &SendOptions) -> Result<Receipt> {
+        self.send_async_inner(channel, payload, options, None).await
+    }
+
+    /// Async [`AgentHandle::send_and_wait`].
+    pub async fn send_and_wait_async(&self, channel: ChannelId, payload: &[u8]) -> Result<Receipt> {
+        let (tx, rx) = oneshot::channel();
+        let receipt = self.send_async_inner(channel, payload, &SendOptions::default(), Some(tx)).await?;
+        let limit = self.runtime()?.config.agent_timeout + WAIT_MARGIN;
+        map_outcome(tokio::time::timeout(limit, rx).await, receipt)
+    }
+
+    /// `mfp_channels`: the agent's channels. Requires state `Active`.
+    pub fn channels(&self) -> Result<Vec<ChannelInfo>> {
+        match self.record.state() {
+            AgentState::Active => Ok(self.runtime()?.channels_of(&self.record)),
+            AgentState::Quarantined => Err(Error::AgentQuarantined),
+            AgentState::Terminated => Err(Error::AgentNotBound),
+            s @ AgentState::Bound => Err(Error::AgentState(s)),
+        }
+    }
+
+    /// `mfp_status`: the agent's status. Requires state `Bound` or `Active`.
+    pub fn status(&self) -> Result<AgentStatus> {
+        match self.record.state() {
+            AgentState::Active | AgentState::Bound => Ok(self.runtime()?.status_of(&self.record)),
+            AgentState::Quarantined => Err(Error::AgentQuarantined),
+            AgentState::Terminated => Err(Error::AgentNotBound),
+        }
+    }
+
+    fn send_blocking(
+        &self,
+        channel: ChannelId,
+        payload: &[u8],
+        options: &SendOptions,
+        done: Option<oneshot::Sender<Outcome>>,
+    ) -> Result<Receipt> {
+        let inner = self.runtime()?;
+        let started = Instant::now();
+        let deadline = started + inner.config.pipeline_timeout;
+        loop {
+            let now = Instant::now();
+            let (ch, recipient) = match inner.precheck(&self.record, &channel, payload.len(), now)? {
+                Ok(pair) => pair,
+                Err(wait) => {
+                    if now + wait > deadline {
+                        return Err(Error::RateLimited { retry_after: wait });
+                    }
+                    std::thread::sleep(wait);
+                    continue;
+                }
+            };
+            let permit = match inner.try_reserve(&recipient)? {
+                Some(p) => p,
+                None => {
+                    let _g = inner.exec().enter();
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match crate::block::block_on(tokio::time::timeout(left, recipient.tx.reserve())) {
+                        Ok(Ok(p)) => p,
+                        Ok(Err(_)) => return Err(Error::ChannelClosed),
+                        Err(_) => {
+                            inner.metrics.mailbox_full.inc();
+                            return Err(Error::MailboxFull);
+                        }
+                    }
+                }
+            };
+            return inner.execute(&self.record, &ch, &recipient, payload, options, permit, done, started);
+        }
+    }
+
+    async fn send_async_inner(
+        &self,
+        channel: ChannelId,
+        payload: &[u8],
+        options: &SendOptions,
+        done: Option<oneshot::Sender<Outcome>>,
+    ) -> Result<Receipt> {
+        let inner = self.runtime()?;
+        let started = Instant::now();
+        let deadline = started + inner.config.pipeline_timeout;
+        loop {
+            let now = Instant::now();
+            let (ch, recipient) = match inner.precheck(&self.record, &channel, payload.len(), now)? {
+                Ok(pair) => pair,
+                Err(wait) => {
+                    if now + wait > deadline {
+                        return Err(Error::RateLimited { retry_after: wait });
+                    }
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            };
+            let permit = match inner.try_reserve(&recipient)? {
+                Some(p) => p,
+                None => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, recipient.tx.reserve()).await {
+                        Ok(Ok(p)) => p,
+                        Ok(Err(_)) => return Err(Error::ChannelClosed),
+                        Err(_) => {
+                            inner.metrics.mailbox_full.inc();
+                            return Err(Error::MailboxFull);
+                        }
+                    }
+                }
+            };
+            return inner.execute(&self.record, &ch, &recipient, payload, options, permit, done, started);
+        }
+    }
+}
+
+fn map_outcome(
+    outcome: std::result::Result<std::result::Result<Outcome, oneshot::error::RecvError>, tokio::time::error::Elapsed>,
+    receipt: Receipt,
+) -> Result<Receipt> {
+    match outcome {
+        Ok(Ok(Outcome::Done)) => Ok(receipt),
+        Ok(Ok(Outcome::Panicked)) => Err(Error::HandlerFailed),
+        Ok(Ok(Outcome::TimedOut)) | Err(_) => Err(Error::Timeout),
+        // The recipient was terminated before handling the message.
+        Ok(Err(_)) => Err(Error::AgentNotBound),
+    }
+}
+
+/// `mfp_send(handle, channel_id, payload)` as in pymfp.
+pub fn mfp_send(handle: &AgentHandle, channel: ChannelId, payload: &[u8]) -> Result<Receipt> {
+    handle.send(channel, payload)
+}
+
+/// `mfp_send_async` as in pymfp.
+pub async fn mfp_send_async(handle: &AgentHandle, channel: ChannelId, payload: &[u8]) -> Result<Receipt> {
+    handle.send_async(channel, payload).await
+}
+
+/// `mfp_channels(handle)` as in pymfp.
+pub fn mfp_channels(handle: &AgentHandle) -> Result<Vec<ChannelInfo>> {
+    handle.channels()
+}
+
+/// `mfp_status(handle)` as in pymfp.
+pub fn mfp_status(handle: &AgentHandle) -> Result<AgentStatus> {
+    handle.status()
+}
+
+/// `bind(runtime, callable)` as in pymfp: binds an agent with a synchronous handler.
+pub fn bind<F>(runtime: &Runtime, handler: F) -> Result<AgentHandle>
+where
+    F: Fn(&AgentHandle, DeliveredMessage) + Send + Sync + 'static,
+{
+    runtime.bind(handler)
+}
+
+/// `unbind(handle)` as in pymfp.
+pub fn unbind(handle: AgentHandle) -> Result<()> {
+    handle.runtime()?.unbind(&handle.record.id)
+}
