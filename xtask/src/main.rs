@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod ci;
+mod trace;
 mod vectors;
 
 use std::path::PathBuf;

@@ -50,10 +50,11 @@ const SECTIONS: &[(&str, Check)] = &[
     ("envelope_validation", envelope_validation),
     ("recovery", recovery),
     ("rotation", rotation),
+    ("runtime_trace_intra", crate::trace::runtime_trace_intra),
 ];
 
 /// Sections of the schema that belong to layers not built yet.
-const NOT_COVERED: &[&str] = &["storage_crypto", "runtime_trace_intra", "runtime_trace_cross"];
+const NOT_COVERED: &[&str] = &["storage_crypto", "runtime_trace_cross"];
 
 /// Sections that carry no checkable values.
 const INFORMATIONAL: &[&str] = &["meta"];
@@ -69,14 +70,14 @@ impl Section {
         Self { checks: 0, failures: Vec::new() }
     }
 
-    fn eq<T: PartialEq + Debug>(&mut self, what: &str, got: T, want: T) {
+    pub(crate) fn eq<T: PartialEq + Debug>(&mut self, what: &str, got: T, want: T) {
         self.checks += 1;
         if got != want {
             self.failures.push(format!("{what}: got {got:?}, want {want:?}"));
         }
     }
 
-    fn bytes(&mut self, what: &str, got: &[u8], want: &[u8]) {
+    pub(crate) fn bytes(&mut self, what: &str, got: &[u8], want: &[u8]) {
         self.checks += 1;
         if got != want {
             self.failures.push(format!("{what}: got {}, want {}", hex::encode(got), hex::encode(want)));
@@ -86,24 +87,24 @@ impl Section {
 
 // ---- JSON access -------------------------------------------------------------------
 
-fn field<'a>(v: &'a Value, key: &str) -> Result<&'a Value, String> {
+pub(crate) fn field<'a>(v: &'a Value, key: &str) -> Result<&'a Value, String> {
     v.get(key).ok_or_else(|| format!("missing field '{key}'"))
 }
 
-fn hx(v: &Value, key: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn hx(v: &Value, key: &str) -> Result<Vec<u8>, String> {
     let s = field(v, key)?.as_str().ok_or_else(|| format!("field '{key}' is not a string"))?;
     hex::decode(s).map_err(|_| format!("field '{key}' is not hex"))
 }
 
-fn num(v: &Value, key: &str) -> Result<u64, String> {
+pub(crate) fn num(v: &Value, key: &str) -> Result<u64, String> {
     field(v, key)?.as_u64().ok_or_else(|| format!("field '{key}' is not an unsigned integer"))
 }
 
-fn list<'a>(v: &'a Value, key: &str) -> Result<&'a Vec<Value>, String> {
+pub(crate) fn list<'a>(v: &'a Value, key: &str) -> Result<&'a Vec<Value>, String> {
     field(v, key)?.as_array().ok_or_else(|| format!("field '{key}' is not a list"))
 }
 
-fn hex_list(v: &Value, key: &str) -> Result<Vec<Vec<u8>>, String> {
+pub(crate) fn hex_list(v: &Value, key: &str) -> Result<Vec<Vec<u8>>, String> {
     list(v, key)?
         .iter()
         .map(|x| {
@@ -117,7 +118,7 @@ fn entries(v: &Value) -> Result<&Vec<Value>, String> {
     v.as_array().ok_or_else(|| "section is not a list".to_string())
 }
 
-fn state(v: &Value, key: &str) -> Result<State, String> {
+pub(crate) fn state(v: &Value, key: &str) -> Result<State, String> {
     State::from_slice(&hx(v, key)?).map_err(|e| format!("{key}: {e}"))
 }
 
