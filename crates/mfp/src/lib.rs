@@ -1,18 +1,33 @@
 //! # mfp
 //!
 //! The Mirror Frame Protocol for secure communication between autonomous agents: the
-//! facade crate most users depend on. It re-exports the protocol layers; today that is
-//! the sans-IO core ([`core`], also available as the `mfp-core` crate).
+//! facade crate most users depend on. It re-exports the layers:
+//!
+//! - [`core`] — the sans-IO protocol core (also the `mfp-core` crate);
+//! - the runtime (feature `runtime`, on by default; also the `mfp-runtime` crate):
+//!   [`Runtime`], [`AgentHandle`], [`mfp_send`], … at the crate root.
 //!
 //! ```
-//! use mfp::core::{ChannelId, RuntimeId};
+//! use mfp::{Runtime, RuntimeConfig, mfp_send};
 //!
-//! let runtime = RuntimeId::derive(b"deployment", b"instance");
-//! let channel: ChannelId = "a4aa02efdd355541014e879bde4db568".parse().unwrap();
-//! assert_eq!(channel.to_string(), "a4aa02efdd355541014e879bde4db568");
-//! assert_eq!(runtime.sender_field().len(), 16);
+//! # fn main() -> Result<(), mfp::Error> {
+//! let runtime = Runtime::new(RuntimeConfig::default())?;
+//! let alice = runtime.bind_named("alice", |_, _| {})?;
+//! let bob = runtime.bind_named("bob", |_, msg| println!("Bob received: {}", String::from_utf8_lossy(&msg.payload)))?;
+//! let channel = runtime.establish_channel(&alice.id(), &bob.id())?;
+//! let receipt = mfp_send(&alice, channel, b"Hello from Alice!")?;
+//! runtime.shutdown();
+//! assert_eq!(receipt.step, 0);
+//! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
 
 /// The sans-IO protocol core: identifiers, frames, ratchets, Merkle Sg, encoding, envelope.
 pub use mfp_core as core;
+
+#[cfg(feature = "runtime")]
+pub use mfp_runtime::*;
+
+/// The runtime crate itself (audit, hooks and metrics modules live there).
+#[cfg(feature = "runtime")]
+pub use mfp_runtime as runtime;
