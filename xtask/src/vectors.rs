@@ -287,7 +287,7 @@ fn merkle_sg(v: &Value, s: &mut Section) -> Result<(), String> {
         let root = tree.root().ok_or("empty tree")?;
         s.bytes(&format!("[{i}] root_sg"), root.expose(), &hx(e, "root_sg")?);
         let mut sorted = p.clone();
-        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        sorted.sort_by_key(|p| p.0);
         let plain: Vec<State> = sorted.into_iter().map(|(_, st)| st).collect();
         s.bytes(
             &format!("[{i}] plain_compose_sg_for_comparison"),

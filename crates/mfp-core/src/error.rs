@@ -19,6 +19,16 @@ pub enum Error {
         /// Length that was supplied.
         actual: usize,
     },
+    /// Hex text of the wrong length for a fixed-size value.
+    #[error("{what} must be {expected} hex digits, got {actual}")]
+    InvalidHexLength {
+        /// What was being parsed.
+        what: &'static str,
+        /// Required number of hex digits.
+        expected: usize,
+        /// Number of characters supplied.
+        actual: usize,
+    },
     /// Text that should have been lowercase or uppercase hexadecimal was not.
     #[error("{what} is not valid hexadecimal")]
     InvalidHex {

@@ -31,7 +31,7 @@ pub(crate) fn check_depth(depth: usize) -> Result<(), Error> {
 impl Frame {
     /// Builds a frame from its bytes; the length must be `16·k` for a valid depth `k`.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, Error> {
-        if bytes.len() % BLOCK_SIZE != 0 {
+        if !bytes.len().is_multiple_of(BLOCK_SIZE) {
             return Err(Error::FrameLength(bytes.len()));
         }
         check_depth(bytes.len() / BLOCK_SIZE)?;

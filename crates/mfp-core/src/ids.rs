@@ -80,7 +80,7 @@ macro_rules! id_type {
             type Err = Error;
             fn from_str(s: &str) -> Result<Self, Error> {
                 if s.len() != $len * 2 {
-                    return Err(Error::InvalidLength { what: $what, expected: $len, actual: s.len() / 2 });
+                    return Err(Error::InvalidHexLength { what: $what, expected: $len * 2, actual: s.len() });
                 }
                 let mut out = [0u8; $len];
                 hex::decode_to_slice(s, &mut out).map_err(|_| Error::InvalidHex { what: $what })?;

@@ -40,7 +40,7 @@ pub fn compose_plain(states: &[State]) -> State {
 #[must_use]
 pub fn compose_ordered(pairs: &[(ChannelId, State)]) -> State {
     let mut refs: Vec<&(ChannelId, State)> = pairs.iter().collect();
-    refs.sort_by(|x, y| x.0.cmp(&y.0));
+    refs.sort_by_key(|x| x.0);
     let parts: Vec<&[u8]> = refs.iter().map(|(_, s)| s.expose().as_slice()).collect();
     State::from_bytes(sha256(&parts))
 }

@@ -214,7 +214,8 @@ mod tests {
 
     #[test]
     fn every_bad_value_is_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut RuntimeConfig)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut RuntimeConfig)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("default_frame_depth", Box::new(|c| c.default_frame_depth = 1)),
             ("default_frame_depth", Box::new(|c| c.default_frame_depth = 33)),
             ("max_frame_depth", Box::new(|c| c.max_frame_depth = 257)),

@@ -31,6 +31,9 @@ pub(crate) enum QuarantineCause {
     Channel,
 }
 
+/// A send's channel and recipient.
+pub(crate) type Route = (Arc<ChannelRecord>, Arc<AgentRecord>);
+
 /// The Merkle tree and the current Sg.
 struct SgState {
     tree: MerkleSg,
@@ -246,12 +249,13 @@ impl Inner {
             }),
         });
         self.channels.write().insert(id, record);
+        // The id is fresh (checked above), so it is not in the lists yet; a self-channel
+        // (a == b) is listed once.
+        lo.admin.lock().channels.push(id);
+        if !Arc::ptr_eq(&lo, &hi) {
+            hi.admin.lock().channels.push(id);
+        }
         for r in [&lo, &hi] {
-            let mut adm = r.admin.lock();
-            if !adm.channels.contains(&id) {
-                adm.channels.push(id);
-            }
-            drop(adm);
             if r.state() == AgentState::Bound {
                 Self::transition(r, AgentState::Active)?;
             }
@@ -474,7 +478,7 @@ impl Inner {
         channel_id: &ChannelId,
         payload_len: usize,
         now: Instant,
-    ) -> Result<std::result::Result<(Arc<ChannelRecord>, Arc<AgentRecord>), Duration>> {
+    ) -> Result<std::result::Result<Route, Duration>> {
         if self.is_shut_down() {
             return Err(Error::ShutDown);
         }

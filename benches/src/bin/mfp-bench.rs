@@ -1,0 +1,397 @@
+//! The end-to-end benchmark program behind `cargo xtask bench`.
+//!
+//! Measures, in one process: the crypto-only floor of one message, `mfp_send` throughput
+//! and latency at several payload sizes on 1 and 1,000 channels and with 2 concurrent
+//! senders, async sends, Sg update and send cost at growing channel counts, the time to
+//! establish channels and the memory per channel. Every figure is the median of several
+//! runs. Prints a table and writes JSON (`--json PATH`).
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mfp_core::{ChannelId, EntropySource, Frame, MerkleSg, State, encoding, message, ratchet, sampling};
+use mfp_runtime::{AgentHandle, DeliveredMessage, Runtime, RuntimeConfig, SystemEntropy};
+use serde_json::{Value, json};
+
+const SIZES: [usize; 4] = [64, 1024, 65536, 1 << 20];
+
+struct Opts {
+    quick: bool,
+    runs: usize,
+    json: Option<String>,
+    scale_max: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+/// Iterations for a payload size: enough for a stable figure within a time budget.
+fn iterations(size: usize, quick: bool) -> usize {
+    let base = match size {
+        0..=1024 => 200_000,
+        1025..=65536 => 20_000,
+        _ => 1_000,
+    };
+    if quick { base / 10 } else { base }
+}
+
+fn config() -> RuntimeConfig {
+    RuntimeConfig {
+        max_message_rate: 0,
+        max_payload_size: 2 << 20,
+        max_channels_per_agent: 2_000_000,
+        max_agents: 100_000,
+        mailbox_capacity: 4096,
+        pipeline_timeout: Duration::from_secs(60),
+        ..RuntimeConfig::default()
+    }
+}
+
+fn rss_kib(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ---- crypto floor --------------------------------------------------------------------
+
+/// The primitives of one intra-runtime message with nothing around them: entropy, ds,
+/// frame, encode + assemble, validate, decode, ratchet advance, Sg leaf update.
+fn floor_once(size: usize, n: usize) -> (f64, f64) {
+    let mut entropy = SystemEntropy::new().unwrap();
+    let channel = ChannelId::from_bytes([7; 16]);
+    let mut sl = State::from_bytes([1; 32]);
+    let mut tree = MerkleSg::new();
+    tree.insert(channel, &sl).unwrap();
+    let payload = vec![0x5au8; size];
+    let mut draw = [0u8; 32 + 64];
+    let start = Instant::now();
+    for step in 0..n as u64 {
+        entropy.fill(&mut draw).unwrap();
+        let sg = tree.root().unwrap();
+        let mut jitter = mfp_core::FnEntropy(|b: &mut [u8]| {
+            b.copy_from_slice(&draw[32..32 + b.len()]);
+            Ok(())
+        });
+        let frame = sampling::sample_frame(&sl, step, &sg, 4, &mut jitter).unwrap();
+        let mut m = message::assemble(&frame, &sl, &channel, step, &payload).unwrap();
+        let p = message::parse(&m, 4).unwrap();
+        Frame::validate_bytes(p.frame_open_bytes(), p.frame_close_bytes(), &frame).unwrap();
+        let end = m.len() - 64;
+        let len = encoding::decode_in_place(&sl, &channel, step, &mut m[64..end]).unwrap().len();
+        m.copy_within(64..64 + len, 0);
+        m.truncate(len);
+        std::hint::black_box(&m);
+        sl = ratchet::advance(&sl, &frame);
+        tree.update(&channel, &sl).unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    (n as f64 / secs, secs * 1e6 / n as f64)
+}
+
+/// Raw AES-256-GCM seal + open of `size` bytes (ring), in bytes per second.
+fn aes_floor_once(size: usize, n: usize) -> f64 {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[3u8; 32]).unwrap());
+    let mut buf = vec![0u8; size];
+    let start = Instant::now();
+    for i in 0..n {
+        let mut nonce = [0u8; 12];
+        nonce[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let tag = key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut buf).unwrap();
+        buf.extend_from_slice(tag.as_ref());
+        let len = key.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut buf).unwrap().len();
+        buf.truncate(len);
+    }
+    (size * n) as f64 / start.elapsed().as_secs_f64()
+}
+
+// ---- runtime sends -------------------------------------------------------------------
+
+struct Setup {
+    rt: Runtime,
+    senders: Vec<(AgentHandle, Vec<ChannelId>)>,
+    delivered: Arc<AtomicU64>,
+}
+
+/// `senders` independent sender/receiver pairs, each with `channels` channels.
+fn setup(senders: usize, channels: usize) -> Setup {
+    let rt = Runtime::new(config()).unwrap();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut out = Vec::new();
+    for _ in 0..senders {
+        let a = rt.bind(|_: &AgentHandle, _: DeliveredMessage| {}).unwrap();
+        let d = Arc::clone(&delivered);
+        let b = rt
+            .bind(move |_: &AgentHandle, m: DeliveredMessage| {
+                std::hint::black_box(&m.payload);
+                d.fetch_add(1, Ordering::Relaxed);
+            })
+            .unwrap();
+        let chans = (0..channels).map(|_| rt.establish_channel(&a.id(), &b.id()).unwrap()).collect();
+        out.push((a, chans));
+    }
+    Setup { rt, senders: out, delivered }
+}
+
+/// Returns (msgs/s including delivery, p50 µs, p99 µs).
+fn send_once(size: usize, n: usize, senders: usize, channels: usize) -> (f64, f64, f64) {
+    let s = setup(senders, channels);
+    let payload = vec![0x42u8; size];
+    let start = Instant::now();
+    let mut lat: Vec<u64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = s
+            .senders
+            .iter()
+            .map(|(agent, chans)| {
+                let payload = &payload;
+                scope.spawn(move || {
+                    let mut lat = Vec::with_capacity(n);
+                    for i in 0..n {
+                        let ch = chans[i % chans.len()];
+                        let t = Instant::now();
+                        agent.send(ch, payload).unwrap();
+                        lat.push(t.elapsed().as_nanos() as u64);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert!(s.rt.wait_idle(Duration::from_secs(120)), "delivery did not finish");
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(s.delivered.load(Ordering::Relaxed), (n * senders) as u64);
+    lat.sort_unstable();
+    s.rt.shutdown();
+    ((n * senders) as f64 / secs, percentile(&lat, 0.5), percentile(&lat, 0.99))
+}
+
+/// Async sends from one tokio task to an async handler.
+fn async_send_once(size: usize, n: usize) -> f64 {
+    let tokio_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
+    tokio_rt.block_on(async {
+        let rt = Runtime::new(config()).unwrap();
+        let delivered = Arc::new(AtomicU64::new(0));
+        let a = rt.bind_async_fn(|_, _| async {}).unwrap();
+        let d = Arc::clone(&delivered);
+        let b = rt
+            .bind_async_fn(move |_, _m| {
+                let d = Arc::clone(&d);
+                async move {
+                    d.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .unwrap();
+        let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
+        let payload = vec![0x42u8; size];
+        let start = Instant::now();
+        for _ in 0..n {
+            a.send_async(ch, &payload).await.unwrap();
+        }
+        assert!(rt.wait_idle_async(Duration::from_secs(60)).await);
+        let secs = start.elapsed().as_secs_f64();
+        rt.shutdown_async().await;
+        n as f64 / secs
+    })
+}
+
+// ---- scale ---------------------------------------------------------------------------
+
+/// Establishes `n` channels between 1,000 agents; returns (seconds, bytes per channel,
+/// first-Sg seconds, send µs on random channels, Sg update µs).
+fn scale_once(n: usize, sends: usize) -> (f64, f64, f64, f64, f64) {
+    let rss0 = rss_kib("VmRSS:").unwrap_or(0);
+    let rt = Runtime::new(config()).unwrap();
+    let agents: Vec<AgentHandle> =
+        (0..1000).map(|_| rt.bind(|_: &AgentHandle, _: DeliveredMessage| {}).unwrap()).collect();
+    let rss1 = rss_kib("VmRSS:").unwrap_or(0);
+    let start = Instant::now();
+    let mut chans = Vec::with_capacity(n);
+    for i in 0..n {
+        let a = &agents[i % 1000];
+        let b = &agents[(i / 1000 + i + 1) % 1000];
+        let b = if b.id() == a.id() { &agents[(i + 1) % 1000] } else { b };
+        chans.push((rt.establish_channel(&a.id(), &b.id()).unwrap(), i % 1000));
+    }
+    let establish = start.elapsed().as_secs_f64();
+    let rss2 = rss_kib("VmRSS:").unwrap_or(0);
+    let per_channel = (rss2.saturating_sub(rss1)) as f64 * 1024.0 / n as f64;
+    let _ = rss0;
+    // First send pays for folding the new channels into Sg.
+    let t = Instant::now();
+    let (c0, a0) = chans[0];
+    agents[a0].send(c0, b"x").unwrap();
+    let first = t.elapsed().as_secs_f64();
+    // Sends on pseudo-random channels.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let t = Instant::now();
+    for _ in 0..sends {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let (c, a) = chans[(x % n as u64) as usize];
+        agents[a].send(c, b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef").unwrap();
+    }
+    let send_us = t.elapsed().as_secs_f64() * 1e6 / sends as f64;
+    rt.wait_idle(Duration::from_secs(60));
+    rt.shutdown();
+    drop(rt);
+    // Sg update cost alone, on a tree of the same size.
+    let mut tree = MerkleSg::new();
+    for i in 0..n {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&(i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+        id[8..].copy_from_slice(&(i as u64).to_be_bytes());
+        tree.insert(ChannelId::from_bytes(id), &State::from_bytes([1; 32])).unwrap();
+    }
+    let _ = tree.root();
+    let ids: Vec<ChannelId> = (0..1000u64)
+        .map(|i| {
+            let i = (i * 7919) % n as u64;
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+            id[8..].copy_from_slice(&i.to_be_bytes());
+            ChannelId::from_bytes(id)
+        })
+        .collect();
+    let reps = 20_000;
+    let t = Instant::now();
+    for r in 0..reps {
+        let st = State::from_bytes([(r % 251) as u8; 32]);
+        tree.update(&ids[r % ids.len()], &st).unwrap();
+        std::hint::black_box(tree.root());
+    }
+    let sg_us = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
+    (establish, per_channel, first, send_us, sg_us)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut opts = Opts { quick: false, runs: 3, json: None, scale_max: 1_000_000 };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => {
+                opts.quick = true;
+                opts.runs = 1;
+                opts.scale_max = 100_000;
+            }
+            "--runs" => opts.runs = it.next().and_then(|v| v.parse().ok()).unwrap_or(3).max(1),
+            "--json" => opts.json = it.next().cloned(),
+            "--scale-max" => opts.scale_max = it.next().and_then(|v| v.parse().ok()).unwrap_or(1_000_000),
+            other => {
+                eprintln!("unknown argument {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let runs = opts.runs;
+    let mut report = serde_json::Map::new();
+    report.insert("runs".into(), json!(runs));
+    report.insert("quick".into(), json!(opts.quick));
+
+    // Floors.
+    let mut floor = serde_json::Map::new();
+    for size in SIZES {
+        let n = iterations(size, opts.quick) / 2;
+        let (rate, us) = {
+            let rs: Vec<(f64, f64)> = (0..runs).map(|_| floor_once(size, n.max(100))).collect();
+            (median(rs.iter().map(|r| r.0).collect()), median(rs.iter().map(|r| r.1).collect()))
+        };
+        let aes = median((0..runs).map(|_| aes_floor_once(size, n.clamp(50, 100_000))).collect());
+        println!(
+            "floor     {size:>8} B  {rate:>12.0} msg/s  {us:>8.2} µs/msg   raw AES-GCM seal+open {:>8.0} MB/s",
+            aes / 1e6
+        );
+        floor.insert(
+            size.to_string(),
+            json!({"msgs_per_s": rate, "us_per_msg": us, "aes_gcm_seal_open_bytes_per_s": aes}),
+        );
+    }
+    report.insert("crypto_floor".into(), Value::Object(floor.clone()));
+
+    // Sends.
+    let mut sends = serde_json::Map::new();
+    for (label, senders, channels, sizes) in [
+        ("1_channel", 1usize, 1usize, &SIZES[..]),
+        ("1000_channels", 1, 1000, &SIZES[..2]),
+        ("2_senders", 2, 1, &SIZES[..2]),
+    ] {
+        let mut m = serde_json::Map::new();
+        for &size in sizes {
+            let n = iterations(size, opts.quick) / senders;
+            let rs: Vec<(f64, f64, f64)> = (0..runs).map(|_| send_once(size, n, senders, channels)).collect();
+            let rate = median(rs.iter().map(|r| r.0).collect());
+            let p50 = median(rs.iter().map(|r| r.1).collect());
+            let p99 = median(rs.iter().map(|r| r.2).collect());
+            let floor_rate = floor[&size.to_string()]["msgs_per_s"].as_f64().unwrap_or(0.0);
+            let aes = floor[&size.to_string()]["aes_gcm_seal_open_bytes_per_s"].as_f64().unwrap_or(0.0);
+            let of_floor = rate / floor_rate;
+            let of_aes = rate * size as f64 / aes;
+            println!(
+                "send {label:<14} {size:>8} B  {rate:>12.0} msg/s  p50 {p50:>8.2} µs  p99 {p99:>8.2} µs  {:>5.1}% of floor  {:>5.1}% of raw AES",
+                of_floor * 100.0,
+                of_aes * 100.0
+            );
+            m.insert(
+                size.to_string(),
+                json!({"msgs_per_s": rate, "p50_us": p50, "p99_us": p99, "ratio_to_floor": of_floor, "ratio_to_raw_aes": of_aes}),
+            );
+        }
+        sends.insert(label.into(), Value::Object(m));
+    }
+    report.insert("send".into(), Value::Object(sends));
+
+    let mut asy = serde_json::Map::new();
+    for size in [64usize, 1024] {
+        let n = iterations(size, opts.quick);
+        let rate = median((0..runs).map(|_| async_send_once(size, n)).collect());
+        println!("async send       {size:>8} B  {rate:>12.0} msg/s");
+        asy.insert(size.to_string(), json!({"msgs_per_s": rate}));
+    }
+    report.insert("async_send".into(), Value::Object(asy));
+
+    // Scale.
+    let mut scale = serde_json::Map::new();
+    for n in [1_000usize, 100_000, 1_000_000] {
+        if n > opts.scale_max {
+            continue;
+        }
+        let scale_runs = if n >= 1_000_000 { 1.max(runs / 2) } else { runs };
+        let rs: Vec<_> = (0..scale_runs).map(|_| scale_once(n, if opts.quick { 2_000 } else { 20_000 })).collect();
+        let est = median(rs.iter().map(|r| r.0).collect());
+        let bpc = median(rs.iter().map(|r| r.1).collect());
+        let first = median(rs.iter().map(|r| r.2).collect());
+        let send = median(rs.iter().map(|r| r.3).collect());
+        let sg = median(rs.iter().map(|r| r.4).collect());
+        println!(
+            "scale {n:>9} channels: establish {est:>7.3} s ({:>6.2} µs each), {bpc:>6.0} B/channel, first Sg {first:>6.3} s, send {send:>6.2} µs, Sg update {sg:>6.2} µs",
+            est * 1e6 / n as f64
+        );
+        scale.insert(
+            n.to_string(),
+            json!({"establish_s": est, "bytes_per_channel": bpc, "first_sg_s": first, "send_us": send, "sg_update_us": sg}),
+        );
+    }
+    report.insert("scale".into(), Value::Object(scale));
+    report.insert("peak_rss_kib".into(), json!(rss_kib("VmHWM:")));
+
+    let out = Value::Object(report);
+    if let Some(path) = opts.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&out).unwrap()).unwrap();
+        println!("wrote {path}");
+    }
+}
