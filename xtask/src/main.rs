@@ -3,9 +3,12 @@
 //! ```text
 //! cargo xtask ci               fmt, clippy, tests, doc tests, docs, vectors — fail fast
 //! cargo xtask vectors [FILE]   check the implementation against a vectors file
+//! cargo xtask bench [--quick] [--vs-pymfp] [--runs N] [--scale-max N]
+//!                              end-to-end benchmarks; report in target/bench/
 //! ```
 #![forbid(unsafe_code)]
 
+mod bench;
 mod ci;
 mod trace;
 mod vectors;
@@ -14,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask <ci | vectors [FILE]>");
+    eprintln!("usage: cargo xtask <ci | vectors [FILE] | bench [--quick] [--vs-pymfp] [--runs N] [--scale-max N]>");
     ExitCode::from(2)
 }
 
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ci") => ci::run(),
+        Some("bench") => bench::run_bench(args.get(1..).unwrap_or_default()),
         Some("vectors") => {
             let path = args.get(1).map(PathBuf::from).unwrap_or_else(default_vectors);
             match vectors::run_file(&path) {

@@ -488,7 +488,8 @@ impl Inner {
             AgentState::Terminated => return Err(Error::AgentNotBound),
             s @ AgentState::Bound => return Err(Error::AgentState(s)),
         }
-        let limited = sender.rate.lock().check(now, self.config.max_message_rate);
+        let max_rate = self.config.max_message_rate;
+        let limited = if max_rate == 0 { None } else { sender.rate.lock().check(now, max_rate) };
         if let Some(retry_after) = limited {
             self.metrics.rate_limited.inc();
             match self.config.rate_limit_action {
@@ -635,7 +636,9 @@ impl Inner {
         }
         drop(ch);
 
-        sender.rate.lock().record(started, self.config.max_message_rate);
+        if self.config.max_message_rate > 0 {
+            sender.rate.lock().record(started, self.config.max_message_rate);
+        }
         sender.messages_sent.fetch_add(1, Ordering::Relaxed);
         self.metrics.messages_sent.inc();
         self.metrics.message_size.observe_size(payload.len());
