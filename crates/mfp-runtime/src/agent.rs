@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use mfp_core::{AgentId, ChannelId};
+use mfp_core::{AgentId, ChannelId, MessageId};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -115,7 +115,7 @@ fn wait_next(rx: &mut mpsc::Receiver<Delivery>) -> Option<Delivery> {
             Err(mpsc::error::TryRecvError::Empty) => {}
         }
         spins += 1;
-        if spins % 64 == 0 && start.elapsed() >= SPIN {
+        if spins.is_multiple_of(64) && start.elapsed() >= SPIN {
             break;
         }
         std::hint::spin_loop();
@@ -147,7 +147,7 @@ pub(crate) struct AgentRecord {
     pub(crate) messages_sent: AtomicU64,
     pub(crate) control: watch::Sender<u8>,
     /// Microseconds since the runtime's epoch at which the current handler call started
-    /// (0 = not in a handler).
+    /// (0 = not in a handler, [`TIMED_OUT_MARK`] = the watchdog reported this call).
     pub(crate) in_handler_since: AtomicU64,
 }
 
@@ -205,6 +205,9 @@ impl<F: Future<Output = ()>> Future for CatchUnwind<F> {
     }
 }
 
+/// `in_handler_since` of a sync handler call the watchdog has reported as timed out.
+const TIMED_OUT_MARK: u64 = u64::MAX;
+
 fn micros_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX).max(1)
 }
@@ -249,12 +252,15 @@ fn may_deliver(rec: &AgentRecord) -> bool {
 
 /// The delivery loop of one agent.
 pub(crate) async fn run_worker(ctx: WorkerCtx, mut rx: mpsc::Receiver<Delivery>, mut control: watch::Receiver<u8>) {
+    // A message taken from the mailbox but not delivered because the agent was paused or
+    // stopped meanwhile; it goes first when delivery resumes.
+    let mut held: Option<Delivery> = None;
     loop {
         let signal = *control.borrow_and_update();
         if signal == STOP {
             break;
         }
-        if signal == DRAIN && rx.is_empty() {
+        if signal == DRAIN && rx.is_empty() && held.is_none() {
             break;
         }
         if !may_deliver(&ctx.record) {
@@ -264,7 +270,10 @@ pub(crate) async fn run_worker(ctx: WorkerCtx, mut rx: mpsc::Receiver<Delivery>,
             }
             continue;
         }
-        let first = tokio::select! {
+        let first = if let Some(d) = held.take() {
+            d
+        } else {
+            tokio::select! {
             biased;
             changed = control.changed() => {
                 if changed.is_err() { break; }
@@ -274,12 +283,16 @@ pub(crate) async fn run_worker(ctx: WorkerCtx, mut rx: mpsc::Receiver<Delivery>,
                 Some(d) => d,
                 None => break,
             },
+            }
         };
         match &ctx.handler {
             Handler::Async(f) => deliver_async(&ctx, f, first).await,
             Handler::Sync(f) => {
                 rx = match deliver_sync_batch(&ctx, Arc::clone(f), first, rx).await {
-                    Some(rx) => rx,
+                    Some((rx, unsent)) => {
+                        held = unsent;
+                        rx
+                    }
                     // The blocking task was cancelled (runtime shutting down): the
                     // mailbox went with it.
                     None => return,
@@ -288,6 +301,11 @@ pub(crate) async fn run_worker(ctx: WorkerCtx, mut rx: mpsc::Receiver<Delivery>,
         }
     }
     // Whatever is left is dropped; waiting senders see their delivery channel close.
+    if held.take().is_some()
+        && let Some(inner) = ctx.inner.upgrade()
+    {
+        inner.in_flight_done();
+    }
     rx.close();
     while let Ok(d) = rx.try_recv() {
         drop(d);
@@ -306,40 +324,49 @@ async fn deliver_async(ctx: &WorkerCtx, f: &Arc<AsyncFn>, d: Delivery) {
         Ok(Err(())) => Outcome::Panicked,
         Err(_) => Outcome::TimedOut,
     };
+    // Bookkeeping (quarantine on timeout, metrics) first, so a waiting sender that learns
+    // the outcome sees its effects.
+    finish(&ctx.inner, &ctx.record, outcome, started, msg_id);
     if let Some(done) = d.done {
         let _ = done.send(outcome);
     }
-    finish(&ctx.inner, &ctx.record, outcome, started, msg_id);
 }
 
 /// Hands the mailbox to a blocking-pool thread that runs the sync handler on `first` and
 /// on every further message already queued, while a watchdog here enforces the timeout.
-/// Returns the mailbox, or `None` if the blocking task was lost.
+/// Returns the mailbox and any message taken but not delivered, or `None` if the blocking
+/// task was lost.
 async fn deliver_sync_batch(
     ctx: &WorkerCtx,
     f: Arc<SyncFn>,
     first: Delivery,
     rx: mpsc::Receiver<Delivery>,
-) -> Option<mpsc::Receiver<Delivery>> {
+) -> Option<(mpsc::Receiver<Delivery>, Option<Delivery>)> {
     let record = Arc::clone(&ctx.record);
     let handle = ctx.handle();
     let epoch = ctx.epoch;
     let inner = ctx.inner.clone();
     let control = ctx.record.control.subscribe();
+    // The message being handled, for the watchdog's failure report.
+    let current: Arc<Mutex<Option<MessageId>>> = Arc::default();
+    let handling = Arc::clone(&current);
     let mut join = tokio::task::spawn_blocking(move || {
         let mut rx = rx;
         let mut next = Some(first);
         while let Some(d) = next.take() {
             let started = Instant::now();
-            record.in_handler_since.store(micros_since(epoch), Ordering::Release);
             let msg_id = d.msg.message_id;
+            *handling.lock() = Some(msg_id);
+            record.in_handler_since.store(micros_since(epoch), Ordering::Release);
             let res = catch_unwind(AssertUnwindSafe(|| f(&handle, d.msg)));
-            record.in_handler_since.store(0, Ordering::Release);
+            let timed_out = record.in_handler_since.swap(0, Ordering::AcqRel) == TIMED_OUT_MARK;
             let outcome = if res.is_ok() { Outcome::Done } else { Outcome::Panicked };
-            if let Some(done) = d.done {
-                let _ = done.send(outcome);
-            }
             finish(&inner, &record, outcome, started, msg_id);
+            if let Some(done) = d.done {
+                // The watchdog already quarantined the agent for this call: a waiting
+                // sender sees the timeout, even if the handler finished since.
+                let _ = done.send(if timed_out { Outcome::TimedOut } else { outcome });
+            }
             if *control.borrow() != RUN || !may_deliver(&record) {
                 break;
             }
@@ -349,26 +376,37 @@ async fn deliver_sync_batch(
                 // this keeps one thread draining instead of a hand-off per message.
                 Err(_) => wait_next(&mut rx),
             };
+            // The agent may have been paused or stopped while we waited: hand the
+            // message back undelivered.
+            if next.is_some() && (*control.borrow() != RUN || !may_deliver(&record)) {
+                return (rx, next);
+            }
         }
-        rx
+        (rx, None)
     });
     let tick = (ctx.timeout / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
-    let mut flagged = false;
     loop {
         tokio::select! {
             res = &mut join => return res.ok(),
             () = tokio::time::sleep(tick) => {
                 let since = ctx.record.in_handler_since.load(Ordering::Acquire);
-                if since == 0 {
-                    flagged = false;
+                if since == 0 || since == TIMED_OUT_MARK {
                     continue;
                 }
                 let running = Duration::from_micros(micros_since(ctx.epoch).saturating_sub(since));
-                if running > ctx.timeout && !flagged {
-                    flagged = true;
-                    if let Some(inner) = ctx.inner.upgrade() {
-                        inner.handler_timed_out(&ctx.record);
-                    }
+                let msg_id = *current.lock();
+                // Mark the call (only if it is still the one we measured) so it is
+                // reported once, and its waiting sender sees the timeout.
+                if running > ctx.timeout
+                    && let Some(msg_id) = msg_id
+                    && ctx
+                        .record
+                        .in_handler_since
+                        .compare_exchange(since, TIMED_OUT_MARK, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    && let Some(inner) = ctx.inner.upgrade()
+                {
+                    inner.delivery_failed(&ctx.record, msg_id, DeliveryFailure::TimedOut);
                 }
             }
         }

@@ -41,6 +41,7 @@ mod handle;
 pub mod hooks;
 pub mod metrics;
 mod runtime;
+pub mod storage;
 mod types;
 
 pub use agent::{AsyncHandler, BoxFuture};

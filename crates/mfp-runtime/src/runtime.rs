@@ -434,16 +434,6 @@ impl Inner {
         self.event(ev);
     }
 
-    pub(crate) fn handler_timed_out(&self, rec: &AgentRecord) {
-        self.metrics.handler_timeouts.inc();
-        let _ = self.quarantine_agent(&rec.id, "Agent callable timeout");
-        let mut ev = AuditEvent::new(AuditEventType::DeliveryFailed);
-        ev.success = false;
-        ev.agent = Some(rec.id);
-        ev.reason = Some("handler timed out".to_string());
-        self.event(ev);
-    }
-
     // ---- queries --------------------------------------------------------------------
 
     pub(crate) fn channels_of(&self, rec: &AgentRecord) -> Vec<ChannelInfo> {
@@ -637,7 +627,9 @@ impl Inner {
         drop(ch);
 
         if self.config.max_message_rate > 0 {
-            sender.rate.lock().record(started, self.config.max_message_rate);
+            // The window counts sends from when they went out, not from when the caller
+            // started (which may be up to `pipeline_timeout` earlier after a wait).
+            sender.rate.lock().record(Instant::now(), self.config.max_message_rate);
         }
         sender.messages_sent.fetch_add(1, Ordering::Relaxed);
         self.metrics.messages_sent.inc();

@@ -1,0 +1,288 @@
+//! Durable state behind a trait the runtime owns.
+//!
+//! The runtime describes every change as [`StorageOp`]s and hands a batch to
+//! [`Storage::apply`], which must apply the batch atomically (one transaction) and report
+//! the commit through the returned [`Ticket`]. A message's state advance travels in the same
+//! batch as its Sg update; the runtime returns the receipt only after the ticket reports the
+//! commit. Implementations may group batches from several channels into one transaction
+//! (group commit) as long as each batch is all-or-nothing and batches commit in submission
+//! order.
+//!
+//! [`MemoryStorage`] keeps everything in memory (the default behaviour, and a reference for
+//! tests); the `mfp-storage` crate provides SQLite.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use mfp_core::{AgentId, ChannelId, RuntimeId, State};
+use parking_lot::Mutex;
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+use crate::types::{AgentState, ChannelStatus};
+
+/// Why storage failed. Messages never contain keys, states or payloads.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The backend failed (I/O, SQL, lock timeout).
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+    /// Stored data is inconsistent or damaged.
+    #[error("stored state is corrupt: {0}")]
+    Corrupt(String),
+    /// An encrypted cell failed to decrypt (wrong master key or tampering).
+    #[error("stored cell failed to decrypt (wrong master key or damaged data)")]
+    Decrypt,
+    /// The master key is missing or malformed.
+    #[error("invalid master key: {0}")]
+    MasterKey(String),
+    /// The circuit breaker is open after repeated failures.
+    #[error("storage circuit breaker open")]
+    CircuitOpen,
+    /// The storage has shut down.
+    #[error("storage closed")]
+    Closed,
+}
+
+/// A persisted agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRow {
+    /// Agent id.
+    pub id: AgentId,
+    /// Name, if bound with one.
+    pub name: Option<String>,
+    /// Lifecycle state.
+    pub state: AgentState,
+    /// Quarantine reason (empty if none).
+    pub quarantine_reason: String,
+}
+
+/// A persisted channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelRow {
+    /// Channel id.
+    pub id: ChannelId,
+    /// First agent (canonical order).
+    pub agent_a: AgentId,
+    /// Second agent.
+    pub agent_b: AgentId,
+    /// Frame depth.
+    pub depth: usize,
+    /// Status.
+    pub status: ChannelStatus,
+    /// Step.
+    pub step: u64,
+    /// Local state `Sl` (the backend encrypts it at rest).
+    pub state: State,
+    /// Consecutive validation failures.
+    pub validation_failures: u32,
+}
+
+/// Runtime metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaRow {
+    /// Runtime identity.
+    pub identity: RuntimeId,
+    /// Deployment id it was derived from (may be empty).
+    pub deployment_id: Vec<u8>,
+    /// Instance id it was derived from (may be empty).
+    pub instance_id: Vec<u8>,
+    /// Agents ever bound.
+    pub agent_counter: u64,
+}
+
+/// One change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StorageOp {
+    /// Insert or replace the runtime metadata.
+    Meta(MetaRow),
+    /// Insert or replace an agent.
+    PutAgent(AgentRow),
+    /// Remove an agent (after its channels were closed).
+    DeleteAgent(AgentId),
+    /// Insert or replace a channel.
+    PutChannel(ChannelRow),
+    /// A message advanced a channel: new state and step, failure count reset.
+    AdvanceChannel {
+        /// Channel.
+        id: ChannelId,
+        /// New local state.
+        state: State,
+        /// New step.
+        step: u64,
+    },
+    /// A channel's status changed (quarantine, restore).
+    ChannelStatus {
+        /// Channel.
+        id: ChannelId,
+        /// New status.
+        status: ChannelStatus,
+    },
+    /// A channel was closed: its state is wiped.
+    CloseChannel(ChannelId),
+    /// The Sg cache (`None` when no channel is left).
+    Sg(Option<State>),
+}
+
+/// Everything needed to restart a runtime.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Metadata, if any was stored.
+    pub meta: Option<MetaRow>,
+    /// Agents not terminated.
+    pub agents: Vec<AgentRow>,
+    /// Channels not closed.
+    pub channels: Vec<ChannelRow>,
+    /// The Sg cache.
+    pub sg: Option<State>,
+}
+
+/// Completion of one [`Storage::apply`].
+#[derive(Debug)]
+pub struct Ticket(TicketInner);
+
+#[derive(Debug)]
+enum TicketInner {
+    Ready(Result<(), StorageError>),
+    Pending(oneshot::Receiver<Result<(), StorageError>>),
+}
+
+/// The sending half of a [`Ticket`], for implementations that commit asynchronously.
+#[derive(Debug)]
+pub struct TicketSender(oneshot::Sender<Result<(), StorageError>>);
+
+impl TicketSender {
+    /// Reports the outcome of the batch.
+    pub fn complete(self, result: Result<(), StorageError>) {
+        let _ = self.0.send(result);
+    }
+}
+
+impl Ticket {
+    /// An already-completed ticket.
+    #[must_use]
+    pub fn ready(result: Result<(), StorageError>) -> Self {
+        Ticket(TicketInner::Ready(result))
+    }
+
+    /// A pending ticket and the sender that completes it.
+    #[must_use]
+    pub fn pending() -> (TicketSender, Self) {
+        let (tx, rx) = oneshot::channel();
+        (TicketSender(tx), Ticket(TicketInner::Pending(rx)))
+    }
+
+    /// Blocks the calling thread until the batch committed or failed.
+    pub fn wait(self) -> Result<(), StorageError> {
+        match self.0 {
+            TicketInner::Ready(r) => r,
+            TicketInner::Pending(rx) => crate::block::block_on(rx).unwrap_or(Err(StorageError::Closed)),
+        }
+    }
+
+    /// Waits asynchronously until the batch committed or failed.
+    pub async fn wait_async(self) -> Result<(), StorageError> {
+        match self.0 {
+            TicketInner::Ready(r) => r,
+            TicketInner::Pending(rx) => rx.await.unwrap_or(Err(StorageError::Closed)),
+        }
+    }
+}
+
+/// Durable storage of a runtime's state.
+pub trait Storage: Send + Sync + 'static {
+    /// Reads the stored state (`None` for an empty store).
+    fn load(&self) -> Result<Option<Snapshot>, StorageError>;
+
+    /// Applies `ops` atomically, in order after every earlier batch; the ticket completes
+    /// once the batch is durable (per the backend's durability setting) or has failed —
+    /// in which case nothing of it was applied.
+    fn apply(&self, ops: Vec<StorageOp>) -> Ticket;
+}
+
+/// Storage that keeps the latest state in memory. `apply` takes effect at once.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryStorage {
+    inner: Arc<Mutex<MemoryState>>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    meta: Option<MetaRow>,
+    agents: BTreeMap<AgentId, AgentRow>,
+    channels: BTreeMap<ChannelId, ChannelRow>,
+    sg: Option<State>,
+    fail_next: usize,
+}
+
+impl MemoryStorage {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the next `n` batches fail (for testing fail-closed behaviour).
+    pub fn fail_next(&self, n: usize) {
+        self.inner.lock().fail_next = n;
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn load(&self) -> Result<Option<Snapshot>, StorageError> {
+        let s = self.inner.lock();
+        if s.meta.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Snapshot {
+            meta: s.meta.clone(),
+            agents: s.agents.values().filter(|a| a.state != AgentState::Terminated).cloned().collect(),
+            channels: s.channels.values().filter(|c| c.status != ChannelStatus::Closed).cloned().collect(),
+            sg: s.sg.clone(),
+        }))
+    }
+
+    fn apply(&self, ops: Vec<StorageOp>) -> Ticket {
+        let mut s = self.inner.lock();
+        if s.fail_next > 0 {
+            s.fail_next -= 1;
+            return Ticket::ready(Err(StorageError::Backend("injected failure".into())));
+        }
+        for op in ops {
+            match op {
+                StorageOp::Meta(m) => s.meta = Some(m),
+                StorageOp::PutAgent(a) => {
+                    s.agents.insert(a.id, a);
+                }
+                StorageOp::DeleteAgent(id) => {
+                    s.agents.remove(&id);
+                }
+                StorageOp::PutChannel(c) => {
+                    s.channels.insert(c.id, c);
+                }
+                StorageOp::AdvanceChannel { id, state, step } => {
+                    if let Some(c) = s.channels.get_mut(&id) {
+                        c.state = state;
+                        c.step = step;
+                        c.validation_failures = 0;
+                    }
+                }
+                StorageOp::ChannelStatus { id, status } => {
+                    if let Some(c) = s.channels.get_mut(&id) {
+                        c.status = status;
+                    }
+                }
+                StorageOp::CloseChannel(id) => {
+                    if let Some(c) = s.channels.get_mut(&id) {
+                        c.status = ChannelStatus::Closed;
+                        c.state = State::zero();
+                    }
+                }
+                StorageOp::Sg(sg) => s.sg = sg,
+            }
+        }
+        Ticket::ready(Ok(()))
+    }
+}

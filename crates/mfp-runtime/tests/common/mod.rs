@@ -1,0 +1,151 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, dead_code)]
+//! Helpers shared by the integration tests: short-timeout configurations, a recording
+//! inbox that can be waited on, a gate that blocks a handler until released, and a
+//! deterministic entropy source.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use mfp_core::{EntropySource, FnEntropy};
+use mfp_runtime::{AgentHandle, DeliveredMessage, RuntimeConfig};
+
+/// A configuration with short timeouts, so a failing test fails fast.
+pub(crate) fn cfg() -> RuntimeConfig {
+    RuntimeConfig {
+        agent_timeout: Duration::from_millis(200),
+        pipeline_timeout: Duration::from_millis(300),
+        ..RuntimeConfig::default()
+    }
+}
+
+/// Upper bound for waiting on something that should happen within milliseconds.
+pub(crate) const WAIT: Duration = Duration::from_millis(1500);
+
+/// Messages delivered to one agent, in delivery order.
+#[derive(Clone, Default)]
+pub(crate) struct Inbox(Arc<(Mutex<Vec<DeliveredMessage>>, Condvar)>);
+
+impl Inbox {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn push(&self, m: DeliveredMessage) {
+        let (lock, cv) = &*self.0;
+        lock.lock().unwrap().push(m);
+        cv.notify_all();
+    }
+
+    /// A handler that records every message.
+    pub(crate) fn handler(&self) -> impl Fn(&AgentHandle, DeliveredMessage) + Send + Sync + 'static {
+        let me = self.clone();
+        move |_, m| me.push(m)
+    }
+
+    /// Waits until at least `n` messages arrived (at most `WAIT`); returns a copy of all.
+    pub(crate) fn wait_for(&self, n: usize) -> Vec<DeliveredMessage> {
+        let (lock, cv) = &*self.0;
+        let deadline = Instant::now() + WAIT;
+        let mut g = lock.lock().unwrap();
+        while g.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for {n} messages, have {}", g.len());
+            g = cv.wait_timeout(g, left).unwrap().0;
+        }
+        g.clone()
+    }
+
+    pub(crate) fn all(&self) -> Vec<DeliveredMessage> {
+        self.0.0.lock().unwrap().clone()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.0.lock().unwrap().len()
+    }
+
+    pub(crate) fn payloads(&self) -> Vec<Vec<u8>> {
+        self.all().into_iter().map(|m| m.payload).collect()
+    }
+}
+
+/// A one-shot gate: `wait` blocks until `open` is called (or `WAIT` passes), and
+/// `entered` tells whether some thread reached `wait`.
+#[derive(Clone, Default)]
+pub(crate) struct Gate(Arc<(Mutex<(bool, usize)>, Condvar)>);
+
+impl Gate {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Blocks the caller until the gate is opened.
+    pub(crate) fn wait(&self) {
+        let (lock, cv) = &*self.0;
+        let deadline = Instant::now() + WAIT;
+        let mut g = lock.lock().unwrap();
+        g.1 += 1;
+        cv.notify_all();
+        while !g.0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            g = cv.wait_timeout(g, left).unwrap().0;
+        }
+    }
+
+    /// Waits until `n` callers are blocked in (or went through) `wait`.
+    pub(crate) fn wait_entered(&self, n: usize) {
+        let (lock, cv) = &*self.0;
+        let deadline = Instant::now() + WAIT;
+        let mut g = lock.lock().unwrap();
+        while g.1 < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "nobody entered the gate");
+            g = cv.wait_timeout(g, left).unwrap().0;
+        }
+    }
+
+    pub(crate) fn open(&self) {
+        let (lock, cv) = &*self.0;
+        lock.lock().unwrap().0 = true;
+        cv.notify_all();
+    }
+}
+
+/// A deterministic entropy source: a splitmix64 stream from `seed`.
+pub(crate) fn counter_entropy(seed: u64) -> impl EntropySource + Send + 'static {
+    let mut counter = seed;
+    FnEntropy(move |buf: &mut [u8]| {
+        for chunk in buf.chunks_mut(8) {
+            counter = counter.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = counter;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+        }
+        Ok(())
+    })
+}
+
+/// Silences panics raised on purpose by test handlers (their message contains
+/// "on purpose"): the default hook would print them, and with `RUST_BACKTRACE` set it
+/// would capture a backtrace first, which in a debug build can take longer than the short
+/// agent timeouts these tests use. Other panics (failed assertions) still print.
+pub(crate) fn quiet_intentional_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let msg = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+            if !msg.is_some_and(|m| m.contains("on purpose")) {
+                default(info);
+            }
+        }));
+    });
+}

@@ -1,0 +1,402 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+//! Limits and refusals: rate limiting under each `RateLimitAction`, mailbox backpressure
+//! under each `Backpressure` policy, payload size, frame depth, resource limits and channel
+//! membership. Every refused send must leave the channel step where it was.
+
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Gate, Inbox, cfg};
+use mfp_runtime::{
+    AgentHandle, AgentState, Backpressure, ChannelId, ChannelStatus, Error, ErrorCode, RateLimitAction, Runtime,
+    RuntimeConfig,
+};
+
+fn pair(rt: &Runtime, inbox: &Inbox) -> (AgentHandle, AgentHandle, ChannelId) {
+    let a = rt.bind(|_, _| {}).unwrap();
+    let b = rt.bind(inbox.handler()).unwrap();
+    let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
+    (a, b, ch)
+}
+
+// ---- rate limiting -----------------------------------------------------------------
+
+fn rate_cfg(action: RateLimitAction) -> RuntimeConfig {
+    RuntimeConfig { max_message_rate: 3, rate_limit_action: action, ..cfg() }
+}
+
+#[test]
+fn rate_limit_quarantine_quarantines_the_sender_on_the_fourth_send() {
+    let rt = Runtime::new(rate_cfg(RateLimitAction::Quarantine)).unwrap();
+    let inbox = Inbox::new();
+    let (a, b, ch) = pair(&rt, &inbox);
+    for i in 0..3u64 {
+        assert_eq!(a.send(ch, b"x").unwrap().step, i);
+    }
+    let err = a.send(ch, b"x").unwrap_err();
+    assert_eq!(err, Error::AgentQuarantined);
+    assert_eq!(err.code(), Some(ErrorCode::Quarantined));
+    assert_eq!(a.state(), AgentState::Quarantined);
+    assert_eq!(rt.agent_state(&a.id()).unwrap(), AgentState::Quarantined);
+    assert_eq!(rt.quarantine_reason(&a.id()).unwrap(), "Rate limit exceeded");
+    assert_eq!(rt.metrics().rate_limited.get(), 1);
+    assert_eq!(rt.metrics().agent_quarantines.get(), 1);
+    // Its channels are quarantined with it; the peer is not.
+    assert_eq!(rt.channel_info(&ch).unwrap().status, ChannelStatus::Quarantined);
+    assert_eq!(b.state(), AgentState::Active);
+    assert_eq!(b.send(ch, b"reply"), Err(Error::ChannelQuarantined));
+    assert_eq!(a.send(ch, b"x"), Err(Error::AgentQuarantined));
+    assert_eq!(a.status(), Err(Error::AgentQuarantined));
+    // The three accepted messages were delivered.
+    assert_eq!(inbox.wait_for(3).len(), 3);
+}
+
+#[test]
+fn rate_limit_reject_refuses_but_keeps_the_sender_active() {
+    let rt = Runtime::new(rate_cfg(RateLimitAction::Reject)).unwrap();
+    let inbox = Inbox::new();
+    let (a, b, ch) = pair(&rt, &inbox);
+    let c = rt.bind(|_, _| {}).unwrap();
+    let ac = rt.establish_channel(&a.id(), &c.id()).unwrap();
+    for _ in 0..3 {
+        a.send(ch, b"x").unwrap();
+    }
+    match a.send(ch, b"x") {
+        Err(e @ Error::RateLimited { retry_after }) => {
+            assert!(retry_after <= Duration::from_secs(1));
+            assert!(retry_after > Duration::from_millis(500), "{retry_after:?}");
+            assert_eq!(e.code(), Some(ErrorCode::ResourceLimitExceeded));
+        }
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    // The limit is per sender, across its channels.
+    assert!(matches!(a.send(ac, b"x"), Err(Error::RateLimited { .. })));
+    assert_eq!(a.state(), AgentState::Active);
+    assert_eq!(rt.quarantine_reason(&a.id()).unwrap(), "");
+    assert_eq!(rt.metrics().agent_quarantines.get(), 0);
+    // Other senders are unaffected, and refused sends moved no state.
+    assert_eq!(b.send(ch, b"y").unwrap().step, 3);
+    assert_eq!(a.status().unwrap().messages_sent, 3);
+}
+
+#[test]
+fn rate_limit_wait_gives_up_at_once_when_the_wait_exceeds_the_pipeline_timeout() {
+    let config = RuntimeConfig { pipeline_timeout: Duration::from_millis(100), ..rate_cfg(RateLimitAction::Wait) };
+    let rt = Runtime::new(config).unwrap();
+    let inbox = Inbox::new();
+    let (a, _b, ch) = pair(&rt, &inbox);
+    for _ in 0..3 {
+        a.send(ch, b"x").unwrap();
+    }
+    let t = Instant::now();
+    assert!(matches!(a.send(ch, b"x"), Err(Error::RateLimited { .. })));
+    assert!(t.elapsed() < Duration::from_millis(100), "should not wait when the wait cannot succeed");
+    assert_eq!(a.state(), AgentState::Active);
+    assert_eq!(a.send(ch, b"x").map_err(|e| e.code()), Err(Some(ErrorCode::ResourceLimitExceeded)));
+}
+
+/// `Wait` delays the fourth send until the window frees, and the delayed send counts in
+/// the window from when it was actually sent: at most 3 sends in any rolling second.
+#[test]
+fn rate_limit_wait_delays_until_the_window_frees() {
+    let config = RuntimeConfig { pipeline_timeout: Duration::from_millis(900), ..rate_cfg(RateLimitAction::Wait) };
+    let rt = Runtime::new(config).unwrap();
+    let inbox = Inbox::new();
+    let (a, _b, ch) = pair(&rt, &inbox);
+    let t0 = Instant::now();
+    for _ in 0..3 {
+        a.send(ch, b"x").unwrap();
+    }
+    thread::sleep(Duration::from_millis(150));
+    let t = Instant::now();
+    let r = a.send(ch, b"4th").unwrap();
+    assert_eq!(r.step, 3);
+    assert!(t.elapsed() >= Duration::from_millis(600), "4th send returned after {:?}", t.elapsed());
+    assert!(t0.elapsed() >= Duration::from_millis(950), "4th send went out {:?} after the 1st", t0.elapsed());
+    // Two more fit next to the 4th…
+    a.send(ch, b"5th").unwrap();
+    a.send(ch, b"6th").unwrap();
+    // …but a 7th would make four within one second of the 4th, and waiting for the 4th to
+    // leave the window takes longer than the pipeline timeout.
+    let t = Instant::now();
+    let seventh = a.send(ch, b"7th");
+    assert!(matches!(seventh, Err(Error::RateLimited { .. })), "7th send: {seventh:?} after {:?}", t.elapsed());
+    assert_eq!(a.state(), AgentState::Active);
+    assert!(rt.metrics().rate_limited.get() >= 2);
+    assert_eq!(inbox.wait_for(6).len(), 6);
+}
+
+#[test]
+fn rate_limit_zero_means_unlimited() {
+    let config = RuntimeConfig { max_message_rate: 0, ..cfg() };
+    let rt = Runtime::new(config).unwrap();
+    let inbox = Inbox::new();
+    let (a, _b, ch) = pair(&rt, &inbox);
+    for i in 0..200u64 {
+        assert_eq!(a.send(ch, b"x").unwrap().step, i);
+    }
+    assert_eq!(rt.metrics().rate_limited.get(), 0);
+}
+
+// ---- backpressure ------------------------------------------------------------------
+
+/// A recipient whose handler blocks on `gate` for every message until it is opened.
+fn gated_pair(rt: &Runtime, gate: &Gate, inbox: &Inbox) -> (AgentHandle, AgentHandle, ChannelId) {
+    let a = rt.bind(|_, _| {}).unwrap();
+    let (g, i) = (gate.clone(), inbox.clone());
+    let b = rt
+        .bind(move |_, m| {
+            g.wait();
+            i.push(m);
+        })
+        .unwrap();
+    let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
+    (a, b, ch)
+}
+
+fn bp_cfg(policy: Backpressure, pipeline_ms: u64) -> RuntimeConfig {
+    RuntimeConfig {
+        mailbox_capacity: 1,
+        backpressure: policy,
+        pipeline_timeout: Duration::from_millis(pipeline_ms),
+        // Longer than the gate can block, so the slow handler is never quarantined.
+        agent_timeout: Duration::from_secs(3),
+        ..cfg()
+    }
+}
+
+#[test]
+fn backpressure_reject_fails_at_once_and_moves_no_state() {
+    let rt = Runtime::new(bp_cfg(Backpressure::Reject, 300)).unwrap();
+    let (gate, inbox) = (Gate::new(), Inbox::new());
+    let (a, b, ch) = gated_pair(&rt, &gate, &inbox);
+    assert_eq!(a.send(ch, b"m0").unwrap().step, 0);
+    gate.wait_entered(1); // the handler holds m0; the mailbox is empty again
+    assert_eq!(a.send(ch, b"m1").unwrap().step, 1); // fills the mailbox (capacity 1)
+    let t = Instant::now();
+    let err = a.send(ch, b"m2").unwrap_err();
+    assert!(t.elapsed() < Duration::from_millis(250), "Reject must not wait");
+    assert_eq!(err, Error::MailboxFull);
+    assert_eq!(err.code(), Some(ErrorCode::ResourceLimitExceeded));
+    assert_eq!(a.send(ch, b"m2"), Err(Error::MailboxFull));
+    assert_eq!(rt.metrics().mailbox_full.get(), 2);
+    assert_eq!(b.status().unwrap().mailbox_len, 1);
+    assert_eq!(a.state(), AgentState::Active);
+    assert_eq!(b.state(), AgentState::Active);
+
+    gate.open();
+    inbox.wait_for(2);
+    assert_eq!(a.send(ch, b"m3").unwrap().step, 2, "failed sends must not advance the step");
+    let got = inbox.wait_for(3);
+    assert_eq!(got.iter().map(|m| m.step).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(inbox.payloads(), [b"m0".to_vec(), b"m1".to_vec(), b"m3".to_vec()]);
+    assert_eq!(a.status().unwrap().messages_sent, 3);
+}
+
+#[test]
+fn backpressure_wait_times_out_with_mailbox_full() {
+    let rt = Runtime::new(bp_cfg(Backpressure::Wait, 100)).unwrap();
+    let (gate, inbox) = (Gate::new(), Inbox::new());
+    let (a, _b, ch) = gated_pair(&rt, &gate, &inbox);
+    assert_eq!(a.send(ch, b"m0").unwrap().step, 0);
+    gate.wait_entered(1);
+    assert_eq!(a.send(ch, b"m1").unwrap().step, 1);
+    let t = Instant::now();
+    assert_eq!(a.send(ch, b"m2"), Err(Error::MailboxFull));
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_millis(80), "gave up after {waited:?}");
+    assert!(waited < Duration::from_millis(1000), "waited {waited:?}");
+    assert_eq!(rt.metrics().mailbox_full.get(), 1);
+
+    gate.open();
+    inbox.wait_for(2);
+    assert_eq!(a.send(ch, b"m3").unwrap().step, 2);
+    assert_eq!(inbox.wait_for(3).iter().map(|m| m.step).collect::<Vec<_>>(), [0, 1, 2]);
+}
+
+#[test]
+fn backpressure_wait_succeeds_once_space_frees() {
+    let rt = Runtime::new(bp_cfg(Backpressure::Wait, 1000)).unwrap();
+    let (gate, inbox) = (Gate::new(), Inbox::new());
+    let (a, _b, ch) = gated_pair(&rt, &gate, &inbox);
+    a.send(ch, b"m0").unwrap();
+    gate.wait_entered(1);
+    a.send(ch, b"m1").unwrap();
+    let waiter = {
+        let a = a.clone();
+        thread::spawn(move || {
+            let t = Instant::now();
+            (a.send(ch, b"m2"), t.elapsed())
+        })
+    };
+    thread::sleep(Duration::from_millis(60));
+    assert!(!waiter.is_finished(), "the send should be waiting for mailbox space");
+    gate.open();
+    let (res, waited) = waiter.join().unwrap();
+    assert_eq!(res.unwrap().step, 2);
+    assert!(waited >= Duration::from_millis(50));
+    let got = inbox.wait_for(3);
+    assert_eq!(got.iter().map(|m| m.step).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(rt.metrics().mailbox_full.get(), 0);
+}
+
+#[test]
+fn a_full_mailbox_does_not_block_other_recipients() {
+    let rt = Runtime::new(bp_cfg(Backpressure::Reject, 300)).unwrap();
+    let (gate, inbox) = (Gate::new(), Inbox::new());
+    let (a, _b, ch) = gated_pair(&rt, &gate, &inbox);
+    let other = Inbox::new();
+    let c = rt.bind(other.handler()).unwrap();
+    let ac = rt.establish_channel(&a.id(), &c.id()).unwrap();
+    a.send(ch, b"m0").unwrap();
+    gate.wait_entered(1);
+    a.send(ch, b"m1").unwrap();
+    assert_eq!(a.send(ch, b"m2"), Err(Error::MailboxFull));
+    // (c's mailbox holds one message too: wait for each delivery.)
+    for i in 0..5u64 {
+        assert_eq!(a.send_and_wait(ac, b"free").unwrap().step, i);
+    }
+    assert_eq!(other.wait_for(5).len(), 5);
+    gate.open();
+    inbox.wait_for(2);
+}
+
+// ---- sizes, depths, resources, membership -----------------------------------------
+
+#[test]
+fn payload_too_large_is_refused_without_quarantine() {
+    let config = RuntimeConfig { max_payload_size: 10, ..cfg() };
+    let rt = Runtime::new(config).unwrap();
+    let inbox = Inbox::new();
+    let (a, _b, ch) = pair(&rt, &inbox);
+    assert_eq!(a.send(ch, &[1; 10]).unwrap().step, 0);
+    let err = a.send(ch, &[1; 11]).unwrap_err();
+    assert_eq!(err, Error::PayloadTooLarge { len: 11, max: 10 });
+    assert_eq!(err.code(), Some(ErrorCode::PayloadTooLarge));
+    assert_eq!(a.send(ch, &[0; 5000]), Err(Error::PayloadTooLarge { len: 5000, max: 10 }));
+    assert_eq!(a.state(), AgentState::Active);
+    assert_eq!(rt.channel_info(&ch).unwrap().status, ChannelStatus::Active);
+    assert_eq!(rt.metrics().agent_quarantines.get(), 0);
+    assert_eq!(a.send(ch, b"ok").unwrap().step, 1);
+    assert_eq!(inbox.wait_for(2).len(), 2);
+}
+
+#[test]
+fn max_payload_size_zero_means_no_configured_limit() {
+    let config = RuntimeConfig { max_payload_size: 0, ..cfg() };
+    let rt = Runtime::new(config).unwrap();
+    let inbox = Inbox::new();
+    let (a, _b, ch) = pair(&rt, &inbox);
+    let big = vec![7u8; 2 << 20];
+    a.send(ch, &big).unwrap();
+    assert_eq!(inbox.wait_for(1)[0].payload.len(), big.len());
+}
+
+#[test]
+fn frame_depth_must_be_in_range() {
+    let config = RuntimeConfig { max_frame_depth: 8, ..cfg() };
+    let rt = Runtime::new(config).unwrap();
+    let inbox = Inbox::new();
+    let a = rt.bind(|_, _| {}).unwrap();
+    let b = rt.bind(inbox.handler()).unwrap();
+    for bad in [0, 1, 9, 300] {
+        assert_eq!(
+            rt.establish_channel_with_depth(&a.id(), &b.id(), bad),
+            Err(Error::InvalidDepth { depth: bad, min: 2, max: 8 })
+        );
+    }
+    assert_eq!(rt.channel_count(), 0);
+    assert_eq!(a.state(), AgentState::Bound, "a refused channel must not activate the agent");
+    let deep = rt.establish_channel_with_depth(&a.id(), &b.id(), 8).unwrap();
+    let shallow = rt.establish_channel_with_depth(&a.id(), &b.id(), 2).unwrap();
+    assert_eq!(rt.channel_info(&deep).unwrap().depth, 8);
+    a.send(deep, b"deep").unwrap();
+    a.send(shallow, b"shallow").unwrap();
+    let mut got = inbox.wait_for(2).into_iter().map(|m| m.payload).collect::<Vec<_>>();
+    got.sort();
+    assert_eq!(got, [b"deep".to_vec(), b"shallow".to_vec()]);
+
+    // The default maximum is 32.
+    let rt = Runtime::new(cfg()).unwrap();
+    let a = rt.bind(|_, _| {}).unwrap();
+    let b = rt.bind(|_, _| {}).unwrap();
+    assert!(matches!(rt.establish_channel_with_depth(&a.id(), &b.id(), 33), Err(Error::InvalidDepth { .. })));
+    assert!(rt.establish_channel_with_depth(&a.id(), &b.id(), 32).is_ok());
+}
+
+#[test]
+fn max_channels_per_agent_is_enforced() {
+    let config = RuntimeConfig { max_channels_per_agent: 2, ..cfg() };
+    let rt = Runtime::new(config).unwrap();
+    let a = rt.bind(|_, _| {}).unwrap();
+    let peers: Vec<AgentHandle> = (0..3).map(|_| rt.bind(|_, _| {}).unwrap()).collect();
+    let c0 = rt.establish_channel(&a.id(), &peers[0].id()).unwrap();
+    rt.establish_channel(&a.id(), &peers[1].id()).unwrap();
+    let err = rt.establish_channel(&a.id(), &peers[2].id()).unwrap_err();
+    assert_eq!(err, Error::ResourceLimit { what: "max_channels_per_agent", limit: 2 });
+    assert_eq!(err.code(), Some(ErrorCode::ResourceLimitExceeded));
+    // Either side hitting the limit refuses the channel.
+    assert!(matches!(rt.establish_channel(&peers[2].id(), &a.id()), Err(Error::ResourceLimit { .. })));
+    assert_eq!(rt.channel_count(), 2);
+    assert_eq!(peers[2].state(), AgentState::Bound);
+    // Closing one frees a slot.
+    rt.close_channel(&c0).unwrap();
+    rt.establish_channel(&a.id(), &peers[2].id()).unwrap();
+    assert_eq!(a.status().unwrap().channel_count, 2);
+}
+
+#[test]
+fn max_agents_is_enforced() {
+    let config = RuntimeConfig { max_agents: 2, ..cfg() };
+    let rt = Runtime::new(config).unwrap();
+    let a = rt.bind(|_, _| {}).unwrap();
+    rt.bind_named("b", |_, _| {}).unwrap();
+    let err = rt.bind(|_, _| {}).unwrap_err();
+    assert_eq!(err, Error::ResourceLimit { what: "max_agents", limit: 2 });
+    assert_eq!(err.code(), Some(ErrorCode::ResourceLimitExceeded));
+    assert!(matches!(rt.bind_async_fn(|_, _| async {}), Err(Error::ResourceLimit { .. })));
+    assert_eq!(rt.agent_count(), 2);
+    rt.unbind_agent(&a.id()).unwrap();
+    rt.bind(|_, _| {}).unwrap();
+    assert_eq!(rt.agent_count(), 2);
+    assert_eq!(rt.agent_counter(), 3);
+}
+
+#[test]
+fn duplicate_names_are_refused() {
+    let rt = Runtime::new(cfg()).unwrap();
+    let x = rt.bind_named("x", |_, _| {}).unwrap();
+    assert_eq!(x.name(), Some("x"));
+    assert!(matches!(rt.bind_named("x", |_, _| {}), Err(Error::DuplicateAgentName(n)) if n == "x"));
+    // The name is free again once the agent is gone.
+    rt.unbind_agent(&x.id()).unwrap();
+    rt.bind_named("x", |_, _| {}).unwrap();
+}
+
+#[test]
+fn senders_must_be_on_the_channel_and_the_channel_must_exist() {
+    let rt = Runtime::new(cfg()).unwrap();
+    let inbox = Inbox::new();
+    let (a, b, ch) = pair(&rt, &inbox);
+    let c = rt.bind(|_, _| {}).unwrap();
+    let d = rt.bind(|_, _| {}).unwrap();
+    rt.establish_channel(&c.id(), &d.id()).unwrap();
+    assert_eq!(a.send(ch, b"0").unwrap().step, 0);
+
+    let err = c.send(ch, b"intruder").unwrap_err();
+    assert_eq!(err, Error::NotOnChannel);
+    assert_eq!(err.code(), Some(ErrorCode::InvalidChannel));
+    let err = a.send(ChannelId::from_bytes([9; 16]), b"x").unwrap_err();
+    assert_eq!(err, Error::UnknownChannel);
+    assert_eq!(err.code(), Some(ErrorCode::InvalidChannel));
+    // An agent without channels is Bound and may not send.
+    let lonely = rt.bind(|_, _| {}).unwrap();
+    let err = lonely.send(ch, b"x").unwrap_err();
+    assert_eq!(err, Error::AgentState(AgentState::Bound));
+    assert_eq!(err.code(), Some(ErrorCode::Unbound));
+    // Nothing moved.
+    assert_eq!(b.send(ch, b"1").unwrap().step, 1);
+    assert_eq!(inbox.wait_for(1).len(), 1);
+}
