@@ -215,6 +215,7 @@ fn micros_since(epoch: Instant) -> u64 {
 /// What the worker needs besides its record.
 pub(crate) struct WorkerCtx {
     pub(crate) inner: std::sync::Weak<Inner>,
+    pub(crate) shared: Arc<crate::runtime::Shared>,
     pub(crate) record: Arc<AgentRecord>,
     pub(crate) handler: Handler,
     pub(crate) timeout: Duration,
@@ -230,19 +231,27 @@ impl WorkerCtx {
 /// Bookkeeping after one handler call.
 fn finish(
     inner: &std::sync::Weak<Inner>,
+    shared: &crate::runtime::Shared,
     record: &AgentRecord,
     outcome: Outcome,
     started: Instant,
     msg_id: mfp_core::MessageId,
 ) {
-    let Some(inner) = inner.upgrade() else { return };
-    inner.in_flight_done();
-    inner.metrics.handler_duration.observe_duration(started.elapsed());
-    match outcome {
-        Outcome::Done => inner.metrics.messages_delivered.inc(),
-        Outcome::Panicked => inner.delivery_failed(record, msg_id, DeliveryFailure::Panicked),
-        Outcome::TimedOut => inner.delivery_failed(record, msg_id, DeliveryFailure::TimedOut),
+    shared.metrics.handler_duration.observe_duration(started.elapsed());
+    let failure = match outcome {
+        Outcome::Done => {
+            shared.metrics.messages_delivered.inc();
+            None
+        }
+        Outcome::Panicked => Some(DeliveryFailure::Panicked),
+        Outcome::TimedOut => Some(DeliveryFailure::TimedOut),
+    };
+    if let Some(f) = failure
+        && let Some(inner) = inner.upgrade()
+    {
+        inner.delivery_failed(record, msg_id, f);
     }
+    shared.in_flight_done();
 }
 
 /// Whether the worker should deliver now.
@@ -301,17 +310,13 @@ pub(crate) async fn run_worker(ctx: WorkerCtx, mut rx: mpsc::Receiver<Delivery>,
         }
     }
     // Whatever is left is dropped; waiting senders see their delivery channel close.
-    if held.take().is_some()
-        && let Some(inner) = ctx.inner.upgrade()
-    {
-        inner.in_flight_done();
+    if held.take().is_some() {
+        ctx.shared.in_flight_done();
     }
     rx.close();
     while let Ok(d) = rx.try_recv() {
         drop(d);
-        if let Some(inner) = ctx.inner.upgrade() {
-            inner.in_flight_done();
-        }
+        ctx.shared.in_flight_done();
     }
 }
 
@@ -326,7 +331,7 @@ async fn deliver_async(ctx: &WorkerCtx, f: &Arc<AsyncFn>, d: Delivery) {
     };
     // Bookkeeping (quarantine on timeout, metrics) first, so a waiting sender that learns
     // the outcome sees its effects.
-    finish(&ctx.inner, &ctx.record, outcome, started, msg_id);
+    finish(&ctx.inner, &ctx.shared, &ctx.record, outcome, started, msg_id);
     if let Some(done) = d.done {
         let _ = done.send(outcome);
     }
@@ -346,6 +351,7 @@ async fn deliver_sync_batch(
     let handle = ctx.handle();
     let epoch = ctx.epoch;
     let inner = ctx.inner.clone();
+    let shared = Arc::clone(&ctx.shared);
     let control = ctx.record.control.subscribe();
     // The message being handled, for the watchdog's failure report.
     let current: Arc<Mutex<Option<MessageId>>> = Arc::default();
@@ -361,7 +367,7 @@ async fn deliver_sync_batch(
             let res = catch_unwind(AssertUnwindSafe(|| f(&handle, d.msg)));
             let timed_out = record.in_handler_since.swap(0, Ordering::AcqRel) == TIMED_OUT_MARK;
             let outcome = if res.is_ok() { Outcome::Done } else { Outcome::Panicked };
-            finish(&inner, &record, outcome, started, msg_id);
+            finish(&inner, &shared, &record, outcome, started, msg_id);
             if let Some(done) = d.done {
                 // The watchdog already quarantined the agent for this call: a waiting
                 // sender sees the timeout, even if the handler finished since.

@@ -150,7 +150,7 @@ impl AgentHandle {
                         Ok(Ok(p)) => p,
                         Ok(Err(_)) => return Err(Error::ChannelClosed),
                         Err(_) => {
-                            inner.metrics.mailbox_full.inc();
+                            inner.shared.metrics.mailbox_full.inc();
                             return Err(Error::MailboxFull);
                         }
                     }
@@ -190,7 +190,7 @@ impl AgentHandle {
                         Ok(Ok(p)) => p,
                         Ok(Err(_)) => return Err(Error::ChannelClosed),
                         Err(_) => {
-                            inner.metrics.mailbox_full.inc();
+                            inner.shared.metrics.mailbox_full.inc();
                             return Err(Error::MailboxFull);
                         }
                     }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use mfp_core::crypto::sha256;
 use mfp_core::{
-    AgentId, BLOCK_SIZE, ChannelId, EntropySource, Frame, MAX_FRAME_DEPTH, MIN_FRAME_DEPTH, MerkleSg, MessageId,
-    RuntimeId, State, encoding, message, ratchet, sampling,
+    AgentId, BLOCK_SIZE, ChannelId, EntropySource, Frame, MIN_FRAME_DEPTH, MerkleSg, MessageId, RuntimeId, State,
+    encoding, message, ratchet, sampling,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
@@ -31,6 +31,57 @@ pub(crate) enum QuarantineCause {
     Channel,
 }
 
+/// Counters shared by senders and delivery workers; workers hold it strongly, so a
+/// delivery never has to upgrade a weak reference to the runtime.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub(crate) metrics: Metrics,
+    /// Messages queued or being handled.
+    pub(crate) in_flight: Padded<AtomicU64>,
+}
+
+impl Shared {
+    pub(crate) fn in_flight_done(&self) {
+        self.in_flight.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Hashing for maps keyed by agent and channel ids. Those ids are uniformly random (drawn
+/// from the CSPRNG, or SHA-256 outputs), and only the runtime inserts keys, so their first
+/// eight bytes are already a good hash; SipHash would only add cost.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+/// See [`IdHash`].
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut word = [0u8; 8];
+        for (w, b) in word.iter_mut().zip(bytes) {
+            *w = *b;
+        }
+        self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+    }
+    fn write_usize(&mut self, _len: usize) {}
+}
+
+/// A value on its own cache line.
+#[derive(Default)]
+#[repr(align(64))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
 /// A send's channel and recipient.
 pub(crate) type Route = (Arc<ChannelRecord>, Arc<AgentRecord>);
 
@@ -47,16 +98,15 @@ pub(crate) struct Inner {
     pub(crate) epoch: Instant,
     entropy: Mutex<Box<dyn EntropySource + Send>>,
     admin: Mutex<AdminState>,
-    agents: RwLock<HashMap<AgentId, Arc<AgentRecord>>>,
-    channels: RwLock<HashMap<ChannelId, Arc<ChannelRecord>>>,
-    quarantine_causes: Mutex<HashMap<ChannelId, QuarantineCause>>,
+    agents: RwLock<HashMap<AgentId, Arc<AgentRecord>, IdHash>>,
+    channels: RwLock<HashMap<ChannelId, Arc<ChannelRecord>, IdHash>>,
+    quarantine_causes: Mutex<HashMap<ChannelId, QuarantineCause, IdHash>>,
     sg: Mutex<SgState>,
-    pub(crate) metrics: Metrics,
+    pub(crate) shared: Arc<Shared>,
     hooks: Option<Arc<dyn Hooks>>,
     audit: Option<Arc<dyn AuditSink>>,
     workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     exec: tokio::runtime::Handle,
-    in_flight: AtomicU64,
     shut_down: AtomicBool,
 }
 
@@ -78,8 +128,9 @@ impl EntropySource for SliceEntropy<'_> {
     }
 }
 
-/// Largest entropy draw of one send: correlation (16), message id (16), jitter (16·k).
-const MAX_SEND_DRAW: usize = 32 + BLOCK_SIZE * MAX_FRAME_DEPTH;
+/// Entropy draws up to this size (depth ≤ 8) stay on the stack: correlation (16),
+/// message id (16), jitter (16·k).
+const SMALL_DRAW: usize = 32 + BLOCK_SIZE * 8;
 
 impl Inner {
     fn draw(&self, buf: &mut [u8]) -> Result<()> {
@@ -100,10 +151,6 @@ impl Inner {
 
     fn channel(&self, id: &ChannelId) -> Result<Arc<ChannelRecord>> {
         self.channels.read().get(id).cloned().ok_or(Error::UnknownChannel)
-    }
-
-    pub(crate) fn in_flight_done(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn current_sg(&self) -> Option<State> {
@@ -136,6 +183,7 @@ impl Inner {
         let (record, rx, control_rx) = AgentRecord::new(id, name.clone(), self.config.mailbox_capacity);
         let ctx = WorkerCtx {
             inner: Arc::downgrade(self),
+            shared: Arc::clone(&self.shared),
             record: Arc::clone(&record),
             handler,
             timeout: self.config.agent_timeout,
@@ -322,7 +370,7 @@ impl Inner {
                 }
             }
         }
-        self.metrics.agent_quarantines.inc();
+        self.shared.metrics.agent_quarantines.inc();
         tracing::warn!(target: "mfp::runtime", agent = %id.short(), reason, "agent quarantined");
         let mut ev = AuditEvent::new(AuditEventType::QuarantineAgent);
         ev.agent = Some(*id);
@@ -346,7 +394,7 @@ impl Inner {
     }
 
     fn channel_quarantined_event(&self, id: &ChannelId, reason: &str) {
-        self.metrics.channel_quarantines.inc();
+        self.shared.metrics.channel_quarantines.inc();
         tracing::warn!(target: "mfp::runtime", channel = %id.short(), reason, "channel quarantined");
         let mut ev = AuditEvent::new(AuditEventType::QuarantineChannel);
         ev.channel = Some(*id);
@@ -412,9 +460,9 @@ impl Inner {
 
     pub(crate) fn delivery_failed(&self, rec: &AgentRecord, msg: MessageId, failure: DeliveryFailure) {
         match failure {
-            DeliveryFailure::Panicked => self.metrics.handler_panics.inc(),
+            DeliveryFailure::Panicked => self.shared.metrics.handler_panics.inc(),
             DeliveryFailure::TimedOut => {
-                self.metrics.handler_timeouts.inc();
+                self.shared.metrics.handler_timeouts.inc();
                 let _ = self.quarantine_agent(&rec.id, "Agent callable timeout");
             }
         }
@@ -481,7 +529,7 @@ impl Inner {
         let max_rate = self.config.max_message_rate;
         let limited = if max_rate == 0 { None } else { sender.rate.lock().check(now, max_rate) };
         if let Some(retry_after) = limited {
-            self.metrics.rate_limited.inc();
+            self.shared.metrics.rate_limited.inc();
             match self.config.rate_limit_action {
                 RateLimitAction::Quarantine => {
                     let _ = self.quarantine_agent(&sender.id, "Rate limit exceeded");
@@ -525,8 +573,16 @@ impl Inner {
             .as_ref()
             .map(|k| (sha256(&[sender.id.as_bytes(), &(k.len() as u64).to_be_bytes(), k]), sha256(&[payload])));
 
-        let mut draw = [0u8; MAX_SEND_DRAW];
-        let draw = draw.get_mut(..32 + BLOCK_SIZE * depth).ok_or(Error::Entropy)?;
+        // Entropy for one send; on the stack for the usual depths (no 4 KiB memset).
+        let need = 32 + BLOCK_SIZE * depth;
+        let mut small = [0u8; SMALL_DRAW];
+        let mut large = Vec::new();
+        let draw: &mut [u8] = if need <= SMALL_DRAW {
+            small.get_mut(..need).ok_or(Error::Entropy)?
+        } else {
+            large.resize(need, 0);
+            &mut large
+        };
 
         let mut ch = channel.inner.lock();
         // ACCEPT
@@ -542,7 +598,7 @@ impl Inner {
             match d.lookup(key, digest, started, self.config.dedup_ttl) {
                 DedupHit::Miss => {}
                 DedupHit::Same(r) => {
-                    self.metrics.duplicates_suppressed.inc();
+                    self.shared.metrics.duplicates_suppressed.inc();
                     return Ok(r);
                 }
                 DedupHit::Conflict => return Err(Error::IdempotencyConflict),
@@ -565,7 +621,7 @@ impl Inner {
         let validated = message::parse(&m, depth)
             .and_then(|p| Frame::validate_bytes(p.frame_open_bytes(), p.frame_close_bytes(), &frame));
         if validated.is_err() {
-            self.metrics.validation_failures.inc();
+            self.shared.metrics.validation_failures.inc();
             ch.validation_failures += 1;
             if ch.validation_failures >= self.config.validation_failure_threshold {
                 ch.status = ChannelStatus::Quarantined;
@@ -583,7 +639,7 @@ impl Inner {
             match encoding::decode_in_place(&ch.state, &channel.id, step, enc) {
                 Ok(p) => p.len(),
                 Err(_) => {
-                    self.metrics.decode_failures.inc();
+                    self.shared.metrics.decode_failures.inc();
                     return Err(Error::Decode);
                 }
             }
@@ -593,7 +649,7 @@ impl Inner {
         let next = ratchet::advance(&ch.state, &frame);
 
         // DELIVER (cannot fail: the slot is reserved)
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.shared.in_flight.0.fetch_add(1, Ordering::AcqRel);
         permit.send(Delivery {
             msg: crate::types::DeliveredMessage {
                 payload: m,
@@ -632,9 +688,9 @@ impl Inner {
             sender.rate.lock().record(Instant::now(), self.config.max_message_rate);
         }
         sender.messages_sent.fetch_add(1, Ordering::Relaxed);
-        self.metrics.messages_sent.inc();
-        self.metrics.message_size.observe_size(payload.len());
-        self.metrics.send_latency.observe_duration(started.elapsed());
+        self.shared.metrics.messages_sent.inc();
+        self.shared.metrics.message_size.observe_size(payload.len());
+        self.shared.metrics.send_latency.observe_duration(started.elapsed());
         if let Some(h) = &self.hooks {
             h.after_send(&ctx, &receipt);
         }
@@ -655,7 +711,7 @@ impl Inner {
             Ok(p) => Ok(Some(p)),
             Err(mpsc::error::TrySendError::Full(())) => match self.config.backpressure {
                 Backpressure::Reject => {
-                    self.metrics.mailbox_full.inc();
+                    self.shared.metrics.mailbox_full.inc();
                     Err(Error::MailboxFull)
                 }
                 Backpressure::Wait => Ok(None),
@@ -751,16 +807,15 @@ impl RuntimeBuilder {
             epoch: Instant::now(),
             entropy: Mutex::new(entropy),
             admin: Mutex::new(AdminState { agent_counter: 0, names: HashMap::new() }),
-            agents: RwLock::new(HashMap::new()),
-            channels: RwLock::new(HashMap::new()),
-            quarantine_causes: Mutex::new(HashMap::new()),
+            agents: RwLock::new(HashMap::default()),
+            channels: RwLock::new(HashMap::default()),
+            quarantine_causes: Mutex::new(HashMap::default()),
             sg: Mutex::new(SgState { tree: MerkleSg::new() }),
-            metrics: Metrics::default(),
+            shared: Arc::new(Shared::default()),
             hooks: self.hooks,
             audit: self.audit,
             workers: Mutex::new(Vec::new()),
             exec,
-            in_flight: AtomicU64::new(0),
             shut_down: AtomicBool::new(false),
         });
         tracing::info!(target: "mfp::runtime", runtime = %inner.identity.short(), "runtime started");
@@ -948,13 +1003,13 @@ impl Runtime {
     /// The runtime's metrics.
     #[must_use]
     pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
+        &self.inner.shared.metrics
     }
 
     /// Messages queued or being handled.
     #[must_use]
     pub fn in_flight(&self) -> u64 {
-        self.inner.in_flight.load(Ordering::Acquire)
+        self.inner.shared.in_flight.0.load(Ordering::Acquire)
     }
 
     /// Blocks until every queued message has been handled, or `timeout` passes.
