@@ -16,6 +16,11 @@ use mfp_core::{ChannelId, EntropySource, Frame, MerkleSg, State, encoding, messa
 use mfp_runtime::{AgentHandle, DeliveredMessage, Runtime, RuntimeConfig, SystemEntropy};
 use serde_json::{Value, json};
 
+/// The allocator matters for a message runtime: every payload is allocated by the sending
+/// thread and freed by the receiving one, which glibc's malloc serialises on an arena lock.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SIZES: [usize; 4] = [64, 1024, 65536, 1 << 20];
 
 struct Opts {
@@ -69,12 +74,17 @@ fn rss_kib(field: &str) -> Option<u64> {
 
 /// The primitives of one intra-runtime message with nothing around them: entropy, ds,
 /// frame, encode + assemble, validate, decode, ratchet advance, Sg leaf update.
-fn floor_once(size: usize, n: usize) -> (f64, f64) {
+fn floor_once(size: usize, n: usize, leaves: usize) -> (f64, f64) {
     let mut entropy = SystemEntropy::new().unwrap();
     let channel = ChannelId::from_bytes([7; 16]);
     let mut sl = State::from_bytes([1; 32]);
     let mut tree = MerkleSg::new();
     tree.insert(channel, &sl).unwrap();
+    for i in 1..leaves {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&(i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+        tree.insert(ChannelId::from_bytes(id), &State::from_bytes([2; 32])).unwrap();
+    }
     let payload = vec![0x5au8; size];
     let mut draw = [0u8; 32 + 64];
     let start = Instant::now();
@@ -210,40 +220,43 @@ fn async_send_once(size: usize, n: usize) -> f64 {
 
 // ---- scale ---------------------------------------------------------------------------
 
-/// Establishes `n` channels between 1,000 agents; returns (seconds, bytes per channel,
-/// first-Sg seconds, send µs on random channels, Sg update µs).
+/// Establishes `n` channels: `n - 1000` spread over 1,000 agents and 1,000 between a
+/// sender S and a recipient R; then S sends on random S–R channels, so the send cost
+/// reflects the size of Sg and of the channel table rather than waking idle agents
+/// (measured separately by [`fanout_once`]). Returns (seconds to establish, bytes per
+/// channel, first-Sg seconds, send µs, Sg update µs).
 fn scale_once(n: usize, sends: usize) -> (f64, f64, f64, f64, f64) {
-    let rss0 = rss_kib("VmRSS:").unwrap_or(0);
     let rt = Runtime::new(config()).unwrap();
     let agents: Vec<AgentHandle> =
         (0..1000).map(|_| rt.bind(|_: &AgentHandle, _: DeliveredMessage| {}).unwrap()).collect();
+    let s_agent = rt.bind(|_: &AgentHandle, _: DeliveredMessage| {}).unwrap();
+    let r_agent = rt.bind(|_: &AgentHandle, _: DeliveredMessage| {}).unwrap();
+    let pair = 1000.min(n);
     let rss1 = rss_kib("VmRSS:").unwrap_or(0);
     let start = Instant::now();
-    let mut chans = Vec::with_capacity(n);
-    for i in 0..n {
+    for i in 0..n - pair {
         let a = &agents[i % 1000];
         let b = &agents[(i / 1000 + i + 1) % 1000];
         let b = if b.id() == a.id() { &agents[(i + 1) % 1000] } else { b };
-        chans.push((rt.establish_channel(&a.id(), &b.id()).unwrap(), i % 1000));
+        rt.establish_channel(&a.id(), &b.id()).unwrap();
     }
+    let chans: Vec<ChannelId> =
+        (0..pair).map(|_| rt.establish_channel(&s_agent.id(), &r_agent.id()).unwrap()).collect();
     let establish = start.elapsed().as_secs_f64();
     let rss2 = rss_kib("VmRSS:").unwrap_or(0);
     let per_channel = (rss2.saturating_sub(rss1)) as f64 * 1024.0 / n as f64;
-    let _ = rss0;
-    // First send pays for folding the new channels into Sg.
+    // The first send pays for folding the new channels into Sg.
     let t = Instant::now();
-    let (c0, a0) = chans[0];
-    agents[a0].send(c0, b"x").unwrap();
+    s_agent.send(chans[0], b"x").unwrap();
     let first = t.elapsed().as_secs_f64();
-    // Sends on pseudo-random channels.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let payload = [0x42u8; 64];
     let t = Instant::now();
     for _ in 0..sends {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let (c, a) = chans[(x % n as u64) as usize];
-        agents[a].send(c, b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef").unwrap();
+        s_agent.send(chans[(x % pair as u64) as usize], &payload).unwrap();
     }
     let send_us = t.elapsed().as_secs_f64() * 1e6 / sends as f64;
     rt.wait_idle(Duration::from_secs(60));
@@ -267,19 +280,81 @@ fn scale_once(n: usize, sends: usize) -> (f64, f64, f64, f64, f64) {
             ChannelId::from_bytes(id)
         })
         .collect();
+    // As the runtime does it: each channel remembers where its leaf was.
+    let mut hints = vec![usize::MAX; ids.len()];
     let reps = 20_000;
     let t = Instant::now();
     for r in 0..reps {
         let st = State::from_bytes([(r % 251) as u8; 32]);
-        tree.update(&ids[r % ids.len()], &st).unwrap();
+        let k = r % ids.len();
+        tree.update_hinted(&ids[k], &st, &mut hints[k]).unwrap();
         std::hint::black_box(tree.root());
     }
     let sg_us = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
     (establish, per_channel, first, send_us, sg_us)
 }
 
+/// One sender, 1,000 recipients each on its own channel, sends round-robin (each message
+/// wakes an idle agent). Returns msgs/s including delivery.
+fn fanout_once(n: usize, async_handlers: bool) -> f64 {
+    let tokio_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
+    let _g = tokio_rt.enter();
+    let rt = Runtime::builder(config()).tokio_handle(tokio_rt.handle().clone()).build().unwrap();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let sender = rt.bind(|_: &AgentHandle, _: DeliveredMessage| {}).unwrap();
+    let chans: Vec<ChannelId> = (0..1000)
+        .map(|_| {
+            let d = Arc::clone(&delivered);
+            let r = if async_handlers {
+                rt.bind_async_fn(move |_, _| {
+                    let d = Arc::clone(&d);
+                    async move {
+                        d.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+                .unwrap()
+            } else {
+                rt.bind(move |_: &AgentHandle, _: DeliveredMessage| {
+                    d.fetch_add(1, Ordering::Relaxed);
+                })
+                .unwrap()
+            };
+            rt.establish_channel(&sender.id(), &r.id()).unwrap()
+        })
+        .collect();
+    let payload = [0x42u8; 64];
+    let start = Instant::now();
+    for i in 0..n {
+        sender.send(chans[i % chans.len()], &payload).unwrap();
+    }
+    assert!(rt.wait_idle(Duration::from_secs(120)));
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(delivered.load(Ordering::Relaxed), n as u64);
+    rt.shutdown();
+    rate
+}
+
+/// Runs [`scale_once`] in a child process.
+fn scale_in_child(n: usize, sends: usize) -> (f64, f64, f64, f64, f64) {
+    let exe = std::env::current_exe().unwrap();
+    let out =
+        std::process::Command::new(exe).args(["--scale-child", &n.to_string(), &sends.to_string()]).output().unwrap();
+    assert!(out.status.success(), "scale child failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Vec<f64> = serde_json::from_slice(&out.stdout).unwrap();
+    (v[0], v[1], v[2], v[3], v[4])
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Child mode: one scale measurement in a fresh process, so resident memory reflects
+    // the channels alone.
+    if args.first().map(String::as_str) == Some("--scale-child") {
+        let n = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(1000);
+        let sends = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(1000);
+        let r = scale_once(n, sends);
+        println!("{}", json!([r.0, r.1, r.2, r.3, r.4]));
+        return;
+    }
     let mut opts = Opts { quick: false, runs: 3, json: None, scale_max: 1_000_000 };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -308,7 +383,7 @@ fn main() {
     for size in SIZES {
         let n = iterations(size, opts.quick) / 2;
         let (rate, us) = {
-            let rs: Vec<(f64, f64)> = (0..runs).map(|_| floor_once(size, n.max(100))).collect();
+            let rs: Vec<(f64, f64)> = (0..runs).map(|_| floor_once(size, n.max(100), 1)).collect();
             (median(rs.iter().map(|r| r.0).collect()), median(rs.iter().map(|r| r.1).collect()))
         };
         let aes = median((0..runs).map(|_| aes_floor_once(size, n.clamp(50, 100_000))).collect());
@@ -321,7 +396,17 @@ fn main() {
             json!({"msgs_per_s": rate, "us_per_msg": us, "aes_gcm_seal_open_bytes_per_s": aes}),
         );
     }
+    // The same primitives when Sg has 1,000 leaves (every message updates its Merkle path).
+    let mut floor_1000 = serde_json::Map::new();
+    for size in [64usize, 1024] {
+        let n = iterations(size, opts.quick) / 2;
+        let rs: Vec<(f64, f64)> = (0..runs).map(|_| floor_once(size, n.max(100), 1000)).collect();
+        let (rate, us) = (median(rs.iter().map(|r| r.0).collect()), median(rs.iter().map(|r| r.1).collect()));
+        println!("floor@1000 channels {size:>8} B  {rate:>12.0} msg/s  {us:>8.2} µs/msg");
+        floor_1000.insert(size.to_string(), json!({"msgs_per_s": rate, "us_per_msg": us}));
+    }
     report.insert("crypto_floor".into(), Value::Object(floor.clone()));
+    report.insert("crypto_floor_1000_channels".into(), Value::Object(floor_1000.clone()));
 
     // Sends.
     let mut sends = serde_json::Map::new();
@@ -337,7 +422,8 @@ fn main() {
             let rate = median(rs.iter().map(|r| r.0).collect());
             let p50 = median(rs.iter().map(|r| r.1).collect());
             let p99 = median(rs.iter().map(|r| r.2).collect());
-            let floor_rate = floor[&size.to_string()]["msgs_per_s"].as_f64().unwrap_or(0.0);
+            let floor_for = if channels >= 1000 { &floor_1000 } else { &floor };
+            let floor_rate = floor_for[&size.to_string()]["msgs_per_s"].as_f64().unwrap_or(0.0);
             let aes = floor[&size.to_string()]["aes_gcm_seal_open_bytes_per_s"].as_f64().unwrap_or(0.0);
             let of_floor = rate / floor_rate;
             let of_aes = rate * size as f64 / aes;
@@ -364,6 +450,16 @@ fn main() {
     }
     report.insert("async_send".into(), Value::Object(asy));
 
+    // Fan-out.
+    let mut fan = serde_json::Map::new();
+    for (label, is_async) in [("sync_handlers", false), ("async_handlers", true)] {
+        let n = if opts.quick { 20_000 } else { 100_000 };
+        let rate = median((0..runs).map(|_| fanout_once(n, is_async)).collect());
+        println!("fan-out to 1,000 idle agents, {label:<15} {rate:>10.0} msg/s");
+        fan.insert(label.into(), json!({"msgs_per_s": rate}));
+    }
+    report.insert("fanout_1000_agents".into(), Value::Object(fan));
+
     // Scale.
     let mut scale = serde_json::Map::new();
     for n in [1_000usize, 100_000, 1_000_000] {
@@ -371,7 +467,8 @@ fn main() {
             continue;
         }
         let scale_runs = if n >= 1_000_000 { 1.max(runs / 2) } else { runs };
-        let rs: Vec<_> = (0..scale_runs).map(|_| scale_once(n, if opts.quick { 2_000 } else { 20_000 })).collect();
+        let sends = if opts.quick { 2_000 } else { 20_000 };
+        let rs: Vec<(f64, f64, f64, f64, f64)> = (0..scale_runs).map(|_| scale_in_child(n, sends)).collect();
         let est = median(rs.iter().map(|r| r.0).collect());
         let bpc = median(rs.iter().map(|r| r.1).collect());
         let first = median(rs.iter().map(|r| r.2).collect());

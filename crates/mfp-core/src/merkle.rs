@@ -219,11 +219,28 @@ impl MerkleSg {
     ///
     /// [`MerkleError::NotFound`] if the channel is not a leaf (or has a pending removal).
     pub fn update(&mut self, channel: &ChannelId, state: &State) -> Result<(), MerkleError> {
-        match self.ids.binary_search(channel) {
+        let mut hint = usize::MAX;
+        self.update_hinted(channel, state, &mut hint)
+    }
+
+    /// [`update`](Self::update) with a position hint: if `*hint` is the channel's current
+    /// leaf index the binary search is skipped (at a million leaves it costs about twenty
+    /// cache misses). On return `*hint` holds the channel's index (or `usize::MAX` while its
+    /// insertion is pending), for the next call. A stale hint — leaves move when channels
+    /// are added or removed — is detected and corrected; results never depend on it.
+    ///
+    /// # Errors
+    ///
+    /// [`MerkleError::NotFound`] if the channel is not a leaf.
+    pub fn update_hinted(&mut self, channel: &ChannelId, state: &State, hint: &mut usize) -> Result<(), MerkleError> {
+        let found = if self.ids.get(*hint) == Some(channel) { Ok(*hint) } else { self.ids.binary_search(channel) };
+        *hint = usize::MAX;
+        match found {
             Ok(i) if !bit(&self.removed, i) => {
                 let leaf = self.levels.first_mut().and_then(|l| l.get_mut(i)).ok_or(MerkleError::NotFound)?;
                 *leaf = leaf_hash(state);
                 self.propagate(i);
+                *hint = i;
                 Ok(())
             }
             Ok(_) => Err(MerkleError::NotFound),
@@ -833,5 +850,37 @@ mod tests {
         assert!(tree.root().is_some());
         let per_leaf = tree.memory_bytes() / tree.len();
         assert!(per_leaf < 100, "{per_leaf} bytes per leaf");
+    }
+
+    #[test]
+    fn hinted_updates_match_and_survive_stale_hints() {
+        let ids: Vec<ChannelId> = (0u8..40).map(|i| ChannelId::from_bytes([i.wrapping_mul(37); 16])).collect();
+        let mut a = MerkleSg::new();
+        let mut b = MerkleSg::new();
+        for id in &ids {
+            a.insert(*id, &State::from_bytes([1; 32])).unwrap();
+            b.insert(*id, &State::from_bytes([1; 32])).unwrap();
+        }
+        let mut hints = vec![usize::MAX; ids.len()];
+        for round in 0u8..3 {
+            for (k, id) in ids.iter().enumerate() {
+                let st = State::from_bytes([round.wrapping_add(k as u8); 32]);
+                a.update(id, &st).unwrap();
+                b.update_hinted(id, &st, &mut hints[k]).unwrap();
+                assert_eq!(a.root(), b.root());
+            }
+            // A structural change moves leaves: every hint goes stale.
+            let extra = ChannelId::from_bytes([round; 16]);
+            if !a.contains(&extra) {
+                a.insert(extra, &State::zero()).unwrap();
+                b.insert(extra, &State::zero()).unwrap();
+            }
+            assert_eq!(a.root(), b.root());
+        }
+        let mut wrong = 0usize;
+        assert_eq!(
+            b.update_hinted(&ChannelId::from_bytes([0xee; 16]), &State::zero(), &mut wrong),
+            Err(MerkleError::NotFound)
+        );
     }
 }

@@ -95,32 +95,45 @@ pub(crate) struct Delivery {
     pub(crate) done: Option<oneshot::Sender<Outcome>>,
 }
 
-/// How long a sync handler's thread waits for the next message before returning to the
-/// pool.
-const LINGER: Duration = Duration::from_millis(2);
+/// How long a sync handler's thread stays parked waiting for the next message before
+/// returning to the pool.
+const LINGER: Duration = Duration::from_micros(500);
 
-/// How long a sync handler's thread spins for the next message before parking.
+/// How long a sync handler's thread spins for the next message before parking, when
+/// messages have been arriving back to back.
 const SPIN: Duration = Duration::from_micros(50);
 
-/// Waits for the next message on a blocking-pool thread: spins for [`SPIN`] (a message
-/// arriving then costs the sender no wake-up system call), then parks for up to
-/// [`LINGER`]. `None` when nothing came.
-fn wait_next(rx: &mut mpsc::Receiver<Delivery>) -> Option<Delivery> {
-    let start = Instant::now();
-    let mut spins = 0u32;
-    loop {
-        match rx.try_recv() {
-            Ok(d) => return Some(d),
-            Err(mpsc::error::TryRecvError::Disconnected) => return None,
-            Err(mpsc::error::TryRecvError::Empty) => {}
+/// How the previous message reached the draining thread.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// Handed over when the batch started, or after parking: no stream in progress.
+    Idle,
+    /// Already queued, or arrived while spinning: messages are streaming in.
+    Streaming,
+}
+
+/// Waits for the next message on a blocking-pool thread. While messages stream in, it
+/// spins for [`SPIN`] first, so a message arriving then costs its sender no wake-up system
+/// call; otherwise (e.g. one message each to many agents) it does not spin, so idle agents
+/// burn no CPU. Then it parks for up to [`LINGER`]. `None` when nothing came.
+fn wait_next(rx: &mut mpsc::Receiver<Delivery>, last: Arrival) -> Option<(Delivery, Arrival)> {
+    if last == Arrival::Streaming {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            match rx.try_recv() {
+                Ok(d) => return Some((d, Arrival::Streaming)),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            spins += 1;
+            if spins.is_multiple_of(64) && start.elapsed() >= SPIN {
+                break;
+            }
+            std::hint::spin_loop();
         }
-        spins += 1;
-        if spins.is_multiple_of(64) && start.elapsed() >= SPIN {
-            break;
-        }
-        std::hint::spin_loop();
     }
-    crate::block::block_on(tokio::time::timeout(LINGER, rx.recv())).ok().flatten()
+    crate::block::block_on_timeout(rx.recv(), LINGER).flatten().map(|d| (d, Arrival::Idle))
 }
 
 /// Worker control signal.
@@ -359,6 +372,7 @@ async fn deliver_sync_batch(
     let mut join = tokio::task::spawn_blocking(move || {
         let mut rx = rx;
         let mut next = Some(first);
+        let mut arrival = Arrival::Idle;
         while let Some(d) = next.take() {
             let started = Instant::now();
             let msg_id = d.msg.message_id;
@@ -377,10 +391,16 @@ async fn deliver_sync_batch(
                 break;
             }
             next = match rx.try_recv() {
-                Ok(d) => Some(d),
+                Ok(d) => {
+                    arrival = Arrival::Streaming;
+                    Some(d)
+                }
                 // Linger briefly before giving the thread back: under a steady stream
                 // this keeps one thread draining instead of a hand-off per message.
-                Err(_) => wait_next(&mut rx),
+                Err(_) => wait_next(&mut rx, arrival).map(|(d, a)| {
+                    arrival = a;
+                    d
+                }),
             };
             // The agent may have been paused or stopped while we waited: hand the
             // message back undelivered.

@@ -30,3 +30,22 @@ pub(crate) fn block_on<F: Future>(fut: F) -> F::Output {
         std::thread::park();
     }
 }
+
+/// Runs `fut` on the current thread for at most `limit`; `None` if it did not finish.
+/// Uses `thread::park_timeout`, so it needs no timer driver and has microsecond precision.
+pub(crate) fn block_on_timeout<F: Future>(fut: F, limit: std::time::Duration) -> Option<F::Output> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut fut = std::pin::pin!(fut);
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return Some(v);
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        std::thread::park_timeout(deadline - now);
+    }
+}

@@ -27,6 +27,9 @@ pub(crate) struct ChannelInner {
     pub(crate) status: ChannelStatus,
     pub(crate) validation_failures: u32,
     pub(crate) dedup: Option<Box<Dedup>>,
+    /// Where this channel's leaf was last seen in the Sg tree (a hint; see
+    /// `MerkleSg::update_hinted`).
+    pub(crate) leaf_hint: usize,
 }
 
 impl ChannelRecord {

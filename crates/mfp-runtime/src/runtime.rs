@@ -294,6 +294,7 @@ impl Inner {
                 status: ChannelStatus::Active,
                 validation_failures: 0,
                 dedup: None,
+                leaf_hint: usize::MAX,
             }),
         });
         self.channels.write().insert(id, record);
@@ -678,7 +679,10 @@ impl Inner {
         }
         {
             let mut sg = self.sg.lock();
-            sg.tree.update(&channel.id, &ch.state).map_err(|e| Error::Core(e.into()))?;
+            let inner = &mut *ch;
+            sg.tree
+                .update_hinted(&channel.id, &inner.state, &mut inner.leaf_hint)
+                .map_err(|e| Error::Core(e.into()))?;
         }
         drop(ch);
 
