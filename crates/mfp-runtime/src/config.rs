@@ -86,6 +86,10 @@ pub struct RuntimeConfig {
     pub dedup_window: usize,
     /// How long an idempotency key is remembered.
     pub dedup_ttl: Duration,
+    /// With storage: keep going when a write fails (the runtime runs degraded and a
+    /// restart loses the unsaved changes) instead of failing the operation. Off by
+    /// default: a send whose state advance cannot be saved fails.
+    pub storage_fail_open: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -113,6 +117,7 @@ impl Default for RuntimeConfig {
             rate_limit_action: RateLimitAction::Quarantine,
             dedup_window: 1000,
             dedup_ttl: Duration::from_secs(300),
+            storage_fail_open: false,
         }
     }
 }

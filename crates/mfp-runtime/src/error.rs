@@ -138,6 +138,9 @@ pub enum Error {
         /// Maximum.
         max: usize,
     },
+    /// The agent already has a handler.
+    #[error("agent already has a handler")]
+    AlreadyAttached,
     /// No agent has that name.
     #[error("no agent named '{0}'")]
     UnknownAgentName(String),
@@ -156,6 +159,9 @@ pub enum Error {
     /// The entropy source failed (pymfp's `CSPRNGError`).
     #[error("entropy source failed")]
     Entropy,
+    /// Durable storage failed; the operation was not applied (fail closed).
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
     /// The runtime is shutting down or has shut down.
     #[error("runtime is shut down")]
     ShutDown,

@@ -107,6 +107,8 @@ pub struct Metrics {
     pub mailbox_full: Counter,
     /// Retries answered from the idempotency window.
     pub duplicates_suppressed: Counter,
+    /// Storage writes that failed.
+    pub storage_failures: Counter,
     /// Send latency, ACCEPT to queued (`mfp_pipeline_duration_seconds`).
     pub send_latency: Histogram,
     /// Handler run time.
@@ -129,6 +131,7 @@ impl Default for Metrics {
             rate_limited: Counter::default(),
             mailbox_full: Counter::default(),
             duplicates_suppressed: Counter::default(),
+            storage_failures: Counter::default(),
             send_latency: Histogram::new(&LATENCY_BUCKETS),
             handler_duration: Histogram::new(&LATENCY_BUCKETS),
             message_size: Histogram::new(&SIZE_BUCKETS),

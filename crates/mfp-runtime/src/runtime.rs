@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::handle::AgentHandle;
 use crate::hooks::{DeliveryFailure, Hooks, SendContext};
 use crate::metrics::Metrics;
+use crate::storage::{AgentRow, ChannelRow, MetaRow, Snapshot, Storage, StorageError, StorageOp};
 use crate::types::{AgentState, AgentStatus, ChannelInfo, ChannelStatus, CorrelationId, Receipt, SendOptions};
 
 /// Why a channel is quarantined (restoring an agent only lifts its own quarantines).
@@ -105,10 +106,16 @@ pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
     hooks: Option<Arc<dyn Hooks>>,
     audit: Option<Arc<dyn AuditSink>>,
+    storage: Option<Arc<dyn Storage>>,
+    /// Mailboxes of restored agents whose handler is not attached yet.
+    detached: Mutex<HashMap<AgentId, Detached, IdHash>>,
     workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     exec: tokio::runtime::Handle,
     shut_down: AtomicBool,
 }
+
+/// A restored agent waiting for its handler.
+type Detached = (mpsc::Receiver<Delivery>, tokio::sync::watch::Receiver<u8>);
 
 /// State only administrative operations touch.
 struct AdminState {
@@ -135,6 +142,41 @@ const SMALL_DRAW: usize = 32 + BLOCK_SIZE * 8;
 impl Inner {
     fn draw(&self, buf: &mut [u8]) -> Result<()> {
         self.entropy.lock().fill(buf).map_err(|_| Error::Entropy)
+    }
+
+    /// Applies `ops` to storage and waits for the commit. Without storage, nothing to do.
+    /// A failure is an error unless the operator chose to run degraded (`storage_fail_open`).
+    fn persist(&self, ops: Vec<StorageOp>) -> Result<()> {
+        let Some(st) = &self.storage else { return Ok(()) };
+        match st.apply(ops).wait() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.shared.metrics.storage_failures.inc();
+                if self.config.storage_fail_open {
+                    tracing::error!(target: "mfp::runtime", error = %e, "storage write failed; continuing degraded");
+                    Ok(())
+                } else {
+                    Err(Error::Storage(e))
+                }
+            }
+        }
+    }
+
+    fn persisting(&self) -> bool {
+        self.storage.is_some()
+    }
+
+    fn agent_row(rec: &AgentRecord, state: AgentState, reason: &str) -> AgentRow {
+        AgentRow { id: rec.id, name: rec.name.clone(), state, quarantine_reason: reason.to_string() }
+    }
+
+    fn meta_row(&self, counter: u64) -> MetaRow {
+        MetaRow {
+            identity: self.identity,
+            deployment_id: self.config.deployment_id.clone(),
+            instance_id: self.config.instance_id.clone(),
+            agent_counter: counter,
+        }
     }
 
     fn event(&self, event: AuditEvent) {
@@ -178,6 +220,17 @@ impl Inner {
         let id = AgentId::derive(&self.identity, counter, &suffix);
         if self.agents.read().contains_key(&id) {
             return Err(Error::Entropy);
+        }
+        if self.persisting() {
+            self.persist(vec![
+                StorageOp::Meta(self.meta_row(counter)),
+                StorageOp::PutAgent(AgentRow {
+                    id,
+                    name: name.clone(),
+                    state: AgentState::Bound,
+                    quarantine_reason: String::new(),
+                }),
+            ])?;
         }
         admin.agent_counter = counter;
         let (record, rx, control_rx) = AgentRecord::new(id, name.clone(), self.config.mailbox_capacity);
@@ -226,6 +279,8 @@ impl Inner {
         for c in chans {
             self.close_channel_locked(&c)?;
         }
+        self.persist(vec![StorageOp::DeleteAgent(*id)])?;
+        self.detached.lock().remove(id);
         Self::transition(&rec, AgentState::Terminated)?;
         self.agents.write().remove(id);
         if let Some(n) = &rec.name {
@@ -247,6 +302,103 @@ impl Inner {
 
     pub(crate) fn terminate(&self, id: &AgentId) -> Result<()> {
         self.remove_agent(id, true)
+    }
+
+    /// Rebuilds agents, channels and Sg from a snapshot, checking it for consistency.
+    fn restore(&self, snap: Snapshot) -> Result<()> {
+        let corrupt = |what: String| Error::Storage(StorageError::Corrupt(what));
+        let mut admin = self.admin.lock();
+        admin.agent_counter = snap.meta.as_ref().map_or(0, |m| m.agent_counter);
+        let mut agents = self.agents.write();
+        for row in &snap.agents {
+            if agents.contains_key(&row.id) {
+                return Err(corrupt(format!("agent {} stored twice", row.id.short())));
+            }
+            let (rec, rx, control_rx) = AgentRecord::new(row.id, row.name.clone(), self.config.mailbox_capacity);
+            rec.set_state(row.state);
+            rec.admin.lock().quarantine_reason = row.quarantine_reason.clone();
+            if let Some(n) = &row.name
+                && admin.names.insert(n.clone(), row.id).is_some()
+            {
+                return Err(corrupt(format!("agent name '{n}' stored twice")));
+            }
+            self.detached.lock().insert(row.id, (rx, control_rx));
+            agents.insert(row.id, rec);
+        }
+        let mut channels = self.channels.write();
+        let mut tree_input = Vec::with_capacity(snap.channels.len());
+        for row in snap.channels {
+            let (Some(a), Some(b)) = (agents.get(&row.agent_a), agents.get(&row.agent_b)) else {
+                return Err(corrupt(format!("channel {} names an unknown agent", row.id.short())));
+            };
+            if !(MIN_FRAME_DEPTH..=mfp_core::MAX_FRAME_DEPTH).contains(&row.depth) || row.agent_a > row.agent_b {
+                return Err(corrupt(format!("channel {} has an invalid depth or agent order", row.id.short())));
+            }
+            if channels.contains_key(&row.id) {
+                return Err(corrupt(format!("channel {} stored twice", row.id.short())));
+            }
+            if row.status == ChannelStatus::Quarantined {
+                let cause = [a, b]
+                    .into_iter()
+                    .find(|r| r.state() == AgentState::Quarantined)
+                    .map_or(QuarantineCause::Channel, |r| QuarantineCause::Agent(r.id));
+                self.quarantine_causes.lock().insert(row.id, cause);
+            }
+            a.admin.lock().channels.push(row.id);
+            if !Arc::ptr_eq(a, b) {
+                b.admin.lock().channels.push(row.id);
+            }
+            tree_input.push((row.id, row.state.clone()));
+            channels.insert(
+                row.id,
+                Arc::new(ChannelRecord {
+                    id: row.id,
+                    a: Arc::clone(a),
+                    b: Arc::clone(b),
+                    depth: u16::try_from(row.depth).unwrap_or(u16::MAX),
+                    inner: parking_lot::Mutex::new(ChannelInner {
+                        state: row.state,
+                        step: row.step,
+                        status: row.status,
+                        validation_failures: row.validation_failures,
+                        dedup: None,
+                        leaf_hint: usize::MAX,
+                    }),
+                }),
+            );
+        }
+        let mut sg = self.sg.lock();
+        for (id, st) in &tree_input {
+            sg.tree.insert(*id, st).map_err(|_| corrupt("duplicate channel in Sg".into()))?;
+        }
+        let recomputed = sg.tree.root();
+        if recomputed != snap.sg {
+            return Err(corrupt("Sg recomputed from the channel states differs from the stored Sg".into()));
+        }
+        tracing::info!(
+            target: "mfp::runtime",
+            agents = agents.len(),
+            channels = channels.len(),
+            "runtime state restored"
+        );
+        Ok(())
+    }
+
+    /// Starts the worker of a restored agent with `handler`.
+    fn attach(self: &Arc<Self>, id: &AgentId, handler: Handler) -> Result<AgentHandle> {
+        let record = self.agent(id)?;
+        let (rx, control_rx) = self.detached.lock().remove(id).ok_or(Error::AlreadyAttached)?;
+        let ctx = WorkerCtx {
+            inner: Arc::downgrade(self),
+            shared: Arc::clone(&self.shared),
+            record: Arc::clone(&record),
+            handler,
+            timeout: self.config.agent_timeout,
+            epoch: self.epoch,
+        };
+        let join = self.exec.spawn(agent::run_worker(ctx, rx, control_rx));
+        self.workers.lock().push(join);
+        Ok(AgentHandle::new(Arc::downgrade(self), record))
     }
 
     // ---- channels -------------------------------------------------------------------
@@ -282,7 +434,34 @@ impl Inner {
         }
         let sl0 = ratchet::channel_seed(&self.identity, a, b, &id);
         let (lo, hi) = if a <= b { (ra, rb) } else { (rb, ra) };
-        self.sg.lock().tree.insert(id, &sl0).map_err(|e| Error::Core(e.into()))?;
+        let sg_after = {
+            let mut sg = self.sg.lock();
+            sg.tree.insert(id, &sl0).map_err(|e| Error::Core(e.into()))?;
+            // Without storage, Sg is folded in lazily at the next send.
+            if self.persisting() { sg.tree.root() } else { None }
+        };
+        if self.persisting() {
+            let mut ops = vec![StorageOp::PutChannel(ChannelRow {
+                id,
+                agent_a: lo.id,
+                agent_b: hi.id,
+                depth,
+                status: ChannelStatus::Active,
+                step: 0,
+                state: sl0.clone(),
+                validation_failures: 0,
+            })];
+            for r in [&lo, &hi] {
+                if r.state() == AgentState::Bound {
+                    ops.push(StorageOp::PutAgent(Self::agent_row(r, AgentState::Active, "")));
+                }
+            }
+            ops.push(StorageOp::Sg(sg_after));
+            if let Err(e) = self.persist(ops) {
+                let _ = self.sg.lock().tree.remove(&id);
+                return Err(e);
+            }
+        }
         let record = Arc::new(ChannelRecord {
             id,
             a: Arc::clone(&lo),
@@ -319,13 +498,32 @@ impl Inner {
 
     /// Closes a channel; the caller holds the admin lock.
     fn close_channel_locked(&self, id: &ChannelId) -> Result<()> {
-        let rec = self.channels.write().remove(id).ok_or(Error::UnknownChannel)?;
+        let rec = self.channel(id)?;
         {
             let mut inner = rec.inner.lock();
+            let sg_after = {
+                let mut sg = self.sg.lock();
+                sg.tree.remove(id).map_err(|e| Error::Core(e.into()))?;
+                if self.persisting() { sg.tree.root() } else { None }
+            };
+            if self.persisting() {
+                let mut ops = vec![StorageOp::CloseChannel(*id)];
+                for r in [&rec.a, &rec.b] {
+                    let only_this = r.admin.lock().channels.iter().all(|c| c == id);
+                    if only_this && r.state() == AgentState::Active {
+                        ops.push(StorageOp::PutAgent(Self::agent_row(r, AgentState::Bound, "")));
+                    }
+                }
+                ops.push(StorageOp::Sg(sg_after));
+                if let Err(e) = self.persist(ops) {
+                    let _ = self.sg.lock().tree.insert(*id, &inner.state);
+                    return Err(e);
+                }
+            }
+            self.channels.write().remove(id);
             inner.status = ChannelStatus::Closed;
             inner.state = State::zero();
             inner.dedup = None;
-            self.sg.lock().tree.remove(id).map_err(|e| Error::Core(e.into()))?;
         }
         self.quarantine_causes.lock().remove(id);
         for r in [&rec.a, &rec.b] {
@@ -377,7 +575,23 @@ impl Inner {
         ev.agent = Some(*id);
         ev.reason = Some(reason.to_string());
         self.event(ev);
+        // The quarantine holds in memory whatever storage says; a failed write is
+        // reported, and only the restart would forget it.
+        if self.persisting() {
+            let mut ops = vec![StorageOp::PutAgent(Self::agent_row(&rec, AgentState::Quarantined, reason))];
+            ops.extend(self.channel_status_ops(&rec));
+            self.persist(ops)?;
+        }
         Ok(())
+    }
+
+    fn channel_status_ops(&self, rec: &AgentRecord) -> Vec<StorageOp> {
+        let chans = rec.admin.lock().channels.clone();
+        chans
+            .iter()
+            .filter_map(|c| self.channel(c).ok())
+            .map(|ch| StorageOp::ChannelStatus { id: ch.id, status: ch.inner.lock().status })
+            .collect()
     }
 
     fn quarantine_channel(&self, id: &ChannelId, reason: &str) -> Result<()> {
@@ -391,7 +605,7 @@ impl Inner {
         drop(inner);
         self.quarantine_causes.lock().insert(*id, QuarantineCause::Channel);
         self.channel_quarantined_event(id, reason);
-        Ok(())
+        self.persist(vec![StorageOp::ChannelStatus { id: *id, status: ChannelStatus::Quarantined }])
     }
 
     fn channel_quarantined_event(&self, id: &ChannelId, reason: &str) {
@@ -430,10 +644,16 @@ impl Inner {
             }
         }
         rec.admin.lock().quarantine_reason.clear();
-        Self::transition(&rec, if chans.is_empty() { AgentState::Bound } else { AgentState::Active })?;
+        let to = if chans.is_empty() { AgentState::Bound } else { AgentState::Active };
+        Self::transition(&rec, to)?;
         let mut ev = AuditEvent::new(AuditEventType::RestoreAgent);
         ev.agent = Some(*id);
         self.event(ev);
+        if self.persisting() {
+            let mut ops = vec![StorageOp::PutAgent(Self::agent_row(&rec, to, ""))];
+            ops.extend(self.channel_status_ops(&rec));
+            self.persist(ops)?;
+        }
         Ok(())
     }
 
@@ -454,7 +674,7 @@ impl Inner {
         let mut ev = AuditEvent::new(AuditEventType::RestoreChannel);
         ev.channel = Some(*id);
         self.event(ev);
-        Ok(())
+        self.persist(vec![StorageOp::ChannelStatus { id: *id, status: ChannelStatus::Active }])
     }
 
     // ---- delivery failures ----------------------------------------------------------
@@ -629,6 +849,10 @@ impl Inner {
                 drop(ch);
                 self.quarantine_causes.lock().insert(channel.id, QuarantineCause::Channel);
                 self.channel_quarantined_event(&channel.id, "Validation failure threshold");
+                // Best effort: the quarantine holds in memory regardless (pymfp never
+                // persists it).
+                let _ =
+                    self.persist(vec![StorageOp::ChannelStatus { id: channel.id, status: ChannelStatus::Quarantined }]);
             }
             return Err(Error::FrameValidation);
         }
@@ -648,6 +872,28 @@ impl Inner {
         m.copy_within(start..start + plain_len, 0);
         m.truncate(plain_len);
         let next = ratchet::advance(&ch.state, &frame);
+        let next_step = step.checked_add(1).ok_or(Error::Core(mfp_core::Error::Crypto("channel step exhausted")))?;
+
+        // PERSIST: with storage, the advance and the new Sg commit in one transaction
+        // before anything is delivered or acknowledged; if that fails, nothing moves.
+        if self.persisting() {
+            let sg_after = {
+                let mut sg = self.sg.lock();
+                let inner = &mut *ch;
+                sg.tree.update_hinted(&channel.id, &next, &mut inner.leaf_hint).map_err(|e| Error::Core(e.into()))?;
+                sg.tree.root()
+            };
+            let ops = vec![
+                StorageOp::AdvanceChannel { id: channel.id, state: next.clone(), step: next_step },
+                StorageOp::Sg(sg_after),
+            ];
+            if let Err(e) = self.persist(ops) {
+                let mut sg = self.sg.lock();
+                let inner = &mut *ch;
+                let _ = sg.tree.update_hinted(&channel.id, &inner.state, &mut inner.leaf_hint);
+                return Err(e);
+            }
+        }
 
         // DELIVER (cannot fail: the slot is reserved)
         self.shared.in_flight.0.fetch_add(1, Ordering::AcqRel);
@@ -665,7 +911,7 @@ impl Inner {
 
         // Commit: state, step, Sg — all before the channel lock is released.
         ch.state = next;
-        ch.step = step.checked_add(1).ok_or(Error::Core(mfp_core::Error::Crypto("channel step exhausted")))?;
+        ch.step = next_step;
         ch.validation_failures = 0;
         let receipt = Receipt { message_id, channel: channel.id, step, correlation_id };
         if let Some((key, digest)) = idem {
@@ -677,7 +923,7 @@ impl Inner {
                 self.config.dedup_window,
             );
         }
-        {
+        if !self.persisting() {
             let mut sg = self.sg.lock();
             let inner = &mut *ch;
             sg.tree
@@ -737,9 +983,28 @@ pub struct RuntimeBuilder {
     audit: Option<Arc<dyn AuditSink>>,
     handle: Option<tokio::runtime::Handle>,
     worker_threads: usize,
+    storage: Option<Arc<dyn Storage>>,
 }
 
 impl RuntimeBuilder {
+    /// Persists the runtime's state in `storage`. If the store already holds a runtime,
+    /// [`RuntimeBuilder::build`] restores it: identity, agents (without handlers: attach
+    /// them with [`Runtime::attach`] / [`Runtime::attach_named`]), channels with their
+    /// states and steps, and Sg — recomputed from the channel states and checked against
+    /// the stored copy.
+    #[must_use]
+    pub fn storage(mut self, storage: impl Storage) -> Self {
+        self.storage = Some(Arc::new(storage));
+        self
+    }
+
+    /// [`RuntimeBuilder::storage`] with a shared store.
+    #[must_use]
+    pub fn storage_arc(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
     /// Replaces the entropy source (default: an OS-seeded fast-key-erasure ChaCha20
     /// generator). Used to reproduce traces; never pass a predictable source in production.
     #[must_use]
@@ -785,13 +1050,34 @@ impl RuntimeBuilder {
             Some(e) => e,
             None => Box::new(SystemEntropy::new().map_err(|_| Error::Entropy)?),
         };
-        let mut rid = [0u8; 32];
-        let needs_random = self.config.identity.is_none()
-            && (self.config.deployment_id.is_empty() || self.config.instance_id.is_empty());
-        if needs_random {
-            entropy.fill(&mut rid).map_err(|_| Error::Entropy)?;
-        }
-        let identity = self.config.derive_identity(|| rid);
+        let snapshot = match &self.storage {
+            Some(st) => st.load()?,
+            None => None,
+        };
+        let identity = match snapshot.as_ref().and_then(|s| s.meta.as_ref()) {
+            Some(meta) => {
+                let configured = self.config.identity.or_else(|| {
+                    (!self.config.deployment_id.is_empty() && !self.config.instance_id.is_empty())
+                        .then(|| RuntimeId::derive(&self.config.deployment_id, &self.config.instance_id))
+                });
+                if configured.is_some_and(|c| c != meta.identity) {
+                    return Err(Error::Config(crate::error::ConfigError {
+                        field: "identity",
+                        reason: "the configured identity differs from the stored runtime's".into(),
+                    }));
+                }
+                meta.identity
+            }
+            None => {
+                let mut rid = [0u8; 32];
+                let needs_random = self.config.identity.is_none()
+                    && (self.config.deployment_id.is_empty() || self.config.instance_id.is_empty());
+                if needs_random {
+                    entropy.fill(&mut rid).map_err(|_| Error::Entropy)?;
+                }
+                self.config.derive_identity(|| rid)
+            }
+        };
         let handle = self.handle.or_else(|| tokio::runtime::Handle::try_current().ok());
         let (exec, owned) = match handle {
             Some(h) => (h, None),
@@ -818,10 +1104,16 @@ impl RuntimeBuilder {
             shared: Arc::new(Shared::default()),
             hooks: self.hooks,
             audit: self.audit,
+            storage: self.storage,
+            detached: Mutex::new(HashMap::default()),
             workers: Mutex::new(Vec::new()),
             exec,
             shut_down: AtomicBool::new(false),
         });
+        match snapshot {
+            Some(snap) => inner.restore(snap)?,
+            None => inner.persist(vec![StorageOp::Meta(inner.meta_row(0))])?,
+        }
         tracing::info!(target: "mfp::runtime", runtime = %inner.identity.short(), "runtime started");
         Ok(Runtime { inner, owned })
     }
@@ -852,7 +1144,15 @@ impl Runtime {
     /// A builder for a runtime with custom entropy, hooks, audit sink or tokio handle.
     #[must_use]
     pub fn builder(config: RuntimeConfig) -> RuntimeBuilder {
-        RuntimeBuilder { config, entropy: None, hooks: None, audit: None, handle: None, worker_threads: 2 }
+        RuntimeBuilder {
+            config,
+            entropy: None,
+            hooks: None,
+            audit: None,
+            handle: None,
+            worker_threads: 2,
+            storage: None,
+        }
     }
 
     /// The runtime's identity.
@@ -907,6 +1207,37 @@ impl Runtime {
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         self.inner.bind(None, Handler::from_async_fn(handler))
+    }
+
+    /// Attaches a synchronous handler to an agent restored from storage and starts its
+    /// delivery (messages sent to it meanwhile waited in its mailbox).
+    pub fn attach<F>(&self, id: &AgentId, handler: F) -> Result<AgentHandle>
+    where
+        F: Fn(&AgentHandle, crate::types::DeliveredMessage) + Send + Sync + 'static,
+    {
+        self.inner.attach(id, Handler::from_sync(handler))
+    }
+
+    /// [`Runtime::attach`] by the agent's name.
+    pub fn attach_named<F>(&self, name: &str, handler: F) -> Result<AgentHandle>
+    where
+        F: Fn(&AgentHandle, crate::types::DeliveredMessage) + Send + Sync + 'static,
+    {
+        let id = self.inner.admin.lock().names.get(name).copied();
+        let id = id.ok_or_else(|| Error::UnknownAgentName(name.to_string()))?;
+        self.inner.attach(&id, Handler::from_sync(handler))
+    }
+
+    /// Attaches an async handler to a restored agent.
+    pub fn attach_async<H: crate::agent::AsyncHandler>(&self, id: &AgentId, handler: H) -> Result<AgentHandle> {
+        self.inner.attach(id, Handler::from_async(handler))
+    }
+
+    /// Agents restored from storage that have no handler yet: `(id, name)`.
+    #[must_use]
+    pub fn detached_agents(&self) -> Vec<(AgentId, Option<String>)> {
+        let ids: Vec<AgentId> = self.inner.detached.lock().keys().copied().collect();
+        ids.into_iter().filter_map(|id| self.inner.agent(&id).ok().map(|r| (id, r.name.clone()))).collect()
     }
 
     /// A handle to a bound agent.
@@ -1076,10 +1407,17 @@ impl Runtime {
 
     fn finish_shutdown(&self) {
         let _admin = self.inner.admin.lock();
-        let ids: Vec<ChannelId> = self.inner.channels.read().keys().copied().collect();
-        for id in ids {
-            let _ = self.inner.close_channel_locked(&id);
+        // Wipe every channel's state from memory. Nothing is written to storage: a
+        // persistent runtime keeps its channels and comes back where it was.
+        let channels: Vec<Arc<ChannelRecord>> = self.inner.channels.write().drain().map(|(_, c)| c).collect();
+        for ch in channels {
+            let mut inner = ch.inner.lock();
+            inner.status = ChannelStatus::Closed;
+            inner.state = State::zero();
+            inner.dedup = None;
         }
+        self.inner.sg.lock().tree = MerkleSg::new();
+        self.inner.detached.lock().clear();
         let agents: Vec<Arc<AgentRecord>> = self.inner.agents.write().drain().map(|(_, a)| a).collect();
         for a in agents {
             a.set_state(AgentState::Terminated);
@@ -1089,7 +1427,8 @@ impl Runtime {
     }
 
     /// Shuts down: stops accepting sends, lets every agent's worker deliver what is queued
-    /// (bounded by `pipeline_timeout`), then closes every channel, wiping its state.
+    /// (bounded by `pipeline_timeout`), then wipes every channel's state from memory. With
+    /// storage, the stored state is kept: the next start restores it.
     pub fn shutdown(&self) {
         let workers = self.begin_shutdown();
         if !workers.is_empty() {

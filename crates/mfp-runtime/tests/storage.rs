@@ -1,0 +1,171 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+//! Persistence through the storage trait, with the in-memory store: what is saved, what a
+//! restart restores, and failing closed.
+
+mod common;
+
+use common::{Inbox, cfg};
+use mfp_core::{RuntimeId, State};
+use mfp_runtime::storage::{MemoryStorage, Storage, StorageError, StorageOp};
+use mfp_runtime::{AgentState, ChannelStatus, Error, Runtime, RuntimeConfig};
+
+fn persistent_cfg() -> RuntimeConfig {
+    RuntimeConfig { deployment_id: b"dep".to_vec(), instance_id: b"inst".to_vec(), ..cfg() }
+}
+
+#[test]
+fn restart_restores_identity_agents_channels_and_steps() {
+    let store = MemoryStorage::new();
+    let (alice_id, bob_id, ch) = {
+        let rt = Runtime::builder(persistent_cfg()).storage(store.clone()).build().unwrap();
+        let inbox = Inbox::new();
+        let alice = rt.bind_named("alice", |_, _| {}).unwrap();
+        let bob = rt.bind_named("bob", inbox.handler()).unwrap();
+        let ch = rt.establish_channel(&alice.id(), &bob.id()).unwrap();
+        for i in 0..3u8 {
+            assert_eq!(alice.send(ch, &[i]).unwrap().step, u64::from(i));
+        }
+        inbox.wait_for(3);
+        rt.shutdown();
+        (alice.id(), bob.id(), ch)
+    };
+    let snap = store.load().unwrap().unwrap();
+    assert_eq!(snap.channels.len(), 1);
+    assert_eq!(snap.channels[0].step, 3);
+    assert_eq!(snap.agents.len(), 2);
+    assert!(snap.sg.is_some());
+
+    let rt = Runtime::builder(persistent_cfg()).storage(store.clone()).build().unwrap();
+    assert_eq!(rt.identity(), RuntimeId::derive(b"dep", b"inst"));
+    assert_eq!(rt.agent_state(&alice_id).unwrap(), AgentState::Active);
+    assert_eq!(rt.agent_counter(), 2);
+    let mut detached = rt.detached_agents();
+    detached.sort_by_key(|d| d.1.clone());
+    assert_eq!(detached, vec![(alice_id, Some("alice".into())), (bob_id, Some("bob".into()))]);
+    let inbox = Inbox::new();
+    let alice = rt.attach_named("alice", |_, _| {}).unwrap();
+    // A second attach is refused.
+    assert_eq!(rt.attach(&alice_id, |_, _| {}).unwrap_err(), Error::AlreadyAttached);
+    // Bob gets a message while detached: it waits in his mailbox until he is attached.
+    let r = alice.send(ch, b"after restart").unwrap();
+    assert_eq!(r.step, 3);
+    let _bob = rt.attach_named("bob", inbox.handler()).unwrap();
+    let got = inbox.wait_for(1);
+    assert_eq!(got[0].payload, b"after restart");
+    assert_eq!(got[0].step, 3);
+    rt.shutdown();
+    assert_eq!(store.load().unwrap().unwrap().channels[0].step, 4);
+}
+
+#[test]
+fn a_failed_write_fails_the_send_and_moves_nothing() {
+    let store = MemoryStorage::new();
+    let rt = Runtime::builder(persistent_cfg()).storage(store.clone()).build().unwrap();
+    let inbox = Inbox::new();
+    let alice = rt.bind(|_, _| {}).unwrap();
+    let bob = rt.bind(inbox.handler()).unwrap();
+    let ch = rt.establish_channel(&alice.id(), &bob.id()).unwrap();
+    assert_eq!(alice.send(ch, b"one").unwrap().step, 0);
+    store.fail_next(1);
+    let err = alice.send(ch, b"lost").unwrap_err();
+    assert!(matches!(err, Error::Storage(StorageError::Backend(_))), "{err:?}");
+    assert_eq!(rt.metrics().storage_failures.get(), 1);
+    // Nothing moved: the next send uses step 1 and the failed payload was never delivered.
+    assert_eq!(alice.send(ch, b"two").unwrap().step, 1);
+    let got = inbox.wait_for(2);
+    assert_eq!(got.iter().map(|m| m.payload.clone()).collect::<Vec<_>>(), vec![b"one".to_vec(), b"two".to_vec()]);
+    assert_eq!(store.load().unwrap().unwrap().channels[0].step, 2);
+    // Administrative operations fail closed too.
+    store.fail_next(1);
+    assert!(matches!(rt.establish_channel(&alice.id(), &bob.id()), Err(Error::Storage(_))));
+    assert_eq!(rt.channel_count(), 1);
+    store.fail_next(1);
+    assert!(matches!(rt.bind(|_, _| {}), Err(Error::Storage(_))));
+    assert_eq!(rt.agent_count(), 2);
+    rt.shutdown();
+}
+
+#[test]
+fn fail_open_keeps_sending_and_counts_failures() {
+    let store = MemoryStorage::new();
+    let config = RuntimeConfig { storage_fail_open: true, ..persistent_cfg() };
+    let rt = Runtime::builder(config).storage(store.clone()).build().unwrap();
+    let alice = rt.bind(|_, _| {}).unwrap();
+    let bob = rt.bind(|_, _| {}).unwrap();
+    let ch = rt.establish_channel(&alice.id(), &bob.id()).unwrap();
+    store.fail_next(1);
+    assert_eq!(alice.send(ch, b"x").unwrap().step, 0);
+    assert_eq!(rt.metrics().storage_failures.get(), 1);
+    assert_eq!(alice.send(ch, b"y").unwrap().step, 1);
+    rt.shutdown();
+}
+
+#[test]
+fn quarantine_close_and_unbind_survive_a_restart() {
+    let store = MemoryStorage::new();
+    let (a, b, c) = {
+        let rt = Runtime::builder(persistent_cfg()).storage(store.clone()).build().unwrap();
+        let a = rt.bind_named("a", |_, _| {}).unwrap().id();
+        let b = rt.bind_named("b", |_, _| {}).unwrap().id();
+        let c = rt.bind_named("c", |_, _| {}).unwrap().id();
+        let ab = rt.establish_channel(&a, &b).unwrap();
+        let bc = rt.establish_channel(&b, &c).unwrap();
+        rt.quarantine_agent(&a, "operator says so").unwrap();
+        rt.close_channel(&bc).unwrap();
+        let _ = ab;
+        rt.shutdown();
+        (a, b, c)
+    };
+    let rt = Runtime::builder(persistent_cfg()).storage(store.clone()).build().unwrap();
+    assert_eq!(rt.agent_state(&a).unwrap(), AgentState::Quarantined);
+    assert_eq!(rt.quarantine_reason(&a).unwrap(), "operator says so");
+    assert_eq!(rt.agent_state(&b).unwrap(), AgentState::Active);
+    assert_eq!(rt.agent_state(&c).unwrap(), AgentState::Bound);
+    assert_eq!(rt.channel_count(), 1);
+    // The channel quarantined because of `a` is restored with it.
+    rt.restore_agent(&a).unwrap();
+    let ch = rt.agent(&a).unwrap().channels().unwrap();
+    assert_eq!(ch.len(), 1);
+    assert_eq!(ch[0].status, ChannelStatus::Active);
+    rt.unbind_agent(&c).unwrap();
+    rt.shutdown();
+    let rt = Runtime::builder(persistent_cfg()).storage(store).build().unwrap();
+    assert!(matches!(rt.agent_state(&c), Err(Error::AgentNotBound)));
+    assert_eq!(rt.agent_count(), 2);
+    rt.shutdown();
+}
+
+#[test]
+fn a_damaged_store_is_refused_with_a_typed_error() {
+    let store = MemoryStorage::new();
+    let ch = {
+        let rt = Runtime::builder(persistent_cfg()).storage(store.clone()).build().unwrap();
+        let a = rt.bind(|_, _| {}).unwrap();
+        let b = rt.bind(|_, _| {}).unwrap();
+        let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
+        a.send(ch, b"x").unwrap();
+        rt.shutdown();
+        ch
+    };
+    // A channel state that does not match the stored Sg.
+    store.apply(vec![StorageOp::AdvanceChannel { id: ch, state: State::from_bytes([9; 32]), step: 1 }]).wait().unwrap();
+    let err = Runtime::builder(persistent_cfg()).storage(store.clone()).build().unwrap_err();
+    assert!(matches!(err, Error::Storage(StorageError::Corrupt(_))), "{err:?}");
+    // A configuration naming another runtime is refused as well.
+    let other = RuntimeConfig { instance_id: b"other".to_vec(), ..persistent_cfg() };
+    assert!(matches!(Runtime::builder(other).storage(store).build(), Err(Error::Config(_))));
+}
+
+#[test]
+fn a_random_identity_is_kept_across_restarts() {
+    let store = MemoryStorage::new();
+    let id = {
+        let rt = Runtime::builder(cfg()).storage(store.clone()).build().unwrap();
+        let id = rt.identity();
+        rt.shutdown();
+        id
+    };
+    let rt = Runtime::builder(cfg()).storage(store).build().unwrap();
+    assert_eq!(rt.identity(), id);
+    rt.shutdown();
+}
