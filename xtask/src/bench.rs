@@ -131,7 +131,17 @@ fn markdown(m: &Value, p: Option<&Value>) -> String {
             ));
         }
     }
+    for (label, key) in [("sync handlers", "sync_handlers"), ("async handlers", "async_handlers")] {
+        out.push_str(&format!(
+            "| fan-out: 1 sender to 1,000 idle agents, {label}, 64 B (msg/s) | {} | | | |\n",
+            fmt(num(m, &["fanout_1000_agents", key, "msgs_per_s"]), "")
+        ));
+    }
     if let Some(p) = p {
+        out.push_str(&format!(
+            "| pymfp: establish 10,000 channels (s, extrapolated from 1,000) | | {} | | |\n",
+            fmt(num(p, &["results", "establish", "extrapolated_10000_s"]), "")
+        ));
         out.push_str(&format!(
             "| pymfp: establish 1,000 channels (s) / bytes per channel / SQLite-backed send (msg/s) | | {} / {} / {} | | |\n",
             fmt(num(p, &["results", "establish", "seconds"]), ""),
