@@ -1,0 +1,197 @@
+//! At-rest encryption of one cell (format version 1).
+//!
+//! ```text
+//! storage_key = HMAC-SHA-256(master_key, "mfp-storage/v1/storage-key" ‖ salt)
+//! key_id      = HMAC-SHA-256(master_key, "mfp-storage/v1/key-id")[..8]
+//! cell_key    = HMAC-SHA-256(storage_key, lp(table) ‖ lp(column) ‖ row_id)
+//! header      = 0x01 ‖ key_id
+//! aad         = header ‖ lp(table) ‖ lp(column) ‖ lp(row_id) ‖ lp(context)
+//! blob        = header ‖ nonce(12, fresh from the OS generator) ‖ AES-256-GCM(cell_key, nonce, plaintext, aad)
+//! ```
+//!
+//! `lp(x) = u16be(len x) ‖ x`; `salt` is 32 random bytes chosen when the database is created
+//! (table `mfp_keys`). The context binds the cell to other columns of its row (the step of a
+//! channel, for example), so they cannot be changed without the change being detected.
+
+use mfp_runtime::storage::StorageError;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+use crate::key::MasterKey;
+
+/// Version byte of the blob format.
+pub(crate) const FORMAT_VERSION: u8 = 1;
+/// HMAC message prefix of the storage key.
+pub(crate) const STORAGE_KEY_LABEL: &[u8] = b"mfp-storage/v1/storage-key";
+/// HMAC message of the key id.
+pub(crate) const KEY_ID_LABEL: &[u8] = b"mfp-storage/v1/key-id";
+/// Size of the blob header (version and key id).
+pub(crate) const HEADER_LEN: usize = 1 + 8;
+/// AES-GCM tag size.
+const TAG_LEN: usize = 16;
+/// Bytes a blob adds to its plaintext.
+pub(crate) const OVERHEAD: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
+
+/// Where a cell lives; bound into its key and AAD.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cell<'a> {
+    pub(crate) table: &'static str,
+    pub(crate) column: &'static str,
+    pub(crate) row_id: &'a [u8],
+    pub(crate) context: &'a [u8],
+}
+
+impl<'a> Cell<'a> {
+    pub(crate) fn new(table: &'static str, column: &'static str, row_id: &'a [u8], context: &'a [u8]) -> Self {
+        Self { table, column, row_id, context }
+    }
+
+    fn name(&self) -> String {
+        format!("{}.{}", self.table, self.column)
+    }
+}
+
+/// `u16be(len x) ‖ x`, refusing lengths that do not fit.
+pub(crate) fn push_lp(out: &mut Vec<u8>, x: &[u8]) -> Result<(), StorageError> {
+    let len =
+        u16::try_from(x.len()).map_err(|_| StorageError::Corrupt("cell name or id longer than 65535 bytes".into()))?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(x);
+    Ok(())
+}
+
+/// Encrypts and decrypts cells with the keys derived from one master key.
+pub(crate) struct CellCipher {
+    storage_key: Zeroizing<[u8; 32]>,
+    key_id: [u8; 8],
+    rng: SystemRandom,
+}
+
+impl CellCipher {
+    /// The cipher of `master` for a database with `salt`.
+    pub(crate) fn new(master: &MasterKey, salt: &[u8]) -> Self {
+        let storage_key = Zeroizing::new(mfp_core::crypto::hmac_sha256(master.expose(), &[STORAGE_KEY_LABEL, salt]));
+        Self { storage_key, key_id: master.key_id(), rng: SystemRandom::new() }
+    }
+
+    /// The id of the master key this cipher writes with.
+    pub(crate) fn key_id(&self) -> [u8; 8] {
+        self.key_id
+    }
+
+    fn header(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        for (dst, src) in h.iter_mut().zip(std::iter::once(&FORMAT_VERSION).chain(self.key_id.iter())) {
+            *dst = *src;
+        }
+        h
+    }
+
+    fn aead_key(&self, cell: &Cell<'_>) -> Result<LessSafeKey, StorageError> {
+        let mut msg = Vec::with_capacity(4 + cell.table.len() + cell.column.len() + cell.row_id.len());
+        push_lp(&mut msg, cell.table.as_bytes())?;
+        push_lp(&mut msg, cell.column.as_bytes())?;
+        msg.extend_from_slice(cell.row_id);
+        let key = Zeroizing::new(mfp_core::crypto::hmac_sha256(&self.storage_key[..], &[&msg]));
+        let unbound = UnboundKey::new(&AES_256_GCM, &key[..])
+            .map_err(|_| StorageError::Backend("AES-256-GCM key setup failed".into()))?;
+        Ok(LessSafeKey::new(unbound))
+    }
+
+    fn aad(header: &[u8], cell: &Cell<'_>) -> Result<Vec<u8>, StorageError> {
+        let mut aad = Vec::with_capacity(
+            header.len() + 8 + cell.table.len() + cell.column.len() + cell.row_id.len() + cell.context.len(),
+        );
+        aad.extend_from_slice(header);
+        push_lp(&mut aad, cell.table.as_bytes())?;
+        push_lp(&mut aad, cell.column.as_bytes())?;
+        push_lp(&mut aad, cell.row_id)?;
+        push_lp(&mut aad, cell.context)?;
+        Ok(aad)
+    }
+
+    /// Encrypts `plaintext` for `cell` with a fresh random nonce.
+    pub(crate) fn seal(&self, cell: Cell<'_>, plaintext: &[u8]) -> Result<Vec<u8>, StorageError> {
+        let header = self.header();
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| StorageError::Backend("the system random generator failed".into()))?;
+        let key = self.aead_key(&cell)?;
+        let aad = Self::aad(&header, &cell)?;
+        let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&nonce);
+        let mut body = plaintext.to_vec();
+        key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut body)
+            .map_err(|_| StorageError::Backend(format!("{}: encryption failed", cell.name())))?;
+        out.extend_from_slice(&body);
+        body.iter_mut().for_each(|b| *b = 0);
+        Ok(out)
+    }
+
+    /// Decrypts a blob of `cell`.
+    ///
+    /// A blob that is too short or of an unknown version is [`StorageError::Corrupt`]; a blob
+    /// written under another master key, or one that fails authentication, is
+    /// [`StorageError::Decrypt`].
+    pub(crate) fn open(&self, cell: Cell<'_>, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, StorageError> {
+        if blob.len() < OVERHEAD {
+            return Err(StorageError::Corrupt(format!("{}: encrypted cell too short", cell.name())));
+        }
+        let (header, rest) = blob.split_at(HEADER_LEN);
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        if header.first() != Some(&FORMAT_VERSION) {
+            return Err(StorageError::Corrupt(format!("{}: unknown encrypted cell format", cell.name())));
+        }
+        if header.get(1..) != Some(&self.key_id[..]) {
+            tracing::warn!(cell = %cell.name(), "cell was written under another master key");
+            return Err(StorageError::Decrypt);
+        }
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| StorageError::Decrypt)?;
+        let key = self.aead_key(&cell)?;
+        let aad = Self::aad(header, &cell)?;
+        let mut buf = Zeroizing::new(sealed.to_vec());
+        let len = key.open_in_place(nonce, Aad::from(&aad), &mut buf[..]).map_err(|_| StorageError::Decrypt)?.len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn cipher(k: u8) -> CellCipher {
+        CellCipher::new(&MasterKey::from_bytes(&[k; 32]).unwrap(), &[9u8; 32])
+    }
+
+    #[test]
+    fn round_trip_fresh_nonce_and_binding() {
+        let c = cipher(1);
+        let five = 5u64.to_be_bytes();
+        let cell = Cell::new("channels", "local_state", b"row-1", &five);
+        let a = c.seal(cell, &[0x42; 32]).unwrap();
+        let b = c.seal(cell, &[0x42; 32]).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), OVERHEAD + 32);
+        assert_eq!(&c.open(cell, &a).unwrap()[..], &[0x42; 32]);
+        // Other row, column, table or context: rejected.
+        for other in [
+            Cell::new("channels", "local_state", b"row-2", &5u64.to_be_bytes()),
+            Cell::new("channels", "other", b"row-1", &5u64.to_be_bytes()),
+            Cell::new("sg_cache", "local_state", b"row-1", &5u64.to_be_bytes()),
+            Cell::new("channels", "local_state", b"row-1", &6u64.to_be_bytes()),
+        ] {
+            assert_eq!(c.open(other, &a).unwrap_err(), StorageError::Decrypt);
+        }
+        // Other key: rejected by key id; every flipped bit: rejected.
+        assert_eq!(cipher(2).open(cell, &a).unwrap_err(), StorageError::Decrypt);
+        for i in 0..a.len() {
+            let mut bad = a.clone();
+            bad[i] ^= 0x01;
+            assert!(c.open(cell, &bad).is_err());
+        }
+        assert!(matches!(c.open(cell, &a[..OVERHEAD - 1]), Err(StorageError::Corrupt(_))));
+    }
+}

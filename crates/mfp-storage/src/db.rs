@@ -1,0 +1,772 @@
+//! SQL: applying operations, reading rows back with validation, re-encrypting cells.
+
+use std::collections::BTreeSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mfp_core::bilateral::BilateralState;
+use mfp_core::{AgentId, BilateralId, ChannelId, MAX_FRAME_DEPTH, MIN_FRAME_DEPTH, RuntimeId, State};
+use mfp_runtime::storage::{AgentRow, ChannelRow, MetaRow, Snapshot, StorageError, StorageOp};
+use mfp_runtime::{AgentState, ChannelStatus};
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::{Decode, Row, Sqlite, Type};
+use zeroize::Zeroizing;
+
+use crate::cell::{Cell, CellCipher};
+use crate::records::{BilateralRecord, BilateralStatus, FederationSnapshot, OutboundRecord, WriteOp};
+
+/// Row id of the single Sg cell.
+pub(crate) const SG_ROW_ID: &[u8] = b"sg";
+/// Row id of the key check cell.
+pub(crate) const KEY_CHECK_ROW_ID: &[u8] = b"key-check";
+/// Plaintext of the key check cell.
+pub(crate) const KEY_CHECK_PLAINTEXT: &[u8] = b"mfp-storage key check v1";
+/// Largest wire message accepted back from `pending_outbound`.
+pub(crate) const MAX_WIRE_LEN: usize = 64 << 20;
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// The primary SQLite result code of a database error.
+pub(crate) fn sqlite_code(e: &sqlx::Error) -> Option<i64> {
+    match e {
+        sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<i64>().ok()).map(|c| c & 0xff),
+        _ => None,
+    }
+}
+
+/// Maps an sqlx error to a storage error: damaged files become `Corrupt`, the rest `Backend`.
+pub(crate) fn sql_error(context: &str, e: &sqlx::Error) -> StorageError {
+    match sqlite_code(e) {
+        // SQLITE_CORRUPT, SQLITE_NOTADB
+        Some(11 | 26) => StorageError::Corrupt(format!("{context}: {e}")),
+        _ => StorageError::Backend(format!("{context}: {e}")),
+    }
+}
+
+/// Whether the error is a constraint violation (a problem of one batch, not of the backend).
+pub(crate) fn is_constraint(e: &sqlx::Error) -> bool {
+    sqlite_code(e) == Some(19)
+}
+
+/// `table.column: what`.
+pub(crate) fn corrupt(table: &str, column: &str, what: &str) -> StorageError {
+    StorageError::Corrupt(format!("{table}.{column}: {what}"))
+}
+
+/// Why a batch failed.
+#[derive(Debug)]
+pub(crate) enum ApplyError {
+    /// Only this batch is affected (constraint violation, value out of range).
+    Batch(StorageError),
+    /// The transaction is affected (I/O, locks, a broken connection).
+    Transaction(StorageError),
+}
+
+fn exec_error(what: &str, e: &sqlx::Error) -> ApplyError {
+    if is_constraint(e) {
+        ApplyError::Batch(StorageError::Backend(format!("{what}: {e}")))
+    } else {
+        ApplyError::Transaction(sql_error(what, e))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cells
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) fn channel_cell<'a>(id: &'a [u8], step_be: &'a [u8; 8]) -> Cell<'a> {
+    Cell::new("channels", "local_state", id, step_be)
+}
+
+pub(crate) fn sg_cell() -> Cell<'static> {
+    Cell::new("sg_cache", "sg_value", SG_ROW_ID, &[])
+}
+
+pub(crate) fn key_check_cell() -> Cell<'static> {
+    Cell::new("mfp_keys", "key_check", KEY_CHECK_ROW_ID, &[])
+}
+
+pub(crate) fn ratchet_cell<'a>(id: &'a [u8], step_be: &'a [u8; 8]) -> Cell<'a> {
+    Cell::new("bilateral_channels", "ratchet_state", id, step_be)
+}
+
+pub(crate) fn prng_cell<'a>(id: &'a [u8], step_be: &'a [u8; 8]) -> Cell<'a> {
+    Cell::new("bilateral_channels", "shared_prng_seed", id, step_be)
+}
+
+/// Context of an outbound cell: `bilateral_id ‖ channel_id ‖ u64be(step)`.
+pub(crate) fn outbound_context(bilateral: &[u8], channel: &[u8], step: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(bilateral.len() + channel.len() + 8);
+    ctx.extend_from_slice(bilateral);
+    ctx.extend_from_slice(channel);
+    ctx.extend_from_slice(&step.to_be_bytes());
+    ctx
+}
+
+pub(crate) fn outbound_cell<'a>(id_be: &'a [u8; 8], context: &'a [u8]) -> Cell<'a> {
+    Cell::new("pending_outbound", "wire", id_be, context)
+}
+
+fn open_state(cipher: &CellCipher, cell: Cell<'_>, blob: &[u8]) -> Result<State, StorageError> {
+    let plain = cipher.open(cell, blob)?;
+    State::from_slice(&plain).map_err(|_| corrupt(cell.table, cell.column, "decrypted value is not 32 bytes"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+// ---------------------------------------------------------------------------------------------
+//
+// Every operation becomes a list of statements with `?` placeholders and typed arguments. They
+// run either with bound parameters (one prepared statement each), or — on the fast path, one
+// round trip to SQLite for a whole transaction — rendered into a single SQL text in which
+// every argument is a literal generated here: integers, `x'…'` blobs, `CAST(x'…' AS TEXT)`
+// for text, `NULL`. No input ever becomes SQL syntax.
+
+/// An argument of a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Val {
+    Int(i64),
+    Blob(Vec<u8>),
+    Text(String),
+    Null,
+}
+
+/// One statement of a batch.
+#[derive(Debug)]
+pub(crate) struct Stmt {
+    /// What it does (for error messages).
+    pub(crate) what: &'static str,
+    /// SQL with one `?` per argument and no other `?`.
+    pub(crate) sql: &'static str,
+    /// Arguments, in placeholder order.
+    pub(crate) args: Vec<Val>,
+}
+
+impl Stmt {
+    fn new(what: &'static str, sql: &'static str, args: Vec<Val>) -> Self {
+        Self { what, sql, args }
+    }
+
+    /// Appends the statement with its arguments inlined as literals, followed by `;`.
+    pub(crate) fn render(&self, out: &mut String) {
+        let mut args = self.args.iter();
+        for ch in self.sql.chars() {
+            if ch == '?' {
+                match args.next() {
+                    Some(Val::Int(i)) => out.push_str(&i.to_string()),
+                    Some(Val::Blob(b)) => push_hex_literal(out, b),
+                    Some(Val::Text(t)) => {
+                        out.push_str("CAST(");
+                        push_hex_literal(out, t.as_bytes());
+                        out.push_str(" AS TEXT)");
+                    }
+                    Some(Val::Null) | None => out.push_str("NULL"),
+                }
+            } else {
+                out.push(ch);
+            }
+        }
+        out.push(';');
+    }
+
+    /// Runs the statement with bound parameters.
+    pub(crate) async fn execute(self, conn: &mut SqliteConnection) -> Result<(), ApplyError> {
+        let what = self.what;
+        let mut q = sqlx::query(self.sql);
+        for a in self.args {
+            q = match a {
+                Val::Int(i) => q.bind(i),
+                Val::Blob(b) => q.bind(b),
+                Val::Text(t) => q.bind(t),
+                Val::Null => q.bind(Option::<Vec<u8>>::None),
+            };
+        }
+        q.execute(&mut *conn).await.map(drop).map_err(|e| exec_error(what, &e))
+    }
+}
+
+fn push_hex_literal(out: &mut String, bytes: &[u8]) {
+    out.push_str("x'");
+    out.push_str(&hex::encode(bytes));
+    out.push('\'');
+}
+
+fn blob(b: &[u8]) -> Val {
+    Val::Blob(b.to_vec())
+}
+
+fn seal(cipher: &CellCipher, cell: Cell<'_>, plaintext: &[u8]) -> Result<Val, StorageError> {
+    cipher.seal(cell, plaintext).map(Val::Blob)
+}
+
+fn range(v: u64, table: &str, column: &str) -> Result<i64, StorageError> {
+    i64::try_from(v).map_err(|_| corrupt(table, column, "value exceeds the storable range (2^63 - 1)"))
+}
+
+const CLOSE_CHANNEL: &str =
+    "UPDATE channels SET status = 'closed', local_state = NULL, updated_at = ? WHERE channel_id = ?";
+
+/// The statements of one operation. Errors here (values out of range, encryption) concern
+/// this batch only.
+#[allow(clippy::too_many_lines)]
+pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut Vec<Stmt>) -> Result<(), StorageError> {
+    match op {
+        WriteOp::Runtime(StorageOp::Meta(m)) => out.push(Stmt::new(
+            "store runtime meta",
+            "INSERT INTO runtime_meta (id, identity, deployment_id, instance_id, agent_counter, created_at, updated_at) \
+             VALUES (1, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET identity = excluded.identity, deployment_id \
+             = excluded.deployment_id, instance_id = excluded.instance_id, agent_counter = excluded.agent_counter, \
+             updated_at = excluded.updated_at",
+            vec![
+                blob(m.identity.as_bytes()),
+                blob(&m.deployment_id),
+                blob(&m.instance_id),
+                Val::Int(range(m.agent_counter, "runtime_meta", "agent_counter")?),
+                Val::Int(now),
+                Val::Int(now),
+            ],
+        )),
+        WriteOp::Runtime(StorageOp::PutAgent(a)) => out.push(Stmt::new(
+            "store agent",
+            "INSERT INTO agents (agent_id, name, state, quarantine_reason, created_at, updated_at) VALUES (?, ?, ?, ?, \
+             ?, ?) ON CONFLICT (agent_id) DO UPDATE SET name = excluded.name, state = excluded.state, \
+             quarantine_reason = excluded.quarantine_reason, updated_at = excluded.updated_at",
+            vec![
+                blob(a.id.as_bytes()),
+                a.name.clone().map_or(Val::Null, Val::Text),
+                Val::Text(a.state.as_str().into()),
+                Val::Text(a.quarantine_reason.clone()),
+                Val::Int(now),
+                Val::Int(now),
+            ],
+        )),
+        WriteOp::Runtime(StorageOp::DeleteAgent(id)) => {
+            out.push(Stmt::new(
+                "delete closed channels of agent",
+                "DELETE FROM channels WHERE status = 'closed' AND (agent_a = ? OR agent_b = ?)",
+                vec![blob(id.as_bytes()), blob(id.as_bytes())],
+            ));
+            out.push(Stmt::new("delete agent", "DELETE FROM agents WHERE agent_id = ?", vec![blob(id.as_bytes())]));
+        }
+        WriteOp::Runtime(StorageOp::PutChannel(c)) => {
+            let step_be = c.step.to_be_bytes();
+            let state = if c.status == ChannelStatus::Closed {
+                Val::Null
+            } else {
+                seal(cipher, channel_cell(c.id.as_bytes(), &step_be), c.state.expose())?
+            };
+            let depth = i64::try_from(c.depth).map_err(|_| corrupt("channels", "depth", "value out of range"))?;
+            out.push(Stmt::new(
+                "store channel",
+                "INSERT INTO channels (channel_id, agent_a, agent_b, depth, status, step, local_state, \
+                 validation_failure_count, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT \
+                 (channel_id) DO UPDATE SET agent_a = excluded.agent_a, agent_b = excluded.agent_b, depth = \
+                 excluded.depth, status = excluded.status, step = excluded.step, local_state = excluded.local_state, \
+                 validation_failure_count = excluded.validation_failure_count, updated_at = excluded.updated_at",
+                vec![
+                    blob(c.id.as_bytes()),
+                    blob(c.agent_a.as_bytes()),
+                    blob(c.agent_b.as_bytes()),
+                    Val::Int(depth),
+                    Val::Text(c.status.as_str().into()),
+                    Val::Int(range(c.step, "channels", "step")?),
+                    state,
+                    Val::Int(i64::from(c.validation_failures)),
+                    Val::Int(now),
+                    Val::Int(now),
+                ],
+            ));
+        }
+        WriteOp::Runtime(StorageOp::AdvanceChannel { id, state, step }) => {
+            let step_i = range(*step, "channels", "step")?;
+            let sealed = seal(cipher, channel_cell(id.as_bytes(), &step.to_be_bytes()), state.expose())?;
+            out.push(Stmt::new(
+                "advance channel",
+                "UPDATE channels SET local_state = ?, step = ?, validation_failure_count = 0, updated_at = ? WHERE \
+                 channel_id = ? AND status <> 'closed'",
+                vec![sealed, Val::Int(step_i), Val::Int(now), blob(id.as_bytes())],
+            ));
+        }
+        WriteOp::Runtime(StorageOp::ChannelStatus { id, status: ChannelStatus::Closed })
+        | WriteOp::Runtime(StorageOp::CloseChannel(id)) => {
+            out.push(Stmt::new("close channel", CLOSE_CHANNEL, vec![Val::Int(now), blob(id.as_bytes())]));
+        }
+        WriteOp::Runtime(StorageOp::ChannelStatus { id, status }) => out.push(Stmt::new(
+            "update channel status",
+            "UPDATE channels SET status = ?, updated_at = ? WHERE channel_id = ? AND status <> 'closed'",
+            vec![Val::Text(status.as_str().into()), Val::Int(now), blob(id.as_bytes())],
+        )),
+        WriteOp::Runtime(StorageOp::Sg(Some(sg))) => out.push(Stmt::new(
+            "store sg",
+            "INSERT INTO sg_cache (id, sg_value, updated_at) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET sg_value \
+             = excluded.sg_value, updated_at = excluded.updated_at",
+            vec![seal(cipher, sg_cell(), sg.expose())?, Val::Int(now)],
+        )),
+        WriteOp::Runtime(StorageOp::Sg(None)) => out.push(Stmt::new("delete sg", "DELETE FROM sg_cache", vec![])),
+        WriteOp::Runtime(other) => {
+            return Err(StorageError::Backend(format!("unsupported storage operation: {}", op_name(other))));
+        }
+        WriteOp::PutBilateral(b) => {
+            let step_be = b.state.step.to_be_bytes();
+            out.push(Stmt::new(
+                "store bilateral channel",
+                "INSERT INTO bilateral_channels (bilateral_id, runtime_id_local, runtime_id_peer, ratchet_state, \
+                 shared_prng_seed, step, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT \
+                 (bilateral_id) DO UPDATE SET runtime_id_local = excluded.runtime_id_local, runtime_id_peer = \
+                 excluded.runtime_id_peer, ratchet_state = excluded.ratchet_state, shared_prng_seed = \
+                 excluded.shared_prng_seed, step = excluded.step, status = excluded.status, updated_at = \
+                 excluded.updated_at",
+                vec![
+                    blob(b.id.as_bytes()),
+                    blob(b.local.as_bytes()),
+                    blob(b.peer.as_bytes()),
+                    seal(cipher, ratchet_cell(b.id.as_bytes(), &step_be), b.state.ratchet.expose())?,
+                    seal(cipher, prng_cell(b.id.as_bytes(), &step_be), b.state.prng_seed.expose())?,
+                    Val::Int(range(b.state.step, "bilateral_channels", "step")?),
+                    Val::Text(b.status.as_str().into()),
+                    Val::Int(now),
+                    Val::Int(now),
+                ],
+            ));
+        }
+        WriteOp::DeleteBilateral(id) => out.push(Stmt::new(
+            "delete bilateral channel",
+            "DELETE FROM bilateral_channels WHERE bilateral_id = ?",
+            vec![blob(id.as_bytes())],
+        )),
+        WriteOp::PutOutbound(o) => {
+            if o.wire.len() > MAX_WIRE_LEN {
+                return Err(corrupt("pending_outbound", "wire", "wire message too large"));
+            }
+            let id = range(o.id, "pending_outbound", "id")?;
+            let step = range(o.step, "pending_outbound", "step")?;
+            let id_be = o.id.to_be_bytes();
+            let ctx = outbound_context(o.bilateral.as_bytes(), o.channel.as_bytes(), o.step);
+            out.push(Stmt::new(
+                "store outbound message",
+                "INSERT INTO pending_outbound (id, bilateral_id, channel_id, step, wire, created_at) VALUES (?, ?, ?, ?, \
+                 ?, ?) ON CONFLICT (id) DO UPDATE SET bilateral_id = excluded.bilateral_id, channel_id = \
+                 excluded.channel_id, step = excluded.step, wire = excluded.wire",
+                vec![
+                    Val::Int(id),
+                    blob(o.bilateral.as_bytes()),
+                    blob(o.channel.as_bytes()),
+                    Val::Int(step),
+                    seal(cipher, outbound_cell(&id_be, &ctx), &o.wire)?,
+                    Val::Int(now),
+                ],
+            ));
+        }
+        WriteOp::DeleteOutbound(id) => out.push(Stmt::new(
+            "delete outbound message",
+            "DELETE FROM pending_outbound WHERE id = ?",
+            vec![Val::Int(range(*id, "pending_outbound", "id")?)],
+        )),
+    }
+    Ok(())
+}
+
+/// The statements of a whole batch.
+pub(crate) fn batch_statements(cipher: &CellCipher, ops: &[WriteOp], now: i64) -> Result<Vec<Stmt>, StorageError> {
+    let mut out = Vec::with_capacity(ops.len() + 1);
+    for op in ops {
+        statements(cipher, op, now, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Applies one batch with bound parameters on `conn` (inside the caller's transaction or
+/// savepoint).
+pub(crate) async fn apply_batch(
+    conn: &mut SqliteConnection,
+    cipher: &CellCipher,
+    ops: &[WriteOp],
+    now: i64,
+) -> Result<(), ApplyError> {
+    for stmt in batch_statements(cipher, ops, now).map_err(ApplyError::Batch)? {
+        stmt.execute(conn).await?;
+    }
+    Ok(())
+}
+
+fn op_name(op: &StorageOp) -> &'static str {
+    match op {
+        StorageOp::Meta(_) => "Meta",
+        StorageOp::PutAgent(_) => "PutAgent",
+        StorageOp::DeleteAgent(_) => "DeleteAgent",
+        StorageOp::PutChannel(_) => "PutChannel",
+        StorageOp::AdvanceChannel { .. } => "AdvanceChannel",
+        StorageOp::ChannelStatus { .. } => "ChannelStatus",
+        StorageOp::CloseChannel(_) => "CloseChannel",
+        StorageOp::Sg(_) => "Sg",
+        _ => "unknown",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+// ---------------------------------------------------------------------------------------------
+
+/// Reads column `column` of `row`, any decode problem (type, NULL, encoding) being `Corrupt`.
+pub(crate) fn get<'r, T>(row: &'r SqliteRow, table: &str, column: &str) -> Result<T, StorageError>
+where
+    T: Decode<'r, Sqlite> + Type<Sqlite>,
+{
+    row.try_get::<T, _>(column).map_err(|e| corrupt(table, column, &format!("unreadable value ({})", decode_kind(&e))))
+}
+
+fn decode_kind(e: &sqlx::Error) -> &'static str {
+    match e {
+        sqlx::Error::ColumnNotFound(_) => "column missing",
+        sqlx::Error::ColumnDecode { .. } => "wrong type or encoding",
+        _ => "decode error",
+    }
+}
+
+/// A fixed-size byte column.
+pub(crate) fn get_fixed<const N: usize>(row: &SqliteRow, table: &str, column: &str) -> Result<[u8; N], StorageError> {
+    let v: Vec<u8> = get(row, table, column)?;
+    <[u8; N]>::try_from(v.as_slice())
+        .map_err(|_| corrupt(table, column, &format!("expected {N} bytes, found {}", v.len())))
+}
+
+/// A non-negative integer column as `u64`.
+pub(crate) fn get_u64(row: &SqliteRow, table: &str, column: &str) -> Result<u64, StorageError> {
+    let v: i64 = get(row, table, column)?;
+    u64::try_from(v).map_err(|_| corrupt(table, column, "negative value"))
+}
+
+/// An integer column as `u32`.
+pub(crate) fn get_u32(row: &SqliteRow, table: &str, column: &str) -> Result<u32, StorageError> {
+    let v: i64 = get(row, table, column)?;
+    u32::try_from(v).map_err(|_| corrupt(table, column, "value out of range"))
+}
+
+/// A frame depth column.
+pub(crate) fn get_depth(row: &SqliteRow, table: &str, column: &str) -> Result<usize, StorageError> {
+    let v: i64 = get(row, table, column)?;
+    usize::try_from(v)
+        .ok()
+        .filter(|d| (MIN_FRAME_DEPTH..=MAX_FRAME_DEPTH).contains(d))
+        .ok_or_else(|| corrupt(table, column, "depth out of range"))
+}
+
+/// An agent state column.
+pub(crate) fn parse_agent_state(s: &str, table: &str, column: &str) -> Result<AgentState, StorageError> {
+    match s {
+        "bound" => Ok(AgentState::Bound),
+        "active" => Ok(AgentState::Active),
+        "quarantined" => Ok(AgentState::Quarantined),
+        "terminated" => Ok(AgentState::Terminated),
+        _ => Err(corrupt(table, column, "unknown agent state")),
+    }
+}
+
+/// A channel status column.
+pub(crate) fn parse_channel_status(s: &str, table: &str, column: &str) -> Result<ChannelStatus, StorageError> {
+    match s {
+        "active" => Ok(ChannelStatus::Active),
+        "quarantined" => Ok(ChannelStatus::Quarantined),
+        "closed" => Ok(ChannelStatus::Closed),
+        _ => Err(corrupt(table, column, "unknown channel status")),
+    }
+}
+
+async fn fetch_all(conn: &mut SqliteConnection, what: &str, sql: &'static str) -> Result<Vec<SqliteRow>, StorageError> {
+    sqlx::query(sql).fetch_all(&mut *conn).await.map_err(|e| sql_error(what, &e))
+}
+
+/// Reads the runtime snapshot (`None` when no metadata was stored), validating every row.
+pub(crate) async fn read_snapshot(
+    conn: &mut SqliteConnection,
+    cipher: &CellCipher,
+) -> Result<Option<Snapshot>, StorageError> {
+    let metas = fetch_all(
+        conn,
+        "read runtime_meta",
+        "SELECT id, identity, deployment_id, instance_id, agent_counter FROM runtime_meta",
+    )
+    .await?;
+    let meta = match metas.as_slice() {
+        [] => None,
+        [row] => {
+            if get::<i64>(row, "runtime_meta", "id")? != 1 {
+                return Err(corrupt("runtime_meta", "id", "unexpected row id"));
+            }
+            Some(MetaRow {
+                identity: RuntimeId::from_bytes(get_fixed(row, "runtime_meta", "identity")?),
+                deployment_id: get(row, "runtime_meta", "deployment_id")?,
+                instance_id: get(row, "runtime_meta", "instance_id")?,
+                agent_counter: get_u64(row, "runtime_meta", "agent_counter")?,
+            })
+        }
+        _ => return Err(corrupt("runtime_meta", "id", "more than one row")),
+    };
+
+    let agent_rows =
+        fetch_all(conn, "read agents", "SELECT agent_id, name, state, quarantine_reason FROM agents ORDER BY agent_id")
+            .await?;
+    let mut known_agents = BTreeSet::new();
+    let mut agents = Vec::with_capacity(agent_rows.len());
+    for row in &agent_rows {
+        let id = AgentId::from_bytes(get_fixed(row, "agents", "agent_id")?);
+        let name: Option<String> = get(row, "agents", "name")?;
+        let state_s: String = get(row, "agents", "state")?;
+        let state = parse_agent_state(&state_s, "agents", "state")?;
+        let quarantine_reason: String = get(row, "agents", "quarantine_reason")?;
+        known_agents.insert(id);
+        if state != AgentState::Terminated {
+            agents.push(AgentRow { id, name, state, quarantine_reason });
+        }
+    }
+
+    let channel_rows = fetch_all(
+        conn,
+        "read channels",
+        "SELECT channel_id, agent_a, agent_b, depth, status, step, local_state, validation_failure_count \
+         FROM channels WHERE status <> 'closed' ORDER BY channel_id",
+    )
+    .await?;
+    let mut channels = Vec::with_capacity(channel_rows.len());
+    for row in &channel_rows {
+        let id = ChannelId::from_bytes(get_fixed(row, "channels", "channel_id")?);
+        let agent_a = AgentId::from_bytes(get_fixed(row, "channels", "agent_a")?);
+        let agent_b = AgentId::from_bytes(get_fixed(row, "channels", "agent_b")?);
+        for (col, a) in [("agent_a", &agent_a), ("agent_b", &agent_b)] {
+            if !known_agents.contains(a) {
+                return Err(corrupt("channels", col, "references an unknown agent"));
+            }
+        }
+        let depth = get_depth(row, "channels", "depth")?;
+        let status_s: String = get(row, "channels", "status")?;
+        let status = parse_channel_status(&status_s, "channels", "status")?;
+        if status == ChannelStatus::Closed {
+            return Err(corrupt("channels", "status", "unexpected closed channel"));
+        }
+        let step = get_u64(row, "channels", "step")?;
+        let blob: Option<Vec<u8>> = get(row, "channels", "local_state")?;
+        let blob = blob.ok_or_else(|| corrupt("channels", "local_state", "missing for an open channel"))?;
+        let state = open_state(cipher, channel_cell(id.as_bytes(), &step.to_be_bytes()), &blob)?;
+        let validation_failures = get_u32(row, "channels", "validation_failure_count")?;
+        channels.push(ChannelRow { id, agent_a, agent_b, depth, status, step, state, validation_failures });
+    }
+
+    let sg_rows = fetch_all(conn, "read sg_cache", "SELECT id, sg_value FROM sg_cache").await?;
+    let sg = match sg_rows.as_slice() {
+        [] => None,
+        [row] => {
+            if get::<i64>(row, "sg_cache", "id")? != 1 {
+                return Err(corrupt("sg_cache", "id", "unexpected row id"));
+            }
+            let blob: Vec<u8> = get(row, "sg_cache", "sg_value")?;
+            Some(open_state(cipher, sg_cell(), &blob)?)
+        }
+        _ => return Err(corrupt("sg_cache", "id", "more than one row")),
+    };
+
+    Ok(meta.map(|meta| Snapshot { meta: Some(meta), agents, channels, sg }))
+}
+
+/// Reads bilateral channels and pending outbound messages, validating every row.
+pub(crate) async fn read_federation(
+    conn: &mut SqliteConnection,
+    cipher: &CellCipher,
+) -> Result<FederationSnapshot, StorageError> {
+    let rows = fetch_all(
+        conn,
+        "read bilateral_channels",
+        "SELECT bilateral_id, runtime_id_local, runtime_id_peer, ratchet_state, shared_prng_seed, step, status \
+         FROM bilateral_channels ORDER BY bilateral_id",
+    )
+    .await?;
+    let t = "bilateral_channels";
+    let mut bilateral = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id = BilateralId::from_bytes(get_fixed(row, t, "bilateral_id")?);
+        let local = RuntimeId::from_bytes(get_fixed(row, t, "runtime_id_local")?);
+        let peer = RuntimeId::from_bytes(get_fixed(row, t, "runtime_id_peer")?);
+        let step = get_u64(row, t, "step")?;
+        let step_be = step.to_be_bytes();
+        let r_blob: Vec<u8> = get(row, t, "ratchet_state")?;
+        let p_blob: Vec<u8> = get(row, t, "shared_prng_seed")?;
+        let ratchet = open_state(cipher, ratchet_cell(id.as_bytes(), &step_be), &r_blob)?;
+        let prng_seed = open_state(cipher, prng_cell(id.as_bytes(), &step_be), &p_blob)?;
+        let status_s: String = get(row, t, "status")?;
+        let status = BilateralStatus::parse(&status_s).ok_or_else(|| corrupt(t, "status", "unknown status"))?;
+        bilateral.push(BilateralRecord { id, local, peer, state: BilateralState { ratchet, prng_seed, step }, status });
+    }
+
+    let rows = fetch_all(
+        conn,
+        "read pending_outbound",
+        "SELECT id, bilateral_id, channel_id, step, wire FROM pending_outbound ORDER BY id",
+    )
+    .await?;
+    let t = "pending_outbound";
+    let mut outbound = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id = get_u64(row, t, "id")?;
+        let bilateral_id = BilateralId::from_bytes(get_fixed(row, t, "bilateral_id")?);
+        let channel = ChannelId::from_bytes(get_fixed(row, t, "channel_id")?);
+        let step = get_u64(row, t, "step")?;
+        let blob: Vec<u8> = get(row, t, "wire")?;
+        if blob.len() > MAX_WIRE_LEN + crate::cell::OVERHEAD {
+            return Err(corrupt(t, "wire", "wire message too large"));
+        }
+        let id_be = id.to_be_bytes();
+        let ctx = outbound_context(bilateral_id.as_bytes(), channel.as_bytes(), step);
+        let wire = cipher.open(outbound_cell(&id_be, &ctx), &blob)?;
+        outbound.push(OutboundRecord { id, bilateral: bilateral_id, channel, step, wire: wire.to_vec() });
+    }
+    Ok(FederationSnapshot { bilateral, outbound })
+}
+
+/// Checks the key check cell of `mfp_keys` against `cipher`.
+pub(crate) fn verify_key_check(cipher: &CellCipher, stored_key_id: &[u8], blob: &[u8]) -> Result<(), StorageError> {
+    if stored_key_id != cipher.key_id() {
+        return Err(StorageError::Decrypt);
+    }
+    let plain = cipher.open(key_check_cell(), blob)?;
+    if plain.as_slice() != KEY_CHECK_PLAINTEXT {
+        return Err(StorageError::Decrypt);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotation
+// ---------------------------------------------------------------------------------------------
+
+/// Re-encrypts every encrypted cell from `old` to `new` (in the caller's transaction) and
+/// returns the number of cells rewritten (the key check included).
+pub(crate) async fn reencrypt_all(
+    conn: &mut SqliteConnection,
+    old: &CellCipher,
+    new: &CellCipher,
+    now: i64,
+) -> Result<u64, StorageError> {
+    let mut count = 0u64;
+    let ex = |e: sqlx::Error| sql_error("re-encrypt", &e);
+
+    for row in fetch_all(
+        conn,
+        "read channels",
+        "SELECT channel_id, step, local_state FROM channels WHERE local_state IS NOT NULL",
+    )
+    .await?
+    {
+        let id: Vec<u8> = get(&row, "channels", "channel_id")?;
+        let step = get_u64(&row, "channels", "step")?.to_be_bytes();
+        let blob: Vec<u8> = get(&row, "channels", "local_state")?;
+        let plain: Zeroizing<Vec<u8>> = old.open(channel_cell(&id, &step), &blob)?;
+        let fresh = new.seal(channel_cell(&id, &step), &plain)?;
+        sqlx::query("UPDATE channels SET local_state = ? WHERE channel_id = ?")
+            .bind(fresh)
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(ex)?;
+        count += 1;
+    }
+
+    for row in fetch_all(conn, "read sg_cache", "SELECT id, sg_value FROM sg_cache").await? {
+        let id: i64 = get(&row, "sg_cache", "id")?;
+        let blob: Vec<u8> = get(&row, "sg_cache", "sg_value")?;
+        let plain = old.open(sg_cell(), &blob)?;
+        let fresh = new.seal(sg_cell(), &plain)?;
+        sqlx::query("UPDATE sg_cache SET sg_value = ? WHERE id = ?")
+            .bind(fresh)
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(ex)?;
+        count += 1;
+    }
+
+    for row in fetch_all(
+        conn,
+        "read bilateral_channels",
+        "SELECT bilateral_id, step, ratchet_state, shared_prng_seed FROM bilateral_channels",
+    )
+    .await?
+    {
+        let t = "bilateral_channels";
+        let id: Vec<u8> = get(&row, t, "bilateral_id")?;
+        let step = get_u64(&row, t, "step")?.to_be_bytes();
+        let r: Vec<u8> = get(&row, t, "ratchet_state")?;
+        let p: Vec<u8> = get(&row, t, "shared_prng_seed")?;
+        let r_new = new.seal(ratchet_cell(&id, &step), &old.open(ratchet_cell(&id, &step), &r)?)?;
+        let p_new = new.seal(prng_cell(&id, &step), &old.open(prng_cell(&id, &step), &p)?)?;
+        sqlx::query("UPDATE bilateral_channels SET ratchet_state = ?, shared_prng_seed = ? WHERE bilateral_id = ?")
+            .bind(r_new)
+            .bind(p_new)
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(ex)?;
+        count += 2;
+    }
+
+    for row in fetch_all(
+        conn,
+        "read pending_outbound",
+        "SELECT id, bilateral_id, channel_id, step, wire FROM pending_outbound",
+    )
+    .await?
+    {
+        let t = "pending_outbound";
+        let id = get_u64(&row, t, "id")?;
+        let bilateral: Vec<u8> = get(&row, t, "bilateral_id")?;
+        let channel: Vec<u8> = get(&row, t, "channel_id")?;
+        let step = get_u64(&row, t, "step")?;
+        let blob: Vec<u8> = get(&row, t, "wire")?;
+        let id_be = id.to_be_bytes();
+        let ctx = outbound_context(&bilateral, &channel, step);
+        let fresh = new.seal(outbound_cell(&id_be, &ctx), &old.open(outbound_cell(&id_be, &ctx), &blob)?)?;
+        let id_i = i64::try_from(id).map_err(|_| corrupt(t, "id", "value out of range"))?;
+        sqlx::query("UPDATE pending_outbound SET wire = ? WHERE id = ?")
+            .bind(fresh)
+            .bind(id_i)
+            .execute(&mut *conn)
+            .await
+            .map_err(ex)?;
+        count += 1;
+    }
+
+    let check = new.seal(key_check_cell(), KEY_CHECK_PLAINTEXT)?;
+    let done = sqlx::query("UPDATE mfp_keys SET key_id = ?, key_check = ?, rotated_at = ? WHERE id = 1")
+        .bind(new.key_id().to_vec())
+        .bind(check)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(ex)?;
+    if done.rows_affected() != 1 {
+        return Err(corrupt("mfp_keys", "id", "key row missing"));
+    }
+    Ok(count + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn rendering_inlines_only_generated_literals() {
+        let stmt = Stmt::new(
+            "test",
+            "INSERT INTO t (a, b, c, d) VALUES (?, ?, ?, ?)",
+            vec![Val::Int(-5), Val::Blob(vec![0x00, 0xff]), Val::Text("it's ?".into()), Val::Null],
+        );
+        let mut out = String::new();
+        stmt.render(&mut out);
+        assert_eq!(out, "INSERT INTO t (a, b, c, d) VALUES (-5, x'00ff', CAST(x'69742773203f' AS TEXT), NULL);");
+    }
+}

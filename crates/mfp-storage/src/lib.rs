@@ -1,0 +1,192 @@
+//! # mfp-storage
+//!
+//! Durable, encrypted, crash-safe SQLite storage for the Mirror Frame Protocol runtime: an
+//! implementation of [`mfp_runtime::storage::Storage`] ([`SqliteStorage`]), read-only
+//! inspection ([`inspect`]), master-key rotation ([`rotate_master_key`]), and an importer for
+//! pymfp 1.0.0 databases ([`pymfp`]). The `mfp-storage` binary wraps the last three.
+//!
+//! ```
+//! use mfp_core::{AgentId, ChannelId, RuntimeId, State};
+//! use mfp_runtime::storage::{AgentRow, ChannelRow, MetaRow, Storage, StorageOp};
+//! use mfp_runtime::{AgentState, ChannelStatus};
+//! use mfp_storage::{Durability, MasterKey, SqliteStorage, StorageConfig};
+//!
+//! # fn main() -> Result<(), mfp_runtime::storage::StorageError> {
+//! # let dir = std::env::temp_dir().join(format!("mfp-storage-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir).ok();
+//! let path = dir.join("runtime.db");
+//! let key = MasterKey::generate()?; // in production: MasterKey::from_file / from_env
+//! let config = StorageConfig::new(&path, key.clone()).durability(Durability::Normal);
+//!
+//! let storage = SqliteStorage::open(config)?;
+//! let identity = RuntimeId::derive(b"deployment", b"instance");
+//! let (a, b) = (AgentId::from_bytes([1; 32]), AgentId::from_bytes([2; 32]));
+//! let channel = ChannelId::from_bytes([3; 16]);
+//! let agent = |id| StorageOp::PutAgent(AgentRow {
+//!     id, name: None, state: AgentState::Active, quarantine_reason: String::new(),
+//! });
+//! storage.apply(vec![
+//!     StorageOp::Meta(MetaRow { identity, deployment_id: vec![], instance_id: vec![], agent_counter: 2 }),
+//!     agent(a),
+//!     agent(b),
+//!     StorageOp::PutChannel(ChannelRow {
+//!         id: channel, agent_a: a, agent_b: b, depth: 4, status: ChannelStatus::Active,
+//!         step: 0, state: State::from_bytes([4; 32]), validation_failures: 0,
+//!     }),
+//! ]).wait()?;
+//! // The hot path: one message = one state advance and the new Sg, in one batch.
+//! storage.apply(vec![
+//!     StorageOp::AdvanceChannel { id: channel, state: State::from_bytes([5; 32]), step: 1 },
+//!     StorageOp::Sg(Some(State::from_bytes([6; 32]))),
+//! ]).wait()?;
+//! storage.close()?;
+//!
+//! // After a restart:
+//! let storage = SqliteStorage::open(StorageConfig::new(&path, key))?;
+//! let snapshot = storage.load()?.expect("a runtime was stored");
+//! assert_eq!(snapshot.channels[0].step, 1);
+//! assert_eq!(snapshot.channels[0].state, State::from_bytes([5; 32]));
+//! # drop(storage);
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(()) }
+//! ```
+//!
+//! ## Opening
+//!
+//! [`SqliteStorage::open`] never modifies a file it has not validated. It first reads the
+//! 100-byte header itself (an SQLite magic, a sane page size, a size consistent with the page
+//! count — garbage and truncated files stop here), then opens the file **read-only** and runs
+//! `PRAGMA quick_check`, checks `PRAGMA application_id` (`0x4D465053`, "MFPS") and the table
+//! set (a foreign database — pymfp's included — is refused, never extended), checks the
+//! applied migrations and the schema version (a newer one is refused), verifies the master
+//! key against the key-check cell, and reads and validates every row. Only then does it open
+//! the file for writing with `journal_mode=WAL`, `foreign_keys=ON`, `secure_delete=FAST`, the
+//! busy timeout and the durability's `synchronous` setting, and run the embedded migrations
+//! (`sqlx::migrate!("./migrations")`). A path that does not exist (or an empty file or empty
+//! SQLite database) becomes a new database.
+//!
+//! Every error is a typed [`StorageError`]: `Corrupt` (with the table and column where a row
+//! is invalid), `Decrypt` (wrong master key, tampered cell), `MasterKey`, `Backend`.
+//!
+//! ## Schema (version 1)
+//!
+//! | table | columns |
+//! |---|---|
+//! | `mfp_schema` | `id` = 1, `application` = `'mfp-storage'`, `version` |
+//! | `mfp_keys` | `id` = 1, `salt` (32 random bytes), `key_id` (8), `key_check` (encrypted constant), `created_at`, `rotated_at` |
+//! | `runtime_meta` | `id` = 1, `identity` (32), `deployment_id`, `instance_id`, `agent_counter` ≥ 0, `created_at`, `updated_at` |
+//! | `agents` | `agent_id` (32) PK, `name` (unique among non-terminated agents, NULL allowed), `state` ∈ {bound, active, quarantined, terminated}, `quarantine_reason`, `created_at`, `updated_at` |
+//! | `channels` | `channel_id` (16) PK, `agent_a`, `agent_b` → `agents`, `depth` ∈ 2..=256, `status` ∈ {active, quarantined, closed}, `step` ≥ 0, `local_state` (encrypted; NULL exactly when closed), `validation_failure_count` ∈ 0..=u32::MAX, `created_at`, `updated_at` |
+//! | `sg_cache` | `id` = 1, `sg_value` (encrypted), `updated_at` |
+//! | `bilateral_channels` | `bilateral_id` (32) PK, `runtime_id_local`, `runtime_id_peer` (32), `ratchet_state`, `shared_prng_seed` (encrypted), `step` ≥ 0, `status` ∈ {active, recovery, suspended}, `created_at`, `updated_at` |
+//! | `pending_outbound` | `id` ≥ 0 PK, `bilateral_id` → `bilateral_channels` (cascade), `channel_id` (16), `step` ≥ 0, `wire` (encrypted), `created_at` |
+//!
+//! Timestamps are Unix seconds. Integers are SQLite's signed 64-bit: every `u64` (step,
+//! counter, id) is converted with a check — a value above `i64::MAX` fails its batch, it never
+//! wraps. Every row read back is validated (sizes, enums, ranges, references, decryption);
+//! a violation is `StorageError::Corrupt("table.column: …")`, never a panic.
+//!
+//! ## Encryption at rest
+//!
+//! Every sensitive cell — `channels.local_state`, `sg_cache.sg_value`,
+//! `bilateral_channels.ratchet_state` and `.shared_prng_seed`, `pending_outbound.wire` — is
+//! AES-256-GCM encrypted with a **fresh random 12-byte nonce per write** (ring's
+//! `SystemRandom`) under a key bound to its table, column and row:
+//!
+//! ```text
+//! storage_key = HMAC-SHA-256(master_key, "mfp-storage/v1/storage-key" ‖ salt)
+//! key_id      = HMAC-SHA-256(master_key, "mfp-storage/v1/key-id")[..8]
+//! cell_key    = HMAC-SHA-256(storage_key, lp(table) ‖ lp(column) ‖ row_id)
+//! blob        = 0x01 ‖ key_id ‖ nonce(12) ‖ ciphertext ‖ tag(16)          (69 bytes for a state)
+//! aad         = 0x01 ‖ key_id ‖ lp(table) ‖ lp(column) ‖ lp(row_id) ‖ lp(context)
+//! ```
+//!
+//! `lp(x) = u16be(len x) ‖ x`. Row ids: the channel id, the bilateral id, `u64be(id)` of an
+//! outbound message, `"sg"`. The context binds the other columns a cell must agree with:
+//! `u64be(step)` for channel and bilateral states, `bilateral_id ‖ channel_id ‖ u64be(step)`
+//! for outbound messages — so moving a cell to another row or changing its step is detected.
+//!
+//! Design choice: the storage key is derived from a random per-database `salt`, not from the
+//! runtime identity as in pymfp. It is therefore available before the runtime's `Meta` op
+//! arrives, the runtime identity may change without re-encryption, and the rotation tool does
+//! not need it. The key id lets a rotation (or an operator) tell cells of different master
+//! keys apart; opening with another key fails with `Decrypt` before anything is written, so
+//! a database never mixes keys. [`MasterKey`] accepts exactly 32 raw bytes or 64 hex digits
+//! (one trailing newline tolerated); encryption can never be switched off.
+//!
+//! ## Write path: group commit
+//!
+//! A dedicated writer thread owns a current-thread tokio runtime and the only read-write
+//! connection. [`Storage::apply`](mfp_runtime::storage::Storage::apply) puts the batch on an
+//! unbounded channel and returns a pending ticket — it never blocks on I/O. Each round, the
+//! writer takes every batch queued at that moment (up to
+//! [`StorageConfig::max_batches_per_commit`]), applies them in submission order in ONE
+//! `BEGIN IMMEDIATE` transaction (one fsync for all of them under [`Durability::Sync`]),
+//! commits, and completes the tickets in order.
+//!
+//! The transaction is first sent to SQLite as one SQL text — `BEGIN IMMEDIATE`, every
+//! statement with its arguments inlined as literals this crate generates (integers, `x'…'`
+//! blobs, `CAST(x'…' AS TEXT)`, `NULL`; no input ever becomes SQL syntax), `COMMIT` — because
+//! every statement sent separately costs a round trip to sqlx's SQLite worker thread
+//! (several times the cost of the statement itself). Statement logging is disabled on the
+//! connection. If a batch violates a constraint (or carries a value out of range), the
+//! transaction is rolled back and redone with bound parameters and a savepoint per batch:
+//! that batch is rolled back alone and only its ticket fails. If the transaction itself fails
+//! (lock timeout, I/O, commit), everything is rolled back and every ticket of the round fails
+//! — each batch stays all-or-nothing either way.
+//!
+//! ## Circuit breaker
+//!
+//! Failed transactions (not single-batch constraint failures) are counted; after
+//! [`BreakerConfig::failure_threshold`] consecutive ones the breaker opens for
+//! [`BreakerConfig::cool_down`]: `apply` returns `Ticket::ready(Err(CircuitOpen))` at once and
+//! batches already queued fail with `CircuitOpen`. Then one trial batch is admitted
+//! (half-open); its success closes the breaker, its failure re-opens it.
+//!
+//! ## Semantics, and what the runtime must send
+//!
+//! Same op sequences give the same [`Snapshot`](mfp_runtime::storage::Snapshot) as
+//! [`MemoryStorage`](mfp_runtime::storage::MemoryStorage), with these deliberate
+//! differences, all of which reject or ignore sequences the runtime never produces:
+//!
+//! * referential integrity is enforced: `PutChannel` needs both agents stored first, and
+//!   `DeleteAgent` fails while an open channel still references the agent (its closed
+//!   channels are deleted with it);
+//! * a closed channel's state is wiped (`local_state` = NULL), so `AdvanceChannel` and
+//!   `ChannelStatus` on a closed channel do nothing (MemoryStorage would revive it with the
+//!   all-zero state); `ChannelStatus { Closed }` is `CloseChannel`;
+//! * agent names must be unique among agents that are not terminated;
+//! * a value above `i64::MAX` (step, counter) fails its batch.
+//!
+//! The runtime should send `Meta` first (`load` returns `None` until it is stored), and must
+//! put into ONE batch everything that has to survive a crash together: `AdvanceChannel` with
+//! the new `Sg` for each message; `PutChannel` with the agents' new states and the new `Sg`
+//! when a channel is established; `CloseChannel` with `Sg(None)` or the new `Sg` and the
+//! agents' states; `PutAgent` with `Meta` (new agent counter) when an agent is bound. It must
+//! also persist quarantine decisions (`ChannelStatus`, `PutAgent` with the reason), including
+//! automatic ones, and increments of `validation_failures` via `PutChannel` if they must
+//! survive a restart (pymfp persists neither, PROTOCOL.md §8 item 21).
+//!
+//! One process must own a database at a time; a second writer would fail with busy errors.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
+
+mod breaker;
+mod cell;
+mod config;
+mod db;
+mod key;
+pub mod pymfp;
+mod records;
+mod schema;
+mod storage;
+mod writer;
+
+pub use breaker::StorageStats;
+pub use config::{BreakerConfig, Durability, StorageConfig};
+pub use key::{MASTER_KEY_LEN, MasterKey};
+pub use records::{BilateralRecord, BilateralStatus, FederationSnapshot, OutboundRecord, WriteOp};
+pub use schema::SCHEMA_VERSION;
+pub use storage::{Inspection, SqliteStorage, inspect, rotate_master_key};
+
+pub use mfp_runtime::storage::StorageError;

@@ -1,0 +1,445 @@
+//! Opening a database safely: look at the file, classify and validate it read-only, and only
+//! then open it for writing, migrate and initialise the keys.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::Path;
+
+use mfp_runtime::storage::StorageError;
+use ring::rand::{SecureRandom, SystemRandom};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection, Row};
+
+use crate::cell::CellCipher;
+use crate::config::{Durability, StorageConfig};
+use crate::db::{self, corrupt, get, get_fixed, sql_error};
+use crate::key::MasterKey;
+use crate::records::FederationSnapshot;
+
+/// The embedded migrations (`crates/mfp-storage/migrations`).
+pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// `PRAGMA application_id` of our databases: ASCII "MFPS".
+pub(crate) const APPLICATION_ID: i64 = 0x4D46_5053;
+/// The schema version this build writes (`mfp_schema.version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Every table of our schema.
+const OUR_TABLES: &[&str] = &[
+    "mfp_schema",
+    "mfp_keys",
+    "runtime_meta",
+    "agents",
+    "channels",
+    "sg_cache",
+    "bilateral_channels",
+    "pending_outbound",
+];
+/// Tables that hold runtime or federation data.
+const DATA_TABLES: &[&str] =
+    &["runtime_meta", "agents", "channels", "sg_cache", "bilateral_channels", "pending_outbound"];
+/// sqlx's migration bookkeeping table.
+const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+/// Tables that identify a pymfp database.
+const PYMFP_TABLES: &[&str] = &["runtime_meta", "agents", "channels", "bilateral_channels", "global_state_cache"];
+
+/// What is at the path before anything is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileState {
+    /// Nothing.
+    Missing,
+    /// A zero-length file (SQLite treats it as an empty database).
+    Empty,
+    /// A file with a plausible SQLite header.
+    Sqlite,
+}
+
+fn u16_at(h: &[u8], at: usize) -> u32 {
+    match h.get(at..at + 2) {
+        Some(&[a, b]) => u32::from(u16::from_be_bytes([a, b])),
+        _ => 0,
+    }
+}
+
+fn u32_at(h: &[u8], at: usize) -> u32 {
+    match h.get(at..at + 4) {
+        Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
+        _ => 0,
+    }
+}
+
+/// Looks at the file without SQLite: is it there, is it an SQLite database, is it complete?
+pub(crate) fn inspect_file(path: &Path) -> Result<FileState, StorageError> {
+    let shown = path.display();
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileState::Missing),
+        Err(e) => return Err(StorageError::Backend(format!("{shown}: {e}"))),
+    };
+    if !meta.is_file() {
+        return Err(StorageError::Backend(format!("{shown}: not a regular file")));
+    }
+    let len = meta.len();
+    if len == 0 {
+        return Ok(FileState::Empty);
+    }
+    let mut header = Vec::with_capacity(100);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(100).read_to_end(&mut header))
+        .map_err(|e| StorageError::Backend(format!("{shown}: {e}")))?;
+    if header.len() < 100 || header.get(..16) != Some(b"SQLite format 3\0") {
+        return Err(StorageError::Corrupt(format!("{shown}: not an SQLite database")));
+    }
+    let page_size = match u16_at(&header, 16) {
+        1 => 65536,
+        p if p.is_power_of_two() && (512..=32768).contains(&p) => p,
+        _ => return Err(StorageError::Corrupt(format!("{shown}: damaged SQLite header (page size)"))),
+    };
+    if len % u64::from(page_size) != 0 {
+        return Err(StorageError::Corrupt(format!(
+            "{shown}: truncated or damaged (size {len} is not a multiple of the page size {page_size})"
+        )));
+    }
+    let change_counter = u32_at(&header, 24);
+    let pages = u32_at(&header, 28);
+    let valid_for = u32_at(&header, 92);
+    if pages > 0 && valid_for == change_counter && u64::from(pages) * u64::from(page_size) > len {
+        return Err(StorageError::Corrupt(format!(
+            "{shown}: truncated (the header counts {pages} pages of {page_size} bytes, the file has {len} bytes)"
+        )));
+    }
+    Ok(FileState::Sqlite)
+}
+
+/// A connection that cannot write to the database file.
+pub(crate) async fn connect_read_only(path: &Path) -> Result<SqliteConnection, StorageError> {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .create_if_missing(false)
+        .disable_statement_logging()
+        .connect()
+        .await
+        .map_err(|e| sql_error(&format!("open {} read-only", path.display()), &e))
+}
+
+/// What an existing SQLite file holds.
+#[derive(Debug)]
+pub(crate) enum DbKind {
+    /// No tables: a new database can be created in it.
+    Empty,
+    /// Our schema.
+    Ours {
+        /// The key row, unless initialisation was interrupted.
+        keys: Option<KeysRow>,
+        /// Whether embedded migrations are not applied yet.
+        needs_migration: bool,
+        /// `mfp_schema.version`.
+        version: i64,
+    },
+}
+
+/// The row of `mfp_keys`.
+#[derive(Debug, Clone)]
+pub(crate) struct KeysRow {
+    pub(crate) salt: [u8; 32],
+    pub(crate) key_id: [u8; 8],
+    pub(crate) key_check: Vec<u8>,
+}
+
+async fn table_names(conn: &mut SqliteConnection) -> Result<BTreeSet<String>, StorageError> {
+    let rows =
+        sqlx::query("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| sql_error("list tables", &e))?;
+    rows.iter().map(|r| get::<String>(r, "sqlite_schema", "name")).collect()
+}
+
+/// Runs SQLite's structural check (read-only).
+pub(crate) async fn quick_check(conn: &mut SqliteConnection) -> Result<(), StorageError> {
+    let rows =
+        sqlx::query("PRAGMA quick_check").fetch_all(&mut *conn).await.map_err(|e| sql_error("quick_check", &e))?;
+    let first: Option<String> = rows.first().and_then(|r| r.try_get::<String, _>(0).ok());
+    if first.as_deref() == Some("ok") {
+        Ok(())
+    } else {
+        Err(StorageError::Corrupt(format!(
+            "database structure is damaged: {}",
+            first.unwrap_or_else(|| "no result from quick_check".into())
+        )))
+    }
+}
+
+async fn scalar_i64(conn: &mut SqliteConnection, sql: &'static str) -> Result<i64, StorageError> {
+    let row = sqlx::query(sql).fetch_one(&mut *conn).await.map_err(|e| sql_error(sql, &e))?;
+    row.try_get::<i64, _>(0).map_err(|e| StorageError::Corrupt(format!("{sql}: {e}")))
+}
+
+/// Classifies an existing SQLite database without modifying it, after SQLite's structural
+/// check. Foreign databases (including pymfp's) and databases written by a newer version are
+/// `Corrupt` errors.
+pub(crate) async fn classify(conn: &mut SqliteConnection) -> Result<DbKind, StorageError> {
+    quick_check(conn).await?;
+    classify_schema(conn).await
+}
+
+/// [`classify`] without the structural check.
+async fn classify_schema(conn: &mut SqliteConnection) -> Result<DbKind, StorageError> {
+    let app_id = scalar_i64(conn, "PRAGMA application_id").await?;
+    let tables = table_names(conn).await?;
+    if app_id != APPLICATION_ID {
+        let only_bookkeeping = tables.iter().all(|t| t == MIGRATIONS_TABLE);
+        if only_bookkeeping {
+            let applied =
+                if tables.is_empty() { 0 } else { scalar_i64(conn, "SELECT count(*) FROM _sqlx_migrations").await? };
+            if applied == 0 {
+                return Ok(DbKind::Empty);
+            }
+        }
+        if app_id == 0 && PYMFP_TABLES.iter().all(|t| tables.contains(*t)) {
+            return Err(StorageError::Corrupt(
+                "this is a pymfp database, not an mfp-storage one (import it with `mfp-storage import-pymfp`)".into(),
+            ));
+        }
+        let names: Vec<&str> = tables.iter().map(String::as_str).take(8).collect();
+        return Err(StorageError::Corrupt(format!(
+            "foreign database (application_id {app_id:#x}, tables: {}); refusing to touch it",
+            names.join(", ")
+        )));
+    }
+    for t in OUR_TABLES.iter().chain(std::iter::once(&MIGRATIONS_TABLE)) {
+        if !tables.contains(*t) {
+            return Err(StorageError::Corrupt(format!("schema: table {t} is missing")));
+        }
+    }
+    let rows = sqlx::query("SELECT id, application, version FROM mfp_schema")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| sql_error("read mfp_schema", &e))?;
+    let version = match rows.as_slice() {
+        [row] => {
+            let app: String = get(row, "mfp_schema", "application")?;
+            if app != "mfp-storage" {
+                return Err(corrupt("mfp_schema", "application", "not an mfp-storage database"));
+            }
+            get::<i64>(row, "mfp_schema", "version")?
+        }
+        _ => return Err(corrupt("mfp_schema", "id", "expected exactly one row")),
+    };
+    if version > SCHEMA_VERSION {
+        return Err(StorageError::Corrupt(format!(
+            "schema version {version} was written by a newer mfp-storage (this build supports {SCHEMA_VERSION})"
+        )));
+    }
+    if version < 1 {
+        return Err(corrupt("mfp_schema", "version", "invalid version"));
+    }
+    let applied = sqlx::query("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| sql_error("read _sqlx_migrations", &e))?;
+    let mut applied_versions = BTreeSet::new();
+    for row in &applied {
+        let v: i64 = get(row, MIGRATIONS_TABLE, "version")?;
+        let checksum: Vec<u8> = get(row, MIGRATIONS_TABLE, "checksum")?;
+        let success: bool = get(row, MIGRATIONS_TABLE, "success")?;
+        let known = MIGRATOR.iter().find(|m| m.version == v && !m.migration_type.is_down_migration());
+        match known {
+            None => {
+                return Err(StorageError::Corrupt(format!(
+                    "migration {v} is unknown to this build (database written by a newer mfp-storage?)"
+                )));
+            }
+            Some(m) if *m.checksum != *checksum => {
+                return Err(StorageError::Corrupt(format!("migration {v} differs from this build's")));
+            }
+            Some(_) if !success => {
+                return Err(StorageError::Corrupt(format!("migration {v} did not complete")));
+            }
+            Some(_) => {
+                applied_versions.insert(v);
+            }
+        }
+    }
+    let needs_migration =
+        MIGRATOR.iter().any(|m| !m.migration_type.is_down_migration() && !applied_versions.contains(&m.version));
+    let keys = read_keys(conn).await?;
+    Ok(DbKind::Ours { keys, needs_migration, version })
+}
+
+/// Reads the `mfp_keys` row, if any.
+pub(crate) async fn read_keys(conn: &mut SqliteConnection) -> Result<Option<KeysRow>, StorageError> {
+    let rows = sqlx::query("SELECT id, salt, key_id, key_check FROM mfp_keys")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| sql_error("read mfp_keys", &e))?;
+    match rows.as_slice() {
+        [] => Ok(None),
+        [row] => Ok(Some(KeysRow {
+            salt: get_fixed(row, "mfp_keys", "salt")?,
+            key_id: get_fixed(row, "mfp_keys", "key_id")?,
+            key_check: get(row, "mfp_keys", "key_check")?,
+        })),
+        _ => Err(corrupt("mfp_keys", "id", "more than one row")),
+    }
+}
+
+async fn data_tables_empty(conn: &mut SqliteConnection) -> Result<bool, StorageError> {
+    for t in DATA_TABLES {
+        // The table names are our own constants, never input.
+        let sql = format!("SELECT EXISTS (SELECT 1 FROM {t})");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| sql_error(&format!("read {t}"), &e))?;
+        let any: i64 = row.try_get(0).map_err(|e| StorageError::Corrupt(format!("{t}: {e}")))?;
+        if any != 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The cipher for `keys`, after checking that `master` is the key the database was written
+/// with (`Decrypt` otherwise).
+pub(crate) fn cipher_for(master: &MasterKey, keys: &KeysRow) -> Result<CellCipher, StorageError> {
+    let cipher = CellCipher::new(master, &keys.salt);
+    db::verify_key_check(&cipher, &keys.key_id, &keys.key_check)?;
+    Ok(cipher)
+}
+
+/// Everything read back by a full validation.
+#[derive(Debug)]
+pub(crate) struct Validated {
+    pub(crate) snapshot: Option<mfp_runtime::storage::Snapshot>,
+    pub(crate) federation: FederationSnapshot,
+    pub(crate) version: i64,
+    pub(crate) key_id: Option<[u8; 8]>,
+}
+
+/// Classifies the database and, if it is ours, checks the key and reads and validates every
+/// row — all on a read-only connection.
+pub(crate) async fn validate_read_only(path: &Path, master: &MasterKey) -> Result<(DbKind, Validated), StorageError> {
+    let mut conn = connect_read_only(path).await?;
+    let result = validate_on(&mut conn, master).await;
+    let _ = conn.close().await;
+    result
+}
+
+async fn validate_on(conn: &mut SqliteConnection, master: &MasterKey) -> Result<(DbKind, Validated), StorageError> {
+    let kind = classify(conn).await?;
+    let mut validated =
+        Validated { snapshot: None, federation: FederationSnapshot::default(), version: 0, key_id: None };
+    if let DbKind::Ours { keys, version, .. } = &kind {
+        validated.version = *version;
+        match keys {
+            Some(keys) => {
+                let cipher = cipher_for(master, keys)?;
+                validated.key_id = Some(cipher.key_id());
+                let mut tx = conn.begin().await.map_err(|e| sql_error("begin read", &e))?;
+                validated.snapshot = db::read_snapshot(&mut tx, &cipher).await?;
+                validated.federation = db::read_federation(&mut tx, &cipher).await?;
+                let _ = tx.rollback().await;
+            }
+            None => {
+                if !data_tables_empty(conn).await? {
+                    return Err(corrupt("mfp_keys", "id", "key row missing although data is stored"));
+                }
+            }
+        }
+    }
+    Ok((kind, validated))
+}
+
+/// An open, migrated, initialised read-write connection.
+pub(crate) struct Opened {
+    pub(crate) conn: SqliteConnection,
+    pub(crate) cipher: CellCipher,
+    pub(crate) created: bool,
+}
+
+/// Opens (or creates) the database of `config` for writing. Nothing is written to an existing
+/// file before it has been validated read-only.
+pub(crate) async fn open_database(config: &StorageConfig) -> Result<Opened, StorageError> {
+    let path = config.path.as_path();
+    let state = inspect_file(path)?;
+    let mut created = false;
+    match state {
+        FileState::Missing if !config.create_if_missing => {
+            return Err(StorageError::Backend(format!("{}: database does not exist", path.display())));
+        }
+        FileState::Missing | FileState::Empty => created = true,
+        FileState::Sqlite => {
+            let (kind, _) = validate_read_only(path, &config.master_key).await?;
+            if matches!(kind, DbKind::Empty) {
+                created = true;
+            }
+        }
+    }
+
+    let synchronous = match config.durability {
+        Durability::Sync => SqliteSynchronous::Full,
+        Durability::Normal => SqliteSynchronous::Normal,
+    };
+    let mut conn = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(matches!(state, FileState::Missing))
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(synchronous)
+        .foreign_keys(true)
+        .busy_timeout(config.busy_timeout)
+        // Overwrite deleted content (old ciphertexts) where that costs no extra I/O.
+        .pragma("secure_delete", "FAST")
+        // Statements carry (encrypted) values inline on the fast path: keep them out of logs.
+        .disable_statement_logging()
+        .connect()
+        .await
+        .map_err(|e| sql_error(&format!("open {}", path.display()), &e))?;
+
+    let result = initialise(&mut conn, &config.master_key).await;
+    match result {
+        Ok(cipher) => Ok(Opened { conn, cipher, created }),
+        Err(e) => {
+            let _ = conn.close().await;
+            Err(e)
+        }
+    }
+}
+
+async fn initialise(conn: &mut SqliteConnection, master: &MasterKey) -> Result<CellCipher, StorageError> {
+    // The file may have changed since it was validated: classify it again on this connection
+    // (cheap next to the full validation) before migrating.
+    if let DbKind::Ours { needs_migration: false, keys: Some(keys), .. } = classify_schema(conn).await? {
+        return cipher_for(master, &keys);
+    }
+    MIGRATOR.run(&mut *conn).await.map_err(|e| StorageError::Backend(format!("migration failed: {e}")))?;
+
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(|e| sql_error("begin", &e))?;
+    let cipher = match read_keys(&mut tx).await? {
+        Some(keys) => cipher_for(master, &keys)?,
+        None => {
+            if !data_tables_empty(&mut tx).await? {
+                return Err(corrupt("mfp_keys", "id", "key row missing although data is stored"));
+            }
+            let mut salt = [0u8; 32];
+            SystemRandom::new()
+                .fill(&mut salt)
+                .map_err(|_| StorageError::Backend("the system random generator failed".into()))?;
+            let cipher = CellCipher::new(master, &salt);
+            let check = cipher.seal(db::key_check_cell(), db::KEY_CHECK_PLAINTEXT)?;
+            sqlx::query("INSERT INTO mfp_keys (id, salt, key_id, key_check, created_at) VALUES (1, ?, ?, ?, ?)")
+                .bind(salt.to_vec())
+                .bind(cipher.key_id().to_vec())
+                .bind(check)
+                .bind(db::unix_now())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| sql_error("initialise mfp_keys", &e))?;
+            cipher
+        }
+    };
+    tx.commit().await.map_err(|e| sql_error("commit", &e))?;
+    Ok(cipher)
+}
