@@ -51,10 +51,11 @@ const SECTIONS: &[(&str, Check)] = &[
     ("recovery", recovery),
     ("rotation", rotation),
     ("runtime_trace_intra", crate::trace::runtime_trace_intra),
+    ("storage_crypto", storage_crypto),
 ];
 
 /// Sections of the schema that belong to layers not built yet.
-const NOT_COVERED: &[&str] = &["storage_crypto", "runtime_trace_cross"];
+const NOT_COVERED: &[&str] = &["runtime_trace_cross"];
 
 /// Sections that carry no checkable values.
 const INFORMATIONAL: &[&str] = &["meta"];
@@ -631,6 +632,34 @@ fn rotation(v: &Value, s: &mut Section) -> Result<(), String> {
     let material = [cur.ratchet.expose().as_slice(), ss.expose(), lo.as_bytes(), hi.as_bytes()].concat();
     s.bytes("rotation_material", &material, &hx(v, "rotation_material")?);
     check_bilateral(s, "rotated_state", &cur.rotate(&ss, &a, &b), field(v, "rotated_state")?)?;
+    Ok(())
+}
+
+/// pymfp 1.0's at-rest cell encryption (what the pymfp importer reads).
+fn storage_crypto(v: &Value, s: &mut Section) -> Result<(), String> {
+    use mfp_storage::pymfp;
+    let master = hx(v, "master_key")?;
+    let rid = hx(v, "runtime_id")?;
+    let sk = pymfp::storage_key(&master, &rid);
+    s.bytes("storage_key", sk.expose(), &hx(v, "storage_key")?);
+    for (i, c) in list(v, "cells")?.iter().enumerate() {
+        let table = field(c, "table")?.as_str().ok_or("table is not a string")?;
+        let column = field(c, "column")?.as_str().ok_or("column is not a string")?;
+        let row = hx(c, "row_id")?;
+        let msg = pymfp::cell_key_message(table, column, &row).map_err(|e| e.to_string())?;
+        s.bytes(&format!("[{i}] cell_key_message"), &msg, &hx(c, "cell_key_message")?);
+        let ck = pymfp::cell_key(&sk, table, column, &row).map_err(|e| e.to_string())?;
+        s.bytes(&format!("[{i}] cell_key"), ck.expose(), &hx(c, "cell_key")?);
+        s.bytes(&format!("[{i}] aad"), &pymfp::aad(&row, column).map_err(|e| e.to_string())?, &hx(c, "aad")?);
+        let nonce: [u8; 12] = hx(c, "nonce_injected")?.try_into().map_err(|_| "nonce must be 12 bytes")?;
+        let plain = hx(c, "plaintext")?;
+        let blob =
+            pymfp::encrypt_cell_with_nonce(&sk, table, column, &row, &nonce, &plain).map_err(|e| e.to_string())?;
+        let want = hx(c, "stored_blob")?;
+        s.bytes(&format!("[{i}] stored_blob"), &blob, &want);
+        let back = pymfp::decrypt_cell(&sk, table, column, &row, &want).map_err(|e| e.to_string())?;
+        s.bytes(&format!("[{i}] decrypt"), &back, &plain);
+    }
     Ok(())
 }
 
