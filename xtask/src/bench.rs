@@ -131,6 +131,23 @@ fn markdown(m: &Value, p: Option<&Value>) -> String {
             ));
         }
     }
+    let psql = p.and_then(|p| num(p, &["results", "sqlite_send_64", "msgs_per_s"]));
+    for (label, key) in [
+        ("`normal`, 1 sender", "normal_1_senders"),
+        ("`normal`, 4 senders", "normal_4_senders"),
+        ("`sync`, 1 sender", "sync_1_senders"),
+        ("`sync`, 4 senders", "sync_4_senders"),
+    ] {
+        let rate = num(m, &["persistent_send_64", key, "msgs_per_s"]);
+        let of_mem = num(m, &["persistent_send_64", key, "ratio_to_in_memory"]);
+        out.push_str(&format!(
+            "| persistent send (SQLite, encrypted), {label}, 64 B (msg/s; share of in-memory) | {} ({}) | {} | {} | |\n",
+            fmt(rate, ""),
+            fmt(of_mem.map(|r| r * 100.0), "%"),
+            fmt(psql, ""),
+            fmt(ratio(rate, psql), "×")
+        ));
+    }
     for (label, key) in [("sync handlers", "sync_handlers"), ("async handlers", "async_handlers")] {
         out.push_str(&format!(
             "| fan-out: 1 sender to 1,000 idle agents, {label}, 64 B (msg/s) | {} | | | |\n",

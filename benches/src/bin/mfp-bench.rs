@@ -334,6 +334,46 @@ fn fanout_once(n: usize, async_handlers: bool) -> f64 {
     rate
 }
 
+/// Sends with persistence on (SQLite, encrypted at rest) from `senders` threads, each on
+/// its own channel. Returns msgs/s (every receipt is returned after its commit).
+fn persist_once(durability: mfp_storage::Durability, n: usize, senders: usize) -> f64 {
+    let dir = std::env::temp_dir().join(format!("mfp-bench-{}-{}", std::process::id(), n));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bench.db");
+    let _ = std::fs::remove_file(&path);
+    let storage = mfp_storage::SqliteStorage::open(
+        mfp_storage::StorageConfig::new(&path, mfp_storage::MasterKey::generate().unwrap()).durability(durability),
+    )
+    .unwrap();
+    let rt = Runtime::builder(config()).storage(storage).build().unwrap();
+    let pairs: Vec<(AgentHandle, ChannelId)> = (0..senders)
+        .map(|_| {
+            let a = rt.bind(|_: &AgentHandle, _: DeliveredMessage| {}).unwrap();
+            let b = rt.bind(|_: &AgentHandle, _: DeliveredMessage| {}).unwrap();
+            let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
+            (a, ch)
+        })
+        .collect();
+    let payload = [0x42u8; 64];
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for (a, ch) in &pairs {
+            let payload = &payload;
+            scope.spawn(move || {
+                for _ in 0..n {
+                    a.send(*ch, payload).unwrap();
+                }
+            });
+        }
+    });
+    let rate = (n * senders) as f64 / start.elapsed().as_secs_f64();
+    rt.wait_idle(Duration::from_secs(60));
+    rt.shutdown();
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&dir);
+    rate
+}
+
 /// Runs [`scale_once`] in a child process.
 fn scale_in_child(n: usize, sends: usize) -> (f64, f64, f64, f64, f64) {
     let exe = std::env::current_exe().unwrap();
@@ -449,6 +489,25 @@ fn main() {
         asy.insert(size.to_string(), json!({"msgs_per_s": rate}));
     }
     report.insert("async_send".into(), Value::Object(asy));
+
+    // Persistence.
+    let mut persist = serde_json::Map::new();
+    let mem_rate = report["send"]["1_channel"]["64"]["msgs_per_s"].as_f64().unwrap_or(0.0);
+    for (label, durability) in [("normal", mfp_storage::Durability::Normal), ("sync", mfp_storage::Durability::Sync)] {
+        for senders in [1usize, 4] {
+            let n = if opts.quick { 500 } else { 3_000 } / senders;
+            let rate = median((0..runs).map(|_| persist_once(durability, n, senders)).collect());
+            println!(
+                "persistent send ({label:<6}), {senders} sender(s), 64 B  {rate:>10.0} msg/s  ({:.1}% of in-memory)",
+                rate / mem_rate * 100.0
+            );
+            persist.insert(
+                format!("{label}_{senders}_senders"),
+                json!({"msgs_per_s": rate, "ratio_to_in_memory": rate / mem_rate}),
+            );
+        }
+    }
+    report.insert("persistent_send_64".into(), Value::Object(persist));
 
     // Fan-out.
     let mut fan = serde_json::Map::new();
