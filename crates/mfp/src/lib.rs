@@ -5,7 +5,8 @@
 //!
 //! - [`core`] — the sans-IO protocol core (also the `mfp-core` crate);
 //! - the runtime (feature `runtime`, on by default; also the `mfp-runtime` crate):
-//!   [`Runtime`], [`AgentHandle`], [`mfp_send`], … at the crate root.
+//!   [`Runtime`], [`AgentHandle`], [`mfp_send`], … at the crate root;
+//! - durable state in SQLite (feature `sqlite`; also the `mfp-storage` crate): `sqlite`.
 //!
 //! ```
 //! use mfp::{Runtime, RuntimeConfig, mfp_send};
@@ -31,3 +32,8 @@ pub use mfp_runtime::*;
 /// The runtime crate itself (audit, hooks and metrics modules live there).
 #[cfg(feature = "runtime")]
 pub use mfp_runtime as runtime;
+
+/// Durable, encrypted runtime state in SQLite (`SqliteStorage`, `StorageConfig`,
+/// `MasterKey`, the pymfp importer).
+#[cfg(feature = "sqlite")]
+pub use mfp_storage as sqlite;
