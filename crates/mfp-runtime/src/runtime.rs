@@ -608,6 +608,16 @@ impl Inner {
         self.persist(vec![StorageOp::ChannelStatus { id: *id, status: ChannelStatus::Quarantined }])
     }
 
+    /// Audit event for a send refused after ACCEPT.
+    fn rejected(&self, sender: AgentId, channel: ChannelId, reason: &str) {
+        let mut ev = AuditEvent::new(AuditEventType::MessageRejected);
+        ev.success = false;
+        ev.agent = Some(sender);
+        ev.channel = Some(channel);
+        ev.reason = Some(reason.to_string());
+        self.event(ev);
+    }
+
     fn channel_quarantined_event(&self, id: &ChannelId, reason: &str) {
         self.shared.metrics.channel_quarantines.inc();
         tracing::warn!(target: "mfp::runtime", channel = %id.short(), reason, "channel quarantined");
@@ -785,8 +795,11 @@ impl Inner {
         started: Instant,
     ) -> Result<Receipt> {
         let ctx = SendContext { sender: sender.id, recipient: recipient.id, channel: channel.id, payload };
-        if let Some(h) = &self.hooks {
-            h.before_send(&ctx).map_err(Error::HookRejected)?;
+        if let Some(h) = &self.hooks
+            && let Err(reason) = h.before_send(&ctx)
+        {
+            self.rejected(sender.id, channel.id, "rejected by hook");
+            return Err(Error::HookRejected(reason));
         }
         let depth = usize::from(channel.depth);
         let idem = opts
@@ -854,6 +867,7 @@ impl Inner {
                 let _ =
                     self.persist(vec![StorageOp::ChannelStatus { id: channel.id, status: ChannelStatus::Quarantined }]);
             }
+            self.rejected(sender.id, channel.id, "frame validation failed");
             return Err(Error::FrameValidation);
         }
         // DECODE (in place, inside the message buffer)
@@ -865,6 +879,7 @@ impl Inner {
                 Ok(p) => p.len(),
                 Err(_) => {
                     self.shared.metrics.decode_failures.inc();
+                    self.rejected(sender.id, channel.id, "payload decode failed");
                     return Err(Error::Decode);
                 }
             }
@@ -888,9 +903,12 @@ impl Inner {
                 StorageOp::Sg(sg_after),
             ];
             if let Err(e) = self.persist(ops) {
-                let mut sg = self.sg.lock();
-                let inner = &mut *ch;
-                let _ = sg.tree.update_hinted(&channel.id, &inner.state, &mut inner.leaf_hint);
+                {
+                    let mut sg = self.sg.lock();
+                    let inner = &mut *ch;
+                    let _ = sg.tree.update_hinted(&channel.id, &inner.state, &mut inner.leaf_hint);
+                }
+                self.rejected(sender.id, channel.id, "storage write failed");
                 return Err(e);
             }
         }
