@@ -88,7 +88,9 @@ pub struct RuntimeConfig {
     pub dedup_ttl: Duration,
     /// With storage: keep going when a write fails (the runtime runs degraded and a
     /// restart loses the unsaved changes) instead of failing the operation. Off by
-    /// default: a send whose state advance cannot be saved fails.
+    /// default: a send whose state advance cannot be saved fails. With it on, a restart
+    /// also accepts a stored Sg that no longer matches the channel states (it is recomputed)
+    /// instead of refusing the store as corrupt.
     pub storage_fail_open: bool,
 }
 

@@ -373,7 +373,14 @@ impl Inner {
         }
         let recomputed = sg.tree.root();
         if recomputed != snap.sg {
-            return Err(corrupt("Sg recomputed from the channel states differs from the stored Sg".into()));
+            if !self.config.storage_fail_open {
+                return Err(corrupt("Sg recomputed from the channel states differs from the stored Sg".into()));
+            }
+            // A runtime that ran degraded may have lost writes; the operator accepted that.
+            tracing::warn!(
+                target: "mfp::runtime",
+                "stored Sg differs from the channel states (writes were lost while running degraded); using the recomputed Sg"
+            );
         }
         tracing::info!(
             target: "mfp::runtime",

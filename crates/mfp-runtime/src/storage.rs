@@ -37,6 +37,9 @@ pub enum StorageError {
     /// The master key is missing or malformed.
     #[error("invalid master key: {0}")]
     MasterKey(String),
+    /// Another process (or another open store) is using the database.
+    #[error("the database is in use by another process")]
+    InUse,
     /// The circuit breaker is open after repeated failures.
     #[error("storage circuit breaker open")]
     CircuitOpen,

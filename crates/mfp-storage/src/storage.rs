@@ -31,6 +31,29 @@ pub struct SqliteStorage {
     path: PathBuf,
     key_id: AtomicU64,
     created: bool,
+    /// Exclusive lock on `<db>.mfp-lock`, held while the store is open (released last).
+    _lock: std::fs::File,
+}
+
+/// Takes the exclusive lock that keeps a second process (or a second store in this one)
+/// from writing the same database. SQLite's own locks only serialise transactions; two
+/// runtimes on one file would both advance the same channels.
+fn acquire_lock(db: &Path) -> Result<std::fs::File, StorageError> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".mfp-lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&name)
+        .map_err(|e| StorageError::Backend(format!("cannot open the lock file: {}", e.kind())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::InUse),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StorageError::Backend(format!("cannot lock the lock file: {}", e.kind())))
+        }
+    }
 }
 
 impl fmt::Debug for SqliteStorage {
@@ -58,6 +81,7 @@ impl SqliteStorage {
     ///   `create_if_missing = false`.
     pub fn open(config: StorageConfig) -> Result<Self, StorageError> {
         let path = config.path.clone();
+        let lock = acquire_lock(&path)?;
         let breaker = Arc::new(Breaker::new(config.breaker));
         let (tx, handle, info) = writer::spawn(config, Arc::clone(&breaker))?;
         Ok(Self {
@@ -67,6 +91,7 @@ impl SqliteStorage {
             path,
             key_id: AtomicU64::new(u64::from_be_bytes(info.key_id)),
             created: info.created,
+            _lock: lock,
         })
     }
 
