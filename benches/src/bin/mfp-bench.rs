@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 /// The allocator matters for a message runtime: every payload is allocated by the sending
 /// thread and freed by the receiving one, which glibc's malloc serialises on an arena lock.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
