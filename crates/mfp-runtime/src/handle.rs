@@ -126,38 +126,12 @@ impl AgentHandle {
         options: &SendOptions,
         done: Option<oneshot::Sender<Outcome>>,
     ) -> Result<Receipt> {
+        // The async path, driven on this thread: without waiting (the common case) it
+        // completes on its first poll; a wait for the rate window or mailbox space parks
+        // the thread.
         let inner = self.runtime()?;
-        let started = Instant::now();
-        let deadline = started + inner.config.pipeline_timeout;
-        loop {
-            let now = Instant::now();
-            let (ch, recipient) = match inner.precheck(&self.record, &channel, payload.len(), now)? {
-                Ok(pair) => pair,
-                Err(wait) => {
-                    if now + wait > deadline {
-                        return Err(Error::RateLimited { retry_after: wait });
-                    }
-                    std::thread::sleep(wait);
-                    continue;
-                }
-            };
-            let permit = match inner.try_reserve(&recipient)? {
-                Some(p) => p,
-                None => {
-                    let _g = inner.exec().enter();
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match crate::block::block_on(tokio::time::timeout(left, recipient.tx.reserve())) {
-                        Ok(Ok(p)) => p,
-                        Ok(Err(_)) => return Err(Error::ChannelClosed),
-                        Err(_) => {
-                            inner.shared.metrics.mailbox_full.inc();
-                            return Err(Error::MailboxFull);
-                        }
-                    }
-                }
-            };
-            return inner.execute(&self.record, &ch, &recipient, payload, options, permit, done, started);
-        }
+        let _g = inner.exec().enter();
+        crate::block::block_on(self.send_async_inner(channel, payload, options, done))
     }
 
     async fn send_async_inner(

@@ -234,16 +234,7 @@ impl Inner {
         }
         admin.agent_counter = counter;
         let (record, rx, control_rx) = AgentRecord::new(id, name.clone(), self.config.mailbox_capacity);
-        let ctx = WorkerCtx {
-            inner: Arc::downgrade(self),
-            shared: Arc::clone(&self.shared),
-            record: Arc::clone(&record),
-            handler,
-            timeout: self.config.agent_timeout,
-            epoch: self.epoch,
-        };
-        let join = self.exec.spawn(agent::run_worker(ctx, rx, control_rx));
-        self.workers.lock().push(join);
+        self.spawn_worker(&record, handler, rx, control_rx);
         self.agents.write().insert(id, Arc::clone(&record));
         if let Some(n) = name {
             admin.names.insert(n, id);
@@ -391,20 +382,31 @@ impl Inner {
         Ok(())
     }
 
-    /// Starts the worker of a restored agent with `handler`.
-    fn attach(self: &Arc<Self>, id: &AgentId, handler: Handler) -> Result<AgentHandle> {
-        let record = self.agent(id)?;
-        let (rx, control_rx) = self.detached.lock().remove(id).ok_or(Error::AlreadyAttached)?;
+    /// Starts the delivery worker of an agent.
+    fn spawn_worker(
+        self: &Arc<Self>,
+        record: &Arc<AgentRecord>,
+        handler: Handler,
+        rx: mpsc::Receiver<Delivery>,
+        control_rx: tokio::sync::watch::Receiver<u8>,
+    ) {
         let ctx = WorkerCtx {
             inner: Arc::downgrade(self),
             shared: Arc::clone(&self.shared),
-            record: Arc::clone(&record),
+            record: Arc::clone(record),
             handler,
             timeout: self.config.agent_timeout,
             epoch: self.epoch,
         };
         let join = self.exec.spawn(agent::run_worker(ctx, rx, control_rx));
         self.workers.lock().push(join);
+    }
+
+    /// Starts the worker of a restored agent with `handler`.
+    fn attach(self: &Arc<Self>, id: &AgentId, handler: Handler) -> Result<AgentHandle> {
+        let record = self.agent(id)?;
+        let (rx, control_rx) = self.detached.lock().remove(id).ok_or(Error::AlreadyAttached)?;
+        self.spawn_worker(&record, handler, rx, control_rx);
         Ok(AgentHandle::new(Arc::downgrade(self), record))
     }
 
