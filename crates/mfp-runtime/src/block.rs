@@ -21,6 +21,12 @@ impl Wake for ThreadWaker {
 /// Runs `fut` to completion on the current thread.
 pub(crate) fn block_on<F: Future>(fut: F) -> F::Output {
     let mut fut = std::pin::pin!(fut);
+    // Most futures given here are ready at once (a send that does not wait): try that
+    // without setting up a waker. A pending future is polled again below with the real
+    // waker, so no wake-up can be lost.
+    if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        return v;
+    }
     let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
     loop {
