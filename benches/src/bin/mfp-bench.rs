@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mfp_core::{ChannelId, EntropySource, Frame, MerkleSg, State, encoding, message, ratchet, sampling};
+use mfp_core::{ChannelId, EntropySource, Frame, MerkleSg, State, encoding, ratchet, sampling};
 use mfp_runtime::{AgentHandle, DeliveredMessage, Runtime, RuntimeConfig, SystemEntropy};
 use serde_json::{Value, json};
 
@@ -74,7 +74,8 @@ fn rss_kib(field: &str) -> Option<u64> {
 // ---- crypto floor --------------------------------------------------------------------
 
 /// The primitives of one intra-runtime message with nothing around them: entropy, ds,
-/// frame, encode + assemble, validate, decode, ratchet advance, Sg leaf update.
+/// frame, encode, mirror and validate, decode, ratchet advance, Sg leaf update — with the
+/// same buffer handling as the runtime (E(P) built on the payload's only copy).
 fn floor_once(size: usize, n: usize, leaves: usize) -> (f64, f64) {
     let mut entropy = SystemEntropy::new().unwrap();
     let channel = ChannelId::from_bytes([7; 16]);
@@ -97,12 +98,12 @@ fn floor_once(size: usize, n: usize, leaves: usize) -> (f64, f64) {
             Ok(())
         });
         let frame = sampling::sample_frame(&sl, step, &sg, 4, &mut jitter).unwrap();
-        let mut m = message::assemble(&frame, &sl, &channel, step, &payload).unwrap();
-        let p = message::parse(&m, 4).unwrap();
-        Frame::validate_bytes(p.frame_open_bytes(), p.frame_close_bytes(), &frame).unwrap();
-        let end = m.len() - 64;
-        let len = encoding::decode_in_place(&sl, &channel, step, &mut m[64..end]).unwrap().len();
-        m.copy_within(64..64 + len, 0);
+        let mut m = Vec::with_capacity(payload.len() + 16);
+        m.extend_from_slice(&payload);
+        let tag = encoding::encode_in_place(&sl, &channel, step, &mut m).unwrap();
+        m.extend_from_slice(&tag);
+        Frame::validate(&frame, &frame.mirror(), &frame).unwrap();
+        let len = encoding::decode_in_place(&sl, &channel, step, &mut m).unwrap().len();
         m.truncate(len);
         std::hint::black_box(&m);
         sl = ratchet::advance(&sl, &frame);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mfp_core::crypto::sha256;
 use mfp_core::{
     AgentId, BLOCK_SIZE, ChannelId, EntropySource, Frame, MIN_FRAME_DEPTH, MerkleSg, MessageId, RuntimeId, State,
-    encoding, message, ratchet, sampling,
+    TAG_SIZE, encoding, ratchet, sampling,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
@@ -858,12 +858,17 @@ impl Inner {
 
         // FRAME
         let frame: Frame = sampling::sample_frame(&ch.state, step, &sg, depth, &mut SliceEntropy(jitter))?;
-        // ENCODE
-        let mut m = message::assemble(&frame, &ch.state, &channel.id, step, payload)?;
+        // ENCODE. The protocol message is frame_open ‖ E(P) ‖ frame_close; inside the
+        // runtime it is never serialised, so its three parts stay in their own buffers and
+        // E(P) is built where the payload's only copy is (no concatenation, and no shift of
+        // the plaintext back to the front after decoding).
+        let mut m = Vec::with_capacity(payload.len() + TAG_SIZE);
+        m.extend_from_slice(payload);
+        let tag = encoding::encode_in_place(&ch.state, &channel.id, step, &mut m)?;
+        m.extend_from_slice(&tag);
+        let frame_close = frame.mirror();
         // VALIDATE
-        let validated = message::parse(&m, depth)
-            .and_then(|p| Frame::validate_bytes(p.frame_open_bytes(), p.frame_close_bytes(), &frame));
-        if validated.is_err() {
+        if Frame::validate(&frame, &frame_close, &frame).is_err() {
             self.shared.metrics.validation_failures.inc();
             ch.validation_failures += 1;
             if ch.validation_failures >= self.config.validation_failure_threshold {
@@ -879,21 +884,15 @@ impl Inner {
             self.rejected(sender.id, channel.id, "frame validation failed");
             return Err(Error::FrameValidation);
         }
-        // DECODE (in place, inside the message buffer)
-        let start = depth * BLOCK_SIZE;
-        let end = m.len() - depth * BLOCK_SIZE;
-        let plain_len = {
-            let enc = m.get_mut(start..end).ok_or(Error::Decode)?;
-            match encoding::decode_in_place(&ch.state, &channel.id, step, enc) {
-                Ok(p) => p.len(),
-                Err(_) => {
-                    self.shared.metrics.decode_failures.inc();
-                    self.rejected(sender.id, channel.id, "payload decode failed");
-                    return Err(Error::Decode);
-                }
+        // DECODE (in place)
+        let plain_len = match encoding::decode_in_place(&ch.state, &channel.id, step, &mut m) {
+            Ok(p) => p.len(),
+            Err(_) => {
+                self.shared.metrics.decode_failures.inc();
+                self.rejected(sender.id, channel.id, "payload decode failed");
+                return Err(Error::Decode);
             }
         };
-        m.copy_within(start..start + plain_len, 0);
         m.truncate(plain_len);
         let next = ratchet::advance(&ch.state, &frame);
         let next_step = step.checked_add(1).ok_or(Error::Core(mfp_core::Error::Crypto("channel step exhausted")))?;
