@@ -33,6 +33,7 @@
 mod agent;
 pub mod audit;
 mod block;
+mod builder;
 mod channel;
 mod config;
 mod entropy;
@@ -40,16 +41,18 @@ mod error;
 mod handle;
 pub mod hooks;
 pub mod metrics;
+mod pipeline;
 mod runtime;
 pub mod storage;
 mod types;
 
 pub use agent::{AsyncHandler, BoxFuture};
+pub use builder::RuntimeBuilder;
 pub use config::{Backpressure, MAX_ID_INPUT_LEN, MAX_QUEUE_LIMIT, RateLimitAction, RuntimeConfig};
 pub use entropy::SystemEntropy;
 pub use error::{ConfigError, Error, ErrorCode, Result};
 pub use handle::{AgentHandle, bind, mfp_channels, mfp_send, mfp_send_async, mfp_status, unbind};
-pub use runtime::{Runtime, RuntimeBuilder};
+pub use runtime::Runtime;
 pub use types::{
     AgentState, AgentStatus, ChannelInfo, ChannelStatus, CorrelationId, DeliveredMessage, Receipt, SendOptions,
 };

@@ -1,29 +1,26 @@
-//! The runtime: registries, administration, and the six-stage send pipeline.
+//! The runtime: registries and administration (agents, channels, quarantine). The send
+//! pipeline is in `pipeline.rs`, construction and restore in `builder.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use mfp_core::crypto::sha256;
-use mfp_core::{
-    AgentId, BLOCK_SIZE, ChannelId, EntropySource, Frame, MIN_FRAME_DEPTH, MerkleSg, MessageId, RuntimeId, State,
-    TAG_SIZE, encoding, ratchet, sampling,
-};
+use mfp_core::{AgentId, ChannelId, EntropySource, MIN_FRAME_DEPTH, MerkleSg, MessageId, RuntimeId, State, ratchet};
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::agent::{self, AgentRecord, DRAIN, Delivery, Handler, Outcome, STOP, WorkerCtx};
+use crate::agent::{self, AgentRecord, DRAIN, Delivery, Handler, STOP, WorkerCtx};
 use crate::audit::{AuditEvent, AuditEventType, AuditSink, emit};
-use crate::channel::{ChannelInner, ChannelRecord, Dedup, DedupHit};
-use crate::config::{Backpressure, RateLimitAction, RuntimeConfig};
-use crate::entropy::SystemEntropy;
+use crate::builder::RuntimeBuilder;
+use crate::channel::{ChannelInner, ChannelRecord};
+use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
 use crate::handle::AgentHandle;
-use crate::hooks::{DeliveryFailure, Hooks, SendContext};
+use crate::hooks::{DeliveryFailure, Hooks};
 use crate::metrics::Metrics;
-use crate::storage::{AgentRow, ChannelRow, MetaRow, Snapshot, Storage, StorageError, StorageOp};
-use crate::types::{AgentState, AgentStatus, ChannelInfo, ChannelStatus, CorrelationId, Receipt, SendOptions};
+use crate::storage::{AgentRow, ChannelRow, MetaRow, Storage, StorageOp};
+use crate::types::{AgentState, AgentStatus, ChannelInfo, ChannelStatus};
 
 /// Why a channel is quarantined (restoring an agent only lifts its own quarantines).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +84,8 @@ pub(crate) struct Padded<T>(pub(crate) T);
 pub(crate) type Route = (Arc<ChannelRecord>, Arc<AgentRecord>);
 
 /// The Merkle tree and the current Sg.
-struct SgState {
-    tree: MerkleSg,
+pub(crate) struct SgState {
+    pub(crate) tree: MerkleSg,
 }
 
 /// Shared runtime state. Lock order: `admin` → maps → agent `admin` / channel `inner` → `sg`;
@@ -97,56 +94,40 @@ pub(crate) struct Inner {
     pub(crate) config: RuntimeConfig,
     pub(crate) identity: RuntimeId,
     pub(crate) epoch: Instant,
-    entropy: Mutex<Box<dyn EntropySource + Send>>,
-    admin: Mutex<AdminState>,
-    agents: RwLock<HashMap<AgentId, Arc<AgentRecord>, IdHash>>,
-    channels: RwLock<HashMap<ChannelId, Arc<ChannelRecord>, IdHash>>,
-    quarantine_causes: Mutex<HashMap<ChannelId, QuarantineCause, IdHash>>,
-    sg: Mutex<SgState>,
+    pub(crate) entropy: Mutex<Box<dyn EntropySource + Send>>,
+    pub(crate) admin: Mutex<AdminState>,
+    pub(crate) agents: RwLock<HashMap<AgentId, Arc<AgentRecord>, IdHash>>,
+    pub(crate) channels: RwLock<HashMap<ChannelId, Arc<ChannelRecord>, IdHash>>,
+    pub(crate) quarantine_causes: Mutex<HashMap<ChannelId, QuarantineCause, IdHash>>,
+    pub(crate) sg: Mutex<SgState>,
     pub(crate) shared: Arc<Shared>,
-    hooks: Option<Arc<dyn Hooks>>,
-    audit: Option<Arc<dyn AuditSink>>,
-    storage: Option<Arc<dyn Storage>>,
+    pub(crate) hooks: Option<Arc<dyn Hooks>>,
+    pub(crate) audit: Option<Arc<dyn AuditSink>>,
+    pub(crate) storage: Option<Arc<dyn Storage>>,
     /// Mailboxes of restored agents whose handler is not attached yet.
-    detached: Mutex<HashMap<AgentId, Detached, IdHash>>,
-    workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    exec: tokio::runtime::Handle,
-    shut_down: AtomicBool,
+    pub(crate) detached: Mutex<HashMap<AgentId, Detached, IdHash>>,
+    pub(crate) workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    pub(crate) exec: tokio::runtime::Handle,
+    pub(crate) shut_down: AtomicBool,
 }
 
 /// A restored agent waiting for its handler.
-type Detached = (mpsc::Receiver<Delivery>, tokio::sync::watch::Receiver<u8>);
+pub(crate) type Detached = (mpsc::Receiver<Delivery>, tokio::sync::watch::Receiver<u8>);
 
 /// State only administrative operations touch.
-struct AdminState {
-    agent_counter: u64,
-    names: HashMap<String, AgentId>,
+pub(crate) struct AdminState {
+    pub(crate) agent_counter: u64,
+    pub(crate) names: HashMap<String, AgentId>,
 }
-
-/// Holds the jitter drawn for one frame and hands it to the sampler.
-struct SliceEntropy<'a>(&'a [u8]);
-
-impl EntropySource for SliceEntropy<'_> {
-    fn fill(&mut self, dest: &mut [u8]) -> Result<(), mfp_core::Error> {
-        let (head, rest) = self.0.split_at_checked(dest.len()).ok_or(mfp_core::Error::Entropy)?;
-        dest.copy_from_slice(head);
-        self.0 = rest;
-        Ok(())
-    }
-}
-
-/// Entropy draws up to this size (depth ≤ 8) stay on the stack: correlation (16),
-/// message id (16), jitter (16·k).
-const SMALL_DRAW: usize = 32 + BLOCK_SIZE * 8;
 
 impl Inner {
-    fn draw(&self, buf: &mut [u8]) -> Result<()> {
+    pub(crate) fn draw(&self, buf: &mut [u8]) -> Result<()> {
         self.entropy.lock().fill(buf).map_err(|_| Error::Entropy)
     }
 
     /// Applies `ops` to storage and waits for the commit. Without storage, nothing to do.
     /// A failure is an error unless the operator chose to run degraded (`storage_fail_open`).
-    fn persist(&self, ops: Vec<StorageOp>) -> Result<()> {
+    pub(crate) fn persist(&self, ops: Vec<StorageOp>) -> Result<()> {
         let Some(st) = &self.storage else { return Ok(()) };
         match st.apply(ops).wait() {
             Ok(()) => Ok(()),
@@ -162,15 +143,15 @@ impl Inner {
         }
     }
 
-    fn persisting(&self) -> bool {
+    pub(crate) fn persisting(&self) -> bool {
         self.storage.is_some()
     }
 
-    fn agent_row(rec: &AgentRecord, state: AgentState, reason: &str) -> AgentRow {
+    pub(crate) fn agent_row(rec: &AgentRecord, state: AgentState, reason: &str) -> AgentRow {
         AgentRow { id: rec.id, name: rec.name.clone(), state, quarantine_reason: reason.to_string() }
     }
 
-    fn meta_row(&self, counter: u64) -> MetaRow {
+    pub(crate) fn meta_row(&self, counter: u64) -> MetaRow {
         MetaRow {
             identity: self.identity,
             deployment_id: self.config.deployment_id.clone(),
@@ -179,11 +160,11 @@ impl Inner {
         }
     }
 
-    fn event(&self, event: AuditEvent) {
+    pub(crate) fn event(&self, event: AuditEvent) {
         emit(self.audit.as_deref(), &event);
     }
 
-    fn is_shut_down(&self) -> bool {
+    pub(crate) fn is_shut_down(&self) -> bool {
         self.shut_down.load(Ordering::Acquire)
     }
 
@@ -191,11 +172,11 @@ impl Inner {
         self.agents.read().get(id).cloned().ok_or(Error::AgentNotBound)
     }
 
-    fn channel(&self, id: &ChannelId) -> Result<Arc<ChannelRecord>> {
+    pub(crate) fn channel(&self, id: &ChannelId) -> Result<Arc<ChannelRecord>> {
         self.channels.read().get(id).cloned().ok_or(Error::UnknownChannel)
     }
 
-    fn current_sg(&self) -> Option<State> {
+    pub(crate) fn current_sg(&self) -> Option<State> {
         self.sg.lock().tree.root()
     }
 
@@ -246,7 +227,7 @@ impl Inner {
         Ok(AgentHandle::new(Arc::downgrade(self), record))
     }
 
-    fn transition(rec: &AgentRecord, to: AgentState) -> Result<()> {
+    pub(crate) fn transition(rec: &AgentRecord, to: AgentState) -> Result<()> {
         let from = rec.state();
         if from == to {
             return Ok(());
@@ -295,95 +276,8 @@ impl Inner {
         self.remove_agent(id, true)
     }
 
-    /// Rebuilds agents, channels and Sg from a snapshot, checking it for consistency.
-    fn restore(&self, snap: Snapshot) -> Result<()> {
-        let corrupt = |what: String| Error::Storage(StorageError::Corrupt(what));
-        let mut admin = self.admin.lock();
-        admin.agent_counter = snap.meta.as_ref().map_or(0, |m| m.agent_counter);
-        let mut agents = self.agents.write();
-        for row in &snap.agents {
-            if agents.contains_key(&row.id) {
-                return Err(corrupt(format!("agent {} stored twice", row.id.short())));
-            }
-            let (rec, rx, control_rx) = AgentRecord::new(row.id, row.name.clone(), self.config.mailbox_capacity);
-            rec.set_state(row.state);
-            rec.admin.lock().quarantine_reason = row.quarantine_reason.clone();
-            if let Some(n) = &row.name
-                && admin.names.insert(n.clone(), row.id).is_some()
-            {
-                return Err(corrupt(format!("agent name '{n}' stored twice")));
-            }
-            self.detached.lock().insert(row.id, (rx, control_rx));
-            agents.insert(row.id, rec);
-        }
-        let mut channels = self.channels.write();
-        let mut tree_input = Vec::with_capacity(snap.channels.len());
-        for row in snap.channels {
-            let (Some(a), Some(b)) = (agents.get(&row.agent_a), agents.get(&row.agent_b)) else {
-                return Err(corrupt(format!("channel {} names an unknown agent", row.id.short())));
-            };
-            if !(MIN_FRAME_DEPTH..=mfp_core::MAX_FRAME_DEPTH).contains(&row.depth) || row.agent_a > row.agent_b {
-                return Err(corrupt(format!("channel {} has an invalid depth or agent order", row.id.short())));
-            }
-            if channels.contains_key(&row.id) {
-                return Err(corrupt(format!("channel {} stored twice", row.id.short())));
-            }
-            if row.status == ChannelStatus::Quarantined {
-                let cause = [a, b]
-                    .into_iter()
-                    .find(|r| r.state() == AgentState::Quarantined)
-                    .map_or(QuarantineCause::Channel, |r| QuarantineCause::Agent(r.id));
-                self.quarantine_causes.lock().insert(row.id, cause);
-            }
-            a.admin.lock().channels.push(row.id);
-            if !Arc::ptr_eq(a, b) {
-                b.admin.lock().channels.push(row.id);
-            }
-            tree_input.push((row.id, row.state.clone()));
-            channels.insert(
-                row.id,
-                Arc::new(ChannelRecord {
-                    id: row.id,
-                    a: Arc::clone(a),
-                    b: Arc::clone(b),
-                    depth: u16::try_from(row.depth).unwrap_or(u16::MAX),
-                    inner: parking_lot::Mutex::new(ChannelInner {
-                        state: row.state,
-                        step: row.step,
-                        status: row.status,
-                        validation_failures: row.validation_failures,
-                        dedup: None,
-                        leaf_hint: usize::MAX,
-                    }),
-                }),
-            );
-        }
-        let mut sg = self.sg.lock();
-        for (id, st) in &tree_input {
-            sg.tree.insert(*id, st).map_err(|_| corrupt("duplicate channel in Sg".into()))?;
-        }
-        let recomputed = sg.tree.root();
-        if recomputed != snap.sg {
-            if !self.config.storage_fail_open {
-                return Err(corrupt("Sg recomputed from the channel states differs from the stored Sg".into()));
-            }
-            // A runtime that ran degraded may have lost writes; the operator accepted that.
-            tracing::warn!(
-                target: "mfp::runtime",
-                "stored Sg differs from the channel states (writes were lost while running degraded); using the recomputed Sg"
-            );
-        }
-        tracing::info!(
-            target: "mfp::runtime",
-            agents = agents.len(),
-            channels = channels.len(),
-            "runtime state restored"
-        );
-        Ok(())
-    }
-
     /// Starts the delivery worker of an agent.
-    fn spawn_worker(
+    pub(crate) fn spawn_worker(
         self: &Arc<Self>,
         record: &Arc<AgentRecord>,
         handler: Handler,
@@ -618,7 +512,7 @@ impl Inner {
     }
 
     /// Audit event for a send refused after ACCEPT.
-    fn rejected(&self, sender: AgentId, channel: ChannelId, reason: &str) {
+    pub(crate) fn rejected(&self, sender: AgentId, channel: ChannelId, reason: &str) {
         let mut ev = AuditEvent::new(AuditEventType::MessageRejected);
         ev.success = false;
         ev.agent = Some(sender);
@@ -627,7 +521,7 @@ impl Inner {
         self.event(ev);
     }
 
-    fn channel_quarantined_event(&self, id: &ChannelId, reason: &str) {
+    pub(crate) fn channel_quarantined_event(&self, id: &ChannelId, reason: &str) {
         self.shared.metrics.channel_quarantines.inc();
         tracing::warn!(target: "mfp::runtime", channel = %id.short(), reason, "channel quarantined");
         let mut ev = AuditEvent::new(AuditEventType::QuarantineChannel);
@@ -746,402 +640,8 @@ impl Inner {
         }
     }
 
-    // ---- the send pipeline ----------------------------------------------------------
-
-    /// Checks that need no lock: sender state, rate window, channel membership, size.
-    /// `Ok(Err(wait))` asks the caller to wait and retry (rate limit with `Wait`).
-    pub(crate) fn precheck(
-        &self,
-        sender: &Arc<AgentRecord>,
-        channel_id: &ChannelId,
-        payload_len: usize,
-        now: Instant,
-    ) -> Result<std::result::Result<Route, Duration>> {
-        if self.is_shut_down() {
-            return Err(Error::ShutDown);
-        }
-        match sender.state() {
-            AgentState::Active => {}
-            AgentState::Quarantined => return Err(Error::AgentQuarantined),
-            AgentState::Terminated => return Err(Error::AgentNotBound),
-            s @ AgentState::Bound => return Err(Error::AgentState(s)),
-        }
-        let max_rate = self.config.max_message_rate;
-        let limited = if max_rate == 0 { None } else { sender.rate.lock().check(now, max_rate) };
-        if let Some(retry_after) = limited {
-            self.shared.metrics.rate_limited.inc();
-            match self.config.rate_limit_action {
-                RateLimitAction::Quarantine => {
-                    let _ = self.quarantine_agent(&sender.id, "Rate limit exceeded");
-                    return Err(Error::AgentQuarantined);
-                }
-                RateLimitAction::Reject => return Err(Error::RateLimited { retry_after }),
-                RateLimitAction::Wait => return Ok(Err(retry_after)),
-            }
-        }
-        let channel = self.channel(channel_id)?;
-        let recipient = Arc::clone(channel.peer_of(&sender.id).ok_or(Error::NotOnChannel)?);
-        let max = self.config.max_payload_size;
-        if max > 0 && payload_len > max {
-            return Err(Error::PayloadTooLarge { len: payload_len, max });
-        }
-        Ok(Ok((channel, recipient)))
-    }
-
-    /// ACCEPT (locked part) → FRAME → ENCODE → VALIDATE → DECODE → DELIVER → commit.
-    /// The mailbox slot is already reserved, so delivery cannot fail after encoding and no
-    /// (key, nonce) pair is ever used for two different messages.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn execute(
-        &self,
-        sender: &Arc<AgentRecord>,
-        channel: &ChannelRecord,
-        recipient: &AgentRecord,
-        payload: &[u8],
-        opts: &SendOptions,
-        permit: mpsc::Permit<'_, Delivery>,
-        done: Option<oneshot::Sender<Outcome>>,
-        started: Instant,
-    ) -> Result<Receipt> {
-        let ctx = SendContext { sender: sender.id, recipient: recipient.id, channel: channel.id, payload };
-        if let Some(h) = &self.hooks
-            && let Err(reason) = h.before_send(&ctx)
-        {
-            self.rejected(sender.id, channel.id, "rejected by hook");
-            return Err(Error::HookRejected(reason));
-        }
-        let depth = usize::from(channel.depth);
-        let idem = opts
-            .idempotency_key
-            .as_ref()
-            .map(|k| (sha256(&[sender.id.as_bytes(), &(k.len() as u64).to_be_bytes(), k]), sha256(&[payload])));
-
-        // Entropy for one send; on the stack for the usual depths (no 4 KiB memset).
-        let need = 32 + BLOCK_SIZE * depth;
-        let mut small = [0u8; SMALL_DRAW];
-        let mut large = Vec::new();
-        let draw: &mut [u8] = if need <= SMALL_DRAW {
-            small.get_mut(..need).ok_or(Error::Entropy)?
-        } else {
-            large.resize(need, 0);
-            &mut large
-        };
-
-        let mut ch = channel.inner.lock();
-        // ACCEPT
-        match ch.status {
-            ChannelStatus::Active => {}
-            ChannelStatus::Quarantined => return Err(Error::ChannelQuarantined),
-            ChannelStatus::Closed => return Err(Error::ChannelClosed),
-        }
-        if recipient.state() == AgentState::Quarantined {
-            return Err(Error::ChannelQuarantined);
-        }
-        if let (Some((key, digest)), Some(d)) = (&idem, ch.dedup.as_mut()) {
-            match d.lookup(key, digest, started, self.config.dedup_ttl) {
-                DedupHit::Miss => {}
-                DedupHit::Same(r) => {
-                    self.shared.metrics.duplicates_suppressed.inc();
-                    return Ok(r);
-                }
-                DedupHit::Conflict => return Err(Error::IdempotencyConflict),
-            }
-        }
-        self.draw(draw)?;
-        let (ids, jitter) = draw.split_at(32);
-        let mut corr = [0u8; 8];
-        corr.copy_from_slice(ids.get(..8).unwrap_or(&[0; 8]));
-        let message_id = MessageId::from_slice(ids.get(16..32).unwrap_or_default())?;
-        let correlation_id = CorrelationId(corr);
-        let sg = self.current_sg().ok_or(Error::UnknownChannel)?;
-        let step = ch.step;
-
-        // FRAME
-        let frame: Frame = sampling::sample_frame(&ch.state, step, &sg, depth, &mut SliceEntropy(jitter))?;
-        // ENCODE. The protocol message is frame_open ‖ E(P) ‖ frame_close; inside the
-        // runtime it is never serialised, so its three parts stay in their own buffers and
-        // E(P) is built where the payload's only copy is (no concatenation, and no shift of
-        // the plaintext back to the front after decoding).
-        let mut m = Vec::with_capacity(payload.len() + TAG_SIZE);
-        m.extend_from_slice(payload);
-        let tag = encoding::encode_in_place(&ch.state, &channel.id, step, &mut m)?;
-        m.extend_from_slice(&tag);
-        let frame_close = frame.mirror();
-        // VALIDATE
-        if Frame::validate(&frame, &frame_close, &frame).is_err() {
-            self.shared.metrics.validation_failures.inc();
-            ch.validation_failures += 1;
-            if ch.validation_failures >= self.config.validation_failure_threshold {
-                ch.status = ChannelStatus::Quarantined;
-                drop(ch);
-                self.quarantine_causes.lock().insert(channel.id, QuarantineCause::Channel);
-                self.channel_quarantined_event(&channel.id, "Validation failure threshold");
-                // Best effort: the quarantine holds in memory regardless (pymfp never
-                // persists it).
-                let _ =
-                    self.persist(vec![StorageOp::ChannelStatus { id: channel.id, status: ChannelStatus::Quarantined }]);
-            }
-            self.rejected(sender.id, channel.id, "frame validation failed");
-            return Err(Error::FrameValidation);
-        }
-        // DECODE (in place)
-        let plain_len = match encoding::decode_in_place(&ch.state, &channel.id, step, &mut m) {
-            Ok(p) => p.len(),
-            Err(_) => {
-                self.shared.metrics.decode_failures.inc();
-                self.rejected(sender.id, channel.id, "payload decode failed");
-                return Err(Error::Decode);
-            }
-        };
-        m.truncate(plain_len);
-        let next = ratchet::advance(&ch.state, &frame);
-        let next_step = step.checked_add(1).ok_or(Error::Core(mfp_core::Error::Crypto("channel step exhausted")))?;
-
-        // PERSIST: with storage, the advance and the new Sg commit in one transaction
-        // before anything is delivered or acknowledged; if that fails, nothing moves.
-        if self.persisting() {
-            let sg_after = {
-                let mut sg = self.sg.lock();
-                let inner = &mut *ch;
-                sg.tree.update_hinted(&channel.id, &next, &mut inner.leaf_hint).map_err(|e| Error::Core(e.into()))?;
-                sg.tree.root()
-            };
-            let ops = vec![
-                StorageOp::AdvanceChannel { id: channel.id, state: next.clone(), step: next_step },
-                StorageOp::Sg(sg_after),
-            ];
-            if let Err(e) = self.persist(ops) {
-                {
-                    let mut sg = self.sg.lock();
-                    let inner = &mut *ch;
-                    let _ = sg.tree.update_hinted(&channel.id, &inner.state, &mut inner.leaf_hint);
-                }
-                self.rejected(sender.id, channel.id, "storage write failed");
-                return Err(e);
-            }
-        }
-
-        // DELIVER (cannot fail: the slot is reserved)
-        self.shared.in_flight.0.fetch_add(1, Ordering::AcqRel);
-        permit.send(Delivery {
-            msg: crate::types::DeliveredMessage {
-                payload: m,
-                sender: sender.id,
-                channel: channel.id,
-                message_id,
-                correlation_id,
-                step,
-            },
-            done,
-        });
-
-        // Commit: state, step, Sg — all before the channel lock is released.
-        ch.state = next;
-        ch.step = next_step;
-        ch.validation_failures = 0;
-        let receipt = Receipt { message_id, channel: channel.id, step, correlation_id };
-        if let Some((key, digest)) = idem {
-            ch.dedup.get_or_insert_with(|| Box::new(Dedup::default())).record(
-                key,
-                digest,
-                receipt,
-                started,
-                self.config.dedup_window,
-            );
-        }
-        if !self.persisting() {
-            let mut sg = self.sg.lock();
-            let inner = &mut *ch;
-            sg.tree
-                .update_hinted(&channel.id, &inner.state, &mut inner.leaf_hint)
-                .map_err(|e| Error::Core(e.into()))?;
-        }
-        drop(ch);
-
-        if self.config.max_message_rate > 0 {
-            // The window counts sends from when they went out, not from when the caller
-            // started (which may be up to `pipeline_timeout` earlier after a wait).
-            sender.rate.lock().record(Instant::now(), self.config.max_message_rate);
-        }
-        sender.messages_sent.fetch_add(1, Ordering::Relaxed);
-        self.shared.metrics.messages_sent.inc();
-        self.shared.metrics.message_size.observe_size(payload.len());
-        self.shared.metrics.send_latency.observe_duration(started.elapsed());
-        if let Some(h) = &self.hooks {
-            h.after_send(&ctx, &receipt);
-        }
-        if self.audit.is_some() || tracing::enabled!(target: "mfp::audit", tracing::Level::INFO) {
-            let mut ev = AuditEvent::new(AuditEventType::MessageSent);
-            ev.channel = Some(channel.id);
-            ev.agent = Some(sender.id);
-            ev.step = Some(step);
-            ev.correlation_id = Some(correlation_id);
-            self.event(ev);
-        }
-        Ok(receipt)
-    }
-
-    /// Reserves a mailbox slot without waiting.
-    pub(crate) fn try_reserve<'a>(&self, recipient: &'a AgentRecord) -> Result<Option<mpsc::Permit<'a, Delivery>>> {
-        match recipient.tx.try_reserve() {
-            Ok(p) => Ok(Some(p)),
-            Err(mpsc::error::TrySendError::Full(())) => match self.config.backpressure {
-                Backpressure::Reject => {
-                    self.shared.metrics.mailbox_full.inc();
-                    Err(Error::MailboxFull)
-                }
-                Backpressure::Wait => Ok(None),
-            },
-            Err(mpsc::error::TrySendError::Closed(())) => Err(Error::ChannelClosed),
-        }
-    }
-
     pub(crate) fn exec(&self) -> &tokio::runtime::Handle {
         &self.exec
-    }
-}
-
-/// Builds a [`Runtime`] with optional collaborators.
-pub struct RuntimeBuilder {
-    config: RuntimeConfig,
-    entropy: Option<Box<dyn EntropySource + Send>>,
-    hooks: Option<Arc<dyn Hooks>>,
-    audit: Option<Arc<dyn AuditSink>>,
-    handle: Option<tokio::runtime::Handle>,
-    worker_threads: usize,
-    storage: Option<Arc<dyn Storage>>,
-}
-
-impl RuntimeBuilder {
-    /// Persists the runtime's state in `storage`. If the store already holds a runtime,
-    /// [`RuntimeBuilder::build`] restores it: identity, agents (without handlers: attach
-    /// them with [`Runtime::attach`] / [`Runtime::attach_named`]), channels with their
-    /// states and steps, and Sg — recomputed from the channel states and checked against
-    /// the stored copy.
-    #[must_use]
-    pub fn storage(mut self, storage: impl Storage) -> Self {
-        self.storage = Some(Arc::new(storage));
-        self
-    }
-
-    /// [`RuntimeBuilder::storage`] with a shared store.
-    #[must_use]
-    pub fn storage_arc(mut self, storage: Arc<dyn Storage>) -> Self {
-        self.storage = Some(storage);
-        self
-    }
-
-    /// Replaces the entropy source (default: an OS-seeded fast-key-erasure ChaCha20
-    /// generator). Used to reproduce traces; never pass a predictable source in production.
-    #[must_use]
-    pub fn entropy(mut self, source: impl EntropySource + Send + 'static) -> Self {
-        self.entropy = Some(Box::new(source));
-        self
-    }
-
-    /// Installs hooks.
-    #[must_use]
-    pub fn hooks(mut self, hooks: impl Hooks) -> Self {
-        self.hooks = Some(Arc::new(hooks));
-        self
-    }
-
-    /// Installs an audit sink (audit events also go to `tracing`, target `mfp::audit`).
-    #[must_use]
-    pub fn audit_sink(mut self, sink: impl AuditSink) -> Self {
-        self.audit = Some(Arc::new(sink));
-        self
-    }
-
-    /// Runs delivery workers on an existing tokio runtime (it must have the time driver
-    /// enabled). Without this, a runtime inside a tokio context uses that context, and
-    /// one outside creates its own multi-threaded tokio runtime.
-    #[must_use]
-    pub fn tokio_handle(mut self, handle: tokio::runtime::Handle) -> Self {
-        self.handle = Some(handle);
-        self
-    }
-
-    /// Worker threads of the tokio runtime created when none is given (default 2).
-    #[must_use]
-    pub fn worker_threads(mut self, n: usize) -> Self {
-        self.worker_threads = n.max(1);
-        self
-    }
-
-    /// Validates the configuration and starts the runtime.
-    pub fn build(self) -> Result<Runtime> {
-        self.config.validate()?;
-        let mut entropy: Box<dyn EntropySource + Send> = match self.entropy {
-            Some(e) => e,
-            None => Box::new(SystemEntropy::new().map_err(|_| Error::Entropy)?),
-        };
-        let snapshot = match &self.storage {
-            Some(st) => st.load()?,
-            None => None,
-        };
-        let identity = match snapshot.as_ref().and_then(|s| s.meta.as_ref()) {
-            Some(meta) => {
-                let configured = self.config.identity.or_else(|| {
-                    (!self.config.deployment_id.is_empty() && !self.config.instance_id.is_empty())
-                        .then(|| RuntimeId::derive(&self.config.deployment_id, &self.config.instance_id))
-                });
-                if configured.is_some_and(|c| c != meta.identity) {
-                    return Err(Error::Config(crate::error::ConfigError {
-                        field: "identity",
-                        reason: "the configured identity differs from the stored runtime's".into(),
-                    }));
-                }
-                meta.identity
-            }
-            None => {
-                let mut rid = [0u8; 32];
-                let needs_random = self.config.identity.is_none()
-                    && (self.config.deployment_id.is_empty() || self.config.instance_id.is_empty());
-                if needs_random {
-                    entropy.fill(&mut rid).map_err(|_| Error::Entropy)?;
-                }
-                self.config.derive_identity(|| rid)
-            }
-        };
-        let handle = self.handle.or_else(|| tokio::runtime::Handle::try_current().ok());
-        let (exec, owned) = match handle {
-            Some(h) => (h, None),
-            None => {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(self.worker_threads)
-                    .thread_name("mfp-runtime")
-                    .enable_time()
-                    .build()
-                    .map_err(|_| Error::ShutDown)?;
-                (rt.handle().clone(), Some(rt))
-            }
-        };
-        let inner = Arc::new(Inner {
-            config: self.config,
-            identity,
-            epoch: Instant::now(),
-            entropy: Mutex::new(entropy),
-            admin: Mutex::new(AdminState { agent_counter: 0, names: HashMap::new() }),
-            agents: RwLock::new(HashMap::default()),
-            channels: RwLock::new(HashMap::default()),
-            quarantine_causes: Mutex::new(HashMap::default()),
-            sg: Mutex::new(SgState { tree: MerkleSg::new() }),
-            shared: Arc::new(Shared::default()),
-            hooks: self.hooks,
-            audit: self.audit,
-            storage: self.storage,
-            detached: Mutex::new(HashMap::default()),
-            workers: Mutex::new(Vec::new()),
-            exec,
-            shut_down: AtomicBool::new(false),
-        });
-        match snapshot {
-            Some(snap) => inner.restore(snap)?,
-            None => inner.persist(vec![StorageOp::Meta(inner.meta_row(0))])?,
-        }
-        tracing::info!(target: "mfp::runtime", runtime = %inner.identity.short(), "runtime started");
-        Ok(Runtime { inner, owned })
     }
 }
 
@@ -1151,8 +651,8 @@ impl RuntimeBuilder {
 /// async code; inside async code, where blocking is not allowed, queued messages are
 /// dropped — call [`Runtime::shutdown_async`] first to deliver them.
 pub struct Runtime {
-    inner: Arc<Inner>,
-    owned: Option<tokio::runtime::Runtime>,
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) owned: Option<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for Runtime {

@@ -1,0 +1,253 @@
+//! Building a runtime, and restoring one from storage.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use mfp_core::{EntropySource, MIN_FRAME_DEPTH, MerkleSg, RuntimeId};
+use parking_lot::{Mutex, RwLock};
+
+use crate::agent::AgentRecord;
+use crate::audit::AuditSink;
+use crate::channel::{ChannelInner, ChannelRecord};
+use crate::config::RuntimeConfig;
+use crate::entropy::SystemEntropy;
+use crate::error::{Error, Result};
+use crate::hooks::Hooks;
+use crate::runtime::{AdminState, Inner, QuarantineCause, Runtime, SgState, Shared};
+use crate::storage::{Snapshot, Storage, StorageError, StorageOp};
+use crate::types::{AgentState, ChannelStatus};
+
+/// Builds a [`Runtime`] with optional collaborators.
+pub struct RuntimeBuilder {
+    pub(crate) config: RuntimeConfig,
+    pub(crate) entropy: Option<Box<dyn EntropySource + Send>>,
+    pub(crate) hooks: Option<Arc<dyn Hooks>>,
+    pub(crate) audit: Option<Arc<dyn AuditSink>>,
+    pub(crate) handle: Option<tokio::runtime::Handle>,
+    pub(crate) worker_threads: usize,
+    pub(crate) storage: Option<Arc<dyn Storage>>,
+}
+
+impl RuntimeBuilder {
+    /// Persists the runtime's state in `storage`. If the store already holds a runtime,
+    /// [`RuntimeBuilder::build`] restores it: identity, agents (without handlers: attach
+    /// them with [`Runtime::attach`] / [`Runtime::attach_named`]), channels with their
+    /// states and steps, and Sg — recomputed from the channel states and checked against
+    /// the stored copy.
+    #[must_use]
+    pub fn storage(mut self, storage: impl Storage) -> Self {
+        self.storage = Some(Arc::new(storage));
+        self
+    }
+
+    /// [`RuntimeBuilder::storage`] with a shared store.
+    #[must_use]
+    pub fn storage_arc(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Replaces the entropy source (default: an OS-seeded fast-key-erasure ChaCha20
+    /// generator). Used to reproduce traces; never pass a predictable source in production.
+    #[must_use]
+    pub fn entropy(mut self, source: impl EntropySource + Send + 'static) -> Self {
+        self.entropy = Some(Box::new(source));
+        self
+    }
+
+    /// Installs hooks.
+    #[must_use]
+    pub fn hooks(mut self, hooks: impl Hooks) -> Self {
+        self.hooks = Some(Arc::new(hooks));
+        self
+    }
+
+    /// Installs an audit sink (audit events also go to `tracing`, target `mfp::audit`).
+    #[must_use]
+    pub fn audit_sink(mut self, sink: impl AuditSink) -> Self {
+        self.audit = Some(Arc::new(sink));
+        self
+    }
+
+    /// Runs delivery workers on an existing tokio runtime (it must have the time driver
+    /// enabled). Without this, a runtime inside a tokio context uses that context, and
+    /// one outside creates its own multi-threaded tokio runtime.
+    #[must_use]
+    pub fn tokio_handle(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.handle = Some(handle);
+        self
+    }
+
+    /// Worker threads of the tokio runtime created when none is given (default 2).
+    #[must_use]
+    pub fn worker_threads(mut self, n: usize) -> Self {
+        self.worker_threads = n.max(1);
+        self
+    }
+
+    /// Validates the configuration and starts the runtime.
+    pub fn build(self) -> Result<Runtime> {
+        self.config.validate()?;
+        let mut entropy: Box<dyn EntropySource + Send> = match self.entropy {
+            Some(e) => e,
+            None => Box::new(SystemEntropy::new().map_err(|_| Error::Entropy)?),
+        };
+        let snapshot = match &self.storage {
+            Some(st) => st.load()?,
+            None => None,
+        };
+        let identity = match snapshot.as_ref().and_then(|s| s.meta.as_ref()) {
+            Some(meta) => {
+                let configured = self.config.identity.or_else(|| {
+                    (!self.config.deployment_id.is_empty() && !self.config.instance_id.is_empty())
+                        .then(|| RuntimeId::derive(&self.config.deployment_id, &self.config.instance_id))
+                });
+                if configured.is_some_and(|c| c != meta.identity) {
+                    return Err(Error::Config(crate::error::ConfigError {
+                        field: "identity",
+                        reason: "the configured identity differs from the stored runtime's".into(),
+                    }));
+                }
+                meta.identity
+            }
+            None => {
+                let mut rid = [0u8; 32];
+                let needs_random = self.config.identity.is_none()
+                    && (self.config.deployment_id.is_empty() || self.config.instance_id.is_empty());
+                if needs_random {
+                    entropy.fill(&mut rid).map_err(|_| Error::Entropy)?;
+                }
+                self.config.derive_identity(|| rid)
+            }
+        };
+        let handle = self.handle.or_else(|| tokio::runtime::Handle::try_current().ok());
+        let (exec, owned) = match handle {
+            Some(h) => (h, None),
+            None => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(self.worker_threads)
+                    .thread_name("mfp-runtime")
+                    .enable_time()
+                    .build()
+                    .map_err(|_| Error::ShutDown)?;
+                (rt.handle().clone(), Some(rt))
+            }
+        };
+        let inner = Arc::new(Inner {
+            config: self.config,
+            identity,
+            epoch: Instant::now(),
+            entropy: Mutex::new(entropy),
+            admin: Mutex::new(AdminState { agent_counter: 0, names: HashMap::new() }),
+            agents: RwLock::new(HashMap::default()),
+            channels: RwLock::new(HashMap::default()),
+            quarantine_causes: Mutex::new(HashMap::default()),
+            sg: Mutex::new(SgState { tree: MerkleSg::new() }),
+            shared: Arc::new(Shared::default()),
+            hooks: self.hooks,
+            audit: self.audit,
+            storage: self.storage,
+            detached: Mutex::new(HashMap::default()),
+            workers: Mutex::new(Vec::new()),
+            exec,
+            shut_down: AtomicBool::new(false),
+        });
+        match snapshot {
+            Some(snap) => inner.restore(snap)?,
+            None => inner.persist(vec![StorageOp::Meta(inner.meta_row(0))])?,
+        }
+        tracing::info!(target: "mfp::runtime", runtime = %inner.identity.short(), "runtime started");
+        Ok(Runtime { inner, owned })
+    }
+}
+
+impl Inner {
+    /// Rebuilds agents, channels and Sg from a snapshot, checking it for consistency.
+    fn restore(&self, snap: Snapshot) -> Result<()> {
+        let corrupt = |what: String| Error::Storage(StorageError::Corrupt(what));
+        let mut admin = self.admin.lock();
+        admin.agent_counter = snap.meta.as_ref().map_or(0, |m| m.agent_counter);
+        let mut agents = self.agents.write();
+        for row in &snap.agents {
+            if agents.contains_key(&row.id) {
+                return Err(corrupt(format!("agent {} stored twice", row.id.short())));
+            }
+            let (rec, rx, control_rx) = AgentRecord::new(row.id, row.name.clone(), self.config.mailbox_capacity);
+            rec.set_state(row.state);
+            rec.admin.lock().quarantine_reason = row.quarantine_reason.clone();
+            if let Some(n) = &row.name
+                && admin.names.insert(n.clone(), row.id).is_some()
+            {
+                return Err(corrupt(format!("agent name '{n}' stored twice")));
+            }
+            self.detached.lock().insert(row.id, (rx, control_rx));
+            agents.insert(row.id, rec);
+        }
+        let mut channels = self.channels.write();
+        let mut tree_input = Vec::with_capacity(snap.channels.len());
+        for row in snap.channels {
+            let (Some(a), Some(b)) = (agents.get(&row.agent_a), agents.get(&row.agent_b)) else {
+                return Err(corrupt(format!("channel {} names an unknown agent", row.id.short())));
+            };
+            if !(MIN_FRAME_DEPTH..=mfp_core::MAX_FRAME_DEPTH).contains(&row.depth) || row.agent_a > row.agent_b {
+                return Err(corrupt(format!("channel {} has an invalid depth or agent order", row.id.short())));
+            }
+            if channels.contains_key(&row.id) {
+                return Err(corrupt(format!("channel {} stored twice", row.id.short())));
+            }
+            if row.status == ChannelStatus::Quarantined {
+                let cause = [a, b]
+                    .into_iter()
+                    .find(|r| r.state() == AgentState::Quarantined)
+                    .map_or(QuarantineCause::Channel, |r| QuarantineCause::Agent(r.id));
+                self.quarantine_causes.lock().insert(row.id, cause);
+            }
+            a.admin.lock().channels.push(row.id);
+            if !Arc::ptr_eq(a, b) {
+                b.admin.lock().channels.push(row.id);
+            }
+            tree_input.push((row.id, row.state.clone()));
+            channels.insert(
+                row.id,
+                Arc::new(ChannelRecord {
+                    id: row.id,
+                    a: Arc::clone(a),
+                    b: Arc::clone(b),
+                    depth: u16::try_from(row.depth).unwrap_or(u16::MAX),
+                    inner: parking_lot::Mutex::new(ChannelInner {
+                        state: row.state,
+                        step: row.step,
+                        status: row.status,
+                        validation_failures: row.validation_failures,
+                        dedup: None,
+                        leaf_hint: usize::MAX,
+                    }),
+                }),
+            );
+        }
+        let mut sg = self.sg.lock();
+        for (id, st) in &tree_input {
+            sg.tree.insert(*id, st).map_err(|_| corrupt("duplicate channel in Sg".into()))?;
+        }
+        let recomputed = sg.tree.root();
+        if recomputed != snap.sg {
+            if !self.config.storage_fail_open {
+                return Err(corrupt("Sg recomputed from the channel states differs from the stored Sg".into()));
+            }
+            // A runtime that ran degraded may have lost writes; the operator accepted that.
+            tracing::warn!(
+                target: "mfp::runtime",
+                "stored Sg differs from the channel states (writes were lost while running degraded); using the recomputed Sg"
+            );
+        }
+        tracing::info!(
+            target: "mfp::runtime",
+            agents = agents.len(),
+            channels = channels.len(),
+            "runtime state restored"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,288 @@
+//! The send pipeline: ACCEPT → FRAME → ENCODE → VALIDATE → DECODE → DELIVER, then the
+//! commit, all under the channel's lock.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mfp_core::crypto::sha256;
+use mfp_core::{BLOCK_SIZE, ChannelId, EntropySource, Frame, MessageId, TAG_SIZE, encoding, ratchet, sampling};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::agent::{AgentRecord, Delivery, Outcome};
+use crate::audit::{AuditEvent, AuditEventType};
+use crate::channel::{ChannelRecord, Dedup, DedupHit};
+use crate::config::{Backpressure, RateLimitAction};
+use crate::error::{Error, Result};
+use crate::hooks::SendContext;
+use crate::runtime::{Inner, QuarantineCause, Route};
+use crate::storage::StorageOp;
+use crate::types::{AgentState, ChannelStatus, CorrelationId, Receipt, SendOptions};
+
+/// Holds the jitter drawn for one frame and hands it to the sampler.
+struct SliceEntropy<'a>(&'a [u8]);
+
+impl EntropySource for SliceEntropy<'_> {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<(), mfp_core::Error> {
+        let (head, rest) = self.0.split_at_checked(dest.len()).ok_or(mfp_core::Error::Entropy)?;
+        dest.copy_from_slice(head);
+        self.0 = rest;
+        Ok(())
+    }
+}
+
+/// Entropy draws up to this size (depth ≤ 8) stay on the stack: correlation (16),
+/// message id (16), jitter (16·k).
+const SMALL_DRAW: usize = 32 + BLOCK_SIZE * 8;
+
+impl Inner {
+    // ---- the send pipeline ----------------------------------------------------------
+
+    /// Checks that need no lock: sender state, rate window, channel membership, size.
+    /// `Ok(Err(wait))` asks the caller to wait and retry (rate limit with `Wait`).
+    pub(crate) fn precheck(
+        &self,
+        sender: &Arc<AgentRecord>,
+        channel_id: &ChannelId,
+        payload_len: usize,
+        now: Instant,
+    ) -> Result<std::result::Result<Route, Duration>> {
+        if self.is_shut_down() {
+            return Err(Error::ShutDown);
+        }
+        match sender.state() {
+            AgentState::Active => {}
+            AgentState::Quarantined => return Err(Error::AgentQuarantined),
+            AgentState::Terminated => return Err(Error::AgentNotBound),
+            s @ AgentState::Bound => return Err(Error::AgentState(s)),
+        }
+        let max_rate = self.config.max_message_rate;
+        let limited = if max_rate == 0 { None } else { sender.rate.lock().check(now, max_rate) };
+        if let Some(retry_after) = limited {
+            self.shared.metrics.rate_limited.inc();
+            match self.config.rate_limit_action {
+                RateLimitAction::Quarantine => {
+                    let _ = self.quarantine_agent(&sender.id, "Rate limit exceeded");
+                    return Err(Error::AgentQuarantined);
+                }
+                RateLimitAction::Reject => return Err(Error::RateLimited { retry_after }),
+                RateLimitAction::Wait => return Ok(Err(retry_after)),
+            }
+        }
+        let channel = self.channel(channel_id)?;
+        let recipient = Arc::clone(channel.peer_of(&sender.id).ok_or(Error::NotOnChannel)?);
+        let max = self.config.max_payload_size;
+        if max > 0 && payload_len > max {
+            return Err(Error::PayloadTooLarge { len: payload_len, max });
+        }
+        Ok(Ok((channel, recipient)))
+    }
+
+    /// ACCEPT (locked part) → FRAME → ENCODE → VALIDATE → DECODE → DELIVER → commit.
+    /// The mailbox slot is already reserved, so delivery cannot fail after encoding and no
+    /// (key, nonce) pair is ever used for two different messages.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn execute(
+        &self,
+        sender: &Arc<AgentRecord>,
+        channel: &ChannelRecord,
+        recipient: &AgentRecord,
+        payload: &[u8],
+        opts: &SendOptions,
+        permit: mpsc::Permit<'_, Delivery>,
+        done: Option<oneshot::Sender<Outcome>>,
+        started: Instant,
+    ) -> Result<Receipt> {
+        let ctx = SendContext { sender: sender.id, recipient: recipient.id, channel: channel.id, payload };
+        if let Some(h) = &self.hooks
+            && let Err(reason) = h.before_send(&ctx)
+        {
+            self.rejected(sender.id, channel.id, "rejected by hook");
+            return Err(Error::HookRejected(reason));
+        }
+        let depth = usize::from(channel.depth);
+        let idem = opts
+            .idempotency_key
+            .as_ref()
+            .map(|k| (sha256(&[sender.id.as_bytes(), &(k.len() as u64).to_be_bytes(), k]), sha256(&[payload])));
+
+        // Entropy for one send; on the stack for the usual depths (no 4 KiB memset).
+        let need = 32 + BLOCK_SIZE * depth;
+        let mut small = [0u8; SMALL_DRAW];
+        let mut large = Vec::new();
+        let draw: &mut [u8] = if need <= SMALL_DRAW {
+            small.get_mut(..need).ok_or(Error::Entropy)?
+        } else {
+            large.resize(need, 0);
+            &mut large
+        };
+
+        let mut ch = channel.inner.lock();
+        // ACCEPT
+        match ch.status {
+            ChannelStatus::Active => {}
+            ChannelStatus::Quarantined => return Err(Error::ChannelQuarantined),
+            ChannelStatus::Closed => return Err(Error::ChannelClosed),
+        }
+        if recipient.state() == AgentState::Quarantined {
+            return Err(Error::ChannelQuarantined);
+        }
+        if let (Some((key, digest)), Some(d)) = (&idem, ch.dedup.as_mut()) {
+            match d.lookup(key, digest, started, self.config.dedup_ttl) {
+                DedupHit::Miss => {}
+                DedupHit::Same(r) => {
+                    self.shared.metrics.duplicates_suppressed.inc();
+                    return Ok(r);
+                }
+                DedupHit::Conflict => return Err(Error::IdempotencyConflict),
+            }
+        }
+        self.draw(draw)?;
+        let (ids, jitter) = draw.split_at(32);
+        let mut corr = [0u8; 8];
+        corr.copy_from_slice(ids.get(..8).unwrap_or(&[0; 8]));
+        let message_id = MessageId::from_slice(ids.get(16..32).unwrap_or_default())?;
+        let correlation_id = CorrelationId(corr);
+        let sg = self.current_sg().ok_or(Error::UnknownChannel)?;
+        let step = ch.step;
+
+        // FRAME
+        let frame: Frame = sampling::sample_frame(&ch.state, step, &sg, depth, &mut SliceEntropy(jitter))?;
+        // ENCODE. The protocol message is frame_open ‖ E(P) ‖ frame_close; inside the
+        // runtime it is never serialised, so its three parts stay in their own buffers and
+        // E(P) is built where the payload's only copy is (no concatenation, and no shift of
+        // the plaintext back to the front after decoding).
+        let mut m = Vec::with_capacity(payload.len() + TAG_SIZE);
+        m.extend_from_slice(payload);
+        let tag = encoding::encode_in_place(&ch.state, &channel.id, step, &mut m)?;
+        m.extend_from_slice(&tag);
+        let frame_close = frame.mirror();
+        // VALIDATE
+        if Frame::validate(&frame, &frame_close, &frame).is_err() {
+            self.shared.metrics.validation_failures.inc();
+            ch.validation_failures += 1;
+            if ch.validation_failures >= self.config.validation_failure_threshold {
+                ch.status = ChannelStatus::Quarantined;
+                drop(ch);
+                self.quarantine_causes.lock().insert(channel.id, QuarantineCause::Channel);
+                self.channel_quarantined_event(&channel.id, "Validation failure threshold");
+                // Best effort: the quarantine holds in memory regardless (pymfp never
+                // persists it).
+                let _ =
+                    self.persist(vec![StorageOp::ChannelStatus { id: channel.id, status: ChannelStatus::Quarantined }]);
+            }
+            self.rejected(sender.id, channel.id, "frame validation failed");
+            return Err(Error::FrameValidation);
+        }
+        // DECODE (in place)
+        let plain_len = match encoding::decode_in_place(&ch.state, &channel.id, step, &mut m) {
+            Ok(p) => p.len(),
+            Err(_) => {
+                self.shared.metrics.decode_failures.inc();
+                self.rejected(sender.id, channel.id, "payload decode failed");
+                return Err(Error::Decode);
+            }
+        };
+        m.truncate(plain_len);
+        let next = ratchet::advance(&ch.state, &frame);
+        let next_step = step.checked_add(1).ok_or(Error::Core(mfp_core::Error::Crypto("channel step exhausted")))?;
+
+        // PERSIST: with storage, the advance and the new Sg commit in one transaction
+        // before anything is delivered or acknowledged; if that fails, nothing moves.
+        if self.persisting() {
+            let sg_after = {
+                let mut sg = self.sg.lock();
+                let inner = &mut *ch;
+                sg.tree.update_hinted(&channel.id, &next, &mut inner.leaf_hint).map_err(|e| Error::Core(e.into()))?;
+                sg.tree.root()
+            };
+            let ops = vec![
+                StorageOp::AdvanceChannel { id: channel.id, state: next.clone(), step: next_step },
+                StorageOp::Sg(sg_after),
+            ];
+            if let Err(e) = self.persist(ops) {
+                {
+                    let mut sg = self.sg.lock();
+                    let inner = &mut *ch;
+                    let _ = sg.tree.update_hinted(&channel.id, &inner.state, &mut inner.leaf_hint);
+                }
+                self.rejected(sender.id, channel.id, "storage write failed");
+                return Err(e);
+            }
+        }
+
+        // DELIVER (cannot fail: the slot is reserved)
+        self.shared.in_flight.0.fetch_add(1, Ordering::AcqRel);
+        permit.send(Delivery {
+            msg: crate::types::DeliveredMessage {
+                payload: m,
+                sender: sender.id,
+                channel: channel.id,
+                message_id,
+                correlation_id,
+                step,
+            },
+            done,
+        });
+
+        // Commit: state, step, Sg — all before the channel lock is released.
+        ch.state = next;
+        ch.step = next_step;
+        ch.validation_failures = 0;
+        let receipt = Receipt { message_id, channel: channel.id, step, correlation_id };
+        if let Some((key, digest)) = idem {
+            ch.dedup.get_or_insert_with(|| Box::new(Dedup::default())).record(
+                key,
+                digest,
+                receipt,
+                started,
+                self.config.dedup_window,
+            );
+        }
+        if !self.persisting() {
+            let mut sg = self.sg.lock();
+            let inner = &mut *ch;
+            sg.tree
+                .update_hinted(&channel.id, &inner.state, &mut inner.leaf_hint)
+                .map_err(|e| Error::Core(e.into()))?;
+        }
+        drop(ch);
+
+        if self.config.max_message_rate > 0 {
+            // The window counts sends from when they went out, not from when the caller
+            // started (which may be up to `pipeline_timeout` earlier after a wait).
+            sender.rate.lock().record(Instant::now(), self.config.max_message_rate);
+        }
+        sender.messages_sent.fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.messages_sent.inc();
+        self.shared.metrics.message_size.observe_size(payload.len());
+        self.shared.metrics.send_latency.observe_duration(started.elapsed());
+        if let Some(h) = &self.hooks {
+            h.after_send(&ctx, &receipt);
+        }
+        if self.audit.is_some() || tracing::enabled!(target: "mfp::audit", tracing::Level::INFO) {
+            let mut ev = AuditEvent::new(AuditEventType::MessageSent);
+            ev.channel = Some(channel.id);
+            ev.agent = Some(sender.id);
+            ev.step = Some(step);
+            ev.correlation_id = Some(correlation_id);
+            self.event(ev);
+        }
+        Ok(receipt)
+    }
+
+    /// Reserves a mailbox slot without waiting.
+    pub(crate) fn try_reserve<'a>(&self, recipient: &'a AgentRecord) -> Result<Option<mpsc::Permit<'a, Delivery>>> {
+        match recipient.tx.try_reserve() {
+            Ok(p) => Ok(Some(p)),
+            Err(mpsc::error::TrySendError::Full(())) => match self.config.backpressure {
+                Backpressure::Reject => {
+                    self.shared.metrics.mailbox_full.inc();
+                    Err(Error::MailboxFull)
+                }
+                Backpressure::Wait => Ok(None),
+            },
+            Err(mpsc::error::TrySendError::Closed(())) => Err(Error::ChannelClosed),
+        }
+    }
+}
