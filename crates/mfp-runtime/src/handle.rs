@@ -25,6 +25,14 @@ impl std::fmt::Debug for AgentHandle {
     }
 }
 
+/// Who is sending: a blocking call parks its own thread anyway; an async one runs on a
+/// tokio worker that other tasks share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Blocking,
+    Async,
+}
+
 /// How long a sender waiting for delivery allows beyond the agent timeout.
 const WAIT_MARGIN: Duration = Duration::from_millis(250);
 
@@ -131,7 +139,7 @@ impl AgentHandle {
         // the thread.
         let inner = self.runtime()?;
         let _g = inner.exec().enter();
-        crate::block::block_on(self.send_async_inner(channel, payload, options, done))
+        crate::block::block_on(self.send_inner(channel, payload, options, done, Caller::Blocking))
     }
 
     async fn send_async_inner(
@@ -140,6 +148,17 @@ impl AgentHandle {
         payload: &[u8],
         options: &SendOptions,
         done: Option<oneshot::Sender<Outcome>>,
+    ) -> Result<Receipt> {
+        self.send_inner(channel, payload, options, done, Caller::Async).await
+    }
+
+    async fn send_inner(
+        &self,
+        channel: ChannelId,
+        payload: &[u8],
+        options: &SendOptions,
+        done: Option<oneshot::Sender<Outcome>>,
+        caller: Caller,
     ) -> Result<Receipt> {
         let inner = self.runtime()?;
         let started = Instant::now();
@@ -170,7 +189,15 @@ impl AgentHandle {
                     }
                 }
             };
-            return inner.execute(&self.record, &ch, &recipient, payload, options, permit, done, started);
+            let run = || inner.execute(&self.record, &ch, &recipient, payload, options, permit, done, started);
+            // With storage the pipeline waits for its commit. An async caller on a
+            // multi-threaded tokio runtime tells tokio first, so the worker's other tasks
+            // move elsewhere instead of stalling behind the disk.
+            let on_worker = caller == Caller::Async
+                && inner.persisting()
+                && tokio::runtime::Handle::try_current()
+                    .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            return if on_worker { tokio::task::block_in_place(run) } else { run() };
         }
     }
 }

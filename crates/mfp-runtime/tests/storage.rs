@@ -169,3 +169,31 @@ fn a_random_identity_is_kept_across_restarts() {
     assert_eq!(rt.identity(), id);
     rt.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_sends_with_storage_on_a_multi_threaded_runtime() {
+    let store = MemoryStorage::new();
+    let rt = Runtime::builder(persistent_cfg()).storage(store.clone()).build().unwrap();
+    let a = rt.bind_async_fn(|_, _| async {}).unwrap();
+    let b = rt.bind_async_fn(|_, _| async {}).unwrap();
+    let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
+    for i in 0..20u64 {
+        assert_eq!(a.send_async(ch, b"x").await.unwrap().step, i);
+    }
+    assert_eq!(store.load().unwrap().unwrap().channels[0].step, 20);
+    rt.shutdown_async().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_sends_with_storage_on_a_current_thread_runtime() {
+    let store = MemoryStorage::new();
+    let rt = Runtime::builder(persistent_cfg()).storage(store.clone()).build().unwrap();
+    let a = rt.bind_async_fn(|_, _| async {}).unwrap();
+    let b = rt.bind_async_fn(|_, _| async {}).unwrap();
+    let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
+    for i in 0..5u64 {
+        assert_eq!(a.send_async(ch, b"x").await.unwrap().step, i);
+    }
+    assert_eq!(store.load().unwrap().unwrap().channels[0].step, 5);
+    rt.shutdown_async().await;
+}
