@@ -161,16 +161,20 @@ impl Inner {
         if Frame::validate(&frame, &frame_close, &frame).is_err() {
             self.shared.metrics.validation_failures.inc();
             ch.validation_failures += 1;
-            if ch.validation_failures >= self.config.validation_failure_threshold {
+            let mut ops = vec![StorageOp::ChannelFailures { id: channel.id, count: ch.validation_failures }];
+            let quarantine = ch.validation_failures >= self.config.validation_failure_threshold;
+            if quarantine {
                 ch.status = ChannelStatus::Quarantined;
-                drop(ch);
+                ops.push(StorageOp::ChannelStatus { id: channel.id, status: ChannelStatus::Quarantined });
+            }
+            drop(ch);
+            if quarantine {
                 self.quarantine_causes.lock().insert(channel.id, QuarantineCause::Channel);
                 self.channel_quarantined_event(&channel.id, "Validation failure threshold");
-                // Best effort: the quarantine holds in memory regardless (pymfp never
-                // persists it).
-                let _ =
-                    self.persist(vec![StorageOp::ChannelStatus { id: channel.id, status: ChannelStatus::Quarantined }]);
             }
+            // Best effort: the count and the quarantine hold in memory regardless (pymfp
+            // persists neither).
+            let _ = self.persist(ops);
             self.rejected(sender.id, channel.id, "frame validation failed");
             return Err(Error::FrameValidation);
         }

@@ -123,6 +123,13 @@ pub enum StorageOp {
         /// New status.
         status: ChannelStatus,
     },
+    /// A channel's count of consecutive frame-validation failures changed.
+    ChannelFailures {
+        /// Channel.
+        id: ChannelId,
+        /// New count.
+        count: u32,
+    },
     /// A channel was closed: its state is wiped.
     CloseChannel(ChannelId),
     /// The Sg cache (`None` when no channel is left).
@@ -275,6 +282,11 @@ impl Storage for MemoryStorage {
                 StorageOp::ChannelStatus { id, status } => {
                     if let Some(c) = s.channels.get_mut(&id) {
                         c.status = status;
+                    }
+                }
+                StorageOp::ChannelFailures { id, count } => {
+                    if let Some(c) = s.channels.get_mut(&id) {
+                        c.validation_failures = count;
                     }
                 }
                 StorageOp::CloseChannel(id) => {

@@ -302,6 +302,12 @@ pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut 
             "UPDATE channels SET status = ?, updated_at = ? WHERE channel_id = ? AND status <> 'closed'",
             vec![Val::Text(status.as_str().into()), Val::Int(now), blob(id.as_bytes())],
         )),
+        WriteOp::Runtime(StorageOp::ChannelFailures { id, count }) => out.push(Stmt::new(
+            "update channel failure count",
+            "UPDATE channels SET validation_failure_count = ?, updated_at = ? WHERE channel_id = ? AND status <> \
+             'closed'",
+            vec![Val::Int(i64::from(*count)), Val::Int(now), blob(id.as_bytes())],
+        )),
         WriteOp::Runtime(StorageOp::Sg(Some(sg))) => out.push(Stmt::new(
             "store sg",
             "INSERT INTO sg_cache (id, sg_value, updated_at) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET sg_value \
@@ -403,6 +409,7 @@ fn op_name(op: &StorageOp) -> &'static str {
         StorageOp::PutChannel(_) => "PutChannel",
         StorageOp::AdvanceChannel { .. } => "AdvanceChannel",
         StorageOp::ChannelStatus { .. } => "ChannelStatus",
+        StorageOp::ChannelFailures { .. } => "ChannelFailures",
         StorageOp::CloseChannel(_) => "CloseChannel",
         StorageOp::Sg(_) => "Sg",
         _ => "unknown",

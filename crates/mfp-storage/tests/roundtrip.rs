@@ -21,6 +21,7 @@ fn batches() -> Vec<Vec<StorageOp>> {
         vec![advance(11, 1), StorageOp::Sg(Some(state(102)))],
         // A failure count persisted, then reset by an advance.
         vec![StorageOp::PutChannel(ChannelRow { validation_failures: 3, ..channel_row(11, 2, 3, 1) })],
+        vec![StorageOp::ChannelFailures { id: channel_id(11), count: 4 }],
         // Quarantine and restore (agent with reason, channel status).
         vec![
             StorageOp::PutAgent(AgentRow {
