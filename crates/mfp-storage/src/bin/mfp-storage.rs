@@ -157,6 +157,36 @@ fn rotate(rest: &[String]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Largest pymfp key file read (pymfp's HMAC accepts keys of any length).
+const MAX_PYMFP_KEY_FILE: u64 = 4096;
+
+/// pymfp's master key from a file. pymfp accepted any non-empty byte string: a file holding
+/// exactly 32 raw bytes or 64 hex digits is read as our keys are; anything else is taken
+/// with surrounding ASCII whitespace removed, as pymfp's `mfp-server` read its key file.
+/// A wrong reading cannot damage anything: the first cell then fails to decrypt.
+fn read_pymfp_key(file: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, Failure> {
+    let meta = std::fs::metadata(file).map_err(|e| Failure::Usage(format!("pymfp key file: {}", e.kind())))?;
+    if meta.len() > MAX_PYMFP_KEY_FILE {
+        return Err(Failure::Usage(format!("pymfp key file larger than {MAX_PYMFP_KEY_FILE} bytes")));
+    }
+    let raw = zeroize::Zeroizing::new(
+        std::fs::read(file).map_err(|e| Failure::Usage(format!("pymfp key file: {}", e.kind())))?,
+    );
+    if let Ok(k) = MasterKey::from_bytes(&raw) {
+        return Ok(zeroize::Zeroizing::new(k.expose().to_vec()));
+    }
+    let stripped = raw.trim_ascii();
+    if stripped.is_empty() {
+        return Err(Failure::Usage(
+            "the pymfp key file is empty (a pymfp database written with an empty key is plaintext: use \
+             --pymfp-plaintext)"
+                .into(),
+        ));
+    }
+    println!("note: the pymfp key is not 32 raw bytes or 64 hex digits; using the file's bytes, whitespace-trimmed");
+    Ok(zeroize::Zeroizing::new(stripped.to_vec()))
+}
+
 fn import(rest: &[String]) -> Result<(), Failure> {
     let args = Args::parse(rest, &["pymfp-db", "pymfp-key-file", "db", "key-file"], &["pymfp-plaintext"])
         .map_err(Failure::Usage)?;
@@ -164,12 +194,12 @@ fn import(rest: &[String]) -> Result<(), Failure> {
     let db = args.path("db").map_err(Failure::Usage)?;
     let key = MasterKey::from_file(args.path("key-file").map_err(Failure::Usage)?)?;
     let pymfp_key = match (args.values.get("pymfp-key-file"), args.flag("pymfp-plaintext")) {
-        (Some(file), false) => Some(MasterKey::from_file(file)?),
+        (Some(file), false) => Some(read_pymfp_key(file)?),
         (None, true) => None,
         _ => return Err(Failure::Usage("give exactly one of --pymfp-key-file and --pymfp-plaintext".into())),
     };
     let encryption = match &pymfp_key {
-        Some(k) => PymfpEncryption::Key(k.expose()),
+        Some(k) => PymfpEncryption::Key(k),
         None => PymfpEncryption::Plaintext,
     };
     let mut config = StorageConfig::new(&db, key);
