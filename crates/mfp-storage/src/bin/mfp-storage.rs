@@ -102,7 +102,7 @@ fn main() -> ExitCode {
 fn check(rest: &[String]) -> Result<(), Failure> {
     let args = Args::parse(rest, &["db", "key-file"], &[]).map_err(Failure::Usage)?;
     let db = args.path("db").map_err(Failure::Usage)?;
-    let key = MasterKey::from_file(args.path("key-file").map_err(Failure::Usage)?)?;
+    let key = load_key(&args.path("key-file").map_err(Failure::Usage)?)?;
     let found = inspect(&db, &key)?;
     println!("database: {}", db.display());
     println!("schema version: {}", found.schema_version);
@@ -150,11 +150,26 @@ fn check(rest: &[String]) -> Result<(), Failure> {
 fn rotate(rest: &[String]) -> Result<(), Failure> {
     let args = Args::parse(rest, &["db", "old-key-file", "new-key-file"], &[]).map_err(Failure::Usage)?;
     let db = args.path("db").map_err(Failure::Usage)?;
-    let old = MasterKey::from_file(args.path("old-key-file").map_err(Failure::Usage)?)?;
-    let new = MasterKey::from_file(args.path("new-key-file").map_err(Failure::Usage)?)?;
+    let old = load_key(&args.path("old-key-file").map_err(Failure::Usage)?)?;
+    let new = load_key(&args.path("new-key-file").map_err(Failure::Usage)?)?;
     let count = rotate_master_key(&db, &old, &new)?;
     println!("rotated {count} encrypted cells; key id {} -> {}", hex::encode(old.key_id()), hex::encode(new.key_id()));
     Ok(())
+}
+
+/// A master key from a file, warning on stderr when the file is readable by others (the
+/// library reports that as a `tracing` event, which this tool does not print).
+fn load_key(path: &std::path::Path) -> Result<MasterKey, Failure> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            eprintln!("warning: key file {} is readable by group or others (chmod 600 it)", path.display());
+        }
+    }
+    Ok(MasterKey::from_file(path)?)
 }
 
 /// Largest pymfp key file read (pymfp's HMAC accepts keys of any length).
@@ -192,7 +207,7 @@ fn import(rest: &[String]) -> Result<(), Failure> {
         .map_err(Failure::Usage)?;
     let pymfp_db = args.path("pymfp-db").map_err(Failure::Usage)?;
     let db = args.path("db").map_err(Failure::Usage)?;
-    let key = MasterKey::from_file(args.path("key-file").map_err(Failure::Usage)?)?;
+    let key = load_key(&args.path("key-file").map_err(Failure::Usage)?)?;
     let pymfp_key = match (args.values.get("pymfp-key-file"), args.flag("pymfp-plaintext")) {
         (Some(file), false) => Some(read_pymfp_key(file)?),
         (None, true) => None,
