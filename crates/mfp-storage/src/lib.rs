@@ -190,3 +190,47 @@ pub use schema::SCHEMA_VERSION;
 pub use storage::{Inspection, SqliteStorage, inspect, rotate_master_key};
 
 pub use mfp_runtime::storage::StorageError;
+
+/// Opens the SQLite store at `storage.path` and builds a runtime on it: a new runtime if
+/// the file is new, otherwise the stored one, restored (its agents then wait for
+/// [`mfp_runtime::Runtime::attach_named`]). Shorthand for
+/// `Runtime::builder(config).storage(SqliteStorage::open(storage)?).build()`.
+///
+/// ```
+/// use mfp_runtime::{RuntimeConfig, mfp_send};
+/// use mfp_storage::{MasterKey, StorageConfig, open_runtime};
+///
+/// # fn main() -> Result<(), mfp_runtime::Error> {
+/// # let dir = std::env::temp_dir().join(format!("mfp-open-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).ok();
+/// let key = MasterKey::generate()?; // in production: MasterKey::from_file / from_env
+/// let storage = StorageConfig::new(dir.join("runtime.db"), key.clone());
+/// let runtime = open_runtime(RuntimeConfig::default(), storage.clone())?;
+/// let alice = runtime.bind_named("alice", |_, _| {})?;
+/// let bob = runtime.bind_named("bob", |_, _| {})?;
+/// let channel = runtime.establish_channel(&alice.id(), &bob.id())?;
+/// mfp_send(&alice, channel, b"kept across restarts")?;
+/// runtime.shutdown();
+/// drop(runtime);
+///
+/// // Later: the same runtime, where it left off.
+/// let runtime = open_runtime(RuntimeConfig::default(), storage)?;
+/// let alice = runtime.attach_named("alice", |_, _| {})?;
+/// let _bob = runtime.attach_named("bob", |_, _| {})?;
+/// assert_eq!(mfp_send(&alice, channel, b"again")?.step, 1);
+/// # runtime.shutdown();
+/// # drop(runtime);
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// [`mfp_runtime::Error::Storage`] if the store cannot be opened or holds an inconsistent
+/// runtime; any error of [`mfp_runtime::RuntimeBuilder::build`].
+pub fn open_runtime(
+    config: mfp_runtime::RuntimeConfig,
+    storage: StorageConfig,
+) -> Result<mfp_runtime::Runtime, mfp_runtime::Error> {
+    mfp_runtime::Runtime::builder(config).storage(SqliteStorage::open(storage)?).build()
+}
