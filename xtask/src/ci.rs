@@ -26,6 +26,11 @@ pub(crate) fn run() -> ExitCode {
     let mut steps = vec![
         step("fmt", &["fmt", "--all", "--check"]),
         step("clippy", &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]),
+        // The facade's optional layers (and the examples that need them).
+        step(
+            "clippy (mfp, all features)",
+            &["clippy", "-p", "mfp", "--all-features", "--all-targets", "--locked", "--", "-D", "warnings"],
+        ),
     ];
     if have_nextest() {
         steps.push(step("tests", &["nextest", "run", "--workspace", "--locked", "--no-fail-fast"]));

@@ -1,0 +1,61 @@
+//! A persistent runtime: state survives a restart.
+//!
+//! Run with `cargo run --example persistent --features sqlite`. The first run creates
+//! `target/example-persistent/runtime.db` and a master key next to it; every later run
+//! restores the runtime and continues at the step where the last one stopped.
+
+use std::path::Path;
+
+use mfp::sqlite::{MasterKey, StorageConfig, open_runtime};
+use mfp::{DeliveredMessage, RuntimeConfig, mfp_send};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = Path::new("target/example-persistent");
+    std::fs::create_dir_all(dir)?;
+    let key_file = dir.join("master.key");
+    if !key_file.exists() {
+        // 64 hex digits of fresh randomness. In production the key lives elsewhere, mode 0600.
+        let key = MasterKey::generate()?;
+        write_key(&key_file, &hex_of(key.expose()))?;
+    }
+    let storage = StorageConfig::new(dir.join("runtime.db"), MasterKey::from_file(&key_file)?);
+    let runtime = open_runtime(RuntimeConfig::default(), storage)?;
+
+    let print = |_: &mfp::AgentHandle, msg: DeliveredMessage| {
+        println!("Bob received (step {}): {}", msg.step, String::from_utf8_lossy(&msg.payload));
+    };
+    // A restored runtime has its agents already: attach their handlers by name.
+    let (alice, channel) = if runtime.detached_agents().is_empty() {
+        let alice = runtime.bind_named("alice", |_, _| {})?;
+        let bob = runtime.bind_named("bob", print)?;
+        let channel = runtime.establish_channel(&alice.id(), &bob.id())?;
+        println!("new runtime {}", runtime.identity().short());
+        (alice, channel)
+    } else {
+        let alice = runtime.attach_named("alice", |_, _| {})?;
+        runtime.attach_named("bob", print)?;
+        let channel = alice.channels()?.first().map(|c| c.channel_id).ok_or("alice has no channel")?;
+        println!("restored runtime {}", runtime.identity().short());
+        (alice, channel)
+    };
+
+    // Each receipt comes back only after the step advance was committed to disk.
+    let receipt = mfp_send(&alice, channel, b"Hello again from Alice!")?;
+    // Delivers what is queued; the stored state is kept for the next start.
+    runtime.shutdown();
+    println!("sent at step {}; run me again to continue from step {}", receipt.step, receipt.step + 1);
+    Ok(())
+}
+
+/// Writes the key file readable by its owner only.
+fn write_key(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(path)?, text.as_bytes())
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
