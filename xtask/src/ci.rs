@@ -23,54 +23,74 @@ fn have_nextest() -> bool {
 pub(crate) fn run() -> ExitCode {
     let root = workspace_root();
     let started = Instant::now();
+    let mut timings: Vec<(&'static str, f64)> = Vec::new();
+    // Every cargo step selects the same packages and features, so the dependency graph is
+    // resolved once and each profile (check for clippy, test for the rest) is built once.
     let mut steps = vec![
         step("fmt", &["fmt", "--all", "--check"]),
-        step("clippy", &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]),
-        // The facade's optional layers (and the examples that need them).
         step(
-            "clippy (mfp, all features)",
-            &["clippy", "-p", "mfp", "--all-features", "--all-targets", "--locked", "--", "-D", "warnings"],
+            "clippy",
+            &["clippy", "--workspace", "--all-targets", "--all-features", "--locked", "--", "-D", "warnings"],
         ),
     ];
     if have_nextest() {
-        steps.push(step("tests", &["nextest", "run", "--workspace", "--locked", "--no-fail-fast"]));
+        steps.push(step("tests", &["nextest", "run", "--workspace", "--all-features", "--locked", "--no-fail-fast"]));
     } else {
-        steps.push(step("tests", &["test", "--workspace", "--locked", "--no-fail-fast"]));
+        steps.push(step("tests", &["test", "--workspace", "--all-features", "--locked", "--no-fail-fast"]));
     }
-    steps.push(step("doc tests", &["test", "--workspace", "--doc", "--locked"]));
-    let mut doc = step("docs", &["doc", "--workspace", "--no-deps", "--locked"]);
+    steps.push(step("doc tests", &["test", "--workspace", "--all-features", "--doc", "--locked"]));
+    let mut doc = step("docs", &["doc", "--workspace", "--all-features", "--no-deps", "--locked"]);
     doc.env.push(("RUSTDOCFLAGS", "-D warnings"));
     steps.push(doc);
 
     let total = steps.len() + 1;
     let mut passed = 0usize;
-    for s in &steps {
+    for (i, s) in steps.iter().enumerate() {
         println!("==> ci: {} (cargo {})", s.name, s.args.join(" "));
         let t = Instant::now();
         let status = Command::new(s.program).args(&s.args).envs(s.env.iter().copied()).current_dir(&root).status();
         match status {
             Ok(st) if st.success() => {
                 passed += 1;
+                timings.push((s.name, t.elapsed().as_secs_f64()));
                 println!("==> ci: {} ok ({:.1} s)", s.name, t.elapsed().as_secs_f64());
             }
-            Ok(st) => return fail(s.name, &format!("exit status {st}"), passed, total),
-            Err(e) => return fail(s.name, &format!("could not start cargo: {e}"), passed, total),
+            Ok(st) => return fail(s.name, &format!("exit status {st}"), passed, total, &timings),
+            Err(e) => return fail(s.name, &format!("could not start cargo: {e}"), passed, total, &timings),
+        }
+        // The vectors are checked right after formatting: a clone missing its vectors file
+        // fails in seconds, before anything is compiled.
+        if i == 0 {
+            let path = default_vectors();
+            println!("==> ci: vectors ({})", path.display());
+            let t = Instant::now();
+            match vectors::run_file(&path) {
+                Ok(summary) if summary.failed == 0 => {
+                    passed += 1;
+                    timings.push(("vectors", t.elapsed().as_secs_f64()));
+                }
+                Ok(summary) => {
+                    return fail("vectors", &format!("{} checks failed", summary.failed), passed, total, &timings);
+                }
+                Err(e) => return fail("vectors", &e, passed, total, &timings),
+            }
         }
     }
-
-    let path = default_vectors();
-    println!("==> ci: vectors ({})", path.display());
-    match vectors::run_file(&path) {
-        Ok(summary) if summary.failed == 0 => passed += 1,
-        Ok(summary) => return fail("vectors", &format!("{} checks failed", summary.failed), passed, total),
-        Err(e) => return fail("vectors", &e, passed, total),
-    }
+    print_timings(&timings);
     println!("==> ci: all steps passed in {:.1} s", started.elapsed().as_secs_f64());
     println!("ci: {passed} passed, 0 failed");
     ExitCode::SUCCESS
 }
 
-fn fail(name: &str, why: &str, passed: usize, total: usize) -> ExitCode {
+fn print_timings(timings: &[(&str, f64)]) {
+    println!("==> ci: time per step");
+    for (name, secs) in timings {
+        println!("    {name:<12} {secs:>7.1} s");
+    }
+}
+
+fn fail(name: &str, why: &str, passed: usize, total: usize, timings: &[(&str, f64)]) -> ExitCode {
+    print_timings(timings);
     eprintln!("==> ci: step '{name}' failed: {why}");
     println!("ci: {passed} passed, 1 failed, {} skipped", total - passed - 1);
     ExitCode::FAILURE

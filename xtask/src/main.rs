@@ -27,12 +27,16 @@ pub(crate) fn workspace_root() -> PathBuf {
     here.parent().map(PathBuf::from).unwrap_or(here)
 }
 
-/// The default vectors file: `../shared/protocol/vectors.json` beside the workspace,
-/// or `$MFP_VECTORS` when set.
+/// The vectors computed by pymfp 1.0.0, kept in the repository (see `tests/vectors/README.md`).
+pub(crate) fn repository_vectors() -> PathBuf {
+    workspace_root().join("tests/vectors/pymfp-1.0.0.json")
+}
+
+/// The default vectors file: the repository's own, or `$MFP_VECTORS` when set.
 pub(crate) fn default_vectors() -> PathBuf {
     match std::env::var_os("MFP_VECTORS") {
         Some(p) => PathBuf::from(p),
-        None => workspace_root().join("../shared/protocol/vectors.json"),
+        None => repository_vectors(),
     }
 }
 
