@@ -132,21 +132,29 @@ fn markdown(m: &Value, p: Option<&Value>) -> String {
         }
     }
     let psql = p.and_then(|p| num(p, &["results", "sqlite_send_64", "msgs_per_s"]));
-    for (label, key) in [
-        ("`normal`, 1 sender", "normal_1_senders"),
-        ("`normal`, 4 senders", "normal_4_senders"),
-        ("`sync`, 1 sender", "sync_1_senders"),
-        ("`sync`, 4 senders", "sync_4_senders"),
-    ] {
-        let rate = num(m, &["persistent_send_64", key, "msgs_per_s"]);
-        let of_mem = num(m, &["persistent_send_64", key, "ratio_to_in_memory"]);
-        out.push_str(&format!(
-            "| persistent send (SQLite, encrypted), {label}, 64 B (msg/s; share of in-memory) | {} ({}) | {} | {} | |\n",
-            fmt(rate, ""),
-            fmt(of_mem.map(|r| r * 100.0), "%"),
-            fmt(psql, ""),
-            fmt(ratio(rate, psql), "×")
-        ));
+    for durability in ["normal", "sync"] {
+        for floor in ["1", "4", "64"] {
+            out.push_str(&format!(
+                "| raw SQLite floor, `{durability}`, transactions of {floor} messages (msg/s) | {} | | | |\n",
+                fmt(num(m, &["persistent_send_64", durability, "raw_sqlite_floor", floor, "msgs_per_s"]), "")
+            ));
+        }
+        for (label, key) in [
+            ("1 blocking sender", "1_blocking_senders"),
+            ("4 blocking senders", "4_blocking_senders"),
+            ("1 async sender, 64 in flight", "1_async_sender_64_in_flight"),
+        ] {
+            let row = |k: &str| num(m, &["persistent_send_64", durability, key, k]);
+            let rate = row("msgs_per_s");
+            out.push_str(&format!(
+                "| persistent send (SQLite, encrypted), `{durability}`, {label}, 64 B (msg/s; share of its floor, batch {}) | {} ({}) | {} | {} | |\n",
+                fmt(row("floor_batch"), ""),
+                fmt(rate, ""),
+                fmt(row("ratio_to_floor").map(|r| r * 100.0), "%"),
+                fmt(psql, ""),
+                fmt(ratio(rate, psql), "×")
+            ));
+        }
     }
     for (label, key) in [("sync handlers", "sync_handlers"), ("async handlers", "async_handlers")] {
         out.push_str(&format!(
