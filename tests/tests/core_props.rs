@@ -3,7 +3,7 @@
 //! every parser that sees untrusted bytes.
 //!
 //! Every property compares against an independent oracle (a hand-written layout, a
-//! byte-reversal, a length rule from PROTOCOL.md) or checks that tampering is rejected, so
+//! byte-reversal, a length rule of the wire format) or checks that tampering is rejected, so
 //! each can fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -54,7 +54,7 @@ fn is_palindrome(b: &[u8]) -> bool {
     b.iter().eq(b.iter().rev())
 }
 
-/// The header layout of PROTOCOL.md §4.5 (`struct ">4sHHII16sQ16s8s"`), written out
+/// The 64-byte envelope header (pymfp packs it with `struct ">4sHHII16sQ16s8s"`), written out
 /// independently of `EnvelopeHeader::to_bytes`.
 fn pack_header(h: &EnvelopeHeader) -> Vec<u8> {
     let mut v = Vec::with_capacity(64);
@@ -321,7 +321,7 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// to_bytes follows the §4.5 layout exactly and from_bytes inverts it for every field
+    /// to_bytes follows that layout exactly and from_bytes inverts it for every field
     /// value, valid or not; parse of a longer buffer reads only the first 64 bytes.
     #[test]
     fn header_bytes_round_trip(h in any_header(), tail in vec(any::<u8>(), 0..64)) {

@@ -3,7 +3,8 @@
 //! For arbitrary sequences of insert / update / remove / root operations, the incremental
 //! tree must agree with
 //! - a model (`BTreeMap`) on every operation's result, `len` and `contains`;
-//! - a from-scratch naive rebuild of the sorted set (PROTOCOL.md §2.6) on the root and all
+//! - a from-scratch naive rebuild of the sorted set (leaves SHA-256 of each state in channel-id
+//!   order, parents SHA-256 of the pair, an odd last node promoted) on the root and all
 //!   levels;
 //! - `rs_merkle` 1.5 with its `Sha256` algorithm on the root.
 //!
@@ -31,7 +32,7 @@ fn leaves(model: &BTreeMap<ChannelId, State>) -> Vec<Hash> {
     model.values().map(|s| sha256(&[s.expose()])).collect()
 }
 
-/// The algorithm of PROTOCOL.md §2.6, written out independently of `mfp-core`.
+/// pymfp's Sg tree, written out independently of `mfp-core`.
 fn naive_levels(model: &BTreeMap<ChannelId, State>) -> Vec<Vec<Hash>> {
     let mut cur = leaves(model);
     let mut out = Vec::new();

@@ -1,5 +1,5 @@
 //! `cargo xtask vectors FILE`: checks mfp-core against a test-vector file in the schema
-//! of the protocol notes (§9.1). Any file of that schema works, not only ours: every
+//! of `tests/vectors/pymfp-1.0.0.json` (see `tests/vectors/README.md`). Any file of that schema works, not only ours: every
 //! expected value is read from the file and every computed value comes from our code.
 //!
 //! Prints one line per section with its number of checks, lists sections this

@@ -94,8 +94,8 @@ impl BilateralState {
         })
     }
 
-    /// The deterministic frame of depth `k` for the current step (§2.9.2 of the protocol
-    /// notes, with `R` as both `Sl` and `Sg`).
+    /// The deterministic frame of depth `k` for the current step: cross-runtime frame
+    /// sampling (see [`crate::sampling`]) with `R` as both `Sl` and `Sg`.
     pub fn frame(&self, depth: usize) -> Result<Frame, Error> {
         sampling::sample_frame_cross(&self.ratchet, self.step, &self.ratchet, &self.prng_seed, depth)
     }

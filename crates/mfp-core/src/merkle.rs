@@ -1,6 +1,6 @@
 //! The runtime-wide global state `Sg` as pymfp builds it: a Merkle root over the channel
 //! states sorted by channel id, leaves `SHA256(Sl)`, parents `SHA256(left ‖ right)`, an odd
-//! last node promoted unchanged (PROTOCOL.md §2.6).
+//! last node promoted unchanged (docs/protocol.md; the `merkle_sg` vectors pin the shape).
 //!
 //! # Tree shape
 //!
