@@ -527,9 +527,13 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Validated, ConfigError> {
 fn plain_message(e: &serde_saphyr::Error) -> String {
     let full = e.to_string();
     let first = full.lines().next().unwrap_or("invalid YAML").trim();
-    match first.rfind(" at line ") {
-        Some(i) => first[..i].to_string(),
-        None => first.to_string(),
+    let first = first.rfind(" at line ").map_or(first, |i| first.get(..i).unwrap_or(first));
+    // serde-saphyr's advice is for programmers, not for whoever edits the file.
+    let first = first.find(", set DuplicateKeyPolicy").map_or(first, |i| first.get(..i).unwrap_or(first));
+    match first {
+        "invalid i64" | "invalid u64" | "invalid u32" => "expected an integer".to_string(),
+        "invalid f64" => "expected a number".to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -1103,6 +1107,82 @@ mod tests {
         assert!(matches!(&v.peers[1].kind, PeerKind::Native { public_key, .. } if public_key[31] == 1));
         let e = errors("federation:\n  peers:\n    - runtime_id: prod/b\n      endpoint: nohost\n");
         assert!(e.contains("test.yaml:4:") && e.contains("host:port"), "{e}");
+    }
+
+    fn fixture(name: &str) -> Result<Validated, ConfigError> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        load(&path)
+    }
+
+    /// pymfp's own example configurations load and mean what they mean to pymfp.
+    #[test]
+    fn pymfp_quickstart_means_the_same() {
+        let v = fixture("pymfp-quickstart.yaml").unwrap();
+        assert_eq!(v.runtime.deployment_id, b"prod-cluster-01");
+        assert_eq!(v.runtime.instance_id, b"node-alpha");
+        assert_eq!(v.runtime.default_frame_depth, 4);
+        // pymfp's YAML defaults, not its dataclass defaults.
+        assert_eq!(v.runtime.validation_failure_threshold, 3);
+        assert_eq!(v.runtime.max_message_rate, 0);
+        assert_eq!(v.runtime.max_payload_size, 0);
+        assert_eq!(v.storage_path.as_deref(), Some(Path::new("/var/lib/mfp/mfp.db")));
+        assert!(v.key_file.is_none());
+        let names: Vec<_> = v.agents.iter().map(|a| (a.name.as_str(), &a.kind)).collect();
+        assert_eq!(names, [("alice", &AgentKind::Log), ("bob", &AgentKind::Log)]);
+        assert_eq!(v.channels, [ChannelSpec { a: "alice".into(), b: "bob".into(), depth: 4 }]);
+        assert!(v.peers.is_empty());
+        assert_eq!(v.log_filter, "info");
+        assert_eq!(v.transport.port.value, 9876);
+    }
+
+    #[test]
+    fn pymfp_reference_means_the_same() {
+        let v = fixture("pymfp-reference.yaml").unwrap();
+        assert_eq!(v.runtime.deployment_id, b"my-deployment");
+        assert_eq!(v.runtime.validation_failure_threshold, 3);
+        assert_eq!(v.runtime.max_message_rate, 100);
+        assert_eq!(v.runtime.max_payload_size, 1_048_576);
+        assert_eq!(v.storage_path.as_deref(), Some(Path::new("/var/lib/mfp/state.db")));
+        assert_eq!(v.transport.host, "0.0.0.0");
+        assert!((v.transport.read_timeout.value - 30.0).abs() < f64::EPSILON);
+        assert_eq!(v.agents.len(), 2);
+        assert_eq!(v.peers.len(), 2);
+        assert_eq!(
+            v.peers[1],
+            PeerSpec {
+                endpoint: "partner.example.com:9876".into(),
+                kind: PeerKind::Pymfp {
+                    deployment_id: "partner-org".into(),
+                    instance_id: "gateway".into(),
+                    bootstrap: "ceremonial".into()
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn pymfp_federation_nodes_load() {
+        for (file, me, peer) in [("pymfp-node-a.yaml", "node-a", "node-b"), ("pymfp-node-b.yaml", "node-b", "node-a")] {
+            let v = fixture(file).unwrap();
+            assert_eq!(v.runtime.instance_id, me.as_bytes());
+            assert!(
+                matches!(&v.peers[0].kind, PeerKind::Pymfp { deployment_id, instance_id, bootstrap } if deployment_id == "prod" && instance_id == peer && bootstrap == "deterministic")
+            );
+        }
+    }
+
+    /// pymfp skips a channel naming an undefined agent; we refuse the file, with locations.
+    #[test]
+    fn pymfp_channels_snippet_alone_is_refused() {
+        let e = fixture("pymfp-channels-snippet.yaml").unwrap_err().to_string();
+        assert!(e.contains("pymfp-channels-snippet.yaml:2:") && e.contains("\"alice\""), "{e}");
+        assert!(e.contains("pymfp-channels-snippet.yaml:5:") && e.contains("\"charlie\""), "{e}");
+    }
+
+    #[test]
+    fn messages_are_for_people() {
+        assert!(errors("log_level: INFO\nlog_level: DEBUG\n").ends_with("duplicate mapping key: log_level"));
+        assert!(errors("runtime:\n  default_frame_depth: deep\n").ends_with("expected an integer"));
     }
 
     #[test]
