@@ -1,0 +1,353 @@
+//! End-to-end tests of the `mfp-server` binary, started as a child process on temporary
+//! configurations. Listeners bind 127.0.0.1 port 0; every wait is bounded; the server and
+//! its agents are killed when a test ends, whatever happens.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Longest any single wait in these tests may take.
+const WAIT: Duration = Duration::from_secs(60);
+
+fn agent_py() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agents/agent.py").display().to_string()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mfp-server-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Server {
+    child: Child,
+    lines: Receiver<String>,
+    all: Arc<Mutex<Vec<String>>>,
+    admin: Option<String>,
+}
+
+impl Server {
+    fn start(dir: &Path, config: &str) -> Server {
+        let file = dir.join("config.yaml");
+        std::fs::write(&file, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mfp-server"))
+            .args(["run", "--config"])
+            .arg(&file)
+            .env_remove("MFP_LOG_LEVEL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = channel();
+        let all = Arc::new(Mutex::new(Vec::new()));
+        let all2 = Arc::clone(&all);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                all2.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Server { child, lines: rx, all, admin: None }
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no log line with {needle:?} in {WAIT:?}; log:\n{}", self.log())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("server ended before logging {needle:?}; log:\n{}", self.log())
+                }
+            }
+        }
+    }
+
+    /// A log line containing `needle`, already logged or still to come.
+    fn find_or_wait(&mut self, needle: &str) -> String {
+        let seen = self.all.lock().unwrap().iter().find(|l| l.contains(needle)).cloned();
+        match seen {
+            Some(l) => l,
+            None => self.wait_for(needle),
+        }
+    }
+
+    fn log(&self) -> String {
+        self.all.lock().unwrap().join("\n")
+    }
+
+    /// Waits for the admin listener and remembers its address.
+    fn admin(&mut self) -> String {
+        if self.admin.is_none() {
+            let line = self.find_or_wait("admin listener bound");
+            let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+            self.admin = Some(addr);
+        }
+        self.admin.clone().unwrap()
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+    }
+
+    /// Waits for the process to exit (bounded).
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "server did not exit; log:\n{}", self.log());
+            // Polling a child's exit status: std offers no wait with a timeout.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 request; returns (status, body).
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn subprocess(name: &str, env: &[(&str, &str)]) -> String {
+    let mut s =
+        format!("  - name: {name}\n    type: subprocess\n    command: [\"python3\", \"{}\"]\n    env:\n", agent_py());
+    for (k, v) in env {
+        s.push_str(&format!("      {k}: \"{v}\"\n"));
+    }
+    s
+}
+
+/// The shipped demo: two subprocess agents converse, the server stops by itself with
+/// status 0, and a second run continues the same channel where the first stopped.
+#[test]
+fn demo_conversation_and_restart_continues() {
+    let dir = temp_dir("demo");
+    let agents = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/server/agents");
+    let demo =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/server/demo.yaml")).unwrap();
+    let config = demo
+        .replace("../../target/mfp-demo/demo.db", &dir.join("demo.db").display().to_string())
+        .replace("agents/alice.py", &agents.join("alice.py").display().to_string())
+        .replace("agents/bob.py", &agents.join("bob.py").display().to_string());
+    for (run, first_step) in [(1, 0), (2, 6)] {
+        let mut s = Server::start(&dir, &config);
+        s.wait_for(&format!("alice says (step {first_step}): Hello Bob!"));
+        s.wait_for(&format!("alice heard (step {}): Bye, Alice!", first_step + 5));
+        let status = s.wait_exit();
+        assert!(status.success(), "run {run}: {status:?}\n{}", s.log());
+        if run == 2 {
+            assert!(s.log().contains("runtime restored from storage"));
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// /readyz is 200 once started and 503 while stopping; /metrics counters move; SIGTERM
+/// drains and exits 0 even with an agent that ignores the end of its stdin.
+#[test]
+fn readiness_metrics_and_sigterm() {
+    let dir = temp_dir("metrics");
+    let config = format!(
+        "storage:\n  path: \"{}\"\nadmin:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\n{}channels:\n  - agents: [client, echo]\n",
+        dir.join("m.db").display(),
+        subprocess("client", &[("MODE", "client"), ("TO", "echo"), ("COUNT", "5"), ("LINGER", "1")])
+    );
+    let mut s = Server::start(&dir, &config);
+    let admin = s.admin();
+    s.find_or_wait("INFO mfp_server::server: ready");
+    assert_eq!(http(&admin, "GET", "/livez", &[], "").0, 200);
+    assert_eq!(http(&admin, "GET", "/readyz", &[], "").0, 200);
+    s.wait_for("client got msg-4");
+    let (status, body) = http(&admin, "GET", "/metrics", &[], "");
+    assert_eq!(status, 200);
+    // 5 sends by the client, 5 echoes.
+    assert_eq!(metric(&body, "mfp_messages_sent_total"), 10, "{body}");
+    assert!(metric(&body, "mfp_server_deliveries_total") >= 9, "{body}");
+    assert_eq!(metric(&body, "mfp_active_agents"), 2);
+    assert_eq!(metric(&body, "mfp_active_channels"), 1);
+    assert!(!body.contains("agent_id="), "no per-agent labels: {body}");
+
+    s.signal(rustix::process::Signal::TERM);
+    s.wait_for("stopping: not ready");
+    // The client ignores its closed stdin, so the server is still stopping here.
+    assert_eq!(http(&admin, "GET", "/readyz", &[], "").0, 503);
+    let status = s.wait_exit();
+    assert!(status.success(), "{status:?}\n{}", s.log());
+    assert!(s.log().contains("agent ignored SIGTERM") || s.log().contains("stopped"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A subprocess agent killed with SIGKILL is restarted and receives what was sent to it
+/// while it was down; sends come through the webhook HTTP endpoint with a bearer token.
+#[test]
+fn killed_agent_is_restarted_and_gets_its_messages() {
+    let dir = temp_dir("restart");
+    let token = "test-token-0123456789";
+    let config = format!(
+        "admin:\n  port: 0\nhttp:\n  port: 0\nagents:\n  - name: driver\n    type: webhook\n    url: \"http://127.0.0.1:9/unused\"\n    token: \"{token}\"\n{}channels:\n  - agents: [driver, victim]\n",
+        subprocess("victim", &[("MODE", "recorder")])
+    );
+    let mut s = Server::start(&dir, &config);
+    let http_addr = s.find_or_wait("http listener bound").split("addr=").nth(1).unwrap().trim().to_string();
+    let admin = s.admin();
+    s.find_or_wait("INFO mfp_server::server: ready");
+    let first =
+        s.find_or_wait("recorder ").split_whitespace().skip_while(|w| *w != "recorder").nth(1).unwrap().to_string();
+    let auth = format!("Bearer {token}");
+    let send = |payload: &str| {
+        let body =
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"send","params":{{"to":"victim","payload":"{payload}"}}}}"#);
+        http(
+            &http_addr,
+            "POST",
+            "/agents/driver",
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            &body,
+        )
+    };
+    // Without the token: refused.
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"status"}"#;
+    assert_eq!(http(&http_addr, "POST", "/agents/driver", &[("Authorization", "Bearer wrong")], body).0, 401);
+    let (status, reply) = send("one");
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply.contains("\"step\":0"), "{reply}");
+    s.wait_for(&format!("recorder {first} got one"));
+
+    let pid = rustix::process::Pid::from_raw(first.parse().unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    s.wait_for("agent exited");
+    // Sent while the agent is down (it restarts after a backoff).
+    let (status, reply) = send("two");
+    assert_eq!(status, 200, "{reply}");
+    let got = s.wait_for("got two");
+    assert!(!got.contains(&format!("recorder {first} ")), "delivered to the killed process? {got}");
+    let (_, metrics) = http(&admin, "GET", "/metrics", &[], "");
+    assert!(metric(&metrics, "mfp_server_agent_restarts_total") >= 1, "{metrics}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// An agent writing garbage, a 100 MB line, unknown methods and bad sends gets JSON-RPC
+/// errors and stays served; a program that does not exist and a webhook that never
+/// answers are contained while the other agents keep working.
+#[test]
+fn bad_agents_are_contained() {
+    let dir = temp_dir("bad");
+    let hang = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    // Accept connections and never answer (kept open until the test ends).
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hang.incoming() {
+            match c {
+                Ok(c) => held.push(c),
+                Err(_) => break,
+            }
+        }
+    });
+    let config = format!(
+        "admin:\n  port: 0\nhttp:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\n  - name: ghost\n    type: subprocess\n    command: [\"/nonexistent/mfp-agent\"]\n  - name: hook\n    type: webhook\n    url: \"http://{hang_addr}/deliver\"\n    timeout_seconds: 0.5\n    retries: 1\n{}{}{}channels:\n  - agents: [client, echo]\n  - agents: [hooker, hook]\n",
+        subprocess("garbage", &[("MODE", "garbage"), ("HUGE_MB", "100")]),
+        subprocess("client", &[("MODE", "client"), ("TO", "echo"), ("COUNT", "3")]),
+        subprocess("hooker", &[("MODE", "client"), ("TO", "hook"), ("COUNT", "1")]),
+    );
+    let mut s = Server::start(&dir, &config);
+    let admin = s.admin();
+    s.find_or_wait("INFO mfp_server::server: ready");
+    s.find_or_wait("garbage agent ok: codes=[-32700, -32600, -32601, -32602] state=bound");
+    s.find_or_wait("client got msg-2");
+    s.find_or_wait("message dropped: webhook delivery failed");
+    assert!(s.log().contains("cannot start the agent's program"), "{}", s.log());
+    assert_eq!(http(&admin, "GET", "/readyz", &[], "").0, 200);
+    let (_, metrics) = http(&admin, "GET", "/metrics", &[], "");
+    assert!(metric(&metrics, "mfp_server_agent_protocol_errors_total") >= 2, "{metrics}");
+    assert_eq!(metric(&metrics, "mfp_server_webhook_failures_total"), 2, "{metrics}");
+    s.signal(rustix::process::Signal::TERM);
+    assert!(s.wait_exit().success(), "{}", s.log());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A port in use stops the start with a clear error and status 1.
+#[test]
+fn port_in_use_is_a_clear_error() {
+    let dir = temp_dir("port");
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut s = Server::start(&dir, &format!("admin:\n  port: {port}\n"));
+    let status = s.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", s.log());
+    let log = s.log();
+    assert!(
+        log.contains("admin listener: cannot listen on 127.0.0.1:") && log.contains("choose another port"),
+        "{log}"
+    );
+    drop(taken);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// check-config: exit 0 on pymfp's examples, 1 with file:line:column on bad input.
+#[test]
+fn check_config_exit_codes() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for f in ["pymfp-quickstart.yaml", "pymfp-reference.yaml", "pymfp-node-a.yaml", "pymfp-node-b.yaml"] {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_mfp-server")).arg("check-config").arg(fixtures.join(f)).output().unwrap();
+        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dir = temp_dir("check");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "agents:\n  - name: a\n    typo: 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mfp-server")).arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:3:5: unknown field `typo`", bad.display())), "{err}");
+    // pymfp's own form of the command line reads the same file.
+    let out = Command::new(env!("CARGO_BIN_EXE_mfp-server")).arg("--config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    std::fs::remove_dir_all(&dir).ok();
+}
