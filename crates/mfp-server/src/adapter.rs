@@ -334,8 +334,10 @@ impl AgentRef {
                     .ok_or_else(|| ToolError::InvalidParams(format!("no channel to an agent named {name:?}")))?
             }
         };
-        let options =
-            SendOptions { idempotency_key: idempotency_key.map(String::into_bytes), ..SendOptions::default() };
+        let options = match idempotency_key {
+            Some(k) => SendOptions::idempotent(k),
+            None => SendOptions::default(),
+        };
         let r = self.handle.send_with_async(channel, payload, &options).await.map_err(|e| tool_err(&e))?;
         Ok(SendResult { message_id: r.message_id.to_string(), channel: r.channel.to_string(), step: r.step })
     }
