@@ -165,7 +165,7 @@ pub(crate) async fn run_subprocess(
         let outcome = match spawn(&name, &spec) {
             Ok(child) => session(&name, &spec, &agent, child, &mut rx, &mut current, &shared).await,
             Err(e) => {
-                tracing::error!(agent = %name, program = %spec.program, error = %e, "cannot start the agent's program (check command: and cwd: in the configuration); retrying");
+                tracing::error!(agent = %name, program = %spec.program, cwd = %spec.cwd.display(), error = %e, "cannot start the agent's program (check command: and cwd: in the configuration); retrying");
                 Session::Crashed
             }
         };

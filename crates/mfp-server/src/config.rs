@@ -519,7 +519,9 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Validated, ConfigError> {
             }
         })?
     };
-    let base = file.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    // "demo.yaml" has the parent "": relative paths are then relative to the current directory.
+    let base =
+        file.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     validate(raw, file, &base).map_err(|problems| ConfigError::Invalid { file: name, problems })
 }
 
@@ -1096,6 +1098,18 @@ mod tests {
         assert_eq!(s.program, "python3");
         assert_eq!(s.args, ["a.py"]);
         assert_eq!(s.restart, RestartPolicy::Always);
+    }
+
+    #[test]
+    fn bare_file_name_resolves_against_the_current_directory() {
+        let text = "storage:\n  path: s.db\nagents:\n  - name: a\n    type: subprocess\n    command: [x]\n";
+        let v = parse(text, Path::new("c.yaml")).unwrap();
+        let AgentKind::Subprocess(s) = &v.agents[0].kind else { panic!("not a subprocess") };
+        assert_eq!(s.cwd, Path::new("."));
+        assert_eq!(v.storage_path.as_deref(), Some(Path::new("./s.db")));
+        let v = parse(text, Path::new("dir/c.yaml")).unwrap();
+        let AgentKind::Subprocess(s) = &v.agents[0].kind else { panic!("not a subprocess") };
+        assert_eq!(s.cwd, Path::new("dir"));
     }
 
     #[test]

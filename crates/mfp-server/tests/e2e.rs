@@ -351,3 +351,35 @@ fn check_config_exit_codes() {
     assert_eq!(out.status.code(), Some(1));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A second signal while stopping exits at once (status 130) and kills the agents'
+/// process groups.
+#[test]
+fn second_signal_exits_at_once() {
+    let dir = temp_dir("second");
+    let config = format!(
+        "admin:\n  port: 0\nserver:\n  drain_timeout_seconds: 30\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\n{}channels:\n  - agents: [client, echo]\n",
+        subprocess("client", &[("MODE", "client"), ("TO", "echo"), ("COUNT", "1"), ("LINGER", "1")])
+    );
+    let mut s = Server::start(&dir, &config);
+    let started = s.find_or_wait("agent started agent=client");
+    let pid: i32 = started.split("pid=").nth(1).unwrap().trim().parse().unwrap();
+    s.find_or_wait("client got msg-0");
+    s.signal(rustix::process::Signal::TERM);
+    s.wait_for("client ignores the end of stdin");
+    s.signal(rustix::process::Signal::TERM);
+    let status = s.wait_exit();
+    assert_eq!(status.code(), Some(130), "{}", s.log());
+    // The agent's process group was killed; its process is gone (or a zombie being reaped).
+    let pid = rustix::process::Pid::from_raw(pid).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while rustix::process::test_kill_process(pid).is_ok() {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).unwrap_or_default();
+        if stat.split_whitespace().nth(2) == Some("Z") || stat.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "agent {pid:?} still alive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
