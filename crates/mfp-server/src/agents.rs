@@ -219,14 +219,24 @@ type Pending = Arc<Mutex<std::collections::HashMap<u64, oneshot::Sender<Option<S
 /// Writes whole lines to the agent's stdin; `None` once closed.
 type Writer = Arc<tokio::sync::Mutex<Option<ChildStdin>>>;
 
+/// How long one line may take to write: an agent that stops reading its stdin must not
+/// block the server (the pipe is full); it counts as stuck.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Requests from one agent handled at once; more wait (and the agent's stdout with them).
+const MAX_CONCURRENT_CALLS: usize = 64;
+
 async fn write_line(w: &Writer, v: &Value) -> bool {
     let mut line = v.to_string().into_bytes();
     line.push(b'\n');
-    let mut g = w.lock().await;
-    match g.as_mut() {
-        Some(stdin) => stdin.write_all(&line).await.is_ok() && stdin.flush().await.is_ok(),
-        None => false,
-    }
+    let write = async {
+        let mut g = w.lock().await;
+        match g.as_mut() {
+            Some(stdin) => stdin.write_all(&line).await.is_ok() && stdin.flush().await.is_ok(),
+            None => false,
+        }
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, write).await.unwrap_or(false)
 }
 
 #[allow(clippy::too_many_lines)]
@@ -275,6 +285,7 @@ async fn session(
         let pending = Arc::clone(&pending);
         let agent = agent.clone();
         let counters = Arc::clone(&shared.counters);
+        let calls = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS));
         tokio::spawn(async move {
             let mut r = BufReader::new(out);
             let mut buf = Vec::new();
@@ -309,6 +320,7 @@ async fn session(
                         }
                     }
                     Inbound::Request { id, method, params } => {
+                        let Ok(permit) = Arc::clone(&calls).acquire_owned().await else { break };
                         let writer = Arc::clone(&writer);
                         let agent = agent.clone();
                         // Calls run concurrently: a send waiting for storage does not stop
@@ -318,6 +330,7 @@ async fn session(
                             if let Some(id) = id {
                                 write_line(&writer, &rpc::response(&id, result)).await;
                             }
+                            drop(permit);
                         });
                     }
                 }
@@ -346,7 +359,14 @@ async fn session(
         let req = json!({"jsonrpc": "2.0", "id": id, "method": "deliver", "params": rpc::deliver_params(&msg)});
         if !write_line(&writer, &req).await {
             *current = Some(msg);
-            break exited(name, child.wait().await);
+            // Either the agent is gone, or it stopped reading its stdin.
+            match tokio::time::timeout(Duration::from_millis(100), child.wait()).await {
+                Ok(status) => break exited(name, status),
+                Err(_) => {
+                    tracing::error!(agent = %name, "agent does not read its stdin; restarting it (the message is delivered again)");
+                    break Session::Hung;
+                }
+            }
         }
         tokio::select! {
             r = tokio::time::timeout(shared.delivery_timeout, ack) => match r {
@@ -375,7 +395,9 @@ async fn session(
     };
     alive.store(false, Ordering::Release);
     // Close stdin, give the agent a moment, then TERM and KILL its process group.
-    writer.lock().await.take();
+    if let Ok(mut w) = tokio::time::timeout(Duration::from_secs(1), writer.lock()).await {
+        w.take();
+    }
     stop_child(name, &mut child, pgid, matches!(outcome, Session::Stopped)).await;
     if let Some(g) = pgid {
         shared.groups.remove(g);

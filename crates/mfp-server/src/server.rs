@@ -241,8 +241,8 @@ pub(crate) async fn run(cfg: Validated, port_file: Option<PathBuf>) -> Result<()
             }
         }
     };
-    tracing::info!(reason, "stopping: not ready, draining");
     admin_state.ready.store(false, Ordering::Release);
+    tracing::info!(reason, "stopping: not ready, draining");
 
     // A second signal exits at once.
     let groups_now = Arc::clone(&groups);

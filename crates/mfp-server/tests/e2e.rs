@@ -120,7 +120,16 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops the server the way an operator would, so that it stops its agents too (they
+    /// live in their own process groups); kills it if that takes too long.
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal(rustix::process::Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -381,5 +390,32 @@ fn second_signal_exits_at_once() {
         assert!(Instant::now() < deadline, "agent {pid:?} still alive");
         std::thread::sleep(Duration::from_millis(20));
     }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// An agent that never answers `deliver` is restarted after the delivery timeout and
+/// gets the message again; the other agents keep working.
+#[test]
+fn stuck_agent_is_restarted() {
+    let dir = temp_dir("stuck");
+    let config = format!(
+        "admin:\n  port: 0\nlimits:\n  delivery_timeout_seconds: 0.5\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\n{}{}{}channels:\n  - agents: [sender, deaf]\n  - agents: [client, echo]\n",
+        subprocess("deaf", &[("MODE", "deaf")]),
+        subprocess("sender", &[("MODE", "client"), ("TO", "deaf"), ("COUNT", "1")]),
+        subprocess("client", &[("MODE", "client"), ("TO", "echo"), ("COUNT", "2")]),
+    );
+    let mut s = Server::start(&dir, &config);
+    let admin = s.admin();
+    s.find_or_wait("did not answer deliver in time");
+    s.find_or_wait("client got msg-1");
+    // Restarted: a second deaf process started, and gets the message again.
+    let deadline = Instant::now() + WAIT;
+    while s.log().lines().filter(|l| l.contains("agent started agent=deaf")).count() < 2 {
+        assert!(Instant::now() < deadline, "{}", s.log());
+        let _ = s.lines.recv_timeout(Duration::from_millis(100));
+    }
+    let (_, metrics) = http(&admin, "GET", "/metrics", &[], "");
+    assert!(metric(&metrics, "mfp_server_agent_restarts_total") >= 1, "{metrics}");
+    assert_eq!(http(&admin, "GET", "/readyz", &[], "").0, 200);
     std::fs::remove_dir_all(&dir).ok();
 }

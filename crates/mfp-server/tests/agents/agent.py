@@ -3,6 +3,7 @@
 MODE=client    sends COUNT messages "msg-<i>" to the agent named TO, logs every reply;
                with LINGER set, ignores the end of stdin (so shutdown must signal it).
 MODE=recorder  logs "recorder <pid> got <payload>" for each message.
+MODE=deaf      never reads stdin nor answers (a stuck agent).
 MODE=garbage   writes invalid lines (garbage, a HUGE_MB line, an unknown method) and logs
                the error codes it got back, then checks the server still answers status.
 """
@@ -69,6 +70,9 @@ if mode == "client":
 elif mode == "recorder":
     log(f"recorder {pid} started")
     serve(lambda p: log(f"recorder {pid} got {p.get('payload')}"))
+elif mode == "deaf":
+    log(f"deaf {pid} started")
+    time.sleep(60)
 elif mode == "garbage":
     codes = []
     sys.stdout.write("this is not json\n")
