@@ -8,6 +8,7 @@ mod config;
 mod keygen;
 mod rpc;
 mod server;
+mod storage_admin;
 mod webhook;
 
 use std::path::PathBuf;
@@ -58,6 +59,10 @@ enum Cmd {
         #[arg(long, short)]
         out: PathBuf,
     },
+    /// Storage administration (check, rotate-key, import-pymfp); run it while the server
+    /// is stopped.
+    #[command(subcommand)]
+    Storage(storage_admin::StorageCmd),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +101,13 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Cmd::Storage(cmd)) => match storage_admin::run(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
                 ExitCode::FAILURE
             }
         },

@@ -43,23 +43,36 @@ async fn bind(what: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr
     Ok((l, local))
 }
 
-/// Waits for SIGTERM or SIGINT.
-async fn signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
-            }
+/// SIGTERM and SIGINT, installed before anything else starts: a signal that arrives
+/// during start-up is then handled once the server is up, instead of killing it.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, RunError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let err = |e: std::io::Error| RunError::Other(format!("cannot install signal handlers: {e}"));
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(err)?,
+            int: signal(SignalKind::interrupt()).map_err(err)?,
+        })
+    }
+
+    /// Waits for the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-        _ => std::future::pending().await,
     }
 }
 
 /// Runs the server until a signal (or, when configured, until its agents finished).
 #[allow(clippy::too_many_lines)]
 pub(crate) async fn run(cfg: Validated, port_file: Option<PathBuf>) -> Result<(), RunError> {
+    let mut signals = Signals::install()?;
     for w in &cfg.warnings {
         tracing::warn!("{}: {w}", cfg.file.display());
     }
@@ -230,7 +243,7 @@ pub(crate) async fn run(cfg: Validated, port_file: Option<PathBuf>) -> Result<()
     let mut finished = 0;
     let reason = loop {
         tokio::select! {
-            () = signal() => break "signal",
+            () = signals.next() => break "signal",
             Some(r) = subprocesses.join_next(), if finish_wanted || !subprocesses.is_empty() => {
                 if matches!(r, Ok(Ended::Finished)) {
                     finished += 1;
@@ -247,7 +260,7 @@ pub(crate) async fn run(cfg: Validated, port_file: Option<PathBuf>) -> Result<()
     // A second signal exits at once.
     let groups_now = Arc::clone(&groups);
     tokio::spawn(async move {
-        signal().await;
+        signals.next().await;
         tracing::error!("second signal: exiting at once");
         groups_now.kill_all();
         std::process::exit(130);

@@ -419,3 +419,45 @@ fn stuck_agent_is_restarted() {
     assert_eq!(http(&admin, "GET", "/readyz", &[], "").0, 200);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// keygen, then the storage subcommands on a database the server wrote: check, rotate-key
+/// (the old key stops working), and the server restarts on the new key.
+#[test]
+fn keygen_and_storage_commands() {
+    let dir = temp_dir("storage");
+    let bin = env!("CARGO_BIN_EXE_mfp-server");
+    let run = |args: &[&str]| Command::new(bin).args(args).output().unwrap();
+    let (db, k1, k2) = (dir.join("s.db"), dir.join("k1"), dir.join("k2"));
+    let p = |x: &Path| x.display().to_string();
+    assert!(run(&["keygen", "--out", &p(&k1)]).status.success());
+    assert!(run(&["keygen", "--out", &p(&k2)]).status.success());
+    assert_eq!(run(&["keygen", "--out", &p(&k1)]).status.code(), Some(1), "never overwrites");
+    let config = |key: &Path| {
+        format!(
+            "storage:\n  path: \"{}\"\n  master_key_file: \"{}\"\nadmin:\n  port: 0\nagents:\n  - name: a\n    type: builtin\n    builtin: log\n  - name: b\n    type: builtin\n    builtin: log\nchannels:\n  - agents: [a, b]\n",
+            p(&db),
+            p(key)
+        )
+    };
+    let mut s = Server::start(&dir, &config(&k1));
+    s.find_or_wait("INFO mfp_server::server: ready");
+    s.signal(rustix::process::Signal::TERM);
+    assert!(s.wait_exit().success(), "{}", s.log());
+    drop(s);
+
+    let out = run(&["storage", "check", "--db", &p(&db), "--key-file", &p(&k1)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("agents: 2") && text.contains("channels: 1") && text.ends_with("OK\n"),
+        "{text}"
+    );
+    let out = run(&["storage", "rotate-key", "--db", &p(&db), "--old-key-file", &p(&k1), "--new-key-file", &p(&k2)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(run(&["storage", "check", "--db", &p(&db), "--key-file", &p(&k1)]).status.code(), Some(1));
+    assert!(run(&["storage", "check", "--db", &p(&db), "--key-file", &p(&k2)]).status.success());
+
+    let mut s = Server::start(&dir, &config(&k2));
+    s.find_or_wait("runtime restored from storage");
+    s.find_or_wait("channels_created=0");
+    std::fs::remove_dir_all(&dir).ok();
+}
