@@ -34,11 +34,16 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, config: &str) -> Server {
+        Self::start_with(dir, config, &[])
+    }
+
+    fn start_with(dir: &Path, config: &str, extra: &[&str]) -> Server {
         let file = dir.join("config.yaml");
         std::fs::write(&file, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_mfp-server"))
             .args(["run", "--config"])
             .arg(&file)
+            .args(extra)
             .env_remove("MFP_LOG_LEVEL")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -207,17 +212,32 @@ fn readiness_metrics_and_sigterm() {
         dir.join("m.db").display(),
         subprocess("client", &[("MODE", "client"), ("TO", "echo"), ("COUNT", "5"), ("LINGER", "1")])
     );
-    let mut s = Server::start(&dir, &config);
+    let port_file = dir.join("ports.json");
+    let mut s = Server::start_with(&dir, &config, &["--port-file", &port_file.display().to_string()]);
     let admin = s.admin();
     s.find_or_wait("INFO mfp_server::server: ready");
+    // Written before the server is ready.
+    let ports = std::fs::read_to_string(&port_file).unwrap();
+    assert_eq!(ports, format!("{{\"admin\":\"{admin}\"}}"));
     assert_eq!(http(&admin, "GET", "/livez", &[], "").0, 200);
     assert_eq!(http(&admin, "GET", "/readyz", &[], "").0, 200);
     s.wait_for("client got msg-4");
-    let (status, body) = http(&admin, "GET", "/metrics", &[], "");
-    assert_eq!(status, 200);
-    // 5 sends by the client, 5 echoes.
-    assert_eq!(metric(&body, "mfp_messages_sent_total"), 10, "{body}");
-    assert!(metric(&body, "mfp_server_deliveries_total") >= 9, "{body}");
+    // 5 sends by the client, 5 echoes. The runtime counts a send just after handing the
+    // message over, so the last count may trail the delivery by a moment.
+    let deadline = Instant::now() + WAIT;
+    let body = loop {
+        let (status, body) = http(&admin, "GET", "/metrics", &[], "");
+        assert_eq!(status, 200);
+        if metric(&body, "mfp_messages_sent_total") == 10
+            && metric(&body, "mfp_server_deliveries_total") == 10
+            && body.contains("mfp_message_size_bytes_count 10")
+        {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(body.contains("# TYPE mfp_pipeline_duration_seconds histogram"), "{body}");
     assert_eq!(metric(&body, "mfp_active_agents"), 2);
     assert_eq!(metric(&body, "mfp_active_channels"), 1);
     assert!(!body.contains("agent_id="), "no per-agent labels: {body}");
