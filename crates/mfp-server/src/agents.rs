@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -256,7 +256,6 @@ async fn session(
     tracing::info!(agent = %name, pid = pgid.unwrap_or(0), "agent started");
     let writer: Writer = Arc::new(tokio::sync::Mutex::new(child.stdin.take()));
     let pending: Pending = Arc::default();
-    let alive = Arc::new(AtomicBool::new(true));
 
     // stderr → log, line by line (bounded).
     if let Some(err) = child.stderr.take() {
@@ -393,7 +392,6 @@ async fn session(
             }
         }
     };
-    alive.store(false, Ordering::Release);
     // Close stdin, give the agent a moment, then TERM and KILL its process group.
     if let Ok(mut w) = tokio::time::timeout(Duration::from_secs(1), writer.lock()).await {
         w.take();

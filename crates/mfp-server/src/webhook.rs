@@ -87,7 +87,8 @@ pub(crate) async fn run_webhook(
             shared.counters.delivered.fetch_add(1, Ordering::Relaxed);
         } else {
             shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(agent = %name, url = %spec.url, "message dropped: webhook delivery failed after every retry");
+            // The URL is not logged: it may carry a secret in its query.
+            tracing::error!(agent = %name, "message dropped: webhook delivery failed after every retry");
         }
     }
 }

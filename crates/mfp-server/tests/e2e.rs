@@ -481,3 +481,91 @@ fn keygen_and_storage_commands() {
     s.find_or_wait("channels_created=0");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Reads one HTTP request (head and Content-Length body) from a test webhook connection.
+fn read_request(c: &mut TcpStream) -> String {
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut byte).unwrap(), 1, "connection closed mid-request");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .unwrap();
+    let mut body = vec![0u8; len];
+    c.read_exact(&mut body).unwrap();
+    format!("{head}{}", String::from_utf8_lossy(&body))
+}
+
+/// A webhook agent gets its messages by POST (a failed attempt is retried), and an
+/// oversized send to the HTTP endpoint is refused without harm; logs can be JSON.
+#[test]
+fn webhook_delivery_retry_and_body_limit() {
+    let dir = temp_dir("webhook");
+    let hook = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_addr = hook.local_addr().unwrap();
+    let token = "another-token-0123456789";
+    let config = format!(
+        "logging:\n  format: json\nadmin:\n  port: 0\nhttp:\n  port: 0\n  max_body_bytes: 1024\nagents:\n  - name: hook\n    type: webhook\n    url: \"http://{hook_addr}/in\"\n    token: \"{token}\"\n    retries: 2\n{}channels:\n  - agents: [client, hook]\n",
+        subprocess("client", &[("MODE", "client"), ("TO", "hook"), ("COUNT", "1")]),
+    );
+    let mut s = Server::start(&dir, &config);
+    // First attempt: answer 500; the retry: 200.
+    let (mut c, _) = hook.accept().unwrap();
+    let first = read_request(&mut c);
+    c.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    drop(c);
+    let (mut c, _) = hook.accept().unwrap();
+    let second = read_request(&mut c);
+    c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    drop(c);
+    for req in [&first, &second] {
+        assert!(req.starts_with("POST /in HTTP/1.1"), "{req}");
+        assert!(
+            req.contains(r#""method":"deliver""#)
+                && req.contains(r#""payload":"msg-0""#)
+                && req.contains(r#""sender_name":"client""#),
+            "{req}"
+        );
+    }
+    // JSON logs: one object per line.
+    let line = s.find_or_wait("webhook answered with an error status");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["fields"]["agent"], "hook", "{line}");
+    let http_line = s.find_or_wait("http listener bound");
+    let http_addr =
+        serde_json::from_str::<serde_json::Value>(&http_line).unwrap()["fields"]["addr"].as_str().unwrap().to_string();
+    let admin_line = s.find_or_wait("admin listener bound");
+    let admin =
+        serde_json::from_str::<serde_json::Value>(&admin_line).unwrap()["fields"]["addr"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, m) = http(&admin, "GET", "/metrics", &[], "");
+        if metric(&m, "mfp_server_deliveries_total") == 1 {
+            assert_eq!(metric(&m, "mfp_server_webhook_failures_total"), 1, "{m}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let auth = format!("Bearer {token}");
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"send","params":{{"to":"client","payload":"{}"}}}}"#,
+        "x".repeat(4096)
+    );
+    assert_eq!(http(&http_addr, "POST", "/agents/hook", &[("Authorization", &auth)], &big).0, 413);
+    let (status, body) = http(
+        &http_addr,
+        "POST",
+        "/agents/hook",
+        &[("Authorization", &auth)],
+        r#"{"jsonrpc":"2.0","id":2,"method":"channels"}"#,
+    );
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""peer_name":"client""#), "{body}");
+    std::fs::remove_dir_all(&dir).ok();
+}
