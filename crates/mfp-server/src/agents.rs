@@ -322,10 +322,14 @@ async fn session(
                         let Ok(permit) = Arc::clone(&calls).acquire_owned().await else { break };
                         let writer = Arc::clone(&writer);
                         let agent = agent.clone();
+                        let counters = Arc::clone(&counters);
                         // Calls run concurrently: a send waiting for storage does not stop
                         // the agent's answers to deliveries.
                         tokio::spawn(async move {
                             let result = rpc::call(&agent, &method, &params).await;
+                            if matches!(&result, Err(e) if e.code == rpc::METHOD_NOT_FOUND) {
+                                counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                            }
                             if let Some(id) = id {
                                 write_line(&writer, &rpc::response(&id, result)).await;
                             }
