@@ -38,12 +38,17 @@ impl Server {
     }
 
     fn start_with(dir: &Path, config: &str, extra: &[&str]) -> Server {
+        Self::start_env(dir, config, extra, &[])
+    }
+
+    fn start_env(dir: &Path, config: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let file = dir.join("config.yaml");
         std::fs::write(&file, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_mfp-server"))
             .args(["run", "--config"])
             .arg(&file)
             .args(extra)
+            .envs(env.iter().copied())
             .env_remove("MFP_LOG_LEVEL")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -568,5 +573,30 @@ fn webhook_delivery_retry_and_body_limit() {
     );
     assert_eq!(status, 200);
     assert!(body.contains(r#""peer_name":"client""#), "{body}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The master key from an environment variable; a wrong one is refused with a clear
+/// error naming the variable, and nothing is started.
+#[test]
+fn master_key_from_the_environment() {
+    let dir = temp_dir("envkey");
+    let config = format!(
+        "storage:\n  path: \"{}\"\n  master_key_env: MFP_TEST_MASTER_KEY\nadmin:\n  port: 0\nagents:\n  - name: a\n    type: builtin\n    builtin: log\n",
+        dir.join("e.db").display()
+    );
+    let key = "7f".repeat(32);
+    let mut s = Server::start_env(&dir, &config, &[], &[("MFP_TEST_MASTER_KEY", &key)]);
+    s.find_or_wait("INFO mfp_server::server: ready");
+    s.signal(rustix::process::Signal::TERM);
+    assert!(s.wait_exit().success(), "{}", s.log());
+    drop(s);
+    let other = "01".repeat(32);
+    let mut s = Server::start_env(&dir, &config, &[], &[("MFP_TEST_MASTER_KEY", &other)]);
+    assert_eq!(s.wait_exit().code(), Some(1), "{}", s.log());
+    assert!(!s.log().contains(&other) && !s.log().contains(&key), "a key in the log");
+    let mut s = Server::start_env(&dir, &config, &[], &[]);
+    assert_eq!(s.wait_exit().code(), Some(1));
+    assert!(s.log().contains("MFP_TEST_MASTER_KEY"), "{}", s.log());
     std::fs::remove_dir_all(&dir).ok();
 }
