@@ -1,0 +1,154 @@
+//! The admin listener: `/livez`, `/readyz` (and pymfp's `/health/live`, `/health/ready`),
+//! `/metrics` in Prometheus text. No per-agent or per-channel labels.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::adapter::Mfp;
+use crate::agents::Counters;
+
+/// What the admin endpoints read.
+pub(crate) struct AdminState {
+    pub(crate) ready: AtomicBool,
+    pub(crate) registry: Registry,
+}
+
+/// The admin routes.
+pub(crate) fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/livez", get(live))
+        .route("/health/live", get(live))
+        .route("/readyz", get(ready))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn live() -> &'static str {
+    "ok\n"
+}
+
+async fn ready(State(s): State<Arc<AdminState>>) -> (StatusCode, &'static str) {
+    if s.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    let mut out = String::new();
+    match prometheus_client::encoding::prometheus_text::encode(&mut out, &s.registry) {
+        Ok(()) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, prometheus_client::encoding::prometheus_text::CONTENT_TYPE)], out)
+        }
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            String::from("encoding failed\n"),
+        ),
+    }
+}
+
+/// Reads the runtime's and the server's numbers at each scrape.
+pub(crate) struct MetricsCollector {
+    pub(crate) mfp: std::sync::OnceLock<Arc<Mfp>>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for MetricsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsCollector")
+    }
+}
+
+fn counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    // Registered without `_total`: the encoder adds it.
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn histogram(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    h: &mfp_runtime::metrics::HistogramSnapshot,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    // Prometheus wants per-bucket counts here; the snapshot is cumulative.
+    let mut prev = 0;
+    let buckets: Vec<(f64, u64)> = h
+        .buckets
+        .iter()
+        .map(|(b, c)| {
+            let n = c.saturating_sub(prev);
+            prev = *c;
+            (*b, n)
+        })
+        .collect();
+    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(h.sum, h.count, &buckets, None)
+}
+
+impl Collector for MetricsCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let c = &self.counters;
+        let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        counter(&mut enc, "mfp_server_deliveries", "Messages handed to agents and acknowledged.", ld(&c.delivered))?;
+        counter(
+            &mut enc,
+            "mfp_server_deliveries_dropped",
+            "Messages dropped (agent queue full, webhook retries exhausted).",
+            ld(&c.dropped),
+        )?;
+        counter(&mut enc, "mfp_server_agent_restarts", "Subprocess agents restarted.", ld(&c.restarts))?;
+        counter(
+            &mut enc,
+            "mfp_server_agent_protocol_errors",
+            "Invalid or oversized lines from subprocess agents.",
+            ld(&c.protocol_errors),
+        )?;
+        counter(&mut enc, "mfp_server_webhook_failures", "Failed webhook delivery attempts.", ld(&c.webhook_failures))?;
+        let Some(mfp) = self.mfp.get() else { return Ok(()) };
+        let s = mfp.stats();
+        counter(&mut enc, "mfp_messages_sent", "Messages accepted by the runtime.", s.sent)?;
+        counter(
+            &mut enc,
+            "mfp_messages_received",
+            "Messages whose delivery to the agent's handler completed.",
+            s.received,
+        )?;
+        counter(&mut enc, "mfp_validation_failures", "Frame validation failures.", s.validation_failures)?;
+        counter(&mut enc, "mfp_quarantine_events", "Agent and channel quarantines.", s.quarantines)?;
+        counter(&mut enc, "mfp_handler_panics", "Agent handlers that panicked.", s.handler_panics)?;
+        counter(&mut enc, "mfp_storage_failures", "Storage writes that failed.", s.storage_failures)?;
+        gauge(&mut enc, "mfp_active_agents", "Bound agents.", s.agents)?;
+        gauge(&mut enc, "mfp_active_channels", "Open channels.", s.channels)?;
+        gauge(&mut enc, "mfp_quarantined_agents", "Quarantined agents.", s.quarantined_agents)?;
+        gauge(
+            &mut enc,
+            "mfp_pending_messages",
+            "Messages queued in the runtime or for agents.",
+            s.in_flight + ld(&c.pending),
+        )?;
+        histogram(&mut enc, "mfp_pipeline_duration_seconds", "Send latency, accept to queued.", &s.send_latency)?;
+        histogram(&mut enc, "mfp_message_size_bytes", "Payload sizes.", &s.message_size)?;
+        Ok(())
+    }
+}

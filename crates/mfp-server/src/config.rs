@@ -1,0 +1,1207 @@
+//! The server's YAML configuration: a superset of pymfp 1.0.0's schema.
+//!
+//! Every key pymfp's `ServerConfig.from_dict` reads is accepted here with the same default
+//! and meaning; ours adds agent kinds and their settings, the admin listener, the agent HTTP
+//! listener, limits, logging and native federation peers. Unknown keys and duplicate keys
+//! are refused (pymfp ignores unknown keys), always with file, line and column.
+//!
+//! No `#[serde(flatten)]` and no internally tagged enums are used here: both lose the
+//! locations serde-saphyr records.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// Largest configuration file read.
+pub(crate) const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// A problem found in a configuration file, at a position when one is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub(crate) line: u64,
+    pub(crate) column: u64,
+    pub(crate) message: String,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read the configuration file: {reason}")]
+    Read { file: String, reason: String },
+    /// The file was read but is not a valid configuration.
+    #[error("{}", render(file, problems))]
+    Invalid { file: String, problems: Vec<Problem> },
+}
+
+fn render(file: &str, problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| {
+            if p.line > 0 {
+                format!("{file}:{}:{}: {}", p.line, p.column, p.message)
+            } else {
+                format!("{file}: {}", p.message)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn problem_at<T>(s: &Spanned<T>, message: impl Into<String>) -> Problem {
+    Problem { line: s.referenced.line(), column: s.referenced.column(), message: message.into() }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Config {
+    /// pymfp: runtime identity and frame depth.
+    pub(crate) runtime: RuntimeSection,
+    /// pymfp: quarantine policy.
+    pub(crate) quarantine: QuarantineSection,
+    /// pymfp: storage.
+    pub(crate) storage: StorageSection,
+    /// pymfp: federation transport (parsed; federation is not built yet).
+    pub(crate) transport: TransportSection,
+    /// pymfp: recovery settings (parsed; federation is not built yet).
+    pub(crate) recovery: RecoverySection,
+    /// pymfp: agents bound at start.
+    pub(crate) agents: Vec<AgentEntry>,
+    /// pymfp: channels established at start.
+    pub(crate) channels: Vec<ChannelEntry>,
+    /// pymfp: federation peers.
+    pub(crate) federation: FederationSection,
+    /// pymfp: log level (DEBUG, INFO, WARNING, ERROR).
+    pub(crate) log_level: Option<Spanned<String>>,
+    /// Ours: log format and level.
+    pub(crate) logging: LoggingSection,
+    /// Ours: the admin HTTP listener (health, metrics).
+    pub(crate) admin: AdminSection,
+    /// Ours: the HTTP listener webhook agents send through.
+    pub(crate) http: HttpSection,
+    /// Ours: limits.
+    pub(crate) limits: LimitsSection,
+    /// Ours: process lifecycle.
+    pub(crate) server: ServerSection,
+}
+
+/// `runtime:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RuntimeSection {
+    pub(crate) deployment_id: String,
+    pub(crate) instance_id: String,
+    pub(crate) default_frame_depth: Spanned<i64>,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        Self { deployment_id: String::new(), instance_id: String::new(), default_frame_depth: unspanned(4) }
+    }
+}
+
+fn unspanned<T>(value: T) -> Spanned<T> {
+    Spanned { value, referenced: serde_saphyr::Location::UNKNOWN, defined: serde_saphyr::Location::UNKNOWN }
+}
+
+/// `quarantine:` (pymfp's YAML defaults: 3, 0 = unlimited, 0 = unlimited).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct QuarantineSection {
+    pub(crate) validation_failure_threshold: Spanned<i64>,
+    pub(crate) max_message_rate: Spanned<i64>,
+    pub(crate) max_payload_size: Spanned<i64>,
+}
+
+impl Default for QuarantineSection {
+    fn default() -> Self {
+        Self {
+            validation_failure_threshold: unspanned(3),
+            max_message_rate: unspanned(0),
+            max_payload_size: unspanned(0),
+        }
+    }
+}
+
+/// `storage:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct StorageSection {
+    /// Database path; empty ⇒ no storage (pymfp's meaning).
+    pub(crate) path: String,
+    /// pymfp's switch. Ours always encrypts; `false` without a key means "generate one".
+    pub(crate) encrypt_at_rest: bool,
+    /// File holding the 32-byte master key (32 raw bytes or 64 hex digits).
+    pub(crate) master_key_file: Spanned<String>,
+    /// Ours: environment variable holding the master key as 64 hex digits.
+    pub(crate) master_key_env: Option<Spanned<String>>,
+    /// pymfp's switch; our storage always uses WAL.
+    pub(crate) wal_mode: bool,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            path: String::new(),
+            encrypt_at_rest: false,
+            master_key_file: unspanned(String::new()),
+            master_key_env: None,
+            wal_mode: true,
+        }
+    }
+}
+
+/// `transport:` (pymfp's federation listener; kept for compatibility).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct TransportSection {
+    pub(crate) host: String,
+    pub(crate) port: Spanned<i64>,
+    pub(crate) connect_timeout: Spanned<f64>,
+    pub(crate) read_timeout: Spanned<f64>,
+    pub(crate) write_timeout: Spanned<f64>,
+}
+
+impl Default for TransportSection {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: unspanned(9876),
+            connect_timeout: unspanned(30.0),
+            read_timeout: unspanned(30.0),
+            write_timeout: unspanned(30.0),
+        }
+    }
+}
+
+/// `recovery:` (pymfp; kept for compatibility).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RecoverySection {
+    pub(crate) max_step_gap: i64,
+    pub(crate) max_attempts: Spanned<i64>,
+    pub(crate) timeout_seconds: Spanned<f64>,
+}
+
+impl Default for RecoverySection {
+    fn default() -> Self {
+        Self { max_step_gap: 5, max_attempts: unspanned(3), timeout_seconds: unspanned(30.0) }
+    }
+}
+
+/// One entry of `agents:`. A flat record: which keys are allowed depends on `type`, and
+/// is checked after parsing (so every error keeps its location).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgentEntry {
+    pub(crate) name: Spanned<String>,
+    #[serde(rename = "type", default = "default_agent_type")]
+    pub(crate) kind: Spanned<String>,
+    /// `builtin`: `echo` or `log`.
+    #[serde(default)]
+    pub(crate) builtin: Option<Spanned<String>>,
+    /// `subprocess`: program and arguments.
+    #[serde(default)]
+    pub(crate) command: Option<Spanned<Vec<String>>>,
+    /// `subprocess`: working directory (relative to the configuration file).
+    #[serde(default)]
+    pub(crate) cwd: Option<Spanned<String>>,
+    /// `subprocess`: extra environment variables.
+    #[serde(default)]
+    pub(crate) env: Option<Spanned<BTreeMap<String, String>>>,
+    /// `subprocess`: restart policy `on-failure` (default), `always` or `never`.
+    #[serde(default)]
+    pub(crate) restart: Option<Spanned<String>>,
+    /// `subprocess`: longest line accepted from the agent, in bytes.
+    #[serde(default)]
+    pub(crate) max_line_bytes: Option<Spanned<u64>>,
+    /// `webhook`: delivery URL (`http://` only).
+    #[serde(default)]
+    pub(crate) url: Option<Spanned<String>>,
+    /// `webhook`: delivery timeout per attempt, seconds.
+    #[serde(default)]
+    pub(crate) timeout_seconds: Option<Spanned<f64>>,
+    /// `webhook`: delivery attempts after the first.
+    #[serde(default)]
+    pub(crate) retries: Option<Spanned<u32>>,
+    /// `webhook`: bearer token for sends through the HTTP listener.
+    #[serde(default)]
+    pub(crate) token: Option<Spanned<String>>,
+    /// `webhook`: environment variable holding that token.
+    #[serde(default)]
+    pub(crate) token_env: Option<Spanned<String>>,
+    /// Any kind but builtin/callback: messages held while the agent is down.
+    #[serde(default)]
+    pub(crate) queue_capacity: Option<Spanned<u64>>,
+}
+
+fn default_agent_type() -> Spanned<String> {
+    unspanned("callback".to_string())
+}
+
+/// One entry of `channels:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChannelEntry {
+    pub(crate) agents: Spanned<Vec<Spanned<String>>>,
+    #[serde(default = "default_depth")]
+    pub(crate) depth: Spanned<i64>,
+}
+
+fn default_depth() -> Spanned<i64> {
+    unspanned(4)
+}
+
+/// `federation:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct FederationSection {
+    pub(crate) peers: Vec<PeerEntry>,
+}
+
+/// One entry of `federation.peers`: pymfp style (`runtime_id` "deployment/instance",
+/// `endpoint`, `bootstrap`) or native (with `public_key`, a pinned X25519 key in hex).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PeerEntry {
+    pub(crate) runtime_id: Spanned<String>,
+    pub(crate) endpoint: Spanned<String>,
+    #[serde(default)]
+    pub(crate) bootstrap: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) public_key: Option<Spanned<String>>,
+}
+
+/// `logging:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LoggingSection {
+    /// `text` (default) or `json`.
+    pub(crate) format: Option<Spanned<String>>,
+    /// Overrides `log_level`; DEBUG, INFO, WARNING, ERROR (any case), or a tracing filter.
+    pub(crate) level: Option<Spanned<String>>,
+}
+
+/// `admin:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AdminSection {
+    pub(crate) enabled: bool,
+    pub(crate) host: Spanned<String>,
+    pub(crate) port: Spanned<i64>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self { enabled: true, host: unspanned("127.0.0.1".into()), port: unspanned(9877) }
+    }
+}
+
+/// `http:` — where webhook agents send. Started only when a webhook agent exists.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct HttpSection {
+    pub(crate) host: Spanned<String>,
+    pub(crate) port: Spanned<i64>,
+    /// Largest request body accepted, bytes.
+    pub(crate) max_body_bytes: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self { host: unspanned("127.0.0.1".into()), port: unspanned(9878), max_body_bytes: 2 << 20 }
+    }
+}
+
+/// `limits:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LimitsSection {
+    /// Runtime mailbox per agent.
+    pub(crate) mailbox_capacity: Spanned<u64>,
+    /// Default for agents' `queue_capacity`.
+    pub(crate) agent_queue_capacity: Spanned<u64>,
+    /// Default for subprocess agents' `max_line_bytes`.
+    pub(crate) max_line_bytes: Spanned<u64>,
+    /// How long an agent has to acknowledge one delivery, seconds.
+    pub(crate) delivery_timeout_seconds: Spanned<f64>,
+    /// Agents bound at most.
+    pub(crate) max_agents: Spanned<u64>,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            mailbox_capacity: unspanned(1024),
+            agent_queue_capacity: unspanned(1024),
+            max_line_bytes: unspanned(1 << 20),
+            delivery_timeout_seconds: unspanned(10.0),
+            max_agents: unspanned(10_000),
+        }
+    }
+}
+
+/// `server:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ServerSection {
+    /// On SIGTERM/SIGINT, how long queued deliveries may take, seconds.
+    pub(crate) drain_timeout_seconds: Spanned<f64>,
+    /// Stop the server once every subprocess agent has exited successfully (demos).
+    pub(crate) exit_when_agents_finish: bool,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self { drain_timeout_seconds: unspanned(10.0), exit_when_agents_finish: false }
+    }
+}
+
+/// What an agent is, after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AgentKind {
+    /// Echoes every message back on its channel.
+    Echo,
+    /// Logs each message's metadata (never its payload). pymfp's `callback`.
+    Log,
+    /// A program speaking JSON-RPC 2.0 on stdin/stdout.
+    Subprocess(SubprocessSpec),
+    /// HTTP POST delivery; sends through the HTTP listener.
+    Webhook(WebhookSpec),
+}
+
+/// When a subprocess agent is restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RestartPolicy {
+    /// After a non-zero exit or a signal.
+    OnFailure,
+    /// After any exit.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// A validated subprocess agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SubprocessSpec {
+    pub(crate) program: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) cwd: PathBuf,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) restart: RestartPolicy,
+    pub(crate) max_line_bytes: usize,
+}
+
+/// A validated webhook agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WebhookSpec {
+    pub(crate) url: String,
+    pub(crate) timeout_ms: u64,
+    pub(crate) retries: u32,
+    /// Where the token comes from: literal or environment variable name.
+    pub(crate) token: TokenSource,
+}
+
+/// A webhook agent's bearer token.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum TokenSource {
+    /// None configured: the agent cannot send.
+    None,
+    /// From the configuration file.
+    Literal(String),
+    /// From this environment variable.
+    Env(String),
+}
+
+impl fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSource::None => f.write_str("None"),
+            TokenSource::Literal(_) => f.write_str("Literal(<redacted>)"),
+            TokenSource::Env(v) => write!(f, "Env({v})"),
+        }
+    }
+}
+
+/// A validated agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AgentSpec {
+    pub(crate) name: String,
+    pub(crate) kind: AgentKind,
+    pub(crate) queue_capacity: usize,
+}
+
+/// A validated channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChannelSpec {
+    pub(crate) a: String,
+    pub(crate) b: String,
+    pub(crate) depth: usize,
+}
+
+/// How a peer is authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PeerKind {
+    /// pymfp compat: unauthenticated.
+    Pymfp { deployment_id: String, instance_id: String, bootstrap: String },
+    /// Native: a pinned public key.
+    Native { runtime_id: String, public_key: [u8; 32] },
+}
+
+/// A validated peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PeerSpec {
+    pub(crate) endpoint: String,
+    pub(crate) kind: PeerKind,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A configuration checked for meaning, ready to run.
+#[derive(Debug)]
+pub(crate) struct Validated {
+    pub(crate) file: PathBuf,
+    pub(crate) runtime: mfp_runtime::RuntimeConfig,
+    pub(crate) agents: Vec<AgentSpec>,
+    pub(crate) channels: Vec<ChannelSpec>,
+    pub(crate) peers: Vec<PeerSpec>,
+    pub(crate) storage_path: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
+    pub(crate) log_format: LogFormat,
+    pub(crate) log_filter: String,
+    pub(crate) admin_addr: Option<String>,
+    pub(crate) http_addr: String,
+    pub(crate) delivery_timeout_ms: u64,
+    pub(crate) drain_timeout_ms: u64,
+    pub(crate) master_key_env: Option<String>,
+    pub(crate) exit_when_agents_finish: bool,
+    pub(crate) http_max_body: usize,
+    /// pymfp's `transport:` values, kept for federation.
+    pub(crate) transport: TransportSection,
+    /// Non-fatal findings, to be logged at start and printed by check-config.
+    pub(crate) warnings: Vec<String>,
+}
+
+/// Reads and validates a configuration file.
+pub(crate) fn load(file: &Path) -> Result<Validated, ConfigError> {
+    let name = file.display().to_string();
+    let read_err = |reason: String| ConfigError::Read { file: name.clone(), reason };
+    let meta = std::fs::metadata(file).map_err(|e| read_err(e.to_string()))?;
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(read_err(format!("larger than {MAX_CONFIG_BYTES} bytes")));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| read_err(e.to_string()))?;
+    parse(&text, file)
+}
+
+/// Parses and validates configuration text; `file` names it in errors and anchors
+/// relative paths.
+pub(crate) fn parse(text: &str, file: &Path) -> Result<Validated, ConfigError> {
+    let name = file.display().to_string();
+    let options = serde_saphyr::options! { with_snippet: false };
+    let raw: Config = if text.trim().is_empty() {
+        Config::default()
+    } else {
+        serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+            ConfigError::Invalid {
+                file: name.clone(),
+                problems: vec![Problem { line, column, message: plain_message(&e) }],
+            }
+        })?
+    };
+    // "demo.yaml" has the parent "": relative paths are then relative to the current directory.
+    let base =
+        file.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    validate(raw, file, &base).map_err(|problems| ConfigError::Invalid { file: name, problems })
+}
+
+/// serde-saphyr's message without its own location suffix (we print `file:line:col:`).
+fn plain_message(e: &serde_saphyr::Error) -> String {
+    let full = e.to_string();
+    let first = full.lines().next().unwrap_or("invalid YAML").trim();
+    let first = first.rfind(" at line ").map_or(first, |i| first.get(..i).unwrap_or(first));
+    // serde-saphyr's advice is for programmers, not for whoever edits the file.
+    let first = first.find(", set DuplicateKeyPolicy").map_or(first, |i| first.get(..i).unwrap_or(first));
+    match first {
+        "invalid i64" | "invalid u64" | "invalid u32" => "expected an integer".to_string(),
+        "invalid f64" => "expected a number".to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn int_in<T>(problems: &mut Vec<Problem>, v: &Spanned<T>, what: &str, lo: i128, hi: i128) -> Option<T>
+where
+    T: Copy + Into<i128>,
+{
+    let x: i128 = v.value.into();
+    if x < lo || x > hi {
+        problems.push(problem_at(v, format!("{what} must be between {lo} and {hi}, not {x}")));
+        None
+    } else {
+        Some(v.value)
+    }
+}
+
+fn positive_secs(problems: &mut Vec<Problem>, v: &Spanned<f64>, what: &str) -> u64 {
+    if v.value.is_finite() && v.value > 0.0 && v.value <= 86_400.0 {
+        (v.value * 1000.0).ceil() as u64
+    } else {
+        problems.push(problem_at(v, format!("{what} must be a number of seconds above 0 and at most 86400")));
+        1
+    }
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let path = PathBuf::from(p);
+    if path.is_absolute() { path } else { base.join(path) }
+}
+
+#[allow(clippy::too_many_lines)]
+fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let mut runtime = mfp_runtime::RuntimeConfig {
+        deployment_id: raw.runtime.deployment_id.as_bytes().to_vec(),
+        instance_id: raw.runtime.instance_id.as_bytes().to_vec(),
+        ..mfp_runtime::RuntimeConfig::default()
+    };
+    if let Some(d) = int_in(&mut problems, &raw.runtime.default_frame_depth, "runtime.default_frame_depth", 2, 32) {
+        runtime.default_frame_depth = d as usize;
+    }
+    let q = &raw.quarantine;
+    if let Some(t) = int_in(
+        &mut problems,
+        &q.validation_failure_threshold,
+        "quarantine.validation_failure_threshold",
+        3,
+        i128::from(u32::MAX),
+    ) {
+        runtime.validation_failure_threshold = t as u32;
+    }
+    if let Some(r) = int_in(&mut problems, &q.max_message_rate, "quarantine.max_message_rate", 0, i128::from(u32::MAX))
+    {
+        runtime.max_message_rate = r as u32;
+    }
+    if let Some(s) = int_in(&mut problems, &q.max_payload_size, "quarantine.max_payload_size", 0, 1 << 30) {
+        runtime.max_payload_size = s as usize;
+    }
+    if q.max_payload_size.value == 0 {
+        // pymfp: 0 = unlimited; ours still bounds what one JSON line may carry.
+        runtime.max_payload_size = 0;
+    }
+    if let Some(m) = int_in(
+        &mut problems,
+        &raw.limits.mailbox_capacity,
+        "limits.mailbox_capacity",
+        1,
+        mfp_runtime::MAX_QUEUE_LIMIT as i128,
+    ) {
+        runtime.mailbox_capacity = m as usize;
+    }
+    if let Some(m) = int_in(&mut problems, &raw.limits.max_agents, "limits.max_agents", 1, 1_000_000) {
+        runtime.max_agents = m as usize;
+    }
+    // Agents send through JSON-RPC and HTTP: a full mailbox is reported, not waited on forever.
+    runtime.rate_limit_action = mfp_runtime::RateLimitAction::Reject;
+    if runtime.deployment_id.len() > mfp_runtime::MAX_ID_INPUT_LEN
+        || runtime.instance_id.len() > mfp_runtime::MAX_ID_INPUT_LEN
+    {
+        problems.push(Problem {
+            line: 0,
+            column: 0,
+            message: format!(
+                "runtime.deployment_id and instance_id are limited to {} bytes",
+                mfp_runtime::MAX_ID_INPUT_LEN
+            ),
+        });
+    }
+
+    // Transport and recovery: pymfp's ranges.
+    let _ = int_in(&mut problems, &raw.transport.port, "transport.port", 1, 65535);
+    for (v, what) in [
+        (&raw.transport.connect_timeout, "transport.connect_timeout"),
+        (&raw.transport.read_timeout, "transport.read_timeout"),
+        (&raw.transport.write_timeout, "transport.write_timeout"),
+        (&raw.recovery.timeout_seconds, "recovery.timeout_seconds"),
+    ] {
+        positive_secs(&mut problems, v, what);
+    }
+    let _ = int_in(&mut problems, &raw.recovery.max_attempts, "recovery.max_attempts", 1, 1_000_000);
+
+    // Storage.
+    let storage_path = (!raw.storage.path.is_empty()).then(|| resolve(base, &raw.storage.path));
+    let key_file =
+        (!raw.storage.master_key_file.value.is_empty()).then(|| resolve(base, &raw.storage.master_key_file.value));
+    if storage_path.is_none() {
+        warnings.push("storage.path is empty: the runtime's state is kept in memory only and lost at exit".into());
+    } else {
+        if raw.storage.encrypt_at_rest && key_file.is_none() && raw.storage.master_key_env.is_none() {
+            problems.push(problem_at(
+                &raw.storage.master_key_file,
+                "storage.encrypt_at_rest is true but no storage.master_key_file (or master_key_env) is given",
+            ));
+        }
+        if !raw.storage.encrypt_at_rest && key_file.is_none() && raw.storage.master_key_env.is_none() {
+            warnings.push("storage: no master key configured; the database is encrypted anyway, with a key generated at first start next to it (<path>.key, mode 0600)".into());
+        }
+        if !raw.storage.wal_mode {
+            warnings.push("storage.wal_mode: false is ignored; the database always uses WAL".into());
+        }
+    }
+    if let Some(k) = &key_file
+        && !k.is_file()
+    {
+        problems.push(problem_at(
+            &raw.storage.master_key_file,
+            format!("storage.master_key_file {} does not exist or is not a file", k.display()),
+        ));
+    }
+
+    // Limits used by agents.
+    let default_queue =
+        int_in(&mut problems, &raw.limits.agent_queue_capacity, "limits.agent_queue_capacity", 1, 1 << 20).unwrap_or(1);
+    let default_line =
+        int_in(&mut problems, &raw.limits.max_line_bytes, "limits.max_line_bytes", 1024, 256 << 20).unwrap_or(1024);
+    let delivery_timeout_ms =
+        positive_secs(&mut problems, &raw.limits.delivery_timeout_seconds, "limits.delivery_timeout_seconds");
+    let drain_timeout_ms =
+        positive_secs(&mut problems, &raw.server.drain_timeout_seconds, "server.drain_timeout_seconds");
+
+    // Agents.
+    let mut agents = Vec::new();
+    let mut names: HashMap<String, ()> = HashMap::new();
+    for entry in &raw.agents {
+        if let Some(a) =
+            validate_agent(entry, base, default_queue as usize, default_line as usize, &mut problems, &mut warnings)
+        {
+            if names.insert(a.name.clone(), ()).is_some() {
+                problems.push(problem_at(&entry.name, format!("agent name {:?} is used twice", a.name)));
+            } else {
+                agents.push(a);
+            }
+        }
+    }
+
+    // Channels.
+    let mut channels = Vec::new();
+    for entry in &raw.channels {
+        let list = &entry.agents.value;
+        if list.len() != 2 {
+            problems.push(problem_at(&entry.agents, format!("a channel names exactly two agents, not {}", list.len())));
+            continue;
+        }
+        let mut ok = true;
+        for n in list {
+            if !names.contains_key(&n.value) {
+                problems.push(problem_at(
+                    n,
+                    format!("channel names agent {:?}, which is not defined under agents:", n.value),
+                ));
+                ok = false;
+            }
+        }
+        let depth = int_in(&mut problems, &entry.depth, "channel depth", 2, 32);
+        if let (true, Some(depth), [a, b]) = (ok, depth, list.as_slice()) {
+            channels.push(ChannelSpec { a: a.value.clone(), b: b.value.clone(), depth: depth as usize });
+        }
+    }
+
+    // Peers.
+    let mut peers = Vec::new();
+    for p in &raw.federation.peers {
+        if let Some(peer) = validate_peer(p, &mut problems) {
+            peers.push(peer);
+        }
+    }
+    if !peers.is_empty() && (raw.runtime.deployment_id.is_empty() || raw.runtime.instance_id.is_empty()) {
+        problems.push(Problem {
+            line: 0,
+            column: 0,
+            message: "federation.peers needs runtime.deployment_id and runtime.instance_id".into(),
+        });
+    }
+
+    // Logging.
+    let log_format = match raw.logging.format.as_ref().map(|f| f.value.to_ascii_lowercase()) {
+        None => LogFormat::Text,
+        Some(f) if f == "text" => LogFormat::Text,
+        Some(f) if f == "json" => LogFormat::Json,
+        Some(_) => {
+            if let Some(f) = &raw.logging.format {
+                problems.push(problem_at(f, "logging.format must be text or json"));
+            }
+            LogFormat::Text
+        }
+    };
+    let level = raw.logging.level.as_ref().or(raw.log_level.as_ref());
+    let log_filter = match level {
+        None => "info".to_string(),
+        Some(l) => match level_filter(&l.value) {
+            Some(f) => f,
+            None => {
+                problems.push(problem_at(l, "log level must be DEBUG, INFO, WARNING, ERROR (or TRACE)"));
+                "info".into()
+            }
+        },
+    };
+
+    // Listeners.
+    let admin_addr = if raw.admin.enabled {
+        int_in(&mut problems, &raw.admin.port, "admin.port", 0, 65535)
+            .map(|p| format!("{}:{p}", bracket(&raw.admin.host.value)))
+    } else {
+        None
+    };
+    let http_port = int_in(&mut problems, &raw.http.port, "http.port", 0, 65535).unwrap_or(0);
+    let http_addr = format!("{}:{http_port}", bracket(&raw.http.host.value));
+    if let Err(e) = runtime.validate() {
+        problems.push(Problem { line: 0, column: 0, message: e.to_string() });
+    }
+
+    if problems.is_empty() {
+        Ok(Validated {
+            file: file.to_path_buf(),
+            runtime,
+            agents,
+            channels,
+            peers,
+            storage_path,
+            key_file,
+            log_format,
+            log_filter,
+            admin_addr,
+            http_addr,
+            delivery_timeout_ms,
+            drain_timeout_ms,
+            master_key_env: raw.storage.master_key_env.map(|v| v.value),
+            exit_when_agents_finish: raw.server.exit_when_agents_finish,
+            http_max_body: usize::try_from(raw.http.max_body_bytes.min(256 << 20)).unwrap_or(256 << 20),
+            transport: raw.transport,
+            warnings,
+        })
+    } else {
+        problems.sort_by_key(|p| (p.line, p.column));
+        Err(problems)
+    }
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() }
+}
+
+/// pymfp level names (and tracing's) to a tracing filter.
+pub(crate) fn level_filter(level: &str) -> Option<String> {
+    Some(
+        match level.to_ascii_uppercase().as_str() {
+            "TRACE" => "trace",
+            "DEBUG" => "debug",
+            "INFO" => "info",
+            "WARNING" | "WARN" => "warn",
+            "ERROR" | "CRITICAL" => "error",
+            _ => return None,
+        }
+        .to_string(),
+    )
+}
+
+#[allow(clippy::too_many_lines)]
+fn validate_agent(
+    e: &AgentEntry,
+    base: &Path,
+    default_queue: usize,
+    default_line: usize,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<String>,
+) -> Option<AgentSpec> {
+    let name = e.name.value.clone();
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        problems.push(problem_at(&e.name, "agent name must be 1 to 128 characters without control characters"));
+        return None;
+    }
+    let kind = e.kind.value.as_str();
+    // Which optional keys each kind takes.
+    let present: Vec<(&str, Option<(u64, u64)>)> = vec![
+        ("builtin", e.builtin.as_ref().map(loc)),
+        ("command", e.command.as_ref().map(loc)),
+        ("cwd", e.cwd.as_ref().map(loc)),
+        ("env", e.env.as_ref().map(loc)),
+        ("restart", e.restart.as_ref().map(loc)),
+        ("max_line_bytes", e.max_line_bytes.as_ref().map(loc)),
+        ("url", e.url.as_ref().map(loc)),
+        ("timeout_seconds", e.timeout_seconds.as_ref().map(loc)),
+        ("retries", e.retries.as_ref().map(loc)),
+        ("token", e.token.as_ref().map(loc)),
+        ("token_env", e.token_env.as_ref().map(loc)),
+        ("queue_capacity", e.queue_capacity.as_ref().map(loc)),
+    ];
+    let allowed: &[&str] = match kind {
+        "builtin" => &["builtin"],
+        "subprocess" => &["command", "cwd", "env", "restart", "max_line_bytes", "queue_capacity"],
+        "webhook" => &["url", "timeout_seconds", "retries", "token", "token_env", "queue_capacity"],
+        "callback" | "llm_api" => &[],
+        other => {
+            problems.push(problem_at(
+                &e.kind,
+                format!("unknown agent type {other:?}: expected builtin, subprocess, webhook (or pymfp's callback)"),
+            ));
+            return None;
+        }
+    };
+    let before = problems.len();
+    for (key, at) in &present {
+        if let Some((line, column)) = at
+            && !allowed.contains(key)
+        {
+            problems.push(Problem {
+                line: *line,
+                column: *column,
+                message: format!("key {key:?} does not apply to an agent of type {kind:?}"),
+            });
+        }
+    }
+    if problems.len() > before {
+        return None;
+    }
+    let queue_capacity = match &e.queue_capacity {
+        Some(q) => int_in(problems, q, "queue_capacity", 1, 1 << 20)? as usize,
+        None => default_queue,
+    };
+    let agent_kind = match kind {
+        "builtin" => match e.builtin.as_ref().map(|b| b.value.as_str()) {
+            Some("echo") => AgentKind::Echo,
+            Some("log") => AgentKind::Log,
+            Some(_) | None => {
+                let at = e.builtin.as_ref().map_or_else(|| loc(&e.kind), loc);
+                problems.push(Problem {
+                    line: at.0,
+                    column: at.1,
+                    message: "a builtin agent needs builtin: echo or builtin: log".into(),
+                });
+                return None;
+            }
+        },
+        "callback" => AgentKind::Log,
+        "llm_api" => {
+            warnings.push(format!(
+                "agent {name:?}: type llm_api is not implemented (pymfp only logs it too); it runs as a log agent"
+            ));
+            AgentKind::Log
+        }
+        "subprocess" => {
+            let Some(cmd) = &e.command else {
+                warnings.push(format!(
+                    "agent {name:?}: subprocess without command (pymfp's placeholder); it runs as a log agent"
+                ));
+                return Some(AgentSpec { name, kind: AgentKind::Log, queue_capacity });
+            };
+            let Some((program, args)) = cmd.value.split_first() else {
+                problems.push(problem_at(cmd, "command must name a program"));
+                return None;
+            };
+            let restart = match e.restart.as_ref().map(|r| r.value.as_str()) {
+                None | Some("on-failure") => RestartPolicy::OnFailure,
+                Some("always") => RestartPolicy::Always,
+                Some("never") => RestartPolicy::Never,
+                Some(_) => {
+                    if let Some(r) = &e.restart {
+                        problems.push(problem_at(r, "restart must be on-failure, always or never"));
+                    }
+                    return None;
+                }
+            };
+            let max_line_bytes = match &e.max_line_bytes {
+                Some(m) => int_in(problems, m, "max_line_bytes", 1024, 256 << 20)? as usize,
+                None => default_line,
+            };
+            AgentKind::Subprocess(SubprocessSpec {
+                program: program.clone(),
+                args: args.to_vec(),
+                cwd: e.cwd.as_ref().map_or_else(|| base.to_path_buf(), |c| resolve(base, &c.value)),
+                env: e.env.as_ref().map(|m| m.value.clone()).unwrap_or_default(),
+                restart,
+                max_line_bytes,
+            })
+        }
+        "webhook" => {
+            let Some(url) = &e.url else {
+                warnings
+                    .push(format!("agent {name:?}: webhook without url (pymfp's placeholder); it runs as a log agent"));
+                return Some(AgentSpec { name, kind: AgentKind::Log, queue_capacity });
+            };
+            if crate::webhook::parse_url(&url.value).is_none() {
+                problems.push(problem_at(
+                    url,
+                    "url must be http://host[:port]/path (https is not supported yet: put a TLS proxy in front)",
+                ));
+                return None;
+            }
+            let timeout_ms =
+                e.timeout_seconds.as_ref().map_or(10_000, |t| positive_secs(problems, t, "timeout_seconds"));
+            let retries = match &e.retries {
+                Some(r) => int_in(problems, r, "retries", 0, 20)?,
+                None => 3,
+            };
+            let token = match (&e.token, &e.token_env) {
+                (Some(t), None) if t.value.len() >= 16 => TokenSource::Literal(t.value.clone()),
+                (Some(t), None) => {
+                    problems.push(problem_at(t, "token must be at least 16 characters"));
+                    return None;
+                }
+                (None, Some(v)) => TokenSource::Env(v.value.clone()),
+                (Some(t), Some(_)) => {
+                    problems.push(problem_at(t, "give token or token_env, not both"));
+                    return None;
+                }
+                (None, None) => TokenSource::None,
+            };
+            AgentKind::Webhook(WebhookSpec { url: url.value.clone(), timeout_ms, retries, token })
+        }
+        _ => return None,
+    };
+    Some(AgentSpec { name, kind: agent_kind, queue_capacity })
+}
+
+fn loc<T>(s: &Spanned<T>) -> (u64, u64) {
+    (s.referenced.line(), s.referenced.column())
+}
+
+fn validate_peer(p: &PeerEntry, problems: &mut Vec<Problem>) -> Option<PeerSpec> {
+    let endpoint = p.endpoint.value.clone();
+    let port_ok =
+        endpoint.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !port_ok {
+        problems.push(problem_at(&p.endpoint, "endpoint must be host:port"));
+        return None;
+    }
+    if let Some(key) = &p.public_key {
+        let mut bytes = [0u8; 32];
+        if hex::decode_to_slice(&key.value, &mut bytes).is_err() {
+            problems.push(problem_at(key, "public_key must be 64 hex digits"));
+            return None;
+        }
+        if let Some(b) = &p.bootstrap {
+            problems.push(problem_at(b, "bootstrap is for pymfp peers; a peer with public_key is native"));
+            return None;
+        }
+        if p.runtime_id.value.is_empty() {
+            problems.push(problem_at(&p.runtime_id, "runtime_id must not be empty"));
+            return None;
+        }
+        return Some(PeerSpec {
+            endpoint,
+            kind: PeerKind::Native { runtime_id: p.runtime_id.value.clone(), public_key: bytes },
+        });
+    }
+    let Some((deployment_id, instance_id)) = p.runtime_id.value.split_once('/') else {
+        problems.push(problem_at(&p.runtime_id, "a pymfp peer's runtime_id is \"deployment_id/instance_id\""));
+        return None;
+    };
+    let bootstrap = p.bootstrap.as_ref().map_or("deterministic", |b| b.value.as_str());
+    if bootstrap != "deterministic" && bootstrap != "ceremonial" {
+        if let Some(b) = &p.bootstrap {
+            problems.push(problem_at(b, "bootstrap must be deterministic or ceremonial"));
+        }
+        return None;
+    }
+    Some(PeerSpec {
+        endpoint,
+        kind: PeerKind::Pymfp {
+            deployment_id: deployment_id.into(),
+            instance_id: instance_id.into(),
+            bootstrap: bootstrap.into(),
+        },
+    })
+}
+
+/// Names used more than once in a list (for channel pair counting).
+pub(crate) fn pair_key(a: &str, b: &str) -> (String, String) {
+    if a <= b { (a.to_string(), b.to_string()) } else { (b.to_string(), a.to_string()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Validated, ConfigError> {
+        parse(text, Path::new("test.yaml"))
+    }
+
+    fn errors(text: &str) -> String {
+        match p(text) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn empty_file_is_pymfp_defaults() {
+        let v = p("").unwrap();
+        assert_eq!(v.runtime.validation_failure_threshold, 3);
+        assert_eq!(v.runtime.max_message_rate, 0);
+        assert_eq!(v.runtime.default_frame_depth, 4);
+        assert!(v.storage_path.is_none());
+        assert_eq!(v.admin_addr.as_deref(), Some("127.0.0.1:9877"));
+    }
+
+    #[test]
+    fn unknown_key_has_line_and_column() {
+        let e = errors("runtime:\n  deployment_id: x\n  instanse_id: y\n");
+        assert!(e.starts_with("test.yaml:3:"), "{e}");
+        assert!(e.contains("instanse_id"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_key_refused() {
+        let e = errors("log_level: INFO\nlog_level: DEBUG\n");
+        assert!(e.starts_with("test.yaml:2:"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_has_location() {
+        let e = errors("runtime:\n  default_frame_depth: deep\n");
+        assert!(e.starts_with("test.yaml:2:"), "{e}");
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported() {
+        let e = errors(
+            "agents:\n  - name: a\n    type: builtin\n    builtin: echo\nchannels:\n  - agents: [a, nobody]\n  - agents: [ghost, a]\n    depth: 1\n",
+        );
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 3, "{e}");
+        assert!(lines[0].starts_with("test.yaml:6:") && lines[0].contains("nobody"), "{e}");
+        assert!(lines[1].starts_with("test.yaml:7:") && lines[1].contains("ghost"), "{e}");
+        assert!(lines[2].starts_with("test.yaml:8:") && lines[2].contains("depth"), "{e}");
+    }
+
+    #[test]
+    fn key_of_another_kind_is_refused() {
+        let e = errors("agents:\n  - name: a\n    type: builtin\n    builtin: echo\n    command: [x]\n");
+        assert!(e.starts_with("test.yaml:5:") && e.contains("command"), "{e}");
+    }
+
+    #[test]
+    fn subprocess_agent_parses() {
+        let v = p("agents:\n  - name: a\n    type: subprocess\n    command: [python3, a.py]\n    restart: always\n")
+            .unwrap();
+        let AgentKind::Subprocess(s) = &v.agents[0].kind else { panic!("not a subprocess") };
+        assert_eq!(s.program, "python3");
+        assert_eq!(s.args, ["a.py"]);
+        assert_eq!(s.restart, RestartPolicy::Always);
+    }
+
+    #[test]
+    fn bare_file_name_resolves_against_the_current_directory() {
+        let text = "storage:\n  path: s.db\nagents:\n  - name: a\n    type: subprocess\n    command: [x]\n";
+        let v = parse(text, Path::new("c.yaml")).unwrap();
+        let AgentKind::Subprocess(s) = &v.agents[0].kind else { panic!("not a subprocess") };
+        assert_eq!(s.cwd, Path::new("."));
+        assert_eq!(v.storage_path.as_deref(), Some(Path::new("./s.db")));
+        let v = parse(text, Path::new("dir/c.yaml")).unwrap();
+        let AgentKind::Subprocess(s) = &v.agents[0].kind else { panic!("not a subprocess") };
+        assert_eq!(s.cwd, Path::new("dir"));
+    }
+
+    #[test]
+    fn peers_pymfp_and_native() {
+        let v = p("runtime:\n  deployment_id: d\n  instance_id: i\nfederation:\n  peers:\n    - runtime_id: prod/b\n      endpoint: 10.0.0.2:9876\n    - runtime_id: other\n      endpoint: h:1\n      public_key: \"0000000000000000000000000000000000000000000000000000000000000001\"\n").unwrap();
+        assert!(
+            matches!(&v.peers[0].kind, PeerKind::Pymfp { deployment_id, instance_id, bootstrap } if deployment_id == "prod" && instance_id == "b" && bootstrap == "deterministic")
+        );
+        assert!(matches!(&v.peers[1].kind, PeerKind::Native { public_key, .. } if public_key[31] == 1));
+        let e = errors("federation:\n  peers:\n    - runtime_id: prod/b\n      endpoint: nohost\n");
+        assert!(e.contains("test.yaml:4:") && e.contains("host:port"), "{e}");
+    }
+
+    fn fixture(name: &str) -> Result<Validated, ConfigError> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        load(&path)
+    }
+
+    /// pymfp's own example configurations load and mean what they mean to pymfp.
+    #[test]
+    fn pymfp_quickstart_means_the_same() {
+        let v = fixture("pymfp-quickstart.yaml").unwrap();
+        assert_eq!(v.runtime.deployment_id, b"prod-cluster-01");
+        assert_eq!(v.runtime.instance_id, b"node-alpha");
+        assert_eq!(v.runtime.default_frame_depth, 4);
+        // pymfp's YAML defaults, not its dataclass defaults.
+        assert_eq!(v.runtime.validation_failure_threshold, 3);
+        assert_eq!(v.runtime.max_message_rate, 0);
+        assert_eq!(v.runtime.max_payload_size, 0);
+        assert_eq!(v.storage_path.as_deref(), Some(Path::new("/var/lib/mfp/mfp.db")));
+        assert!(v.key_file.is_none());
+        let names: Vec<_> = v.agents.iter().map(|a| (a.name.as_str(), &a.kind)).collect();
+        assert_eq!(names, [("alice", &AgentKind::Log), ("bob", &AgentKind::Log)]);
+        assert_eq!(v.channels, [ChannelSpec { a: "alice".into(), b: "bob".into(), depth: 4 }]);
+        assert!(v.peers.is_empty());
+        assert_eq!(v.log_filter, "info");
+        assert_eq!(v.transport.port.value, 9876);
+    }
+
+    #[test]
+    fn pymfp_reference_means_the_same() {
+        let v = fixture("pymfp-reference.yaml").unwrap();
+        assert_eq!(v.runtime.deployment_id, b"my-deployment");
+        assert_eq!(v.runtime.validation_failure_threshold, 3);
+        assert_eq!(v.runtime.max_message_rate, 100);
+        assert_eq!(v.runtime.max_payload_size, 1_048_576);
+        assert_eq!(v.storage_path.as_deref(), Some(Path::new("/var/lib/mfp/state.db")));
+        assert_eq!(v.transport.host, "0.0.0.0");
+        assert!((v.transport.read_timeout.value - 30.0).abs() < f64::EPSILON);
+        assert_eq!(v.agents.len(), 2);
+        assert_eq!(v.peers.len(), 2);
+        assert_eq!(
+            v.peers[1],
+            PeerSpec {
+                endpoint: "partner.example.com:9876".into(),
+                kind: PeerKind::Pymfp {
+                    deployment_id: "partner-org".into(),
+                    instance_id: "gateway".into(),
+                    bootstrap: "ceremonial".into()
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn pymfp_federation_nodes_load() {
+        for (file, me, peer) in [("pymfp-node-a.yaml", "node-a", "node-b"), ("pymfp-node-b.yaml", "node-b", "node-a")] {
+            let v = fixture(file).unwrap();
+            assert_eq!(v.runtime.instance_id, me.as_bytes());
+            assert!(
+                matches!(&v.peers[0].kind, PeerKind::Pymfp { deployment_id, instance_id, bootstrap } if deployment_id == "prod" && instance_id == peer && bootstrap == "deterministic")
+            );
+        }
+    }
+
+    /// pymfp skips a channel naming an undefined agent; we refuse the file, with locations.
+    #[test]
+    fn pymfp_channels_snippet_alone_is_refused() {
+        let e = fixture("pymfp-channels-snippet.yaml").unwrap_err().to_string();
+        assert!(e.contains("pymfp-channels-snippet.yaml:2:") && e.contains("\"alice\""), "{e}");
+        assert!(e.contains("pymfp-channels-snippet.yaml:5:") && e.contains("\"charlie\""), "{e}");
+    }
+
+    #[test]
+    fn messages_are_for_people() {
+        assert!(errors("log_level: INFO\nlog_level: DEBUG\n").ends_with("duplicate mapping key: log_level"));
+        assert!(errors("runtime:\n  default_frame_depth: deep\n").ends_with("expected an integer"));
+    }
+
+    #[test]
+    fn token_is_not_in_debug_output() {
+        let v = p("agents:\n  - name: w\n    type: webhook\n    url: http://127.0.0.1:1/x\n    token: abcdefghijklmnopqrstuvwxyz\n").unwrap();
+        assert!(!format!("{v:?}").contains("abcdefghijklmnop"));
+    }
+}

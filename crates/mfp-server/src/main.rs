@@ -1,0 +1,173 @@
+//! `mfp-server`: the Mirror Frame Protocol server. See docs/server.md and docs/agents.md.
+#![forbid(unsafe_code)]
+
+mod adapter;
+mod admin;
+mod agents;
+mod config;
+mod keygen;
+mod rpc;
+mod server;
+mod storage_admin;
+mod webhook;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The Mirror Frame Protocol server: a runtime on SQLite storage hosting agents
+/// (builtin, subprocess over JSON-RPC, webhook), with health and metrics.
+#[derive(Debug, Parser)]
+#[command(name = "mfp-server", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// pymfp's form: `mfp-server --config FILE` is `mfp-server run --config FILE`.
+    #[arg(short, long, env = "MFP_CONFIG", global = false)]
+    config: Option<PathBuf>,
+    /// Log level (DEBUG, INFO, WARNING, ERROR); overrides the configuration.
+    #[arg(long, env = "MFP_LOG_LEVEL")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Runs the server.
+    Run {
+        /// The YAML configuration file.
+        #[arg(short, long, env = "MFP_CONFIG")]
+        config: PathBuf,
+        /// Log level (DEBUG, INFO, WARNING, ERROR); overrides the configuration.
+        #[arg(long, env = "MFP_LOG_LEVEL")]
+        log_level: Option<String>,
+        /// Once listening, write the bound addresses here as JSON
+        /// (`{"admin": "127.0.0.1:PORT", "http": …}`); useful with port 0.
+        #[arg(long, env = "MFP_PORT_FILE")]
+        port_file: Option<PathBuf>,
+    },
+    /// Checks a configuration file: exit 0 when valid, otherwise every error as
+    /// file:line:column and exit 1. Warnings go to stderr either way.
+    CheckConfig {
+        /// The YAML configuration file.
+        file: PathBuf,
+    },
+    /// Generates a storage master key file (64 hex digits, mode 0600; never overwrites).
+    /// A runtime identity key will come with federation.
+    Keygen {
+        /// Where to write the key.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Storage administration (check, rotate-key, import-pymfp); run it while the server
+    /// is stopped.
+    #[command(subcommand)]
+    Storage(storage_admin::StorageCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Cmd::Run { config, log_level, port_file }) => run(&config, log_level.as_deref(), port_file),
+        None => match cli.config {
+            Some(config) => run(&config, cli.log_level.as_deref(), None),
+            None => {
+                eprintln!("error: no configuration: use `mfp-server run --config FILE` (see --help)");
+                ExitCode::from(2)
+            }
+        },
+        Some(Cmd::CheckConfig { file }) => match config::load(&file) {
+            Ok(v) => {
+                for w in &v.warnings {
+                    eprintln!("{}: warning: {w}", file.display());
+                }
+                for p in &v.peers {
+                    if matches!(p.kind, config::PeerKind::Pymfp { .. }) {
+                        eprintln!(
+                            "{}: warning: peer {} is pymfp-style: unauthenticated, and not connected (federation is not built yet)",
+                            file.display(),
+                            p.endpoint
+                        );
+                    }
+                }
+                println!(
+                    "{}: OK ({} agents, {} channels, {} peers)",
+                    file.display(),
+                    v.agents.len(),
+                    v.channels.len(),
+                    v.peers.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Cmd::Storage(cmd)) => match storage_admin::run(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Cmd::Keygen { out }) => match keygen::keygen(&out) {
+            Ok(()) => {
+                println!("wrote a storage master key to {} (mode 0600); keep a copy somewhere safe", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(file: &std::path::Path, log_level: Option<&str>, port_file: Option<PathBuf>) -> ExitCode {
+    let cfg = match config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let filter = match log_level {
+        Some(l) => match config::level_filter(l) {
+            Some(f) => f,
+            None => {
+                eprintln!("error: --log-level must be DEBUG, INFO, WARNING or ERROR");
+                return ExitCode::from(2);
+            }
+        },
+        None => cfg.log_filter.clone(),
+    };
+    init_logging(cfg.log_format, &filter);
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(server::run(cfg, port_file));
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: config::LogFormat, filter: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
+    match format {
+        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,302 @@
+//! `run`: listeners, runtime, agents, signals.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::adapter::{AgentRef, KeySource, Mfp};
+use crate::admin::{AdminState, MetricsCollector};
+use crate::agents::{self, Counters, Ended, Groups, Shared};
+use crate::config::{AgentKind, PeerKind, TokenSource, Validated};
+use crate::webhook::{self, Caller};
+
+/// Why `run` failed (the process exits with status 1).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunError {
+    /// A listener could not be bound.
+    #[error(
+        "{what}: cannot listen on {addr}: {reason} (choose another port in the configuration, or stop what uses it)"
+    )]
+    Listen { what: &'static str, addr: String, reason: String },
+    /// The runtime or its storage could not be opened.
+    #[error("{0}")]
+    Runtime(#[from] crate::adapter::AdapterError),
+    /// A webhook agent's token could not be read.
+    #[error("agent {agent}: token_env {var} is not set or empty")]
+    Token { agent: String, var: String },
+    /// Something else.
+    #[error("{0}")]
+    Other(String),
+}
+
+async fn bind(what: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr), RunError> {
+    let err = |reason: String| RunError::Listen { what, addr: addr.to_string(), reason };
+    let l = TcpListener::bind(addr).await.map_err(|e| err(e.to_string()))?;
+    let local = l.local_addr().map_err(|e| err(e.to_string()))?;
+    Ok((l, local))
+}
+
+/// SIGTERM and SIGINT, installed before anything else starts: a signal that arrives
+/// during start-up is then handled once the server is up, instead of killing it.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, RunError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let err = |e: std::io::Error| RunError::Other(format!("cannot install signal handlers: {e}"));
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(err)?,
+            int: signal(SignalKind::interrupt()).map_err(err)?,
+        })
+    }
+
+    /// Waits for the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Runs the server until a signal (or, when configured, until its agents finished).
+#[allow(clippy::too_many_lines)]
+pub(crate) async fn run(cfg: Validated, port_file: Option<PathBuf>) -> Result<(), RunError> {
+    let mut signals = Signals::install()?;
+    for w in &cfg.warnings {
+        tracing::warn!("{}: {w}", cfg.file.display());
+    }
+    for p in &cfg.peers {
+        match &p.kind {
+            PeerKind::Pymfp { deployment_id, instance_id, bootstrap } => tracing::warn!(
+                peer = %format!("{deployment_id}/{instance_id}"), endpoint = %p.endpoint, %bootstrap,
+                "PEER NOT CONNECTED: federation is not built yet; this pymfp-style peer would be an unauthenticated link"
+            ),
+            PeerKind::Native { runtime_id, .. } => tracing::warn!(
+                peer = %runtime_id, endpoint = %p.endpoint,
+                "PEER NOT CONNECTED: federation is not built yet; /readyz does not wait for peers"
+            ),
+        }
+    }
+    if !cfg.peers.is_empty() {
+        tracing::warn!(host = %cfg.transport.host, port = cfg.transport.port.value, "transport: nothing listens for federation yet");
+    }
+
+    let counters = Arc::new(Counters::default());
+    let groups = Arc::new(Groups::default());
+    let collector = Arc::new(MetricsCollector { mfp: std::sync::OnceLock::new(), counters: Arc::clone(&counters) });
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(Arc::clone(&collector)));
+    let admin_state = Arc::new(AdminState { ready: false.into(), registry });
+
+    // Listeners first: a port in use stops the start before anything else happens.
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let mut addrs = serde_json::Map::new();
+    let mut admin_task = None;
+    if let Some(addr) = &cfg.admin_addr {
+        let (listener, local) = bind("admin listener", addr).await?;
+        tracing::info!(addr = %local, "admin listener bound");
+        addrs.insert("admin".into(), local.to_string().into());
+        let app = crate::admin::router(Arc::clone(&admin_state));
+        let mut stop = admin_stop_rx.clone();
+        admin_task = Some(tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+        }));
+    }
+    let webhook_agents: Vec<_> = cfg.agents.iter().filter(|a| matches!(a.kind, AgentKind::Webhook(_))).collect();
+    let http_listener = if webhook_agents.is_empty() {
+        None
+    } else {
+        let (l, local) = bind("http listener", &cfg.http_addr).await?;
+        tracing::info!(addr = %local, "http listener bound");
+        addrs.insert("http".into(), local.to_string().into());
+        Some(l)
+    };
+    if let Some(p) = &port_file {
+        write_port_file(p, &serde_json::Value::Object(addrs))
+            .map_err(|e| RunError::Other(format!("--port-file {}: {e}", p.display())))?;
+    }
+
+    // The runtime, on its storage.
+    if let Some(parent) = cfg.storage_path.as_deref().and_then(Path::parent)
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| RunError::Other(format!("storage: cannot create {}: {e}", parent.display())))?;
+    }
+    let key = match (&cfg.storage_path, &cfg.master_key_env, &cfg.key_file) {
+        (None, _, _) => None,
+        (Some(_), Some(var), _) => Some(crate::adapter::master_key(KeySource::Env(var))?),
+        (Some(_), None, Some(file)) => Some(crate::adapter::master_key(KeySource::File(file))?),
+        (Some(db), None, None) => {
+            let mut p = db.clone().into_os_string();
+            p.push(".key");
+            Some(crate::adapter::master_key(KeySource::Generated(Path::new(&p)))?)
+        }
+    };
+    let runtime_config = cfg.runtime.clone();
+    let db = cfg.storage_path.clone();
+    let mfp = tokio::task::spawn_blocking(move || Mfp::open(runtime_config, db.as_deref().zip(key)))
+        .await
+        .map_err(|e| RunError::Other(format!("opening the runtime failed: {e}")))??;
+    let mfp = Arc::new(mfp);
+    let _ = collector.mfp.set(Arc::clone(&mfp));
+    match &cfg.storage_path {
+        Some(p) if mfp.restored() => {
+            tracing::info!(runtime = %mfp.identity_short(), db = %p.display(), "runtime restored from storage")
+        }
+        Some(p) => tracing::info!(runtime = %mfp.identity_short(), db = %p.display(), "new runtime on storage"),
+        None => tracing::info!(runtime = %mfp.identity_short(), "new in-memory runtime"),
+    }
+
+    // Agents.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        counters: Arc::clone(&counters),
+        groups: Arc::clone(&groups),
+        stop: stop_rx,
+        delivery_timeout: Duration::from_millis(cfg.delivery_timeout_ms),
+    });
+    let mut refs: HashMap<String, AgentRef> = HashMap::new();
+    let mut receivers = Vec::new();
+    for spec in &cfg.agents {
+        let (sink, rx) = agents::queue(&spec.name, spec.queue_capacity, &counters);
+        let r = mfp.start_agent(&spec.name, sink)?;
+        refs.insert(spec.name.clone(), r);
+        receivers.push((spec, rx));
+    }
+    let all: Vec<AgentRef> = refs.values().cloned().collect();
+    mfp.share_names(&all);
+    let orphans = mfp.orphans();
+    if !orphans.is_empty() {
+        tracing::warn!(agents = ?orphans, "stored agents that the configuration no longer names are left detached (their messages wait)");
+    }
+    let created = mfp.ensure_channels(&cfg.channels, &refs)?;
+    tracing::info!(agents = refs.len(), channels_created = created, "agents and channels set up");
+
+    let mut subprocesses: JoinSet<Ended> = JoinSet::new();
+    let mut others = JoinSet::new();
+    let mut callers = HashMap::new();
+    for (spec, rx) in receivers {
+        let Some(agent) = refs.get(&spec.name).cloned() else { continue };
+        let name = spec.name.clone();
+        let sh = Arc::clone(&shared);
+        match &spec.kind {
+            AgentKind::Echo => {
+                others.spawn(agents::run_echo(name, agent, rx, sh));
+            }
+            AgentKind::Log => {
+                others.spawn(agents::run_log(name, rx, sh));
+            }
+            AgentKind::Subprocess(s) => {
+                subprocesses.spawn(agents::run_subprocess(name, s.clone(), agent, rx, sh));
+            }
+            AgentKind::Webhook(w) => {
+                let token = match &w.token {
+                    TokenSource::None => {
+                        tracing::warn!(agent = %name, "webhook agent without token: it can receive but not send");
+                        None
+                    }
+                    TokenSource::Literal(t) => Some(Arc::new(zeroize::Zeroizing::new(t.clone()))),
+                    TokenSource::Env(var) => match std::env::var(var) {
+                        Ok(t) if !t.is_empty() => Some(Arc::new(zeroize::Zeroizing::new(t))),
+                        _ => return Err(RunError::Token { agent: name, var: var.clone() }),
+                    },
+                };
+                callers.insert(name.clone(), Caller { agent, token });
+                others.spawn(webhook::run_webhook(name, w.clone(), rx, sh));
+            }
+        }
+    }
+    let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
+    let http_task = http_listener.map(|l| {
+        let app = webhook::router(callers, cfg.http_max_body);
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop_rx.wait_for(|s| *s).await;
+                })
+                .await;
+        })
+    });
+
+    admin_state.ready.store(true, Ordering::Release);
+    tracing::info!("ready");
+
+    // Until a signal, or until every subprocess agent finished (when configured).
+    let n_sub = subprocesses.len();
+    let finish_wanted = cfg.exit_when_agents_finish && n_sub > 0;
+    let mut finished = 0;
+    let reason = loop {
+        tokio::select! {
+            () = signals.next() => break "signal",
+            Some(r) = subprocesses.join_next(), if finish_wanted || !subprocesses.is_empty() => {
+                if matches!(r, Ok(Ended::Finished)) {
+                    finished += 1;
+                }
+                if finish_wanted && finished == n_sub {
+                    break "every agent finished";
+                }
+            }
+        }
+    };
+    admin_state.ready.store(false, Ordering::Release);
+    tracing::info!(reason, "stopping: not ready, draining");
+
+    // A second signal exits at once.
+    let groups_now = Arc::clone(&groups);
+    tokio::spawn(async move {
+        signals.next().await;
+        tracing::error!("second signal: exiting at once");
+        groups_now.kill_all();
+        std::process::exit(130);
+    });
+
+    // Stop accepting from outside, drain, stop agents, persist.
+    let _ = http_stop_tx.send(true);
+    let deadline = Instant::now() + Duration::from_millis(cfg.drain_timeout_ms);
+    while (mfp.in_flight() > 0 || counters.pending.load(Ordering::Acquire) > 0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = mfp.in_flight() + counters.pending.load(Ordering::Acquire);
+    if left > 0 {
+        tracing::warn!(
+            messages = left,
+            "drain deadline passed; undelivered messages are lost (the runtime has no durable delivery yet)"
+        );
+    }
+    let _ = stop_tx.send(true);
+    while subprocesses.join_next().await.is_some() {}
+    mfp.shutdown().await;
+    others.abort_all();
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
+    let _ = admin_stop_tx.send(true);
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn write_port_file(path: &Path, v: &serde_json::Value) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, v.to_string())?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,163 @@
+//! `mfp-server storage …`: the storage administration of `mfp-storage`, on its library
+//! functions (`inspect`, `rotate_master_key`, `pymfp::import`). Run them while the server
+//! is stopped: one process owns a database.
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use mfp_runtime::{AgentState, ChannelStatus};
+use mfp_storage::pymfp::{self, PymfpEncryption};
+use mfp_storage::{MasterKey, StorageConfig};
+
+/// Storage administration.
+#[derive(Debug, Subcommand)]
+pub(crate) enum StorageCmd {
+    /// Opens the database read-only, validates every row and reports what it holds
+    /// (exit 1 when it is damaged, or its Sg does not match its channel states).
+    Check {
+        /// The database.
+        #[arg(long)]
+        db: PathBuf,
+        /// Its master key (32 raw bytes or 64 hex digits).
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+    /// Re-encrypts every cell under a new master key, in one transaction.
+    RotateKey {
+        /// The database.
+        #[arg(long)]
+        db: PathBuf,
+        /// The current master key.
+        #[arg(long)]
+        old_key_file: PathBuf,
+        /// The new master key (`mfp-server keygen`).
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
+    /// Imports a pymfp 1.0.0 database into a new mfp-storage database.
+    ImportPymfp {
+        /// The pymfp database.
+        #[arg(long)]
+        pymfp_db: PathBuf,
+        /// pymfp's master key file.
+        #[arg(long, conflicts_with = "pymfp_plaintext", required_unless_present = "pymfp_plaintext")]
+        pymfp_key_file: Option<PathBuf>,
+        /// The pymfp database was written without encryption.
+        #[arg(long)]
+        pymfp_plaintext: bool,
+        /// The new database.
+        #[arg(long)]
+        db: PathBuf,
+        /// Its master key.
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+}
+
+fn key(path: &Path) -> Result<MasterKey, String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            eprintln!("warning: key file {} is readable by group or others (chmod 600 it)", path.display());
+        }
+    }
+    MasterKey::from_file(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Largest pymfp key file read.
+const MAX_PYMFP_KEY_FILE: u64 = 4096;
+
+/// pymfp accepted a key of any length: exactly 32 raw bytes or 64 hex digits are read as
+/// ours are, anything else with ASCII whitespace trimmed, as pymfp's server read it.
+fn pymfp_key(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    if std::fs::metadata(path).map_err(err)?.len() > MAX_PYMFP_KEY_FILE {
+        return Err(format!("{}: larger than {MAX_PYMFP_KEY_FILE} bytes", path.display()));
+    }
+    let raw = zeroize::Zeroizing::new(std::fs::read(path).map_err(err)?);
+    if let Ok(k) = MasterKey::from_bytes(&raw) {
+        return Ok(zeroize::Zeroizing::new(k.expose().to_vec()));
+    }
+    let trimmed = raw.trim_ascii();
+    if trimmed.is_empty() {
+        return Err(format!(
+            "{} is empty (a database written with an empty key is plaintext: use --pymfp-plaintext)",
+            path.display()
+        ));
+    }
+    Ok(zeroize::Zeroizing::new(trimmed.to_vec()))
+}
+
+/// Runs one storage command.
+pub(crate) fn run(cmd: StorageCmd) -> Result<(), String> {
+    match cmd {
+        StorageCmd::Check { db, key_file } => check(&db, &key(&key_file)?),
+        StorageCmd::RotateKey { db, old_key_file, new_key_file } => {
+            let (old, new) = (key(&old_key_file)?, key(&new_key_file)?);
+            let n = mfp_storage::rotate_master_key(&db, &old, &new).map_err(|e| format!("{}: {e}", db.display()))?;
+            println!(
+                "rotated {n} encrypted cells; key id {} -> {}",
+                hex::encode(old.key_id()),
+                hex::encode(new.key_id())
+            );
+            Ok(())
+        }
+        StorageCmd::ImportPymfp { pymfp_db, pymfp_key_file, pymfp_plaintext: _, db, key_file } => {
+            let pk = pymfp_key_file.as_deref().map(pymfp_key).transpose()?;
+            let encryption = pk.as_ref().map_or(PymfpEncryption::Plaintext, |k| PymfpEncryption::Key(k));
+            let mut config = StorageConfig::new(&db, key(&key_file)?);
+            config.create_if_missing = true;
+            let r = pymfp::import(&pymfp_db, encryption, config).map_err(|e| format!("{}: {e}", pymfp_db.display()))?;
+            for w in &r.warnings {
+                println!("warning: {w}");
+            }
+            println!(
+                "imported runtime {}: {} agents, {} channels, {} bilateral channels",
+                r.runtime_id, r.agents, r.channels, r.bilateral
+            );
+            Ok(())
+        }
+    }
+}
+
+fn check(db: &Path, key: &MasterKey) -> Result<(), String> {
+    let found = mfp_storage::inspect(db, key).map_err(|e| format!("{}: {e}", db.display()))?;
+    println!("database: {}", db.display());
+    println!("schema version: {}", found.schema_version);
+    println!("key id: {}", found.key_id.map_or_else(|| "none".into(), hex::encode));
+    println!("bilateral channels: {}", found.federation.bilateral.len());
+    println!("pending outbound messages: {}", found.federation.outbound.len());
+    let Some(snapshot) = found.snapshot else {
+        println!("runtime: none stored\nOK");
+        return Ok(());
+    };
+    if let Some(meta) = &snapshot.meta {
+        println!("runtime: {} (agent counter {})", meta.identity, meta.agent_counter);
+    }
+    let agents = |s: AgentState| snapshot.agents.iter().filter(|a| a.state == s).count();
+    println!(
+        "agents: {} (bound {}, active {}, quarantined {})",
+        snapshot.agents.len(),
+        agents(AgentState::Bound),
+        agents(AgentState::Active),
+        agents(AgentState::Quarantined)
+    );
+    let channels = |s: ChannelStatus| snapshot.channels.iter().filter(|c| c.status == s).count();
+    println!(
+        "channels: {} (active {}, quarantined {})",
+        snapshot.channels.len(),
+        channels(ChannelStatus::Active),
+        channels(ChannelStatus::Quarantined)
+    );
+    let mut tree = mfp_core::MerkleSg::from_states(snapshot.channels.iter().map(|c| (c.id, &c.state)))
+        .map_err(|e| format!("cannot compute Sg: {e}"))?;
+    if tree.root() == snapshot.sg {
+        println!("sg: consistent with the {} channel states\nOK", snapshot.channels.len());
+        Ok(())
+    } else {
+        Err("sg: MISMATCH (the stored Sg is not the Merkle root of the stored channel states)".into())
+    }
+}

@@ -1,0 +1,602 @@
+//! End-to-end tests of the `mfp-server` binary, started as a child process on temporary
+//! configurations. Listeners bind 127.0.0.1 port 0; every wait is bounded; the server and
+//! its agents are killed when a test ends, whatever happens.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Longest any single wait in these tests may take.
+const WAIT: Duration = Duration::from_secs(60);
+
+fn agent_py() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agents/agent.py").display().to_string()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mfp-server-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Server {
+    child: Child,
+    lines: Receiver<String>,
+    all: Arc<Mutex<Vec<String>>>,
+    admin: Option<String>,
+}
+
+impl Server {
+    fn start(dir: &Path, config: &str) -> Server {
+        Self::start_with(dir, config, &[])
+    }
+
+    fn start_with(dir: &Path, config: &str, extra: &[&str]) -> Server {
+        Self::start_env(dir, config, extra, &[])
+    }
+
+    fn start_env(dir: &Path, config: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let file = dir.join("config.yaml");
+        std::fs::write(&file, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mfp-server"))
+            .args(["run", "--config"])
+            .arg(&file)
+            .args(extra)
+            .envs(env.iter().copied())
+            .env_remove("MFP_LOG_LEVEL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = channel();
+        let all = Arc::new(Mutex::new(Vec::new()));
+        let all2 = Arc::clone(&all);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                all2.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Server { child, lines: rx, all, admin: None }
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no log line with {needle:?} in {WAIT:?}; log:\n{}", self.log())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("server ended before logging {needle:?}; log:\n{}", self.log())
+                }
+            }
+        }
+    }
+
+    /// A log line containing `needle`, already logged or still to come.
+    fn find_or_wait(&mut self, needle: &str) -> String {
+        let seen = self.all.lock().unwrap().iter().find(|l| l.contains(needle)).cloned();
+        match seen {
+            Some(l) => l,
+            None => self.wait_for(needle),
+        }
+    }
+
+    fn log(&self) -> String {
+        self.all.lock().unwrap().join("\n")
+    }
+
+    /// Waits for the admin listener and remembers its address.
+    fn admin(&mut self) -> String {
+        if self.admin.is_none() {
+            let line = self.find_or_wait("admin listener bound");
+            let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+            self.admin = Some(addr);
+        }
+        self.admin.clone().unwrap()
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+    }
+
+    /// Waits for the process to exit (bounded).
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "server did not exit; log:\n{}", self.log());
+            // Polling a child's exit status: std offers no wait with a timeout.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    /// Stops the server the way an operator would, so that it stops its agents too (they
+    /// live in their own process groups); kills it if that takes too long.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal(rustix::process::Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 request; returns (status, body).
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn subprocess(name: &str, env: &[(&str, &str)]) -> String {
+    let mut s =
+        format!("  - name: {name}\n    type: subprocess\n    command: [\"python3\", \"{}\"]\n    env:\n", agent_py());
+    for (k, v) in env {
+        s.push_str(&format!("      {k}: \"{v}\"\n"));
+    }
+    s
+}
+
+/// The shipped demo: two subprocess agents converse, the server stops by itself with
+/// status 0, and a second run continues the same channel where the first stopped.
+#[test]
+fn demo_conversation_and_restart_continues() {
+    let dir = temp_dir("demo");
+    let agents = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/server/agents");
+    let demo =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/server/demo.yaml")).unwrap();
+    let config = demo
+        .replace("../../target/mfp-demo/demo.db", &dir.join("demo.db").display().to_string())
+        .replace("agents/alice.py", &agents.join("alice.py").display().to_string())
+        .replace("agents/bob.py", &agents.join("bob.py").display().to_string());
+    for (run, first_step) in [(1, 0), (2, 6)] {
+        let mut s = Server::start(&dir, &config);
+        s.wait_for(&format!("alice says (step {first_step}): Hello Bob!"));
+        s.wait_for(&format!("alice heard (step {}): Bye, Alice!", first_step + 5));
+        let status = s.wait_exit();
+        assert!(status.success(), "run {run}: {status:?}\n{}", s.log());
+        if run == 2 {
+            assert!(s.log().contains("runtime restored from storage"));
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// /readyz is 200 once started and 503 while stopping; /metrics counters move; SIGTERM
+/// drains and exits 0 even with an agent that ignores the end of its stdin.
+#[test]
+fn readiness_metrics_and_sigterm() {
+    let dir = temp_dir("metrics");
+    let config = format!(
+        "storage:\n  path: \"{}\"\nadmin:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\n{}channels:\n  - agents: [client, echo]\n",
+        dir.join("m.db").display(),
+        subprocess("client", &[("MODE", "client"), ("TO", "echo"), ("COUNT", "5"), ("LINGER", "1")])
+    );
+    let port_file = dir.join("ports.json");
+    let mut s = Server::start_with(&dir, &config, &["--port-file", &port_file.display().to_string()]);
+    let admin = s.admin();
+    s.find_or_wait("INFO mfp_server::server: ready");
+    // Written before the server is ready.
+    let ports = std::fs::read_to_string(&port_file).unwrap();
+    assert_eq!(ports, format!("{{\"admin\":\"{admin}\"}}"));
+    assert_eq!(http(&admin, "GET", "/livez", &[], "").0, 200);
+    assert_eq!(http(&admin, "GET", "/readyz", &[], "").0, 200);
+    s.wait_for("client got msg-4");
+    // 5 sends by the client, 5 echoes. The runtime counts a send just after handing the
+    // message over, so the last count may trail the delivery by a moment.
+    let deadline = Instant::now() + WAIT;
+    let body = loop {
+        let (status, body) = http(&admin, "GET", "/metrics", &[], "");
+        assert_eq!(status, 200);
+        if metric(&body, "mfp_messages_sent_total") == 10
+            && metric(&body, "mfp_server_deliveries_total") == 10
+            && body.contains("mfp_message_size_bytes_count 10")
+        {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(body.contains("# TYPE mfp_pipeline_duration_seconds histogram"), "{body}");
+    assert_eq!(metric(&body, "mfp_active_agents"), 2);
+    assert_eq!(metric(&body, "mfp_active_channels"), 1);
+    assert!(!body.contains("agent_id="), "no per-agent labels: {body}");
+
+    s.signal(rustix::process::Signal::TERM);
+    s.wait_for("stopping: not ready");
+    // The client ignores its closed stdin, so the server is still stopping here.
+    assert_eq!(http(&admin, "GET", "/readyz", &[], "").0, 503);
+    let status = s.wait_exit();
+    assert!(status.success(), "{status:?}\n{}", s.log());
+    assert!(s.log().contains("agent ignored SIGTERM") || s.log().contains("stopped"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A subprocess agent killed with SIGKILL is restarted and receives what was sent to it
+/// while it was down; sends come through the webhook HTTP endpoint with a bearer token.
+#[test]
+fn killed_agent_is_restarted_and_gets_its_messages() {
+    let dir = temp_dir("restart");
+    let token = "test-token-0123456789";
+    let config = format!(
+        "admin:\n  port: 0\nhttp:\n  port: 0\nagents:\n  - name: driver\n    type: webhook\n    url: \"http://127.0.0.1:9/unused\"\n    token: \"{token}\"\n{}channels:\n  - agents: [driver, victim]\n",
+        subprocess("victim", &[("MODE", "recorder")])
+    );
+    let mut s = Server::start(&dir, &config);
+    let http_addr = s.find_or_wait("http listener bound").split("addr=").nth(1).unwrap().trim().to_string();
+    let admin = s.admin();
+    s.find_or_wait("INFO mfp_server::server: ready");
+    let first =
+        s.find_or_wait("recorder ").split_whitespace().skip_while(|w| *w != "recorder").nth(1).unwrap().to_string();
+    let auth = format!("Bearer {token}");
+    let send = |payload: &str| {
+        let body =
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"send","params":{{"to":"victim","payload":"{payload}"}}}}"#);
+        http(
+            &http_addr,
+            "POST",
+            "/agents/driver",
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            &body,
+        )
+    };
+    // Without the token: refused.
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"status"}"#;
+    assert_eq!(http(&http_addr, "POST", "/agents/driver", &[("Authorization", "Bearer wrong")], body).0, 401);
+    let (status, reply) = send("one");
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply.contains("\"step\":0"), "{reply}");
+    s.wait_for(&format!("recorder {first} got one"));
+
+    let pid = rustix::process::Pid::from_raw(first.parse().unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    s.wait_for("agent exited");
+    // Sent while the agent is down (it restarts after a backoff).
+    let (status, reply) = send("two");
+    assert_eq!(status, 200, "{reply}");
+    let got = s.wait_for("got two");
+    assert!(!got.contains(&format!("recorder {first} ")), "delivered to the killed process? {got}");
+    let (_, metrics) = http(&admin, "GET", "/metrics", &[], "");
+    assert!(metric(&metrics, "mfp_server_agent_restarts_total") >= 1, "{metrics}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// An agent writing garbage, a 100 MB line, unknown methods and bad sends gets JSON-RPC
+/// errors and stays served; a program that does not exist and a webhook that never
+/// answers are contained while the other agents keep working.
+#[test]
+fn bad_agents_are_contained() {
+    let dir = temp_dir("bad");
+    let hang = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    // Accept connections and never answer (kept open until the test ends).
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hang.incoming() {
+            match c {
+                Ok(c) => held.push(c),
+                Err(_) => break,
+            }
+        }
+    });
+    let config = format!(
+        "admin:\n  port: 0\nhttp:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\n  - name: ghost\n    type: subprocess\n    command: [\"/nonexistent/mfp-agent\"]\n  - name: hook\n    type: webhook\n    url: \"http://{hang_addr}/deliver\"\n    timeout_seconds: 0.5\n    retries: 1\n{}{}{}channels:\n  - agents: [client, echo]\n  - agents: [hooker, hook]\n",
+        subprocess("garbage", &[("MODE", "garbage"), ("HUGE_MB", "100")]),
+        subprocess("client", &[("MODE", "client"), ("TO", "echo"), ("COUNT", "3")]),
+        subprocess("hooker", &[("MODE", "client"), ("TO", "hook"), ("COUNT", "1")]),
+    );
+    let mut s = Server::start(&dir, &config);
+    let admin = s.admin();
+    s.find_or_wait("INFO mfp_server::server: ready");
+    s.find_or_wait("garbage agent ok: codes=[-32700, -32600, -32601, -32602] state=bound");
+    s.find_or_wait("client got msg-2");
+    s.find_or_wait("message dropped: webhook delivery failed");
+    assert!(s.log().contains("cannot start the agent's program"), "{}", s.log());
+    assert_eq!(http(&admin, "GET", "/readyz", &[], "").0, 200);
+    let (_, metrics) = http(&admin, "GET", "/metrics", &[], "");
+    // Garbage, the huge line, the unknown method (bad params are not protocol errors).
+    assert_eq!(metric(&metrics, "mfp_server_agent_protocol_errors_total"), 3, "{metrics}");
+    assert_eq!(metric(&metrics, "mfp_server_webhook_failures_total"), 2, "{metrics}");
+    s.signal(rustix::process::Signal::TERM);
+    assert!(s.wait_exit().success(), "{}", s.log());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A port in use stops the start with a clear error and status 1.
+#[test]
+fn port_in_use_is_a_clear_error() {
+    let dir = temp_dir("port");
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut s = Server::start(&dir, &format!("admin:\n  port: {port}\n"));
+    let status = s.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", s.log());
+    let log = s.log();
+    assert!(
+        log.contains("admin listener: cannot listen on 127.0.0.1:") && log.contains("choose another port"),
+        "{log}"
+    );
+    drop(taken);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// check-config: exit 0 on pymfp's examples, 1 with file:line:column on bad input.
+#[test]
+fn check_config_exit_codes() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for f in ["pymfp-quickstart.yaml", "pymfp-reference.yaml", "pymfp-node-a.yaml", "pymfp-node-b.yaml"] {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_mfp-server")).arg("check-config").arg(fixtures.join(f)).output().unwrap();
+        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dir = temp_dir("check");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "agents:\n  - name: a\n    typo: 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mfp-server")).arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:3:5: unknown field `typo`", bad.display())), "{err}");
+    // pymfp's own form of the command line reads the same file.
+    let out = Command::new(env!("CARGO_BIN_EXE_mfp-server")).arg("--config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A second signal while stopping exits at once (status 130) and kills the agents'
+/// process groups.
+#[test]
+fn second_signal_exits_at_once() {
+    let dir = temp_dir("second");
+    let config = format!(
+        "admin:\n  port: 0\nserver:\n  drain_timeout_seconds: 30\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\n{}channels:\n  - agents: [client, echo]\n",
+        subprocess("client", &[("MODE", "client"), ("TO", "echo"), ("COUNT", "1"), ("LINGER", "1")])
+    );
+    let mut s = Server::start(&dir, &config);
+    let started = s.find_or_wait("agent started agent=client");
+    let pid: i32 = started.split("pid=").nth(1).unwrap().trim().parse().unwrap();
+    s.find_or_wait("client got msg-0");
+    s.signal(rustix::process::Signal::TERM);
+    s.wait_for("client ignores the end of stdin");
+    s.signal(rustix::process::Signal::TERM);
+    let status = s.wait_exit();
+    assert_eq!(status.code(), Some(130), "{}", s.log());
+    // The agent's process group was killed; its process is gone (or a zombie being reaped).
+    let pid = rustix::process::Pid::from_raw(pid).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while rustix::process::test_kill_process(pid).is_ok() {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).unwrap_or_default();
+        if stat.split_whitespace().nth(2) == Some("Z") || stat.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "agent {pid:?} still alive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// An agent that never answers `deliver` is restarted after the delivery timeout and
+/// gets the message again; the other agents keep working.
+#[test]
+fn stuck_agent_is_restarted() {
+    let dir = temp_dir("stuck");
+    let config = format!(
+        "admin:\n  port: 0\nlimits:\n  delivery_timeout_seconds: 0.5\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\n{}{}{}channels:\n  - agents: [sender, deaf]\n  - agents: [client, echo]\n",
+        subprocess("deaf", &[("MODE", "deaf")]),
+        subprocess("sender", &[("MODE", "client"), ("TO", "deaf"), ("COUNT", "1")]),
+        subprocess("client", &[("MODE", "client"), ("TO", "echo"), ("COUNT", "2")]),
+    );
+    let mut s = Server::start(&dir, &config);
+    let admin = s.admin();
+    s.find_or_wait("did not answer deliver in time");
+    s.find_or_wait("client got msg-1");
+    // Restarted: a second deaf process started, and gets the message again.
+    let deadline = Instant::now() + WAIT;
+    while s.log().lines().filter(|l| l.contains("agent started agent=deaf")).count() < 2 {
+        assert!(Instant::now() < deadline, "{}", s.log());
+        let _ = s.lines.recv_timeout(Duration::from_millis(100));
+    }
+    let (_, metrics) = http(&admin, "GET", "/metrics", &[], "");
+    assert!(metric(&metrics, "mfp_server_agent_restarts_total") >= 1, "{metrics}");
+    assert_eq!(http(&admin, "GET", "/readyz", &[], "").0, 200);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// keygen, then the storage subcommands on a database the server wrote: check, rotate-key
+/// (the old key stops working), and the server restarts on the new key.
+#[test]
+fn keygen_and_storage_commands() {
+    let dir = temp_dir("storage");
+    let bin = env!("CARGO_BIN_EXE_mfp-server");
+    let run = |args: &[&str]| Command::new(bin).args(args).output().unwrap();
+    let (db, k1, k2) = (dir.join("s.db"), dir.join("k1"), dir.join("k2"));
+    let p = |x: &Path| x.display().to_string();
+    assert!(run(&["keygen", "--out", &p(&k1)]).status.success());
+    assert!(run(&["keygen", "--out", &p(&k2)]).status.success());
+    assert_eq!(run(&["keygen", "--out", &p(&k1)]).status.code(), Some(1), "never overwrites");
+    let config = |key: &Path| {
+        format!(
+            "storage:\n  path: \"{}\"\n  master_key_file: \"{}\"\nadmin:\n  port: 0\nagents:\n  - name: a\n    type: builtin\n    builtin: log\n  - name: b\n    type: builtin\n    builtin: log\nchannels:\n  - agents: [a, b]\n",
+            p(&db),
+            p(key)
+        )
+    };
+    let mut s = Server::start(&dir, &config(&k1));
+    s.find_or_wait("INFO mfp_server::server: ready");
+    s.signal(rustix::process::Signal::TERM);
+    assert!(s.wait_exit().success(), "{}", s.log());
+    drop(s);
+
+    let out = run(&["storage", "check", "--db", &p(&db), "--key-file", &p(&k1)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("agents: 2") && text.contains("channels: 1") && text.ends_with("OK\n"),
+        "{text}"
+    );
+    let out = run(&["storage", "rotate-key", "--db", &p(&db), "--old-key-file", &p(&k1), "--new-key-file", &p(&k2)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(run(&["storage", "check", "--db", &p(&db), "--key-file", &p(&k1)]).status.code(), Some(1));
+    assert!(run(&["storage", "check", "--db", &p(&db), "--key-file", &p(&k2)]).status.success());
+
+    let mut s = Server::start(&dir, &config(&k2));
+    s.find_or_wait("runtime restored from storage");
+    s.find_or_wait("channels_created=0");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Reads one HTTP request (head and Content-Length body) from a test webhook connection.
+fn read_request(c: &mut TcpStream) -> String {
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut byte).unwrap(), 1, "connection closed mid-request");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .unwrap();
+    let mut body = vec![0u8; len];
+    c.read_exact(&mut body).unwrap();
+    format!("{head}{}", String::from_utf8_lossy(&body))
+}
+
+/// A webhook agent gets its messages by POST (a failed attempt is retried), and an
+/// oversized send to the HTTP endpoint is refused without harm; logs can be JSON.
+#[test]
+fn webhook_delivery_retry_and_body_limit() {
+    let dir = temp_dir("webhook");
+    let hook = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_addr = hook.local_addr().unwrap();
+    let token = "another-token-0123456789";
+    let config = format!(
+        "logging:\n  format: json\nadmin:\n  port: 0\nhttp:\n  port: 0\n  max_body_bytes: 1024\nagents:\n  - name: hook\n    type: webhook\n    url: \"http://{hook_addr}/in\"\n    token: \"{token}\"\n    retries: 2\n{}channels:\n  - agents: [client, hook]\n",
+        subprocess("client", &[("MODE", "client"), ("TO", "hook"), ("COUNT", "1")]),
+    );
+    let mut s = Server::start(&dir, &config);
+    // First attempt: answer 500; the retry: 200.
+    let (mut c, _) = hook.accept().unwrap();
+    let first = read_request(&mut c);
+    c.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    drop(c);
+    let (mut c, _) = hook.accept().unwrap();
+    let second = read_request(&mut c);
+    c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    drop(c);
+    for req in [&first, &second] {
+        assert!(req.starts_with("POST /in HTTP/1.1"), "{req}");
+        assert!(
+            req.contains(r#""method":"deliver""#)
+                && req.contains(r#""payload":"msg-0""#)
+                && req.contains(r#""sender_name":"client""#),
+            "{req}"
+        );
+    }
+    // JSON logs: one object per line.
+    let line = s.find_or_wait("webhook answered with an error status");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["fields"]["agent"], "hook", "{line}");
+    let http_line = s.find_or_wait("http listener bound");
+    let http_addr =
+        serde_json::from_str::<serde_json::Value>(&http_line).unwrap()["fields"]["addr"].as_str().unwrap().to_string();
+    let admin_line = s.find_or_wait("admin listener bound");
+    let admin =
+        serde_json::from_str::<serde_json::Value>(&admin_line).unwrap()["fields"]["addr"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, m) = http(&admin, "GET", "/metrics", &[], "");
+        if metric(&m, "mfp_server_deliveries_total") == 1 {
+            assert_eq!(metric(&m, "mfp_server_webhook_failures_total"), 1, "{m}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let auth = format!("Bearer {token}");
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"send","params":{{"to":"client","payload":"{}"}}}}"#,
+        "x".repeat(4096)
+    );
+    assert_eq!(http(&http_addr, "POST", "/agents/hook", &[("Authorization", &auth)], &big).0, 413);
+    let (status, body) = http(
+        &http_addr,
+        "POST",
+        "/agents/hook",
+        &[("Authorization", &auth)],
+        r#"{"jsonrpc":"2.0","id":2,"method":"channels"}"#,
+    );
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""peer_name":"client""#), "{body}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The master key from an environment variable; a wrong one is refused with a clear
+/// error naming the variable, and nothing is started.
+#[test]
+fn master_key_from_the_environment() {
+    let dir = temp_dir("envkey");
+    let config = format!(
+        "storage:\n  path: \"{}\"\n  master_key_env: MFP_TEST_MASTER_KEY\nadmin:\n  port: 0\nagents:\n  - name: a\n    type: builtin\n    builtin: log\n",
+        dir.join("e.db").display()
+    );
+    let key = "7f".repeat(32);
+    let mut s = Server::start_env(&dir, &config, &[], &[("MFP_TEST_MASTER_KEY", &key)]);
+    s.find_or_wait("INFO mfp_server::server: ready");
+    s.signal(rustix::process::Signal::TERM);
+    assert!(s.wait_exit().success(), "{}", s.log());
+    drop(s);
+    let other = "01".repeat(32);
+    let mut s = Server::start_env(&dir, &config, &[], &[("MFP_TEST_MASTER_KEY", &other)]);
+    assert_eq!(s.wait_exit().code(), Some(1), "{}", s.log());
+    assert!(!s.log().contains(&other) && !s.log().contains(&key), "a key in the log");
+    let mut s = Server::start_env(&dir, &config, &[], &[]);
+    assert_eq!(s.wait_exit().code(), Some(1));
+    assert!(s.log().contains("MFP_TEST_MASTER_KEY"), "{}", s.log());
+    std::fs::remove_dir_all(&dir).ok();
+}
