@@ -194,17 +194,20 @@ impl Inner {
         // PERSIST: with storage, the advance and the new Sg commit in one transaction
         // before anything is delivered or acknowledged; if that fails, nothing moves.
         if self.persisting() {
-            let sg_after = {
+            // The new Sg is computed and the batch submitted (a non-blocking enqueue) under
+            // one hold of the `sg` lock, so storage receives batches in Sg order and the
+            // committed Sg is always the root of the committed states; the commit is
+            // awaited after the `sg` lock is released.
+            let ticket = {
                 let mut sg = self.sg.lock();
                 let inner = &mut *ch;
                 sg.tree.update_hinted(&channel.id, &next, &mut inner.leaf_hint).map_err(|e| Error::Core(e.into()))?;
-                sg.tree.root()
+                self.submit(vec![
+                    StorageOp::AdvanceChannel { id: channel.id, state: next.clone(), step: next_step },
+                    StorageOp::Sg(sg.tree.root()),
+                ])
             };
-            let ops = vec![
-                StorageOp::AdvanceChannel { id: channel.id, state: next.clone(), step: next_step },
-                StorageOp::Sg(sg_after),
-            ];
-            if let Err(e) = self.persist(ops) {
+            if let Err(e) = self.settle(ticket) {
                 {
                     let mut sg = self.sg.lock();
                     let inner = &mut *ch;

@@ -128,8 +128,23 @@ impl Inner {
     /// Applies `ops` to storage and waits for the commit. Without storage, nothing to do.
     /// A failure is an error unless the operator chose to run degraded (`storage_fail_open`).
     pub(crate) fn persist(&self, ops: Vec<StorageOp>) -> Result<()> {
-        let Some(st) = &self.storage else { return Ok(()) };
-        match st.apply(ops).wait() {
+        self.settle(self.submit(ops))
+    }
+
+    /// Hands `ops` to storage without waiting (storage enqueues; see [`Storage::apply`]).
+    /// A batch that carries an Sg is submitted while the `sg` lock is held, so batches
+    /// reach storage — which commits them in submission order — in the order their Sg
+    /// values were computed: the last committed Sg is always the root of the committed
+    /// channel states, whatever moment a crash comes.
+    pub(crate) fn submit(&self, ops: Vec<StorageOp>) -> Option<crate::storage::Ticket> {
+        self.storage.as_ref().map(|st| st.apply(ops))
+    }
+
+    /// Waits for a submitted batch (never under the `sg` lock). A failure is an error
+    /// unless the operator chose to run degraded (`storage_fail_open`).
+    pub(crate) fn settle(&self, ticket: Option<crate::storage::Ticket>) -> Result<()> {
+        let Some(ticket) = ticket else { return Ok(()) };
+        match ticket.wait() {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.shared.metrics.storage_failures.inc();
@@ -337,13 +352,10 @@ impl Inner {
         }
         let sl0 = ratchet::channel_seed(&self.identity, a, b, &id);
         let (lo, hi) = if a <= b { (ra, rb) } else { (rb, ra) };
-        let sg_after = {
-            let mut sg = self.sg.lock();
-            sg.tree.insert(id, &sl0).map_err(|e| Error::Core(e.into()))?;
+        if !self.persisting() {
             // Without storage, Sg is folded in lazily at the next send.
-            if self.persisting() { sg.tree.root() } else { None }
-        };
-        if self.persisting() {
+            self.sg.lock().tree.insert(id, &sl0).map_err(|e| Error::Core(e.into()))?;
+        } else {
             let mut ops = vec![StorageOp::PutChannel(ChannelRow {
                 id,
                 agent_a: lo.id,
@@ -359,8 +371,15 @@ impl Inner {
                     ops.push(StorageOp::PutAgent(Self::agent_row(r, AgentState::Active, "")));
                 }
             }
-            ops.push(StorageOp::Sg(sg_after));
-            if let Err(e) = self.persist(ops) {
+            // The Sg is computed and the batch submitted under one hold of the `sg` lock
+            // (see `submit`); the commit is awaited after the lock is released.
+            let ticket = {
+                let mut sg = self.sg.lock();
+                sg.tree.insert(id, &sl0).map_err(|e| Error::Core(e.into()))?;
+                ops.push(StorageOp::Sg(sg.tree.root()));
+                self.submit(ops)
+            };
+            if let Err(e) = self.settle(ticket) {
                 let _ = self.sg.lock().tree.remove(&id);
                 return Err(e);
             }
@@ -404,24 +423,31 @@ impl Inner {
         let rec = self.channel(id)?;
         {
             let mut inner = rec.inner.lock();
-            let sg_after = {
-                let mut sg = self.sg.lock();
-                sg.tree.remove(id).map_err(|e| Error::Core(e.into()))?;
-                if self.persisting() { sg.tree.root() } else { None }
-            };
+            let mut ops = Vec::new();
             if self.persisting() {
-                let mut ops = vec![StorageOp::CloseChannel(*id)];
+                ops.push(StorageOp::CloseChannel(*id));
                 for r in [&rec.a, &rec.b] {
                     let only_this = r.admin.lock().channels.iter().all(|c| c == id);
                     if only_this && r.state() == AgentState::Active {
                         ops.push(StorageOp::PutAgent(Self::agent_row(r, AgentState::Bound, "")));
                     }
                 }
-                ops.push(StorageOp::Sg(sg_after));
-                if let Err(e) = self.persist(ops) {
-                    let _ = self.sg.lock().tree.insert(*id, &inner.state);
-                    return Err(e);
+            }
+            // Sg computed and the batch submitted under one hold of the `sg` lock (see
+            // `submit`); the commit is awaited outside it.
+            let ticket = {
+                let mut sg = self.sg.lock();
+                sg.tree.remove(id).map_err(|e| Error::Core(e.into()))?;
+                if self.persisting() {
+                    ops.push(StorageOp::Sg(sg.tree.root()));
+                    self.submit(ops)
+                } else {
+                    None
                 }
+            };
+            if let Err(e) = self.settle(ticket) {
+                let _ = self.sg.lock().tree.insert(*id, &inner.state);
+                return Err(e);
             }
             self.channels.write().remove(id);
             inner.status = ChannelStatus::Closed;

@@ -197,3 +197,104 @@ async fn async_sends_with_storage_on_a_current_thread_runtime() {
     assert_eq!(store.load().unwrap().unwrap().channels[0].step, 5);
     rt.shutdown_async().await;
 }
+
+/// A store that applies every batch to a model of the committed state, in the order the
+/// batches are submitted, and checks each batch's Sg against the Merkle root of the channel
+/// states committed so far (what a crash right after that batch would leave on disk).
+#[derive(Clone, Default)]
+struct SgOrderChecker(std::sync::Arc<std::sync::Mutex<SgModel>>);
+
+#[derive(Default)]
+struct SgModel {
+    states: std::collections::BTreeMap<mfp_core::ChannelId, State>,
+    batches: usize,
+    sg_batches: usize,
+    mismatches: usize,
+}
+
+impl Storage for SgOrderChecker {
+    fn load(&self) -> Result<Option<mfp_runtime::storage::Snapshot>, StorageError> {
+        Ok(None)
+    }
+
+    fn apply(&self, ops: Vec<StorageOp>) -> mfp_runtime::storage::Ticket {
+        let mut m = self.0.lock().unwrap();
+        m.batches += 1;
+        for op in ops {
+            match op {
+                StorageOp::PutChannel(c) => {
+                    m.states.insert(c.id, c.state);
+                }
+                StorageOp::AdvanceChannel { id, state, .. } => {
+                    m.states.insert(id, state);
+                }
+                StorageOp::CloseChannel(id) => {
+                    m.states.remove(&id);
+                }
+                StorageOp::Sg(sg) => {
+                    m.sg_batches += 1;
+                    let root = mfp_core::MerkleSg::from_states(m.states.iter().map(|(c, s)| (*c, s))).unwrap().root();
+                    if root != sg {
+                        m.mismatches += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        mfp_runtime::storage::Ticket::ready(Ok(()))
+    }
+}
+
+#[test]
+fn every_submitted_sg_is_the_root_of_the_states_submitted_before_it() {
+    const SENDERS: usize = 8;
+    const MESSAGES: usize = 1500;
+    let store = SgOrderChecker::default();
+    let rt = std::sync::Arc::new(
+        Runtime::builder(RuntimeConfig { max_message_rate: 0, ..persistent_cfg() })
+            .storage(store.clone())
+            .build()
+            .unwrap(),
+    );
+    let bob = rt.bind_named("bob", |_, _| {}).unwrap();
+    let mut senders = Vec::new();
+    for i in 0..SENDERS {
+        let a = rt.bind_named(&format!("sender-{i}"), |_, _| {}).unwrap();
+        let ch = rt.establish_channel(&a.id(), &bob.id()).unwrap();
+        senders.push((a, ch));
+    }
+    let threads: Vec<_> = senders
+        .into_iter()
+        .map(|(a, ch)| {
+            std::thread::spawn(move || {
+                for i in 0..MESSAGES {
+                    a.send(ch, &(i as u64).to_be_bytes()).unwrap();
+                }
+            })
+        })
+        .collect();
+    // Channels established and closed meanwhile submit Sg updates too.
+    let churn = {
+        let rt = std::sync::Arc::clone(&rt);
+        let bob = bob.id();
+        std::thread::spawn(move || {
+            let c = rt.bind_named("churn", |_, _| {}).unwrap();
+            for _ in 0..200 {
+                let ch = rt.establish_channel(&c.id(), &bob).unwrap();
+                rt.close_channel(&ch).unwrap();
+            }
+        })
+    };
+    for t in threads {
+        t.join().unwrap();
+    }
+    churn.join().unwrap();
+    rt.shutdown();
+    let m = store.0.lock().unwrap();
+    assert!(m.sg_batches >= SENDERS * MESSAGES + 400, "{} batches with an Sg", m.sg_batches);
+    assert_eq!(
+        m.mismatches, 0,
+        "{} of {} submitted Sg values differ from the root of the states before them",
+        m.mismatches, m.sg_batches
+    );
+}
