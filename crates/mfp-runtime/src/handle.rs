@@ -161,6 +161,8 @@ impl AgentHandle {
         caller: Caller,
     ) -> Result<Receipt> {
         let inner = self.runtime()?;
+        // Held to the end of the send: a graceful shutdown waits for it.
+        let _sending = inner.enter_send()?;
         let started = Instant::now();
         let deadline = started + inner.config.pipeline_timeout;
         loop {

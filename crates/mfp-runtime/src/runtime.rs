@@ -36,11 +36,29 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Messages queued or being handled.
     pub(crate) in_flight: Padded<AtomicU64>,
+    /// Sends between their shutdown check and their end (see [`Inner::enter_send`]).
+    pub(crate) sending: Padded<AtomicU64>,
+    /// Woken when the last send ends after shutdown began.
+    pub(crate) senders_done: tokio::sync::Notify,
 }
 
 impl Shared {
     pub(crate) fn in_flight_done(&self) {
         self.in_flight.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A send in progress; shutdown waits for every one of them before it tells the delivery
+/// workers to drain, so a message that gets a receipt is always in a mailbox a worker
+/// still drains.
+pub(crate) struct SendGuard<'a>(&'a Inner);
+
+impl Drop for SendGuard<'_> {
+    fn drop(&mut self) {
+        let shared = &self.0.shared;
+        if shared.sending.0.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.shut_down.load(Ordering::SeqCst) {
+            shared.senders_done.notify_one();
+        }
     }
 }
 
@@ -181,6 +199,37 @@ impl Inner {
 
     pub(crate) fn is_shut_down(&self) -> bool {
         self.shut_down.load(Ordering::Acquire)
+    }
+
+    /// Registers a send, unless shutdown has begun. The counter is raised before the flag
+    /// is read and shutdown sets the flag before it reads the counter (both sequentially
+    /// consistent), so either the send sees the flag or shutdown sees the send.
+    pub(crate) fn enter_send(&self) -> Result<SendGuard<'_>> {
+        self.shared.sending.0.fetch_add(1, Ordering::SeqCst);
+        let guard = SendGuard(self);
+        if self.shut_down.load(Ordering::SeqCst) {
+            return Err(Error::ShutDown);
+        }
+        Ok(guard)
+    }
+
+    /// Waits (at most until `deadline`) for the sends that passed their shutdown check.
+    async fn wait_senders(&self, deadline: Option<tokio::time::Instant>) {
+        while self.shared.sending.0.load(Ordering::SeqCst) > 0 {
+            let notified = self.shared.senders_done.notified();
+            // Re-check after registering: the last sender may have ended meanwhile.
+            if self.shared.sending.0.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            match deadline {
+                Some(d) => {
+                    if tokio::time::timeout_at(d, notified).await.is_err() {
+                        break;
+                    }
+                }
+                None => notified.await,
+            }
+        }
     }
 
     pub(crate) fn agent(&self, id: &AgentId) -> Result<Arc<AgentRecord>> {
@@ -899,12 +948,13 @@ impl Runtime {
         self.inner.shared.in_flight.0.load(Ordering::Acquire)
     }
 
-    /// Blocks until every queued message has been handled, or `timeout` passes.
+    /// Blocks until every queued message has been handled, or `timeout` passes (a
+    /// timeout too large to represent, such as `Duration::MAX`, waits without limit).
     /// Returns whether the runtime is idle.
     pub fn wait_idle(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         while self.in_flight() > 0 {
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return false;
             }
             std::thread::sleep(Duration::from_micros(200));
@@ -914,9 +964,9 @@ impl Runtime {
 
     /// Async form of [`Runtime::wait_idle`].
     pub async fn wait_idle_async(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         while self.in_flight() > 0 {
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return false;
             }
             tokio::time::sleep(Duration::from_micros(200)).await;
@@ -946,15 +996,41 @@ impl Runtime {
         self.inner.admin.lock().agent_counter
     }
 
+    /// Marks the runtime as shutting down (new sends fail with [`Error::ShutDown`]) and
+    /// takes the delivery workers; empty if shutdown had already begun.
     fn begin_shutdown(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        if self.inner.shut_down.swap(true, Ordering::AcqRel) {
+        if self.inner.shut_down.swap(true, Ordering::SeqCst) {
             return Vec::new();
         }
+        std::mem::take(&mut *self.inner.workers.lock())
+    }
+
+    /// Tells every agent's worker to deliver what is queued, then stop.
+    fn drain_workers(&self) {
         let agents: Vec<Arc<AgentRecord>> = self.inner.agents.read().values().cloned().collect();
         for a in &agents {
             a.control.send_replace(DRAIN);
         }
-        std::mem::take(&mut *self.inner.workers.lock())
+    }
+
+    /// The graceful part of a shutdown: waits for the sends already under way (they may
+    /// still get a receipt), then lets every worker deliver what is queued — all within
+    /// `pipeline_timeout`.
+    async fn drain(&self, workers: Vec<tokio::task::JoinHandle<()>>) {
+        let deadline = tokio::time::Instant::now().checked_add(self.inner.config.pipeline_timeout);
+        self.inner.wait_senders(deadline).await;
+        self.drain_workers();
+        let join_all = async {
+            for w in workers {
+                let _ = w.await;
+            }
+        };
+        match deadline {
+            Some(d) => {
+                let _ = tokio::time::timeout_at(d, join_all).await;
+            }
+            None => join_all.await,
+        }
     }
 
     fn finish_shutdown(&self) {
@@ -975,6 +1051,16 @@ impl Runtime {
             a.set_state(AgentState::Terminated);
             a.control.send_replace(STOP);
         }
+        let undelivered = self.in_flight();
+        if undelivered > 0 {
+            tracing::warn!(
+                target: "mfp::runtime",
+                runtime = %self.inner.identity.short(),
+                undelivered,
+                "runtime shut down with messages not yet handled; they are dropped (shut down \
+                 outside async code, or call shutdown_async, to deliver them first)"
+            );
+        }
         tracing::info!(target: "mfp::runtime", runtime = %self.inner.identity.short(), "runtime shut down");
     }
 
@@ -984,16 +1070,8 @@ impl Runtime {
     pub fn shutdown(&self) {
         let workers = self.begin_shutdown();
         if !workers.is_empty() {
-            let deadline = self.inner.config.pipeline_timeout;
             let _g = self.inner.exec.enter();
-            crate::block::block_on(async move {
-                let _ = tokio::time::timeout(deadline, async {
-                    for w in workers {
-                        let _ = w.await;
-                    }
-                })
-                .await;
-            });
+            crate::block::block_on(self.drain(workers));
         }
         self.finish_shutdown();
     }
@@ -1001,13 +1079,9 @@ impl Runtime {
     /// Async form of [`Runtime::shutdown`].
     pub async fn shutdown_async(&self) {
         let workers = self.begin_shutdown();
-        let deadline = self.inner.config.pipeline_timeout;
-        let _ = tokio::time::timeout(deadline, async {
-            for w in workers {
-                let _ = w.await;
-            }
-        })
-        .await;
+        if !workers.is_empty() {
+            self.drain(workers).await;
+        }
         self.finish_shutdown();
     }
 }
