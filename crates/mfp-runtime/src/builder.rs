@@ -143,6 +143,7 @@ impl RuntimeBuilder {
             admin: Mutex::new(AdminState { agent_counter: 0, names: HashMap::new() }),
             agents: RwLock::new(HashMap::default()),
             channels: RwLock::new(HashMap::default()),
+            closed: Mutex::default(),
             quarantine_causes: Mutex::new(HashMap::default()),
             sg: Mutex::new(SgState { tree: MerkleSg::new() }),
             shared: Arc::new(Shared::default()),

@@ -117,6 +117,9 @@ pub(crate) struct Inner {
     pub(crate) agents: RwLock<HashMap<AgentId, Arc<AgentRecord>, IdHash>>,
     pub(crate) channels: RwLock<HashMap<ChannelId, Arc<ChannelRecord>, IdHash>>,
     pub(crate) quarantine_causes: Mutex<HashMap<ChannelId, QuarantineCause, IdHash>>,
+    /// Channels closed in this process, remembered so that using one again reports
+    /// [`Error::ChannelClosed`] rather than [`Error::UnknownChannel`].
+    pub(crate) closed: Mutex<ClosedChannels>,
     pub(crate) sg: Mutex<SgState>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) hooks: Option<Arc<dyn Hooks>>,
@@ -127,6 +130,34 @@ pub(crate) struct Inner {
     pub(crate) workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub(crate) exec: tokio::runtime::Handle,
     pub(crate) shut_down: AtomicBool,
+}
+
+/// How many closed channel ids a runtime remembers (16 bytes each, plus the set's
+/// overhead); the oldest is forgotten first.
+pub(crate) const CLOSED_MEMORY: usize = 65_536;
+
+/// The ids of recently closed channels, bounded by [`CLOSED_MEMORY`].
+#[derive(Default)]
+pub(crate) struct ClosedChannels {
+    set: std::collections::HashSet<ChannelId, IdHash>,
+    order: std::collections::VecDeque<ChannelId>,
+}
+
+impl ClosedChannels {
+    fn insert(&mut self, id: ChannelId) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+        }
+        while self.order.len() > CLOSED_MEMORY {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, id: &ChannelId) -> bool {
+        self.set.contains(id)
+    }
 }
 
 /// A restored agent waiting for its handler.
@@ -237,7 +268,10 @@ impl Inner {
     }
 
     pub(crate) fn channel(&self, id: &ChannelId) -> Result<Arc<ChannelRecord>> {
-        self.channels.read().get(id).cloned().ok_or(Error::UnknownChannel)
+        if let Some(ch) = self.channels.read().get(id) {
+            return Ok(Arc::clone(ch));
+        }
+        Err(if self.closed.lock().contains(id) { Error::ChannelClosed } else { Error::UnknownChannel })
     }
 
     pub(crate) fn current_sg(&self) -> Option<State> {
@@ -498,6 +532,7 @@ impl Inner {
                 let _ = self.sg.lock().tree.insert(*id, &inner.state);
                 return Err(e);
             }
+            self.closed.lock().insert(*id);
             self.channels.write().remove(id);
             inner.status = ChannelStatus::Closed;
             inner.state = State::zero();

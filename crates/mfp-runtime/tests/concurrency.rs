@@ -235,5 +235,5 @@ fn sends_racing_a_channel_close_are_all_or_nothing() {
         assert_eq!(m.message_id, r.message_id);
         assert_eq!(m.step, r.step);
     }
-    assert_eq!(a.send(ch, b"after"), Err(Error::UnknownChannel));
+    assert_eq!(a.send(ch, b"after"), Err(Error::ChannelClosed));
 }

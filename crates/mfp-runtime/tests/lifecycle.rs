@@ -44,8 +44,14 @@ fn bound_becomes_active_with_the_first_channel_and_bound_again_after_the_last() 
     assert_eq!(a.state(), AgentState::Active, "a still has a channel");
     assert_eq!(b.state(), AgentState::Bound);
     assert_eq!(b.send(ab, b"x"), Err(Error::AgentState(AgentState::Bound)));
-    assert_eq!(a.send(ab, b"x"), Err(Error::UnknownChannel));
-    assert_eq!(rt.close_channel(&ab), Err(Error::UnknownChannel));
+    // A closed channel is remembered: using it again says it is closed (pymfp's
+    // `channel_closed`), not that it does not exist.
+    assert_eq!(a.send(ab, b"x"), Err(Error::ChannelClosed));
+    assert_eq!(a.send(ab, b"x").unwrap_err().code().unwrap().as_str(), "channel_closed");
+    assert_eq!(rt.close_channel(&ab), Err(Error::ChannelClosed));
+    assert_eq!(rt.quarantine_channel(&ab, "x"), Err(Error::ChannelClosed));
+    assert_eq!(rt.restore_channel(&ab), Err(Error::ChannelClosed));
+    assert_eq!(rt.close_channel(&mfp_runtime::ChannelId::from_bytes([7; 16])), Err(Error::UnknownChannel));
 
     rt.close_channel(&ac).unwrap();
     assert_eq!((a.state(), c.state()), (AgentState::Bound, AgentState::Bound));
