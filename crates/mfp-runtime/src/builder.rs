@@ -175,7 +175,8 @@ impl Inner {
             if agents.contains_key(&row.id) {
                 return Err(corrupt(format!("agent {} stored twice", row.id.short())));
             }
-            let (rec, rx, control_rx) = AgentRecord::new(row.id, row.name.clone(), self.config.mailbox_capacity);
+            let (rec, rx, control_rx) =
+                AgentRecord::new(row.id, row.name.clone(), self.config.mailbox_capacity, self.config.mailbox_max_bytes);
             rec.set_state(row.state);
             rec.admin.lock().quarantine_reason = row.quarantine_reason.clone();
             if let Some(n) = &row.name

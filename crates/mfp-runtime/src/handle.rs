@@ -177,6 +177,22 @@ impl AgentHandle {
                     continue;
                 }
             };
+            // Bytes first, then the message slot; both bounded by the same deadline.
+            let need = recipient.bytes_needed(payload.len());
+            let bytes = match inner.try_reserve_bytes(&recipient, need)? {
+                Some(b) => b,
+                None => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, recipient.mailbox_bytes.acquire_many(need)).await {
+                        Ok(Ok(b)) => b,
+                        Ok(Err(_)) => return Err(Error::ChannelClosed),
+                        Err(_) => {
+                            inner.shared.metrics.mailbox_full.inc();
+                            return Err(Error::MailboxFull);
+                        }
+                    }
+                }
+            };
             let permit = match inner.try_reserve(&recipient)? {
                 Some(p) => p,
                 None => {
@@ -191,7 +207,7 @@ impl AgentHandle {
                     }
                 }
             };
-            let run = || inner.execute(&self.record, &ch, &recipient, payload, options, permit, done, started);
+            let run = || inner.execute(&self.record, &ch, &recipient, payload, options, (permit, bytes), done, started);
             // With storage the pipeline waits for its commit. An async caller on a
             // multi-threaded tokio runtime tells tokio first, so the worker's other tasks
             // move elsewhere instead of stalling behind the disk.

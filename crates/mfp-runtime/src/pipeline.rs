@@ -89,7 +89,7 @@ impl Inner {
         recipient: &AgentRecord,
         payload: &[u8],
         opts: &SendOptions,
-        permit: mpsc::Permit<'_, Delivery>,
+        (permit, bytes): (mpsc::Permit<'_, Delivery>, tokio::sync::SemaphorePermit<'_>),
         done: Option<oneshot::Sender<Outcome>>,
         started: Instant,
     ) -> Result<Receipt> {
@@ -219,7 +219,10 @@ impl Inner {
         }
 
         // DELIVER (cannot fail: the slot is reserved)
-        self.shared.in_flight.0.fetch_add(1, Ordering::AcqRel);
+        // The byte permits now travel with the message; its handler's end returns them.
+        let held = bytes.num_permits();
+        bytes.forget();
+        let token = crate::runtime::InFlight::new(&self.shared, u32::try_from(held).unwrap_or(u32::MAX));
         permit.send(Delivery {
             msg: crate::types::DeliveredMessage {
                 payload: m,
@@ -230,6 +233,7 @@ impl Inner {
                 step,
             },
             done,
+            token,
         });
 
         // Commit: state, step, Sg — all before the channel lock is released.
@@ -276,6 +280,26 @@ impl Inner {
             self.event(ev);
         }
         Ok(receipt)
+    }
+
+    /// Reserves `need` bytes of the recipient's mailbox without waiting; `None` asks the
+    /// caller to wait (backpressure `Wait`).
+    pub(crate) fn try_reserve_bytes<'a>(
+        &self,
+        recipient: &'a AgentRecord,
+        need: u32,
+    ) -> Result<Option<tokio::sync::SemaphorePermit<'a>>> {
+        match recipient.mailbox_bytes.try_acquire_many(need) {
+            Ok(p) => Ok(Some(p)),
+            Err(tokio::sync::TryAcquireError::NoPermits) => match self.config.backpressure {
+                Backpressure::Reject => {
+                    self.shared.metrics.mailbox_full.inc();
+                    Err(Error::MailboxFull)
+                }
+                Backpressure::Wait => Ok(None),
+            },
+            Err(tokio::sync::TryAcquireError::Closed) => Err(Error::ChannelClosed),
+        }
     }
 
     /// Reserves a mailbox slot without waiting.

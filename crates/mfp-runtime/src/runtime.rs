@@ -48,6 +48,28 @@ impl Shared {
     }
 }
 
+/// A message counted in `in_flight`: the count drops when the token does — after the
+/// handler ran, or when the message is dropped undelivered (terminate, shutdown).
+pub(crate) struct InFlight {
+    shared: Arc<Shared>,
+    /// Byte permits of the recipient's mailbox the message holds (released after its
+    /// handler ran; a dropped message's bytes go with its stopped agent).
+    pub(crate) bytes: u32,
+}
+
+impl InFlight {
+    pub(crate) fn new(shared: &Arc<Shared>, bytes: u32) -> Self {
+        shared.in_flight.0.fetch_add(1, Ordering::AcqRel);
+        Self { shared: Arc::clone(shared), bytes }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared.in_flight_done();
+    }
+}
+
 /// A send in progress; shutdown waits for every one of them before it tells the delivery
 /// workers to drain, so a message that gets a receipt is always in a mailbox a worker
 /// still drains.
@@ -312,7 +334,8 @@ impl Inner {
             ])?;
         }
         admin.agent_counter = counter;
-        let (record, rx, control_rx) = AgentRecord::new(id, name.clone(), self.config.mailbox_capacity);
+        let (record, rx, control_rx) =
+            AgentRecord::new(id, name.clone(), self.config.mailbox_capacity, self.config.mailbox_max_bytes);
         self.spawn_worker(&record, handler, rx, control_rx);
         self.agents.write().insert(id, Arc::clone(&record));
         if let Some(n) = name {

@@ -87,3 +87,38 @@ fn wait_idle_takes_an_unbounded_timeout() {
     let exec = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     assert!(exec.block_on(rt.wait_idle_async(Duration::MAX)));
 }
+
+/// Terminating an agent whose handler never returns drops its queued message and stops
+/// counting the one in the handler: `in_flight` returns to zero, and stays there when the
+/// handler finally returns.
+#[test]
+fn terminate_with_a_handler_blocked_forever_leaves_nothing_in_flight() {
+    let rt = Runtime::new(cfg()).unwrap();
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (left_tx, left_rx) = std::sync::mpsc::channel::<()>();
+    let hooks = Mutex::new((entered_tx, release_rx, left_tx));
+    let a = rt.bind(|_, _| {}).unwrap();
+    let b = rt
+        .bind(move |_, _| {
+            let h = hooks.lock().unwrap();
+            let _ = h.0.send(());
+            // Blocks until the test drops `release_tx`.
+            let _ = h.1.recv();
+            let _ = h.2.send(());
+        })
+        .unwrap();
+    let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
+    a.send(ch, b"stuck in the handler").unwrap();
+    entered_rx.recv_timeout(WAIT).expect("the handler started");
+    a.send(ch, b"queued behind it").unwrap();
+    assert_eq!(rt.in_flight(), 2);
+    rt.terminate_agent(&b.id()).unwrap();
+    assert!(rt.wait_idle(WAIT * 2), "in_flight stays at {}", rt.in_flight());
+    drop(release_tx);
+    left_rx.recv_timeout(WAIT).expect("the handler returned");
+    // The handler's late return is not counted a second time.
+    assert_eq!(rt.in_flight(), 0);
+    assert!(rt.wait_idle(WAIT));
+    assert_eq!(rt.in_flight(), 0);
+}
