@@ -52,9 +52,9 @@ impl Inner {
         }
         match sender.state() {
             AgentState::Active => {}
-            AgentState::Quarantined => return Err(Error::AgentQuarantined),
-            AgentState::Terminated => return Err(Error::AgentNotBound),
-            s @ AgentState::Bound => return Err(Error::AgentState(s)),
+            AgentState::Quarantined => return Err(Error::AgentQuarantined(sender.id)),
+            AgentState::Terminated => return Err(Error::AgentNotBound(sender.id)),
+            s @ AgentState::Bound => return Err(Error::AgentState { agent: sender.id, state: s }),
         }
         let max_rate = self.config.max_message_rate;
         let limited = if max_rate == 0 { None } else { sender.rate.lock().check(now, max_rate) };
@@ -63,14 +63,16 @@ impl Inner {
             match self.config.rate_limit_action {
                 RateLimitAction::Quarantine => {
                     let _ = self.quarantine_agent(&sender.id, "Rate limit exceeded");
-                    return Err(Error::AgentQuarantined);
+                    return Err(Error::AgentQuarantined(sender.id));
                 }
                 RateLimitAction::Reject => return Err(Error::RateLimited { retry_after }),
                 RateLimitAction::Wait => return Ok(Err(retry_after)),
             }
         }
         let channel = self.channel(channel_id)?;
-        let recipient = Arc::clone(channel.peer_of(&sender.id).ok_or(Error::NotOnChannel)?);
+        let recipient = Arc::clone(
+            channel.peer_of(&sender.id).ok_or(Error::NotOnChannel { agent: sender.id, channel: *channel_id })?,
+        );
         let max = self.config.max_payload_size;
         if max > 0 && payload_len > max {
             return Err(Error::PayloadTooLarge { len: payload_len, max });
@@ -121,11 +123,11 @@ impl Inner {
         // ACCEPT
         match ch.status {
             ChannelStatus::Active => {}
-            ChannelStatus::Quarantined => return Err(Error::ChannelQuarantined),
-            ChannelStatus::Closed => return Err(Error::ChannelClosed),
+            ChannelStatus::Quarantined => return Err(Error::ChannelQuarantined(channel.id)),
+            ChannelStatus::Closed => return Err(Error::ChannelClosed(channel.id)),
         }
         if recipient.state() == AgentState::Quarantined {
-            return Err(Error::ChannelQuarantined);
+            return Err(Error::ChannelQuarantined(channel.id));
         }
         if let (Some((key, digest)), Some(d)) = (&idem, ch.dedup.as_mut()) {
             match d.lookup(key, digest, started, self.config.dedup_ttl) {
@@ -143,7 +145,7 @@ impl Inner {
         corr.copy_from_slice(ids.get(..8).unwrap_or(&[0; 8]));
         let message_id = MessageId::from_slice(ids.get(16..32).unwrap_or_default())?;
         let correlation_id = CorrelationId(corr);
-        let sg = self.current_sg().ok_or(Error::UnknownChannel)?;
+        let sg = self.current_sg().ok_or(Error::UnknownChannel(channel.id))?;
         let step = ch.step;
 
         // FRAME
@@ -294,11 +296,11 @@ impl Inner {
             Err(tokio::sync::TryAcquireError::NoPermits) => match self.config.backpressure {
                 Backpressure::Reject => {
                     self.shared.metrics.mailbox_full.inc();
-                    Err(Error::MailboxFull)
+                    Err(Error::MailboxFull(recipient.id))
                 }
                 Backpressure::Wait => Ok(None),
             },
-            Err(tokio::sync::TryAcquireError::Closed) => Err(Error::ChannelClosed),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(Error::AgentNotBound(recipient.id)),
         }
     }
 
@@ -309,11 +311,11 @@ impl Inner {
             Err(mpsc::error::TrySendError::Full(())) => match self.config.backpressure {
                 Backpressure::Reject => {
                     self.shared.metrics.mailbox_full.inc();
-                    Err(Error::MailboxFull)
+                    Err(Error::MailboxFull(recipient.id))
                 }
                 Backpressure::Wait => Ok(None),
             },
-            Err(mpsc::error::TrySendError::Closed(())) => Err(Error::ChannelClosed),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(Error::AgentNotBound(recipient.id)),
         }
     }
 }

@@ -286,14 +286,14 @@ impl Inner {
     }
 
     pub(crate) fn agent(&self, id: &AgentId) -> Result<Arc<AgentRecord>> {
-        self.agents.read().get(id).cloned().ok_or(Error::AgentNotBound)
+        self.agents.read().get(id).cloned().ok_or(Error::AgentNotBound(*id))
     }
 
     pub(crate) fn channel(&self, id: &ChannelId) -> Result<Arc<ChannelRecord>> {
         if let Some(ch) = self.channels.read().get(id) {
             return Ok(Arc::clone(ch));
         }
-        Err(if self.closed.lock().contains(id) { Error::ChannelClosed } else { Error::UnknownChannel })
+        Err(if self.closed.lock().contains(id) { Error::ChannelClosed(*id) } else { Error::UnknownChannel(*id) })
     }
 
     pub(crate) fn current_sg(&self) -> Option<State> {
@@ -311,8 +311,12 @@ impl Inner {
             return Err(Error::ResourceLimit { what: "max_agents", limit: self.config.max_agents });
         }
         if let Some(n) = &name
-            && admin.names.contains_key(n)
+            && let Some(existing) = admin.names.get(n)
         {
+            // A restored agent keeps its name; it wants its handler attached, not a twin.
+            if self.detached.lock().contains_key(existing) {
+                return Err(Error::RestoredAgentName(n.clone()));
+            }
             return Err(Error::DuplicateAgentName(n.clone()));
         }
         let counter = admin.agent_counter + 1;
@@ -364,8 +368,8 @@ impl Inner {
         let mut admin = self.admin.lock();
         let rec = self.agent(id)?;
         match rec.state() {
-            AgentState::Quarantined if !forced => return Err(Error::AgentQuarantined),
-            AgentState::Terminated => return Err(Error::AgentNotBound),
+            AgentState::Quarantined if !forced => return Err(Error::AgentQuarantined(*id)),
+            AgentState::Terminated => return Err(Error::AgentNotBound(*id)),
             _ => {}
         }
         let chans = rec.admin.lock().channels.clone();
@@ -420,7 +424,7 @@ impl Inner {
     /// Starts the worker of a restored agent with `handler`.
     fn attach(self: &Arc<Self>, id: &AgentId, handler: Handler) -> Result<AgentHandle> {
         let record = self.agent(id)?;
-        let (rx, control_rx) = self.detached.lock().remove(id).ok_or(Error::AlreadyAttached)?;
+        let (rx, control_rx) = self.detached.lock().remove(id).ok_or(Error::AlreadyAttached(*id))?;
         self.spawn_worker(&record, handler, rx, control_rx);
         Ok(AgentHandle::new(Arc::downgrade(self), record))
     }
@@ -439,8 +443,8 @@ impl Inner {
         let rb = self.agent(b)?;
         for r in [&ra, &rb] {
             match r.state() {
-                AgentState::Quarantined => return Err(Error::AgentQuarantined),
-                AgentState::Terminated => return Err(Error::AgentNotBound),
+                AgentState::Quarantined => return Err(Error::AgentQuarantined(r.id)),
+                AgentState::Terminated => return Err(Error::AgentNotBound(r.id)),
                 AgentState::Bound | AgentState::Active => {}
             }
             if r.admin.lock().channels.len() >= self.config.max_channels_per_agent {
@@ -589,7 +593,7 @@ impl Inner {
         let _admin = self.admin.lock();
         let rec = self.agent(id)?;
         match rec.state() {
-            AgentState::Terminated => return Err(Error::AgentNotBound),
+            AgentState::Terminated => return Err(Error::AgentNotBound(*id)),
             AgentState::Quarantined => return Ok(()),
             _ => {}
         }
@@ -635,7 +639,7 @@ impl Inner {
         let ch = self.channel(id)?;
         let mut inner = ch.inner.lock();
         if inner.status != ChannelStatus::Active {
-            return Err(Error::ChannelState(inner.status));
+            return Err(Error::ChannelState { channel: *id, status: inner.status });
         }
         inner.status = ChannelStatus::Quarantined;
         drop(inner);
@@ -667,7 +671,7 @@ impl Inner {
         let _admin = self.admin.lock();
         let rec = self.agent(id)?;
         if rec.state() != AgentState::Quarantined {
-            return Err(Error::AgentState(rec.state()));
+            return Err(Error::AgentState { agent: *id, state: rec.state() });
         }
         let chans = rec.admin.lock().channels.clone();
         for c in &chans {
@@ -706,12 +710,14 @@ impl Inner {
     fn restore_channel(&self, id: &ChannelId) -> Result<()> {
         let _admin = self.admin.lock();
         let ch = self.channel(id)?;
-        if ch.a.state() == AgentState::Quarantined || ch.b.state() == AgentState::Quarantined {
-            return Err(Error::AgentQuarantined);
+        for r in [&ch.a, &ch.b] {
+            if r.state() == AgentState::Quarantined {
+                return Err(Error::AgentQuarantined(r.id));
+            }
         }
         let mut inner = ch.inner.lock();
         if inner.status != ChannelStatus::Quarantined {
-            return Err(Error::ChannelState(inner.status));
+            return Err(Error::ChannelState { channel: *id, status: inner.status });
         }
         inner.status = ChannelStatus::Active;
         inner.validation_failures = 0;
@@ -890,6 +896,46 @@ impl Runtime {
     /// Attaches an async handler to a restored agent.
     pub fn attach_async<H: crate::agent::AsyncHandler>(&self, id: &AgentId, handler: H) -> Result<AgentHandle> {
         self.inner.attach(id, Handler::from_async(handler))
+    }
+
+    /// [`Runtime::attach_async`] by the agent's name.
+    pub fn attach_async_named<H: crate::agent::AsyncHandler>(&self, name: &str, handler: H) -> Result<AgentHandle> {
+        let id = self.id_by_name(name)?;
+        self.inner.attach(&id, Handler::from_async(handler))
+    }
+
+    /// Attaches an async closure `|agent, message| async move { … }` to a restored agent
+    /// (the restart counterpart of [`Runtime::bind_async_fn`]).
+    pub fn attach_async_fn<F, Fut>(&self, id: &AgentId, handler: F) -> Result<AgentHandle>
+    where
+        F: Fn(AgentHandle, crate::types::DeliveredMessage) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.attach(id, Handler::from_async_fn(handler))
+    }
+
+    /// [`Runtime::attach_async_fn`] by the agent's name.
+    pub fn attach_async_fn_named<F, Fut>(&self, name: &str, handler: F) -> Result<AgentHandle>
+    where
+        F: Fn(AgentHandle, crate::types::DeliveredMessage) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let id = self.id_by_name(name)?;
+        self.inner.attach(&id, Handler::from_async_fn(handler))
+    }
+
+    /// Binds a named agent with an async closure (see [`Runtime::bind_async_fn`]).
+    pub fn bind_async_fn_named<F, Fut>(&self, name: &str, handler: F) -> Result<AgentHandle>
+    where
+        F: Fn(AgentHandle, crate::types::DeliveredMessage) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.bind(Some(name.to_string()), Handler::from_async_fn(handler))
+    }
+
+    fn id_by_name(&self, name: &str) -> Result<AgentId> {
+        let id = self.inner.admin.lock().names.get(name).copied();
+        id.ok_or_else(|| Error::UnknownAgentName(name.to_string()))
     }
 
     /// Agents restored from storage that have no handler yet: `(id, name)`.
@@ -1091,7 +1137,9 @@ impl Runtime {
         }
     }
 
-    fn finish_shutdown(&self) {
+    /// Wipes the in-memory state; `undelivered` messages were still queued or being
+    /// handled when delivery stopped (they are dropped, and a warning says how many).
+    fn finish_shutdown(&self, undelivered: u64) {
         let _admin = self.inner.admin.lock();
         // Wipe every channel's state from memory. Nothing is written to storage: a
         // persistent runtime keeps its channels and comes back where it was.
@@ -1109,7 +1157,6 @@ impl Runtime {
             a.set_state(AgentState::Terminated);
             a.control.send_replace(STOP);
         }
-        let undelivered = self.in_flight();
         if undelivered > 0 {
             tracing::warn!(
                 target: "mfp::runtime",
@@ -1131,7 +1178,7 @@ impl Runtime {
             let _g = self.inner.exec.enter();
             crate::block::block_on(self.drain(workers));
         }
-        self.finish_shutdown();
+        self.finish_shutdown(self.in_flight());
     }
 
     /// Async form of [`Runtime::shutdown`].
@@ -1140,7 +1187,7 @@ impl Runtime {
         if !workers.is_empty() {
             self.drain(workers).await;
         }
-        self.finish_shutdown();
+        self.finish_shutdown(self.in_flight());
     }
 }
 
@@ -1153,10 +1200,11 @@ impl Drop for Runtime {
             } else {
                 // Inside async code we must not block: stop workers at once.
                 let workers = self.begin_shutdown();
+                let undelivered = self.in_flight();
                 for w in &workers {
                     w.abort();
                 }
-                self.finish_shutdown();
+                self.finish_shutdown(undelivered);
             }
         }
         if let Some(rt) = self.owned.take() {

@@ -2,6 +2,7 @@
 //! Persistence through the storage trait, with the in-memory store: what is saved, what a
 //! restart restores, and failing closed.
 
+#[macro_use]
 mod common;
 
 use common::{Inbox, cfg};
@@ -45,7 +46,7 @@ fn restart_restores_identity_agents_channels_and_steps() {
     let inbox = Inbox::new();
     let alice = rt.attach_named("alice", |_, _| {}).unwrap();
     // A second attach is refused.
-    assert_eq!(rt.attach(&alice_id, |_, _| {}).unwrap_err(), Error::AlreadyAttached);
+    assert_eq!(rt.attach(&alice_id, |_, _| {}).unwrap_err(), Error::AlreadyAttached(alice_id));
     // Bob gets a message while detached: it waits in his mailbox until he is attached.
     let r = alice.send(ch, b"after restart").unwrap();
     assert_eq!(r.step, 3);
@@ -130,7 +131,7 @@ fn quarantine_close_and_unbind_survive_a_restart() {
     rt.unbind_agent(&c).unwrap();
     rt.shutdown();
     let rt = Runtime::builder(persistent_cfg()).storage(store).build().unwrap();
-    assert!(matches!(rt.agent_state(&c), Err(Error::AgentNotBound)));
+    assert!(matches!(rt.agent_state(&c), Err(Error::AgentNotBound(_))));
     assert_eq!(rt.agent_count(), 2);
     rt.shutdown();
 }
