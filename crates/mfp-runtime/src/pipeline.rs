@@ -214,6 +214,7 @@ impl Inner {
                     let mut sg = self.sg.lock();
                     let inner = &mut *ch;
                     let _ = sg.tree.update_hinted(&channel.id, &inner.state, &mut inner.leaf_hint);
+                    self.resubmit_sg(&mut sg);
                 }
                 self.rejected(sender.id, channel.id, "storage write failed");
                 return Err(e);

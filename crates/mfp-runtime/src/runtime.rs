@@ -211,6 +211,15 @@ impl Inner {
         self.storage.as_ref().map(|st| st.apply(ops))
     }
 
+    /// After a failed batch whose change was undone in the tree: batches submitted after it
+    /// carry an Sg that counted the failed change, and any of them may still commit. The
+    /// current root goes to storage right behind them, so the stored Sg is corrected by the
+    /// next commit instead of staying wrong until some later write. Not waited for: if it
+    /// fails, so will the writes that would have needed it. The caller holds the `sg` lock.
+    pub(crate) fn resubmit_sg(&self, sg: &mut SgState) {
+        drop(self.submit(vec![StorageOp::Sg(sg.tree.root())]));
+    }
+
     /// Waits for a submitted batch (never under the `sg` lock). A failure is an error
     /// unless the operator chose to run degraded (`storage_fail_open`).
     pub(crate) fn settle(&self, ticket: Option<crate::storage::Ticket>) -> Result<()> {
@@ -490,7 +499,9 @@ impl Inner {
                 self.submit(ops)
             };
             if let Err(e) = self.settle(ticket) {
-                let _ = self.sg.lock().tree.remove(&id);
+                let mut sg = self.sg.lock();
+                let _ = sg.tree.remove(&id);
+                self.resubmit_sg(&mut sg);
                 return Err(e);
             }
         }
@@ -556,7 +567,9 @@ impl Inner {
                 }
             };
             if let Err(e) = self.settle(ticket) {
-                let _ = self.sg.lock().tree.insert(*id, &inner.state);
+                let mut sg = self.sg.lock();
+                let _ = sg.tree.insert(*id, &inner.state);
+                self.resubmit_sg(&mut sg);
                 return Err(e);
             }
             self.closed.lock().insert(*id);

@@ -299,3 +299,125 @@ fn every_submitted_sg_is_the_root_of_the_states_submitted_before_it() {
         m.mismatches, m.sg_batches
     );
 }
+
+/// A store whose batches wait until the test completes them, one by one, in submission
+/// order (as the SQLite writer commits them), failing the ones it chooses. The model holds
+/// what was committed.
+#[derive(Clone, Default)]
+struct ManualStore(std::sync::Arc<(std::sync::Mutex<ManualQueue>, std::sync::Condvar)>);
+
+#[derive(Default)]
+struct ManualQueue {
+    pending: std::collections::VecDeque<(Vec<StorageOp>, mfp_runtime::storage::TicketSender)>,
+    states: std::collections::BTreeMap<mfp_core::ChannelId, State>,
+    sg: Option<State>,
+}
+
+impl ManualStore {
+    /// Waits until at least `n` batches are pending.
+    fn wait_pending(&self, n: usize) {
+        let (lock, cv) = &*self.0;
+        let deadline = std::time::Instant::now() + common::WAIT;
+        let mut q = lock.lock().unwrap();
+        while q.pending.len() < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "expected {n} pending batches, have {}", q.pending.len());
+            q = cv.wait_timeout(q, left).unwrap().0;
+        }
+    }
+
+    /// Commits (or fails) the oldest pending batch.
+    fn complete_next(&self, ok: bool) {
+        self.wait_pending(1);
+        let (ops, done) = self.0.0.lock().unwrap().pending.pop_front().unwrap();
+        if ok {
+            let mut q = self.0.0.lock().unwrap();
+            for op in ops {
+                match op {
+                    StorageOp::PutChannel(c) => {
+                        q.states.insert(c.id, c.state);
+                    }
+                    StorageOp::AdvanceChannel { id, state, .. } => {
+                        q.states.insert(id, state);
+                    }
+                    StorageOp::CloseChannel(id) => {
+                        q.states.remove(&id);
+                    }
+                    StorageOp::Sg(sg) => q.sg = sg,
+                    _ => {}
+                }
+            }
+            drop(q);
+            done.complete(Ok(()));
+        } else {
+            done.complete(Err(StorageError::Backend("injected failure".into())));
+        }
+    }
+
+    /// Whether the committed Sg is the root of the committed channel states.
+    fn consistent(&self) -> bool {
+        let q = self.0.0.lock().unwrap();
+        mfp_core::MerkleSg::from_states(q.states.iter().map(|(c, s)| (*c, s))).unwrap().root() == q.sg
+    }
+}
+
+impl Storage for ManualStore {
+    fn load(&self) -> Result<Option<mfp_runtime::storage::Snapshot>, StorageError> {
+        Ok(None)
+    }
+
+    fn apply(&self, ops: Vec<StorageOp>) -> mfp_runtime::storage::Ticket {
+        let (done, ticket) = mfp_runtime::storage::Ticket::pending();
+        let (lock, cv) = &*self.0;
+        lock.lock().unwrap().pending.push_back((ops, done));
+        cv.notify_all();
+        ticket
+    }
+}
+
+/// Channel A's batch fails after channel B's batch — whose Sg counted A's new state — was
+/// queued behind it; B's commits. The runtime must then queue the corrected Sg, so the
+/// store does not stay (until some later write) with an Sg that matches no committed state.
+#[test]
+fn a_failed_batch_is_followed_by_the_corrected_sg() {
+    let store = ManualStore::default();
+    let setup = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let rt = Runtime::builder(persistent_cfg()).storage(store).build().unwrap();
+            let a = rt.bind(|_, _| {}).unwrap();
+            let b = rt.bind(|_, _| {}).unwrap();
+            let c = rt.bind(|_, _| {}).unwrap();
+            let ab = rt.establish_channel(&a.id(), &b.id()).unwrap();
+            let ac = rt.establish_channel(&a.id(), &c.id()).unwrap();
+            (rt, a, ab, ac)
+        })
+    };
+    for _ in 0..6 {
+        store.complete_next(true); // the metadata, three binds, two establishes
+    }
+    let (rt, a, ab, ac) = setup.join().unwrap();
+    assert!(store.consistent());
+
+    let first = {
+        let a = a.clone();
+        std::thread::spawn(move || a.send(ab, b"fails"))
+    };
+    store.wait_pending(1);
+    let second = std::thread::spawn(move || a.send(ac, b"commits"));
+    store.wait_pending(2);
+    store.complete_next(false);
+    store.complete_next(true);
+    assert!(first.join().unwrap().is_err());
+    assert_eq!(second.join().unwrap().unwrap().step, 0);
+    // Whatever the runtime queued after the failure commits.
+    loop {
+        let pending = store.0.0.lock().unwrap().pending.len();
+        if pending == 0 {
+            break;
+        }
+        store.complete_next(true);
+    }
+    assert!(store.consistent(), "the committed Sg is not the root of the committed channel states");
+    rt.shutdown();
+}
