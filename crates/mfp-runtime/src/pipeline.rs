@@ -200,14 +200,15 @@ impl Inner {
             // one hold of the `sg` lock, so storage receives batches in Sg order and the
             // committed Sg is always the root of the committed states; the commit is
             // awaited after the `sg` lock is released.
+            // The batch is built before the lock is taken; only the root is filled in under it.
+            let mut ops = Vec::with_capacity(2);
+            ops.push(StorageOp::AdvanceChannel { id: channel.id, state: next.clone(), step: next_step });
             let ticket = {
                 let mut sg = self.sg.lock();
                 let inner = &mut *ch;
                 sg.tree.update_hinted(&channel.id, &next, &mut inner.leaf_hint).map_err(|e| Error::Core(e.into()))?;
-                self.submit(vec![
-                    StorageOp::AdvanceChannel { id: channel.id, state: next.clone(), step: next_step },
-                    StorageOp::Sg(sg.tree.root()),
-                ])
+                ops.push(StorageOp::Sg(sg.tree.root()));
+                self.submit(ops)
             };
             if let Err(e) = self.settle(ticket) {
                 {
