@@ -21,8 +21,9 @@ use tokio::sync::oneshot;
 
 use crate::types::{AgentState, ChannelStatus};
 
-/// Why storage failed. Messages never contain keys, states or payloads.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+/// Why storage failed. Messages never contain keys, states or payloads. `Debug` prints
+/// the same text as `Display`.
+#[derive(Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum StorageError {
     /// The backend failed (I/O, SQL, lock timeout).
@@ -46,6 +47,12 @@ pub enum StorageError {
     /// The storage has shut down.
     #[error("storage closed")]
     Closed,
+}
+
+impl std::fmt::Debug for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// A persisted agent.

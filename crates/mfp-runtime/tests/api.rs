@@ -49,6 +49,12 @@ fn errors_name_the_agent_or_channel_and_debug_reads_like_display() {
     assert!(e.to_string().contains(&b.id().to_string()), "{e}");
     // `main() -> Result<(), Error>` prints the Debug form: the same sentence.
     assert_eq!(format!("{:?}", Err::<(), _>(e.clone())), format!("Err({e})"));
+    // Also for a storage error, alone or inside the runtime's error.
+    let e = Error::Storage(mfp_runtime::storage::StorageError::Decrypt);
+    assert_eq!(format!("{e:?}"), e.to_string());
+    assert!(!format!("{e:?}").contains("Decrypt"), "{e:?}");
+    let s = mfp_runtime::storage::StorageError::Decrypt;
+    assert_eq!(format!("{s:?}"), s.to_string());
 }
 
 #[test]
