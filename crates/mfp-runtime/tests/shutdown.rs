@@ -13,13 +13,24 @@ use common::{Gate, WAIT, cfg};
 use mfp_runtime::{ChannelId, Error, Runtime, RuntimeConfig};
 
 /// Four sender threads on four channels, shut down mid-stream: every message that got a
-/// receipt reaches its handler, and nothing stays in flight.
+/// receipt reaches its handler, and nothing stays in flight. Every other round persists
+/// (each send then also waits for its commit).
 #[test]
 fn graceful_shutdown_delivers_every_acknowledged_message() {
     const SENDERS: usize = 4;
     for round in 0..12 {
-        let rt =
-            Arc::new(Runtime::new(RuntimeConfig { max_message_rate: 0, pipeline_timeout: WAIT * 4, ..cfg() }).unwrap());
+        let config = RuntimeConfig {
+            max_message_rate: 0,
+            pipeline_timeout: WAIT * 4,
+            deployment_id: b"shutdown".to_vec(),
+            instance_id: b"test".to_vec(),
+            ..cfg()
+        };
+        let mut builder = Runtime::builder(config);
+        if round % 2 == 1 {
+            builder = builder.storage(mfp_runtime::storage::MemoryStorage::new());
+        }
+        let rt = Arc::new(builder.build().unwrap());
         let delivered: Arc<Mutex<BTreeMap<ChannelId, u64>>> = Arc::default();
         let total = Arc::new(AtomicU64::new(0));
         let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
