@@ -22,6 +22,14 @@ fn worker(agent: &AgentHandle, msg: DeliveredMessage) {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Warnings from the runtime (e.g. messages dropped at shutdown) reach the terminal;
+    // RUST_LOG overrides the level.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let runtime = Runtime::new(RuntimeConfig::default())?;
     let (answers_tx, answers_rx) = mpsc::channel::<(String, String)>();
 

@@ -10,6 +10,15 @@ use mfp::sqlite::{MasterKey, StorageConfig, open_runtime};
 use mfp::{DeliveredMessage, RuntimeConfig, mfp_send};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Warnings from the runtime and storage (e.g. a key file readable by others) reach
+    // the terminal;
+    // RUST_LOG overrides the level.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let dir = Path::new("target/example-persistent");
     std::fs::create_dir_all(dir)?;
     let key_file = dir.join("master.key");

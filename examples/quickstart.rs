@@ -5,6 +5,14 @@
 use mfp::{DeliveredMessage, Runtime, RuntimeConfig, mfp_send};
 
 fn main() -> Result<(), mfp::Error> {
+    // Warnings from the runtime (e.g. messages dropped at shutdown) reach the terminal;
+    // RUST_LOG overrides the level.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     // A runtime with pymfp's default configuration.
     let runtime = Runtime::new(RuntimeConfig::default())?;
 

@@ -19,6 +19,14 @@ impl AsyncHandler for Bob {
 
 #[tokio::main]
 async fn main() -> Result<(), mfp::Error> {
+    // Warnings from the runtime (e.g. messages dropped at shutdown) reach the terminal;
+    // RUST_LOG overrides the level.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     // Inside a tokio context the runtime uses the current tokio runtime for delivery.
     let runtime = Runtime::new(RuntimeConfig::default())?;
     let alice = runtime.bind_async_fn(|_agent, msg: DeliveredMessage| async move {

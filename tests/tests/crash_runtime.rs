@@ -1,17 +1,21 @@
 //! Crash safety of a runtime on SQLite: `mfp-crash-child` (a runtime with agents alice and
-//! bob and two channels, sending until killed) is killed with SIGKILL at a random moment,
+//! bob and twelve channels, a sender thread on each, sending until killed) is killed with SIGKILL at a random moment,
 //! again and again on the same database, and after every kill the store is checked against
 //! what the child printed:
 //!
 //! 1. every receipt alice printed is below the stored step of its channel (an acknowledged
-//!    message is never lost), receipts are consecutive from where the run started, and at
-//!    most one message — the one being sent when the kill came — is committed but
-//!    unacknowledged;
+//!    message is never lost), receipts are consecutive from where the run started, and on
+//!    each channel at most one message — the one its thread was sending when the kill
+//!    came — is committed but unacknowledged;
 //! 2. no (channel, step) is delivered twice over all runs, and every delivered step was
 //!    committed (below the stored step) and belongs to this run;
-//! 3. the stored Sg equals the Merkle root recomputed from the stored channel states (and
-//!    the next start, which refuses a mismatch, succeeds);
+//! 3. the stored Sg equals the Merkle root recomputed from the stored channel states, although
+//!    the twelve senders' batches race for the storage queue (and the next start, which
+//!    refuses a mismatch, succeeds);
 //! 4. the next run starts (`READY`) exactly at the stored steps.
+//!
+//! Check 3 is also made a few times per run while the child is frozen with SIGSTOP, so
+//! that many more moments than the kills are examined.
 //!
 //! Half of the runs use `Durability::Normal`, half `Durability::Sync`. The kill delays come
 //! from a seed printed at the start (set `MFP_CRASH_SEED` to replay one).
@@ -37,8 +41,10 @@ use mfp_runtime::{ChannelStatus, Runtime, RuntimeConfig};
 use mfp_storage::{Durability, MasterKey, SqliteStorage, StorageConfig, inspect};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_mfp-crash-child");
-const RUNS: usize = 20;
-const CHANNELS: usize = 2;
+const RUNS: usize = 30;
+/// Reads of the committed state while the child is frozen (SIGSTOP), per run.
+const PROBES: usize = 4;
+const CHANNELS: usize = 12;
 /// Bounds on every wait for the child (generous: the machine may be busy with other tests).
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -165,6 +171,16 @@ impl Running {
         }
     }
 
+    /// Sends `signal` (`STOP` or `CONT`) to the child.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill(1)");
+        assert!(status.success(), "kill -{signal} failed: {status}");
+    }
+
     /// SIGKILL, then every line printed before it.
     fn kill_and_collect(&mut self) -> Vec<String> {
         self.child.kill().unwrap(); // SIGKILL on Unix
@@ -241,11 +257,10 @@ fn check_run(
     let mut next = ready.clone();
     let mut last_delivered: BTreeMap<ChannelId, u64> = BTreeMap::new();
     let mut delivered_now: BTreeMap<ChannelId, u64> = BTreeMap::new();
-    let mut expected_sender = 0usize; // alice sends on the channels in turn, sorted
     for line in lines {
         if line.starts_with("R ") {
             let (c, s) = parse_event(line);
-            assert_eq!(c, order[expected_sender], "run {run}: receipts alternate between the channels");
+            assert!(ready.contains_key(&c), "run {run}: receipt on unknown channel {c}");
             assert_eq!(s, next[&c], "run {run}: receipts on {c} are consecutive from READY");
             // Check 1: an acknowledged message is committed.
             assert!(
@@ -254,7 +269,6 @@ fn check_run(
                 after[&c]
             );
             *next.get_mut(&c).unwrap() += 1;
-            expected_sender = (expected_sender + 1) % CHANNELS;
             totals.receipts += 1;
         } else if line.starts_with("D ") {
             let (c, s) = parse_event(line);
@@ -272,21 +286,17 @@ fn check_run(
             panic!("run {run}: unexpected line {line:?}");
         }
     }
-    // Check 1: at most one committed message without a printed receipt, and it is the one
-    // alice was sending when killed.
+    // Check 1: on each channel, at most one committed message without a printed receipt
+    // (the one its thread was sending when the kill came).
     let mut unacked = 0;
     for (c, &stored) in after {
         let acked = next[c];
         assert!(stored >= acked, "run {run}: {c} stored step {stored} is below the next unacknowledged step {acked}");
         let extra = stored - acked;
         assert!(extra <= 1, "run {run}: {c} stored step {stored}, but the next unacknowledged step is {acked}");
-        if extra == 1 {
-            assert_eq!(*c, order[expected_sender], "run {run}: the unacknowledged commit is on the channel being sent");
-        }
         unacked += extra;
         totals.undelivered += stored - ready[c] - delivered_now.get(c).copied().unwrap_or(0);
     }
-    assert!(unacked <= 1, "run {run}: {unacked} commits without a receipt");
     totals.in_flight_commits += unacked as usize;
 }
 
@@ -311,6 +321,7 @@ fn runtime_killed_at_random_loses_no_acknowledged_message() {
     let mut delivered = HashSet::new();
     let mut totals = Totals::default();
     let mut previous: Option<BTreeMap<ChannelId, u64>> = None;
+    let mut probes = 0usize;
     for run in 0..RUNS {
         let durability = if run % 2 == 0 { "normal" } else { "sync" };
         let mut child = Running::spawn(&db, &key_file, durability);
@@ -321,7 +332,17 @@ fn runtime_killed_at_random_loses_no_acknowledged_message() {
             None => assert!(ready.values().all(|&s| s == 0), "the first run starts at step 0: {ready:?}"),
             Some(prev) => assert_eq!(&ready, prev, "run {run} starts at the stored steps"),
         }
-        std::thread::sleep(Duration::from_millis(rng.range(30, 250)));
+        // Freeze the child a few times at random moments and read what it has committed
+        // so far: every committed state, not only the one a kill leaves, must have a
+        // consistent Sg (check 3).
+        for _ in 0..PROBES {
+            std::thread::sleep(Duration::from_millis(rng.range(5, 60)));
+            child.signal("STOP");
+            stored(&db, &key);
+            child.signal("CONT");
+            probes += 1;
+        }
+        std::thread::sleep(Duration::from_millis(rng.range(5, 60)));
         let lines = child.kill_and_collect();
         drop(child);
         let (_, after) = stored(&db, &key);
@@ -329,8 +350,8 @@ fn runtime_killed_at_random_loses_no_acknowledged_message() {
         previous = Some(after);
     }
 
-    // A last, in-process restart: the runtime restores (checking Sg itself), and both
-    // channels continue at the stored steps.
+    // A last, in-process restart: the runtime restores (checking Sg itself), and every
+    // channel continues at its stored step.
     let before = previous.unwrap();
     let storage = SqliteStorage::open(StorageConfig::new(&db, key.clone()).durability(Durability::Normal)).unwrap();
     let config = RuntimeConfig {
@@ -359,7 +380,7 @@ fn runtime_killed_at_random_loses_no_acknowledged_message() {
 
     let committed: u64 = before.values().sum();
     println!(
-        "{RUNS} kills in {:.1} s: {} receipts, {} deliveries, {committed} committed messages \
+        "{RUNS} kills and {probes} frozen reads in {:.1} s: {} receipts, {} deliveries, {committed} committed messages \
          ({} committed without a receipt, {} committed but not delivered before a kill)",
         started.elapsed().as_secs_f64(),
         totals.receipts,

@@ -151,8 +151,15 @@ impl BilateralState {
     /// own step with the header's depth, validates it, decodes the payload with the
     /// header's channel id. Returns the payload and the state after the message.
     ///
-    /// The header must already have been validated against the receiver's limits.
+    /// The header is checked against the protocol's rules first (magic, version, reserved
+    /// bytes, minimum depth — [`EnvelopeHeader::protocol_errors`]); a header that breaks
+    /// one is refused with [`Error::Envelope`] before anything is derived. The receiver's
+    /// own limits (maximum depth and payload size) are the caller's to check, with
+    /// [`EnvelopeHeader::validate`].
     pub fn open_inbound(&self, header: &EnvelopeHeader, body: &[u8]) -> Result<(Vec<u8>, Self), Error> {
+        if let Some(e) = header.protocol_errors().into_iter().next() {
+            return Err(Error::Envelope(e));
+        }
         let depth = header.frame_depth as usize;
         let expected = self.frame(depth)?;
         let parts = message::parse(body, depth)?;
@@ -321,6 +328,31 @@ mod tests {
         let mut bad = body.to_vec();
         bad[70] ^= 1;
         assert!(s.open_inbound(&h, &bad).is_err());
+    }
+
+    #[test]
+    fn inbound_headers_breaking_the_protocol_rules_are_refused_before_anything_else() {
+        use crate::error::EnvelopeError;
+        let (a, b) = pair();
+        let s = BilateralState::deterministic(&a, &b);
+        let ch = ChannelId::from_bytes([1; 16]);
+        let out = s.seal_outbound(&a, &ch, 4, b"hi").unwrap();
+        let (h, body) = parse_wire(&out.wire, &EnvelopeLimits::default()).unwrap();
+        let mut magic = h;
+        magic.magic = *b"XFP1";
+        let mut version = h;
+        version.version = 2;
+        let mut reserved = h;
+        reserved.reserved[7] = 1;
+        for (bad, want) in [
+            (magic, EnvelopeError::BadMagic),
+            (version, EnvelopeError::UnsupportedVersion(2)),
+            (reserved, EnvelopeError::NonZeroReserved),
+        ] {
+            // The body is the genuine one: only the header's rule can refuse it.
+            assert_eq!(s.open_inbound(&bad, body), Err(Error::Envelope(want)));
+        }
+        assert!(s.open_inbound(&h, body).is_ok());
     }
 
     #[test]

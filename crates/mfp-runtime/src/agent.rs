@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::channel::RateWindow;
 use crate::handle::AgentHandle;
 use crate::hooks::DeliveryFailure;
-use crate::runtime::Inner;
+use crate::runtime::{InFlight, Inner};
 use crate::types::{AgentState, DeliveredMessage};
 
 /// A boxed, sendable future returned by async handlers.
@@ -93,6 +93,8 @@ pub(crate) enum Outcome {
 pub(crate) struct Delivery {
     pub(crate) msg: DeliveredMessage,
     pub(crate) done: Option<oneshot::Sender<Outcome>>,
+    /// Counts the message in `in_flight` until it is handled or dropped.
+    pub(crate) token: InFlight,
 }
 
 /// How long a sync handler's thread stays parked waiting for the next message before
@@ -156,6 +158,11 @@ pub(crate) struct AgentRecord {
     state: AtomicU8,
     pub(crate) admin: Mutex<AgentAdmin>,
     pub(crate) tx: mpsc::Sender<Delivery>,
+    /// Payload bytes the mailbox may still take (`mailbox_max_bytes` minus the bytes of
+    /// the messages queued or being handled).
+    pub(crate) mailbox_bytes: tokio::sync::Semaphore,
+    /// `mailbox_max_bytes`: a single message never needs more than this.
+    pub(crate) max_bytes: u32,
     pub(crate) rate: Mutex<RateWindow>,
     pub(crate) messages_sent: AtomicU64,
     pub(crate) control: watch::Sender<u8>,
@@ -169,7 +176,10 @@ impl AgentRecord {
         id: AgentId,
         name: Option<String>,
         capacity: usize,
+        max_bytes: usize,
     ) -> (Arc<Self>, mpsc::Receiver<Delivery>, watch::Receiver<u8>) {
+        // The configuration bounds it to u32 (checked in `RuntimeConfig::validate`).
+        let max_bytes = u32::try_from(max_bytes).unwrap_or(u32::MAX);
         let (tx, rx) = mpsc::channel(capacity);
         let (control, control_rx) = watch::channel(RUN);
         let rec = Arc::new(Self {
@@ -178,6 +188,8 @@ impl AgentRecord {
             state: AtomicU8::new(AgentState::Bound.to_u8()),
             admin: Mutex::new(AgentAdmin { channels: Vec::new(), quarantine_reason: String::new() }),
             tx,
+            mailbox_bytes: tokio::sync::Semaphore::new(max_bytes as usize),
+            max_bytes,
             rate: Mutex::new(RateWindow::default()),
             messages_sent: AtomicU64::new(0),
             control,
@@ -196,6 +208,19 @@ impl AgentRecord {
         self.state.store(s.to_u8(), Ordering::Release);
         // Wake the worker so it re-reads the state (quarantine pauses, restore resumes).
         self.control.send_modify(|_| {});
+    }
+
+    /// How many byte permits a payload of `len` bytes takes: its size, capped at the bound
+    /// (so a single message larger than the bound still goes through, alone).
+    pub(crate) fn bytes_needed(&self, len: usize) -> u32 {
+        u32::try_from(len).unwrap_or(u32::MAX).min(self.max_bytes)
+    }
+
+    /// Returns the byte permits of a handled (or dropped) message.
+    pub(crate) fn release_bytes(&self, n: u32) {
+        if n > 0 {
+            self.mailbox_bytes.add_permits(n as usize);
+        }
     }
 
     pub(crate) fn mailbox_len(&self) -> usize {
@@ -241,7 +266,8 @@ impl WorkerCtx {
     }
 }
 
-/// Bookkeeping after one handler call.
+/// Bookkeeping after one handler call. Dropping `token` at the end marks the message
+/// handled; its mailbox bytes are released first.
 fn finish(
     inner: &std::sync::Weak<Inner>,
     shared: &crate::runtime::Shared,
@@ -249,6 +275,7 @@ fn finish(
     outcome: Outcome,
     started: Instant,
     msg_id: mfp_core::MessageId,
+    token: InFlight,
 ) {
     shared.metrics.handler_duration.observe_duration(started.elapsed());
     let failure = match outcome {
@@ -264,7 +291,8 @@ fn finish(
     {
         inner.delivery_failed(record, msg_id, f);
     }
-    shared.in_flight_done();
+    record.release_bytes(token.bytes);
+    drop(token);
 }
 
 /// Whether the worker should deliver now.
@@ -315,28 +343,25 @@ pub(crate) async fn run_worker(ctx: WorkerCtx, mut rx: mpsc::Receiver<Delivery>,
                         held = unsent;
                         rx
                     }
-                    // The blocking task was cancelled (runtime shutting down): the
-                    // mailbox went with it.
+                    // Stopped while a handler was still running (or the blocking task was
+                    // lost): the mailbox was emptied there.
                     None => return,
                 };
             }
         }
     }
-    // Whatever is left is dropped; waiting senders see their delivery channel close.
-    if held.take().is_some() {
-        ctx.shared.in_flight_done();
-    }
+    // Whatever is left is dropped (each dropped delivery leaves `in_flight`); waiting
+    // senders see their delivery channel close.
+    drop(held);
     rx.close();
-    while let Ok(d) = rx.try_recv() {
-        drop(d);
-        ctx.shared.in_flight_done();
-    }
+    while rx.try_recv().is_ok() {}
 }
 
 async fn deliver_async(ctx: &WorkerCtx, f: &Arc<AsyncFn>, d: Delivery) {
     let started = Instant::now();
-    let msg_id = d.msg.message_id;
-    let fut = f(ctx.handle(), d.msg);
+    let Delivery { msg, done, token } = d;
+    let msg_id = msg.message_id;
+    let fut = f(ctx.handle(), msg);
     let outcome = match tokio::time::timeout(ctx.timeout, CatchUnwind(Box::pin(fut))).await {
         Ok(Ok(())) => Outcome::Done,
         Ok(Err(())) => Outcome::Panicked,
@@ -344,16 +369,23 @@ async fn deliver_async(ctx: &WorkerCtx, f: &Arc<AsyncFn>, d: Delivery) {
     };
     // Bookkeeping (quarantine on timeout, metrics) first, so a waiting sender that learns
     // the outcome sees its effects.
-    finish(&ctx.inner, &ctx.shared, &ctx.record, outcome, started, msg_id);
-    if let Some(done) = d.done {
+    finish(&ctx.inner, &ctx.shared, &ctx.record, outcome, started, msg_id, token);
+    if let Some(done) = done {
         let _ = done.send(outcome);
     }
 }
 
+/// The message a sync handler is running on: its id (for the watchdog's report) and its
+/// in-flight token. Whoever takes the token out — the handler's thread when the call
+/// returns, or the worker when the agent is stopped meanwhile — accounts for the message.
+type Current = Arc<Mutex<Option<(MessageId, InFlight)>>>;
+
 /// Hands the mailbox to a blocking-pool thread that runs the sync handler on `first` and
 /// on every further message already queued, while a watchdog here enforces the timeout.
-/// Returns the mailbox and any message taken but not delivered, or `None` if the blocking
-/// task was lost.
+/// Returns the mailbox and any message taken but not delivered, or `None` if the agent
+/// was stopped while its handler was still running (the mailbox is then emptied and
+/// closed here, and the thread, should the handler ever return, delivers nothing more)
+/// or the blocking task was lost.
 async fn deliver_sync_batch(
     ctx: &WorkerCtx,
     f: Arc<SyncFn>,
@@ -366,23 +398,32 @@ async fn deliver_sync_batch(
     let inner = ctx.inner.clone();
     let shared = Arc::clone(&ctx.shared);
     let control = ctx.record.control.subscribe();
-    // The message being handled, for the watchdog's failure report.
-    let current: Arc<Mutex<Option<MessageId>>> = Arc::default();
+    let mut stop = ctx.record.control.subscribe();
+    let current: Current = Arc::default();
     let handling = Arc::clone(&current);
+    // The thread locks the mailbox only to take the next message, never while a handler
+    // runs, so the worker can empty it if the agent is stopped during a call.
+    let mailbox = Arc::new(Mutex::new(rx));
+    let thread_mailbox = Arc::clone(&mailbox);
     let mut join = tokio::task::spawn_blocking(move || {
-        let mut rx = rx;
         let mut next = Some(first);
         let mut arrival = Arrival::Idle;
         while let Some(d) = next.take() {
             let started = Instant::now();
-            let msg_id = d.msg.message_id;
-            *handling.lock() = Some(msg_id);
+            let Delivery { msg, done, token } = d;
+            let msg_id = msg.message_id;
+            *handling.lock() = Some((msg_id, token));
             record.in_handler_since.store(micros_since(epoch), Ordering::Release);
-            let res = catch_unwind(AssertUnwindSafe(|| f(&handle, d.msg)));
+            let res = catch_unwind(AssertUnwindSafe(|| f(&handle, msg)));
             let timed_out = record.in_handler_since.swap(0, Ordering::AcqRel) == TIMED_OUT_MARK;
+            let Some((_, token)) = handling.lock().take() else {
+                // The agent was stopped while the handler ran; the worker accounted for
+                // this message and emptied the mailbox.
+                return None;
+            };
             let outcome = if res.is_ok() { Outcome::Done } else { Outcome::Panicked };
-            finish(&inner, &shared, &record, outcome, started, msg_id);
-            if let Some(done) = d.done {
+            finish(&inner, &shared, &record, outcome, started, msg_id, token);
+            if let Some(done) = done {
                 // The watchdog already quarantined the agent for this call: a waiting
                 // sender sees the timeout, even if the handler finished since.
                 let _ = done.send(if timed_out { Outcome::TimedOut } else { outcome });
@@ -390,6 +431,7 @@ async fn deliver_sync_batch(
             if *control.borrow() != RUN || !may_deliver(&record) {
                 break;
             }
+            let mut rx = thread_mailbox.lock();
             next = match rx.try_recv() {
                 Ok(d) => {
                     arrival = Arrival::Streaming;
@@ -402,25 +444,48 @@ async fn deliver_sync_batch(
                     d
                 }),
             };
+            drop(rx);
             // The agent may have been paused or stopped while we waited: hand the
             // message back undelivered.
             if next.is_some() && (*control.borrow() != RUN || !may_deliver(&record)) {
-                return (rx, next);
+                return Some(next);
             }
         }
-        (rx, None)
+        Some(None)
     });
     let tick = (ctx.timeout / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
+    // Stopped (terminate, or the end of a shutdown) while the handler is still running:
+    // account for the message in the handler and drop what is queued, without waiting for
+    // a handler that may never return.
+    let abandon = || {
+        drop(current.lock().take());
+        let mut rx = mailbox.lock();
+        rx.close();
+        while rx.try_recv().is_ok() {}
+    };
+    let mut watching = true;
     loop {
+        if *stop.borrow_and_update() == STOP {
+            abandon();
+            return None;
+        }
         tokio::select! {
-            res = &mut join => return res.ok(),
+            res = &mut join => {
+                let unsent = res.ok()??;
+                let rx = Arc::try_unwrap(mailbox).ok()?.into_inner();
+                return Some((rx, unsent));
+            }
+            changed = stop.changed(), if watching => {
+                // Checked at the top of the loop; a closed channel needs no more watching.
+                watching = changed.is_ok();
+            }
             () = tokio::time::sleep(tick) => {
                 let since = ctx.record.in_handler_since.load(Ordering::Acquire);
                 if since == 0 || since == TIMED_OUT_MARK {
                     continue;
                 }
                 let running = Duration::from_micros(micros_since(ctx.epoch).saturating_sub(since));
-                let msg_id = *current.lock();
+                let msg_id = current.lock().as_ref().map(|(id, _)| *id);
                 // Mark the call (only if it is still the one we measured) so it is
                 // reported once, and its waiting sender sees the timeout.
                 if running > ctx.timeout

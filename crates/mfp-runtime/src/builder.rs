@@ -143,6 +143,7 @@ impl RuntimeBuilder {
             admin: Mutex::new(AdminState { agent_counter: 0, names: HashMap::new() }),
             agents: RwLock::new(HashMap::default()),
             channels: RwLock::new(HashMap::default()),
+            closed: Mutex::default(),
             quarantine_causes: Mutex::new(HashMap::default()),
             sg: Mutex::new(SgState { tree: MerkleSg::new() }),
             shared: Arc::new(Shared::default()),
@@ -174,7 +175,8 @@ impl Inner {
             if agents.contains_key(&row.id) {
                 return Err(corrupt(format!("agent {} stored twice", row.id.short())));
             }
-            let (rec, rx, control_rx) = AgentRecord::new(row.id, row.name.clone(), self.config.mailbox_capacity);
+            let (rec, rx, control_rx) =
+                AgentRecord::new(row.id, row.name.clone(), self.config.mailbox_capacity, self.config.mailbox_max_bytes);
             rec.set_state(row.state);
             rec.admin.lock().quarantine_reason = row.quarantine_reason.clone();
             if let Some(n) = &row.name

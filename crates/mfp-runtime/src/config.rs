@@ -78,6 +78,11 @@ pub struct RuntimeConfig {
     pub max_frame_depth: usize,
     /// Messages an agent's mailbox holds before backpressure applies.
     pub mailbox_capacity: usize,
+    /// Payload bytes an agent's mailbox holds — messages queued plus the one its handler
+    /// is running on — before backpressure applies (the same [`Backpressure`] policy as
+    /// `mailbox_capacity`). A single message larger than this still goes through when the
+    /// mailbox is empty. Default 64 MiB; at most `u32::MAX`.
+    pub mailbox_max_bytes: usize,
     /// Behaviour when a mailbox is full.
     pub backpressure: Backpressure,
     /// Behaviour when a sender exceeds `max_message_rate`.
@@ -115,6 +120,7 @@ impl Default for RuntimeConfig {
             identity: None,
             max_frame_depth: 32,
             mailbox_capacity: 1024,
+            mailbox_max_bytes: DEFAULT_MAILBOX_MAX_BYTES,
             backpressure: Backpressure::Wait,
             rate_limit_action: RateLimitAction::Quarantine,
             dedup_window: 1000,
@@ -123,6 +129,9 @@ impl Default for RuntimeConfig {
         }
     }
 }
+
+/// Default for `mailbox_max_bytes`: 64 MiB per agent.
+pub const DEFAULT_MAILBOX_MAX_BYTES: usize = 64 << 20;
 
 /// Upper bound for `mailbox_capacity` and `dedup_window` (memory is reserved lazily,
 /// but a typo should not make a single queue able to hold millions of messages).
@@ -184,6 +193,9 @@ impl RuntimeConfig {
         if !(1..=MAX_QUEUE_LIMIT).contains(&self.mailbox_capacity) {
             return Err(bad("mailbox_capacity", format!("must be in 1..={MAX_QUEUE_LIMIT}")));
         }
+        if self.mailbox_max_bytes == 0 || u32::try_from(self.mailbox_max_bytes).is_err() {
+            return Err(bad("mailbox_max_bytes", format!("must be in 1..={}", u32::MAX)));
+        }
         if !(1..=MAX_QUEUE_LIMIT).contains(&self.dedup_window) {
             return Err(bad("dedup_window", format!("must be in 1..={MAX_QUEUE_LIMIT}")));
         }
@@ -233,6 +245,8 @@ mod tests {
             ("pipeline_timeout", Box::new(|c| c.pipeline_timeout = Duration::ZERO)),
             ("mailbox_capacity", Box::new(|c| c.mailbox_capacity = 0)),
             ("mailbox_capacity", Box::new(|c| c.mailbox_capacity = MAX_QUEUE_LIMIT + 1)),
+            ("mailbox_max_bytes", Box::new(|c| c.mailbox_max_bytes = 0)),
+            ("mailbox_max_bytes", Box::new(|c| c.mailbox_max_bytes = u32::MAX as usize + 1)),
             ("dedup_window", Box::new(|c| c.dedup_window = 0)),
             ("encoding_algorithm", Box::new(|c| c.supported_algorithms.clear())),
             ("deployment_id", Box::new(|c| c.deployment_id = vec![0; MAX_ID_INPUT_LEN + 1])),

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use mfp_core::{AgentId, ChannelId};
+
 use crate::types::AgentState;
 
 /// pymfp's `AgentErrorCode` values, for code written against pymfp.
@@ -54,33 +56,55 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-/// Every way a runtime operation can fail. Messages never contain payloads, states or keys.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+/// Every way a runtime operation can fail. Messages name the agent, channel or setting
+/// involved and say what to do; they never contain payloads, states or keys. `Debug`
+/// prints the same text as `Display` (so `main() -> Result<(), mfp::Error>` reads well);
+/// match on the variants to tell errors apart.
+#[derive(Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The agent is not bound to this runtime.
-    #[error("agent not bound")]
-    AgentNotBound,
+    #[error(
+        "agent {0} is not bound to this runtime (never bound here, or unbound or terminated since); \
+         bind a new agent or use a bound one"
+    )]
+    AgentNotBound(AgentId),
     /// The agent's state does not allow the operation.
-    #[error("operation not available in agent state '{0}'")]
-    AgentState(AgentState),
+    #[error("{}", agent_state_message(agent, *state))]
+    AgentState {
+        /// The agent.
+        agent: AgentId,
+        /// Its state.
+        state: AgentState,
+    },
     /// The agent is quarantined.
-    #[error("agent is quarantined")]
-    AgentQuarantined,
+    #[error(
+        "agent {0} is quarantined; an operator lifts it with Runtime::restore_agent \
+         (or removes it with Runtime::terminate_agent)"
+    )]
+    AgentQuarantined(AgentId),
     /// No such channel.
-    #[error("channel not found")]
-    UnknownChannel,
+    #[error("channel {0} does not exist in this runtime; establish a channel first")]
+    UnknownChannel(ChannelId),
     /// The sender is not one of the channel's two agents.
-    #[error("sender not on channel")]
-    NotOnChannel,
+    #[error("agent {agent} is not one of the two agents of channel {channel}; send on one of its own channels")]
+    NotOnChannel {
+        /// The sender.
+        agent: AgentId,
+        /// The channel.
+        channel: ChannelId,
+    },
     /// The channel is closed.
-    #[error("channel is closed")]
-    ChannelClosed,
-    /// The channel is quarantined.
-    #[error("channel is quarantined")]
-    ChannelQuarantined,
+    #[error("channel {0} is closed; establish a new channel between the two agents")]
+    ChannelClosed(ChannelId),
+    /// The channel (or the agent at its other end) is quarantined.
+    #[error(
+        "channel {0} is quarantined, or the agent at its other end is; an operator lifts it with \
+         Runtime::restore_channel or Runtime::restore_agent"
+    )]
+    ChannelQuarantined(ChannelId),
     /// The payload exceeds `max_payload_size`.
-    #[error("payload of {len} bytes exceeds the maximum of {max} bytes")]
+    #[error("payload of {len} bytes exceeds the maximum of {max} bytes (RuntimeConfig::max_payload_size)")]
     PayloadTooLarge {
         /// Payload size.
         len: usize,
@@ -88,7 +112,7 @@ pub enum Error {
         max: usize,
     },
     /// A configured resource limit was reached.
-    #[error("resource limit reached: {what} (limit {limit})")]
+    #[error("resource limit reached: {what} (limit {limit}); raise it in RuntimeConfig or free some first")]
     ResourceLimit {
         /// Which limit.
         what: &'static str,
@@ -96,26 +120,29 @@ pub enum Error {
         limit: usize,
     },
     /// The sender exceeded `max_message_rate` and the configured action is to reject.
-    #[error("rate limit exceeded; retry after {retry_after:?}")]
+    #[error("rate limit exceeded (RuntimeConfig::max_message_rate); retry after {retry_after:?}")]
     RateLimited {
         /// When a send would next be allowed.
         retry_after: Duration,
     },
     /// The recipient's mailbox stayed full for longer than the configured wait.
-    #[error("recipient mailbox full")]
-    MailboxFull,
+    #[error(
+        "the mailbox of agent {0} is full (its handler is behind); retry later, or raise \
+         RuntimeConfig::mailbox_capacity, mailbox_max_bytes or pipeline_timeout"
+    )]
+    MailboxFull(AgentId),
     /// The recipient's handler did not finish within `agent_timeout` (only reported to
     /// senders that wait for delivery).
-    #[error("recipient handler timed out")]
+    #[error("the recipient's handler did not finish within RuntimeConfig::agent_timeout (the message was sent)")]
     Timeout,
     /// The recipient's handler panicked (only reported to senders that wait for delivery).
-    #[error("recipient handler failed")]
+    #[error("the recipient's handler panicked on the message (the message was sent)")]
     HandlerFailed,
     /// A `before_send` hook refused the message.
     #[error("rejected by hook: {0}")]
     HookRejected(String),
     /// The idempotency key was used before on this channel with a different payload.
-    #[error("idempotency key reused with a different payload")]
+    #[error("idempotency key reused with a different payload on this channel; use a new key")]
     IdempotencyConflict,
     /// A lifecycle transition the state machine forbids.
     #[error("agent cannot go from '{from}' to '{to}'")]
@@ -126,10 +153,15 @@ pub enum Error {
         to: AgentState,
     },
     /// The channel is not quarantined (restore) or not active (quarantine).
-    #[error("channel is '{0}', which does not allow this operation")]
-    ChannelState(crate::types::ChannelStatus),
+    #[error("channel {channel} is '{status}', which does not allow this operation")]
+    ChannelState {
+        /// The channel.
+        channel: ChannelId,
+        /// Its status.
+        status: crate::types::ChannelStatus,
+    },
     /// A frame depth outside the allowed range.
-    #[error("frame depth {depth} outside {min}..={max}")]
+    #[error("frame depth {depth} outside {min}..={max} (RuntimeConfig::max_frame_depth)")]
     InvalidDepth {
         /// Requested depth.
         depth: usize,
@@ -139,14 +171,20 @@ pub enum Error {
         max: usize,
     },
     /// The agent already has a handler.
-    #[error("agent already has a handler")]
-    AlreadyAttached,
+    #[error("agent {0} already has a handler (attach is only for agents restored from storage)")]
+    AlreadyAttached(AgentId),
     /// No agent has that name.
-    #[error("no agent named '{0}'")]
+    #[error("no agent named '{0}' is bound to this runtime")]
     UnknownAgentName(String),
     /// An agent with that name already exists.
-    #[error("an agent named '{0}' already exists")]
+    #[error("an agent named '{0}' is already bound; names are unique per runtime")]
     DuplicateAgentName(String),
+    /// The name belongs to an agent restored from storage that waits for its handler.
+    #[error(
+        "an agent named '{0}' was restored from storage and waits for its handler: call \
+         attach_named(\"{0}\", …) (or attach_async_named) instead of binding it again"
+    )]
+    RestoredAgentName(String),
     /// Invalid configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -163,11 +201,25 @@ pub enum Error {
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
     /// The runtime is shutting down or has shut down.
-    #[error("runtime is shut down")]
+    #[error("the runtime is shut down (or shutting down); start a new one")]
     ShutDown,
     /// A protocol-core error not covered above.
     #[error("protocol error: {0}")]
     Core(mfp_core::Error),
+}
+
+fn agent_state_message(agent: &AgentId, state: AgentState) -> String {
+    let hint = match state {
+        AgentState::Bound => ": it has no channel yet; establish one with Runtime::establish_channel first",
+        _ => "",
+    };
+    format!("agent {agent} is '{state}', which does not allow this operation{hint}")
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl Error {
@@ -175,13 +227,13 @@ impl Error {
     #[must_use]
     pub const fn code(&self) -> Option<ErrorCode> {
         Some(match self {
-            Error::AgentNotBound | Error::AgentState(_) => ErrorCode::Unbound,
-            Error::AgentQuarantined => ErrorCode::Quarantined,
-            Error::UnknownChannel | Error::NotOnChannel => ErrorCode::InvalidChannel,
-            Error::ChannelClosed => ErrorCode::ChannelClosed,
-            Error::ChannelQuarantined => ErrorCode::ChannelQuarantined,
+            Error::AgentNotBound(_) | Error::AgentState { .. } => ErrorCode::Unbound,
+            Error::AgentQuarantined(_) => ErrorCode::Quarantined,
+            Error::UnknownChannel(_) | Error::NotOnChannel { .. } => ErrorCode::InvalidChannel,
+            Error::ChannelClosed(_) => ErrorCode::ChannelClosed,
+            Error::ChannelQuarantined(_) => ErrorCode::ChannelQuarantined,
             Error::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
-            Error::ResourceLimit { .. } | Error::RateLimited { .. } | Error::MailboxFull => {
+            Error::ResourceLimit { .. } | Error::RateLimited { .. } | Error::MailboxFull(_) => {
                 ErrorCode::ResourceLimitExceeded
             }
             Error::Timeout => ErrorCode::Timeout,

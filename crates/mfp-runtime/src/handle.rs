@@ -68,12 +68,12 @@ impl AgentHandle {
     /// ran; see [`AgentHandle::send_and_wait`]). May wait for mailbox space or the rate
     /// window as configured, at most `pipeline_timeout`.
     pub fn send(&self, channel: ChannelId, payload: &[u8]) -> Result<Receipt> {
-        self.send_blocking(channel, payload, &SendOptions::default(), None)
+        self.send_blocking(channel, payload, &SendOptions::default(), None).map(|(r, _)| r)
     }
 
     /// [`AgentHandle::send`] with options (e.g. an idempotency key).
     pub fn send_with(&self, channel: ChannelId, payload: &[u8], options: &SendOptions) -> Result<Receipt> {
-        self.send_blocking(channel, payload, options, None)
+        self.send_blocking(channel, payload, options, None).map(|(r, _)| r)
     }
 
     /// Sends and waits until the recipient's handler has processed the message (pymfp's
@@ -92,12 +92,12 @@ impl AgentHandle {
 
     /// Async `mfp_send`.
     pub async fn send_async(&self, channel: ChannelId, payload: &[u8]) -> Result<Receipt> {
-        self.send_async_inner(channel, payload, &SendOptions::default(), None).await
+        self.send_async_inner(channel, payload, &SendOptions::default(), None).await.map(|(r, _)| r)
     }
 
     /// Async [`AgentHandle::send_with`].
     pub async fn send_with_async(&self, channel: ChannelId, payload: &[u8], options: &SendOptions) -> Result<Receipt> {
-        self.send_async_inner(channel, payload, options, None).await
+        self.send_async_inner(channel, payload, options, None).await.map(|(r, _)| r)
     }
 
     /// Async [`AgentHandle::send_and_wait`].
@@ -112,18 +112,37 @@ impl AgentHandle {
     pub fn channels(&self) -> Result<Vec<ChannelInfo>> {
         match self.record.state() {
             AgentState::Active => Ok(self.runtime()?.channels_of(&self.record)),
-            AgentState::Quarantined => Err(Error::AgentQuarantined),
-            AgentState::Terminated => Err(Error::AgentNotBound),
-            s @ AgentState::Bound => Err(Error::AgentState(s)),
+            AgentState::Quarantined => Err(Error::AgentQuarantined(self.record.id)),
+            AgentState::Terminated => Err(Error::AgentNotBound(self.record.id)),
+            state @ AgentState::Bound => Err(Error::AgentState { agent: self.record.id, state }),
         }
+    }
+
+    /// This agent's open channel to `peer`, if it has one (`Ok(None)` otherwise, also for
+    /// an agent that has no channel at all yet). Several channels may join the same two
+    /// agents ([`Runtime::establish_channel`] always opens a new one, as pymfp does); this
+    /// returns the first of them in this agent's list — the earliest established in this
+    /// process, or after a restart the first restored. [`AgentHandle::channels`] lists
+    /// them all.
+    pub fn channel_with(&self, peer: &AgentId) -> Result<Option<ChannelId>> {
+        match self.record.state() {
+            AgentState::Active | AgentState::Bound => {}
+            AgentState::Quarantined => return Err(Error::AgentQuarantined(self.record.id)),
+            AgentState::Terminated => return Err(Error::AgentNotBound(self.record.id)),
+        }
+        let inner = self.runtime()?;
+        let ids = self.record.admin.lock().channels.clone();
+        Ok(ids
+            .into_iter()
+            .find(|c| inner.channel(c).is_ok_and(|ch| ch.peer_of(&self.record.id).is_some_and(|p| p.id == *peer))))
     }
 
     /// `mfp_status`: the agent's status. Requires state `Bound` or `Active`.
     pub fn status(&self) -> Result<AgentStatus> {
         match self.record.state() {
             AgentState::Active | AgentState::Bound => Ok(self.runtime()?.status_of(&self.record)),
-            AgentState::Quarantined => Err(Error::AgentQuarantined),
-            AgentState::Terminated => Err(Error::AgentNotBound),
+            AgentState::Quarantined => Err(Error::AgentQuarantined(self.record.id)),
+            AgentState::Terminated => Err(Error::AgentNotBound(self.record.id)),
         }
     }
 
@@ -133,7 +152,7 @@ impl AgentHandle {
         payload: &[u8],
         options: &SendOptions,
         done: Option<oneshot::Sender<Outcome>>,
-    ) -> Result<Receipt> {
+    ) -> Result<(Receipt, AgentId)> {
         // The async path, driven on this thread: without waiting (the common case) it
         // completes on its first poll; a wait for the rate window or mailbox space parks
         // the thread.
@@ -148,7 +167,7 @@ impl AgentHandle {
         payload: &[u8],
         options: &SendOptions,
         done: Option<oneshot::Sender<Outcome>>,
-    ) -> Result<Receipt> {
+    ) -> Result<(Receipt, AgentId)> {
         self.send_inner(channel, payload, options, done, Caller::Async).await
     }
 
@@ -159,8 +178,10 @@ impl AgentHandle {
         options: &SendOptions,
         done: Option<oneshot::Sender<Outcome>>,
         caller: Caller,
-    ) -> Result<Receipt> {
+    ) -> Result<(Receipt, AgentId)> {
         let inner = self.runtime()?;
+        // Held to the end of the send: a graceful shutdown waits for it.
+        let _sending = inner.enter_send()?;
         let started = Instant::now();
         let deadline = started + inner.config.pipeline_timeout;
         loop {
@@ -175,21 +196,37 @@ impl AgentHandle {
                     continue;
                 }
             };
+            // Bytes first, then the message slot; both bounded by the same deadline.
+            let need = recipient.bytes_needed(payload.len());
+            let bytes = match inner.try_reserve_bytes(&recipient, need)? {
+                Some(b) => b,
+                None => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, recipient.mailbox_bytes.acquire_many(need)).await {
+                        Ok(Ok(b)) => b,
+                        Ok(Err(_)) => return Err(Error::AgentNotBound(recipient.id)),
+                        Err(_) => {
+                            inner.shared.metrics.mailbox_full.inc();
+                            return Err(Error::MailboxFull(recipient.id));
+                        }
+                    }
+                }
+            };
             let permit = match inner.try_reserve(&recipient)? {
                 Some(p) => p,
                 None => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     match tokio::time::timeout(left, recipient.tx.reserve()).await {
                         Ok(Ok(p)) => p,
-                        Ok(Err(_)) => return Err(Error::ChannelClosed),
+                        Ok(Err(_)) => return Err(Error::AgentNotBound(recipient.id)),
                         Err(_) => {
                             inner.shared.metrics.mailbox_full.inc();
-                            return Err(Error::MailboxFull);
+                            return Err(Error::MailboxFull(recipient.id));
                         }
                     }
                 }
             };
-            let run = || inner.execute(&self.record, &ch, &recipient, payload, options, permit, done, started);
+            let run = || inner.execute(&self.record, &ch, &recipient, payload, options, (permit, bytes), done, started);
             // With storage the pipeline waits for its commit. An async caller on a
             // multi-threaded tokio runtime tells tokio first, so the worker's other tasks
             // move elsewhere instead of stalling behind the disk.
@@ -197,21 +234,22 @@ impl AgentHandle {
                 && inner.persisting()
                 && tokio::runtime::Handle::try_current()
                     .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            return if on_worker { tokio::task::block_in_place(run) } else { run() };
+            let receipt = if on_worker { tokio::task::block_in_place(run) } else { run() }?;
+            return Ok((receipt, recipient.id));
         }
     }
 }
 
 fn map_outcome(
     outcome: std::result::Result<std::result::Result<Outcome, oneshot::error::RecvError>, tokio::time::error::Elapsed>,
-    receipt: Receipt,
+    (receipt, recipient): (Receipt, AgentId),
 ) -> Result<Receipt> {
     match outcome {
         Ok(Ok(Outcome::Done)) => Ok(receipt),
         Ok(Ok(Outcome::Panicked)) => Err(Error::HandlerFailed),
         Ok(Ok(Outcome::TimedOut)) | Err(_) => Err(Error::Timeout),
         // The recipient was terminated before handling the message.
-        Ok(Err(_)) => Err(Error::AgentNotBound),
+        Ok(Err(_)) => Err(Error::AgentNotBound(recipient)),
     }
 }
 

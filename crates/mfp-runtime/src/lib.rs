@@ -48,7 +48,9 @@ mod types;
 
 pub use agent::{AsyncHandler, BoxFuture};
 pub use builder::RuntimeBuilder;
-pub use config::{Backpressure, MAX_ID_INPUT_LEN, MAX_QUEUE_LIMIT, RateLimitAction, RuntimeConfig};
+pub use config::{
+    Backpressure, DEFAULT_MAILBOX_MAX_BYTES, MAX_ID_INPUT_LEN, MAX_QUEUE_LIMIT, RateLimitAction, RuntimeConfig,
+};
 pub use entropy::SystemEntropy;
 pub use error::{ConfigError, Error, ErrorCode, Result};
 pub use handle::{AgentHandle, bind, mfp_channels, mfp_send, mfp_send_async, mfp_status, unbind};

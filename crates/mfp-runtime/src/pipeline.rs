@@ -52,9 +52,9 @@ impl Inner {
         }
         match sender.state() {
             AgentState::Active => {}
-            AgentState::Quarantined => return Err(Error::AgentQuarantined),
-            AgentState::Terminated => return Err(Error::AgentNotBound),
-            s @ AgentState::Bound => return Err(Error::AgentState(s)),
+            AgentState::Quarantined => return Err(Error::AgentQuarantined(sender.id)),
+            AgentState::Terminated => return Err(Error::AgentNotBound(sender.id)),
+            s @ AgentState::Bound => return Err(Error::AgentState { agent: sender.id, state: s }),
         }
         let max_rate = self.config.max_message_rate;
         let limited = if max_rate == 0 { None } else { sender.rate.lock().check(now, max_rate) };
@@ -63,14 +63,16 @@ impl Inner {
             match self.config.rate_limit_action {
                 RateLimitAction::Quarantine => {
                     let _ = self.quarantine_agent(&sender.id, "Rate limit exceeded");
-                    return Err(Error::AgentQuarantined);
+                    return Err(Error::AgentQuarantined(sender.id));
                 }
                 RateLimitAction::Reject => return Err(Error::RateLimited { retry_after }),
                 RateLimitAction::Wait => return Ok(Err(retry_after)),
             }
         }
         let channel = self.channel(channel_id)?;
-        let recipient = Arc::clone(channel.peer_of(&sender.id).ok_or(Error::NotOnChannel)?);
+        let recipient = Arc::clone(
+            channel.peer_of(&sender.id).ok_or(Error::NotOnChannel { agent: sender.id, channel: *channel_id })?,
+        );
         let max = self.config.max_payload_size;
         if max > 0 && payload_len > max {
             return Err(Error::PayloadTooLarge { len: payload_len, max });
@@ -89,7 +91,7 @@ impl Inner {
         recipient: &AgentRecord,
         payload: &[u8],
         opts: &SendOptions,
-        permit: mpsc::Permit<'_, Delivery>,
+        (permit, bytes): (mpsc::Permit<'_, Delivery>, tokio::sync::SemaphorePermit<'_>),
         done: Option<oneshot::Sender<Outcome>>,
         started: Instant,
     ) -> Result<Receipt> {
@@ -121,11 +123,11 @@ impl Inner {
         // ACCEPT
         match ch.status {
             ChannelStatus::Active => {}
-            ChannelStatus::Quarantined => return Err(Error::ChannelQuarantined),
-            ChannelStatus::Closed => return Err(Error::ChannelClosed),
+            ChannelStatus::Quarantined => return Err(Error::ChannelQuarantined(channel.id)),
+            ChannelStatus::Closed => return Err(Error::ChannelClosed(channel.id)),
         }
         if recipient.state() == AgentState::Quarantined {
-            return Err(Error::ChannelQuarantined);
+            return Err(Error::ChannelQuarantined(channel.id));
         }
         if let (Some((key, digest)), Some(d)) = (&idem, ch.dedup.as_mut()) {
             match d.lookup(key, digest, started, self.config.dedup_ttl) {
@@ -143,7 +145,7 @@ impl Inner {
         corr.copy_from_slice(ids.get(..8).unwrap_or(&[0; 8]));
         let message_id = MessageId::from_slice(ids.get(16..32).unwrap_or_default())?;
         let correlation_id = CorrelationId(corr);
-        let sg = self.current_sg().ok_or(Error::UnknownChannel)?;
+        let sg = self.current_sg().ok_or(Error::UnknownChannel(channel.id))?;
         let step = ch.step;
 
         // FRAME
@@ -194,21 +196,26 @@ impl Inner {
         // PERSIST: with storage, the advance and the new Sg commit in one transaction
         // before anything is delivered or acknowledged; if that fails, nothing moves.
         if self.persisting() {
-            let sg_after = {
+            // The new Sg is computed and the batch submitted (a non-blocking enqueue) under
+            // one hold of the `sg` lock, so storage receives batches in Sg order and the
+            // committed Sg is always the root of the committed states; the commit is
+            // awaited after the `sg` lock is released.
+            // The batch is built before the lock is taken; only the root is filled in under it.
+            let mut ops = Vec::with_capacity(2);
+            ops.push(StorageOp::AdvanceChannel { id: channel.id, state: next.clone(), step: next_step });
+            let ticket = {
                 let mut sg = self.sg.lock();
                 let inner = &mut *ch;
                 sg.tree.update_hinted(&channel.id, &next, &mut inner.leaf_hint).map_err(|e| Error::Core(e.into()))?;
-                sg.tree.root()
+                ops.push(StorageOp::Sg(sg.tree.root()));
+                self.submit(ops)
             };
-            let ops = vec![
-                StorageOp::AdvanceChannel { id: channel.id, state: next.clone(), step: next_step },
-                StorageOp::Sg(sg_after),
-            ];
-            if let Err(e) = self.persist(ops) {
+            if let Err(e) = self.settle(ticket) {
                 {
                     let mut sg = self.sg.lock();
                     let inner = &mut *ch;
                     let _ = sg.tree.update_hinted(&channel.id, &inner.state, &mut inner.leaf_hint);
+                    self.resubmit_sg(&mut sg);
                 }
                 self.rejected(sender.id, channel.id, "storage write failed");
                 return Err(e);
@@ -216,7 +223,10 @@ impl Inner {
         }
 
         // DELIVER (cannot fail: the slot is reserved)
-        self.shared.in_flight.0.fetch_add(1, Ordering::AcqRel);
+        // The byte permits now travel with the message; its handler's end returns them.
+        let held = bytes.num_permits();
+        bytes.forget();
+        let token = crate::runtime::InFlight::new(&self.shared, u32::try_from(held).unwrap_or(u32::MAX));
         permit.send(Delivery {
             msg: crate::types::DeliveredMessage {
                 payload: m,
@@ -227,6 +237,7 @@ impl Inner {
                 step,
             },
             done,
+            token,
         });
 
         // Commit: state, step, Sg — all before the channel lock is released.
@@ -275,6 +286,26 @@ impl Inner {
         Ok(receipt)
     }
 
+    /// Reserves `need` bytes of the recipient's mailbox without waiting; `None` asks the
+    /// caller to wait (backpressure `Wait`).
+    pub(crate) fn try_reserve_bytes<'a>(
+        &self,
+        recipient: &'a AgentRecord,
+        need: u32,
+    ) -> Result<Option<tokio::sync::SemaphorePermit<'a>>> {
+        match recipient.mailbox_bytes.try_acquire_many(need) {
+            Ok(p) => Ok(Some(p)),
+            Err(tokio::sync::TryAcquireError::NoPermits) => match self.config.backpressure {
+                Backpressure::Reject => {
+                    self.shared.metrics.mailbox_full.inc();
+                    Err(Error::MailboxFull(recipient.id))
+                }
+                Backpressure::Wait => Ok(None),
+            },
+            Err(tokio::sync::TryAcquireError::Closed) => Err(Error::AgentNotBound(recipient.id)),
+        }
+    }
+
     /// Reserves a mailbox slot without waiting.
     pub(crate) fn try_reserve<'a>(&self, recipient: &'a AgentRecord) -> Result<Option<mpsc::Permit<'a, Delivery>>> {
         match recipient.tx.try_reserve() {
@@ -282,11 +313,11 @@ impl Inner {
             Err(mpsc::error::TrySendError::Full(())) => match self.config.backpressure {
                 Backpressure::Reject => {
                     self.shared.metrics.mailbox_full.inc();
-                    Err(Error::MailboxFull)
+                    Err(Error::MailboxFull(recipient.id))
                 }
                 Backpressure::Wait => Ok(None),
             },
-            Err(mpsc::error::TrySendError::Closed(())) => Err(Error::ChannelClosed),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(Error::AgentNotBound(recipient.id)),
         }
     }
 }

@@ -36,11 +36,51 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Messages queued or being handled.
     pub(crate) in_flight: Padded<AtomicU64>,
+    /// Sends between their shutdown check and their end (see [`Inner::enter_send`]).
+    pub(crate) sending: Padded<AtomicU64>,
+    /// Woken when the last send ends after shutdown began.
+    pub(crate) senders_done: tokio::sync::Notify,
 }
 
 impl Shared {
     pub(crate) fn in_flight_done(&self) {
         self.in_flight.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A message counted in `in_flight`: the count drops when the token does — after the
+/// handler ran, or when the message is dropped undelivered (terminate, shutdown).
+pub(crate) struct InFlight {
+    shared: Arc<Shared>,
+    /// Byte permits of the recipient's mailbox the message holds (released after its
+    /// handler ran; a dropped message's bytes go with its stopped agent).
+    pub(crate) bytes: u32,
+}
+
+impl InFlight {
+    pub(crate) fn new(shared: &Arc<Shared>, bytes: u32) -> Self {
+        shared.in_flight.0.fetch_add(1, Ordering::AcqRel);
+        Self { shared: Arc::clone(shared), bytes }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared.in_flight_done();
+    }
+}
+
+/// A send in progress; shutdown waits for every one of them before it tells the delivery
+/// workers to drain, so a message that gets a receipt is always in a mailbox a worker
+/// still drains.
+pub(crate) struct SendGuard<'a>(&'a Inner);
+
+impl Drop for SendGuard<'_> {
+    fn drop(&mut self) {
+        let shared = &self.0.shared;
+        if shared.sending.0.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.shut_down.load(Ordering::SeqCst) {
+            shared.senders_done.notify_one();
+        }
     }
 }
 
@@ -99,6 +139,9 @@ pub(crate) struct Inner {
     pub(crate) agents: RwLock<HashMap<AgentId, Arc<AgentRecord>, IdHash>>,
     pub(crate) channels: RwLock<HashMap<ChannelId, Arc<ChannelRecord>, IdHash>>,
     pub(crate) quarantine_causes: Mutex<HashMap<ChannelId, QuarantineCause, IdHash>>,
+    /// Channels closed in this process, remembered so that using one again reports
+    /// [`Error::ChannelClosed`] rather than [`Error::UnknownChannel`].
+    pub(crate) closed: Mutex<ClosedChannels>,
     pub(crate) sg: Mutex<SgState>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) hooks: Option<Arc<dyn Hooks>>,
@@ -109,6 +152,34 @@ pub(crate) struct Inner {
     pub(crate) workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub(crate) exec: tokio::runtime::Handle,
     pub(crate) shut_down: AtomicBool,
+}
+
+/// How many closed channel ids a runtime remembers (16 bytes each, plus the set's
+/// overhead); the oldest is forgotten first.
+pub(crate) const CLOSED_MEMORY: usize = 65_536;
+
+/// The ids of recently closed channels, bounded by [`CLOSED_MEMORY`].
+#[derive(Default)]
+pub(crate) struct ClosedChannels {
+    set: std::collections::HashSet<ChannelId, IdHash>,
+    order: std::collections::VecDeque<ChannelId>,
+}
+
+impl ClosedChannels {
+    fn insert(&mut self, id: ChannelId) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+        }
+        while self.order.len() > CLOSED_MEMORY {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, id: &ChannelId) -> bool {
+        self.set.contains(id)
+    }
 }
 
 /// A restored agent waiting for its handler.
@@ -128,8 +199,32 @@ impl Inner {
     /// Applies `ops` to storage and waits for the commit. Without storage, nothing to do.
     /// A failure is an error unless the operator chose to run degraded (`storage_fail_open`).
     pub(crate) fn persist(&self, ops: Vec<StorageOp>) -> Result<()> {
-        let Some(st) = &self.storage else { return Ok(()) };
-        match st.apply(ops).wait() {
+        self.settle(self.submit(ops))
+    }
+
+    /// Hands `ops` to storage without waiting (storage enqueues; see [`Storage::apply`]).
+    /// A batch that carries an Sg is submitted while the `sg` lock is held, so batches
+    /// reach storage — which commits them in submission order — in the order their Sg
+    /// values were computed: the last committed Sg is always the root of the committed
+    /// channel states, whatever moment a crash comes.
+    pub(crate) fn submit(&self, ops: Vec<StorageOp>) -> Option<crate::storage::Ticket> {
+        self.storage.as_ref().map(|st| st.apply(ops))
+    }
+
+    /// After a failed batch whose change was undone in the tree: batches submitted after it
+    /// carry an Sg that counted the failed change, and any of them may still commit. The
+    /// current root goes to storage right behind them, so the stored Sg is corrected by the
+    /// next commit instead of staying wrong until some later write. Not waited for: if it
+    /// fails, so will the writes that would have needed it. The caller holds the `sg` lock.
+    pub(crate) fn resubmit_sg(&self, sg: &mut SgState) {
+        drop(self.submit(vec![StorageOp::Sg(sg.tree.root())]));
+    }
+
+    /// Waits for a submitted batch (never under the `sg` lock). A failure is an error
+    /// unless the operator chose to run degraded (`storage_fail_open`).
+    pub(crate) fn settle(&self, ticket: Option<crate::storage::Ticket>) -> Result<()> {
+        let Some(ticket) = ticket else { return Ok(()) };
+        match ticket.wait() {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.shared.metrics.storage_failures.inc();
@@ -168,12 +263,46 @@ impl Inner {
         self.shut_down.load(Ordering::Acquire)
     }
 
+    /// Registers a send, unless shutdown has begun. The counter is raised before the flag
+    /// is read and shutdown sets the flag before it reads the counter (both sequentially
+    /// consistent), so either the send sees the flag or shutdown sees the send.
+    pub(crate) fn enter_send(&self) -> Result<SendGuard<'_>> {
+        self.shared.sending.0.fetch_add(1, Ordering::SeqCst);
+        let guard = SendGuard(self);
+        if self.shut_down.load(Ordering::SeqCst) {
+            return Err(Error::ShutDown);
+        }
+        Ok(guard)
+    }
+
+    /// Waits (at most until `deadline`) for the sends that passed their shutdown check.
+    async fn wait_senders(&self, deadline: Option<tokio::time::Instant>) {
+        while self.shared.sending.0.load(Ordering::SeqCst) > 0 {
+            let notified = self.shared.senders_done.notified();
+            // Re-check after registering: the last sender may have ended meanwhile.
+            if self.shared.sending.0.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            match deadline {
+                Some(d) => {
+                    if tokio::time::timeout_at(d, notified).await.is_err() {
+                        break;
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
     pub(crate) fn agent(&self, id: &AgentId) -> Result<Arc<AgentRecord>> {
-        self.agents.read().get(id).cloned().ok_or(Error::AgentNotBound)
+        self.agents.read().get(id).cloned().ok_or(Error::AgentNotBound(*id))
     }
 
     pub(crate) fn channel(&self, id: &ChannelId) -> Result<Arc<ChannelRecord>> {
-        self.channels.read().get(id).cloned().ok_or(Error::UnknownChannel)
+        if let Some(ch) = self.channels.read().get(id) {
+            return Ok(Arc::clone(ch));
+        }
+        Err(if self.closed.lock().contains(id) { Error::ChannelClosed(*id) } else { Error::UnknownChannel(*id) })
     }
 
     pub(crate) fn current_sg(&self) -> Option<State> {
@@ -191,8 +320,12 @@ impl Inner {
             return Err(Error::ResourceLimit { what: "max_agents", limit: self.config.max_agents });
         }
         if let Some(n) = &name
-            && admin.names.contains_key(n)
+            && let Some(existing) = admin.names.get(n)
         {
+            // A restored agent keeps its name; it wants its handler attached, not a twin.
+            if self.detached.lock().contains_key(existing) {
+                return Err(Error::RestoredAgentName(n.clone()));
+            }
             return Err(Error::DuplicateAgentName(n.clone()));
         }
         let counter = admin.agent_counter + 1;
@@ -214,7 +347,8 @@ impl Inner {
             ])?;
         }
         admin.agent_counter = counter;
-        let (record, rx, control_rx) = AgentRecord::new(id, name.clone(), self.config.mailbox_capacity);
+        let (record, rx, control_rx) =
+            AgentRecord::new(id, name.clone(), self.config.mailbox_capacity, self.config.mailbox_max_bytes);
         self.spawn_worker(&record, handler, rx, control_rx);
         self.agents.write().insert(id, Arc::clone(&record));
         if let Some(n) = name {
@@ -243,8 +377,8 @@ impl Inner {
         let mut admin = self.admin.lock();
         let rec = self.agent(id)?;
         match rec.state() {
-            AgentState::Quarantined if !forced => return Err(Error::AgentQuarantined),
-            AgentState::Terminated => return Err(Error::AgentNotBound),
+            AgentState::Quarantined if !forced => return Err(Error::AgentQuarantined(*id)),
+            AgentState::Terminated => return Err(Error::AgentNotBound(*id)),
             _ => {}
         }
         let chans = rec.admin.lock().channels.clone();
@@ -299,7 +433,7 @@ impl Inner {
     /// Starts the worker of a restored agent with `handler`.
     fn attach(self: &Arc<Self>, id: &AgentId, handler: Handler) -> Result<AgentHandle> {
         let record = self.agent(id)?;
-        let (rx, control_rx) = self.detached.lock().remove(id).ok_or(Error::AlreadyAttached)?;
+        let (rx, control_rx) = self.detached.lock().remove(id).ok_or(Error::AlreadyAttached(*id))?;
         self.spawn_worker(&record, handler, rx, control_rx);
         Ok(AgentHandle::new(Arc::downgrade(self), record))
     }
@@ -318,8 +452,8 @@ impl Inner {
         let rb = self.agent(b)?;
         for r in [&ra, &rb] {
             match r.state() {
-                AgentState::Quarantined => return Err(Error::AgentQuarantined),
-                AgentState::Terminated => return Err(Error::AgentNotBound),
+                AgentState::Quarantined => return Err(Error::AgentQuarantined(r.id)),
+                AgentState::Terminated => return Err(Error::AgentNotBound(r.id)),
                 AgentState::Bound | AgentState::Active => {}
             }
             if r.admin.lock().channels.len() >= self.config.max_channels_per_agent {
@@ -337,13 +471,10 @@ impl Inner {
         }
         let sl0 = ratchet::channel_seed(&self.identity, a, b, &id);
         let (lo, hi) = if a <= b { (ra, rb) } else { (rb, ra) };
-        let sg_after = {
-            let mut sg = self.sg.lock();
-            sg.tree.insert(id, &sl0).map_err(|e| Error::Core(e.into()))?;
+        if !self.persisting() {
             // Without storage, Sg is folded in lazily at the next send.
-            if self.persisting() { sg.tree.root() } else { None }
-        };
-        if self.persisting() {
+            self.sg.lock().tree.insert(id, &sl0).map_err(|e| Error::Core(e.into()))?;
+        } else {
             let mut ops = vec![StorageOp::PutChannel(ChannelRow {
                 id,
                 agent_a: lo.id,
@@ -359,9 +490,18 @@ impl Inner {
                     ops.push(StorageOp::PutAgent(Self::agent_row(r, AgentState::Active, "")));
                 }
             }
-            ops.push(StorageOp::Sg(sg_after));
-            if let Err(e) = self.persist(ops) {
-                let _ = self.sg.lock().tree.remove(&id);
+            // The Sg is computed and the batch submitted under one hold of the `sg` lock
+            // (see `submit`); the commit is awaited after the lock is released.
+            let ticket = {
+                let mut sg = self.sg.lock();
+                sg.tree.insert(id, &sl0).map_err(|e| Error::Core(e.into()))?;
+                ops.push(StorageOp::Sg(sg.tree.root()));
+                self.submit(ops)
+            };
+            if let Err(e) = self.settle(ticket) {
+                let mut sg = self.sg.lock();
+                let _ = sg.tree.remove(&id);
+                self.resubmit_sg(&mut sg);
                 return Err(e);
             }
         }
@@ -404,25 +544,35 @@ impl Inner {
         let rec = self.channel(id)?;
         {
             let mut inner = rec.inner.lock();
-            let sg_after = {
-                let mut sg = self.sg.lock();
-                sg.tree.remove(id).map_err(|e| Error::Core(e.into()))?;
-                if self.persisting() { sg.tree.root() } else { None }
-            };
+            let mut ops = Vec::new();
             if self.persisting() {
-                let mut ops = vec![StorageOp::CloseChannel(*id)];
+                ops.push(StorageOp::CloseChannel(*id));
                 for r in [&rec.a, &rec.b] {
                     let only_this = r.admin.lock().channels.iter().all(|c| c == id);
                     if only_this && r.state() == AgentState::Active {
                         ops.push(StorageOp::PutAgent(Self::agent_row(r, AgentState::Bound, "")));
                     }
                 }
-                ops.push(StorageOp::Sg(sg_after));
-                if let Err(e) = self.persist(ops) {
-                    let _ = self.sg.lock().tree.insert(*id, &inner.state);
-                    return Err(e);
-                }
             }
+            // Sg computed and the batch submitted under one hold of the `sg` lock (see
+            // `submit`); the commit is awaited outside it.
+            let ticket = {
+                let mut sg = self.sg.lock();
+                sg.tree.remove(id).map_err(|e| Error::Core(e.into()))?;
+                if self.persisting() {
+                    ops.push(StorageOp::Sg(sg.tree.root()));
+                    self.submit(ops)
+                } else {
+                    None
+                }
+            };
+            if let Err(e) = self.settle(ticket) {
+                let mut sg = self.sg.lock();
+                let _ = sg.tree.insert(*id, &inner.state);
+                self.resubmit_sg(&mut sg);
+                return Err(e);
+            }
+            self.closed.lock().insert(*id);
             self.channels.write().remove(id);
             inner.status = ChannelStatus::Closed;
             inner.state = State::zero();
@@ -456,7 +606,7 @@ impl Inner {
         let _admin = self.admin.lock();
         let rec = self.agent(id)?;
         match rec.state() {
-            AgentState::Terminated => return Err(Error::AgentNotBound),
+            AgentState::Terminated => return Err(Error::AgentNotBound(*id)),
             AgentState::Quarantined => return Ok(()),
             _ => {}
         }
@@ -502,7 +652,7 @@ impl Inner {
         let ch = self.channel(id)?;
         let mut inner = ch.inner.lock();
         if inner.status != ChannelStatus::Active {
-            return Err(Error::ChannelState(inner.status));
+            return Err(Error::ChannelState { channel: *id, status: inner.status });
         }
         inner.status = ChannelStatus::Quarantined;
         drop(inner);
@@ -534,7 +684,7 @@ impl Inner {
         let _admin = self.admin.lock();
         let rec = self.agent(id)?;
         if rec.state() != AgentState::Quarantined {
-            return Err(Error::AgentState(rec.state()));
+            return Err(Error::AgentState { agent: *id, state: rec.state() });
         }
         let chans = rec.admin.lock().channels.clone();
         for c in &chans {
@@ -573,12 +723,14 @@ impl Inner {
     fn restore_channel(&self, id: &ChannelId) -> Result<()> {
         let _admin = self.admin.lock();
         let ch = self.channel(id)?;
-        if ch.a.state() == AgentState::Quarantined || ch.b.state() == AgentState::Quarantined {
-            return Err(Error::AgentQuarantined);
+        for r in [&ch.a, &ch.b] {
+            if r.state() == AgentState::Quarantined {
+                return Err(Error::AgentQuarantined(r.id));
+            }
         }
         let mut inner = ch.inner.lock();
         if inner.status != ChannelStatus::Quarantined {
-            return Err(Error::ChannelState(inner.status));
+            return Err(Error::ChannelState { channel: *id, status: inner.status });
         }
         inner.status = ChannelStatus::Active;
         inner.validation_failures = 0;
@@ -759,6 +911,46 @@ impl Runtime {
         self.inner.attach(id, Handler::from_async(handler))
     }
 
+    /// [`Runtime::attach_async`] by the agent's name.
+    pub fn attach_async_named<H: crate::agent::AsyncHandler>(&self, name: &str, handler: H) -> Result<AgentHandle> {
+        let id = self.id_by_name(name)?;
+        self.inner.attach(&id, Handler::from_async(handler))
+    }
+
+    /// Attaches an async closure `|agent, message| async move { … }` to a restored agent
+    /// (the restart counterpart of [`Runtime::bind_async_fn`]).
+    pub fn attach_async_fn<F, Fut>(&self, id: &AgentId, handler: F) -> Result<AgentHandle>
+    where
+        F: Fn(AgentHandle, crate::types::DeliveredMessage) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.attach(id, Handler::from_async_fn(handler))
+    }
+
+    /// [`Runtime::attach_async_fn`] by the agent's name.
+    pub fn attach_async_fn_named<F, Fut>(&self, name: &str, handler: F) -> Result<AgentHandle>
+    where
+        F: Fn(AgentHandle, crate::types::DeliveredMessage) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let id = self.id_by_name(name)?;
+        self.inner.attach(&id, Handler::from_async_fn(handler))
+    }
+
+    /// Binds a named agent with an async closure (see [`Runtime::bind_async_fn`]).
+    pub fn bind_async_fn_named<F, Fut>(&self, name: &str, handler: F) -> Result<AgentHandle>
+    where
+        F: Fn(AgentHandle, crate::types::DeliveredMessage) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.bind(Some(name.to_string()), Handler::from_async_fn(handler))
+    }
+
+    fn id_by_name(&self, name: &str) -> Result<AgentId> {
+        let id = self.inner.admin.lock().names.get(name).copied();
+        id.ok_or_else(|| Error::UnknownAgentName(name.to_string()))
+    }
+
     /// Agents restored from storage that have no handler yet: `(id, name)`.
     #[must_use]
     pub fn detached_agents(&self) -> Vec<(AgentId, Option<String>)> {
@@ -873,12 +1065,13 @@ impl Runtime {
         self.inner.shared.in_flight.0.load(Ordering::Acquire)
     }
 
-    /// Blocks until every queued message has been handled, or `timeout` passes.
+    /// Blocks until every queued message has been handled, or `timeout` passes (a
+    /// timeout too large to represent, such as `Duration::MAX`, waits without limit).
     /// Returns whether the runtime is idle.
     pub fn wait_idle(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         while self.in_flight() > 0 {
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return false;
             }
             std::thread::sleep(Duration::from_micros(200));
@@ -888,9 +1081,9 @@ impl Runtime {
 
     /// Async form of [`Runtime::wait_idle`].
     pub async fn wait_idle_async(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         while self.in_flight() > 0 {
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return false;
             }
             tokio::time::sleep(Duration::from_micros(200)).await;
@@ -920,18 +1113,46 @@ impl Runtime {
         self.inner.admin.lock().agent_counter
     }
 
+    /// Marks the runtime as shutting down (new sends fail with [`Error::ShutDown`]) and
+    /// takes the delivery workers; empty if shutdown had already begun.
     fn begin_shutdown(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        if self.inner.shut_down.swap(true, Ordering::AcqRel) {
+        if self.inner.shut_down.swap(true, Ordering::SeqCst) {
             return Vec::new();
-        }
-        let agents: Vec<Arc<AgentRecord>> = self.inner.agents.read().values().cloned().collect();
-        for a in &agents {
-            a.control.send_replace(DRAIN);
         }
         std::mem::take(&mut *self.inner.workers.lock())
     }
 
-    fn finish_shutdown(&self) {
+    /// Tells every agent's worker to deliver what is queued, then stop.
+    fn drain_workers(&self) {
+        let agents: Vec<Arc<AgentRecord>> = self.inner.agents.read().values().cloned().collect();
+        for a in &agents {
+            a.control.send_replace(DRAIN);
+        }
+    }
+
+    /// The graceful part of a shutdown: waits for the sends already under way (they may
+    /// still get a receipt), then lets every worker deliver what is queued — all within
+    /// `pipeline_timeout`.
+    async fn drain(&self, workers: Vec<tokio::task::JoinHandle<()>>) {
+        let deadline = tokio::time::Instant::now().checked_add(self.inner.config.pipeline_timeout);
+        self.inner.wait_senders(deadline).await;
+        self.drain_workers();
+        let join_all = async {
+            for w in workers {
+                let _ = w.await;
+            }
+        };
+        match deadline {
+            Some(d) => {
+                let _ = tokio::time::timeout_at(d, join_all).await;
+            }
+            None => join_all.await,
+        }
+    }
+
+    /// Wipes the in-memory state; `undelivered` messages were still queued or being
+    /// handled when delivery stopped (they are dropped, and a warning says how many).
+    fn finish_shutdown(&self, undelivered: u64) {
         let _admin = self.inner.admin.lock();
         // Wipe every channel's state from memory. Nothing is written to storage: a
         // persistent runtime keeps its channels and comes back where it was.
@@ -949,6 +1170,15 @@ impl Runtime {
             a.set_state(AgentState::Terminated);
             a.control.send_replace(STOP);
         }
+        if undelivered > 0 {
+            tracing::warn!(
+                target: "mfp::runtime",
+                runtime = %self.inner.identity.short(),
+                undelivered,
+                "runtime shut down with messages not yet handled; they are dropped (shut down \
+                 outside async code, or call shutdown_async, to deliver them first)"
+            );
+        }
         tracing::info!(target: "mfp::runtime", runtime = %self.inner.identity.short(), "runtime shut down");
     }
 
@@ -958,31 +1188,19 @@ impl Runtime {
     pub fn shutdown(&self) {
         let workers = self.begin_shutdown();
         if !workers.is_empty() {
-            let deadline = self.inner.config.pipeline_timeout;
             let _g = self.inner.exec.enter();
-            crate::block::block_on(async move {
-                let _ = tokio::time::timeout(deadline, async {
-                    for w in workers {
-                        let _ = w.await;
-                    }
-                })
-                .await;
-            });
+            crate::block::block_on(self.drain(workers));
         }
-        self.finish_shutdown();
+        self.finish_shutdown(self.in_flight());
     }
 
     /// Async form of [`Runtime::shutdown`].
     pub async fn shutdown_async(&self) {
         let workers = self.begin_shutdown();
-        let deadline = self.inner.config.pipeline_timeout;
-        let _ = tokio::time::timeout(deadline, async {
-            for w in workers {
-                let _ = w.await;
-            }
-        })
-        .await;
-        self.finish_shutdown();
+        if !workers.is_empty() {
+            self.drain(workers).await;
+        }
+        self.finish_shutdown(self.in_flight());
     }
 }
 
@@ -995,10 +1213,11 @@ impl Drop for Runtime {
             } else {
                 // Inside async code we must not block: stop workers at once.
                 let workers = self.begin_shutdown();
+                let undelivered = self.in_flight();
                 for w in &workers {
                     w.abort();
                 }
-                self.finish_shutdown();
+                self.finish_shutdown(undelivered);
             }
         }
         if let Some(rt) = self.owned.take() {

@@ -21,8 +21,9 @@ use tokio::sync::oneshot;
 
 use crate::types::{AgentState, ChannelStatus};
 
-/// Why storage failed. Messages never contain keys, states or payloads.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+/// Why storage failed. Messages never contain keys, states or payloads. `Debug` prints
+/// the same text as `Display`.
+#[derive(Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum StorageError {
     /// The backend failed (I/O, SQL, lock timeout).
@@ -46,6 +47,12 @@ pub enum StorageError {
     /// The storage has shut down.
     #[error("storage closed")]
     Closed,
+}
+
+impl std::fmt::Debug for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// A persisted agent.
@@ -209,6 +216,14 @@ pub trait Storage: Send + Sync + 'static {
     /// Applies `ops` atomically, in order after every earlier batch; the ticket completes
     /// once the batch is durable (per the backend's durability setting) or has failed —
     /// in which case nothing of it was applied.
+    ///
+    /// The runtime calls `apply` for a batch carrying an Sg while it holds its Sg lock, so
+    /// that batches are submitted in the order their Sg values were computed. `apply` must
+    /// therefore only enqueue (or apply in memory) and return: the wait belongs in
+    /// [`Ticket::wait`], which the runtime calls after releasing the lock. Batches must
+    /// commit in the order `apply` was called — otherwise an older Sg could be committed
+    /// after a newer one and the stored Sg would no longer be the root of the stored
+    /// channel states.
     fn apply(&self, ops: Vec<StorageOp>) -> Ticket;
 }
 

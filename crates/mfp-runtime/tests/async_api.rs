@@ -4,6 +4,7 @@
 //! async handlers (closures and `AsyncHandler` types) replying on the same channel; and a
 //! runtime on an explicitly given tokio handle.
 
+#[macro_use]
 mod common;
 
 use std::sync::{Arc, Mutex};
@@ -229,7 +230,7 @@ async fn send_and_wait_async_reports_handler_outcomes() {
     assert!(t.elapsed() < Duration::from_millis(400));
     assert_eq!(slow.state(), AgentState::Quarantined);
     assert_eq!(rt.quarantine_reason(&slow.id()).unwrap(), "Agent callable timeout");
-    assert_eq!(s.send_async(c_slow, b"x").await, Err(Error::ChannelQuarantined));
+    assert_err!(s.send_async(c_slow, b"x").await, Error::ChannelQuarantined(_));
     assert_eq!(s.send_and_wait_async(c_ok, b"still fine").await.unwrap().step, 1);
     rt.shutdown_async().await;
 }
@@ -259,7 +260,7 @@ async fn send_async_waits_for_mailbox_space_then_gives_up() {
     tokio::task::spawn_blocking(move || g2.wait_entered(1)).await.unwrap();
     a.send_async(ch, b"m1").await.unwrap();
     let t = Instant::now();
-    assert_eq!(a.send_async(ch, b"m2").await, Err(Error::MailboxFull));
+    assert_err!(a.send_async(ch, b"m2").await, Error::MailboxFull(_));
     assert!(t.elapsed() >= Duration::from_millis(80));
     gate.open();
     assert!(rt.wait_idle_async(WAIT).await);

@@ -3,6 +3,7 @@
 //! every committed receipt, `on_delivery_failure` hears of panics and timeouts, and an
 //! audit sink gets the lifecycle and message events — never the payload.
 
+#[macro_use]
 mod common;
 
 use std::sync::{Arc, Mutex};
@@ -201,7 +202,7 @@ fn audit_records_delivery_failures_and_automatic_quarantines() {
     assert_eq!(s.send_and_wait(c1, b"x"), Err(Error::HandlerFailed));
     assert_eq!(s.send_and_wait(c2, b"x"), Err(Error::Timeout));
     // Third send in a second trips the rate limit (2).
-    assert_eq!(s.send(c1, b"x"), Err(Error::AgentQuarantined));
+    assert_err!(s.send(c1, b"x"), Error::AgentQuarantined(_));
 
     let events = sink.events();
     let failed: Vec<&AuditEvent> = events.iter().filter(|e| e.event_type == AuditEventType::DeliveryFailed).collect();

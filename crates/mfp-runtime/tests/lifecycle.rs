@@ -3,6 +3,7 @@
 //! channels a restore lifts), unbind versus terminate, and the permission rules of the
 //! three agent tools (send, status, channels).
 
+#[macro_use]
 mod common;
 
 use std::thread;
@@ -20,7 +21,7 @@ fn bound_becomes_active_with_the_first_channel_and_bound_again_after_the_last() 
     assert_eq!(a.state(), AgentState::Bound);
     let st = mfp_status(&a).unwrap();
     assert_eq!((st.agent_id, st.state, st.channel_count, st.messages_sent), (a.id(), AgentState::Bound, 0, 0));
-    assert_eq!(mfp_channels(&a), Err(Error::AgentState(AgentState::Bound)));
+    assert_err!(mfp_channels(&a), Error::AgentState { state: AgentState::Bound, .. });
     assert_eq!(a.channels().unwrap_err().code().unwrap().as_str(), "unbound");
 
     let ab = rt.establish_channel(&a.id(), &b.id()).unwrap();
@@ -43,9 +44,15 @@ fn bound_becomes_active_with_the_first_channel_and_bound_again_after_the_last() 
     rt.close_channel(&ab).unwrap();
     assert_eq!(a.state(), AgentState::Active, "a still has a channel");
     assert_eq!(b.state(), AgentState::Bound);
-    assert_eq!(b.send(ab, b"x"), Err(Error::AgentState(AgentState::Bound)));
-    assert_eq!(a.send(ab, b"x"), Err(Error::UnknownChannel));
-    assert_eq!(rt.close_channel(&ab), Err(Error::UnknownChannel));
+    assert_err!(b.send(ab, b"x"), Error::AgentState { state: AgentState::Bound, .. });
+    // A closed channel is remembered: using it again says it is closed (pymfp's
+    // `channel_closed`), not that it does not exist.
+    assert_err!(a.send(ab, b"x"), Error::ChannelClosed(_));
+    assert_eq!(a.send(ab, b"x").unwrap_err().code().unwrap().as_str(), "channel_closed");
+    assert_err!(rt.close_channel(&ab), Error::ChannelClosed(_));
+    assert_err!(rt.quarantine_channel(&ab, "x"), Error::ChannelClosed(_));
+    assert_err!(rt.restore_channel(&ab), Error::ChannelClosed(_));
+    assert_err!(rt.close_channel(&mfp_runtime::ChannelId::from_bytes([7; 16])), Error::UnknownChannel(_));
 
     rt.close_channel(&ac).unwrap();
     assert_eq!((a.state(), c.state()), (AgentState::Bound, AgentState::Bound));
@@ -70,25 +77,25 @@ fn quarantine_blocks_tools_and_restore_resumes_the_channel_step() {
     rt.quarantine_agent(&a.id(), "manual review").unwrap();
     assert_eq!(a.state(), AgentState::Quarantined);
     assert_eq!(rt.quarantine_reason(&a.id()).unwrap(), "manual review");
-    assert_eq!(a.status(), Err(Error::AgentQuarantined));
-    assert_eq!(a.channels(), Err(Error::AgentQuarantined));
-    assert_eq!(a.send(ch, b"x"), Err(Error::AgentQuarantined));
-    assert_eq!(b.send(ch, b"x"), Err(Error::ChannelQuarantined));
-    assert_eq!(b.send_and_wait(ch, b"x"), Err(Error::ChannelQuarantined));
+    assert_err!(a.status(), Error::AgentQuarantined(_));
+    assert_err!(a.channels(), Error::AgentQuarantined(_));
+    assert_err!(a.send(ch, b"x"), Error::AgentQuarantined(_));
+    assert_err!(b.send(ch, b"x"), Error::ChannelQuarantined(_));
+    assert_err!(b.send_and_wait(ch, b"x"), Error::ChannelQuarantined(_));
     assert_eq!(b.channels().unwrap()[0].status, ChannelStatus::Quarantined);
     // Quarantining again is a no-op.
     rt.quarantine_agent(&a.id(), "again").unwrap();
     assert_eq!(rt.metrics().agent_quarantines.get(), 1);
     assert_eq!(rt.quarantine_reason(&a.id()).unwrap(), "manual review");
     // A quarantined agent cannot be unbound, nor get new channels.
-    assert_eq!(rt.unbind_agent(&a.id()), Err(Error::AgentQuarantined));
-    assert_eq!(unbind(a.clone()), Err(Error::AgentQuarantined));
+    assert_err!(rt.unbind_agent(&a.id()), Error::AgentQuarantined(_));
+    assert_err!(unbind(a.clone()), Error::AgentQuarantined(_));
     let c = rt.bind(|_, _| {}).unwrap();
-    assert_eq!(rt.establish_channel(&a.id(), &c.id()), Err(Error::AgentQuarantined));
-    assert_eq!(rt.establish_channel(&c.id(), &a.id()), Err(Error::AgentQuarantined));
+    assert_err!(rt.establish_channel(&a.id(), &c.id()), Error::AgentQuarantined(_));
+    assert_err!(rt.establish_channel(&c.id(), &a.id()), Error::AgentQuarantined(_));
     assert_eq!(c.state(), AgentState::Bound);
     // A channel of a quarantined agent cannot be restored on its own.
-    assert_eq!(rt.restore_channel(&ch), Err(Error::AgentQuarantined));
+    assert_err!(rt.restore_channel(&ch), Error::AgentQuarantined(_));
 
     rt.restore_agent(&a.id()).unwrap();
     assert_eq!(a.state(), AgentState::Active);
@@ -100,8 +107,8 @@ fn quarantine_blocks_tools_and_restore_resumes_the_channel_step() {
     assert_eq!(inbox.wait_for(3).iter().map(|m| m.step).collect::<Vec<_>>(), [0, 1, 2]);
 
     // Restoring a non-quarantined agent is refused.
-    assert_eq!(rt.restore_agent(&a.id()), Err(Error::AgentState(AgentState::Active)));
-    assert_eq!(rt.restore_agent(&c.id()), Err(Error::AgentState(AgentState::Bound)));
+    assert_err!(rt.restore_agent(&a.id()), Error::AgentState { state: AgentState::Active, .. });
+    assert_err!(rt.restore_agent(&c.id()), Error::AgentState { state: AgentState::Bound, .. });
 }
 
 #[test]
@@ -110,7 +117,7 @@ fn restoring_an_agent_without_channels_makes_it_bound() {
     let a = rt.bind(|_, _| {}).unwrap();
     rt.quarantine_agent(&a.id(), "precaution").unwrap();
     assert_eq!(a.state(), AgentState::Quarantined);
-    assert_eq!(a.status(), Err(Error::AgentQuarantined));
+    assert_err!(a.status(), Error::AgentQuarantined(_));
     rt.restore_agent(&a.id()).unwrap();
     assert_eq!(a.state(), AgentState::Bound);
     assert_eq!(a.status().unwrap().state, AgentState::Bound);
@@ -136,7 +143,7 @@ fn restore_lifts_only_the_quarantines_the_agent_caused() {
     assert_eq!(rt.channel_info(&ac).unwrap().status, ChannelStatus::Active);
     assert_eq!(rt.channel_info(&ab).unwrap().status, ChannelStatus::Quarantined);
     assert_eq!(a.send(ac, b"x").unwrap().step, 0);
-    assert_eq!(a.send(ab, b"x"), Err(Error::ChannelQuarantined));
+    assert_err!(a.send(ab, b"x"), Error::ChannelQuarantined(_));
     rt.restore_agent(&b.id()).unwrap();
     assert_eq!(rt.channel_info(&ab).unwrap().status, ChannelStatus::Quarantined);
     rt.restore_channel(&ab).unwrap();
@@ -157,7 +164,7 @@ fn a_channel_between_two_quarantined_agents_reopens_when_both_are_restored() {
         rt.restore_agent(&first.id()).unwrap();
         assert_eq!(first.state(), AgentState::Active);
         assert_eq!(rt.channel_info(&ch).unwrap().status, ChannelStatus::Quarantined, "peer still quarantined");
-        assert_eq!(first.send(ch, b"x"), Err(Error::ChannelQuarantined));
+        assert_err!(first.send(ch, b"x"), Error::ChannelQuarantined(_));
         rt.restore_agent(&second.id()).unwrap();
         assert_eq!(rt.channel_info(&ch).unwrap().status, ChannelStatus::Active);
         first.send(ch, b"x").unwrap();
@@ -172,7 +179,7 @@ fn a_quarantined_agent_must_be_terminated_not_unbound() {
     let b = rt.bind(|_, _| {}).unwrap();
     let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
     rt.quarantine_agent(&a.id(), "bad").unwrap();
-    assert_eq!(rt.unbind_agent(&a.id()), Err(Error::AgentQuarantined));
+    assert_err!(rt.unbind_agent(&a.id()), Error::AgentQuarantined(_));
     assert_eq!(rt.agent_count(), 2);
 
     rt.terminate_agent(&a.id()).unwrap();
@@ -180,13 +187,13 @@ fn a_quarantined_agent_must_be_terminated_not_unbound() {
     assert_eq!(rt.agent_count(), 1);
     assert_eq!(rt.channel_count(), 0);
     assert_eq!(b.state(), AgentState::Bound, "b lost its only channel");
-    assert_eq!(a.send(ch, b"x"), Err(Error::AgentNotBound));
-    assert_eq!(a.status(), Err(Error::AgentNotBound));
-    assert_eq!(a.channels(), Err(Error::AgentNotBound));
-    assert_eq!(rt.agent_state(&a.id()), Err(Error::AgentNotBound));
-    assert_eq!(rt.terminate_agent(&a.id()), Err(Error::AgentNotBound));
-    assert_eq!(rt.restore_agent(&a.id()), Err(Error::AgentNotBound));
-    assert_eq!(rt.quarantine_agent(&a.id(), "x"), Err(Error::AgentNotBound));
+    assert_err!(a.send(ch, b"x"), Error::AgentNotBound(_));
+    assert_err!(a.status(), Error::AgentNotBound(_));
+    assert_err!(a.channels(), Error::AgentNotBound(_));
+    assert_err!(rt.agent_state(&a.id()), Error::AgentNotBound(_));
+    assert_err!(rt.terminate_agent(&a.id()), Error::AgentNotBound(_));
+    assert_err!(rt.restore_agent(&a.id()), Error::AgentNotBound(_));
+    assert_err!(rt.quarantine_agent(&a.id(), "x"), Error::AgentNotBound(_));
 }
 
 #[test]
@@ -197,14 +204,14 @@ fn sends_after_unbind_fail_and_the_peer_falls_back_to_bound() {
     let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
     unbind(a.clone()).unwrap();
     assert_eq!(a.state(), AgentState::Terminated);
-    assert_eq!(a.send(ch, b"x"), Err(Error::AgentNotBound));
+    assert_err!(a.send(ch, b"x"), Error::AgentNotBound(_));
     assert_eq!(a.send(ch, b"x").unwrap_err().code().unwrap().as_str(), "unbound");
-    assert_eq!(a.status(), Err(Error::AgentNotBound));
+    assert_err!(a.status(), Error::AgentNotBound(_));
     assert_eq!(b.state(), AgentState::Bound);
-    assert_eq!(b.send(ch, b"x"), Err(Error::AgentState(AgentState::Bound)));
+    assert_err!(b.send(ch, b"x"), Error::AgentState { state: AgentState::Bound, .. });
     assert!(matches!(rt.agent_by_name("a"), Err(Error::UnknownAgentName(_))));
-    assert_eq!(rt.unbind_agent(&a.id()), Err(Error::AgentNotBound));
-    assert_eq!(rt.establish_channel(&a.id(), &b.id()), Err(Error::AgentNotBound));
+    assert_err!(rt.unbind_agent(&a.id()), Error::AgentNotBound(_));
+    assert_err!(rt.establish_channel(&a.id(), &b.id()), Error::AgentNotBound(_));
 }
 
 #[test]
@@ -225,7 +232,7 @@ fn unbind_delivers_what_is_queued() {
     }
     gate.wait_entered(1);
     rt.unbind_agent(&b.id()).unwrap();
-    assert_eq!(a.send(ch, b"late"), Err(Error::AgentState(AgentState::Bound)));
+    assert_err!(a.send(ch, b"late"), Error::AgentState { state: AgentState::Bound, .. });
     gate.open();
     let got = inbox.wait_for(3);
     assert_eq!(got.iter().map(|m| m.payload.clone()).collect::<Vec<_>>(), [b"m0", b"m1", b"m2"]);
@@ -261,7 +268,7 @@ fn terminate_drops_what_is_queued_and_waiting_senders_learn_it() {
     }
     rt.terminate_agent(&b.id()).unwrap();
     gate.open();
-    assert_eq!(waiter.join().unwrap(), Err(Error::AgentNotBound));
+    assert_err!(waiter.join().unwrap(), Error::AgentNotBound(_));
     assert!(rt.wait_idle(WAIT));
     // Only the message already being handled got through.
     assert_eq!(inbox.payloads(), [b"m0".to_vec()]);

@@ -3,6 +3,7 @@
 //! idempotency keys, operator channel quarantine, and reproducibility with a deterministic
 //! entropy source.
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -246,22 +247,22 @@ fn quarantined_channel_refuses_sends_and_resumes_at_the_same_step() {
     rt.quarantine_channel(&ch, "operator says so").unwrap();
     assert_eq!(rt.channel_info(&ch).unwrap().status, ChannelStatus::Quarantined);
     let err = a.send(ch, b"blocked").unwrap_err();
-    assert_eq!(err, Error::ChannelQuarantined);
+    assert!(matches!(err, Error::ChannelQuarantined(_)), "{err}");
     assert_eq!(err.code(), Some(ErrorCode::ChannelQuarantined));
     assert_eq!(err.code().unwrap().as_str(), "channel_quarantined");
     // The other direction is blocked too, but neither agent is quarantined.
-    assert_eq!(b.send(ch, b"blocked"), Err(Error::ChannelQuarantined));
+    assert_err!(b.send(ch, b"blocked"), Error::ChannelQuarantined(_));
     assert_eq!(a.state(), mfp_runtime::AgentState::Active);
     assert_eq!(b.state(), mfp_runtime::AgentState::Active);
     assert_eq!(a.channels().unwrap()[0].status, ChannelStatus::Quarantined);
-    assert_eq!(rt.quarantine_channel(&ch, "again"), Err(Error::ChannelState(ChannelStatus::Quarantined)));
+    assert_err!(rt.quarantine_channel(&ch, "again"), Error::ChannelState { status: ChannelStatus::Quarantined, .. });
     assert_eq!(rt.metrics().channel_quarantines.get(), 1);
 
     rt.restore_channel(&ch).unwrap();
     assert_eq!(rt.channel_info(&ch).unwrap().status, ChannelStatus::Active);
     assert_eq!(a.send(ch, b"2").unwrap().step, 2);
     assert_eq!(b.send(ch, b"back").unwrap().step, 3);
-    assert_eq!(rt.restore_channel(&ch), Err(Error::ChannelState(ChannelStatus::Active)));
+    assert_err!(rt.restore_channel(&ch), Error::ChannelState { status: ChannelStatus::Active, .. });
 
     let got = inbox.wait_for(3);
     assert_eq!(got.iter().map(|m| m.step).collect::<Vec<_>>(), [0, 1, 2]);
@@ -272,13 +273,13 @@ fn quarantined_channel_refuses_sends_and_resumes_at_the_same_step() {
 fn unknown_channel_operations_fail() {
     let rt = Runtime::new(cfg()).unwrap();
     let bogus = ChannelId::from_bytes([0xee; 16]);
-    assert_eq!(rt.quarantine_channel(&bogus, "x"), Err(Error::UnknownChannel));
-    assert_eq!(rt.restore_channel(&bogus), Err(Error::UnknownChannel));
-    assert_eq!(rt.close_channel(&bogus), Err(Error::UnknownChannel));
-    assert!(matches!(rt.channel_info(&bogus), Err(Error::UnknownChannel)));
+    assert_err!(rt.quarantine_channel(&bogus, "x"), Error::UnknownChannel(_));
+    assert_err!(rt.restore_channel(&bogus), Error::UnknownChannel(_));
+    assert_err!(rt.close_channel(&bogus), Error::UnknownChannel(_));
+    assert!(matches!(rt.channel_info(&bogus), Err(Error::UnknownChannel(_))));
     let ghost = AgentId::from_bytes([0xaa; 32]);
-    assert_eq!(rt.quarantine_agent(&ghost, "x"), Err(Error::AgentNotBound));
-    assert!(matches!(rt.agent(&ghost), Err(Error::AgentNotBound)));
+    assert_err!(rt.quarantine_agent(&ghost, "x"), Error::AgentNotBound(_));
+    assert!(matches!(rt.agent(&ghost), Err(Error::AgentNotBound(_))));
     assert!(matches!(rt.agent_by_name("nobody"), Err(Error::UnknownAgentName(n)) if n == "nobody"));
 }
 

@@ -2,6 +2,7 @@
 //! Persistence through the storage trait, with the in-memory store: what is saved, what a
 //! restart restores, and failing closed.
 
+#[macro_use]
 mod common;
 
 use common::{Inbox, cfg};
@@ -45,7 +46,7 @@ fn restart_restores_identity_agents_channels_and_steps() {
     let inbox = Inbox::new();
     let alice = rt.attach_named("alice", |_, _| {}).unwrap();
     // A second attach is refused.
-    assert_eq!(rt.attach(&alice_id, |_, _| {}).unwrap_err(), Error::AlreadyAttached);
+    assert_eq!(rt.attach(&alice_id, |_, _| {}).unwrap_err(), Error::AlreadyAttached(alice_id));
     // Bob gets a message while detached: it waits in his mailbox until he is attached.
     let r = alice.send(ch, b"after restart").unwrap();
     assert_eq!(r.step, 3);
@@ -130,7 +131,7 @@ fn quarantine_close_and_unbind_survive_a_restart() {
     rt.unbind_agent(&c).unwrap();
     rt.shutdown();
     let rt = Runtime::builder(persistent_cfg()).storage(store).build().unwrap();
-    assert!(matches!(rt.agent_state(&c), Err(Error::AgentNotBound)));
+    assert!(matches!(rt.agent_state(&c), Err(Error::AgentNotBound(_))));
     assert_eq!(rt.agent_count(), 2);
     rt.shutdown();
 }
@@ -196,4 +197,227 @@ async fn async_sends_with_storage_on_a_current_thread_runtime() {
     }
     assert_eq!(store.load().unwrap().unwrap().channels[0].step, 5);
     rt.shutdown_async().await;
+}
+
+/// A store that applies every batch to a model of the committed state, in the order the
+/// batches are submitted, and checks each batch's Sg against the Merkle root of the channel
+/// states committed so far (what a crash right after that batch would leave on disk).
+#[derive(Clone, Default)]
+struct SgOrderChecker(std::sync::Arc<std::sync::Mutex<SgModel>>);
+
+#[derive(Default)]
+struct SgModel {
+    states: std::collections::BTreeMap<mfp_core::ChannelId, State>,
+    batches: usize,
+    sg_batches: usize,
+    mismatches: usize,
+}
+
+impl Storage for SgOrderChecker {
+    fn load(&self) -> Result<Option<mfp_runtime::storage::Snapshot>, StorageError> {
+        Ok(None)
+    }
+
+    fn apply(&self, ops: Vec<StorageOp>) -> mfp_runtime::storage::Ticket {
+        let mut m = self.0.lock().unwrap();
+        m.batches += 1;
+        for op in ops {
+            match op {
+                StorageOp::PutChannel(c) => {
+                    m.states.insert(c.id, c.state);
+                }
+                StorageOp::AdvanceChannel { id, state, .. } => {
+                    m.states.insert(id, state);
+                }
+                StorageOp::CloseChannel(id) => {
+                    m.states.remove(&id);
+                }
+                StorageOp::Sg(sg) => {
+                    m.sg_batches += 1;
+                    let root = mfp_core::MerkleSg::from_states(m.states.iter().map(|(c, s)| (*c, s))).unwrap().root();
+                    if root != sg {
+                        m.mismatches += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        mfp_runtime::storage::Ticket::ready(Ok(()))
+    }
+}
+
+#[test]
+fn every_submitted_sg_is_the_root_of_the_states_submitted_before_it() {
+    const SENDERS: usize = 8;
+    const MESSAGES: usize = 1500;
+    let store = SgOrderChecker::default();
+    let rt = std::sync::Arc::new(
+        Runtime::builder(RuntimeConfig { max_message_rate: 0, ..persistent_cfg() })
+            .storage(store.clone())
+            .build()
+            .unwrap(),
+    );
+    let bob = rt.bind_named("bob", |_, _| {}).unwrap();
+    let mut senders = Vec::new();
+    for i in 0..SENDERS {
+        let a = rt.bind_named(&format!("sender-{i}"), |_, _| {}).unwrap();
+        let ch = rt.establish_channel(&a.id(), &bob.id()).unwrap();
+        senders.push((a, ch));
+    }
+    let threads: Vec<_> = senders
+        .into_iter()
+        .map(|(a, ch)| {
+            std::thread::spawn(move || {
+                for i in 0..MESSAGES {
+                    a.send(ch, &(i as u64).to_be_bytes()).unwrap();
+                }
+            })
+        })
+        .collect();
+    // Channels established and closed meanwhile submit Sg updates too.
+    let churn = {
+        let rt = std::sync::Arc::clone(&rt);
+        let bob = bob.id();
+        std::thread::spawn(move || {
+            let c = rt.bind_named("churn", |_, _| {}).unwrap();
+            for _ in 0..200 {
+                let ch = rt.establish_channel(&c.id(), &bob).unwrap();
+                rt.close_channel(&ch).unwrap();
+            }
+        })
+    };
+    for t in threads {
+        t.join().unwrap();
+    }
+    churn.join().unwrap();
+    rt.shutdown();
+    let m = store.0.lock().unwrap();
+    assert!(m.sg_batches >= SENDERS * MESSAGES + 400, "{} batches with an Sg", m.sg_batches);
+    assert_eq!(
+        m.mismatches, 0,
+        "{} of {} submitted Sg values differ from the root of the states before them",
+        m.mismatches, m.sg_batches
+    );
+}
+
+/// A store whose batches wait until the test completes them, one by one, in submission
+/// order (as the SQLite writer commits them), failing the ones it chooses. The model holds
+/// what was committed.
+#[derive(Clone, Default)]
+struct ManualStore(std::sync::Arc<(std::sync::Mutex<ManualQueue>, std::sync::Condvar)>);
+
+#[derive(Default)]
+struct ManualQueue {
+    pending: std::collections::VecDeque<(Vec<StorageOp>, mfp_runtime::storage::TicketSender)>,
+    states: std::collections::BTreeMap<mfp_core::ChannelId, State>,
+    sg: Option<State>,
+}
+
+impl ManualStore {
+    /// Waits until at least `n` batches are pending.
+    fn wait_pending(&self, n: usize) {
+        let (lock, cv) = &*self.0;
+        let deadline = std::time::Instant::now() + common::WAIT;
+        let mut q = lock.lock().unwrap();
+        while q.pending.len() < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "expected {n} pending batches, have {}", q.pending.len());
+            q = cv.wait_timeout(q, left).unwrap().0;
+        }
+    }
+
+    /// Commits (or fails) the oldest pending batch.
+    fn complete_next(&self, ok: bool) {
+        self.wait_pending(1);
+        let (ops, done) = self.0.0.lock().unwrap().pending.pop_front().unwrap();
+        if ok {
+            let mut q = self.0.0.lock().unwrap();
+            for op in ops {
+                match op {
+                    StorageOp::PutChannel(c) => {
+                        q.states.insert(c.id, c.state);
+                    }
+                    StorageOp::AdvanceChannel { id, state, .. } => {
+                        q.states.insert(id, state);
+                    }
+                    StorageOp::CloseChannel(id) => {
+                        q.states.remove(&id);
+                    }
+                    StorageOp::Sg(sg) => q.sg = sg,
+                    _ => {}
+                }
+            }
+            drop(q);
+            done.complete(Ok(()));
+        } else {
+            done.complete(Err(StorageError::Backend("injected failure".into())));
+        }
+    }
+
+    /// Whether the committed Sg is the root of the committed channel states.
+    fn consistent(&self) -> bool {
+        let q = self.0.0.lock().unwrap();
+        mfp_core::MerkleSg::from_states(q.states.iter().map(|(c, s)| (*c, s))).unwrap().root() == q.sg
+    }
+}
+
+impl Storage for ManualStore {
+    fn load(&self) -> Result<Option<mfp_runtime::storage::Snapshot>, StorageError> {
+        Ok(None)
+    }
+
+    fn apply(&self, ops: Vec<StorageOp>) -> mfp_runtime::storage::Ticket {
+        let (done, ticket) = mfp_runtime::storage::Ticket::pending();
+        let (lock, cv) = &*self.0;
+        lock.lock().unwrap().pending.push_back((ops, done));
+        cv.notify_all();
+        ticket
+    }
+}
+
+/// Channel A's batch fails after channel B's batch — whose Sg counted A's new state — was
+/// queued behind it; B's commits. The runtime must then queue the corrected Sg, so the
+/// store does not stay (until some later write) with an Sg that matches no committed state.
+#[test]
+fn a_failed_batch_is_followed_by_the_corrected_sg() {
+    let store = ManualStore::default();
+    let setup = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let rt = Runtime::builder(persistent_cfg()).storage(store).build().unwrap();
+            let a = rt.bind(|_, _| {}).unwrap();
+            let b = rt.bind(|_, _| {}).unwrap();
+            let c = rt.bind(|_, _| {}).unwrap();
+            let ab = rt.establish_channel(&a.id(), &b.id()).unwrap();
+            let ac = rt.establish_channel(&a.id(), &c.id()).unwrap();
+            (rt, a, ab, ac)
+        })
+    };
+    for _ in 0..6 {
+        store.complete_next(true); // the metadata, three binds, two establishes
+    }
+    let (rt, a, ab, ac) = setup.join().unwrap();
+    assert!(store.consistent());
+
+    let first = {
+        let a = a.clone();
+        std::thread::spawn(move || a.send(ab, b"fails"))
+    };
+    store.wait_pending(1);
+    let second = std::thread::spawn(move || a.send(ac, b"commits"));
+    store.wait_pending(2);
+    store.complete_next(false);
+    store.complete_next(true);
+    assert!(first.join().unwrap().is_err());
+    assert_eq!(second.join().unwrap().unwrap().step, 0);
+    // Whatever the runtime queued after the failure commits.
+    loop {
+        let pending = store.0.0.lock().unwrap().pending.len();
+        if pending == 0 {
+            break;
+        }
+        store.complete_next(true);
+    }
+    assert!(store.consistent(), "the committed Sg is not the root of the committed channel states");
+    rt.shutdown();
 }

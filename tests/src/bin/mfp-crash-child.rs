@@ -3,8 +3,8 @@
 //! Opens a [`Runtime`] on [`SqliteStorage`] at `DB` (master key read from `KEY-FILE`). On the
 //! first start it binds the named agents `alice` and `bob` and establishes [`CHANNELS`]
 //! channels between them; on later starts it attaches handlers to the restored agents by
-//! name and finds the restored channels. Then alice sends on the channels in turn, a small
-//! payload naming the step, until the process is killed.
+//! name and finds the restored channels. Then alice sends on every channel at once, one
+//! thread per channel, a small payload naming the step, until the process is killed.
 //!
 //! Standard output, one line per event, each written with one write on the locked stdout
 //! and flushed at once (so a kill loses whole lines only):
@@ -24,11 +24,11 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use mfp_runtime::storage::Storage;
-use mfp_runtime::{ChannelId, DeliveredMessage, Runtime, RuntimeConfig};
+use mfp_runtime::{AgentHandle, ChannelId, DeliveredMessage, Runtime, RuntimeConfig};
 use mfp_storage::{Durability, MasterKey, SqliteStorage, StorageConfig};
 
-/// Channels between alice and bob (more than one, so Sg covers several leaves).
-const CHANNELS: usize = 2;
+/// Channels between alice and bob, each with its own sender thread.
+const CHANNELS: usize = 12;
 
 /// Writes one whole line to stdout and flushes it.
 fn emit(line: &str) -> Result<(), String> {
@@ -113,21 +113,38 @@ fn run() -> Result<Infallible, String> {
     let ready: Vec<String> = channels.iter().map(|(c, s)| format!("{c}:{s}")).collect();
     emit(&format!("READY {}\n", ready.join(" ")))?;
 
-    for i in (0..CHANNELS).cycle() {
-        let (channel, next) = channels.get_mut(i).ok_or("channel index out of range")?;
-        let step = *next;
-        let receipt =
-            alice.send(*channel, &payload(step)).map_err(|e| format!("send on {channel} step {step}: {e}"))?;
-        if receipt.channel != *channel || receipt.step != step {
+    // One sender thread per channel, all sending at once: their batches race for the
+    // storage queue, and the stored Sg must still match the stored channel states.
+    // A sender that fails reports it and exits the process (see `die`).
+    let senders: Vec<_> = channels
+        .into_iter()
+        .map(|(channel, first)| {
+            let alice = alice.clone();
+            std::thread::spawn(move || {
+                let Err(e) = send_forever(&alice, channel, first);
+                die(e);
+            })
+        })
+        .collect();
+    for s in senders {
+        let _ = s.join();
+    }
+    Err("the sender threads ended".into())
+}
+
+/// Sends on `channel` from step `first` on, printing each receipt, until killed.
+fn send_forever(alice: &AgentHandle, channel: ChannelId, first: u64) -> Result<Infallible, String> {
+    for step in first.. {
+        let receipt = alice.send(channel, &payload(step)).map_err(|e| format!("send on {channel} step {step}: {e}"))?;
+        if receipt.channel != channel || receipt.step != step {
             return Err(format!(
                 "sent on {channel} step {step}, receipt says {} step {}",
                 receipt.channel, receipt.step
             ));
         }
         emit(&format!("R {channel} {step}\n"))?;
-        *next = step + 1;
     }
-    Err("the send loop ended".into())
+    Err("the step counter ran out".into())
 }
 
 fn main() -> ExitCode {

@@ -149,3 +149,14 @@ pub(crate) fn quiet_intentional_panics() {
         }));
     });
 }
+
+/// Asserts that `$e` (evaluated once) is `Err` matching `$p`, printing what it was if not.
+#[allow(unused_macros)]
+macro_rules! assert_err {
+    ($e:expr, $p:pat) => {
+        match $e {
+            Err($p) => {}
+            other => panic!("expected Err({}), got {:?}", stringify!($p), other),
+        }
+    };
+}
