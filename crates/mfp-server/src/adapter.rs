@@ -308,7 +308,7 @@ impl AgentRef {
     /// The agent's channels; none (rather than an error) while it is bound without any.
     fn list_channels(&self) -> Result<Vec<mfp_runtime::ChannelInfo>, mfp_runtime::Error> {
         match self.handle.channels() {
-            Err(mfp_runtime::Error::AgentState(mfp_runtime::AgentState::Bound)) => Ok(Vec::new()),
+            Err(mfp_runtime::Error::AgentState { state: mfp_runtime::AgentState::Bound, .. }) => Ok(Vec::new()),
             other => other,
         }
     }
