@@ -22,7 +22,10 @@ use tokio::sync::oneshot;
 use crate::types::{AgentState, ChannelStatus};
 
 /// Why storage failed. Messages never contain keys, states or payloads.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+///
+/// `Debug` prints the same text as `Display`, so `main() -> Result<_, StorageError>` and
+/// `{:?}` read as well as `{}`.
+#[derive(Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum StorageError {
     /// The backend failed (I/O, SQL, lock timeout).
@@ -34,18 +37,28 @@ pub enum StorageError {
     /// An encrypted cell failed to decrypt (wrong master key or tampering).
     #[error("stored cell failed to decrypt (wrong master key or damaged data)")]
     Decrypt,
+    /// The master key is not the one the data was written with (the message names the key ids).
+    #[error("wrong master key: {0}")]
+    WrongKey(String),
     /// The master key is missing or malformed.
     #[error("invalid master key: {0}")]
     MasterKey(String),
-    /// Another process (or another open store) is using the database.
-    #[error("the database is in use by another process")]
-    InUse,
+    /// Another process, or another open store in this process, is using the database (the
+    /// message says which).
+    #[error("database in use: {0}")]
+    InUse(String),
     /// The circuit breaker is open after repeated failures.
     #[error("storage circuit breaker open")]
     CircuitOpen,
     /// The storage has shut down.
     #[error("storage closed")]
     Closed,
+}
+
+impl core::fmt::Debug for StorageError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Display::fmt(self, f)
+    }
 }
 
 /// A persisted agent.
