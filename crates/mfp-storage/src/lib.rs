@@ -176,10 +176,12 @@ mod cell;
 mod config;
 mod db;
 mod key;
+mod lock;
 pub mod pymfp;
 mod records;
 mod schema;
 mod storage;
+mod watch;
 mod writer;
 
 pub use breaker::StorageStats;

@@ -119,6 +119,7 @@ pub(crate) async fn connect_read_only(path: &Path) -> Result<SqliteConnection, S
         .read_only(true)
         .create_if_missing(false)
         .disable_statement_logging()
+        .thread_name(crate::watch::worker_name)
         .connect()
         .await
         .map_err(|e| sql_error(&format!("open {} read-only", path.display()), &e))
@@ -177,16 +178,40 @@ async fn scalar_i64(conn: &mut SqliteConnection, sql: &'static str) -> Result<i6
     row.try_get::<i64, _>(0).map_err(|e| StorageError::Corrupt(format!("{sql}: {e}")))
 }
 
+/// Refuses a schema whose text is not UTF-8. SQLite accepts such bytes in names and declared
+/// types, but the driver panics on them (in its worker thread) as soon as a statement returns
+/// such a column, so this runs first, reading the text as blobs.
+pub(crate) async fn check_schema_text(conn: &mut SqliteConnection) -> Result<(), StorageError> {
+    let rows = sqlx::query("SELECT CAST(name AS BLOB), CAST(sql AS BLOB) FROM sqlite_schema")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| sql_error("read the schema", &e))?;
+    for row in &rows {
+        let name: Option<Vec<u8>> = row.try_get(0).map_err(|e| StorageError::Corrupt(format!("schema: {e}")))?;
+        let sql: Option<Vec<u8>> = row.try_get(1).map_err(|e| StorageError::Corrupt(format!("schema: {e}")))?;
+        let name = name.unwrap_or_default();
+        let shown = String::from_utf8_lossy(&name).into_owned();
+        if std::str::from_utf8(&name).is_err() || sql.as_deref().is_some_and(|t| std::str::from_utf8(t).is_err()) {
+            return Err(StorageError::Corrupt(format!(
+                "schema: the definition of {shown:?} is not valid UTF-8 text (the file is damaged)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Classifies an existing SQLite database without modifying it, after SQLite's structural
 /// check. Foreign databases (including pymfp's) and databases written by a newer version are
 /// `Corrupt` errors.
 pub(crate) async fn classify(conn: &mut SqliteConnection) -> Result<DbKind, StorageError> {
+    check_schema_text(conn).await?;
     quick_check(conn).await?;
     classify_schema(conn).await
 }
 
 /// [`classify`] without the structural check.
 async fn classify_schema(conn: &mut SqliteConnection) -> Result<DbKind, StorageError> {
+    check_schema_text(conn).await?;
     let app_id = scalar_i64(conn, "PRAGMA application_id").await?;
     let tables = table_names(conn).await?;
     if app_id != APPLICATION_ID {
@@ -394,6 +419,7 @@ pub(crate) async fn open_database(config: &StorageConfig) -> Result<Opened, Stor
         .pragma("secure_delete", "FAST")
         // Statements carry (encrypted) values inline on the fast path: keep them out of logs.
         .disable_statement_logging()
+        .thread_name(crate::watch::worker_name)
         .connect()
         .await
         .map_err(|e| sql_error(&format!("open {}", path.display()), &e))?;
