@@ -657,14 +657,22 @@ pub(crate) async fn read_federation(
     Ok(FederationSnapshot { bilateral, outbound })
 }
 
-/// Checks the key check cell of `mfp_keys` against `cipher`.
+/// Checks the key check cell of `mfp_keys` against `cipher`: another key id is
+/// [`StorageError::WrongKey`] (naming both ids); the right key id with a key check that does
+/// not open is damage ([`StorageError::Corrupt`]).
 pub(crate) fn verify_key_check(cipher: &CellCipher, stored_key_id: &[u8], blob: &[u8]) -> Result<(), StorageError> {
     if stored_key_id != cipher.key_id() {
-        return Err(StorageError::Decrypt);
+        return Err(StorageError::WrongKey(format!(
+            "the database was written with the key whose id is {}, the key given has id {}; use the key with id \
+             {} (`mfp-storage keygen` prints a new key's id, `mfp-storage check` the database's)",
+            hex::encode(stored_key_id),
+            hex::encode(cipher.key_id()),
+            hex::encode(stored_key_id)
+        )));
     }
     let plain = cipher.open(key_check_cell(), blob)?;
     if plain.as_slice() != KEY_CHECK_PLAINTEXT {
-        return Err(StorageError::Decrypt);
+        return Err(corrupt("mfp_keys", "key_check", "wrong content although the key id matches (damaged)"));
     }
     Ok(())
 }

@@ -73,3 +73,56 @@ fn a_non_utf8_byte_in_a_table_definition_is_corrupt_and_never_hangs() {
         }
     }
 }
+
+/// The class of an outcome, for comparing runs.
+fn class(e: Option<&StorageError>) -> &'static str {
+    match e {
+        None => "ok",
+        Some(StorageError::Corrupt(_)) => "corrupt",
+        Some(StorageError::WrongKey(_)) => "wrong key",
+        Some(StorageError::Backend(_)) => "backend",
+        Some(StorageError::Decrypt) => "decrypt",
+        Some(_) => "other",
+    }
+}
+
+/// Random single-bit flips anywhere in the file.
+const FLIPS: usize = 1000;
+
+#[test]
+fn random_byte_flips_are_classified_the_same_way_every_time() {
+    let dir = TempDir::new("flips");
+    let valid = valid_db(&dir, "valid.db");
+    let full = bytes_of(&valid);
+    let mut x = 0x9e37_79b9_u32;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    let path = dir.file("flipped.db");
+    for flip in 0..FLIPS {
+        let pos = next() as usize % full.len();
+        let bit = 1u8 << (next() % 8);
+        let mut damaged = full.clone();
+        damaged[pos] ^= bit;
+        let mut classes = Vec::new();
+        for _ in 0..2 {
+            std::fs::write(&path, &damaged).unwrap();
+            let (opened, inspected) = open_and_inspect(&path);
+            for e in [&opened, &inspected] {
+                assert!(
+                    !matches!(e, Some(StorageError::Backend(_) | StorageError::Decrypt)),
+                    "flip {flip} (byte {pos}, bit {bit:#04x}): damage reported as {e:?}"
+                );
+            }
+            classes.push((class(opened.as_ref()), class(inspected.as_ref())));
+        }
+        assert!(classes.windows(2).all(|w| w[0] == w[1]), "flip {flip} (byte {pos}): {classes:?}");
+        *seen.entry(classes[0].0).or_default() += 1;
+    }
+    println!("outcomes of {FLIPS} flips: {seen:?}");
+    assert!(seen.get("corrupt").copied().unwrap_or(0) > 10, "{seen:?}");
+}
