@@ -69,7 +69,22 @@ fn u32_at(h: &[u8], at: usize) -> u32 {
     }
 }
 
+/// Length of the write-ahead log beside `path` (0 if there is none).
+pub(crate) fn wal_len(path: &Path) -> u64 {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(std::path::PathBuf::from(wal)).map_or(0, |m| m.len())
+}
+
+/// Smallest write-ahead log that can hold a frame (its header is 32 bytes).
+const WAL_HEADER_LEN: u64 = 32;
+
 /// Looks at the file without SQLite: is it there, is it an SQLite database, is it complete?
+///
+/// Committed pages may live in the write-ahead log (`<path>-wal`) rather than in the file:
+/// after a crash or a full disk the file can be shorter than its header says, or even empty,
+/// while the log holds every page. When a log with content is present the size checks are
+/// left to SQLite, which reads through the log (`PRAGMA quick_check` then decides).
 pub(crate) fn inspect_file(path: &Path) -> Result<FileState, StorageError> {
     let shown = path.display();
     let meta = match std::fs::metadata(path) {
@@ -80,14 +95,26 @@ pub(crate) fn inspect_file(path: &Path) -> Result<FileState, StorageError> {
     if !meta.is_file() {
         return Err(StorageError::Backend(format!("{shown}: not a regular file")));
     }
+    let wal = wal_len(path);
+    let has_wal = wal >= WAL_HEADER_LEN;
     let len = meta.len();
     if len == 0 {
+        if has_wal {
+            // SQLite would take the empty file for a new database and ignore the log.
+            return Err(StorageError::Corrupt(format!(
+                "{shown} is empty but {shown}-wal holds {wal} bytes: the database's pages may be in that log. Do not \
+                 delete the log or start a runtime on it; restore the database file from a backup"
+            )));
+        }
         return Ok(FileState::Empty);
     }
     let mut header = Vec::with_capacity(100);
     std::fs::File::open(path)
         .and_then(|f| f.take(100).read_to_end(&mut header))
         .map_err(|e| StorageError::Backend(format!("{shown}: {e}")))?;
+    if header.len() < 100 && has_wal {
+        return Ok(FileState::Sqlite);
+    }
     if header.len() < 100 || header.get(..16) != Some(b"SQLite format 3\0") {
         return Err(StorageError::Corrupt(format!("{shown}: not an SQLite database")));
     }
@@ -96,9 +123,13 @@ pub(crate) fn inspect_file(path: &Path) -> Result<FileState, StorageError> {
         p if p.is_power_of_two() && (512..=32768).contains(&p) => p,
         _ => return Err(StorageError::Corrupt(format!("{shown}: damaged SQLite header (page size)"))),
     };
+    if has_wal {
+        return Ok(FileState::Sqlite);
+    }
     if len % u64::from(page_size) != 0 {
         return Err(StorageError::Corrupt(format!(
-            "{shown}: truncated or damaged (size {len} is not a multiple of the page size {page_size})"
+            "{shown}: truncated or damaged (size {len} is not a multiple of the page size {page_size}, and there is \
+             no write-ahead log)"
         )));
     }
     let change_counter = u32_at(&header, 24);
@@ -106,7 +137,8 @@ pub(crate) fn inspect_file(path: &Path) -> Result<FileState, StorageError> {
     let valid_for = u32_at(&header, 92);
     if pages > 0 && valid_for == change_counter && u64::from(pages) * u64::from(page_size) > len {
         return Err(StorageError::Corrupt(format!(
-            "{shown}: truncated (the header counts {pages} pages of {page_size} bytes, the file has {len} bytes)"
+            "{shown}: truncated (the header counts {pages} pages of {page_size} bytes, the file has {len} bytes, and \
+             there is no write-ahead log)"
         )));
     }
     Ok(FileState::Sqlite)
