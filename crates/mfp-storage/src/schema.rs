@@ -145,16 +145,75 @@ pub(crate) fn inspect_file(path: &Path) -> Result<FileState, StorageError> {
 }
 
 /// A connection that cannot write to the database file.
+///
+/// SQLite's read-only mode still needs the `-shm` index beside a WAL database, which it
+/// cannot create in a read-only directory (a backup on read-only media, say). Then, if there
+/// is no write-ahead log with content, the file alone is the whole database and it is opened
+/// `immutable` (no locks, no side files); a log with content needs writable storage.
 pub(crate) async fn connect_read_only(path: &Path) -> Result<SqliteConnection, StorageError> {
-    SqliteConnectOptions::new()
+    let options = SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)
         .create_if_missing(false)
         .disable_statement_logging()
-        .thread_name(crate::watch::worker_name)
-        .connect()
-        .await
-        .map_err(|e| sql_error(&format!("open {} read-only", path.display()), &e))
+        .thread_name(crate::watch::worker_name);
+    let context = format!("open {} read-only", path.display());
+    let first = match options.clone().connect().await {
+        // The header's schema cookie: needs the WAL index, parses nothing.
+        Ok(mut conn) => match sqlx::query("PRAGMA schema_version").fetch_all(&mut conn).await {
+            Ok(_) => return Ok(conn),
+            Err(e) => {
+                let _ = conn.close().await;
+                e
+            }
+        },
+        Err(e) => e,
+    };
+    // SQLITE_READONLY (8), SQLITE_CANTOPEN (14): the side files cannot be created.
+    if !matches!(db::sqlite_code(&first), Some(8 | 14)) {
+        return Err(sql_error(&context, &first));
+    }
+    let wal = wal_len(path);
+    if wal >= WAL_HEADER_LEN {
+        return Err(StorageError::Backend(format!(
+            "{}: cannot read it here ({first}): its write-ahead log ({}-wal, {wal} bytes) holds committed data and \
+             SQLite needs to write its index beside it; copy the database with its -wal file to writable storage and \
+             check the copy",
+            path.display(),
+            path.display()
+        )));
+    }
+    options.immutable(true).connect().await.map_err(|e| sql_error(&context, &e))
+}
+
+/// Fails unless the database file (and its directory, for the side files) can be written:
+/// a read-only database would open, and then every write would fail.
+pub(crate) fn check_writable(path: &Path) -> Result<(), StorageError> {
+    let refuse = |what: String| {
+        StorageError::Backend(format!(
+            "{}: {what}; a runtime needs to write its database. Fix the permissions or the mount, or open a \
+             writable copy (`mfp-storage check` reads read-only files)",
+            path.display()
+        ))
+    };
+    if let Err(e) = std::fs::OpenOptions::new().write(true).open(path) {
+        return Err(refuse(format!("the file is read-only ({e})")));
+    }
+    Ok(())
+}
+
+/// Probes for a read-only connection (the file or its directory not writable): a write
+/// transaction is begun and rolled back.
+async fn probe_writable(conn: &mut SqliteConnection, path: &Path) -> Result<(), StorageError> {
+    match sqlx::raw_sql("BEGIN IMMEDIATE; ROLLBACK;").execute(&mut *conn).await {
+        Ok(_) => Ok(()),
+        Err(e) if db::sqlite_code(&e) == Some(8) => Err(StorageError::Backend(format!(
+            "{}: the database is read-only ({e}); a runtime needs to write it. Fix the permissions of the file and \
+             its directory, or the mount (`mfp-storage check` reads read-only files)",
+            path.display()
+        ))),
+        Err(e) => Err(sql_error("begin a write transaction", &e)),
+    }
 }
 
 /// What an existing SQLite file holds.
@@ -417,6 +476,15 @@ pub(crate) struct Opened {
     pub(crate) created: bool,
 }
 
+fn empty_refused(path: &Path, what: &str) -> StorageError {
+    StorageError::Corrupt(format!(
+        "{} is {what}, not an mfp-storage database, and create_if_missing is off: refusing to start a new, empty \
+         runtime in it (a runtime's database that lost its content?). Check the path, restore the file from a \
+         backup, or delete it / enable create_if_missing to start afresh",
+        path.display()
+    ))
+}
+
 /// Opens (or creates) the database of `config` for writing. Nothing is written to an existing
 /// file before it has been validated read-only.
 pub(crate) async fn open_database(config: &StorageConfig) -> Result<Opened, StorageError> {
@@ -425,12 +493,20 @@ pub(crate) async fn open_database(config: &StorageConfig) -> Result<Opened, Stor
     let mut created = false;
     match state {
         FileState::Missing if !config.create_if_missing => {
-            return Err(StorageError::Backend(format!("{}: database does not exist", path.display())));
+            return Err(StorageError::Backend(format!(
+                "{}: database does not exist (check the path; create_if_missing is off)",
+                path.display()
+            )));
         }
+        FileState::Empty if !config.create_if_missing => return Err(empty_refused(path, "an empty file")),
         FileState::Missing | FileState::Empty => created = true,
         FileState::Sqlite => {
+            check_writable(path)?;
             let (kind, _) = validate_read_only(path, &config.master_key).await?;
             if matches!(kind, DbKind::Empty) {
+                if !config.create_if_missing {
+                    return Err(empty_refused(path, "an SQLite database without tables"));
+                }
                 created = true;
             }
         }
@@ -456,7 +532,10 @@ pub(crate) async fn open_database(config: &StorageConfig) -> Result<Opened, Stor
         .await
         .map_err(|e| sql_error(&format!("open {}", path.display()), &e))?;
 
-    let result = initialise(&mut conn, &config.master_key).await;
+    let result = match probe_writable(&mut conn, path).await {
+        Ok(()) => initialise(&mut conn, &config.master_key).await,
+        Err(e) => Err(e),
+    };
     match result {
         Ok(cipher) => Ok(Opened { conn, cipher, created }),
         Err(e) => {

@@ -79,6 +79,10 @@ impl SqliteStorage {
     pub fn open(config: StorageConfig) -> Result<Self, StorageError> {
         let path = config.path.clone();
         let writer_timeout = config.writer_timeout;
+        if path.exists() {
+            // Before the lock file is created beside it.
+            schema::check_writable(&path)?;
+        }
         let lock = lock::acquire(&path, config.create_if_missing)?;
         let breaker = Arc::new(Breaker::new(config.breaker));
         let (tx, handle, info) = match writer::spawn(config, Arc::clone(&breaker)) {
