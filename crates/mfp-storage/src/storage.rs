@@ -47,6 +47,18 @@ impl fmt::Debug for SqliteStorage {
     }
 }
 
+/// Puts the database's path in front of an error's message unless it names the path already.
+pub(crate) fn with_path(path: &Path, e: StorageError) -> StorageError {
+    let shown = path.display().to_string();
+    let prefix = |m: String| if m.contains(&shown) { m } else { format!("{shown}: {m}") };
+    match e {
+        StorageError::Corrupt(m) => StorageError::Corrupt(prefix(m)),
+        StorageError::Backend(m) => StorageError::Backend(prefix(m)),
+        StorageError::WrongKey(m) => StorageError::WrongKey(prefix(m)),
+        other => other,
+    }
+}
+
 /// Removes `path` (and SQLite's side files) if it is still an empty file.
 fn remove_if_empty(path: &Path) {
     if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
@@ -77,6 +89,11 @@ impl SqliteStorage {
     /// * [`StorageError::Backend`] — I/O errors, a missing file with
     ///   `create_if_missing = false`.
     pub fn open(config: StorageConfig) -> Result<Self, StorageError> {
+        let path = config.path.clone();
+        Self::open_inner(config).map_err(|e| with_path(&path, e))
+    }
+
+    fn open_inner(config: StorageConfig) -> Result<Self, StorageError> {
         let path = config.path.clone();
         let writer_timeout = config.writer_timeout;
         if path.exists() {
@@ -157,7 +174,7 @@ impl SqliteStorage {
         let (reply, rx) = std::sync::mpsc::sync_channel(1);
         self.tx.send(make(reply)).map_err(|_| StorageError::Closed)?;
         match rx.recv_timeout(self.writer_timeout) {
-            Ok(result) => result,
+            Ok(result) => result.map_err(|e| with_path(&self.path, e)),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(StorageError::Closed),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 self.stuck.store(true, Ordering::Release);
@@ -302,7 +319,12 @@ pub struct Inspection {
 ///
 /// As [`SqliteStorage::open`]; a missing or empty file is [`StorageError::Backend`].
 pub fn inspect(path: impl AsRef<Path>, key: &MasterKey) -> Result<Inspection, StorageError> {
-    let path = path.as_ref().to_path_buf();
+    let path = path.as_ref();
+    inspect_inner(path, key).map_err(|e| with_path(path, e))
+}
+
+fn inspect_inner(path: &Path, key: &MasterKey) -> Result<Inspection, StorageError> {
+    let path = path.to_path_buf();
     match schema::inspect_file(&path)? {
         FileState::Missing => return Err(StorageError::Backend(format!("{}: no such database", path.display()))),
         FileState::Empty => return Err(StorageError::Backend(format!("{}: empty file", path.display()))),
