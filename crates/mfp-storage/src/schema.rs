@@ -419,7 +419,7 @@ async fn data_tables_empty(conn: &mut SqliteConnection) -> Result<bool, StorageE
 }
 
 /// The cipher for `keys`, after checking that `master` is the key the database was written
-/// with (`Decrypt` otherwise).
+/// with (`WrongKey` otherwise).
 pub(crate) fn cipher_for(master: &MasterKey, keys: &KeysRow) -> Result<CellCipher, StorageError> {
     let cipher = CellCipher::new(master, &keys.salt);
     db::verify_key_check(&cipher, &keys.key_id, &keys.key_check)?;

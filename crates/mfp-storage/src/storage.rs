@@ -84,9 +84,11 @@ impl SqliteStorage {
     /// # Errors
     ///
     /// * [`StorageError::Corrupt`] — not an SQLite database, truncated, damaged, a foreign or
-    ///   newer schema, an invalid row (the message names the table and column);
-    /// * [`StorageError::Decrypt`] — a different master key, or a tampered encrypted cell;
-    /// * [`StorageError::Backend`] — I/O errors, a missing file with
+    ///   newer schema, an invalid row (the message names the table and column), a tampered
+    ///   encrypted cell, an empty file with `create_if_missing = false`;
+    /// * [`StorageError::WrongKey`] — a different master key (the message names both key ids);
+    /// * [`StorageError::InUse`] — another store has the database open (through any name);
+    /// * [`StorageError::Backend`] — I/O errors, a read-only database, a missing file with
     ///   `create_if_missing = false`.
     pub fn open(config: StorageConfig) -> Result<Self, StorageError> {
         let path = config.path.clone();
@@ -203,8 +205,8 @@ impl SqliteStorage {
     ///
     /// # Errors
     ///
-    /// [`StorageError::Decrypt`] or [`StorageError::Corrupt`] if a cell cannot be decrypted
-    /// (nothing is changed then), [`StorageError::Backend`] on I/O errors.
+    /// [`StorageError::Corrupt`] if a cell cannot be decrypted (nothing is changed then),
+    /// [`StorageError::Backend`] on I/O errors.
     pub fn rotate_key(&self, new_key: &MasterKey) -> Result<u64, StorageError> {
         let count = self.request(|reply| Request::Rotate { new_key: Box::new(new_key.clone()), reply })?;
         self.key_id.store(u64::from_be_bytes(new_key.key_id()), Ordering::Release);
@@ -346,7 +348,7 @@ fn inspect_inner(path: &Path, key: &MasterKey) -> Result<Inspection, StorageErro
 ///
 /// # Errors
 ///
-/// [`StorageError::Decrypt`] if `old` is not the database's key; otherwise as
+/// [`StorageError::WrongKey`] if `old` is not the database's key; otherwise as
 /// [`SqliteStorage::open`] and [`SqliteStorage::rotate_key`].
 pub fn rotate_master_key(path: impl AsRef<Path>, old: &MasterKey, new: &MasterKey) -> Result<u64, StorageError> {
     let mut config = StorageConfig::new(path.as_ref(), old.clone());
