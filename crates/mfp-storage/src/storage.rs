@@ -98,7 +98,7 @@ impl SqliteStorage {
     fn open_inner(config: StorageConfig) -> Result<Self, StorageError> {
         let path = config.path.clone();
         let writer_timeout = config.writer_timeout;
-        if path.exists() {
+        if path.is_file() {
             // Before the lock file is created beside it.
             schema::check_writable(&path)?;
         }
