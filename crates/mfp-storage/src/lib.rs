@@ -219,6 +219,18 @@
 //! automatic ones, and increments of `validation_failures` via `PutChannel` if they must
 //! survive a restart (pymfp persists neither, PROTOCOL.md §8 item 21).
 //!
+//! ## A crashed SQLite worker
+//!
+//! sqlx runs each connection on a worker thread, and panics there on some damaged schemas
+//! (non-UTF-8 text); a future waiting on that thread could then wait for ever. This crate
+//! checks the schema text before anything else, names its connections' worker threads
+//! `mfp-sqlite-<n>-<m>`, and installs (once, on the first open) a panic hook that records the
+//! panics of those threads and then calls the hook that was installed before it. A crash
+//! while a file is opened or inspected is `Corrupt`; later it fails every request of that
+//! store with `Backend`. An application that replaces the panic hook after opening a store
+//! loses that detection, but every wait on the writer stays bounded by
+//! [`StorageConfig::writer_timeout`].
+//!
 //! ## One store per database
 //!
 //! One store owns a database at a time: [`SqliteStorage::open`] locks the file by its

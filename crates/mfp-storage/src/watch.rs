@@ -82,4 +82,23 @@ mod tests {
         assert_eq!(token_of(&name), Some(token));
         assert_eq!(token_of("sqlx-sqlite-worker-3"), None);
     }
+
+    #[test]
+    fn a_panicking_worker_is_noticed_and_only_for_its_token() {
+        let token = enter();
+        let other = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+        assert!(!has_crashed(token));
+        let worker = std::thread::Builder::new()
+            .name(worker_name(1))
+            .spawn(|| panic!("a worker thread panics (expected by this test)"))
+            .unwrap_or_else(|e| panic!("spawn: {e}"));
+        assert!(worker.join().is_err());
+        assert!(has_crashed(token));
+        assert!(!has_crashed(other));
+        // crashed() completes (the runtime would otherwise wait for ever).
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap_or_else(|e| panic!("{e}"));
+        rt.block_on(crashed(token));
+        leave(token);
+        assert!(!has_crashed(token));
+    }
 }
