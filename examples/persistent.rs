@@ -23,9 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(dir)?;
     let key_file = dir.join("master.key");
     if !key_file.exists() {
-        // 64 hex digits of fresh randomness. In production the key lives elsewhere, mode 0600.
-        let key = MasterKey::generate()?;
-        write_key(&key_file, &hex_of(key.expose()))?;
+        // 64 hex digits of fresh randomness, mode 0600. In production the key lives elsewhere.
+        MasterKey::generate_file(&key_file)?;
     }
     let storage = StorageConfig::new(dir.join("runtime.db"), MasterKey::from_file(&key_file)?);
     let runtime = open_runtime(RuntimeConfig::default(), storage)?;
@@ -54,17 +53,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     runtime.shutdown();
     println!("sent at step {}; run me again to continue from step {}", receipt.step, receipt.step + 1);
     Ok(())
-}
-
-/// Writes the key file readable by its owner only.
-fn write_key(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    std::io::Write::write_all(&mut options.open(path)?, text.as_bytes())
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -21,8 +21,10 @@ use tokio::sync::oneshot;
 
 use crate::types::{AgentState, ChannelStatus};
 
-/// Why storage failed. Messages never contain keys, states or payloads. `Debug` prints
-/// the same text as `Display`.
+/// Why storage failed. Messages never contain keys, states or payloads.
+///
+/// `Debug` prints the same text as `Display`, so `main() -> Result<_, StorageError>` and
+/// `{:?}` read as well as `{}`.
 #[derive(Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum StorageError {
@@ -35,12 +37,16 @@ pub enum StorageError {
     /// An encrypted cell failed to decrypt (wrong master key or tampering).
     #[error("stored cell failed to decrypt (wrong master key or damaged data)")]
     Decrypt,
+    /// The master key is not the one the data was written with (the message names the key ids).
+    #[error("wrong master key: {0}")]
+    WrongKey(String),
     /// The master key is missing or malformed.
     #[error("invalid master key: {0}")]
     MasterKey(String),
-    /// Another process (or another open store) is using the database.
-    #[error("the database is in use by another process")]
-    InUse,
+    /// Another process, or another open store in this process, is using the database (the
+    /// message says which).
+    #[error("database in use: {0}")]
+    InUse(String),
     /// The circuit breaker is open after repeated failures.
     #[error("storage circuit breaker open")]
     CircuitOpen,
@@ -49,9 +55,9 @@ pub enum StorageError {
     Closed,
 }
 
-impl std::fmt::Debug for StorageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)
+impl core::fmt::Debug for StorageError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Display::fmt(self, f)
     }
 }
 

@@ -131,9 +131,10 @@ impl CellCipher {
 
     /// Decrypts a blob of `cell`.
     ///
-    /// A blob that is too short or of an unknown version is [`StorageError::Corrupt`]; a blob
-    /// written under another master key, or one that fails authentication, is
-    /// [`StorageError::Decrypt`].
+    /// Every failure is [`StorageError::Corrupt`] naming the cell: a blob that is too short, of
+    /// an unknown version, written under another master key than this cipher's, or that fails
+    /// authentication. (Ciphers exist only for a key that passed the database's key check, so
+    /// a cell that does not open is damaged or edited, not a wrong key.)
     pub(crate) fn open(&self, cell: Cell<'_>, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, StorageError> {
         if blob.len() < OVERHEAD {
             return Err(StorageError::Corrupt(format!("{}: encrypted cell too short", cell.name())));
@@ -144,14 +145,20 @@ impl CellCipher {
             return Err(StorageError::Corrupt(format!("{}: unknown encrypted cell format", cell.name())));
         }
         if header.get(1..) != Some(&self.key_id[..]) {
-            tracing::warn!(cell = %cell.name(), "cell was written under another master key");
-            return Err(StorageError::Decrypt);
+            return Err(StorageError::Corrupt(format!(
+                "{}: written under another master key (id {}) than the database's (id {}): damaged or mixed-up data",
+                cell.name(),
+                hex::encode(header.get(1..).unwrap_or_default()),
+                hex::encode(self.key_id)
+            )));
         }
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| StorageError::Decrypt)?;
+        let unauthentic =
+            || StorageError::Corrupt(format!("{}: fails to authenticate (damaged or edited)", cell.name()));
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| unauthentic())?;
         let key = self.aead_key(&cell)?;
         let aad = Self::aad(header, &cell)?;
         let mut buf = Zeroizing::new(sealed.to_vec());
-        let len = key.open_in_place(nonce, Aad::from(&aad), &mut buf[..]).map_err(|_| StorageError::Decrypt)?.len();
+        let len = key.open_in_place(nonce, Aad::from(&aad), &mut buf[..]).map_err(|_| unauthentic())?.len();
         buf.truncate(len);
         Ok(buf)
     }
@@ -183,10 +190,10 @@ mod tests {
             Cell::new("sg_cache", "local_state", b"row-1", &5u64.to_be_bytes()),
             Cell::new("channels", "local_state", b"row-1", &6u64.to_be_bytes()),
         ] {
-            assert_eq!(c.open(other, &a).unwrap_err(), StorageError::Decrypt);
+            assert!(matches!(c.open(other, &a).unwrap_err(), StorageError::Corrupt(_)));
         }
         // Other key: rejected by key id; every flipped bit: rejected.
-        assert_eq!(cipher(2).open(cell, &a).unwrap_err(), StorageError::Decrypt);
+        assert!(matches!(cipher(2).open(cell, &a).unwrap_err(), StorageError::Corrupt(_)));
         for i in 0..a.len() {
             let mut bad = a.clone();
             bad[i] ^= 0x01;

@@ -57,11 +57,15 @@ pub struct StorageConfig {
     pub max_batches_per_commit: usize,
     /// Create the database when `path` does not exist (otherwise that is an error).
     pub create_if_missing: bool,
+    /// Longest wait for the writer thread: opening (validation included), `load`, a key
+    /// rotation, closing. A wait that exceeds it fails with `StorageError::Backend` instead of
+    /// blocking for ever (a writer that stops answering is a bug or a damaged file).
+    pub writer_timeout: Duration,
 }
 
 impl StorageConfig {
     /// Defaults: [`Durability::Sync`], a 5 s busy timeout, the default breaker (5 failures,
-    /// 30 s), up to 256 batches per commit, create if missing.
+    /// 30 s), up to 256 batches per commit, create if missing, a 10-minute writer timeout.
     #[must_use]
     pub fn new(path: impl Into<PathBuf>, master_key: MasterKey) -> Self {
         Self {
@@ -72,6 +76,7 @@ impl StorageConfig {
             breaker: BreakerConfig::default(),
             max_batches_per_commit: 256,
             create_if_missing: true,
+            writer_timeout: Duration::from_secs(600),
         }
     }
 
@@ -86,6 +91,13 @@ impl StorageConfig {
     #[must_use]
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
+        self
+    }
+
+    /// Sets the longest wait for the writer thread (see [`StorageConfig::writer_timeout`]).
+    #[must_use]
+    pub fn writer_timeout(mut self, timeout: Duration) -> Self {
+        self.writer_timeout = timeout;
         self
     }
 

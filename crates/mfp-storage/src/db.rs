@@ -41,11 +41,34 @@ pub(crate) fn sqlite_code(e: &sqlx::Error) -> Option<i64> {
 }
 
 /// Maps an sqlx error to a storage error: damaged files become `Corrupt`, the rest `Backend`.
+///
+/// Damage is: SQLite's `SQLITE_CORRUPT` and `SQLITE_NOTADB`; a table or column of our fixed
+/// statements that does not exist, or a malformed schema (`SQLITE_ERROR` with "no such" or
+/// "malformed": our statements are constants, so only a damaged schema produces them); a
+/// crashed SQLite worker thread (sqlx panics on some damaged schemas). The same damage is
+/// then reported the same way whichever statement meets it first.
 pub(crate) fn sql_error(context: &str, e: &sqlx::Error) -> StorageError {
+    if matches!(e, sqlx::Error::WorkerCrashed) {
+        return StorageError::Corrupt(format!(
+            "{context}: SQLite's worker thread crashed (the file is damaged; run `mfp-storage check`)"
+        ));
+    }
     match sqlite_code(e) {
         // SQLITE_CORRUPT, SQLITE_NOTADB
         Some(11 | 26) => StorageError::Corrupt(format!("{context}: {e}")),
+        // SQLITE_ERROR
+        Some(1) if is_schema_damage(e) => StorageError::Corrupt(format!("{context}: {e} (the schema is damaged)")),
         _ => StorageError::Backend(format!("{context}: {e}")),
+    }
+}
+
+fn is_schema_damage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let m = db.message();
+            m.contains("no such table") || m.contains("no such column") || m.contains("malformed")
+        }
+        _ => false,
     }
 }
 
@@ -634,14 +657,22 @@ pub(crate) async fn read_federation(
     Ok(FederationSnapshot { bilateral, outbound })
 }
 
-/// Checks the key check cell of `mfp_keys` against `cipher`.
+/// Checks the key check cell of `mfp_keys` against `cipher`: another key id is
+/// [`StorageError::WrongKey`] (naming both ids); the right key id with a key check that does
+/// not open is damage ([`StorageError::Corrupt`]).
 pub(crate) fn verify_key_check(cipher: &CellCipher, stored_key_id: &[u8], blob: &[u8]) -> Result<(), StorageError> {
     if stored_key_id != cipher.key_id() {
-        return Err(StorageError::Decrypt);
+        return Err(StorageError::WrongKey(format!(
+            "the database was written with the key whose id is {}, the key given has id {}; use the key with id \
+             {} (`mfp-storage keygen` prints a new key's id, `mfp-storage check` the database's)",
+            hex::encode(stored_key_id),
+            hex::encode(cipher.key_id()),
+            hex::encode(stored_key_id)
+        )));
     }
     let plain = cipher.open(key_check_cell(), blob)?;
     if plain.as_slice() != KEY_CHECK_PLAINTEXT {
-        return Err(StorageError::Decrypt);
+        return Err(corrupt("mfp_keys", "key_check", "wrong content although the key id matches (damaged)"));
     }
     Ok(())
 }

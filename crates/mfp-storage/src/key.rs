@@ -17,8 +17,9 @@ const MAX_KEY_FILE_LEN: u64 = 4096;
 ///
 /// Accepted encodings (from a file, an environment variable or bytes):
 ///
-/// * exactly 32 raw bytes (not all printable ASCII: that is a passphrase or a 128-bit hex
-///   string typed by mistake, never the output of a random generator), or
+/// * exactly 32 raw bytes that are not printable text (valid UTF-8 made only of printable
+///   characters and whitespace is a passphrase or a 128-bit hex string typed by mistake,
+///   never the output of a random generator), or
 /// * exactly 64 hexadecimal digits (either case), optionally followed by **one** `\n`.
 ///
 /// Anything else — a missing file or variable, an empty value, 31 or 33 bytes, a space, a
@@ -42,11 +43,13 @@ impl MasterKey {
             return Err(StorageError::MasterKey("the key is empty".into()));
         }
         if let Ok(raw) = <[u8; MASTER_KEY_LEN]>::try_from(bytes) {
-            // 32 random bytes are all printable ASCII with probability (95/256)^32 < 1e-13:
-            // such a "key" is a passphrase or a 32-digit (128-bit) hex string typed by mistake.
-            if raw.iter().all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace()) {
+            // 32 random bytes are printable text (UTF-8 included) with probability below
+            // 1e-10: such a "key" is a passphrase or a 32-digit (128-bit) hex string.
+            if is_printable_text(&raw) {
                 return Err(StorageError::MasterKey(
-                    "32-byte key is plain text; use 32 random bytes or 64 hex digits".into(),
+                    "the 32-byte key is printable text (a passphrase?), not 32 random bytes; create a key with \
+                     `mfp-storage keygen --out FILE` (or MasterKey::generate_file), or use 64 hex digits"
+                        .into(),
                 ));
             }
             return Ok(Self(Zeroizing::new(raw)));
@@ -139,6 +142,41 @@ impl MasterKey {
         Ok(Self(out))
     }
 
+    /// Generates a fresh key and writes it to a **new** file at `path` as 64 hex digits and a
+    /// newline, readable and writable by its owner only (mode `0600` on Unix, whatever the
+    /// umask), synced to disk. An existing file is never overwritten. Returns the key (its
+    /// [`key_id`](Self::key_id) is worth noting down beside the file's name).
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::MasterKey`] if the file exists already, cannot be created or written
+    /// (a partly written file is removed), or the system generator fails.
+    pub fn generate_file(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+        use std::io::Write;
+        let path = path.as_ref();
+        let key = Self::generate()?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                " (refusing to overwrite a key file: it may be the only copy of a database's key)"
+            } else {
+                ""
+            };
+            StorageError::MasterKey(format!("cannot create key file {}: {e}{hint}", path.display()))
+        })?;
+        let mut text = Zeroizing::new(hex::encode(&key.0[..]));
+        text.push('\n');
+        if let Err(e) = file.write_all(text.as_bytes()).and_then(|()| file.sync_all()) {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            return Err(StorageError::MasterKey(format!("cannot write key file {}: {e}", path.display())));
+        }
+        Ok(key)
+    }
+
     /// The 8-byte key id stored with every encrypted cell:
     /// `HMAC-SHA-256(master_key, "mfp-storage/v1/key-id")[..8]`.
     ///
@@ -157,6 +195,11 @@ impl MasterKey {
     pub fn expose(&self) -> &[u8; MASTER_KEY_LEN] {
         &self.0
     }
+}
+
+/// Whether `bytes` are UTF-8 text made only of printable characters and whitespace.
+fn is_printable_text(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok_and(|t| t.chars().all(|c| c.is_whitespace() || !c.is_control()))
 }
 
 fn inner_message(e: &StorageError) -> String {
@@ -196,6 +239,8 @@ mod tests {
             vec![1u8; 33],
             vec![b'a'; 32],
             hex.as_bytes()[..32].to_vec(),
+            "pässwörd-ünd-mehr-tëxt-hier!".as_bytes().to_vec(),
+            "ключ ключ ключ !!!!!".as_bytes().to_vec(),
             format!("{hex} ").into_bytes(),
             format!(" {hex}").into_bytes(),
             format!("{hex}\r\n").into_bytes(),
@@ -205,6 +250,20 @@ mod tests {
         ] {
             assert!(matches!(MasterKey::from_bytes(&bad), Err(StorageError::MasterKey(_))), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn utf8_passphrases_of_32_bytes_are_plain_text() {
+        let pass = "pässwörd-ünd-mehr-tëxt-hier!";
+        assert_eq!(pass.len(), 32);
+        let err = MasterKey::from_bytes(pass.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("keygen"), "{err}");
+        // Not text: a control character, or invalid UTF-8.
+        let mut raw = *b"abcdefghijklmnopqrstuvwxyz012345";
+        raw[3] = 0x01;
+        assert!(MasterKey::from_bytes(&raw).is_ok());
+        raw[3] = 0xff;
+        assert!(MasterKey::from_bytes(&raw).is_ok());
     }
 
     #[test]

@@ -1,9 +1,45 @@
 //! # mfp-storage
 //!
-//! Durable, encrypted, crash-safe SQLite storage for the Mirror Frame Protocol runtime: an
-//! implementation of [`mfp_runtime::storage::Storage`] ([`SqliteStorage`]), read-only
-//! inspection ([`inspect`]), master-key rotation ([`rotate_master_key`]), and an importer for
-//! pymfp 1.0.0 databases ([`pymfp`]). The `mfp-storage` binary wraps the last three.
+//! Durable, encrypted, crash-safe SQLite storage for the Mirror Frame Protocol runtime.
+//!
+//! Most applications need one call, [`open_runtime`]: it opens (or creates) the database and
+//! builds a runtime on it — a new one the first time, the stored one, restored, after that.
+//!
+//! ```
+//! use mfp_runtime::{RuntimeConfig, mfp_send};
+//! use mfp_storage::{MasterKey, StorageConfig, open_runtime};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = std::env::temp_dir().join(format!("mfp-storage-top-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! // Once: a new key file (64 hex digits, mode 0600); `mfp-storage keygen --out FILE` does the same.
+//! MasterKey::generate_file(dir.join("master.key"))?;
+//!
+//! // At every start:
+//! let key = MasterKey::from_file(dir.join("master.key"))?;
+//! let runtime = open_runtime(RuntimeConfig::default(), StorageConfig::new(dir.join("runtime.db"), key))?;
+//! let alice = runtime.bind_named("alice", |_, _| {})?;
+//! let bob = runtime.bind_named("bob", |_, _| {})?;
+//! let channel = runtime.establish_channel(&alice.id(), &bob.id())?;
+//! mfp_send(&alice, channel, b"committed before this returns")?;
+//! # runtime.shutdown();
+//! # drop(runtime);
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(()) }
+//! ```
+//!
+//! After a restart, `open_runtime` restores the agents and channels; attach the handlers with
+//! [`mfp_runtime::Runtime::attach_named`] (see [`open_runtime`]). Operating it — keys,
+//! backups, rotation, troubleshooting — is described in `docs/operations.md`.
+//!
+//! Below that: [`SqliteStorage`], the implementation of [`mfp_runtime::storage::Storage`]
+//! the runtime writes through; read-only inspection ([`inspect`]); master-key rotation
+//! ([`rotate_master_key`]); an importer for pymfp 1.0.0 databases ([`pymfp`]). The
+//! `mfp-storage` binary wraps the last three and creates keys (`keygen`).
+//!
+//! ## The storage interface, directly
+//!
+//! What the runtime does through [`SqliteStorage`], written out:
 //!
 //! ```
 //! use mfp_core::{AgentId, ChannelId, RuntimeId, State};
@@ -63,10 +99,25 @@
 //! the file for writing with `journal_mode=WAL`, `foreign_keys=ON`, `secure_delete=FAST`, the
 //! busy timeout and the durability's `synchronous` setting, and run the embedded migrations
 //! (`sqlx::migrate!("./migrations")`). A path that does not exist (or an empty file or empty
-//! SQLite database) becomes a new database.
+//! SQLite database) becomes a new database — unless `create_if_missing` is off, which refuses
+//! all three. Pages that live only in the write-ahead log (`<db>-wal`, after a crash or a full
+//! disk) count: with a log present, SQLite reads through it. A database that cannot be written
+//! (file, directory or mount read-only) is refused at open; [`inspect`] reads it (SQLite's
+//! `immutable` mode when its index cannot be created and there is no log).
 //!
-//! Every error is a typed [`StorageError`]: `Corrupt` (with the table and column where a row
-//! is invalid), `Decrypt` (wrong master key, tampered cell), `MasterKey`, `Backend`.
+//! Every error is a typed [`StorageError`] whose message names the database file:
+//!
+//! * `Corrupt` — damage of any kind, reported the same way whichever statement meets it:
+//!   not an SQLite file, truncated, `quick_check` failures, a damaged schema (a table or
+//!   column missing, non-UTF-8 text, SQLite's worker crashing on it), a foreign or newer
+//!   schema, an invalid row (table and column named), an encrypted cell that does not
+//!   authenticate (the key being right);
+//! * `WrongKey` — the key is not the database's (the message names both key ids);
+//! * `MasterKey` — a missing or malformed key; `InUse` — another store (this process or
+//!   another, which is said) has the database open; `Backend` — I/O, locks, a read-only
+//!   database, a writer that did not answer within [`StorageConfig::writer_timeout`].
+//!
+//! `Decrypt` is returned only by the pymfp importer (pymfp's cells carry no key check).
 //!
 //! ## Schema (version 1)
 //!
@@ -110,9 +161,10 @@
 //! runtime identity as in pymfp. It is therefore available before the runtime's `Meta` op
 //! arrives, the runtime identity may change without re-encryption, and the rotation tool does
 //! not need it. The key id lets a rotation (or an operator) tell cells of different master
-//! keys apart; opening with another key fails with `Decrypt` before anything is written, so
-//! a database never mixes keys. [`MasterKey`] accepts exactly 32 raw bytes or 64 hex digits
-//! (one trailing newline tolerated); encryption can never be switched off.
+//! keys apart; opening with another key fails with `WrongKey` before anything is written, so
+//! a database never mixes keys. [`MasterKey`] accepts exactly 32 raw bytes that are not
+//! printable text, or 64 hex digits (one trailing newline tolerated); encryption can never be
+//! switched off. [`MasterKey::generate_file`] creates a new key file (mode 0600).
 //!
 //! ## Write path: group commit
 //!
@@ -167,7 +219,26 @@
 //! automatic ones, and increments of `validation_failures` via `PutChannel` if they must
 //! survive a restart (pymfp persists neither, PROTOCOL.md §8 item 21).
 //!
-//! One process must own a database at a time; a second writer would fail with busy errors.
+//! ## A crashed SQLite worker
+//!
+//! sqlx runs each connection on a worker thread, and panics there on some damaged schemas
+//! (non-UTF-8 text); a future waiting on that thread could then wait for ever. This crate
+//! checks the schema text before anything else, names its connections' worker threads
+//! `mfp-sqlite-<n>-<m>`, and installs (once, on the first open) a panic hook that records the
+//! panics of those threads and then calls the hook that was installed before it. A crash
+//! while a file is opened or inspected is `Corrupt`; later it fails every request of that
+//! store with `Backend`. An application that replaces the panic hook after opening a store
+//! loses that detection, but every wait on the writer stays bounded by
+//! [`StorageConfig::writer_timeout`].
+//!
+//! ## One store per database
+//!
+//! One store owns a database at a time: [`SqliteStorage::open`] locks the file by its
+//! identity — device and inode in a process-wide registry, an `flock` on
+//! `<canonical path>.mfp-lock`, and on Linux an `flock` on the database file itself — so a
+//! second open through the same path, a symlink or a hard link fails with `InUse`. (Two
+//! stores on one file would encrypt different payloads under the same key and nonce.) The
+//! kernel releases the locks when the process dies.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::indexing_slicing))]
 
@@ -176,10 +247,12 @@ mod cell;
 mod config;
 mod db;
 mod key;
+mod lock;
 pub mod pymfp;
 mod records;
 mod schema;
 mod storage;
+mod watch;
 mod writer;
 
 pub use breaker::StorageStats;

@@ -232,7 +232,7 @@ pub fn read_database(path: impl AsRef<Path>, encryption: PymfpEncryption<'_>) ->
         PymfpEncryption::Key(k) => Some(Zeroizing::new(k.to_vec())),
         PymfpEncryption::Plaintext => None,
     };
-    block_on_thread(async move {
+    block_on_thread(&path.clone(), async move {
         let mut conn = schema::connect_read_only(&path).await?;
         let result = read_on(&mut conn, key.as_ref().map(|k| k.as_slice())).await;
         let _ = conn.close().await;
@@ -250,6 +250,7 @@ async fn table_set(conn: &mut SqliteConnection) -> Result<Vec<String>, StorageEr
 
 #[allow(clippy::too_many_lines)]
 async fn read_on(conn: &mut SqliteConnection, key: Option<&[u8]>) -> Result<PymfpExport, StorageError> {
+    schema::check_schema_text(conn).await?;
     schema::quick_check(conn).await?;
     let tables = table_set(conn).await?;
     if tables.iter().any(|t| t == "mfp_schema") {

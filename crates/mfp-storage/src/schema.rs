@@ -69,7 +69,22 @@ fn u32_at(h: &[u8], at: usize) -> u32 {
     }
 }
 
+/// Length of the write-ahead log beside `path` (0 if there is none).
+pub(crate) fn wal_len(path: &Path) -> u64 {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(std::path::PathBuf::from(wal)).map_or(0, |m| m.len())
+}
+
+/// Smallest write-ahead log that can hold a frame (its header is 32 bytes).
+const WAL_HEADER_LEN: u64 = 32;
+
 /// Looks at the file without SQLite: is it there, is it an SQLite database, is it complete?
+///
+/// Committed pages may live in the write-ahead log (`<path>-wal`) rather than in the file:
+/// after a crash or a full disk the file can be shorter than its header says, or even empty,
+/// while the log holds every page. When a log with content is present the size checks are
+/// left to SQLite, which reads through the log (`PRAGMA quick_check` then decides).
 pub(crate) fn inspect_file(path: &Path) -> Result<FileState, StorageError> {
     let shown = path.display();
     let meta = match std::fs::metadata(path) {
@@ -80,14 +95,26 @@ pub(crate) fn inspect_file(path: &Path) -> Result<FileState, StorageError> {
     if !meta.is_file() {
         return Err(StorageError::Backend(format!("{shown}: not a regular file")));
     }
+    let wal = wal_len(path);
+    let has_wal = wal >= WAL_HEADER_LEN;
     let len = meta.len();
     if len == 0 {
+        if has_wal {
+            // SQLite would take the empty file for a new database and ignore the log.
+            return Err(StorageError::Corrupt(format!(
+                "{shown} is empty but {shown}-wal holds {wal} bytes: the database's pages may be in that log. Do not \
+                 delete the log or start a runtime on it; restore the database file from a backup"
+            )));
+        }
         return Ok(FileState::Empty);
     }
     let mut header = Vec::with_capacity(100);
     std::fs::File::open(path)
         .and_then(|f| f.take(100).read_to_end(&mut header))
         .map_err(|e| StorageError::Backend(format!("{shown}: {e}")))?;
+    if header.len() < 100 && has_wal {
+        return Ok(FileState::Sqlite);
+    }
     if header.len() < 100 || header.get(..16) != Some(b"SQLite format 3\0") {
         return Err(StorageError::Corrupt(format!("{shown}: not an SQLite database")));
     }
@@ -96,9 +123,13 @@ pub(crate) fn inspect_file(path: &Path) -> Result<FileState, StorageError> {
         p if p.is_power_of_two() && (512..=32768).contains(&p) => p,
         _ => return Err(StorageError::Corrupt(format!("{shown}: damaged SQLite header (page size)"))),
     };
+    if has_wal {
+        return Ok(FileState::Sqlite);
+    }
     if len % u64::from(page_size) != 0 {
         return Err(StorageError::Corrupt(format!(
-            "{shown}: truncated or damaged (size {len} is not a multiple of the page size {page_size})"
+            "{shown}: truncated or damaged (size {len} is not a multiple of the page size {page_size}, and there is \
+             no write-ahead log)"
         )));
     }
     let change_counter = u32_at(&header, 24);
@@ -106,22 +137,83 @@ pub(crate) fn inspect_file(path: &Path) -> Result<FileState, StorageError> {
     let valid_for = u32_at(&header, 92);
     if pages > 0 && valid_for == change_counter && u64::from(pages) * u64::from(page_size) > len {
         return Err(StorageError::Corrupt(format!(
-            "{shown}: truncated (the header counts {pages} pages of {page_size} bytes, the file has {len} bytes)"
+            "{shown}: truncated (the header counts {pages} pages of {page_size} bytes, the file has {len} bytes, and \
+             there is no write-ahead log)"
         )));
     }
     Ok(FileState::Sqlite)
 }
 
 /// A connection that cannot write to the database file.
+///
+/// SQLite's read-only mode still needs the `-shm` index beside a WAL database, which it
+/// cannot create in a read-only directory (a backup on read-only media, say). Then, if there
+/// is no write-ahead log with content, the file alone is the whole database and it is opened
+/// `immutable` (no locks, no side files); a log with content needs writable storage.
 pub(crate) async fn connect_read_only(path: &Path) -> Result<SqliteConnection, StorageError> {
-    SqliteConnectOptions::new()
+    let options = SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)
         .create_if_missing(false)
         .disable_statement_logging()
-        .connect()
-        .await
-        .map_err(|e| sql_error(&format!("open {} read-only", path.display()), &e))
+        .thread_name(crate::watch::worker_name);
+    let context = format!("open {} read-only", path.display());
+    let first = match options.clone().connect().await {
+        // The header's schema cookie: needs the WAL index, parses nothing.
+        Ok(mut conn) => match sqlx::query("PRAGMA schema_version").fetch_all(&mut conn).await {
+            Ok(_) => return Ok(conn),
+            Err(e) => {
+                let _ = conn.close().await;
+                e
+            }
+        },
+        Err(e) => e,
+    };
+    // SQLITE_READONLY (8), SQLITE_CANTOPEN (14): the side files cannot be created.
+    if !matches!(db::sqlite_code(&first), Some(8 | 14)) {
+        return Err(sql_error(&context, &first));
+    }
+    let wal = wal_len(path);
+    if wal >= WAL_HEADER_LEN {
+        return Err(StorageError::Backend(format!(
+            "{}: cannot read it here ({first}): its write-ahead log ({}-wal, {wal} bytes) holds committed data and \
+             SQLite needs to write its index beside it; copy the database with its -wal file to writable storage and \
+             check the copy",
+            path.display(),
+            path.display()
+        )));
+    }
+    options.immutable(true).connect().await.map_err(|e| sql_error(&context, &e))
+}
+
+/// Fails unless the database file (and its directory, for the side files) can be written:
+/// a read-only database would open, and then every write would fail.
+pub(crate) fn check_writable(path: &Path) -> Result<(), StorageError> {
+    let refuse = |what: String| {
+        StorageError::Backend(format!(
+            "{}: {what}; a runtime needs to write its database. Fix the permissions or the mount, or open a \
+             writable copy (`mfp-storage check` reads read-only files)",
+            path.display()
+        ))
+    };
+    if let Err(e) = std::fs::OpenOptions::new().write(true).open(path) {
+        return Err(refuse(format!("the file is read-only ({e})")));
+    }
+    Ok(())
+}
+
+/// Probes for a read-only connection (the file or its directory not writable): a write
+/// transaction is begun and rolled back.
+async fn probe_writable(conn: &mut SqliteConnection, path: &Path) -> Result<(), StorageError> {
+    match sqlx::raw_sql("BEGIN IMMEDIATE; ROLLBACK;").execute(&mut *conn).await {
+        Ok(_) => Ok(()),
+        Err(e) if db::sqlite_code(&e) == Some(8) => Err(StorageError::Backend(format!(
+            "{}: the database is read-only ({e}); a runtime needs to write it. Fix the permissions of the file and \
+             its directory, or the mount (`mfp-storage check` reads read-only files)",
+            path.display()
+        ))),
+        Err(e) => Err(sql_error("begin a write transaction", &e)),
+    }
 }
 
 /// What an existing SQLite file holds.
@@ -177,16 +269,40 @@ async fn scalar_i64(conn: &mut SqliteConnection, sql: &'static str) -> Result<i6
     row.try_get::<i64, _>(0).map_err(|e| StorageError::Corrupt(format!("{sql}: {e}")))
 }
 
+/// Refuses a schema whose text is not UTF-8. SQLite accepts such bytes in names and declared
+/// types, but the driver panics on them (in its worker thread) as soon as a statement returns
+/// such a column, so this runs first, reading the text as blobs.
+pub(crate) async fn check_schema_text(conn: &mut SqliteConnection) -> Result<(), StorageError> {
+    let rows = sqlx::query("SELECT CAST(name AS BLOB), CAST(sql AS BLOB) FROM sqlite_schema")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| sql_error("read the schema", &e))?;
+    for row in &rows {
+        let name: Option<Vec<u8>> = row.try_get(0).map_err(|e| StorageError::Corrupt(format!("schema: {e}")))?;
+        let sql: Option<Vec<u8>> = row.try_get(1).map_err(|e| StorageError::Corrupt(format!("schema: {e}")))?;
+        let name = name.unwrap_or_default();
+        let shown = String::from_utf8_lossy(&name).into_owned();
+        if std::str::from_utf8(&name).is_err() || sql.as_deref().is_some_and(|t| std::str::from_utf8(t).is_err()) {
+            return Err(StorageError::Corrupt(format!(
+                "schema: the definition of {shown:?} is not valid UTF-8 text (the file is damaged)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Classifies an existing SQLite database without modifying it, after SQLite's structural
 /// check. Foreign databases (including pymfp's) and databases written by a newer version are
 /// `Corrupt` errors.
 pub(crate) async fn classify(conn: &mut SqliteConnection) -> Result<DbKind, StorageError> {
+    check_schema_text(conn).await?;
     quick_check(conn).await?;
     classify_schema(conn).await
 }
 
 /// [`classify`] without the structural check.
 async fn classify_schema(conn: &mut SqliteConnection) -> Result<DbKind, StorageError> {
+    check_schema_text(conn).await?;
     let app_id = scalar_i64(conn, "PRAGMA application_id").await?;
     let tables = table_names(conn).await?;
     if app_id != APPLICATION_ID {
@@ -303,7 +419,7 @@ async fn data_tables_empty(conn: &mut SqliteConnection) -> Result<bool, StorageE
 }
 
 /// The cipher for `keys`, after checking that `master` is the key the database was written
-/// with (`Decrypt` otherwise).
+/// with (`WrongKey` otherwise).
 pub(crate) fn cipher_for(master: &MasterKey, keys: &KeysRow) -> Result<CellCipher, StorageError> {
     let cipher = CellCipher::new(master, &keys.salt);
     db::verify_key_check(&cipher, &keys.key_id, &keys.key_check)?;
@@ -360,6 +476,15 @@ pub(crate) struct Opened {
     pub(crate) created: bool,
 }
 
+fn empty_refused(path: &Path, what: &str) -> StorageError {
+    StorageError::Corrupt(format!(
+        "{} is {what}, not an mfp-storage database, and create_if_missing is off: refusing to start a new, empty \
+         runtime in it (a runtime's database that lost its content?). Check the path, restore the file from a \
+         backup, or delete it / enable create_if_missing to start afresh",
+        path.display()
+    ))
+}
+
 /// Opens (or creates) the database of `config` for writing. Nothing is written to an existing
 /// file before it has been validated read-only.
 pub(crate) async fn open_database(config: &StorageConfig) -> Result<Opened, StorageError> {
@@ -368,12 +493,20 @@ pub(crate) async fn open_database(config: &StorageConfig) -> Result<Opened, Stor
     let mut created = false;
     match state {
         FileState::Missing if !config.create_if_missing => {
-            return Err(StorageError::Backend(format!("{}: database does not exist", path.display())));
+            return Err(StorageError::Backend(format!(
+                "{}: database does not exist (check the path; create_if_missing is off)",
+                path.display()
+            )));
         }
+        FileState::Empty if !config.create_if_missing => return Err(empty_refused(path, "an empty file")),
         FileState::Missing | FileState::Empty => created = true,
         FileState::Sqlite => {
+            check_writable(path)?;
             let (kind, _) = validate_read_only(path, &config.master_key).await?;
             if matches!(kind, DbKind::Empty) {
+                if !config.create_if_missing {
+                    return Err(empty_refused(path, "an SQLite database without tables"));
+                }
                 created = true;
             }
         }
@@ -394,11 +527,15 @@ pub(crate) async fn open_database(config: &StorageConfig) -> Result<Opened, Stor
         .pragma("secure_delete", "FAST")
         // Statements carry (encrypted) values inline on the fast path: keep them out of logs.
         .disable_statement_logging()
+        .thread_name(crate::watch::worker_name)
         .connect()
         .await
         .map_err(|e| sql_error(&format!("open {}", path.display()), &e))?;
 
-    let result = initialise(&mut conn, &config.master_key).await;
+    let result = match probe_writable(&mut conn, path).await {
+        Ok(()) => initialise(&mut conn, &config.master_key).await,
+        Err(e) => Err(e),
+    };
     match result {
         Ok(cipher) => Ok(Opened { conn, cipher, created }),
         Err(e) => {

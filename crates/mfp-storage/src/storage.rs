@@ -14,8 +14,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::breaker::{Breaker, StorageStats};
 use crate::config::StorageConfig;
 use crate::key::MasterKey;
+use crate::lock::{self, DbLock};
 use crate::records::{FederationSnapshot, WriteOp};
 use crate::schema::{self, DbKind, FileState};
+use crate::watch;
 use crate::writer::{self, Request};
 
 /// Durable, encrypted SQLite storage of a runtime (see the [crate documentation](crate)).
@@ -31,34 +33,41 @@ pub struct SqliteStorage {
     path: PathBuf,
     key_id: AtomicU64,
     created: bool,
-    /// Exclusive lock on `<db>.mfp-lock`, held while the store is open (released last).
-    _lock: std::fs::File,
-}
-
-/// Takes the exclusive lock that keeps a second process (or a second store in this one)
-/// from writing the same database. SQLite's own locks only serialise transactions; two
-/// runtimes on one file would both advance the same channels.
-fn acquire_lock(db: &Path) -> Result<std::fs::File, StorageError> {
-    let mut name = db.as_os_str().to_owned();
-    name.push(".mfp-lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&name)
-        .map_err(|e| StorageError::Backend(format!("cannot open the lock file: {}", e.kind())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::InUse),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(StorageError::Backend(format!("cannot lock the lock file: {}", e.kind())))
-        }
-    }
+    writer_timeout: std::time::Duration,
+    /// Set once a wait for the writer timed out: it is not waited for again.
+    stuck: std::sync::atomic::AtomicBool,
+    /// The one-store-per-database locks (see `lock.rs`), held while the store is open
+    /// (released last).
+    _lock: DbLock,
 }
 
 impl fmt::Debug for SqliteStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqliteStorage").field("path", &self.path).field("key_id", &hex::encode(self.key_id())).finish()
+    }
+}
+
+/// Puts the database's path in front of an error's message unless it names the path already.
+pub(crate) fn with_path(path: &Path, e: StorageError) -> StorageError {
+    let shown = path.display().to_string();
+    let prefix = |m: String| if m.contains(&shown) { m } else { format!("{shown}: {m}") };
+    match e {
+        StorageError::Corrupt(m) => StorageError::Corrupt(prefix(m)),
+        StorageError::Backend(m) => StorageError::Backend(prefix(m)),
+        StorageError::WrongKey(m) => StorageError::WrongKey(prefix(m)),
+        other => other,
+    }
+}
+
+/// Removes `path` (and SQLite's side files) if it is still an empty file.
+fn remove_if_empty(path: &Path) {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        let _ = std::fs::remove_file(path);
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(side));
+        }
     }
 }
 
@@ -75,15 +84,36 @@ impl SqliteStorage {
     /// # Errors
     ///
     /// * [`StorageError::Corrupt`] — not an SQLite database, truncated, damaged, a foreign or
-    ///   newer schema, an invalid row (the message names the table and column);
-    /// * [`StorageError::Decrypt`] — a different master key, or a tampered encrypted cell;
-    /// * [`StorageError::Backend`] — I/O errors, a missing file with
+    ///   newer schema, an invalid row (the message names the table and column), a tampered
+    ///   encrypted cell, an empty file with `create_if_missing = false`;
+    /// * [`StorageError::WrongKey`] — a different master key (the message names both key ids);
+    /// * [`StorageError::InUse`] — another store has the database open (through any name);
+    /// * [`StorageError::Backend`] — I/O errors, a read-only database, a missing file with
     ///   `create_if_missing = false`.
     pub fn open(config: StorageConfig) -> Result<Self, StorageError> {
         let path = config.path.clone();
-        let lock = acquire_lock(&path)?;
+        Self::open_inner(config).map_err(|e| with_path(&path, e))
+    }
+
+    fn open_inner(config: StorageConfig) -> Result<Self, StorageError> {
+        let path = config.path.clone();
+        let writer_timeout = config.writer_timeout;
+        if path.is_file() {
+            // Before the lock file is created beside it.
+            schema::check_writable(&path)?;
+        }
+        let lock = lock::acquire(&path, config.create_if_missing)?;
         let breaker = Arc::new(Breaker::new(config.breaker));
-        let (tx, handle, info) = writer::spawn(config, Arc::clone(&breaker))?;
+        let (tx, handle, info) = match writer::spawn(config, Arc::clone(&breaker)) {
+            Ok(opened) => opened,
+            Err(e) => {
+                if lock.created_file() {
+                    // Leave nothing behind for a database that was never created.
+                    remove_if_empty(lock.canonical());
+                }
+                return Err(e);
+            }
+        };
         Ok(Self {
             tx,
             breaker,
@@ -91,6 +121,8 @@ impl SqliteStorage {
             path,
             key_id: AtomicU64::new(u64::from_be_bytes(info.key_id)),
             created: info.created,
+            writer_timeout,
+            stuck: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         })
     }
@@ -143,7 +175,18 @@ impl SqliteStorage {
     ) -> Result<T, StorageError> {
         let (reply, rx) = std::sync::mpsc::sync_channel(1);
         self.tx.send(make(reply)).map_err(|_| StorageError::Closed)?;
-        rx.recv().unwrap_or(Err(StorageError::Closed))
+        match rx.recv_timeout(self.writer_timeout) {
+            Ok(result) => result.map_err(|e| with_path(&self.path, e)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(StorageError::Closed),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                self.stuck.store(true, Ordering::Release);
+                Err(StorageError::Backend(format!(
+                    "{}: the storage writer did not answer within {:?} (writer_timeout)",
+                    self.path.display(),
+                    self.writer_timeout
+                )))
+            }
+        }
     }
 
     /// Reads the bilateral channels and pending outbound messages (blocks; after every batch
@@ -162,8 +205,8 @@ impl SqliteStorage {
     ///
     /// # Errors
     ///
-    /// [`StorageError::Decrypt`] or [`StorageError::Corrupt`] if a cell cannot be decrypted
-    /// (nothing is changed then), [`StorageError::Backend`] on I/O errors.
+    /// [`StorageError::Corrupt`] if a cell cannot be decrypted (nothing is changed then),
+    /// [`StorageError::Backend`] on I/O errors.
     pub fn rotate_key(&self, new_key: &MasterKey) -> Result<u64, StorageError> {
         let count = self.request(|reply| Request::Rotate { new_key: Box::new(new_key.clone()), reply })?;
         self.key_id.store(u64::from_be_bytes(new_key.key_id()), Ordering::Release);
@@ -177,7 +220,7 @@ impl SqliteStorage {
     /// [`StorageError::Backend`] if closing the connection failed.
     pub fn close(self) -> Result<(), StorageError> {
         let result = self.request(|reply| Request::Close { reply });
-        self.join();
+        drop(self);
         match result {
             Err(StorageError::Closed) => Ok(()),
             other => other,
@@ -196,9 +239,15 @@ impl SqliteStorage {
 
 impl Drop for SqliteStorage {
     fn drop(&mut self) {
+        if self.stuck.load(Ordering::Acquire) {
+            tracing::error!(path = %self.path.display(), "the storage writer is not answering; not waiting for it");
+            return;
+        }
         let (reply, rx) = std::sync::mpsc::sync_channel(1);
-        if self.tx.send(Request::Close { reply }).is_ok() {
-            let _ = rx.recv();
+        if self.tx.send(Request::Close { reply }).is_ok() && rx.recv_timeout(self.writer_timeout).is_err() {
+            // The writer did not answer: leave its thread rather than block for ever.
+            tracing::error!(path = %self.path.display(), "the storage writer did not close in time");
+            return;
         }
         self.join();
     }
@@ -214,24 +263,42 @@ impl Storage for SqliteStorage {
     }
 }
 
-/// Runs `fut` on a fresh current-thread runtime in a separate thread (safe to call from
-/// inside an async context) and waits for it.
-pub(crate) fn block_on_thread<T, F>(fut: F) -> Result<T, StorageError>
+/// Runs `fut` (a read-only look at the database at `path`) on a fresh current-thread runtime
+/// in a separate thread (safe to call from inside an async context) and waits for it. A
+/// crash of SQLite's worker thread meanwhile is reported as damage (`Corrupt`).
+pub(crate) fn block_on_thread<T, F>(path: &Path, fut: F) -> Result<T, StorageError>
 where
     T: Send + 'static,
     F: Future<Output = Result<T, StorageError>> + Send + 'static,
 {
+    let crashed = worker_crashed_reading(path);
     let handle = std::thread::Builder::new()
         .name("mfp-storage-io".into())
         .spawn(move || {
+            let token = watch::enter();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
                 .build()
                 .map_err(|e| StorageError::Backend(format!("cannot start a runtime: {e}")))?;
-            rt.block_on(fut)
+            let result = rt.block_on(async move {
+                tokio::select! {
+                    r = fut => r,
+                    () = watch::crashed(token) => Err(crashed),
+                }
+            });
+            watch::leave(token);
+            result
         })
         .map_err(|e| StorageError::Backend(format!("cannot start a thread: {e}")))?;
     handle.join().unwrap_or_else(|_| Err(StorageError::Backend("storage thread panicked".into())))
+}
+
+/// The error for a SQLite worker that died while an existing file was being read.
+pub(crate) fn worker_crashed_reading(path: &Path) -> StorageError {
+    StorageError::Corrupt(format!(
+        "{}: SQLite's worker thread crashed while reading the file: it is damaged (restore a backup)",
+        path.display()
+    ))
 }
 
 /// What [`inspect`] found.
@@ -254,14 +321,19 @@ pub struct Inspection {
 ///
 /// As [`SqliteStorage::open`]; a missing or empty file is [`StorageError::Backend`].
 pub fn inspect(path: impl AsRef<Path>, key: &MasterKey) -> Result<Inspection, StorageError> {
-    let path = path.as_ref().to_path_buf();
+    let path = path.as_ref();
+    inspect_inner(path, key).map_err(|e| with_path(path, e))
+}
+
+fn inspect_inner(path: &Path, key: &MasterKey) -> Result<Inspection, StorageError> {
+    let path = path.to_path_buf();
     match schema::inspect_file(&path)? {
         FileState::Missing => return Err(StorageError::Backend(format!("{}: no such database", path.display()))),
         FileState::Empty => return Err(StorageError::Backend(format!("{}: empty file", path.display()))),
         FileState::Sqlite => {}
     }
     let key = key.clone();
-    block_on_thread(async move {
+    block_on_thread(&path.clone(), async move {
         let (kind, v) = schema::validate_read_only(&path, &key).await?;
         if matches!(kind, DbKind::Empty) {
             return Err(StorageError::Backend(format!("{}: empty database", path.display())));
@@ -276,7 +348,7 @@ pub fn inspect(path: impl AsRef<Path>, key: &MasterKey) -> Result<Inspection, St
 ///
 /// # Errors
 ///
-/// [`StorageError::Decrypt`] if `old` is not the database's key; otherwise as
+/// [`StorageError::WrongKey`] if `old` is not the database's key; otherwise as
 /// [`SqliteStorage::open`] and [`SqliteStorage::rotate_key`].
 pub fn rotate_master_key(path: impl AsRef<Path>, old: &MasterKey, new: &MasterKey) -> Result<u64, StorageError> {
     let mut config = StorageConfig::new(path.as_ref(), old.clone());

@@ -26,7 +26,7 @@ use crate::config::StorageConfig;
 use crate::db::{self, ApplyError, get_fixed, sql_error, unix_now};
 use crate::key::MasterKey;
 use crate::records::{FederationSnapshot, WriteOp};
-use crate::schema;
+use crate::{schema, watch};
 
 /// A request to the writer.
 pub(crate) enum Request {
@@ -50,16 +50,23 @@ pub(crate) struct OpenInfo {
 }
 
 /// Starts the writer thread and opens the database on it. Returns once the database is open
-/// (or failed to open).
+/// (or failed to open), at the latest after `config.writer_timeout`.
+///
+/// If SQLite's worker thread dies (see [`crate::watch`]) while the file is being opened,
+/// the open fails with `Corrupt`; if it dies later, the writer fails every request from then
+/// on with `Backend`.
 pub(crate) fn spawn(
     config: StorageConfig,
     breaker: Arc<Breaker>,
 ) -> Result<(UnboundedSender<Request>, JoinHandle<()>, OpenInfo), StorageError> {
-    let (tx, rx) = unbounded_channel();
+    let (tx, mut rx) = unbounded_channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let timeout = config.writer_timeout;
+    let path = config.path.clone();
     let handle = std::thread::Builder::new()
         .name("mfp-storage-writer".into())
         .spawn(move || {
+            let token = watch::enter();
             let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -67,36 +74,73 @@ pub(crate) fn spawn(
                     return;
                 }
             };
-            rt.block_on(async move {
-                let opened = match schema::open_database(&config).await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let info = OpenInfo { key_id: opened.cipher.key_id(), created: opened.created };
-                if ready_tx.send(Ok(info)).is_err() {
-                    let _ = opened.conn.close().await;
+            let opened = rt.block_on(async {
+                tokio::select! {
+                    r = schema::open_database(&config) => r,
+                    () = watch::crashed(token) => Err(crate::storage::worker_crashed_reading(&config.path)),
+                }
+            });
+            let opened = match opened {
+                Ok(o) => o,
+                Err(e) => {
+                    watch::leave(token);
+                    let _ = ready_tx.send(Err(e));
                     return;
                 }
-                let writer = Writer {
-                    conn: opened.conn,
-                    cipher: opened.cipher,
-                    breaker,
-                    max_batches: config.max_batches_per_commit.max(1),
-                };
-                writer.run(rx).await;
+            };
+            let info = OpenInfo { key_id: opened.cipher.key_id(), created: opened.created };
+            let writer = Writer {
+                conn: opened.conn,
+                cipher: opened.cipher,
+                breaker,
+                max_batches: config.max_batches_per_commit.max(1),
+            };
+            if ready_tx.send(Ok(info)).is_err() {
+                // The caller gave up waiting.
+                rt.block_on(async {
+                    tokio::select! {
+                        _ = writer.conn.close() => {},
+                        () = watch::crashed(token) => {},
+                    }
+                });
+                watch::leave(token);
+                return;
+            }
+            let crashed = rt.block_on(async {
+                tokio::select! {
+                    () = writer.run(&mut rx) => false,
+                    () = watch::crashed(token) => true,
+                }
             });
+            watch::leave(token);
+            if crashed {
+                let e = StorageError::Backend(format!(
+                    "{}: SQLite's worker thread crashed; the store is unusable (restart the process, and run \
+                     `mfp-storage check` on the file)",
+                    config.path.display()
+                ));
+                tracing::error!(path = %config.path.display(), "SQLite's worker thread crashed");
+                while let Some(req) = rx.blocking_recv() {
+                    let close = matches!(req, Request::Close { .. });
+                    fail_request(req, &e);
+                    if close {
+                        break;
+                    }
+                }
+            }
         })
         .map_err(|e| StorageError::Backend(format!("cannot start the writer thread: {e}")))?;
-    match ready_rx.recv() {
+    match ready_rx.recv_timeout(timeout) {
         Ok(Ok(info)) => Ok((tx, handle, info)),
         Ok(Err(e)) => {
             let _ = handle.join();
             Err(e)
         }
-        Err(_) => {
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(StorageError::Backend(format!(
+            "{}: opening the database took longer than {timeout:?} (writer_timeout); giving up",
+            path.display()
+        ))),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
             let _ = handle.join();
             Err(StorageError::Backend("the writer thread stopped while opening the database".into()))
         }
@@ -129,7 +173,7 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: UnboundedReceiver<Request>) {
+    async fn run(mut self, rx: &mut UnboundedReceiver<Request>) {
         let mut carry: Option<Request> = None;
         let mut close_reply = None;
         loop {
@@ -173,7 +217,7 @@ impl Writer {
         // Fail whatever was queued behind a close.
         rx.close();
         while let Ok(req) = rx.try_recv() {
-            fail_request(req);
+            fail_request(req, &StorageError::Closed);
         }
         let closed = self.conn.close().await.map_err(|e| sql_error("close", &e));
         if let Some(reply) = close_reply {
@@ -325,20 +369,20 @@ impl Writer {
     }
 }
 
-fn fail_request(req: Request) {
+fn fail_request(req: Request, e: &StorageError) {
     match req {
-        Request::Apply { done, .. } => done.complete(Err(StorageError::Closed)),
+        Request::Apply { done, .. } => done.complete(Err(e.clone())),
         Request::Load { reply } => {
-            let _ = reply.send(Err(StorageError::Closed));
+            let _ = reply.send(Err(e.clone()));
         }
         Request::LoadFederation { reply } => {
-            let _ = reply.send(Err(StorageError::Closed));
+            let _ = reply.send(Err(e.clone()));
         }
         Request::Rotate { reply, .. } => {
-            let _ = reply.send(Err(StorageError::Closed));
+            let _ = reply.send(Err(e.clone()));
         }
         Request::Close { reply } => {
-            let _ = reply.send(Ok(()));
+            let _ = reply.send(if *e == StorageError::Closed { Ok(()) } else { Err(e.clone()) });
         }
     }
 }

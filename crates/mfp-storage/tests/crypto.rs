@@ -119,8 +119,8 @@ fn rotation_changes_the_key_id_and_only_the_new_key_opens() {
 
     // Everything loads with the new key, nothing with the old one (and the file is untouched).
     let bytes = bytes_of(&path);
-    assert_eq!(SqliteStorage::open(config(&path, &old)).unwrap_err(), StorageError::Decrypt);
-    assert_eq!(inspect(&path, &old).unwrap_err(), StorageError::Decrypt);
+    assert!(is_wrong_key(&SqliteStorage::open(config(&path, &old)).unwrap_err(), &old, &new));
+    assert!(is_wrong_key(&inspect(&path, &old).unwrap_err(), &old, &new));
     assert_eq!(bytes_of(&path), bytes);
     let reopened = SqliteStorage::open(config(&path, &new)).unwrap();
     assert_eq!(reopened.key_id(), new.key_id());
@@ -128,7 +128,7 @@ fn rotation_changes_the_key_id_and_only_the_new_key_opens() {
     assert_eq!(reopened.load_federation().unwrap(), federation);
     // Rotating again with the wrong old key fails and changes nothing.
     drop(reopened);
-    assert_eq!(rotate_master_key(&path, &old, &key(3)).unwrap_err(), StorageError::Decrypt);
+    assert!(is_wrong_key(&rotate_master_key(&path, &old, &key(3)).unwrap_err(), &old, &new));
     assert_eq!(inspect(&path, &new).unwrap().snapshot, snapshot);
 }
 
@@ -150,24 +150,33 @@ fn online_rotation_keeps_writing_with_the_new_key() {
     assert_eq!(SqliteStorage::open(config(&path, &new)).unwrap().load().unwrap(), expected);
 }
 
+/// `WrongKey`, naming the given key's id and the one the database wants.
+fn is_wrong_key(e: &StorageError, given: &mfp_storage::MasterKey, wanted: &mfp_storage::MasterKey) -> bool {
+    let text = e.to_string();
+    matches!(e, StorageError::WrongKey(_))
+        && text.contains(&hex::encode(given.key_id()))
+        && text.contains(&hex::encode(wanted.key_id()))
+        && format!("{e:?}") == text
+}
+
 #[test]
-fn wrong_master_key_is_a_decrypt_error_and_changes_nothing() {
+fn wrong_master_key_is_a_wrong_key_error_and_changes_nothing() {
     let dir = TempDir::new("wrongkey");
     let path = dir.file("w.db");
     let storage = SqliteStorage::open(config(&path, &key(1))).unwrap();
     storage.apply(setup_ops()).wait().unwrap();
     drop(storage);
     let bytes = bytes_of(&path);
-    assert_eq!(SqliteStorage::open(config(&path, &key(2))).unwrap_err(), StorageError::Decrypt);
+    assert!(is_wrong_key(&SqliteStorage::open(config(&path, &key(2))).unwrap_err(), &key(2), &key(1)));
     assert_eq!(bytes_of(&path), bytes);
     // An empty database (no data yet) is also bound to its key.
     let empty = dir.file("e.db");
     drop(SqliteStorage::open(config(&empty, &key(1))).unwrap());
-    assert_eq!(SqliteStorage::open(config(&empty, &key(2))).unwrap_err(), StorageError::Decrypt);
+    assert!(is_wrong_key(&SqliteStorage::open(config(&empty, &key(2))).unwrap_err(), &key(2), &key(1)));
 }
 
 #[test]
-fn a_cell_moved_to_another_row_or_step_does_not_decrypt() {
+fn a_cell_moved_to_another_row_or_step_is_corrupt() {
     let dir = TempDir::new("moved");
     let path = dir.file("m.db");
     let k = key(6);
@@ -179,7 +188,8 @@ fn a_cell_moved_to_another_row_or_step_does_not_decrypt() {
         &path,
         "UPDATE channels SET local_state = (SELECT local_state FROM channels WHERE channel_id = x'0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a') WHERE channel_id = x'0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b'",
     );
-    assert_eq!(SqliteStorage::open(config(&path, &k)).unwrap_err(), StorageError::Decrypt);
+    let err = SqliteStorage::open(config(&path, &k)).unwrap_err();
+    assert!(matches!(&err, StorageError::Corrupt(m) if m.contains("channels.local_state")), "{err}");
 
     let path = dir.file("m2.db");
     let storage = SqliteStorage::open(config(&path, &k)).unwrap();
@@ -187,5 +197,6 @@ fn a_cell_moved_to_another_row_or_step_does_not_decrypt() {
     drop(storage);
     // Roll the step back without the state.
     raw_exec(&path, "UPDATE channels SET step = 5 WHERE channel_id = x'0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a'");
-    assert_eq!(inspect(&path, &k).unwrap_err(), StorageError::Decrypt);
+    let err = inspect(&path, &k).unwrap_err();
+    assert!(matches!(&err, StorageError::Corrupt(m) if m.contains("fails to authenticate")), "{err}");
 }

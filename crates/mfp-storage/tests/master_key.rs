@@ -52,6 +52,7 @@ fn key_files() {
         ("empty", Vec::new()),
         ("newline-only", b"\n".to_vec()),
         ("passphrase-32", b"correct horse battery staple!!!!".to_vec()),
+        ("utf8-passphrase-32", "pässwörd-ünd-mehr-tëxt-hier!".as_bytes().to_vec()),
         ("hex-128-bit", hex.as_bytes()[..32].to_vec()),
     ] {
         let r = MasterKey::from_file(write(name, &content));
@@ -118,4 +119,27 @@ fn generated_keys_differ() {
     let b = MasterKey::generate().unwrap();
     assert_ne!(a.expose(), b.expose());
     assert_ne!(a.key_id(), b.key_id());
+}
+
+#[test]
+fn generate_file_creates_an_owner_only_key_file_and_never_overwrites() {
+    let dir = TempDir::new("keygen");
+    let path = dir.file("master.key");
+    let key = MasterKey::generate_file(&path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.len(), 65, "64 hex digits and a newline");
+    assert_eq!(MasterKey::from_file(&path).unwrap().key_id(), key.key_id());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    // A second call refuses to replace the key, and leaves it as it was.
+    let err = MasterKey::generate_file(&path).unwrap_err();
+    assert!(matches!(&err, StorageError::MasterKey(m) if m.contains("refusing to overwrite")), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    // A missing directory is an error naming the file.
+    let err = MasterKey::generate_file(dir.file("no/such/dir.key")).unwrap_err();
+    assert!(err.to_string().contains("dir.key"), "{err}");
+    assert_ne!(MasterKey::generate_file(dir.file("second.key")).unwrap().key_id(), key.key_id());
 }

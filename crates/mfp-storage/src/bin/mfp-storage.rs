@@ -1,109 +1,126 @@
 //! `mfp-storage`: operator tool for mfp-storage databases.
 //!
 //! ```text
+//! mfp-storage keygen       --out F
 //! mfp-storage check        --db PATH --key-file F
 //! mfp-storage rotate-key   --db PATH --old-key-file F --new-key-file F
 //! mfp-storage import-pymfp --pymfp-db PATH (--pymfp-key-file F | --pymfp-plaintext) --db PATH --key-file F
 //! ```
 //!
-//! Key files hold exactly 32 raw bytes or 64 hex digits (one trailing newline allowed).
-//! Exit status: 0 success, 1 failure (including a failed check), 2 usage error.
+//! `mfp-storage --help` and `mfp-storage COMMAND --help` describe each command. Key files hold
+//! exactly 32 raw bytes or 64 hex digits (one trailing newline allowed). Exit status: 0
+//! success, 1 failure (including a failed check), 2 usage error.
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use mfp_core::MerkleSg;
 use mfp_runtime::{AgentState, ChannelStatus};
 use mfp_storage::pymfp::{self, PymfpEncryption};
 use mfp_storage::{MasterKey, StorageConfig, StorageError, inspect, rotate_master_key};
 
-const USAGE: &str = "usage:
-  mfp-storage check        --db PATH --key-file F
-  mfp-storage rotate-key   --db PATH --old-key-file F --new-key-file F
-  mfp-storage import-pymfp --pymfp-db PATH (--pymfp-key-file F | --pymfp-plaintext) --db PATH --key-file F";
-
-/// Parsed `--name value` options and `--flag`s.
-struct Args {
-    values: BTreeMap<String, String>,
-    flags: Vec<String>,
+/// Operator tool for mfp-storage databases: create keys, check a database, rotate its master
+/// key, import a pymfp 1.0.0 database.
+///
+/// Exit status: 0 success, 1 failure (a failed check included), 2 usage error.
+#[derive(Parser)]
+#[command(name = "mfp-storage", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-impl Args {
-    fn parse(rest: &[String], with_value: &[&str], flags: &[&str]) -> Result<Self, String> {
-        let mut values = BTreeMap::new();
-        let mut found_flags = Vec::new();
-        let mut it = rest.iter();
-        while let Some(arg) = it.next() {
-            let name = arg.strip_prefix("--").ok_or_else(|| format!("unexpected argument {arg:?}"))?;
-            if with_value.contains(&name) {
-                let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
-                if values.insert(name.to_owned(), v.clone()).is_some() {
-                    return Err(format!("--{name} given twice"));
-                }
-            } else if flags.contains(&name) {
-                found_flags.push(name.to_owned());
-            } else {
-                return Err(format!("unknown option --{name}"));
-            }
-        }
-        Ok(Self { values, flags: found_flags })
-    }
-
-    fn path(&self, name: &str) -> Result<PathBuf, String> {
-        self.values.get(name).map(PathBuf::from).ok_or_else(|| format!("--{name} is required"))
-    }
-
-    fn flag(&self, name: &str) -> bool {
-        self.flags.iter().any(|f| f == name)
-    }
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new master key file: 64 hex digits, mode 0600; never overwrites a file.
+    Keygen {
+        /// The key file to create.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Check a database read-only (read-only media included): structure, schema, key, every
+    /// row, and that the stored Sg is the Merkle root of the channel states.
+    Check {
+        /// The database file.
+        #[arg(long, value_name = "PATH")]
+        db: PathBuf,
+        /// The database's master key file.
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+    },
+    /// Re-encrypt every cell of a database from one master key to another (stop the runtime
+    /// first).
+    RotateKey {
+        /// The database file.
+        #[arg(long, value_name = "PATH")]
+        db: PathBuf,
+        /// The current master key file.
+        #[arg(long, value_name = "FILE")]
+        old_key_file: PathBuf,
+        /// The new master key file (create it with `keygen`).
+        #[arg(long, value_name = "FILE")]
+        new_key_file: PathBuf,
+    },
+    /// Import a pymfp 1.0.0 database into a new mfp-storage database (the pymfp file is only
+    /// read).
+    ImportPymfp {
+        /// The pymfp database.
+        #[arg(long, value_name = "PATH")]
+        pymfp_db: PathBuf,
+        /// pymfp's master key file.
+        #[arg(long, value_name = "FILE", required_unless_present = "pymfp_plaintext")]
+        pymfp_key_file: Option<PathBuf>,
+        /// The pymfp database is not encrypted (pymfp's encrypt_at_rest off, or an empty key).
+        #[arg(long, conflicts_with = "pymfp_key_file")]
+        pymfp_plaintext: bool,
+        /// The mfp-storage database to create.
+        #[arg(long, value_name = "PATH")]
+        db: PathBuf,
+        /// The new database's master key file.
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+    },
 }
 
-enum Failure {
-    Usage(String),
-    Failed(String),
-}
+/// A failure: printed as `error: …`, exit status 1.
+struct Failure(String);
 
 impl From<StorageError> for Failure {
     fn from(e: StorageError) -> Self {
-        Failure::Failed(e.to_string())
+        Failure(e.to_string())
     }
 }
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let result = match argv.split_first() {
-        Some((cmd, rest)) => match cmd.as_str() {
-            "check" => check(rest),
-            "rotate-key" => rotate(rest),
-            "import-pymfp" => import(rest),
-            "-h" | "--help" | "help" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            other => Err(Failure::Usage(format!("unknown command {other:?}"))),
-        },
-        None => Err(Failure::Usage("no command given".into())),
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen { out } => keygen(&out),
+        Command::Check { db, key_file } => check(&db, &key_file),
+        Command::RotateKey { db, old_key_file, new_key_file } => rotate(&db, &old_key_file, &new_key_file),
+        Command::ImportPymfp { pymfp_db, pymfp_key_file, pymfp_plaintext: _, db, key_file } => {
+            import(&pymfp_db, pymfp_key_file.as_deref(), &db, &key_file)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Usage(msg)) => {
-            eprintln!("error: {msg}\n{USAGE}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Failed(msg)) => {
+        Err(Failure(msg)) => {
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn check(rest: &[String]) -> Result<(), Failure> {
-    let args = Args::parse(rest, &["db", "key-file"], &[]).map_err(Failure::Usage)?;
-    let db = args.path("db").map_err(Failure::Usage)?;
-    let key = load_key(&args.path("key-file").map_err(Failure::Usage)?)?;
-    let found = inspect(&db, &key)?;
+fn keygen(out: &Path) -> Result<(), Failure> {
+    let key = MasterKey::generate_file(out)?;
+    println!("created {} (mode 0600); key id {}", out.display(), hex::encode(key.key_id()));
+    Ok(())
+}
+
+fn check(db: &Path, key_file: &Path) -> Result<(), Failure> {
+    let key = load_key(key_file)?;
+    let found = inspect(db, &key)?;
     println!("database: {}", db.display());
     println!("schema version: {}", found.schema_version);
     println!("key id: {}", found.key_id.map(hex::encode).unwrap_or_else(|| "none".into()));
@@ -135,7 +152,7 @@ fn check(rest: &[String]) -> Result<(), Failure> {
     println!("bilateral channels: {}", found.federation.bilateral.len());
     println!("pending outbound messages: {}", found.federation.outbound.len());
     let mut tree = MerkleSg::from_states(snapshot.channels.iter().map(|c| (c.id, &c.state)))
-        .map_err(|e| Failure::Failed(format!("cannot compute Sg: {e}")))?;
+        .map_err(|e| Failure(format!("cannot compute Sg: {e}")))?;
     let recomputed = tree.root();
     if recomputed == snapshot.sg {
         println!("sg: consistent with the {} channel states", snapshot.channels.len());
@@ -143,23 +160,26 @@ fn check(rest: &[String]) -> Result<(), Failure> {
         Ok(())
     } else {
         println!("sg: MISMATCH (stored Sg is not the Merkle root of the stored channel states)");
-        Err(Failure::Failed("check failed".into()))
+        Err(Failure(format!("check of {} failed", db.display())))
     }
 }
 
-fn rotate(rest: &[String]) -> Result<(), Failure> {
-    let args = Args::parse(rest, &["db", "old-key-file", "new-key-file"], &[]).map_err(Failure::Usage)?;
-    let db = args.path("db").map_err(Failure::Usage)?;
-    let old = load_key(&args.path("old-key-file").map_err(Failure::Usage)?)?;
-    let new = load_key(&args.path("new-key-file").map_err(Failure::Usage)?)?;
-    let count = rotate_master_key(&db, &old, &new)?;
+fn rotate(db: &Path, old_key_file: &Path, new_key_file: &Path) -> Result<(), Failure> {
+    let old = load_key(old_key_file)?;
+    let same_file = match (std::fs::canonicalize(old_key_file), std::fs::canonicalize(new_key_file)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    // The same file twice: read (and warn about) it once.
+    let new = if same_file { old.clone() } else { load_key(new_key_file)? };
+    let count = rotate_master_key(db, &old, &new)?;
     println!("rotated {count} encrypted cells; key id {} -> {}", hex::encode(old.key_id()), hex::encode(new.key_id()));
     Ok(())
 }
 
 /// A master key from a file, warning on stderr when the file is readable by others (the
 /// library reports that as a `tracing` event, which this tool does not print).
-fn load_key(path: &std::path::Path) -> Result<MasterKey, Failure> {
+fn load_key(path: &Path) -> Result<MasterKey, Failure> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -179,20 +199,20 @@ const MAX_PYMFP_KEY_FILE: u64 = 4096;
 /// exactly 32 raw bytes or 64 hex digits is read as our keys are; anything else is taken
 /// with surrounding ASCII whitespace removed, as pymfp's `mfp-server` read its key file.
 /// A wrong reading cannot damage anything: the first cell then fails to decrypt.
-fn read_pymfp_key(file: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, Failure> {
-    let meta = std::fs::metadata(file).map_err(|e| Failure::Usage(format!("pymfp key file: {}", e.kind())))?;
+fn read_pymfp_key(file: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, Failure> {
+    let meta = std::fs::metadata(file).map_err(|e| Failure(format!("pymfp key file {}: {e}", file.display())))?;
     if meta.len() > MAX_PYMFP_KEY_FILE {
-        return Err(Failure::Usage(format!("pymfp key file larger than {MAX_PYMFP_KEY_FILE} bytes")));
+        return Err(Failure(format!("pymfp key file {} is larger than {MAX_PYMFP_KEY_FILE} bytes", file.display())));
     }
     let raw = zeroize::Zeroizing::new(
-        std::fs::read(file).map_err(|e| Failure::Usage(format!("pymfp key file: {}", e.kind())))?,
+        std::fs::read(file).map_err(|e| Failure(format!("pymfp key file {}: {e}", file.display())))?,
     );
     if let Ok(k) = MasterKey::from_bytes(&raw) {
         return Ok(zeroize::Zeroizing::new(k.expose().to_vec()));
     }
     let stripped = raw.trim_ascii();
     if stripped.is_empty() {
-        return Err(Failure::Usage(
+        return Err(Failure(
             "the pymfp key file is empty (a pymfp database written with an empty key is plaintext: use \
              --pymfp-plaintext)"
                 .into(),
@@ -202,24 +222,16 @@ fn read_pymfp_key(file: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, Failure> {
     Ok(zeroize::Zeroizing::new(stripped.to_vec()))
 }
 
-fn import(rest: &[String]) -> Result<(), Failure> {
-    let args = Args::parse(rest, &["pymfp-db", "pymfp-key-file", "db", "key-file"], &["pymfp-plaintext"])
-        .map_err(Failure::Usage)?;
-    let pymfp_db = args.path("pymfp-db").map_err(Failure::Usage)?;
-    let db = args.path("db").map_err(Failure::Usage)?;
-    let key = load_key(&args.path("key-file").map_err(Failure::Usage)?)?;
-    let pymfp_key = match (args.values.get("pymfp-key-file"), args.flag("pymfp-plaintext")) {
-        (Some(file), false) => Some(read_pymfp_key(file)?),
-        (None, true) => None,
-        _ => return Err(Failure::Usage("give exactly one of --pymfp-key-file and --pymfp-plaintext".into())),
-    };
+fn import(pymfp_db: &Path, pymfp_key_file: Option<&Path>, db: &Path, key_file: &Path) -> Result<(), Failure> {
+    let key = load_key(key_file)?;
+    let pymfp_key = pymfp_key_file.map(read_pymfp_key).transpose()?;
     let encryption = match &pymfp_key {
         Some(k) => PymfpEncryption::Key(k),
         None => PymfpEncryption::Plaintext,
     };
-    let mut config = StorageConfig::new(&db, key);
+    let mut config = StorageConfig::new(db, key);
     config.create_if_missing = true;
-    let report = pymfp::import(&pymfp_db, encryption, config)?;
+    let report = pymfp::import(pymfp_db, encryption, config)?;
     for w in &report.warnings {
         println!("warning: {w}");
     }
@@ -228,4 +240,15 @@ fn import(rest: &[String]) -> Result<(), Failure> {
         report.runtime_id, report.agents, report.channels, report.bilateral
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }
