@@ -23,8 +23,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -306,14 +305,7 @@ fn runtime_killed_at_random_loses_no_acknowledged_message() {
     let dir = TempDir::new();
     let db = dir.0.join("runtime.db");
     let key_file = dir.0.join("master.key");
-    let key = MasterKey::generate().unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&key_file)
-        .and_then(|mut f| f.write_all(key.expose()))
-        .unwrap();
+    let key = MasterKey::generate_file(&key_file).unwrap();
     let seed = seed();
     println!("seed {seed} (MFP_CRASH_SEED)");
     let mut rng = Rng(seed);

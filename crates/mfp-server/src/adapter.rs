@@ -66,9 +66,7 @@ pub(crate) fn master_key(source: KeySource<'_>) -> Result<MasterKey, AdapterErro
         }
         KeySource::Generated(p) => {
             if !p.exists() {
-                let key = MasterKey::generate().map_err(|e| AdapterError::Key(e.to_string()))?;
-                crate::keygen::write_key_file(p, &hex::encode(key.expose()))
-                    .map_err(|e| AdapterError::Key(format!("cannot create {}: {e}", p.display())))?;
+                MasterKey::generate_file(p).map_err(|e| AdapterError::Key(format!("{}: {e}", p.display())))?;
                 tracing::warn!(file = %p.display(), "generated a storage master key; back it up, the database cannot be read without it");
             }
             MasterKey::from_file(p).map_err(|e| AdapterError::Key(format!("{}: {e}", p.display())))

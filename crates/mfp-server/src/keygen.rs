@@ -1,24 +1,11 @@
 //! `keygen`: a storage master key file (64 hex digits, mode 0600).
 
-use std::io::Write;
 use std::path::Path;
 
-/// Writes `text` to a new file readable by its owner only; refuses to overwrite.
-pub(crate) fn write_key_file(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()
-}
-
-/// Generates a master key into `path`.
+/// Generates a master key into a new file at `path` (mode 0600; an existing file is never
+/// overwritten).
 pub(crate) fn keygen(path: &Path) -> Result<(), String> {
-    let key = mfp_storage::MasterKey::generate().map_err(|e| e.to_string())?;
-    write_key_file(path, &hex::encode(key.expose())).map_err(|e| format!("cannot create {}: {e}", path.display()))
+    mfp_storage::MasterKey::generate_file(path).map(|_| ()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
