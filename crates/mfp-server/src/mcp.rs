@@ -492,7 +492,7 @@ pub(crate) fn router(endpoints: Vec<Endpoint>, extra_hosts: &[String], stop: &Ca
         let auth = Auth { agent: Arc::from(name.as_str()), token };
         let one = axum::Router::new()
             .nest_service(&format!("/mcp/{name}"), service)
-            .layer(axum::middleware::from_fn_with_state(auth, authorize));
+            .route_layer(axum::middleware::from_fn_with_state(auth, authorize));
         app = app.merge(one);
     }
     app
