@@ -203,7 +203,14 @@ pub(crate) async fn run(cfg: Validated, mode: Mode) -> Result<(), RunError> {
     let db = cfg.storage_path.clone();
     let mfp = tokio::task::spawn_blocking(move || Mfp::open(runtime_config, db.as_deref().zip(key)))
         .await
-        .map_err(|e| RunError::Other(format!("opening the runtime failed: {e}")))??;
+        .map_err(|e| RunError::Other(format!("opening the runtime failed: {e}")))?
+        .map_err(|e| match &stdio_agent {
+            // `mfp-server mcp` runs its own runtime: say what to do when a server holds it.
+            Some(_) => RunError::Other(format!(
+                "{e} (mfp-server mcp runs the runtime itself: stop the server that uses this database, or connect the MCP host to that server's HTTP endpoint /mcp/<agent>)"
+            )),
+            None => RunError::Runtime(e),
+        })?;
     let mfp = Arc::new(mfp);
     let _ = collector.mfp.set(Arc::clone(&mfp));
     match &cfg.storage_path {

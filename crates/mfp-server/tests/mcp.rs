@@ -353,7 +353,7 @@ fn stdio_refuses_a_database_in_use() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("mfp.db"), "{err}");
+    assert!(err.contains("mfp.db") && err.contains("in use") && err.contains("/mcp/<agent>"), "{err}");
     assert!(out.stdout.is_empty(), "stdout carries only MCP");
     let addr = server.mcp_addr_seen();
     assert_eq!(post_status(&addr, "/mcp/claude", None, "{}"), 401, "the server stopped serving");
