@@ -33,8 +33,10 @@ pub(crate) struct Counters {
     pub(crate) protocol_errors: AtomicU64,
     /// Webhook delivery attempts that failed.
     pub(crate) webhook_failures: AtomicU64,
-    /// Messages in agents' queues or being delivered.
+    /// Messages in agents' queues or being delivered (including those in mcp inboxes).
     pub(crate) pending: AtomicU64,
+    /// Of those, messages waiting in mcp agents' inboxes for an MCP host.
+    pub(crate) in_inboxes: AtomicU64,
 }
 
 /// Process groups of running agents, so that an immediate exit can kill them.

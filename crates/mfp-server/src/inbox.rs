@@ -22,7 +22,8 @@ pub(crate) type InboxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<O
 /// What the MCP tools need from an agent's inbox.
 pub(crate) trait Inbox: Send + Sync {
     /// Waits up to `wait` for a message, then takes up to `max` (at least one unless the
-    /// wait ended empty). Taken messages are acknowledged: they leave the inbox.
+    /// wait ended empty). Taken messages are acknowledged: they leave the inbox. Cancel-safe:
+    /// dropped before it completes, it takes nothing.
     fn take(&self, max: usize, wait: Duration) -> InboxFuture<'_, Vec<Incoming>>;
     /// Messages waiting.
     fn waiting(&self) -> usize;
@@ -59,6 +60,7 @@ pub(crate) fn memory(name: &str, capacity: usize, counters: &Arc<Counters>) -> (
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             };
             if ok {
+                inbox.counters.in_inboxes.fetch_add(1, Ordering::AcqRel);
                 inbox.arrivals.send_modify(|n| *n = n.wrapping_add(1));
             } else {
                 inbox.counters.pending.fetch_sub(1, Ordering::AcqRel);
@@ -92,6 +94,7 @@ impl Inbox for MemoryInbox {
                 }
             }
             for _ in &out {
+                self.counters.in_inboxes.fetch_sub(1, Ordering::AcqRel);
                 done(&self.counters);
             }
             out
@@ -137,6 +140,7 @@ mod tests {
         assert_eq!(got.iter().map(|m| m.payload[0]).collect::<Vec<_>>(), [0, 1, 2]);
         assert_eq!(inbox.waiting(), 2);
         assert_eq!(counters.pending.load(Ordering::Acquire), 2);
+        assert_eq!(counters.in_inboxes.load(Ordering::Acquire), 2);
         assert_eq!(counters.delivered.load(Ordering::Acquire), 3);
         let got = inbox.take(10, Duration::ZERO).await;
         assert_eq!(got.len(), 2);

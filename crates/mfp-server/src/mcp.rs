@@ -151,10 +151,10 @@ impl McpAgent {
         ]
     }
 
-    async fn call(&self, name: &str, args: Value) -> Result<CallToolResult, McpError> {
+    async fn call(&self, name: &str, args: Value, cancel: CancellationToken) -> Result<CallToolResult, McpError> {
         let result = match name {
             "mfp_send" => self.send(args).await,
-            "mfp_receive" => self.receive(args).await,
+            "mfp_receive" => self.receive(args, cancel).await,
             "mfp_channels" => no_args(args).and_then(|()| {
                 let list = self.agent.channels().map_err(Failure::from)?;
                 Ok(json!({ "channels": list }))
@@ -219,7 +219,8 @@ impl McpAgent {
         Ok(json!({"message_id": r.message_id, "channel": r.channel, "step": r.step}))
     }
 
-    async fn receive(&self, args: Value) -> Result<Value, Failure> {
+    /// `cancel`: the request was cancelled by the host (stop waiting, take nothing).
+    async fn receive(&self, args: Value, cancel: CancellationToken) -> Result<Value, Failure> {
         let a: ReceiveArgs = parse_args(args)?;
         let max = match a.max_messages {
             None => self.spec.max_receive,
@@ -237,6 +238,7 @@ impl McpAgent {
         let taken = tokio::select! {
             m = self.inbox.take(max, wait) => m,
             () = self.stop.cancelled() => Vec::new(),
+            () = cancel.cancelled() => Vec::new(),
         };
         let messages: Vec<Value> = taken.into_iter().map(message_json).collect();
         Ok(json!({"messages": messages, "remaining": self.inbox.waiting()}))
@@ -378,10 +380,10 @@ impl ServerHandler for McpAgent {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let args = request.arguments.map_or_else(|| Value::Object(JsonObject::new()), Value::Object);
-        self.call(&request.name, args).await.map(CallToolResponse::from)
+        self.call(&request.name, args, context.ct).await.map(CallToolResponse::from)
     }
 
     async fn list_resources(

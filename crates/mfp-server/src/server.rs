@@ -390,10 +390,22 @@ pub(crate) async fn run(cfg: Validated, mode: Mode) -> Result<(), RunError> {
         t.abort();
     }
     let deadline = Instant::now() + Duration::from_millis(cfg.drain_timeout_ms);
-    while (mfp.in_flight() > 0 || counters.pending.load(Ordering::Acquire) > 0) && Instant::now() < deadline {
+    // Messages in mcp inboxes are not waited for: no MCP host can take them any more.
+    let undelivered = || {
+        mfp.in_flight()
+            + counters.pending.load(Ordering::Acquire).saturating_sub(counters.in_inboxes.load(Ordering::Acquire))
+    };
+    while undelivered() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let left = mfp.in_flight() + counters.pending.load(Ordering::Acquire);
+    let left = undelivered();
+    let in_inboxes = counters.in_inboxes.load(Ordering::Acquire);
+    if in_inboxes > 0 {
+        tracing::warn!(
+            messages = in_inboxes,
+            "messages waiting in mcp agents' inboxes are lost (the inbox is in memory until the runtime has durable delivery)"
+        );
+    }
     if left > 0 {
         tracing::warn!(
             messages = left,

@@ -33,7 +33,7 @@ fn temp_dir(name: &str) -> PathBuf {
 /// Two mcp agents (`claude`, `other`), an echo agent, a channel claude–echo.
 fn config(dir: &Path) -> PathBuf {
     let text = format!(
-        "admin:\n  enabled: false\nmcp:\n  port: 0\nagents:\n  - name: claude\n    type: mcp\n    token: {TOKEN}\n    max_payload_bytes: 64\n    max_receive_messages: 10\n    max_wait_seconds: 30\n  - name: other\n    type: mcp\n    token: {OTHER_TOKEN}\n  - name: echo\n    type: builtin\n    builtin: echo\nchannels:\n  - agents: [claude, echo]\n"
+        "admin:\n  enabled: false\nserver:\n  drain_timeout_seconds: 60\nmcp:\n  port: 0\nagents:\n  - name: claude\n    type: mcp\n    token: {TOKEN}\n    max_payload_bytes: 64\n    max_receive_messages: 10\n    max_wait_seconds: 30\n  - name: other\n    type: mcp\n    token: {OTHER_TOKEN}\n  - name: echo\n    type: builtin\n    builtin: echo\nchannels:\n  - agents: [claude, echo]\n  - agents: [other, echo]\n"
     );
     let file = dir.join("config.yaml");
     std::fs::write(&file, text).unwrap();
@@ -300,8 +300,38 @@ async fn rmcp_client_over_http() {
     let info = client.peer_info().unwrap();
     assert_eq!(info.server_info.as_ref().map(|i| i.name.as_str()), Some("mfp-server"));
     flow(&client, &mut notes).await;
+
+    // The other agent's channel, learnt from the other agent: claude cannot use it.
+    let (h2, _) = client_handler();
+    let other = tokio::time::timeout(
+        WAIT,
+        h2.serve(StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp/other")).auth_header(OTHER_TOKEN),
+        )),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let theirs = ok(&other, "mfp_channels", json!({})).await;
+    let their_channel = theirs["channels"][0]["channel"].as_str().unwrap().to_string();
+    let code = tool_error(&client, "mfp_send", json!({"channel": their_channel, "text": "x"})).await;
+    assert_ne!(code, "invalid_arguments", "refused by the runtime, not by argument checks");
+    let got = ok(&other, "mfp_receive", json!({"wait_seconds": 0.2})).await;
+    assert_eq!(got["messages"], json!([]));
+    let _ = other.cancel().await;
+
+    // A message left in the inbox: the server does not wait for it at shutdown, and says
+    // it is lost.
+    ok(&client, "mfp_send", json!({"to": "echo", "text": "left behind"})).await;
+    tokio::time::timeout(WAIT, notes.recv()).await.expect("no inbox notification").unwrap();
     let _ = client.cancel().await;
-    assert!(!server.log().contains(TOKEN), "a token was logged");
+    let pid = rustix::process::Pid::from_raw(i32::try_from(server.child.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    server.wait_for("stopped");
+    let log = server.log();
+    assert!(log.contains("messages=1") && log.contains("inboxes are lost"), "{log}");
+    assert!(!log.contains("drain deadline passed"), "the drain waited for the inbox:\n{log}");
+    assert!(!log.contains(TOKEN), "a token was logged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
