@@ -283,6 +283,9 @@ async fn rmcp_client_over_http() {
     assert_eq!(post_status(&addr, "/mcp/nobody", Some(&format!("Bearer {TOKEN}")), init), 404);
     // The right token passes authentication.
     assert_eq!(post_status(&addr, "/mcp/claude", Some(&format!("Bearer {TOKEN}")), init), 200);
+    // A body over what the largest payload needs (base64 of 64 bytes + 64 KiB): 413.
+    let big = format!(r#"{{"jsonrpc":"2.0","id":2,"method":"ping","pad":"{}"}}"#, "x".repeat(70_000));
+    assert_eq!(post_status(&addr, "/mcp/claude", Some(&format!("Bearer {TOKEN}")), &big), 413);
     assert!(!server.log().contains(TOKEN), "a token was logged");
 
     // rmcp's client with a wrong token cannot even initialise.
