@@ -1378,5 +1378,7 @@ mod tests {
     fn token_is_not_in_debug_output() {
         let v = p("agents:\n  - name: w\n    type: webhook\n    url: http://127.0.0.1:1/x\n    token: abcdefghijklmnopqrstuvwxyz\n").unwrap();
         assert!(!format!("{v:?}").contains("abcdefghijklmnop"));
+        let v = p("agents:\n  - name: m\n    type: mcp\n    token: abcdefghijklmnopqrstuvwxyz\n").unwrap();
+        assert!(!format!("{v:?}").contains("abcdefghijklmnop"));
     }
 }

@@ -4,7 +4,7 @@
 //! The runtime has no durable delivery yet, so the only inbox is [`MemoryInbox`]: bounded,
 //! in memory, lost when the server stops. When it is full, the runtime's handler waits for
 //! room (the runtime's backpressure reaches the sender), and drops the message after
-//! [`ENQUEUE_WAIT`](crate::agents::ENQUEUE_WAIT), counted and logged like every other agent
+//! [`ENQUEUE_WAIT`], counted and logged like every other agent
 //! queue. The MCP side only sees the [`Inbox`] trait, so a durable inbox can replace this one.
 
 use std::sync::Arc;
