@@ -456,7 +456,7 @@ fn unknown_resource() -> McpError {
 pub(crate) async fn serve_stdio(handler: McpAgent) -> Result<(), String> {
     use rmcp::ServiceExt as _;
     let name = Arc::clone(&handler.name);
-    let running = handler.serve(rmcp::transport::stdio()).await.map_err(|e| format!("agent {name}: {e}"))?;
+    let running = handler.serve(rmcp::transport::stdio_pipes()).await.map_err(|e| format!("agent {name}: {e}"))?;
     tracing::info!(agent = %name, "mcp host connected over stdio");
     running.waiting().await.map_err(|e| format!("agent {name}: {e}"))?;
     Ok(())
