@@ -52,8 +52,9 @@ pub(crate) struct McpAgent {
     spec: Arc<McpSpec>,
     /// Cancelled when the server stops (ends notification tasks).
     stop: CancellationToken,
-    /// This session's subscription to `mfp://inbox`: cancelling it ends its notifications.
-    subscription: Arc<parking_lot::Mutex<Option<CancellationToken>>>,
+    /// This session's subscription to `mfp://inbox`. Dropping the guard — on unsubscribe, or
+    /// when the session ends and its handler is dropped — ends its notifications.
+    subscription: Arc<parking_lot::Mutex<Option<tokio_util::sync::DropGuard>>>,
 }
 
 impl McpAgent {
@@ -427,7 +428,7 @@ impl ServerHandler for McpAgent {
         if sub.is_none() {
             let token = self.stop.child_token();
             self.notify_arrivals(context.peer, token.clone());
-            *sub = Some(token);
+            *sub = Some(token.drop_guard());
         }
         Ok(())
     }
@@ -441,9 +442,7 @@ impl ServerHandler for McpAgent {
         if request.uri != INBOX_URI {
             return Err(unknown_resource());
         }
-        if let Some(token) = self.subscription.lock().take() {
-            token.cancel();
-        }
+        drop(self.subscription.lock().take());
         Ok(())
     }
 }
