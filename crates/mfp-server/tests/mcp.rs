@@ -323,8 +323,28 @@ async fn rmcp_client_over_http() {
     assert_eq!(got["messages"], json!([]));
     let _ = other.cancel().await;
 
+    // A reply that arrives while no host is connected waits in the inbox for the next
+    // session.
+    ok(&client, "mfp_send", json!({"to": "echo", "text": "while away"})).await;
+    tokio::time::timeout(WAIT, notes.recv()).await.expect("no inbox notification").unwrap();
+    let _ = client.cancel().await;
+    let (h3, mut notes) = client_handler();
+    let client = tokio::time::timeout(
+        WAIT,
+        h3.serve(StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp/claude")).auth_header(TOKEN),
+        )),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let got = ok(&client, "mfp_receive", json!({})).await;
+    assert_eq!(got["messages"][0]["text"], "while away", "{got}");
+
     // A message left in the inbox: the server does not wait for it at shutdown, and says
     // it is lost.
+    #[allow(deprecated)]
+    client.subscribe(rmcp::model::SubscribeRequestParams::new("mfp://inbox")).await.unwrap();
     ok(&client, "mfp_send", json!({"to": "echo", "text": "left behind"})).await;
     tokio::time::timeout(WAIT, notes.recv()).await.expect("no inbox notification").unwrap();
     let _ = client.cancel().await;
