@@ -264,6 +264,9 @@ pub(crate) enum ToolError {
     /// Bad arguments.
     #[error("{0}")]
     InvalidParams(String),
+    /// The agent has no channel with an agent of this name.
+    #[error("no channel to an agent named {0:?} (see channels for the agent's peers)")]
+    UnknownPeer(String),
     /// The runtime refused; `code` is pymfp's error code when there is one.
     #[error("{message}")]
     Runtime { code: &'static str, message: String },
@@ -329,7 +332,7 @@ impl AgentRef {
                     .find(|c| names.get(&c.peer) == Some(&name) && c.status == mfp_runtime::ChannelStatus::Active)
                     .or_else(|| list.iter().find(|c| names.get(&c.peer) == Some(&name)))
                     .map(|c| c.channel_id)
-                    .ok_or_else(|| ToolError::InvalidParams(format!("no channel to an agent named {name:?}")))?
+                    .ok_or(ToolError::UnknownPeer(name))?
             }
         };
         let options = match idempotency_key {

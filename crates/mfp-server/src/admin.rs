@@ -147,6 +147,12 @@ impl Collector for MetricsCollector {
             "Messages queued in the runtime or for agents.",
             s.in_flight + ld(&c.pending),
         )?;
+        gauge(
+            &mut enc,
+            "mfp_server_mcp_inbox_messages",
+            "Messages waiting in mcp agents' inboxes for an MCP host (mfp_receive).",
+            ld(&c.in_inboxes),
+        )?;
         histogram(&mut enc, "mfp_pipeline_duration_seconds", "Send latency, accept to queued.", &s.send_latency)?;
         histogram(&mut enc, "mfp_message_size_bytes", "Payload sizes.", &s.message_size)?;
         Ok(())

@@ -33,8 +33,10 @@ pub(crate) struct Counters {
     pub(crate) protocol_errors: AtomicU64,
     /// Webhook delivery attempts that failed.
     pub(crate) webhook_failures: AtomicU64,
-    /// Messages in agents' queues or being delivered.
+    /// Messages in agents' queues or being delivered (including those in mcp inboxes).
     pub(crate) pending: AtomicU64,
+    /// Of those, messages waiting in mcp agents' inboxes for an MCP host.
+    pub(crate) in_inboxes: AtomicU64,
 }
 
 /// Process groups of running agents, so that an immediate exit can kill them.
@@ -73,7 +75,7 @@ pub(crate) struct Shared {
 
 /// How long the runtime's handler waits for queue space before dropping a message
 /// (kept below the runtime's agent timeout, which would quarantine the agent).
-const ENQUEUE_WAIT: Duration = Duration::from_secs(20);
+pub(crate) const ENQUEUE_WAIT: Duration = Duration::from_secs(20);
 
 /// A bounded queue and the sink the runtime hands messages to.
 pub(crate) fn queue(name: &str, capacity: usize, counters: &Arc<Counters>) -> (Sink, mpsc::Receiver<Incoming>) {
@@ -103,7 +105,7 @@ pub(crate) fn queue(name: &str, capacity: usize, counters: &Arc<Counters>) -> (S
     (sink, rx)
 }
 
-fn done(counters: &Counters) {
+pub(crate) fn done(counters: &Counters) {
     counters.pending.fetch_sub(1, Ordering::AcqRel);
     counters.delivered.fetch_add(1, Ordering::Relaxed);
 }

@@ -83,6 +83,8 @@ pub(crate) struct Config {
     pub(crate) admin: AdminSection,
     /// Ours: the HTTP listener webhook agents send through.
     pub(crate) http: HttpSection,
+    /// Ours: the MCP (Streamable HTTP) listener of mcp agents.
+    pub(crate) mcp: McpSection,
     /// Ours: limits.
     pub(crate) limits: LimitsSection,
     /// Ours: process lifecycle.
@@ -237,6 +239,15 @@ pub(crate) struct AgentEntry {
     /// Any kind but builtin/callback: messages held while the agent is down.
     #[serde(default)]
     pub(crate) queue_capacity: Option<Spanned<u64>>,
+    /// `mcp`: most messages one `mfp_receive` returns.
+    #[serde(default)]
+    pub(crate) max_receive_messages: Option<Spanned<u64>>,
+    /// `mcp`: longest wait one `mfp_receive` may ask for, seconds.
+    #[serde(default)]
+    pub(crate) max_wait_seconds: Option<Spanned<f64>>,
+    /// `mcp`: largest payload `mfp_send` accepts, bytes (after base64 decoding).
+    #[serde(default)]
+    pub(crate) max_payload_bytes: Option<Spanned<u64>>,
 }
 
 fn default_agent_type() -> Spanned<String> {
@@ -317,6 +328,23 @@ impl Default for HttpSection {
     }
 }
 
+/// `mcp:` — where MCP hosts reach mcp agents over Streamable HTTP (`/mcp/<agent>`).
+/// Started only when an mcp agent with a token exists.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct McpSection {
+    pub(crate) host: Spanned<String>,
+    pub(crate) port: Spanned<i64>,
+    /// `Host` header values accepted besides the loopback names (DNS-rebinding protection).
+    pub(crate) allowed_hosts: Option<Spanned<Vec<String>>>,
+}
+
+impl Default for McpSection {
+    fn default() -> Self {
+        Self { host: unspanned("127.0.0.1".into()), port: unspanned(9879), allowed_hosts: None }
+    }
+}
+
 /// `limits:`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -372,7 +400,29 @@ pub(crate) enum AgentKind {
     Subprocess(SubprocessSpec),
     /// HTTP POST delivery; sends through the HTTP listener.
     Webhook(WebhookSpec),
+    /// An MCP host (over Streamable HTTP or stdio) takes messages from an inbox.
+    Mcp(McpSpec),
 }
+
+/// A validated mcp agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct McpSpec {
+    /// Bearer token for the HTTP endpoint; `None`: reachable over stdio only.
+    pub(crate) token: TokenSource,
+    /// Most messages one `mfp_receive` returns.
+    pub(crate) max_receive: usize,
+    /// Longest wait of one `mfp_receive`, milliseconds.
+    pub(crate) max_wait_ms: u64,
+    /// Largest payload `mfp_send` accepts, bytes.
+    pub(crate) max_payload: usize,
+}
+
+/// Default most messages per `mfp_receive`.
+pub(crate) const MCP_DEFAULT_MAX_RECEIVE: u64 = 32;
+/// Default longest wait of `mfp_receive`, seconds.
+pub(crate) const MCP_DEFAULT_MAX_WAIT_SECS: f64 = 30.0;
+/// Default largest payload of `mfp_send`, bytes.
+pub(crate) const MCP_DEFAULT_MAX_PAYLOAD: u64 = 64 << 10;
 
 /// When a subprocess agent is restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -485,6 +535,10 @@ pub(crate) struct Validated {
     pub(crate) master_key_env: Option<String>,
     pub(crate) exit_when_agents_finish: bool,
     pub(crate) http_max_body: usize,
+    /// The MCP listener's address.
+    pub(crate) mcp_addr: String,
+    /// Extra `Host` values the MCP listener accepts (besides loopback).
+    pub(crate) mcp_allowed_hosts: Vec<String>,
     /// pymfp's `transport:` values, kept for federation.
     pub(crate) transport: TransportSection,
     /// Non-fatal findings, to be logged at start and printed by check-config.
@@ -764,6 +818,31 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
     };
     let http_port = int_in(&mut problems, &raw.http.port, "http.port", 0, 65535).unwrap_or(0);
     let http_addr = format!("{}:{http_port}", bracket(&raw.http.host.value));
+    let mcp_port = int_in(&mut problems, &raw.mcp.port, "mcp.port", 0, 65535).unwrap_or(0);
+    let mcp_addr = format!("{}:{mcp_port}", bracket(&raw.mcp.host.value));
+    let mcp_allowed_hosts = raw.mcp.allowed_hosts.as_ref().map(|h| h.value.clone()).unwrap_or_default();
+    if let Some(h) = &raw.mcp.allowed_hosts
+        && h.value.iter().any(|x| x.is_empty() || x.contains(['/', ' ']))
+    {
+        problems.push(problem_at(h, "mcp.allowed_hosts are host names or host:port, without scheme or path"));
+    }
+    let loopback = ["127.0.0.1", "localhost", "::1", "[::1]"].contains(&raw.mcp.host.value.as_str());
+    if !loopback && mcp_allowed_hosts.is_empty() && agents.iter().any(|a| matches!(a.kind, AgentKind::Mcp(_))) {
+        warnings.push(format!(
+            "mcp.host is {:?} but mcp.allowed_hosts is empty: requests whose Host header is not a loopback name are refused (DNS-rebinding protection); list the names clients use",
+            raw.mcp.host.value
+        ));
+    }
+    // The runtime refuses larger payloads anyway; say so once, here.
+    let runtime_max = runtime.max_payload_size;
+    for a in &mut agents {
+        if let AgentKind::Mcp(m) = &mut a.kind
+            && runtime_max > 0
+            && m.max_payload > runtime_max
+        {
+            m.max_payload = runtime_max;
+        }
+    }
     if let Err(e) = runtime.validate() {
         problems.push(Problem { line: 0, column: 0, message: e.to_string() });
     }
@@ -786,6 +865,8 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
             master_key_env: raw.storage.master_key_env.map(|v| v.value),
             exit_when_agents_finish: raw.server.exit_when_agents_finish,
             http_max_body: usize::try_from(raw.http.max_body_bytes.min(256 << 20)).unwrap_or(256 << 20),
+            mcp_addr,
+            mcp_allowed_hosts,
             transport: raw.transport,
             warnings,
         })
@@ -843,16 +924,24 @@ fn validate_agent(
         ("token", e.token.as_ref().map(loc)),
         ("token_env", e.token_env.as_ref().map(loc)),
         ("queue_capacity", e.queue_capacity.as_ref().map(loc)),
+        ("max_receive_messages", e.max_receive_messages.as_ref().map(loc)),
+        ("max_wait_seconds", e.max_wait_seconds.as_ref().map(loc)),
+        ("max_payload_bytes", e.max_payload_bytes.as_ref().map(loc)),
     ];
     let allowed: &[&str] = match kind {
         "builtin" => &["builtin"],
         "subprocess" => &["command", "cwd", "env", "restart", "max_line_bytes", "queue_capacity"],
         "webhook" => &["url", "timeout_seconds", "retries", "token", "token_env", "queue_capacity"],
+        "mcp" => {
+            &["token", "token_env", "queue_capacity", "max_receive_messages", "max_wait_seconds", "max_payload_bytes"]
+        }
         "callback" | "llm_api" => &[],
         other => {
             problems.push(problem_at(
                 &e.kind,
-                format!("unknown agent type {other:?}: expected builtin, subprocess, webhook (or pymfp's callback)"),
+                format!(
+                    "unknown agent type {other:?}: expected builtin, subprocess, webhook, mcp (or pymfp's callback)"
+                ),
             ));
             return None;
         }
@@ -951,24 +1040,72 @@ fn validate_agent(
                 Some(r) => int_in(problems, r, "retries", 0, 20)?,
                 None => 3,
             };
-            let token = match (&e.token, &e.token_env) {
-                (Some(t), None) if t.value.len() >= 16 => TokenSource::Literal(t.value.clone()),
-                (Some(t), None) => {
-                    problems.push(problem_at(t, "token must be at least 16 characters"));
-                    return None;
-                }
-                (None, Some(v)) => TokenSource::Env(v.value.clone()),
-                (Some(t), Some(_)) => {
-                    problems.push(problem_at(t, "give token or token_env, not both"));
-                    return None;
-                }
-                (None, None) => TokenSource::None,
-            };
+            let token = token_source(e, problems)?;
             AgentKind::Webhook(WebhookSpec { url: url.value.clone(), timeout_ms, retries, token })
+        }
+        "mcp" => {
+            if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+                problems.push(problem_at(
+                    &e.name,
+                    "an mcp agent's name is part of its URL (/mcp/<name>): use letters, digits, '.', '_' and '-' only",
+                ));
+                return None;
+            }
+            let token = token_source(e, problems)?;
+            if token == TokenSource::None {
+                warnings.push(format!(
+                    "agent {name:?}: mcp agent without token or token_env: reachable over stdio only (mfp-server mcp), not over HTTP"
+                ));
+            }
+            let max_receive = match &e.max_receive_messages {
+                Some(m) => int_in(problems, m, "max_receive_messages", 1, 1000)?,
+                None => MCP_DEFAULT_MAX_RECEIVE,
+            };
+            let max_wait_ms = match &e.max_wait_seconds {
+                Some(w) if w.value.is_finite() && w.value >= 0.0 && w.value <= 300.0 => {
+                    (w.value * 1000.0).ceil() as u64
+                }
+                Some(w) => {
+                    problems.push(problem_at(w, "max_wait_seconds must be a number of seconds from 0 to 300"));
+                    return None;
+                }
+                None => (MCP_DEFAULT_MAX_WAIT_SECS * 1000.0) as u64,
+            };
+            let max_payload = match &e.max_payload_bytes {
+                Some(m) => int_in(problems, m, "max_payload_bytes", 1, 16 << 20)?,
+                None => MCP_DEFAULT_MAX_PAYLOAD,
+            };
+            AgentKind::Mcp(McpSpec {
+                token,
+                max_receive: max_receive as usize,
+                max_wait_ms,
+                max_payload: max_payload as usize,
+            })
         }
         _ => return None,
     };
     Some(AgentSpec { name, kind: agent_kind, queue_capacity })
+}
+
+/// `token` / `token_env` of a webhook or mcp agent.
+fn token_source(e: &AgentEntry, problems: &mut Vec<Problem>) -> Option<TokenSource> {
+    match (&e.token, &e.token_env) {
+        (Some(t), None) if t.value.len() >= 16 => Some(TokenSource::Literal(t.value.clone())),
+        (Some(t), None) => {
+            problems.push(problem_at(t, "token must be at least 16 characters"));
+            None
+        }
+        (None, Some(v)) if !v.value.is_empty() => Some(TokenSource::Env(v.value.clone())),
+        (None, Some(v)) => {
+            problems.push(problem_at(v, "token_env must name an environment variable"));
+            None
+        }
+        (Some(t), Some(_)) => {
+            problems.push(problem_at(t, "give token or token_env, not both"));
+            None
+        }
+        (None, None) => Some(TokenSource::None),
+    }
 }
 
 fn loc<T>(s: &Spanned<T>) -> (u64, u64) {
@@ -1200,8 +1337,48 @@ mod tests {
     }
 
     #[test]
+    fn mcp_agent_parses_with_limits() {
+        let v = p("agents:\n  - name: claude\n    type: mcp\n    token_env: MCP_TOKEN\n    max_receive_messages: 5\n    max_wait_seconds: 2.5\n    max_payload_bytes: 1000\n    queue_capacity: 7\nmcp:\n  port: 0\n").unwrap();
+        let AgentKind::Mcp(m) = &v.agents[0].kind else { panic!("not an mcp agent") };
+        assert_eq!(m.token, TokenSource::Env("MCP_TOKEN".into()));
+        assert_eq!((m.max_receive, m.max_wait_ms, m.max_payload), (5, 2500, 1000));
+        assert_eq!(v.agents[0].queue_capacity, 7);
+        assert_eq!(v.mcp_addr, "127.0.0.1:0");
+        let v = p("agents:\n  - name: c\n    type: mcp\n").unwrap();
+        let AgentKind::Mcp(m) = &v.agents[0].kind else { panic!("not an mcp agent") };
+        assert_eq!(m.token, TokenSource::None);
+        assert_eq!(m.max_receive, 32);
+        assert!(v.warnings.iter().any(|w| w.contains("stdio only")), "{:?}", v.warnings);
+    }
+
+    #[test]
+    fn mcp_agent_errors_have_locations() {
+        let e = errors("agents:\n  - name: c\n    type: mcp\n    max_receive_messages: 0\n");
+        assert!(e.starts_with("test.yaml:4:") && e.contains("max_receive_messages"), "{e}");
+        let e = errors("agents:\n  - name: c\n    type: mcp\n    max_wait_seconds: 301\n");
+        assert!(e.starts_with("test.yaml:4:") && e.contains("max_wait_seconds"), "{e}");
+        let e = errors("agents:\n  - name: c\n    type: mcp\n    command: [x]\n");
+        assert!(e.starts_with("test.yaml:4:") && e.contains("command"), "{e}");
+        let e = errors("agents:\n  - name: a b\n    type: mcp\n");
+        assert!(e.starts_with("test.yaml:2:") && e.contains("URL"), "{e}");
+        let e = errors("agents:\n  - name: c\n    type: mcp\n    token: short\n");
+        assert!(e.starts_with("test.yaml:4:") && e.contains("16"), "{e}");
+        let e = errors("mcp:\n  port: 1\n  hostz: x\n");
+        assert!(e.starts_with("test.yaml:3:") && e.contains("hostz"), "{e}");
+    }
+
+    #[test]
+    fn mcp_payload_limit_follows_the_runtime() {
+        let v = p("quarantine:\n  max_payload_size: 100\nagents:\n  - name: c\n    type: mcp\n").unwrap();
+        let AgentKind::Mcp(m) = &v.agents[0].kind else { panic!("not an mcp agent") };
+        assert_eq!(m.max_payload, 100);
+    }
+
+    #[test]
     fn token_is_not_in_debug_output() {
         let v = p("agents:\n  - name: w\n    type: webhook\n    url: http://127.0.0.1:1/x\n    token: abcdefghijklmnopqrstuvwxyz\n").unwrap();
+        assert!(!format!("{v:?}").contains("abcdefghijklmnop"));
+        let v = p("agents:\n  - name: m\n    type: mcp\n    token: abcdefghijklmnopqrstuvwxyz\n").unwrap();
         assert!(!format!("{v:?}").contains("abcdefghijklmnop"));
     }
 }

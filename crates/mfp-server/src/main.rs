@@ -5,7 +5,9 @@ mod adapter;
 mod admin;
 mod agents;
 mod config;
+mod inbox;
 mod keygen;
+mod mcp;
 mod rpc;
 mod server;
 mod storage_admin;
@@ -59,6 +61,20 @@ enum Cmd {
         #[arg(long, short)]
         out: PathBuf,
     },
+    /// Serves one mcp agent over stdin and stdout: what an MCP host launches. Runs the
+    /// runtime of the configuration itself (every agent, no listeners); do not run it while a
+    /// server with the same database runs (the storage lock refuses that). Logs go to stderr.
+    Mcp {
+        /// The YAML configuration file.
+        #[arg(short, long, env = "MFP_CONFIG")]
+        config: PathBuf,
+        /// The mcp agent to serve.
+        #[arg(short, long)]
+        agent: String,
+        /// Log level (DEBUG, INFO, WARNING, ERROR); overrides the configuration.
+        #[arg(long, env = "MFP_LOG_LEVEL")]
+        log_level: Option<String>,
+    },
     /// Storage administration (check, rotate-key, import-pymfp); run it while the server
     /// is stopped.
     #[command(subcommand)]
@@ -68,9 +84,14 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Cmd::Run { config, log_level, port_file }) => run(&config, log_level.as_deref(), port_file),
+        Some(Cmd::Run { config, log_level, port_file }) => {
+            run(&config, log_level.as_deref(), server::Mode::Serve { port_file })
+        }
+        Some(Cmd::Mcp { config, agent, log_level }) => {
+            run(&config, log_level.as_deref(), server::Mode::Stdio { agent })
+        }
         None => match cli.config {
-            Some(config) => run(&config, cli.log_level.as_deref(), None),
+            Some(config) => run(&config, cli.log_level.as_deref(), server::Mode::Serve { port_file: None }),
             None => {
                 eprintln!("error: no configuration: use `mfp-server run --config FILE` (see --help)");
                 ExitCode::from(2)
@@ -124,7 +145,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(file: &std::path::Path, log_level: Option<&str>, port_file: Option<PathBuf>) -> ExitCode {
+fn run(file: &std::path::Path, log_level: Option<&str>, mode: server::Mode) -> ExitCode {
     let cfg = match config::load(file) {
         Ok(c) => c,
         Err(e) => {
@@ -150,7 +171,7 @@ fn run(file: &std::path::Path, log_level: Option<&str>, port_file: Option<PathBu
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(server::run(cfg, port_file));
+    let result = rt.block_on(server::run(cfg, mode));
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,

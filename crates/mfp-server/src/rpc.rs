@@ -42,6 +42,7 @@ impl RpcError {
 impl From<ToolError> for RpcError {
     fn from(e: ToolError) -> Self {
         match e {
+            e @ ToolError::UnknownPeer(_) => RpcError::new(INVALID_PARAMS, e.to_string()),
             ToolError::InvalidParams(m) => RpcError::new(INVALID_PARAMS, m),
             ToolError::Runtime { code, message } => {
                 RpcError { code: RUNTIME_ERROR, message, data: Some(json!({ "code": code })) }

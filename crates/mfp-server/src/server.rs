@@ -15,7 +15,25 @@ use crate::adapter::{AgentRef, KeySource, Mfp};
 use crate::admin::{AdminState, MetricsCollector};
 use crate::agents::{self, Counters, Ended, Groups, Shared};
 use crate::config::{AgentKind, PeerKind, TokenSource, Validated};
+use crate::inbox::Inbox;
+use crate::mcp::McpAgent;
 use crate::webhook::{self, Caller};
+
+/// How the server is run.
+#[derive(Debug, Clone)]
+pub(crate) enum Mode {
+    /// `mfp-server run`: listeners, agents, until a signal.
+    Serve {
+        /// Where to write the bound addresses.
+        port_file: Option<PathBuf>,
+    },
+    /// `mfp-server mcp`: no listeners; the mcp agent of this name is served over stdin and
+    /// stdout until the MCP host closes stdin (or a signal).
+    Stdio {
+        /// The mcp agent.
+        agent: String,
+    },
+}
 
 /// Why `run` failed (the process exits with status 1).
 #[derive(Debug, thiserror::Error)]
@@ -28,9 +46,12 @@ pub(crate) enum RunError {
     /// The runtime or its storage could not be opened.
     #[error("{0}")]
     Runtime(#[from] crate::adapter::AdapterError),
-    /// A webhook agent's token could not be read.
+    /// A webhook or mcp agent's token could not be read.
     #[error("agent {agent}: token_env {var} is not set or empty")]
     Token { agent: String, var: String },
+    /// `mfp-server mcp --agent NAME` names no mcp agent of the configuration.
+    #[error("{file}: no agent of type mcp named {agent:?} (the mcp agents are: {known})")]
+    NotMcp { file: String, agent: String, known: String },
     /// Something else.
     #[error("{0}")]
     Other(String),
@@ -71,8 +92,27 @@ impl Signals {
 
 /// Runs the server until a signal (or, when configured, until its agents finished).
 #[allow(clippy::too_many_lines)]
-pub(crate) async fn run(cfg: Validated, port_file: Option<PathBuf>) -> Result<(), RunError> {
+pub(crate) async fn run(cfg: Validated, mode: Mode) -> Result<(), RunError> {
     let mut signals = Signals::install()?;
+    let (port_file, stdio_agent, listen) = match mode {
+        Mode::Serve { port_file } => (port_file, None, true),
+        Mode::Stdio { agent } => {
+            if !cfg.agents.iter().any(|a| a.name == agent && matches!(a.kind, AgentKind::Mcp(_))) {
+                let known: Vec<&str> = cfg
+                    .agents
+                    .iter()
+                    .filter(|a| matches!(a.kind, AgentKind::Mcp(_)))
+                    .map(|a| a.name.as_str())
+                    .collect();
+                return Err(RunError::NotMcp {
+                    file: cfg.file.display().to_string(),
+                    agent,
+                    known: if known.is_empty() { "none".into() } else { known.join(", ") },
+                });
+            }
+            (None, Some(agent), false)
+        }
+    };
     for w in &cfg.warnings {
         tracing::warn!("{}: {w}", cfg.file.display());
     }
@@ -103,7 +143,7 @@ pub(crate) async fn run(cfg: Validated, port_file: Option<PathBuf>) -> Result<()
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let mut addrs = serde_json::Map::new();
     let mut admin_task = None;
-    if let Some(addr) = &cfg.admin_addr {
+    if let Some(addr) = cfg.admin_addr.as_ref().filter(|_| listen) {
         let (listener, local) = bind("admin listener", addr).await?;
         tracing::info!(addr = %local, "admin listener bound");
         addrs.insert("admin".into(), local.to_string().into());
@@ -118,12 +158,23 @@ pub(crate) async fn run(cfg: Validated, port_file: Option<PathBuf>) -> Result<()
         }));
     }
     let webhook_agents: Vec<_> = cfg.agents.iter().filter(|a| matches!(a.kind, AgentKind::Webhook(_))).collect();
-    let http_listener = if webhook_agents.is_empty() {
+    let http_listener = if webhook_agents.is_empty() || !listen {
         None
     } else {
         let (l, local) = bind("http listener", &cfg.http_addr).await?;
         tracing::info!(addr = %local, "http listener bound");
         addrs.insert("http".into(), local.to_string().into());
+        Some(l)
+    };
+    // The MCP listener, when an mcp agent has a token (the others are reachable over stdio only).
+    let mcp_http_agents: Vec<_> =
+        cfg.agents.iter().filter(|a| matches!(&a.kind, AgentKind::Mcp(m) if m.token != TokenSource::None)).collect();
+    let mcp_listener = if mcp_http_agents.is_empty() || !listen {
+        None
+    } else {
+        let (l, local) = bind("mcp listener", &cfg.mcp_addr).await?;
+        tracing::info!(addr = %local, agents = mcp_http_agents.len(), "mcp listener bound (Streamable HTTP at /mcp/<agent>)");
+        addrs.insert("mcp".into(), local.to_string().into());
         Some(l)
     };
     if let Some(p) = &port_file {
@@ -152,7 +203,14 @@ pub(crate) async fn run(cfg: Validated, port_file: Option<PathBuf>) -> Result<()
     let db = cfg.storage_path.clone();
     let mfp = tokio::task::spawn_blocking(move || Mfp::open(runtime_config, db.as_deref().zip(key)))
         .await
-        .map_err(|e| RunError::Other(format!("opening the runtime failed: {e}")))??;
+        .map_err(|e| RunError::Other(format!("opening the runtime failed: {e}")))?
+        .map_err(|e| match &stdio_agent {
+            // `mfp-server mcp` runs its own runtime: say what to do when a server holds it.
+            Some(_) => RunError::Other(format!(
+                "{e} (mfp-server mcp runs the runtime itself: stop the server that uses this database, or connect the MCP host to that server's HTTP endpoint /mcp/<agent>)"
+            )),
+            None => RunError::Runtime(e),
+        })?;
     let mfp = Arc::new(mfp);
     let _ = collector.mfp.set(Arc::clone(&mfp));
     match &cfg.storage_path {
@@ -174,10 +232,16 @@ pub(crate) async fn run(cfg: Validated, port_file: Option<PathBuf>) -> Result<()
     let mut refs: HashMap<String, AgentRef> = HashMap::new();
     let mut receivers = Vec::new();
     for spec in &cfg.agents {
-        let (sink, rx) = agents::queue(&spec.name, spec.queue_capacity, &counters);
+        let (sink, feed) = if matches!(spec.kind, AgentKind::Mcp(_)) {
+            let (sink, inbox) = crate::inbox::memory(&spec.name, spec.queue_capacity, &counters);
+            (sink, Feed::Inbox(inbox))
+        } else {
+            let (sink, rx) = agents::queue(&spec.name, spec.queue_capacity, &counters);
+            (sink, Feed::Queue(rx))
+        };
         let r = mfp.start_agent(&spec.name, sink)?;
         refs.insert(spec.name.clone(), r);
-        receivers.push((spec, rx));
+        receivers.push((spec, feed));
     }
     let all: Vec<AgentRef> = refs.values().cloned().collect();
     mfp.share_names(&all);
@@ -191,10 +255,34 @@ pub(crate) async fn run(cfg: Validated, port_file: Option<PathBuf>) -> Result<()
     let mut subprocesses: JoinSet<Ended> = JoinSet::new();
     let mut others = JoinSet::new();
     let mut callers = HashMap::new();
-    for (spec, rx) in receivers {
+    let mcp_stop = tokio_util::sync::CancellationToken::new();
+    let mut mcp_endpoints = Vec::new();
+    let mut stdio_handler = None;
+    for (spec, feed) in receivers {
         let Some(agent) = refs.get(&spec.name).cloned() else { continue };
         let name = spec.name.clone();
         let sh = Arc::clone(&shared);
+        let rx = match feed {
+            Feed::Queue(rx) => rx,
+            Feed::Inbox(inbox) => {
+                let AgentKind::Mcp(m) = &spec.kind else { continue };
+                let handler = McpAgent::new(&name, agent, inbox as Arc<dyn Inbox>, m.clone(), mcp_stop.clone());
+                if stdio_agent.as_deref() == Some(name.as_str()) {
+                    stdio_handler = Some(handler);
+                } else if listen {
+                    let token = match &m.token {
+                        TokenSource::None => continue,
+                        TokenSource::Literal(t) => Arc::new(zeroize::Zeroizing::new(t.clone())),
+                        TokenSource::Env(var) => match std::env::var(var) {
+                            Ok(t) if !t.is_empty() => Arc::new(zeroize::Zeroizing::new(t)),
+                            _ => return Err(RunError::Token { agent: name, var: var.clone() }),
+                        },
+                    };
+                    mcp_endpoints.push(crate::mcp::Endpoint { name, handler, token });
+                }
+                continue;
+            }
+        };
         match &spec.kind {
             AgentKind::Echo => {
                 others.spawn(agents::run_echo(name, agent, rx, sh));
@@ -220,6 +308,7 @@ pub(crate) async fn run(cfg: Validated, port_file: Option<PathBuf>) -> Result<()
                 callers.insert(name.clone(), Caller { agent, token });
                 others.spawn(webhook::run_webhook(name, w.clone(), rx, sh));
             }
+            AgentKind::Mcp(_) => {}
         }
     }
     let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
@@ -234,6 +323,24 @@ pub(crate) async fn run(cfg: Validated, port_file: Option<PathBuf>) -> Result<()
         })
     });
 
+    let mcp_task = mcp_listener.map(|l| {
+        let app = crate::mcp::router(mcp_endpoints, &cfg.mcp_allowed_hosts, &mcp_stop);
+        let stop = mcp_stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        })
+    });
+    // stdio: serve the one agent; its end (stdin closed) stops the server.
+    let stdio_task = stdio_handler.map(|h| tokio::spawn(crate::mcp::serve_stdio(h)));
+    let stdio_abort = stdio_task.as_ref().map(tokio::task::JoinHandle::abort_handle);
+    let stdio_done = async move {
+        match stdio_task {
+            Some(t) => t.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stdio_done);
+
     admin_state.ready.store(true, Ordering::Release);
     tracing::info!("ready");
 
@@ -244,6 +351,16 @@ pub(crate) async fn run(cfg: Validated, port_file: Option<PathBuf>) -> Result<()
     let reason = loop {
         tokio::select! {
             () = signals.next() => break "signal",
+            r = &mut stdio_done => {
+                match r {
+                    Ok(Ok(())) => break "the MCP host closed stdin",
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "mcp over stdio failed");
+                        break "mcp over stdio failed";
+                    }
+                    Err(_) => break "mcp over stdio failed",
+                }
+            }
             Some(r) = subprocesses.join_next(), if finish_wanted || !subprocesses.is_empty() => {
                 if matches!(r, Ok(Ended::Finished)) {
                     finished += 1;
@@ -268,11 +385,27 @@ pub(crate) async fn run(cfg: Validated, port_file: Option<PathBuf>) -> Result<()
 
     // Stop accepting from outside, drain, stop agents, persist.
     let _ = http_stop_tx.send(true);
+    mcp_stop.cancel();
+    if let Some(t) = stdio_abort {
+        t.abort();
+    }
     let deadline = Instant::now() + Duration::from_millis(cfg.drain_timeout_ms);
-    while (mfp.in_flight() > 0 || counters.pending.load(Ordering::Acquire) > 0) && Instant::now() < deadline {
+    // Messages in mcp inboxes are not waited for: no MCP host can take them any more.
+    let undelivered = || {
+        mfp.in_flight()
+            + counters.pending.load(Ordering::Acquire).saturating_sub(counters.in_inboxes.load(Ordering::Acquire))
+    };
+    while undelivered() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let left = mfp.in_flight() + counters.pending.load(Ordering::Acquire);
+    let left = undelivered();
+    let in_inboxes = counters.in_inboxes.load(Ordering::Acquire);
+    if in_inboxes > 0 {
+        tracing::warn!(
+            messages = in_inboxes,
+            "messages waiting in mcp agents' inboxes are lost (the inbox is in memory until the runtime has durable delivery)"
+        );
+    }
     if left > 0 {
         tracing::warn!(
             messages = left,
@@ -286,12 +419,23 @@ pub(crate) async fn run(cfg: Validated, port_file: Option<PathBuf>) -> Result<()
     if let Some(t) = http_task {
         let _ = t.await;
     }
+    if let Some(t) = mcp_task {
+        let _ = t.await;
+    }
     let _ = admin_stop_tx.send(true);
     if let Some(t) = admin_task {
         let _ = t.await;
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What an agent's task reads from.
+enum Feed {
+    /// The queue of a builtin, subprocess or webhook agent.
+    Queue(tokio::sync::mpsc::Receiver<crate::adapter::Incoming>),
+    /// The inbox of an mcp agent.
+    Inbox(Arc<crate::inbox::MemoryInbox>),
 }
 
 fn write_port_file(path: &Path, v: &serde_json::Value) -> std::io::Result<()> {
