@@ -217,7 +217,7 @@
 //! agents' states; `PutAgent` with `Meta` (new agent counter) when an agent is bound. It must
 //! also persist quarantine decisions (`ChannelStatus`, `PutAgent` with the reason), including
 //! automatic ones, and increments of `validation_failures` via `PutChannel` if they must
-//! survive a restart (pymfp persists neither, PROTOCOL.md §8 item 21).
+//! survive a restart (pymfp persists neither).
 //!
 //! ## A crashed SQLite worker
 //!

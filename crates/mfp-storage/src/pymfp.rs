@@ -1,9 +1,9 @@
 //! Reading pymfp 1.0.0 databases and importing them.
 //!
 //! pymfp (the Python reference) stores its state in SQLite schema version 2 (tables
-//! `runtime_meta`, `agents`, `channels`, `bilateral_channels`, `global_state_cache`;
-//! PROTOCOL.md §5.1) and encrypts `channels.local_state`, `bilateral_channels.ratchet_state`
-//! and `bilateral_channels.shared_prng_seed` per cell (PROTOCOL.md §5.2):
+//! `runtime_meta`, `agents`, `channels`, `bilateral_channels`, `global_state_cache`)
+//! and encrypts `channels.local_state`, `bilateral_channels.ratchet_state` and
+//! `bilateral_channels.shared_prng_seed` per cell (the `storage_crypto` vectors pin it):
 //!
 //! ```text
 //! storage_key = HMAC-SHA-256(master_key, "mfp-storage-key" ‖ runtime_id)
@@ -21,7 +21,7 @@
 //!
 //! What pymfp does not persist cannot be imported: per-agent message counts, failure-count
 //! increments, auto-quarantine after validation failures, cross-runtime channels and
-//! receive-side bilateral advances (PROTOCOL.md §5.3). pymfp stores no agent names.
+//! receive-side bilateral advances. pymfp stores no agent names.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
