@@ -4,9 +4,9 @@
 //! and latency at several payload sizes on 1 and 1,000 channels and with 2 concurrent
 //! senders, async sends, Sg update and send cost at growing channel counts, the time to
 //! establish channels and the memory per channel. Every figure is the median of several
-//! runs. Durable sends are measured beside a raw-SQLite floor (the same rows written by sqlx
+//! runs. Messages through the standalone server and subprocess agents (`server`). Durable sends are measured beside a raw-SQLite floor (the same rows written by sqlx
 //! with no runtime around them). Prints a table and writes JSON (`--json PATH`); `--only
-//! floor,send,async,persist,fanout,scale` runs some sections.
+//! floor,send,async,persist,fanout,scale,server` runs some sections.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -19,6 +19,7 @@ use mfp_runtime::{AgentHandle, DeliveredMessage, Runtime, RuntimeConfig, SystemE
 use serde_json::{Value, json};
 
 mod persist_floor;
+mod server_bench;
 
 /// The allocator matters for a message runtime: every payload is allocated by the sending
 /// thread and freed by the receiving one, which glibc's malloc serialises on an arena lock.
@@ -634,6 +635,38 @@ fn main() {
         );
         }
         report.insert("scale".into(), Value::Object(scale));
+    }
+    if opts.wants("server") {
+        // Through the standalone server: JSON-RPC over pipes to subprocess agents.
+        let mut server = serde_json::Map::new();
+        let mem_rate = report.get("send").and_then(|s| s["1_channel"]["64"]["msgs_per_s"].as_f64()).unwrap_or(f64::NAN);
+        for (label, echo) in [("rust_echo", server_bench::Echo::Rust), ("python_echo", server_bench::Echo::Python)] {
+            let (rounds, n) = if opts.quick { (300, 3_000) } else { (2_000, 20_000) };
+            let rs: Vec<Value> = (0..runs)
+                .filter_map(|_| match server_bench::once(echo, rounds, n, 64) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        eprintln!("server benchmark ({label}): {e}");
+                        None
+                    }
+                })
+                .collect();
+            if rs.is_empty() {
+                continue;
+            }
+            let med = |k: &str| median(rs.iter().filter_map(|r| r[k].as_f64()).collect());
+            let (rate, p50, p99) = (med("messages_per_s"), med("round_trip_p50_us"), med("round_trip_p99_us"));
+            println!(
+                "server, Rust driver <-> {label:<12} 64 B  {rate:>10.0} msg/s ({:.0} round trips/s, 64 in flight)  round trip p50 {p50:>8.1} µs  p99 {p99:>8.1} µs  ({:.1}% of in-process)",
+                rate / 2.0,
+                rate / mem_rate * 100.0
+            );
+            server.insert(
+                label.into(),
+                json!({"msgs_per_s": rate, "round_trip_p50_us": p50, "round_trip_p99_us": p99, "ratio_to_in_process": rate / mem_rate}),
+            );
+        }
+        report.insert("server_subprocess_64".into(), Value::Object(server));
     }
     report.insert("peak_rss_kib".into(), json!(rss_kib("VmHWM:")));
 

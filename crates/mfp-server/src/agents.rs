@@ -406,7 +406,13 @@ async fn session(
     if let Some(g) = pgid {
         shared.groups.remove(g);
     }
-    if let Some(r) = reader {
+    // The process is gone (or stopping): what it wrote before it went is still carried out.
+    // Its stdout ends once no process holds the pipe; a leftover grandchild that keeps it open
+    // gets a bounded wait, then the reader is stopped.
+    if let Some(mut r) = reader
+        && tokio::time::timeout(READER_DRAIN, &mut r).await.is_err()
+    {
+        tracing::warn!(agent = %name, "agent's stdout still open after it stopped; its unread output is dropped");
         r.abort();
     }
     pending.lock().clear();
@@ -426,6 +432,9 @@ fn exited(name: &str, status: std::io::Result<std::process::ExitStatus>) -> Sess
         }
     }
 }
+
+/// How long the agent's stdout is read to its end once the agent has stopped.
+const READER_DRAIN: Duration = Duration::from_secs(2);
 
 /// Grace after closing stdin, and after SIGTERM.
 const GRACE: Duration = Duration::from_secs(3);

@@ -600,3 +600,40 @@ fn master_key_from_the_environment() {
     assert!(s.log().contains("MFP_TEST_MASTER_KEY"), "{}", s.log());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Requests an agent wrote just before it exited are still carried out: the server reads
+/// the agent's stdout to its end before it lets go of the process.
+#[test]
+fn requests_written_just_before_exit_are_carried_out() {
+    let dir = temp_dir("last-words");
+    let script = dir.join("burst.py");
+    std::fs::write(
+        &script,
+        "import json, sys\n\
+         for i in range(300):\n\
+         \x20   sys.stdout.write(json.dumps({'jsonrpc': '2.0', 'id': i + 1, 'method': 'send', \
+         'params': {'to': 'sink', 'payload': 'm%d' % i}}) + '\\n')\n\
+         sys.stdout.flush()\n",
+    )
+    .unwrap();
+    let config = format!(
+        "admin:\n  port: 0\nagents:\n  - name: sink\n    type: builtin\n    builtin: log\n  - name: burst\n    type: subprocess\n    command: [\"python3\", \"{}\"]\nchannels:\n  - agents: [burst, sink]\n",
+        script.display()
+    );
+    let mut s = Server::start(&dir, &config);
+    let admin = s.admin();
+    s.find_or_wait("agent finished (exit status 0) agent=burst");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = http(&admin, "GET", "/metrics", &[], "");
+        assert_eq!(status, 200);
+        if metric(&body, "mfp_messages_sent_total") == 300 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not every request of the exited agent was carried out:\n{body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.signal(rustix::process::Signal::TERM);
+    assert!(s.wait_exit().success(), "{}", s.log());
+    std::fs::remove_dir_all(&dir).ok();
+}
