@@ -69,6 +69,7 @@ fn driver() {
 
     // A reader thread answers every deliver at once and reports it; send errors are counted.
     let (tx, rx) = mpsc::channel::<()>();
+    let (answered_tx, answered) = mpsc::channel::<u64>();
     let errors = Arc::new(Mutex::new(0u64));
     {
         let out = Arc::clone(&out);
@@ -82,9 +83,14 @@ fn driver() {
                     if tx.send(()).is_err() {
                         break;
                     }
-                } else if msg.get("error").is_some() {
-                    *errors.lock().unwrap() += 1;
-                    eprintln!("send failed: {}", msg["error"]);
+                } else {
+                    if msg.get("error").is_some() {
+                        *errors.lock().unwrap() += 1;
+                        eprintln!("send failed: {}", msg["error"]);
+                    }
+                    if let Some(id) = msg["id"].as_u64() {
+                        let _ = answered_tx.send(id);
+                    }
                 }
             }
         });
@@ -97,6 +103,7 @@ fn driver() {
             &json!({"jsonrpc": "2.0", "id": next_id, "method": "send", "params": {"to": "echo", "payload": p}}),
         );
         next_id += 1;
+        next_id - 1
     };
     let wait = || rx.recv_timeout(Duration::from_secs(30)).expect("no echo within 30 s");
 
@@ -124,7 +131,10 @@ fn driver() {
         back += 1;
     }
     let secs = start.elapsed().as_secs_f64();
-    send("bye");
+    // Leave only once the server has taken the last request.
+    let bye = send("bye");
+    let until = Instant::now() + Duration::from_secs(30);
+    while answered.recv_timeout(until.saturating_duration_since(Instant::now())).expect("bye not answered") != bye {}
     let report = json!({
         "round_trip_p50_us": percentile(&rtt, 0.5),
         "round_trip_p99_us": percentile(&rtt, 0.99),
