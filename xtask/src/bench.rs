@@ -156,6 +156,16 @@ fn markdown(m: &Value, p: Option<&Value>) -> String {
             ));
         }
     }
+    for (label, key) in [("Rust echo agent", "rust_echo"), ("Python echo agent", "python_echo")] {
+        let row = |k: &str| num(m, &["server_subprocess_64", key, k]);
+        out.push_str(&format!(
+            "| server: Rust driver ↔ {label}, subprocesses over JSON-RPC, 64 B, 64 in flight (msg/s; share of in-process) / round trip p50 / p99 (µs) | {} ({}) / {} / {} | | | |\n",
+            fmt(row("msgs_per_s"), ""),
+            fmt(row("ratio_to_in_process").map(|r| r * 100.0), "%"),
+            fmt(row("round_trip_p50_us"), ""),
+            fmt(row("round_trip_p99_us"), "")
+        ));
+    }
     for (label, key) in [("sync handlers", "sync_handlers"), ("async handlers", "async_handlers")] {
         out.push_str(&format!(
             "| fan-out: 1 sender to 1,000 idle agents, {label}, 64 B (msg/s) | {} | | | |\n",
@@ -195,9 +205,9 @@ fn bench(args: &[String]) -> Result<(), String> {
     let quick = args.iter().any(|a| a == "--quick");
     let passthrough: Vec<&String> = args.iter().filter(|a| *a != "--vs-pymfp").collect();
 
-    println!("==> bench: building the benchmark program (release)");
+    println!("==> bench: building the benchmark programs and the server (release)");
     run(Command::new("cargo")
-        .args(["build", "--release", "--locked", "-p", "mfp-benches", "--bin", "mfp-bench"])
+        .args(["build", "--release", "--locked", "-p", "mfp-benches", "-p", "mfp-server"])
         .current_dir(&root))?;
     let mfp_json = out_dir.join("mfp.json");
     println!("==> bench: mfp");
