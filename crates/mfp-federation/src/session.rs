@@ -883,6 +883,15 @@ impl Session {
                 self.rx_chain = next;
                 self.link.received += 1;
                 let seq = self.recv_base + step;
+                // Data on a channel this side asked for means the peer accepted it: its
+                // Accept may have been lost with a broken connection, and the peer resends
+                // the data of the new session before it sees our repeated request.
+                if let Some(info) = self.link.channels.get_mut(&channel) {
+                    if info.opener == Opener::Local && info.state == ChannelState::Opening {
+                        info.state = ChannelState::Open;
+                        self.events.push_back(Event::ChannelOpened(channel));
+                    }
+                }
                 match self.link.channels.get(&channel) {
                     Some(info) if info.state == ChannelState::Open => {
                         self.link.stats.delivered += 1;

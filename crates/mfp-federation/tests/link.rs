@@ -479,3 +479,34 @@ fn a_peer_that_lost_acknowledged_messages_is_refused() {
     assert!(err.to_string().contains("lost acknowledged"), "{err}");
     assert_eq!(back.acked(), 1);
 }
+
+/// Found by the simulation: the acceptor's Accept and its first data are lost with the
+/// connection; in the next session the acceptor resends the data before it sees the
+/// opener's repeated request. The data must count as acceptance, not be dropped.
+#[test]
+fn data_resent_before_a_lost_accept_is_delivered() {
+    let mut rt = Runtimes::new();
+    let (la, lb) = new_links(&rt);
+    let now = Instant::now();
+    let mut e = TestEntropy(17);
+    let (mut a, mut b) = connect(&mut rt, la, lb, 1, now, &mut e);
+    let (alice, bob) = agents();
+    let ch = ChannelId::from_bytes([8; 16]);
+    a.open_channel(ch, alice, bob, 4).unwrap();
+    pump(&mut a, &mut b, now);
+    events(&mut b);
+    b.accept_channel(&ch).unwrap();
+    b.send(&bob, &ch, b"first").unwrap();
+    // Accept and data leave B, the connection breaks before they arrive.
+    while b.poll_transmit(now).is_some() {}
+    let (la, lb) = (a.into_link_state(), b.into_link_state());
+    let (mut a, mut b) = connect(&mut rt, la, lb, 2, now, &mut e);
+    // B transmits first (its resent data), then both settle.
+    pump(&mut b, &mut a, now);
+    settle(&mut a, &mut b, now);
+    let evs = events(&mut a);
+    assert!(evs.contains(&Event::Delivered { channel: ch, seq: 0, payload: b"first".to_vec() }), "{evs:?}");
+    assert!(evs.contains(&Event::ChannelOpened(ch)), "{evs:?}");
+    assert_eq!(a.link().stats().unexpected_channels, 0);
+    assert_eq!(b.link().unacked(), 0);
+}

@@ -403,10 +403,11 @@ impl Sim {
                 next = next.min(t);
             }
         }
-        if matches!(self.phase, Phase::Idle) {
-            next = next.min(self.redial_at.max(self.now));
+        if matches!(self.phase, Phase::Idle) && !self.partitioned {
+            next = next.min(self.redial_at);
         }
-        self.now = next.max(self.now);
+        // Virtual time always moves forward by at least a millisecond.
+        self.now = next.max(self.now + Duration::from_millis(1));
         let now = self.now;
 
         // Deliver due packets of the current connection, in time order.
