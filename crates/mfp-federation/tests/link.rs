@@ -199,9 +199,9 @@ fn tampered_bytes_are_rejected_and_counted() {
     let positions: Vec<usize> =
         (0..codec::HEADER_LEN).chain((codec::HEADER_LEN..frame.len()).step_by(5)).chain([frame.len() - 1]).collect();
     let mut rejected = 0;
-    for &pos in &positions {
+    for (i, &pos) in positions.iter().enumerate() {
         let (la, lb) = new_links(&rt);
-        let (mut a2, mut b2) = connect(&mut rt, la, lb, 100 + pos as u64, now, &mut e);
+        let (mut a2, mut b2) = connect(&mut rt, la, lb, 100 + i as u64, now, &mut e);
         open_channel(&mut a2, &mut b2, ch, alice, bob, now);
         a2.send(&alice, &ch, b"payload").unwrap();
         let mut f = a2.poll_transmit(now).unwrap();
