@@ -518,6 +518,15 @@ pub enum SessionError {
     Position(CloseReason),
 }
 
+/// A session that could not start, with the link state given back.
+#[derive(Debug)]
+pub struct SessionRefused {
+    /// Why.
+    pub error: SessionError,
+    /// The link state, unchanged.
+    pub link: LinkState,
+}
+
 /// One established session on a link.
 pub struct Session {
     cfg: SessionConfig,
@@ -564,26 +573,25 @@ fn chain(secret: &State, sender: &RuntimeId, receiver: &RuntimeId) -> BilateralS
 
 impl Session {
     /// Starts a session on an established handshake, taking the link's state. On error
-    /// the link state is given back.
+    /// the link state is given back in [`SessionRefused`].
     pub fn new(
         est: Established,
         mut link: LinkState,
         cfg: SessionConfig,
         now: Instant,
-    ) -> Result<Self, (SessionError, LinkState)> {
+    ) -> Result<Self, Box<SessionRefused>> {
         if est.peer != link.peer || est.local != link.local {
-            let e = SessionError::WrongPeer { expected: link.peer.short(), got: est.peer.short() };
-            return Err((e, link));
+            let error = SessionError::WrongPeer { expected: link.peer.short(), got: est.peer.short() };
+            return Err(Box::new(SessionRefused { error, link }));
         }
         let peer_received = est.peer_received;
         if peer_received > link.next_seq {
-            return Err((
-                SessionError::Position(CloseReason::Position("peer claims more messages than were sent")),
-                link,
-            ));
+            let error = SessionError::Position(CloseReason::Position("peer claims more messages than were sent"));
+            return Err(Box::new(SessionRefused { error, link }));
         }
         if peer_received < link.acked {
-            return Err((SessionError::Position(CloseReason::Position("peer lost acknowledged messages")), link));
+            let error = SessionError::Position(CloseReason::Position("peer lost acknowledged messages"));
+            return Err(Box::new(SessionRefused { error, link }));
         }
         link.acknowledge(peer_received);
         link.stats.sessions += 1;
@@ -886,11 +894,12 @@ impl Session {
                 // Data on a channel this side asked for means the peer accepted it: its
                 // Accept may have been lost with a broken connection, and the peer resends
                 // the data of the new session before it sees our repeated request.
-                if let Some(info) = self.link.channels.get_mut(&channel) {
-                    if info.opener == Opener::Local && info.state == ChannelState::Opening {
-                        info.state = ChannelState::Open;
-                        self.events.push_back(Event::ChannelOpened(channel));
-                    }
+                if let Some(info) = self.link.channels.get_mut(&channel)
+                    && info.opener == Opener::Local
+                    && info.state == ChannelState::Opening
+                {
+                    info.state = ChannelState::Open;
+                    self.events.push_back(Event::ChannelOpened(channel));
                 }
                 match self.link.channels.get(&channel) {
                     Some(info) if info.state == ChannelState::Open => {

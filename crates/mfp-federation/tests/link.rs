@@ -133,8 +133,8 @@ fn replayed_link_stream_is_refused() {
     let (est_b, hs2) =
         handshake::accept(&rt.b, &mut rt.b_peers, &one_frame(&hs1), &mut e).unwrap().finish(0, &mut e).unwrap();
     let est_a = init.complete(&one_frame(&hs2)).unwrap();
-    let mut a = Session::new(est_a, la, SessionConfig::default(), now).map_err(|(e, _)| e).unwrap();
-    let mut b = Session::new(est_b, lb, SessionConfig::default(), now).map_err(|(e, _)| e).unwrap();
+    let mut a = Session::new(est_a, la, SessionConfig::default(), now).map_err(|r| r.error).unwrap();
+    let mut b = Session::new(est_b, lb, SessionConfig::default(), now).map_err(|r| r.error).unwrap();
     let (alice, bob) = agents();
     let ch = ChannelId::from_bytes([2; 16]);
     a.open_channel(ch, alice, bob, 4).unwrap();
@@ -163,7 +163,7 @@ fn replayed_link_stream_is_refused() {
     let mut forgetful = peers_before;
     let (est, _) = handshake::accept(&rt.b, &mut forgetful, &first, &mut e).unwrap().finish(0, &mut e).unwrap();
     let link = LinkState::new(rt.b.runtime, rt.a.runtime, LinkLimits::default());
-    let mut replayed = Session::new(est, link, SessionConfig::default(), now).map_err(|(e, _)| e).unwrap();
+    let mut replayed = Session::new(est, link, SessionConfig::default(), now).map_err(|r| r.error).unwrap();
     replayed.handle_input(now, input);
     let evs = events(&mut replayed);
     assert!(!evs.iter().any(|e| matches!(e, Event::Delivered { .. } | Event::ChannelRequested { .. })), "{evs:?}");
@@ -322,8 +322,8 @@ fn transport_rekeys_by_time_and_count_and_rejects_stale_keys() {
             handshake::accept(&rt.b, &mut rt.b_peers, &one_frame(&hs1), &mut e2).unwrap().finish(0, &mut e2).unwrap();
         (init.complete(&one_frame(&hs2)).unwrap(), eb)
     };
-    let mut a = Session::new(est_a, la, cfg, t0).map_err(|(e, _)| e).unwrap();
-    let mut b = Session::new(est_b, lb, cfg, t0).map_err(|(e, _)| e).unwrap();
+    let mut a = Session::new(est_a, la, cfg, t0).map_err(|r| r.error).unwrap();
+    let mut b = Session::new(est_b, lb, cfg, t0).map_err(|r| r.error).unwrap();
     open_channel(&mut a, &mut b, ch, alice, bob, t0);
     for i in 0..50u64 {
         a.send(&alice, &ch, &i.to_be_bytes()).unwrap();
@@ -475,9 +475,9 @@ fn a_peer_that_lost_acknowledged_messages_is_refused() {
         .finish(lb.received(), &mut e)
         .unwrap();
     let est_a = init.complete(&one_frame(&hs2)).unwrap();
-    let (err, back) = Session::new(est_a, la, SessionConfig::default(), now).unwrap_err();
-    assert!(err.to_string().contains("lost acknowledged"), "{err}");
-    assert_eq!(back.acked(), 1);
+    let refused = Session::new(est_a, la, SessionConfig::default(), now).unwrap_err();
+    assert!(refused.error.to_string().contains("lost acknowledged"), "{}", refused.error);
+    assert_eq!(refused.link.acked(), 1);
 }
 
 /// Found by the simulation: the acceptor's Accept and its first data are lost with the

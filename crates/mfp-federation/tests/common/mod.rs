@@ -93,8 +93,8 @@ pub fn connect(
     let (est_b, hs2) = accepted.finish(link_b.received(), entropy).unwrap();
     let est_a = init.complete(&one_frame(&hs2)).unwrap();
     assert_eq!(est_a.handshake_hash(), est_b.handshake_hash());
-    let sa = Session::new(est_a, link_a, SessionConfig::default(), now).map_err(|(e, _)| e).unwrap();
-    let sb = Session::new(est_b, link_b, SessionConfig::default(), now).map_err(|(e, _)| e).unwrap();
+    let sa = Session::new(est_a, link_a, SessionConfig::default(), now).map_err(|r| r.error).unwrap();
+    let sb = Session::new(est_b, link_b, SessionConfig::default(), now).map_err(|r| r.error).unwrap();
     (sa, sb)
 }
 
@@ -343,8 +343,8 @@ impl Sim {
             let link = side.link.take().expect("link");
             match Session::new(est, link, cfg, now) {
                 Ok(s) => side.session = Some(s),
-                Err((_, link)) => {
-                    side.link = Some(link);
+                Err(refused) => {
+                    side.link = Some(refused.link);
                     return self.fail_handshake();
                 }
             }
@@ -420,16 +420,16 @@ impl Sim {
         }
         // Timers.
         for is_a in [true, false] {
-            if let Some(s) = self.side(is_a).session.as_mut() {
-                if s.poll_timeout().is_some_and(|t| t <= now) {
-                    s.handle_timeout(now);
-                }
+            if let Some(s) = self.side(is_a).session.as_mut()
+                && s.poll_timeout().is_some_and(|t| t <= now)
+            {
+                s.handle_timeout(now);
             }
         }
-        if let Phase::Handshaking(since) = self.phase {
-            if now >= since + Duration::from_secs(2) {
-                self.fail_handshake();
-            }
+        if let Phase::Handshaking(since) = self.phase
+            && now >= since + Duration::from_secs(2)
+        {
+            self.fail_handshake();
         }
         self.drain_events();
         // A closed session ends the connection.
@@ -443,8 +443,7 @@ impl Sim {
         }
         // Transmit.
         for is_a in [true, false] {
-            loop {
-                let Some(bytes) = self.side(is_a).session.as_mut().and_then(|s| s.poll_transmit(now)) else { break };
+            while let Some(bytes) = self.side(is_a).session.as_mut().and_then(|s| s.poll_transmit(now)) {
                 self.send_packet(is_a, bytes);
             }
         }
