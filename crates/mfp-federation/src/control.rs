@@ -286,18 +286,6 @@ impl Control {
     }
 }
 
-/// The body shared by the `control` fuzz target and the proptest below: parses arbitrary
-/// bytes and checks that whatever parses encodes back to the same bytes.
-#[doc(hidden)]
-pub fn fuzz_parse(bytes: &[u8]) {
-    if let Ok(msg) = Control::parse(bytes) {
-        let again = msg.encode();
-        // Every accepted message re-encodes to exactly its input, except refuse reasons,
-        // which keep unknown bytes as `Other` and so also round-trip.
-        assert_eq!(again, bytes, "control message did not re-encode to its input");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,14 +326,14 @@ mod tests {
     proptest! {
         #[test]
         fn arbitrary_bytes_parse_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            fuzz_parse(&bytes);
+            crate::fuzzing::control(&bytes);
         }
 
         #[test]
         fn typed_prefixes_round_trip(t in 0u8..12, rest in proptest::collection::vec(any::<u8>(), 0..120)) {
             let mut bytes = vec![t];
             bytes.extend(rest);
-            fuzz_parse(&bytes);
+            crate::fuzzing::control(&bytes);
         }
     }
 }

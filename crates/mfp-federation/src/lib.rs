@@ -21,6 +21,8 @@
 
 pub mod codec;
 pub mod control;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod identity;
 pub mod session;
