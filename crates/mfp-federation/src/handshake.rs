@@ -15,7 +15,43 @@
 //!
 //! Only a completed handshake yields an [`Established`] value, and only that value can
 //! become a [`crate::session::Session`] that carries messages: there is no way to send
-//! data from a handshake state.
+//! data from a handshake state:
+//!
+//! ```compile_fail
+//! # use mfp_federation::handshake::Initiator;
+//! // A handshake in progress has no way to carry data.
+//! fn send_early(i: &mut Initiator) -> Option<Vec<u8>> { i.poll_transmit(std::time::Instant::now()) }
+//! ```
+//!
+//! A complete run, both sides in one process:
+//!
+//! ```
+//! use std::time::Instant;
+//! use mfp_core::{FnEntropy, RuntimeId};
+//! use mfp_federation::codec::Decoder;
+//! use mfp_federation::handshake::{self, Initiator, LocalIdentity, PeerTable, Timestamp};
+//! use mfp_federation::session::{LinkLimits, LinkState, Session, SessionConfig};
+//! use mfp_federation::IdentityKey;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let a = LocalIdentity { runtime: RuntimeId::derive(b"d", b"a"), key: IdentityKey::generate_os()? };
+//! let b = LocalIdentity { runtime: RuntimeId::derive(b"d", b"b"), key: IdentityKey::generate_os()? };
+//! let mut b_peers = PeerTable::new();
+//! b_peers.pin(a.runtime, a.key.public());
+//! let mut entropy = mfp_federation::OsEntropy::new();
+//! let now = Timestamp::from_unix(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?);
+//!
+//! let (initiator, hs1) = Initiator::start(&a, b.runtime, b.key.public(), 0, now, &mut entropy)?;
+//! let frame1 = Decoder::new(65_535).decode(&mut &hs1[..])?.ok_or("incomplete")?;
+//! let (est_b, hs2) = handshake::accept(&b, &mut b_peers, &frame1, &mut entropy)?.finish(0, &mut entropy)?;
+//! let frame2 = Decoder::new(65_535).decode(&mut &hs2[..])?.ok_or("incomplete")?;
+//! let est_a = initiator.complete(&frame2)?;
+//!
+//! let link = LinkState::new(a.runtime, b.runtime, LinkLimits::default());
+//! let session = Session::new(est_a, link, SessionConfig::default(), Instant::now()).map_err(|r| r.error)?;
+//! assert_eq!(session.link().peer(), b.runtime);
+//! # let _ = est_b; Ok(()) }
+//! ```
 //!
 //! Toward the peer errors are coarse: a responder that refuses sends nothing and the
 //! transport closes the connection. The [`HandshakeError`] returned to the operator says
