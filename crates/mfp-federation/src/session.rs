@@ -95,6 +95,28 @@ impl Default for SessionConfig {
     }
 }
 
+impl SessionConfig {
+    /// Checks that the limits are consistent: the reject limits above the rekey limits
+    /// (a rekey must happen before the peer refuses the key), a frame depth the protocol
+    /// allows, and non-zero timers.
+    pub fn validate(&self) -> Result<(), SessionError> {
+        let problem = if self.reject_after_messages <= self.rekey_after_messages.saturating_add(1) {
+            Some("reject_after_messages must exceed rekey_after_messages + 1")
+        } else if self.reject_after_time <= self.rekey_after_time {
+            Some("reject_after_time must exceed rekey_after_time")
+        } else if usize::from(self.max_frame_depth) < MIN_FRAME_DEPTH
+            || usize::from(self.max_frame_depth) > MAX_FRAME_DEPTH
+        {
+            Some("max_frame_depth must be between 2 and 256")
+        } else if self.keepalive.is_zero() || self.idle_timeout <= self.keepalive {
+            Some("idle_timeout must exceed a non-zero keepalive")
+        } else {
+            None
+        };
+        problem.map_or(Ok(()), |p| Err(SessionError::Config(p)))
+    }
+}
+
 /// Limits of a link, across its sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkLimits {
@@ -516,6 +538,9 @@ pub enum SessionError {
     /// The positions do not fit.
     #[error(transparent)]
     Position(CloseReason),
+    /// The session configuration is inconsistent.
+    #[error("invalid session configuration: {0}")]
+    Config(&'static str),
 }
 
 /// A session that could not start, with the link state given back.
@@ -580,6 +605,9 @@ impl Session {
         cfg: SessionConfig,
         now: Instant,
     ) -> Result<Self, Box<SessionRefused>> {
+        if let Err(error) = cfg.validate() {
+            return Err(Box::new(SessionRefused { error, link }));
+        }
         if est.peer != link.peer || est.local != link.local {
             let error = SessionError::WrongPeer { expected: link.peer.short(), got: est.peer.short() };
             return Err(Box::new(SessionRefused { error, link }));

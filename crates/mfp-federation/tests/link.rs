@@ -510,3 +510,27 @@ fn data_resent_before_a_lost_accept_is_delivered() {
     assert_eq!(a.link().stats().unexpected_channels, 0);
     assert_eq!(b.link().unacked(), 0);
 }
+
+#[test]
+fn inconsistent_session_configs_are_refused() {
+    assert!(SessionConfig::default().validate().is_ok());
+    let bad = [
+        SessionConfig { rekey_after_messages: 10, reject_after_messages: 11, ..SessionConfig::default() },
+        SessionConfig { reject_after_time: Duration::from_secs(120), ..SessionConfig::default() },
+        SessionConfig { max_frame_depth: 1, ..SessionConfig::default() },
+        SessionConfig { max_frame_depth: 257, ..SessionConfig::default() },
+        SessionConfig { idle_timeout: Duration::from_secs(10), ..SessionConfig::default() },
+    ];
+    for cfg in bad {
+        assert!(cfg.validate().is_err(), "{cfg:?}");
+    }
+    let mut rt = Runtimes::new();
+    let mut e = TestEntropy(18);
+    let (init, hs1) = Initiator::start(&rt.a, rt.b.runtime, rt.b.key.public(), 0, ts(1), &mut e).unwrap();
+    let (_, hs2) =
+        handshake::accept(&rt.b, &mut rt.b_peers, &one_frame(&hs1), &mut e).unwrap().finish(0, &mut e).unwrap();
+    let est = init.complete(&one_frame(&hs2)).unwrap();
+    let (la, _) = new_links(&rt);
+    let refused = Session::new(est, la, bad[0], Instant::now()).unwrap_err();
+    assert!(refused.error.to_string().contains("reject_after_messages"), "{}", refused.error);
+}
