@@ -483,8 +483,9 @@ pub enum CloseReason {
     Seal(String),
 }
 
-/// Something that happened on a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Something that happened on a session. `Debug` shows a delivered payload's length,
+/// never its bytes.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
     /// A data message was delivered on an open channel.
@@ -521,6 +522,31 @@ pub enum Event {
     ChannelClosed(ChannelId),
     /// The session ended.
     Closed(CloseReason),
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Delivered { channel, seq, payload } => f
+                .debug_struct("Delivered")
+                .field("channel", channel)
+                .field("seq", seq)
+                .field("payload_len", &payload.len())
+                .finish(),
+            Event::Acknowledged { upto } => f.debug_struct("Acknowledged").field("upto", upto).finish(),
+            Event::ChannelRequested { channel, depth, remote_agent, local_agent } => f
+                .debug_struct("ChannelRequested")
+                .field("channel", channel)
+                .field("depth", depth)
+                .field("remote_agent", remote_agent)
+                .field("local_agent", local_agent)
+                .finish(),
+            Event::ChannelOpened(c) => f.debug_tuple("ChannelOpened").field(c).finish(),
+            Event::ChannelRefused(c, r) => f.debug_tuple("ChannelRefused").field(c).field(r).finish(),
+            Event::ChannelClosed(c) => f.debug_tuple("ChannelClosed").field(c).finish(),
+            Event::Closed(r) => f.debug_tuple("Closed").field(r).finish(),
+        }
+    }
 }
 
 /// Errors of starting a session.

@@ -36,6 +36,8 @@ fn messages_flow_both_ways_and_are_acknowledged() {
     let ev_a = events(&mut a);
     assert!(ev_a.contains(&Event::Delivered { channel: ch, seq: 0, payload: b"to alice".to_vec() }), "{ev_a:?}");
     assert!(ev_a.contains(&Event::Acknowledged { upto: 1 }), "{ev_a:?}");
+    let shown = format!("{ev_a:?}");
+    assert!(shown.contains("payload_len: 8") && !shown.contains("116, 111"), "{shown}");
     assert_eq!((a.link().unacked(), b.link().unacked()), (0, 0));
     // Only the channel's local agent may send on it.
     assert!(matches!(a.send(&bob, &ch, b"x"), Err(SendError::NotOwner { .. })));
