@@ -1,0 +1,197 @@
+//! Bodies of the fuzz targets in `fuzz/`, shared with this crate's proptests so they are
+//! built and run by ordinary `cargo test` as well. Not a stable API.
+
+use std::time::Instant;
+
+use mfp_core::{EntropySource, RuntimeId};
+
+use crate::codec::{Decoder, MAX_BODY};
+use crate::control::Control;
+use crate::handshake::{self, Initiator, LocalIdentity, PeerTable, Timestamp};
+use crate::session::{Event, LinkLimits, LinkState, Session, SessionConfig};
+use crate::{IdentityKey, identity};
+
+/// A deterministic entropy source (a counter through HMAC): fuzzing and tests only.
+#[derive(Debug)]
+pub struct CounterEntropy(pub u64);
+
+impl EntropySource for CounterEntropy {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<(), mfp_core::Error> {
+        for chunk in dest.chunks_mut(32) {
+            self.0 = self.0.wrapping_add(1);
+            let block = mfp_core::crypto::hmac_sha256(b"fuzz-entropy", &[&self.0.to_be_bytes()]);
+            for (d, b) in chunk.iter_mut().zip(block) {
+                *d = b;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn runtime(name: &[u8], seed: u64) -> LocalIdentity {
+    LocalIdentity {
+        runtime: RuntimeId::derive(b"fuzz", name),
+        key: IdentityKey::from_secret_bytes(mfp_core::crypto::hmac_sha256(b"fuzz-key", &[&seed.to_be_bytes()])),
+    }
+}
+
+fn public(id: &LocalIdentity) -> identity::PublicKey {
+    id.key.public()
+}
+
+/// Link decoder: arbitrary bytes, fed whole and in chunks whose sizes come from the input,
+/// never panic, and both ways yield the same frames within the limit.
+pub fn link_decoder(data: &[u8]) {
+    let max = data.first().map_or(MAX_BODY, |b| usize::from(*b) * 300);
+    let mut whole = Decoder::new(max);
+    let mut frames = Vec::new();
+    let mut input = data;
+    let whole_err = loop {
+        match whole.decode(&mut input) {
+            Ok(Some(f)) => frames.push(f),
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    let mut chunked = Decoder::new(max);
+    let mut again = Vec::new();
+    let mut chunk_err = None;
+    let step = data.get(1).map_or(1, |b| usize::from(*b % 17) + 1);
+    for chunk in data.chunks(step) {
+        let mut c = chunk;
+        loop {
+            match chunked.decode(&mut c) {
+                Ok(Some(f)) => again.push(f),
+                Ok(None) => break,
+                Err(e) => {
+                    chunk_err = Some(e);
+                    break;
+                }
+            }
+        }
+        if chunk_err.is_some() {
+            break;
+        }
+    }
+    assert_eq!(frames, again, "chunking changed the decoded frames");
+    assert_eq!(whole_err, chunk_err, "chunking changed the error");
+    assert!(frames.iter().all(|f| f.body.len() <= max.min(MAX_BODY)));
+}
+
+/// Handshake responder: arbitrary bytes as a link stream, or as an XOR mask over a genuine
+/// message 1. Nothing but the unmodified genuine message is ever accepted.
+pub fn handshake_responder(data: &[u8]) {
+    let initiator = runtime(b"initiator", 1);
+    let responder = runtime(b"responder", 2);
+    let mut peers = PeerTable::new();
+    peers.pin(initiator.runtime, public(&initiator));
+    let mut entropy = CounterEntropy(0);
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let (genuine, stream) = if mode & 1 == 0 {
+        (None, rest.to_vec())
+    } else {
+        let ts = Timestamp { secs: 1_800_000_000, nanos: 0 };
+        let Ok((_, hs1)) = Initiator::start(&initiator, responder.runtime, public(&responder), 0, ts, &mut entropy)
+        else {
+            return;
+        };
+        let mut mutated = hs1.clone();
+        for (m, x) in mutated.iter_mut().zip(rest) {
+            *m ^= x;
+        }
+        (Some(hs1), mutated)
+    };
+    let mut decoder = Decoder::new(MAX_BODY);
+    let mut input = &stream[..];
+    let mut accepted = 0;
+    while let Ok(Some(frame)) = decoder.decode(&mut input) {
+        if let Ok(acc) = handshake::accept(&responder, &mut peers, &frame, &mut entropy) {
+            assert_eq!(acc.peer(), initiator.runtime);
+            accepted += 1;
+            assert!(acc.finish(0, &mut entropy).is_ok());
+        }
+    }
+    let unmodified = genuine.as_ref().is_some_and(|g| *g == stream);
+    assert_eq!(accepted, usize::from(unmodified), "a forged or modified message 1 was accepted");
+}
+
+/// Control-message parser: whatever parses re-encodes to exactly its input.
+pub fn control(data: &[u8]) {
+    if let Ok(msg) = Control::parse(data) {
+        assert_eq!(msg.encode(), data, "control message did not re-encode to its input");
+    }
+}
+
+/// An established session fed arbitrary bytes: no panic, nothing delivered, and the
+/// session ends unless the bytes were an incomplete frame.
+pub fn session_input(data: &[u8]) {
+    let a = runtime(b"a", 3);
+    let b = runtime(b"b", 4);
+    let mut peers = PeerTable::new();
+    peers.pin(a.runtime, public(&a));
+    let mut entropy = CounterEntropy(7);
+    let ts = Timestamp { secs: 1_800_000_000, nanos: 0 };
+    let Ok((init, hs1)) = Initiator::start(&a, b.runtime, public(&b), 0, ts, &mut entropy) else { return };
+    let mut d = Decoder::new(MAX_BODY);
+    let Ok(Some(f1)) = d.decode(&mut &hs1[..]) else { return };
+    let Ok(acc) = handshake::accept(&b, &mut peers, &f1, &mut entropy) else { return };
+    let Ok((est_b, hs2)) = acc.finish(0, &mut entropy) else { return };
+    let Ok(Some(f2)) = d.decode(&mut &hs2[..]) else { return };
+    if init.complete(&f2).is_err() {
+        return;
+    }
+    let now = Instant::now();
+    let link = LinkState::new(b.runtime, a.runtime, LinkLimits::default());
+    let Ok(mut session) = Session::new(est_b, link, SessionConfig::default(), now) else { return };
+    session.handle_input(now, data);
+    while let Some(ev) = session.poll_event() {
+        assert!(!matches!(ev, Event::Delivered { .. } | Event::ChannelRequested { .. }), "forged input was accepted");
+    }
+    assert_eq!(session.link().received(), 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn link_decoder_body(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+            link_decoder(&data);
+        }
+
+        #[test]
+        fn handshake_responder_body(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            handshake_responder(&data);
+        }
+
+        #[test]
+        fn session_input_body(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            session_input(&data);
+        }
+    }
+
+    #[test]
+    fn genuine_message_one_is_accepted_by_the_responder_body() {
+        // Mode 1 with an all-zero mask is the genuine message: accepted exactly once.
+        handshake_responder(&[1]);
+        handshake_responder(&[1, 0, 0, 0]);
+        // A mask flipping one byte of the runtime ids or the Noise message is refused.
+        for pos in [5usize, 40, 70, 100, 150] {
+            let mut d = vec![1u8; pos + 1];
+            d[1..].fill(0);
+            d[pos] = 0x20;
+            handshake_responder(&d);
+        }
+    }
+
+    #[test]
+    fn session_input_body_with_framed_garbage() {
+        let mut framed = Vec::new();
+        crate::codec::encode_into(crate::codec::FrameKind::Transport, &[0x42; 80], &mut framed).unwrap_or(());
+        session_input(&framed);
+    }
+}

@@ -1,0 +1,57 @@
+//! # mfp-federation
+//!
+//! Links between MFP runtimes on different machines, as a sans-IO library in the style of
+//! quinn-proto: bytes in, bytes out, the current time passed in, timers polled. No
+//! sockets, no clock, no async runtime here.
+//!
+//! - [`identity`]: long-term X25519 identity keys, their files and pinnable public keys;
+//! - [`codec`]: framing of Noise messages on a byte stream, lengths checked before
+//!   allocation;
+//! - [`handshake`]: `Noise_IK_25519_AESGCM_SHA256` with pinned peers, replay protection of
+//!   message 1, and the typestate that only a completed handshake yields an
+//!   [`handshake::Established`] value;
+//! - [`control`]: the control messages carried inside the Noise transport;
+//! - [`session`]: the session state machine (data on per-direction bilateral chains,
+//!   acknowledgements, channels, keepalive, rekeying) and the per-peer [`session::LinkState`]
+//!   that outlives sessions (outbound log, positions, channels).
+//!
+//! See `docs/federation.md` for the threat model, the wire format and what is not built yet.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
+
+pub mod codec;
+pub mod control;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod handshake;
+pub mod identity;
+pub mod session;
+
+pub use identity::{IdentityError, IdentityKey, PublicKey};
+
+/// Entropy from the operating system's random number generator.
+#[derive(Debug)]
+pub struct OsEntropy {
+    rng: ring::rand::SystemRandom,
+}
+
+impl OsEntropy {
+    /// A handle on the OS generator.
+    #[must_use]
+    pub fn new() -> Self {
+        Self { rng: ring::rand::SystemRandom::new() }
+    }
+}
+
+impl Default for OsEntropy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl mfp_core::EntropySource for OsEntropy {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<(), mfp_core::Error> {
+        use ring::rand::SecureRandom;
+        self.rng.fill(dest).map_err(|_| mfp_core::Error::Crypto("operating system random number generator failed"))
+    }
+}

@@ -1,0 +1,488 @@
+//! Helpers shared by the integration tests: deterministic entropy, identities, a
+//! handshake between two in-memory runtimes, and a `Pair`-style simulated network.
+#![allow(dead_code, missing_docs, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use mfp_core::{AgentId, ChannelId, EntropySource, RuntimeId};
+use mfp_federation::codec::Decoder;
+use mfp_federation::handshake::{self, Initiator, LocalIdentity, PeerTable, Timestamp};
+use mfp_federation::session::{Event, LinkLimits, LinkState, Session, SessionConfig};
+use mfp_federation::{IdentityKey, codec};
+
+/// SplitMix64 as an entropy source: deterministic, for tests only.
+#[derive(Debug, Clone)]
+pub struct TestEntropy(pub u64);
+
+impl TestEntropy {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform-ish in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+impl EntropySource for TestEntropy {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<(), mfp_core::Error> {
+        for chunk in dest.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+pub fn identity(name: &[u8], seed: u64) -> LocalIdentity {
+    LocalIdentity {
+        runtime: RuntimeId::derive(b"federation-tests", name),
+        key: IdentityKey::generate(&mut TestEntropy(seed)).unwrap(),
+    }
+}
+
+pub fn ts(secs: u64) -> Timestamp {
+    Timestamp::from_unix(Duration::from_secs(1_800_000_000 + secs))
+}
+
+/// Two runtimes, A and B, that pin each other.
+pub struct Runtimes {
+    pub a: LocalIdentity,
+    pub b: LocalIdentity,
+    pub a_peers: PeerTable,
+    pub b_peers: PeerTable,
+}
+
+impl Runtimes {
+    pub fn new() -> Self {
+        let a = identity(b"a", 1);
+        let b = identity(b"b", 2);
+        let mut a_peers = PeerTable::new();
+        a_peers.pin(b.runtime, b.key.public());
+        let mut b_peers = PeerTable::new();
+        b_peers.pin(a.runtime, a.key.public());
+        Self { a, b, a_peers, b_peers }
+    }
+}
+
+pub fn one_frame(bytes: &[u8]) -> codec::LinkFrame {
+    let mut d = Decoder::new(codec::MAX_BODY);
+    let frames = d.decode_all(bytes).unwrap();
+    assert_eq!(frames.len(), 1);
+    frames.into_iter().next().unwrap()
+}
+
+/// Runs a handshake A → B at wall time `secs` and returns both sessions.
+pub fn connect(
+    rt: &mut Runtimes,
+    link_a: LinkState,
+    link_b: LinkState,
+    secs: u64,
+    now: Instant,
+    entropy: &mut TestEntropy,
+) -> (Session, Session) {
+    let (init, hs1) =
+        Initiator::start(&rt.a, rt.b.runtime, rt.b.key.public(), link_a.received(), ts(secs), entropy).unwrap();
+    let accepted = handshake::accept(&rt.b, &mut rt.b_peers, &one_frame(&hs1), entropy).unwrap();
+    let (est_b, hs2) = accepted.finish(link_b.received(), entropy).unwrap();
+    let est_a = init.complete(&one_frame(&hs2)).unwrap();
+    assert_eq!(est_a.handshake_hash(), est_b.handshake_hash());
+    let sa = Session::new(est_a, link_a, SessionConfig::default(), now).map_err(|r| r.error).unwrap();
+    let sb = Session::new(est_b, link_b, SessionConfig::default(), now).map_err(|r| r.error).unwrap();
+    (sa, sb)
+}
+
+/// Moves every pending transmission from `from` to `to`; returns how many frames moved.
+pub fn pump(from: &mut Session, to: &mut Session, now: Instant) -> usize {
+    let mut n = 0;
+    while let Some(bytes) = from.poll_transmit(now) {
+        to.handle_input(now, &bytes);
+        n += 1;
+    }
+    n
+}
+
+/// Pumps both ways until nothing moves.
+pub fn settle(a: &mut Session, b: &mut Session, now: Instant) {
+    while pump(a, b, now) + pump(b, a, now) > 0 {}
+}
+
+pub fn events(s: &mut Session) -> Vec<Event> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+/// Opens a channel from `opener` (agent `from`) to `acceptor` (agent `to`) and accepts it.
+pub fn open_channel(
+    opener: &mut Session,
+    acceptor: &mut Session,
+    channel: ChannelId,
+    from: AgentId,
+    to: AgentId,
+    now: Instant,
+) {
+    opener.open_channel(channel, from, to, 4).unwrap();
+    pump(opener, acceptor, now);
+    let evs = events(acceptor);
+    assert!(evs.iter().any(|e| matches!(e, Event::ChannelRequested { channel: c, .. } if *c == channel)), "{evs:?}");
+    acceptor.accept_channel(&channel).unwrap();
+    settle(opener, acceptor, now);
+    let evs = events(opener);
+    assert!(evs.contains(&Event::ChannelOpened(channel)), "{evs:?}");
+}
+
+pub fn new_links(rt: &Runtimes) -> (LinkState, LinkState) {
+    (
+        LinkState::new(rt.a.runtime, rt.b.runtime, LinkLimits::default()),
+        LinkState::new(rt.b.runtime, rt.a.runtime, LinkLimits::default()),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Deterministic simulation
+// ---------------------------------------------------------------------------------------
+
+/// Faults the simulated network applies to each transmission, in per-mille.
+#[derive(Debug, Clone, Copy)]
+pub struct Faults {
+    pub drop: u64,
+    pub duplicate: u64,
+    pub reorder: u64,
+    pub max_delay_ms: u64,
+}
+
+impl Faults {
+    pub const NONE: Faults = Faults { drop: 0, duplicate: 0, reorder: 0, max_delay_ms: 0 };
+}
+
+#[derive(Debug)]
+struct Packet {
+    at: Instant,
+    conn: u64,
+    to_b: bool,
+    bytes: Vec<u8>,
+}
+
+enum Phase {
+    Idle,
+    Handshaking(Instant),
+    Up,
+}
+
+/// One side of the simulation.
+pub struct Side {
+    pub link: Option<LinkState>,
+    pub session: Option<Session>,
+    decoder: Decoder,
+    pub delivered: HashMap<ChannelId, Vec<u64>>,
+    pub acked_seen: u64,
+}
+
+impl Side {
+    fn new(link: LinkState) -> Self {
+        Self {
+            link: Some(link),
+            session: None,
+            decoder: Decoder::new(codec::MAX_BODY),
+            delivered: HashMap::new(),
+            acked_seen: 0,
+        }
+    }
+
+    pub fn link(&self) -> &LinkState {
+        match (&self.session, &self.link) {
+            (Some(s), _) => s.link(),
+            (None, Some(l)) => l,
+            (None, None) => unreachable!("a side always holds its link state"),
+        }
+    }
+
+    fn tear_down(&mut self) {
+        if let Some(s) = self.session.take() {
+            self.link = Some(s.into_link_state());
+        }
+        self.decoder = Decoder::new(codec::MAX_BODY);
+    }
+}
+
+/// A `Pair`-style harness: two runtimes, one simulated connection at a time (A dials),
+/// a virtual clock, faults on demand.
+pub struct Sim {
+    pub rt: Runtimes,
+    pub a: Side,
+    pub b: Side,
+    pub start: Instant,
+    pub now: Instant,
+    pub rng: TestEntropy,
+    pub faults: Faults,
+    pub partitioned: bool,
+    queue: Vec<Packet>,
+    conn: u64,
+    phase: Phase,
+    initiator: Option<Initiator>,
+    redial_at: Instant,
+    pub connects: u64,
+    pub handshake_failures: u64,
+    pub cfg: SessionConfig,
+    last_in_order: HashMap<bool, Instant>,
+}
+
+impl Sim {
+    pub fn new(seed: u64, limits: LinkLimits) -> Self {
+        let rt = Runtimes::new();
+        let la = LinkState::new(rt.a.runtime, rt.b.runtime, limits);
+        let lb = LinkState::new(rt.b.runtime, rt.a.runtime, limits);
+        let start = Instant::now();
+        Self {
+            rt,
+            a: Side::new(la),
+            b: Side::new(lb),
+            start,
+            now: start,
+            rng: TestEntropy(seed),
+            faults: Faults::NONE,
+            partitioned: false,
+            queue: Vec::new(),
+            conn: 0,
+            phase: Phase::Idle,
+            initiator: None,
+            redial_at: start,
+            connects: 0,
+            handshake_failures: 0,
+            cfg: SessionConfig::default(),
+            last_in_order: HashMap::new(),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        matches!(self.phase, Phase::Up)
+    }
+
+    fn side(&mut self, is_a: bool) -> &mut Side {
+        if is_a { &mut self.a } else { &mut self.b }
+    }
+
+    fn send_packet(&mut self, from_a: bool, bytes: Vec<u8>) {
+        if self.partitioned || self.rng.below(1000) < self.faults.drop {
+            return;
+        }
+        let copies = if self.rng.below(1000) < self.faults.duplicate { 2 } else { 1 };
+        for _ in 0..copies {
+            let latency = Duration::from_millis(1 + self.rng.below(self.faults.max_delay_ms + 1));
+            let mut at = self.now + latency;
+            if self.rng.below(1000) >= self.faults.reorder {
+                // In order: never before the previous in-order packet of this direction.
+                let prev = self.last_in_order.get(&from_a).copied().unwrap_or(self.now);
+                at = at.max(prev);
+                self.last_in_order.insert(from_a, at);
+            }
+            self.queue.push(Packet { at, conn: self.conn, to_b: from_a, bytes: bytes.clone() });
+        }
+    }
+
+    /// Ends the current connection on both sides (as a reset would).
+    pub fn disconnect(&mut self) {
+        self.a.tear_down();
+        self.b.tear_down();
+        self.initiator = None;
+        self.queue.clear();
+        self.last_in_order.clear();
+        self.phase = Phase::Idle;
+        self.conn += 1;
+        self.redial_at = self.now + Duration::from_millis(200);
+    }
+
+    fn wall(&self) -> Timestamp {
+        let d = self.now - self.start;
+        Timestamp::from_unix(Duration::from_secs(1_800_000_000) + d)
+    }
+
+    fn dial(&mut self) {
+        let received = self.a.link().received();
+        let wall = self.wall();
+        let (init, hs1) =
+            Initiator::start(&self.rt.a, self.rt.b.runtime, self.rt.b.key.public(), received, wall, &mut self.rng)
+                .expect("initiator starts");
+        self.initiator = Some(init);
+        self.phase = Phase::Handshaking(self.now);
+        self.send_packet(true, hs1);
+    }
+
+    fn deliver(&mut self, to_b: bool, bytes: &[u8]) {
+        let mut input = bytes;
+        // Handshake frames while no session exists on the receiving side.
+        if self.side(!to_b).session.is_none() {
+            let frame = match self.side(!to_b).decoder.decode(&mut input) {
+                Ok(Some(f)) => f,
+                Ok(None) => return,
+                Err(_) => return self.fail_handshake(),
+            };
+            let est = if to_b {
+                let accepted = handshake::accept(&self.rt.b, &mut self.rt.b_peers, &frame, &mut self.rng);
+                let link = self.b.link.as_ref().expect("link");
+                match accepted.and_then(|acc| acc.finish(link.received(), &mut self.rng)) {
+                    Ok((est, hs2)) => {
+                        self.send_packet(false, hs2);
+                        est
+                    }
+                    Err(_) => return self.fail_handshake(),
+                }
+            } else {
+                match self.initiator.take().map(|i| i.complete(&frame)) {
+                    Some(Ok(est)) => est,
+                    _ => return self.fail_handshake(),
+                }
+            };
+            let (cfg, now) = (self.cfg, self.now);
+            let side = self.side(!to_b);
+            let link = side.link.take().expect("link");
+            match Session::new(est, link, cfg, now) {
+                Ok(s) => side.session = Some(s),
+                Err(refused) => {
+                    side.link = Some(refused.link);
+                    return self.fail_handshake();
+                }
+            }
+            if !to_b {
+                self.phase = Phase::Up;
+                self.connects += 1;
+            }
+        }
+        let now = self.now;
+        if let Some(s) = self.side(!to_b).session.as_mut() {
+            s.handle_input(now, input);
+        }
+    }
+
+    fn fail_handshake(&mut self) {
+        self.handshake_failures += 1;
+        self.disconnect();
+    }
+
+    /// Collects events of both sides, auto-accepting channel requests and checking that an
+    /// acknowledgement never covers more than the receiver got.
+    fn drain_events(&mut self) {
+        for is_a in [true, false] {
+            let peer_received = if is_a { self.b.link().received() } else { self.a.link().received() };
+            let side = self.side(is_a);
+            let Some(s) = side.session.as_mut() else { continue };
+            let mut to_accept = Vec::new();
+            while let Some(ev) = s.poll_event() {
+                match ev {
+                    Event::Delivered { channel, payload, .. } => {
+                        let n = u64::from_be_bytes(payload[..8].try_into().unwrap());
+                        side.delivered.entry(channel).or_default().push(n);
+                    }
+                    Event::Acknowledged { upto } => {
+                        assert!(upto <= peer_received, "acknowledged {upto} but the peer received {peer_received}");
+                        side.acked_seen = side.acked_seen.max(upto);
+                    }
+                    Event::ChannelRequested { channel, .. } => to_accept.push(channel),
+                    _ => {}
+                }
+            }
+            for c in to_accept {
+                s.accept_channel(&c).unwrap();
+            }
+        }
+    }
+
+    /// Advances the simulation by one event, at most `max_step` of virtual time.
+    pub fn step(&mut self, max_step: Duration) {
+        let mut next = self.now + max_step;
+        if let Some(p) = self.queue.iter().map(|p| p.at).min() {
+            next = next.min(p);
+        }
+        for s in [&self.a, &self.b] {
+            if let Some(t) = s.session.as_ref().and_then(Session::poll_timeout) {
+                next = next.min(t);
+            }
+        }
+        if matches!(self.phase, Phase::Idle) && !self.partitioned {
+            next = next.min(self.redial_at);
+        }
+        // Virtual time always moves forward by at least a millisecond.
+        self.now = next.max(self.now + Duration::from_millis(1));
+        let now = self.now;
+
+        // Deliver due packets of the current connection, in time order.
+        self.queue.sort_by_key(|p| p.at);
+        while let Some(pos) = self.queue.iter().position(|p| p.at <= now) {
+            let p = self.queue.remove(pos);
+            if p.conn == self.conn {
+                self.deliver(p.to_b, &p.bytes);
+            }
+        }
+        // Timers.
+        for is_a in [true, false] {
+            if let Some(s) = self.side(is_a).session.as_mut()
+                && s.poll_timeout().is_some_and(|t| t <= now)
+            {
+                s.handle_timeout(now);
+            }
+        }
+        if let Phase::Handshaking(since) = self.phase
+            && now >= since + Duration::from_secs(2)
+        {
+            self.fail_handshake();
+        }
+        self.drain_events();
+        // A closed session ends the connection.
+        if self.a.session.as_ref().is_some_and(Session::is_closed)
+            || self.b.session.as_ref().is_some_and(Session::is_closed)
+        {
+            self.disconnect();
+        }
+        if matches!(self.phase, Phase::Idle) && now >= self.redial_at && !self.partitioned {
+            self.dial();
+        }
+        // Transmit.
+        for is_a in [true, false] {
+            while let Some(bytes) = self.side(is_a).session.as_mut().and_then(|s| s.poll_transmit(now)) {
+                self.send_packet(is_a, bytes);
+            }
+        }
+        self.drain_events();
+    }
+
+    /// Every sealed (key, nonce) fingerprint of both sides is distinct; returns how many.
+    pub fn assert_no_key_nonce_reuse(&self) -> usize {
+        let all: Vec<_> = self.a.link().sealed().iter().chain(self.b.link().sealed()).copied().collect();
+        let unique: HashSet<_> = all.iter().copied().collect();
+        assert_eq!(unique.len(), all.len(), "a (key, nonce) pair was used twice");
+        all.len()
+    }
+}
+
+/// An application queue per side: payload counters per channel, retried on backpressure.
+#[derive(Debug, Default)]
+pub struct App {
+    pub pending: VecDeque<(ChannelId, AgentId)>,
+    pub sent: HashMap<ChannelId, u64>,
+}
+
+impl App {
+    /// Tries to hand queued messages to the side's session or link state.
+    pub fn flush(&mut self, side: &mut Side) {
+        while let Some(&(channel, agent)) = self.pending.front() {
+            let n = self.sent.get(&channel).copied().unwrap_or(0);
+            let mut payload = n.to_be_bytes().to_vec();
+            payload.extend_from_slice(&[0x5a; 24]);
+            let result = match (side.session.as_mut(), side.link.as_mut()) {
+                (Some(s), _) => s.send(&agent, &channel, &payload),
+                (None, Some(l)) => l.enqueue(&agent, &channel, &payload),
+                (None, None) => unreachable!("a side always holds its link state"),
+            };
+            if result.is_err() {
+                return;
+            }
+            self.sent.insert(channel, n + 1);
+            self.pending.pop_front();
+        }
+    }
+}
