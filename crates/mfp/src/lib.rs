@@ -37,3 +37,9 @@ pub use mfp_runtime as runtime;
 /// `MasterKey`, the pymfp importer).
 #[cfg(feature = "sqlite")]
 pub use mfp_storage as sqlite;
+
+/// Authenticated runtime-to-runtime links, the sans-IO part: identity keys, the Noise IK
+/// handshake with pinned keys, the link codec and sessions (docs/federation.md). Not yet
+/// wired into the runtime.
+#[cfg(feature = "federation")]
+pub use mfp_federation as federation;
