@@ -29,6 +29,8 @@ struct Server {
     child: Child,
     lines: Receiver<String>,
     all: Arc<Mutex<Vec<String>>>,
+    /// Set once the server's stderr reached its end (every line is in `all`).
+    eof: Arc<std::sync::atomic::AtomicBool>,
     admin: Option<String>,
 }
 
@@ -59,14 +61,17 @@ impl Server {
         let all = Arc::new(Mutex::new(Vec::new()));
         let all2 = Arc::clone(&all);
         let stderr = child.stderr.take().unwrap();
+        let eof = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let eof2 = Arc::clone(&eof);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 all2.lock().unwrap().push(line.clone());
                 let _ = tx.send(line);
             }
+            eof2.store(true, std::sync::atomic::Ordering::Release);
         });
-        Server { child, lines: rx, all, admin: None }
+        Server { child, lines: rx, all, eof, admin: None }
     }
 
     /// Waits for a log line containing `needle`; returns it.
@@ -115,11 +120,15 @@ impl Server {
         rustix::process::kill_process(pid, sig).unwrap();
     }
 
-    /// Waits for the process to exit (bounded).
+    /// Waits for the process to exit and for the rest of its log (bounded).
     fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
+                while !self.eof.load(std::sync::atomic::Ordering::Acquire) {
+                    assert!(Instant::now() < deadline, "the server's stderr did not end; log:\n{}", self.log());
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return s;
             }
             assert!(Instant::now() < deadline, "server did not exit; log:\n{}", self.log());
