@@ -95,6 +95,15 @@ pub(crate) struct Delivery {
     pub(crate) done: Option<oneshot::Sender<Outcome>>,
     /// Counts the message in `in_flight` until it is handled or dropped.
     pub(crate) token: InFlight,
+    /// Stored in the durable inbox: removed from it once the handler has returned.
+    pub(crate) durable: bool,
+}
+
+impl Delivery {
+    /// What removes the message from the durable inbox once handled (`None` without storage).
+    fn ack(&self) -> Option<(ChannelId, u64)> {
+        self.durable.then_some((self.msg.channel, self.msg.step))
+    }
 }
 
 /// How long a sync handler's thread stays parked waiting for the next message before
@@ -267,7 +276,10 @@ impl WorkerCtx {
 }
 
 /// Bookkeeping after one handler call. Dropping `token` at the end marks the message
-/// handled; its mailbox bytes are released first.
+/// handled; its mailbox bytes are released first. A durable message's removal from the
+/// inbox is submitted to storage and not waited for: storage commits batches in order, and
+/// a crash before it commits only means the message is delivered again after the restart.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     inner: &std::sync::Weak<Inner>,
     shared: &crate::runtime::Shared,
@@ -276,7 +288,13 @@ fn finish(
     started: Instant,
     msg_id: mfp_core::MessageId,
     token: InFlight,
+    ack: Option<(ChannelId, u64)>,
 ) {
+    if let Some((channel, step)) = ack
+        && let Some(inner) = inner.upgrade()
+    {
+        drop(inner.submit(vec![crate::storage::StorageOp::AckDelivery { channel, step }]));
+    }
     shared.metrics.handler_duration.observe_duration(started.elapsed());
     let failure = match outcome {
         Outcome::Done => {
@@ -359,7 +377,8 @@ pub(crate) async fn run_worker(ctx: WorkerCtx, mut rx: mpsc::Receiver<Delivery>,
 
 async fn deliver_async(ctx: &WorkerCtx, f: &Arc<AsyncFn>, d: Delivery) {
     let started = Instant::now();
-    let Delivery { msg, done, token } = d;
+    let ack = d.ack();
+    let Delivery { msg, done, token, .. } = d;
     let msg_id = msg.message_id;
     let fut = f(ctx.handle(), msg);
     let outcome = match tokio::time::timeout(ctx.timeout, CatchUnwind(Box::pin(fut))).await {
@@ -369,7 +388,7 @@ async fn deliver_async(ctx: &WorkerCtx, f: &Arc<AsyncFn>, d: Delivery) {
     };
     // Bookkeeping (quarantine on timeout, metrics) first, so a waiting sender that learns
     // the outcome sees its effects.
-    finish(&ctx.inner, &ctx.shared, &ctx.record, outcome, started, msg_id, token);
+    finish(&ctx.inner, &ctx.shared, &ctx.record, outcome, started, msg_id, token, ack);
     if let Some(done) = done {
         let _ = done.send(outcome);
     }
@@ -410,7 +429,8 @@ async fn deliver_sync_batch(
         let mut arrival = Arrival::Idle;
         while let Some(d) = next.take() {
             let started = Instant::now();
-            let Delivery { msg, done, token } = d;
+            let ack = d.ack();
+            let Delivery { msg, done, token, .. } = d;
             let msg_id = msg.message_id;
             *handling.lock() = Some((msg_id, token));
             record.in_handler_since.store(micros_since(epoch), Ordering::Release);
@@ -422,7 +442,7 @@ async fn deliver_sync_batch(
                 return None;
             };
             let outcome = if res.is_ok() { Outcome::Done } else { Outcome::Panicked };
-            finish(&inner, &shared, &record, outcome, started, msg_id, token);
+            finish(&inner, &shared, &record, outcome, started, msg_id, token, ack);
             if let Some(done) = done {
                 // The watchdog already quarantined the agent for this call: a waiting
                 // sender sees the timeout, even if the handler finished since.

@@ -16,7 +16,7 @@ use crate::config::{Backpressure, RateLimitAction};
 use crate::error::{Error, Result};
 use crate::hooks::SendContext;
 use crate::runtime::{Inner, QuarantineCause, Route};
-use crate::storage::StorageOp;
+use crate::storage::{DeliveryRow, StorageOp};
 use crate::types::{AgentState, ChannelStatus, CorrelationId, Receipt, SendOptions};
 
 /// Holds the jitter drawn for one frame and hands it to the sampler.
@@ -201,8 +201,19 @@ impl Inner {
             // committed Sg is always the root of the committed states; the commit is
             // awaited after the `sg` lock is released.
             // The batch is built before the lock is taken; only the root is filled in under it.
-            let mut ops = Vec::with_capacity(2);
+            let mut ops = Vec::with_capacity(3);
             ops.push(StorageOp::AdvanceChannel { id: channel.id, state: next.clone(), step: next_step });
+            // The durable inbox: the message commits with the advance, so a receipt means
+            // the message survives a crash until its handler has returned.
+            ops.push(StorageOp::PutDelivery(DeliveryRow {
+                channel: channel.id,
+                step,
+                recipient: recipient.id,
+                sender: sender.id,
+                message_id,
+                correlation_id: correlation_id.0,
+                payload: m.clone(),
+            }));
             let ticket = {
                 let mut sg = self.sg.lock();
                 let inner = &mut *ch;
@@ -235,9 +246,11 @@ impl Inner {
                 message_id,
                 correlation_id,
                 step,
+                redelivered: false,
             },
             done,
             token,
+            durable: self.persisting(),
         });
 
         // Commit: state, step, Sg — all before the channel lock is released.
