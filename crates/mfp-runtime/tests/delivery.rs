@@ -135,3 +135,36 @@ fn restore_refuses_more_pending_messages_than_twice_the_mailbox() {
         other => panic!("expected a configuration error, got {:?}", other.map(|_| ())),
     }
 }
+
+#[test]
+fn a_message_to_a_detached_agent_survives_shutdown_and_restart() {
+    let store = MemoryStorage::new();
+    let (bob, ch) = {
+        let rt = Runtime::builder(persistent_cfg()).storage(store.clone()).build().unwrap();
+        let alice = rt.bind_named("alice", |_, _| {}).unwrap();
+        let bob = rt.bind_named("bob", |_, _| {}).unwrap();
+        let ch = rt.establish_channel(&alice.id(), &bob.id()).unwrap();
+        rt.shutdown();
+        (bob.id(), ch)
+    };
+    {
+        // Bob is not attached: the message waits in his mailbox, and shutdown drops it
+        // from memory only.
+        let rt = Runtime::builder(persistent_cfg()).storage(store.clone()).build().unwrap();
+        let alice = rt.attach_named("alice", |_, _| {}).unwrap();
+        assert_eq!(alice.send(ch, b"while detached").unwrap().step, 0);
+        rt.shutdown();
+    }
+    assert_eq!(pending_steps(&store), vec![0]);
+    let rt = Runtime::builder(persistent_cfg()).storage(store.clone()).build().unwrap();
+    let inbox = Inbox::new();
+    rt.attach(&bob, inbox.handler()).unwrap();
+    let got = inbox.wait_for(1);
+    assert_eq!(
+        (got[0].channel, got[0].step, &got[0].payload[..], got[0].redelivered),
+        (ch, 0, &b"while detached"[..], true)
+    );
+    assert!(rt.wait_idle(Duration::from_secs(10)));
+    assert_eq!(pending_steps(&store), Vec::<u64>::new());
+    rt.shutdown();
+}
