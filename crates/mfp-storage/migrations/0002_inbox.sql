@@ -4,7 +4,9 @@
 
 CREATE TABLE inbox (
     id             INTEGER PRIMARY KEY,
-    channel_id     BLOB    NOT NULL REFERENCES channels (channel_id) ON DELETE CASCADE,
+    -- No reference to channels: a closed channel's row is deleted when one of its agents
+    -- goes, and a message it carried to the other agent must still be delivered.
+    channel_id     BLOB    NOT NULL CHECK (length(channel_id) = 16),
     recipient      BLOB    NOT NULL REFERENCES agents (agent_id) ON DELETE CASCADE,
     step           INTEGER NOT NULL CHECK (step >= 0),
     message_id     BLOB    NOT NULL CHECK (length(message_id) = 16),

@@ -131,7 +131,7 @@
 //! | `sg_cache` | `id` = 1, `sg_value` (encrypted), `updated_at` |
 //! | `bilateral_channels` | `bilateral_id` (32) PK, `runtime_id_local`, `runtime_id_peer` (32), `ratchet_state`, `shared_prng_seed` (encrypted), `step` ≥ 0, `status` ∈ {active, recovery, suspended}, `created_at`, `updated_at` |
 //! | `pending_outbound` | `id` ≥ 0 PK, `bilateral_id` → `bilateral_channels` (cascade), `channel_id` (16), `step` ≥ 0, `wire` (encrypted), `created_at` |
-//! | `inbox` (version 2) | `id` PK (storage order), `channel_id` → `channels` (cascade), `recipient` → `agents` (cascade), `step` ≥ 0, `message_id` (16), `correlation_id` (8), `sender` (32), `payload` (encrypted), `created_at`; unique (`channel_id`, `step`); index (`recipient`, `id`) |
+//! | `inbox` (version 2) | `id` PK (storage order), `channel_id` (16; no reference, so a message outlives its closed channel's row), `recipient` → `agents` (cascade), `step` ≥ 0, `message_id` (16), `correlation_id` (8), `sender` (32), `payload` (encrypted), `created_at`; unique (`channel_id`, `step`); index (`recipient`, `id`) |
 //!
 //! Version 2 (migration `0002_inbox.sql`) adds only the `inbox`: the runtime's durable
 //! delivery. A version-1 database is migrated when opened for writing; read-only

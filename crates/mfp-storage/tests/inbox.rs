@@ -57,7 +57,7 @@ fn deliveries_are_stored_in_order_encrypted_and_removed_by_their_ack() {
 }
 
 #[test]
-fn closing_and_deleting_cascade_into_the_inbox() {
+fn a_message_leaves_the_inbox_with_its_recipient_not_with_its_channel() {
     let dir = TempDir::new("inbox-cascade");
     let path = dir.file("c.db");
     let storage = SqliteStorage::open(config(&path, &key(1))).unwrap();
@@ -66,11 +66,21 @@ fn closing_and_deleting_cascade_into_the_inbox() {
         .apply(vec![advance(11, 1), delivery(11, 0, 2, 3, b"to three"), StorageOp::Sg(Some(state(1)))])
         .wait()
         .unwrap();
+    storage
+        .apply(vec![advance(11, 2), delivery(11, 1, 3, 2, b"to two"), StorageOp::Sg(Some(state(2)))])
+        .wait()
+        .unwrap();
     storage.apply(vec![StorageOp::CloseChannel(channel_id(11))]).wait().unwrap();
-    // Closed, the message still waits for its handler.
-    assert_eq!(storage.load().unwrap().unwrap().deliveries.len(), 1);
+    // Closed, the messages still wait for their handlers.
+    assert_eq!(storage.load().unwrap().unwrap().deliveries.len(), 2);
+    // Agent 3 goes (and with it the closed channel's row): its own message goes, the one it
+    // sent to agent 2 stays.
     storage.apply(vec![StorageOp::DeleteAgent(agent_id(3))]).wait().unwrap();
-    assert!(storage.load().unwrap().unwrap().deliveries.is_empty());
+    let left = storage.load().unwrap().unwrap().deliveries;
+    assert_eq!(
+        left.iter().map(|d| (d.channel, d.step, d.recipient)).collect::<Vec<_>>(),
+        vec![(channel_id(11), 1, agent_id(2))]
+    );
 }
 
 fn runtime_config() -> RuntimeConfig {
