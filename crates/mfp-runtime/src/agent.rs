@@ -277,8 +277,8 @@ impl WorkerCtx {
 
 /// Bookkeeping after one handler call. Dropping `token` at the end marks the message
 /// handled; its mailbox bytes are released first. A durable message's removal from the
-/// inbox is submitted to storage and not waited for: storage commits batches in order, and
-/// a crash before it commits only means the message is delivered again after the restart.
+/// inbox is queued (see `Inner::queue_ack`), never waited for: a crash before it commits
+/// only means the message is delivered again after the restart.
 #[allow(clippy::too_many_arguments)]
 fn finish(
     inner: &std::sync::Weak<Inner>,
@@ -293,7 +293,7 @@ fn finish(
     if let Some((channel, step)) = ack
         && let Some(inner) = inner.upgrade()
     {
-        drop(inner.submit(vec![crate::storage::StorageOp::AckDelivery { channel, step }]));
+        inner.queue_ack(channel, step);
     }
     shared.metrics.handler_duration.observe_duration(started.elapsed());
     let failure = match outcome {
@@ -313,6 +313,15 @@ fn finish(
     drop(token);
 }
 
+/// Submits the queued inbox removals (when this worker queued any since the last flush).
+fn flush_acks(inner: &std::sync::Weak<Inner>, pending: &mut bool) {
+    if std::mem::take(pending)
+        && let Some(inner) = inner.upgrade()
+    {
+        inner.flush_acks();
+    }
+}
+
 /// Whether the worker should deliver now.
 fn may_deliver(rec: &AgentRecord) -> bool {
     matches!(rec.state(), AgentState::Bound | AgentState::Active | AgentState::Terminated)
@@ -323,6 +332,8 @@ pub(crate) async fn run_worker(ctx: WorkerCtx, mut rx: mpsc::Receiver<Delivery>,
     // A message taken from the mailbox but not delivered because the agent was paused or
     // stopped meanwhile; it goes first when delivery resumes.
     let mut held: Option<Delivery> = None;
+    // Whether an async handler's inbox removal is queued but not flushed.
+    let mut acked = false;
     loop {
         let signal = *control.borrow_and_update();
         if signal == STOP {
@@ -354,7 +365,13 @@ pub(crate) async fn run_worker(ctx: WorkerCtx, mut rx: mpsc::Receiver<Delivery>,
             }
         };
         match &ctx.handler {
-            Handler::Async(f) => deliver_async(&ctx, f, first).await,
+            Handler::Async(f) => {
+                acked |= first.durable;
+                deliver_async(&ctx, f, first).await;
+                if rx.is_empty() {
+                    flush_acks(&ctx.inner, &mut acked);
+                }
+            }
             Handler::Sync(f) => {
                 rx = match deliver_sync_batch(&ctx, Arc::clone(f), first, rx).await {
                     Some((rx, unsent)) => {
@@ -363,11 +380,15 @@ pub(crate) async fn run_worker(ctx: WorkerCtx, mut rx: mpsc::Receiver<Delivery>,
                     }
                     // Stopped while a handler was still running (or the blocking task was
                     // lost): the mailbox was emptied there.
-                    None => return,
+                    None => {
+                        flush_acks(&ctx.inner, &mut true);
+                        return;
+                    }
                 };
             }
         }
     }
+    flush_acks(&ctx.inner, &mut acked);
     // Whatever is left is dropped (each dropped delivery leaves `in_flight`); waiting
     // senders see their delivery channel close.
     drop(held);
@@ -427,6 +448,8 @@ async fn deliver_sync_batch(
     let mut join = tokio::task::spawn_blocking(move || {
         let mut next = Some(first);
         let mut arrival = Arrival::Idle;
+        // Whether an inbox removal is queued but not flushed.
+        let mut acked = false;
         while let Some(d) = next.take() {
             let started = Instant::now();
             let ack = d.ack();
@@ -442,6 +465,7 @@ async fn deliver_sync_batch(
                 return None;
             };
             let outcome = if res.is_ok() { Outcome::Done } else { Outcome::Panicked };
+            acked |= ack.is_some();
             finish(&inner, &shared, &record, outcome, started, msg_id, token, ack);
             if let Some(done) = done {
                 // The watchdog already quarantined the agent for this call: a waiting
@@ -449,6 +473,7 @@ async fn deliver_sync_batch(
                 let _ = done.send(if timed_out { Outcome::TimedOut } else { outcome });
             }
             if *control.borrow() != RUN || !may_deliver(&record) {
+                flush_acks(&inner, &mut acked);
                 break;
             }
             let mut rx = thread_mailbox.lock();
@@ -459,15 +484,19 @@ async fn deliver_sync_batch(
                 }
                 // Linger briefly before giving the thread back: under a steady stream
                 // this keeps one thread draining instead of a hand-off per message.
-                Err(_) => wait_next(&mut rx, arrival).map(|(d, a)| {
-                    arrival = a;
-                    d
-                }),
+                Err(_) => {
+                    flush_acks(&inner, &mut acked);
+                    wait_next(&mut rx, arrival).map(|(d, a)| {
+                        arrival = a;
+                        d
+                    })
+                }
             };
             drop(rx);
             // The agent may have been paused or stopped while we waited: hand the
             // message back undelivered.
             if next.is_some() && (*control.borrow() != RUN || !may_deliver(&record)) {
+                flush_acks(&inner, &mut acked);
                 return Some(next);
             }
         }

@@ -150,6 +150,7 @@ impl RuntimeBuilder {
             hooks: self.hooks,
             audit: self.audit,
             storage: self.storage,
+            acks: Mutex::new(Vec::new()),
             detached: Mutex::new(HashMap::default()),
             workers: Mutex::new(Vec::new()),
             exec,

@@ -2,6 +2,10 @@
 //! Durable delivery through the storage trait, with the in-memory store: a message is stored
 //! with its channel advance, removed once its handler has returned, and delivered again
 //! (flagged) after a restart if it was not handled.
+//!
+//! Removals are queued and submitted with the next send or when a worker's mailbox runs
+//! empty, so the inbox is checked after `shutdown` (which stops the workers), not right
+//! after `wait_idle`.
 
 #[macro_use]
 mod common;
@@ -75,8 +79,10 @@ fn unhandled_messages_are_delivered_again_after_a_restart_flagged() {
     release.send(()).unwrap();
     assert!(rt.wait_idle(Duration::from_secs(10)));
     assert_eq!(*seen.lock().unwrap(), vec![(0, false), (1, false), (2, false)]);
-    assert_eq!(pending_steps(&store), Vec::<u64>::new());
+    // Removals are submitted when the worker finds its mailbox empty, at the latest when
+    // it stops.
     rt.shutdown();
+    assert_eq!(pending_steps(&store), Vec::<u64>::new());
 
     // After the "crash": the three come again, in order, flagged, once bob is attached.
     let rt = Runtime::builder(persistent_cfg()).storage(crashed.clone()).build().unwrap();
@@ -92,8 +98,8 @@ fn unhandled_messages_are_delivered_again_after_a_restart_flagged() {
     let got = inbox.wait_for(4);
     assert_eq!((got[3].step, got[3].redelivered), (3, false));
     assert!(rt.wait_idle(Duration::from_secs(10)));
-    assert_eq!(pending_steps(&crashed), Vec::<u64>::new());
     rt.shutdown();
+    assert_eq!(pending_steps(&crashed), Vec::<u64>::new());
 }
 
 #[test]
@@ -165,6 +171,6 @@ fn a_message_to_a_detached_agent_survives_shutdown_and_restart() {
         (ch, 0, &b"while detached"[..], true)
     );
     assert!(rt.wait_idle(Duration::from_secs(10)));
-    assert_eq!(pending_steps(&store), Vec::<u64>::new());
     rt.shutdown();
+    assert_eq!(pending_steps(&store), Vec::<u64>::new());
 }
