@@ -7,8 +7,13 @@
 //!    message is never lost), receipts are consecutive from where the run started, and on
 //!    each channel at most one message — the one its thread was sending when the kill
 //!    came — is committed but unacknowledged;
-//! 2. no (channel, step) is delivered twice over all runs, and every delivered step was
-//!    committed (below the stored step) and belongs to this run;
+//! 2. handler executions (`B` starts, `D` ends, each with the redelivery flag) are counted:
+//!    every committed message is either handled to the end or still in the stored inbox
+//!    after the kill; a message whose handler was running at the kill is in the inbox; the
+//!    next run handles what the inbox holds first, flagged as redeliveries, and nothing else
+//!    twice — so a message is handled twice only if its handler was running at the kill or
+//!    had returned without its removal committed yet (both counted, and both flagged the
+//!    second time); per channel, messages are handled in step order, and only committed ones;
 //! 3. the stored Sg equals the Merkle root recomputed from the stored channel states, although
 //!    the twelve senders' batches race for the storage queue (and the next start, which
 //!    refuses a mismatch, succeeds);
@@ -235,9 +240,47 @@ fn stored(db: &Path, key: &MasterKey) -> (Snapshot, BTreeMap<ChannelId, u64>) {
 #[derive(Default)]
 struct Totals {
     receipts: usize,
-    deliveries: usize,
+    /// Handler executions that ran to the end.
+    handled: usize,
+    /// Redeliveries of a message whose handler was running at the kill.
+    again_interrupted: usize,
+    /// Redeliveries of a message whose handler had returned but whose removal from the inbox
+    /// had not committed at the kill.
+    again_unremoved: usize,
+    /// Handlers running at a kill.
+    interrupted: usize,
+    /// Messages stored but not yet handled at a kill, handled (flagged) after the restart.
+    queued_at_kill: usize,
     in_flight_commits: usize,
-    undelivered: u64,
+}
+
+/// What the runs so far established about handler executions.
+#[derive(Default)]
+struct Ledger {
+    /// Messages whose handler ran to the end, over all runs.
+    handled: HashSet<(ChannelId, u64)>,
+    /// The stored inbox after the last kill (delivered again by the next run, flagged).
+    pending: HashSet<(ChannelId, u64)>,
+    /// Messages whose handler was running at the last kill.
+    interrupted: HashSet<(ChannelId, u64)>,
+    /// Every receipt printed.
+    receipts: HashSet<(ChannelId, u64)>,
+}
+
+/// `B|D <hex> <step> <0|1>` → (channel, step, redelivered).
+fn parse_handler_event(line: &str) -> (ChannelId, u64, bool) {
+    let mut parts = line.split(' ');
+    let (Some(_), Some(c), Some(s), Some(f), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        panic!("malformed line {line:?}");
+    };
+    let flag = match f {
+        "0" => false,
+        "1" => true,
+        _ => panic!("malformed redelivery flag in {line:?}"),
+    };
+    (ChannelId::from_str(c).unwrap(), s.parse().unwrap(), flag)
 }
 
 /// Checks one run's output against the store after the kill (checks 1, 2, 4).
@@ -246,7 +289,8 @@ fn check_run(
     ready: &BTreeMap<ChannelId, u64>,
     lines: &[String],
     after: &BTreeMap<ChannelId, u64>,
-    delivered: &mut HashSet<(ChannelId, u64)>,
+    inbox: &HashSet<(ChannelId, u64)>,
+    ledger: &mut Ledger,
     totals: &mut Totals,
 ) {
     let order: Vec<ChannelId> = ready.keys().copied().collect();
@@ -254,8 +298,9 @@ fn check_run(
     assert_eq!(after.keys().copied().collect::<Vec<_>>(), order, "run {run}: same channels stored");
 
     let mut next = ready.clone();
-    let mut last_delivered: BTreeMap<ChannelId, u64> = BTreeMap::new();
-    let mut delivered_now: BTreeMap<ChannelId, u64> = BTreeMap::new();
+    let mut last_started: BTreeMap<ChannelId, u64> = BTreeMap::new();
+    let mut running: Option<(ChannelId, u64)> = None;
+    let mut done_now: HashSet<(ChannelId, u64)> = HashSet::new();
     for line in lines {
         if line.starts_with("R ") {
             let (c, s) = parse_event(line);
@@ -268,23 +313,65 @@ fn check_run(
                 after[&c]
             );
             *next.get_mut(&c).unwrap() += 1;
+            ledger.receipts.insert((c, s));
             totals.receipts += 1;
-        } else if line.starts_with("D ") {
-            let (c, s) = parse_event(line);
-            // Check 2: delivered once, only after its commit, by this run, in order.
+        } else if line.starts_with("B ") {
+            let (c, s, again) = parse_handler_event(line);
             assert!(ready.contains_key(&c), "run {run}: delivery on unknown channel {c}");
-            assert!(s >= ready[&c], "run {run}: {c} step {s} delivered again after a restart");
+            assert!(running.is_none(), "run {run}: bob's handler started twice at once");
             assert!(s < after[&c], "run {run}: {c} step {s} delivered but not committed (stored {})", after[&c]);
-            assert!(delivered.insert((c, s)), "run {run}: {c} step {s} delivered twice");
-            if let Some(prev) = last_delivered.insert(c, s) {
+            // Check 2: what the inbox held is delivered again, flagged; nothing else is.
+            let was_pending = ledger.pending.contains(&(c, s));
+            assert_eq!(
+                again, was_pending,
+                "run {run}: {c} step {s}: redelivery flag {again}, stored before: {was_pending}"
+            );
+            if !again {
+                assert!(s >= ready[&c], "run {run}: {c} step {s} delivered again after a restart, unflagged");
+                assert!(!ledger.handled.contains(&(c, s)), "run {run}: {c} step {s} handled twice");
+            } else if ledger.handled.contains(&(c, s)) {
+                totals.again_unremoved += 1;
+            } else if ledger.interrupted.contains(&(c, s)) {
+                totals.again_interrupted += 1;
+            } else {
+                // Queued but not handled before the kill: its first execution.
+                totals.queued_at_kill += 1;
+            }
+            if let Some(prev) = last_started.insert(c, s) {
                 assert!(s > prev, "run {run}: {c} delivered step {s} after step {prev}");
             }
-            *delivered_now.entry(c).or_insert(0) += 1;
-            totals.deliveries += 1;
+            running = Some((c, s));
+        } else if line.starts_with("D ") {
+            let (c, s, again) = parse_handler_event(line);
+            let started = running.take();
+            assert_eq!(started, Some((c, s)), "run {run}: {c} step {s} done without its start");
+            assert_eq!(again, ledger.pending.contains(&(c, s)), "run {run}: {c} step {s}: flag changed");
+            done_now.insert((c, s));
+            ledger.handled.insert((c, s));
+            totals.handled += 1;
         } else {
             panic!("run {run}: unexpected line {line:?}");
         }
     }
+    // Check 2: a handler running at the kill has its message still stored; every committed
+    // message is handled or stored; the inbox holds committed messages only.
+    if let Some(m) = running {
+        assert!(inbox.contains(&m), "run {run}: {} step {} was being handled at the kill but is not stored", m.0, m.1);
+        totals.interrupted += 1;
+    }
+    ledger.interrupted = running.into_iter().collect();
+    for (&c, &stored) in after {
+        for s in 0..stored {
+            assert!(
+                inbox.contains(&(c, s)) || ledger.handled.contains(&(c, s)),
+                "run {run}: {c} step {s} committed, but neither handled nor stored for redelivery"
+            );
+        }
+    }
+    for &(c, s) in inbox {
+        assert!(after.get(&c).is_some_and(|&st| s < st), "run {run}: {c} step {s} stored as pending but not committed");
+    }
+    ledger.pending = inbox.clone();
     // Check 1: on each channel, at most one committed message without a printed receipt
     // (the one its thread was sending when the kill came).
     let mut unacked = 0;
@@ -294,7 +381,6 @@ fn check_run(
         let extra = stored - acked;
         assert!(extra <= 1, "run {run}: {c} stored step {stored}, but the next unacknowledged step is {acked}");
         unacked += extra;
-        totals.undelivered += stored - ready[c] - delivered_now.get(c).copied().unwrap_or(0);
     }
     totals.in_flight_commits += unacked as usize;
 }
@@ -310,7 +396,7 @@ fn runtime_killed_at_random_loses_no_acknowledged_message() {
     println!("seed {seed} (MFP_CRASH_SEED)");
     let mut rng = Rng(seed);
 
-    let mut delivered = HashSet::new();
+    let mut ledger = Ledger::default();
     let mut totals = Totals::default();
     let mut previous: Option<BTreeMap<ChannelId, u64>> = None;
     let mut probes = 0usize;
@@ -337,8 +423,9 @@ fn runtime_killed_at_random_loses_no_acknowledged_message() {
         std::thread::sleep(Duration::from_millis(rng.range(5, 60)));
         let lines = child.kill_and_collect();
         drop(child);
-        let (_, after) = stored(&db, &key);
-        check_run(run, &ready, &lines, &after, &mut delivered, &mut totals);
+        let (snapshot, after) = stored(&db, &key);
+        let inbox: HashSet<(ChannelId, u64)> = snapshot.deliveries.iter().map(|d| (d.channel, d.step)).collect();
+        check_run(run, &ready, &lines, &after, &inbox, &mut ledger, &mut totals);
         previous = Some(after);
     }
 
@@ -352,10 +439,10 @@ fn runtime_killed_at_random_loses_no_acknowledged_message() {
         ..RuntimeConfig::default()
     };
     let rt = Runtime::builder(config).storage(storage).build().expect("restore after the last kill");
-    let inbox = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&inbox);
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&got);
     let alice = rt.attach_named("alice", |_, _| {}).unwrap();
-    rt.attach_named("bob", move |_, m| seen.lock().unwrap().push((m.channel, m.step))).unwrap();
+    rt.attach_named("bob", move |_, m| seen.lock().unwrap().push((m.channel, m.step, m.redelivered))).unwrap();
     for (&c, &s) in &before {
         let receipt = alice.send(c, format!("step {s}").as_bytes()).unwrap();
         assert_eq!((receipt.channel, receipt.step), (c, s));
@@ -363,23 +450,36 @@ fn runtime_killed_at_random_loses_no_acknowledged_message() {
     assert!(rt.wait_idle(EXIT_TIMEOUT));
     rt.shutdown();
     drop(rt);
-    let mut got = inbox.lock().unwrap().clone();
+    // What the last kill left stored comes first, flagged; then the new messages.
+    let mut got = got.lock().unwrap().clone();
     got.sort_unstable();
-    assert_eq!(got, before.iter().map(|(&c, &s)| (c, s)).collect::<Vec<_>>());
-    assert!(got.iter().all(|d| !delivered.contains(d)));
-    let (_, last) = stored(&db, &key);
+    let mut expected: Vec<(ChannelId, u64, bool)> = ledger.pending.iter().map(|&(c, s)| (c, s, true)).collect();
+    expected.extend(before.iter().map(|(&c, &s)| (c, s, false)));
+    expected.sort_unstable();
+    assert_eq!(got, expected);
+    ledger.handled.extend(got.iter().map(|&(c, s, _)| (c, s)));
+    // Every receipt printed before a kill was handled, in the end.
+    let unhandled: Vec<_> = ledger.receipts.difference(&ledger.handled).collect();
+    assert!(unhandled.is_empty(), "receipts never handled: {unhandled:?}");
+    let (snapshot, last) = stored(&db, &key);
     assert_eq!(last, before.iter().map(|(&c, &s)| (c, s + 1)).collect());
+    assert!(snapshot.deliveries.is_empty(), "handled messages left the inbox");
 
     let committed: u64 = before.values().sum();
     println!(
-        "{RUNS} kills and {probes} frozen reads in {:.1} s: {} receipts, {} deliveries, {committed} committed messages \
-         ({} committed without a receipt, {} committed but not delivered before a kill)",
+        "{RUNS} kills and {probes} frozen reads in {:.1} s: {} receipts, {} handled, {committed} committed messages \
+         ({} committed without a receipt; {} handlers running at a kill; redelivered: {} queued, {} interrupted, \
+         {} handled but not yet removed; {} left for the final restart)",
         started.elapsed().as_secs_f64(),
         totals.receipts,
-        totals.deliveries,
+        totals.handled,
         totals.in_flight_commits,
-        totals.undelivered,
+        totals.interrupted,
+        totals.queued_at_kill,
+        totals.again_interrupted,
+        totals.again_unremoved,
+        ledger.pending.len(),
     );
     assert!(totals.receipts > 200, "too little traffic to mean anything: {} receipts", totals.receipts);
-    assert!(totals.deliveries > 100, "too few deliveries: {}", totals.deliveries);
+    assert!(totals.handled > 100, "too few deliveries: {}", totals.handled);
 }

@@ -95,6 +95,15 @@ pub(crate) struct Delivery {
     pub(crate) done: Option<oneshot::Sender<Outcome>>,
     /// Counts the message in `in_flight` until it is handled or dropped.
     pub(crate) token: InFlight,
+    /// Stored in the durable inbox: removed from it once the handler has returned.
+    pub(crate) durable: bool,
+}
+
+impl Delivery {
+    /// What removes the message from the durable inbox once handled (`None` without storage).
+    fn ack(&self) -> Option<(ChannelId, u64)> {
+        self.durable.then_some((self.msg.channel, self.msg.step))
+    }
 }
 
 /// How long a sync handler's thread stays parked waiting for the next message before
@@ -267,7 +276,10 @@ impl WorkerCtx {
 }
 
 /// Bookkeeping after one handler call. Dropping `token` at the end marks the message
-/// handled; its mailbox bytes are released first.
+/// handled; its mailbox bytes are released first. A durable message's removal from the
+/// inbox is queued (see `Inner::queue_ack`), never waited for: a crash before it commits
+/// only means the message is delivered again after the restart.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     inner: &std::sync::Weak<Inner>,
     shared: &crate::runtime::Shared,
@@ -276,7 +288,13 @@ fn finish(
     started: Instant,
     msg_id: mfp_core::MessageId,
     token: InFlight,
+    ack: Option<(ChannelId, u64)>,
 ) {
+    if let Some((channel, step)) = ack
+        && let Some(inner) = inner.upgrade()
+    {
+        inner.queue_ack(channel, step);
+    }
     shared.metrics.handler_duration.observe_duration(started.elapsed());
     let failure = match outcome {
         Outcome::Done => {
@@ -295,6 +313,15 @@ fn finish(
     drop(token);
 }
 
+/// Submits the queued inbox removals (when this worker queued any since the last flush).
+fn flush_acks(inner: &std::sync::Weak<Inner>, pending: &mut bool) {
+    if std::mem::take(pending)
+        && let Some(inner) = inner.upgrade()
+    {
+        inner.flush_acks();
+    }
+}
+
 /// Whether the worker should deliver now.
 fn may_deliver(rec: &AgentRecord) -> bool {
     matches!(rec.state(), AgentState::Bound | AgentState::Active | AgentState::Terminated)
@@ -305,6 +332,8 @@ pub(crate) async fn run_worker(ctx: WorkerCtx, mut rx: mpsc::Receiver<Delivery>,
     // A message taken from the mailbox but not delivered because the agent was paused or
     // stopped meanwhile; it goes first when delivery resumes.
     let mut held: Option<Delivery> = None;
+    // Whether an async handler's inbox removal is queued but not flushed.
+    let mut acked = false;
     loop {
         let signal = *control.borrow_and_update();
         if signal == STOP {
@@ -336,7 +365,13 @@ pub(crate) async fn run_worker(ctx: WorkerCtx, mut rx: mpsc::Receiver<Delivery>,
             }
         };
         match &ctx.handler {
-            Handler::Async(f) => deliver_async(&ctx, f, first).await,
+            Handler::Async(f) => {
+                acked |= first.durable;
+                deliver_async(&ctx, f, first).await;
+                if rx.is_empty() {
+                    flush_acks(&ctx.inner, &mut acked);
+                }
+            }
             Handler::Sync(f) => {
                 rx = match deliver_sync_batch(&ctx, Arc::clone(f), first, rx).await {
                     Some((rx, unsent)) => {
@@ -345,11 +380,15 @@ pub(crate) async fn run_worker(ctx: WorkerCtx, mut rx: mpsc::Receiver<Delivery>,
                     }
                     // Stopped while a handler was still running (or the blocking task was
                     // lost): the mailbox was emptied there.
-                    None => return,
+                    None => {
+                        flush_acks(&ctx.inner, &mut true);
+                        return;
+                    }
                 };
             }
         }
     }
+    flush_acks(&ctx.inner, &mut acked);
     // Whatever is left is dropped (each dropped delivery leaves `in_flight`); waiting
     // senders see their delivery channel close.
     drop(held);
@@ -359,7 +398,8 @@ pub(crate) async fn run_worker(ctx: WorkerCtx, mut rx: mpsc::Receiver<Delivery>,
 
 async fn deliver_async(ctx: &WorkerCtx, f: &Arc<AsyncFn>, d: Delivery) {
     let started = Instant::now();
-    let Delivery { msg, done, token } = d;
+    let ack = d.ack();
+    let Delivery { msg, done, token, .. } = d;
     let msg_id = msg.message_id;
     let fut = f(ctx.handle(), msg);
     let outcome = match tokio::time::timeout(ctx.timeout, CatchUnwind(Box::pin(fut))).await {
@@ -369,7 +409,7 @@ async fn deliver_async(ctx: &WorkerCtx, f: &Arc<AsyncFn>, d: Delivery) {
     };
     // Bookkeeping (quarantine on timeout, metrics) first, so a waiting sender that learns
     // the outcome sees its effects.
-    finish(&ctx.inner, &ctx.shared, &ctx.record, outcome, started, msg_id, token);
+    finish(&ctx.inner, &ctx.shared, &ctx.record, outcome, started, msg_id, token, ack);
     if let Some(done) = done {
         let _ = done.send(outcome);
     }
@@ -408,9 +448,12 @@ async fn deliver_sync_batch(
     let mut join = tokio::task::spawn_blocking(move || {
         let mut next = Some(first);
         let mut arrival = Arrival::Idle;
+        // Whether an inbox removal is queued but not flushed.
+        let mut acked = false;
         while let Some(d) = next.take() {
             let started = Instant::now();
-            let Delivery { msg, done, token } = d;
+            let ack = d.ack();
+            let Delivery { msg, done, token, .. } = d;
             let msg_id = msg.message_id;
             *handling.lock() = Some((msg_id, token));
             record.in_handler_since.store(micros_since(epoch), Ordering::Release);
@@ -422,13 +465,15 @@ async fn deliver_sync_batch(
                 return None;
             };
             let outcome = if res.is_ok() { Outcome::Done } else { Outcome::Panicked };
-            finish(&inner, &shared, &record, outcome, started, msg_id, token);
+            acked |= ack.is_some();
+            finish(&inner, &shared, &record, outcome, started, msg_id, token, ack);
             if let Some(done) = done {
                 // The watchdog already quarantined the agent for this call: a waiting
                 // sender sees the timeout, even if the handler finished since.
                 let _ = done.send(if timed_out { Outcome::TimedOut } else { outcome });
             }
             if *control.borrow() != RUN || !may_deliver(&record) {
+                flush_acks(&inner, &mut acked);
                 break;
             }
             let mut rx = thread_mailbox.lock();
@@ -439,15 +484,19 @@ async fn deliver_sync_batch(
                 }
                 // Linger briefly before giving the thread back: under a steady stream
                 // this keeps one thread draining instead of a hand-off per message.
-                Err(_) => wait_next(&mut rx, arrival).map(|(d, a)| {
-                    arrival = a;
-                    d
-                }),
+                Err(_) => {
+                    flush_acks(&inner, &mut acked);
+                    wait_next(&mut rx, arrival).map(|(d, a)| {
+                        arrival = a;
+                        d
+                    })
+                }
             };
             drop(rx);
             // The agent may have been paused or stopped while we waited: hand the
             // message back undelivered.
             if next.is_some() && (*control.borrow() != RUN || !may_deliver(&record)) {
+                flush_acks(&inner, &mut acked);
                 return Some(next);
             }
         }

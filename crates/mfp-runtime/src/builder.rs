@@ -5,19 +5,19 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use mfp_core::{EntropySource, MIN_FRAME_DEPTH, MerkleSg, RuntimeId};
+use mfp_core::{AgentId, EntropySource, MIN_FRAME_DEPTH, MerkleSg, RuntimeId};
 use parking_lot::{Mutex, RwLock};
 
-use crate::agent::AgentRecord;
+use crate::agent::{AgentRecord, Delivery};
 use crate::audit::AuditSink;
 use crate::channel::{ChannelInner, ChannelRecord};
 use crate::config::RuntimeConfig;
 use crate::entropy::SystemEntropy;
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
-use crate::runtime::{AdminState, Inner, QuarantineCause, Runtime, SgState, Shared};
-use crate::storage::{Snapshot, Storage, StorageError, StorageOp};
-use crate::types::{AgentState, ChannelStatus};
+use crate::runtime::{AdminState, InFlight, Inner, QuarantineCause, Runtime, SgState, Shared};
+use crate::storage::{DeliveryRow, Snapshot, Storage, StorageError, StorageOp};
+use crate::types::{AgentState, ChannelStatus, CorrelationId, DeliveredMessage};
 
 /// Builds a [`Runtime`] with optional collaborators.
 pub struct RuntimeBuilder {
@@ -150,6 +150,7 @@ impl RuntimeBuilder {
             hooks: self.hooks,
             audit: self.audit,
             storage: self.storage,
+            acks: Mutex::new(Vec::new()),
             detached: Mutex::new(HashMap::default()),
             workers: Mutex::new(Vec::new()),
             exec,
@@ -164,10 +165,20 @@ impl RuntimeBuilder {
     }
 }
 
+/// How many stored messages one agent may have waiting to be delivered again after a
+/// restart: `2 × mailbox_capacity + 2`. In operation the inbox holds at most what the mailbox
+/// does plus the message being handled and one taken but not yet handed over, so this
+/// leaves room for a few crashes in a row; more means the capacity was lowered (or the
+/// store was edited), and restore refuses rather than load an unbounded backlog.
+pub(crate) fn redelivery_limit(mailbox_capacity: usize) -> usize {
+    mailbox_capacity.saturating_mul(2).saturating_add(2)
+}
+
 impl Inner {
     /// Rebuilds agents, channels and Sg from a snapshot, checking it for consistency.
-    fn restore(&self, snap: Snapshot) -> Result<()> {
+    fn restore(&self, mut snap: Snapshot) -> Result<()> {
         let corrupt = |what: String| Error::Storage(StorageError::Corrupt(what));
+        let pending = self.pending_by_recipient(std::mem::take(&mut snap.deliveries))?;
         let mut admin = self.admin.lock();
         admin.agent_counter = snap.meta.as_ref().map_or(0, |m| m.agent_counter);
         let mut agents = self.agents.write();
@@ -175,8 +186,10 @@ impl Inner {
             if agents.contains_key(&row.id) {
                 return Err(corrupt(format!("agent {} stored twice", row.id.short())));
             }
+            // A mailbox takes at least every message waiting to be delivered again.
+            let capacity = self.config.mailbox_capacity.max(pending.get(&row.id).map_or(0, Vec::len));
             let (rec, rx, control_rx) =
-                AgentRecord::new(row.id, row.name.clone(), self.config.mailbox_capacity, self.config.mailbox_max_bytes);
+                AgentRecord::new(row.id, row.name.clone(), capacity, self.config.mailbox_max_bytes);
             rec.set_state(row.state);
             rec.admin.lock().quarantine_reason = row.quarantine_reason.clone();
             if let Some(n) = &row.name
@@ -229,6 +242,23 @@ impl Inner {
                 }),
             );
         }
+        let mut redelivered = 0usize;
+        for (id, rows) in pending {
+            let Some(rec) = agents.get(&id) else {
+                // The recipient is gone (terminated, unbound): nobody to deliver to.
+                tracing::warn!(
+                    target: "mfp::runtime",
+                    agent = %id.short(),
+                    count = rows.len(),
+                    "pending deliveries to an agent that no longer exists were dropped"
+                );
+                continue;
+            };
+            for row in rows {
+                self.queue_redelivery(rec, row)?;
+                redelivered += 1;
+            }
+        }
         let mut sg = self.sg.lock();
         for (id, st) in &tree_input {
             sg.tree.insert(*id, st).map_err(|_| corrupt("duplicate channel in Sg".into()))?;
@@ -248,8 +278,65 @@ impl Inner {
             target: "mfp::runtime",
             agents = agents.len(),
             channels = channels.len(),
+            redelivered,
             "runtime state restored"
         );
         Ok(())
+    }
+
+    /// Groups the stored inbox by recipient (keeping the stored order, which is per
+    /// channel by step), refusing more per agent than [`redelivery_limit`] allows.
+    fn pending_by_recipient(&self, rows: Vec<DeliveryRow>) -> Result<HashMap<AgentId, Vec<DeliveryRow>>> {
+        let limit = redelivery_limit(self.config.mailbox_capacity);
+        let mut pending: HashMap<AgentId, Vec<DeliveryRow>> = HashMap::new();
+        for row in rows {
+            let queue = pending.entry(row.recipient).or_default();
+            if queue.len() >= limit {
+                return Err(Error::Config(crate::error::ConfigError {
+                    field: "mailbox_capacity",
+                    reason: format!(
+                        "agent {} has more than {limit} stored messages waiting to be delivered again (the limit is \
+                         twice mailbox_capacity plus two; was mailbox_capacity lowered?): raise mailbox_capacity to \
+                         at least half the pending count shown by `mfp-storage inspect`",
+                        row.recipient.short()
+                    ),
+                }));
+            }
+            queue.push(row);
+        }
+        Ok(pending)
+    }
+
+    /// Puts a stored, unhandled message back into its recipient's mailbox, flagged as a
+    /// redelivery. The mailbox was made large enough for all of them.
+    fn queue_redelivery(&self, rec: &AgentRecord, row: DeliveryRow) -> Result<()> {
+        // Byte permits as for a send; past the byte bound (it may have been lowered) the
+        // message holds what is left, so the accounting stays balanced.
+        let need = rec.bytes_needed(row.payload.len());
+        let held = need.min(u32::try_from(rec.mailbox_bytes.available_permits()).unwrap_or(u32::MAX));
+        if let Ok(p) = rec.mailbox_bytes.try_acquire_many(held) {
+            p.forget();
+        }
+        let token = InFlight::new(&self.shared, held);
+        let delivery = Delivery {
+            msg: DeliveredMessage {
+                payload: row.payload,
+                sender: row.sender,
+                channel: row.channel,
+                message_id: row.message_id,
+                correlation_id: CorrelationId(row.correlation_id),
+                step: row.step,
+                redelivered: true,
+            },
+            done: None,
+            token,
+            durable: true,
+        };
+        rec.tx.try_send(delivery).map_err(|_| {
+            Error::Storage(StorageError::Corrupt(format!(
+                "agent {}: more stored messages to deliver again than its mailbox takes",
+                rec.id.short()
+            )))
+        })
     }
 }

@@ -16,7 +16,7 @@ use crate::config::{Backpressure, RateLimitAction};
 use crate::error::{Error, Result};
 use crate::hooks::SendContext;
 use crate::runtime::{Inner, QuarantineCause, Route};
-use crate::storage::StorageOp;
+use crate::storage::{DeliveryRow, StorageOp};
 use crate::types::{AgentState, ChannelStatus, CorrelationId, Receipt, SendOptions};
 
 /// Holds the jitter drawn for one frame and hands it to the sampler.
@@ -201,16 +201,35 @@ impl Inner {
             // committed Sg is always the root of the committed states; the commit is
             // awaited after the `sg` lock is released.
             // The batch is built before the lock is taken; only the root is filled in under it.
-            let mut ops = Vec::with_capacity(2);
+            // Removals of handled messages ride along (see "Removals" below).
+            let acks = self.take_acks();
+            let mut ops = Vec::with_capacity(3 + acks.len());
+            ops.extend(acks.iter().map(|&(channel, step)| StorageOp::AckDelivery { channel, step }));
             ops.push(StorageOp::AdvanceChannel { id: channel.id, state: next.clone(), step: next_step });
+            // The durable inbox: the message commits with the advance, so a receipt means
+            // the message survives a crash until its handler has returned.
+            ops.push(StorageOp::PutDelivery(DeliveryRow {
+                channel: channel.id,
+                step,
+                recipient: recipient.id,
+                sender: sender.id,
+                message_id,
+                correlation_id: correlation_id.0,
+                payload: m.clone(),
+            }));
             let ticket = {
                 let mut sg = self.sg.lock();
                 let inner = &mut *ch;
-                sg.tree.update_hinted(&channel.id, &next, &mut inner.leaf_hint).map_err(|e| Error::Core(e.into()))?;
+                if let Err(e) = sg.tree.update_hinted(&channel.id, &next, &mut inner.leaf_hint) {
+                    drop(sg);
+                    self.requeue_acks(acks);
+                    return Err(Error::Core(e.into()));
+                }
                 ops.push(StorageOp::Sg(sg.tree.root()));
                 self.submit(ops)
             };
             if let Err(e) = self.settle(ticket) {
+                self.requeue_acks(acks);
                 {
                     let mut sg = self.sg.lock();
                     let inner = &mut *ch;
@@ -235,9 +254,11 @@ impl Inner {
                 message_id,
                 correlation_id,
                 step,
+                redelivered: false,
             },
             done,
             token,
+            durable: self.persisting(),
         });
 
         // Commit: state, step, Sg — all before the channel lock is released.
@@ -284,6 +305,42 @@ impl Inner {
             self.event(ev);
         }
         Ok(receipt)
+    }
+
+    // ---- Removals from the durable inbox -----------------------------------------------
+    //
+    // When a handler returns, its message's removal is queued here, not written at once: the
+    // next send's batch carries the queued removals into its transaction, and a delivery
+    // worker that finds its mailbox empty (or stops) submits what is queued as one batch of
+    // its own. Either way nobody waits for the commit. Under load removals cost no extra
+    // transaction; when idle, one per drained mailbox. A crash before a removal commits only
+    // means that message is delivered again, flagged, after the restart.
+
+    /// Queues the removal of a handled message.
+    pub(crate) fn queue_ack(&self, channel: ChannelId, step: u64) {
+        self.acks.lock().push((channel, step));
+    }
+
+    fn take_acks(&self) -> Vec<(ChannelId, u64)> {
+        let mut q = self.acks.lock();
+        if q.is_empty() { Vec::new() } else { std::mem::take(&mut *q) }
+    }
+
+    /// Puts back removals whose batch failed (they go with a later one).
+    fn requeue_acks(&self, acks: Vec<(ChannelId, u64)>) {
+        if !acks.is_empty() {
+            self.acks.lock().extend(acks);
+        }
+    }
+
+    /// Submits the queued removals as one batch, without waiting for it.
+    pub(crate) fn flush_acks(&self) {
+        let acks = self.take_acks();
+        if !acks.is_empty() {
+            drop(
+                self.submit(acks.into_iter().map(|(channel, step)| StorageOp::AckDelivery { channel, step }).collect()),
+            );
+        }
     }
 
     /// Reserves `need` bytes of the recipient's mailbox without waiting; `None` asks the

@@ -147,6 +147,9 @@ pub(crate) struct Inner {
     pub(crate) hooks: Option<Arc<dyn Hooks>>,
     pub(crate) audit: Option<Arc<dyn AuditSink>>,
     pub(crate) storage: Option<Arc<dyn Storage>>,
+    /// Handled messages whose removal from the durable inbox is not submitted yet (see
+    /// `pipeline.rs`, "Removals").
+    pub(crate) acks: Mutex<Vec<(ChannelId, u64)>>,
     /// Mailboxes of restored agents whose handler is not attached yet.
     pub(crate) detached: Mutex<HashMap<AgentId, Detached, IdHash>>,
     pub(crate) workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,

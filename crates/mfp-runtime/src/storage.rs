@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use mfp_core::{AgentId, ChannelId, RuntimeId, State};
+use mfp_core::{AgentId, ChannelId, MessageId, RuntimeId, State};
 use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -108,6 +108,42 @@ pub struct MetaRow {
     pub agent_counter: u64,
 }
 
+/// A delivered message its recipient's handler has not finished yet (the durable inbox).
+///
+/// Written in the same batch as the channel advance that produced it, removed
+/// ([`StorageOp::AckDelivery`]) once the handler has returned; whatever is still stored when
+/// a runtime restarts is delivered again, flagged as a redelivery. `Debug` omits the payload.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DeliveryRow {
+    /// The channel it was sent on.
+    pub channel: ChannelId,
+    /// The channel step it was sent at (unique per channel).
+    pub step: u64,
+    /// The receiving agent.
+    pub recipient: AgentId,
+    /// The sending agent.
+    pub sender: AgentId,
+    /// The message id (the sender's receipt has the same).
+    pub message_id: MessageId,
+    /// The correlation id (8 bytes).
+    pub correlation_id: [u8; 8],
+    /// The decrypted payload (the backend encrypts it at rest).
+    pub payload: Vec<u8>,
+}
+
+impl core::fmt::Debug for DeliveryRow {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DeliveryRow")
+            .field("channel", &self.channel)
+            .field("step", &self.step)
+            .field("recipient", &self.recipient)
+            .field("sender", &self.sender)
+            .field("message_id", &self.message_id)
+            .field("payload_len", &self.payload.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// One change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -147,6 +183,16 @@ pub enum StorageOp {
     CloseChannel(ChannelId),
     /// The Sg cache (`None` when no channel is left).
     Sg(Option<State>),
+    /// A message was queued for its recipient (same batch as its channel advance).
+    PutDelivery(DeliveryRow),
+    /// The recipient's handler returned for the message sent on `channel` at `step`: it
+    /// leaves the inbox. (Removing a message that is not stored is not an error.)
+    AckDelivery {
+        /// Channel.
+        channel: ChannelId,
+        /// Step the message was sent at.
+        step: u64,
+    },
 }
 
 /// Everything needed to restart a runtime.
@@ -160,6 +206,9 @@ pub struct Snapshot {
     pub channels: Vec<ChannelRow>,
     /// The Sg cache.
     pub sg: Option<State>,
+    /// Messages delivered but not yet handled, in the order they were stored (so per
+    /// channel by step).
+    pub deliveries: Vec<DeliveryRow>,
 }
 
 /// Completion of one [`Storage::apply`].
@@ -245,6 +294,9 @@ struct MemoryState {
     agents: BTreeMap<AgentId, AgentRow>,
     channels: BTreeMap<ChannelId, ChannelRow>,
     sg: Option<State>,
+    /// Pending deliveries by (channel, step), with the order they were stored in.
+    deliveries: BTreeMap<(ChannelId, u64), (u64, DeliveryRow)>,
+    delivery_seq: u64,
     fail_next: usize,
 }
 
@@ -272,6 +324,11 @@ impl Storage for MemoryStorage {
             agents: s.agents.values().filter(|a| a.state != AgentState::Terminated).cloned().collect(),
             channels: s.channels.values().filter(|c| c.status != ChannelStatus::Closed).cloned().collect(),
             sg: s.sg.clone(),
+            deliveries: {
+                let mut d: Vec<&(u64, DeliveryRow)> = s.deliveries.values().collect();
+                d.sort_unstable_by_key(|(seq, _)| *seq);
+                d.into_iter().map(|(_, row)| row.clone()).collect()
+            },
         }))
     }
 
@@ -289,6 +346,7 @@ impl Storage for MemoryStorage {
                 }
                 StorageOp::DeleteAgent(id) => {
                     s.agents.remove(&id);
+                    s.deliveries.retain(|_, (_, d)| d.recipient != id);
                 }
                 StorageOp::PutChannel(c) => {
                     s.channels.insert(c.id, c);
@@ -317,6 +375,14 @@ impl Storage for MemoryStorage {
                     }
                 }
                 StorageOp::Sg(sg) => s.sg = sg,
+                StorageOp::PutDelivery(d) => {
+                    let seq = s.delivery_seq;
+                    s.delivery_seq += 1;
+                    s.deliveries.insert((d.channel, d.step), (seq, d));
+                }
+                StorageOp::AckDelivery { channel, step } => {
+                    s.deliveries.remove(&(channel, step));
+                }
             }
         }
         Ticket::ready(Ok(()))

@@ -39,6 +39,7 @@ pub struct Receipt {
 
 /// What a recipient's handler receives.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeliveredMessage {
     /// The decrypted payload.
     pub payload: Vec<u8>,
@@ -52,6 +53,11 @@ pub struct DeliveredMessage {
     pub correlation_id: CorrelationId,
     /// The channel step the message was sent at.
     pub step: u64,
+    /// `true` when the message is delivered again after a restart: it was stored with its
+    /// channel's advance but its handler had not returned (or its removal had not been
+    /// committed) when the previous process stopped. The handler may have seen it already;
+    /// de-duplicate by [`DeliveredMessage::message_id`]. Always `false` without storage.
+    pub redelivered: bool,
 }
 
 impl fmt::Debug for DeliveredMessage {
@@ -63,6 +69,7 @@ impl fmt::Debug for DeliveredMessage {
             .field("message_id", &self.message_id)
             .field("correlation_id", &self.correlation_id)
             .field("step", &self.step)
+            .field("redelivered", &self.redelivered)
             .finish()
     }
 }
@@ -259,6 +266,7 @@ mod tests {
             message_id: MessageId::from_bytes([3; 16]),
             correlation_id: CorrelationId::default(),
             step: 0,
+            redelivered: false,
         };
         assert!(!format!("{m:?}").contains("secret"));
     }

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mfp_core::bilateral::BilateralState;
-use mfp_core::{AgentId, BilateralId, ChannelId, MAX_FRAME_DEPTH, MIN_FRAME_DEPTH, RuntimeId, State};
-use mfp_runtime::storage::{AgentRow, ChannelRow, MetaRow, Snapshot, StorageError, StorageOp};
+use mfp_core::{AgentId, BilateralId, ChannelId, MAX_FRAME_DEPTH, MIN_FRAME_DEPTH, MessageId, RuntimeId, State};
+use mfp_runtime::storage::{AgentRow, ChannelRow, DeliveryRow, MetaRow, Snapshot, StorageError, StorageOp};
 use mfp_runtime::{AgentState, ChannelStatus};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{Decode, Row, Sqlite, Type};
@@ -135,6 +135,36 @@ pub(crate) fn outbound_context(bilateral: &[u8], channel: &[u8], step: u64) -> V
 pub(crate) fn outbound_cell<'a>(id_be: &'a [u8; 8], context: &'a [u8]) -> Cell<'a> {
     Cell::new("pending_outbound", "wire", id_be, context)
 }
+
+/// Row id of an inbox cell: `channel_id ‖ u64be(step)` (unique, and known before the
+/// insert assigns `inbox.id`).
+pub(crate) fn inbox_row_id(channel: &[u8], step: u64) -> Vec<u8> {
+    let mut id = Vec::with_capacity(channel.len() + 8);
+    id.extend_from_slice(channel);
+    id.extend_from_slice(&step.to_be_bytes());
+    id
+}
+
+/// Context of an inbox cell: `recipient ‖ sender ‖ message_id ‖ correlation_id`.
+pub(crate) fn inbox_context(recipient: &[u8], sender: &[u8], message_id: &[u8], correlation: &[u8]) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(recipient.len() + sender.len() + message_id.len() + correlation.len());
+    for part in [recipient, sender, message_id, correlation] {
+        ctx.extend_from_slice(part);
+    }
+    ctx
+}
+
+pub(crate) fn inbox_cell<'a>(row_id: &'a [u8], context: &'a [u8]) -> Cell<'a> {
+    Cell::new("inbox", "payload", row_id, context)
+}
+
+/// Largest payload the inbox stores (the same bound as a federation wire message).
+pub(crate) const MAX_INBOX_PAYLOAD: usize = MAX_WIRE_LEN;
+
+/// Most inbox rows a load reads. The runtime keeps far fewer (its mailboxes bound them, see
+/// the runtime's `redelivery_limit`); more means a damaged or edited store, refused before
+/// any payload is read.
+pub(crate) const MAX_INBOX_ROWS: i64 = 1 << 20;
 
 fn open_state(cipher: &CellCipher, cell: Cell<'_>, blob: &[u8]) -> Result<State, StorageError> {
     let plain = cipher.open(cell, blob)?;
@@ -338,6 +368,36 @@ pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut 
             vec![seal(cipher, sg_cell(), sg.expose())?, Val::Int(now)],
         )),
         WriteOp::Runtime(StorageOp::Sg(None)) => out.push(Stmt::new("delete sg", "DELETE FROM sg_cache", vec![])),
+        WriteOp::Runtime(StorageOp::PutDelivery(d)) => {
+            if d.payload.len() > MAX_INBOX_PAYLOAD {
+                return Err(corrupt("inbox", "payload", "payload too large to store"));
+            }
+            let row_id = inbox_row_id(d.channel.as_bytes(), d.step);
+            let ctx =
+                inbox_context(d.recipient.as_bytes(), d.sender.as_bytes(), d.message_id.as_bytes(), &d.correlation_id);
+            out.push(Stmt::new(
+                "store delivered message",
+                "INSERT INTO inbox (channel_id, recipient, step, message_id, correlation_id, sender, payload, \
+                 created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id, step) DO UPDATE SET recipient = \
+                 excluded.recipient, message_id = excluded.message_id, correlation_id = excluded.correlation_id, \
+                 sender = excluded.sender, payload = excluded.payload",
+                vec![
+                    blob(d.channel.as_bytes()),
+                    blob(d.recipient.as_bytes()),
+                    Val::Int(range(d.step, "inbox", "step")?),
+                    blob(d.message_id.as_bytes()),
+                    blob(&d.correlation_id),
+                    blob(d.sender.as_bytes()),
+                    seal(cipher, inbox_cell(&row_id, &ctx), &d.payload)?,
+                    Val::Int(now),
+                ],
+            ));
+        }
+        WriteOp::Runtime(StorageOp::AckDelivery { channel, step }) => out.push(Stmt::new(
+            "remove handled message",
+            "DELETE FROM inbox WHERE channel_id = ? AND step = ?",
+            vec![blob(channel.as_bytes()), Val::Int(range(*step, "inbox", "step")?)],
+        )),
         WriteOp::Runtime(other) => {
             return Err(StorageError::Backend(format!("unsupported storage operation: {}", op_name(other))));
         }
@@ -435,6 +495,8 @@ fn op_name(op: &StorageOp) -> &'static str {
         StorageOp::ChannelFailures { .. } => "ChannelFailures",
         StorageOp::CloseChannel(_) => "CloseChannel",
         StorageOp::Sg(_) => "Sg",
+        StorageOp::PutDelivery(_) => "PutDelivery",
+        StorageOp::AckDelivery { .. } => "AckDelivery",
         _ => "unknown",
     }
 }
@@ -600,7 +662,78 @@ pub(crate) async fn read_snapshot(
         _ => return Err(corrupt("sg_cache", "id", "more than one row")),
     };
 
-    Ok(meta.map(|meta| Snapshot { meta: Some(meta), agents, channels, sg }))
+    let deliveries = read_inbox(conn, cipher, &known_agents).await?;
+    Ok(meta.map(|meta| Snapshot { meta: Some(meta), agents, channels, sg, deliveries }))
+}
+
+/// Whether the database has the inbox table (schema version 2; a version-1 database read
+/// without migrating, by `inspect`, has none and no pending messages).
+async fn has_inbox(conn: &mut SqliteConnection) -> Result<bool, StorageError> {
+    let row = sqlx::query("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'inbox'")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| sql_error("read sqlite_master", &e))?;
+    let n: i64 = row.try_get(0).map_err(|e| StorageError::Corrupt(format!("sqlite_master: {e}")))?;
+    Ok(n > 0)
+}
+
+/// Reads the pending deliveries in the order they were stored, validating every row.
+async fn read_inbox(
+    conn: &mut SqliteConnection,
+    cipher: &CellCipher,
+    known_agents: &BTreeSet<AgentId>,
+) -> Result<Vec<DeliveryRow>, StorageError> {
+    if !has_inbox(conn).await? {
+        return Ok(Vec::new());
+    }
+    let t = "inbox";
+    let count = sqlx::query("SELECT count(*) FROM inbox")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| sql_error("count inbox", &e))?;
+    let count: i64 = count.try_get(0).map_err(|e| StorageError::Corrupt(format!("inbox: {e}")))?;
+    if count > MAX_INBOX_ROWS {
+        return Err(corrupt(
+            t,
+            "id",
+            &format!("{count} pending messages, more than the {MAX_INBOX_ROWS} a load reads"),
+        ));
+    }
+    let rows = fetch_all(
+        conn,
+        "read inbox",
+        "SELECT channel_id, recipient, step, message_id, correlation_id, sender, payload FROM inbox ORDER BY id",
+    )
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let channel = ChannelId::from_bytes(get_fixed(row, t, "channel_id")?);
+        let recipient = AgentId::from_bytes(get_fixed(row, t, "recipient")?);
+        if !known_agents.contains(&recipient) {
+            return Err(corrupt(t, "recipient", "references an unknown agent"));
+        }
+        let step = get_u64(row, t, "step")?;
+        let message_id = MessageId::from_bytes(get_fixed(row, t, "message_id")?);
+        let correlation_id: [u8; 8] = get_fixed(row, t, "correlation_id")?;
+        let sender = AgentId::from_bytes(get_fixed(row, t, "sender")?);
+        let blob: Vec<u8> = get(row, t, "payload")?;
+        if blob.len() > MAX_INBOX_PAYLOAD + crate::cell::OVERHEAD {
+            return Err(corrupt(t, "payload", "payload too large"));
+        }
+        let row_id = inbox_row_id(channel.as_bytes(), step);
+        let ctx = inbox_context(recipient.as_bytes(), sender.as_bytes(), message_id.as_bytes(), &correlation_id);
+        let payload = cipher.open(inbox_cell(&row_id, &ctx), &blob)?;
+        out.push(DeliveryRow {
+            channel,
+            step,
+            recipient,
+            sender,
+            message_id,
+            correlation_id,
+            payload: payload.to_vec(),
+        });
+    }
+    Ok(out)
 }
 
 /// Reads bilateral channels and pending outbound messages, validating every row.
@@ -775,6 +908,37 @@ pub(crate) async fn reencrypt_all(
             .await
             .map_err(ex)?;
         count += 1;
+    }
+
+    if has_inbox(conn).await? {
+        for row in fetch_all(
+            conn,
+            "read inbox",
+            "SELECT id, channel_id, recipient, step, message_id, correlation_id, sender, payload FROM inbox",
+        )
+        .await?
+        {
+            let t = "inbox";
+            let id: i64 = get(&row, t, "id")?;
+            let channel: Vec<u8> = get(&row, t, "channel_id")?;
+            let recipient: Vec<u8> = get(&row, t, "recipient")?;
+            let step = get_u64(&row, t, "step")?;
+            let message_id: Vec<u8> = get(&row, t, "message_id")?;
+            let correlation: Vec<u8> = get(&row, t, "correlation_id")?;
+            let sender: Vec<u8> = get(&row, t, "sender")?;
+            let blob: Vec<u8> = get(&row, t, "payload")?;
+            let row_id = inbox_row_id(&channel, step);
+            let ctx = inbox_context(&recipient, &sender, &message_id, &correlation);
+            let cell = inbox_cell(&row_id, &ctx);
+            let fresh = new.seal(cell, &old.open(cell, &blob)?)?;
+            sqlx::query("UPDATE inbox SET payload = ? WHERE id = ?")
+                .bind(fresh)
+                .bind(id)
+                .execute(&mut *conn)
+                .await
+                .map_err(ex)?;
+            count += 1;
+        }
     }
 
     let check = new.seal(key_check_cell(), KEY_CHECK_PLAINTEXT)?;

@@ -119,7 +119,7 @@
 //!
 //! `Decrypt` is returned only by the pymfp importer (pymfp's cells carry no key check).
 //!
-//! ## Schema (version 1)
+//! ## Schema (version 2)
 //!
 //! | table | columns |
 //! |---|---|
@@ -131,6 +131,11 @@
 //! | `sg_cache` | `id` = 1, `sg_value` (encrypted), `updated_at` |
 //! | `bilateral_channels` | `bilateral_id` (32) PK, `runtime_id_local`, `runtime_id_peer` (32), `ratchet_state`, `shared_prng_seed` (encrypted), `step` ≥ 0, `status` ∈ {active, recovery, suspended}, `created_at`, `updated_at` |
 //! | `pending_outbound` | `id` ≥ 0 PK, `bilateral_id` → `bilateral_channels` (cascade), `channel_id` (16), `step` ≥ 0, `wire` (encrypted), `created_at` |
+//! | `inbox` (version 2) | `id` PK (storage order), `channel_id` (16; no reference, so a message outlives its closed channel's row), `recipient` → `agents` (cascade), `step` ≥ 0, `message_id` (16), `correlation_id` (8), `sender` (32), `payload` (encrypted), `created_at`; unique (`channel_id`, `step`); index (`recipient`, `id`) |
+//!
+//! Version 2 (migration `0002_inbox.sql`) adds only the `inbox`: the runtime's durable
+//! delivery. A version-1 database is migrated when opened for writing; read-only
+//! [`inspect`] reads it as it is (no pending deliveries).
 //!
 //! Timestamps are Unix seconds. Integers are SQLite's signed 64-bit: every `u64` (step,
 //! counter, id) is converted with a check — a value above `i64::MAX` fails its batch, it never
@@ -140,7 +145,8 @@
 //! ## Encryption at rest
 //!
 //! Every sensitive cell — `channels.local_state`, `sg_cache.sg_value`,
-//! `bilateral_channels.ratchet_state` and `.shared_prng_seed`, `pending_outbound.wire` — is
+//! `bilateral_channels.ratchet_state` and `.shared_prng_seed`, `pending_outbound.wire`,
+//! `inbox.payload` — is
 //! AES-256-GCM encrypted with a **fresh random 12-byte nonce per write** (ring's
 //! `SystemRandom`) under a key bound to its table, column and row:
 //!
@@ -153,9 +159,11 @@
 //! ```
 //!
 //! `lp(x) = u16be(len x) ‖ x`. Row ids: the channel id, the bilateral id, `u64be(id)` of an
-//! outbound message, `"sg"`. The context binds the other columns a cell must agree with:
-//! `u64be(step)` for channel and bilateral states, `bilateral_id ‖ channel_id ‖ u64be(step)`
-//! for outbound messages — so moving a cell to another row or changing its step is detected.
+//! outbound message, `channel_id ‖ u64be(step)` of an inbox message, `"sg"`. The context
+//! binds the other columns a cell must agree with: `u64be(step)` for channel and bilateral
+//! states, `bilateral_id ‖ channel_id ‖ u64be(step)` for outbound messages, `recipient ‖
+//! sender ‖ message_id ‖ correlation_id` for inbox messages — so moving a cell to another
+//! row or changing its step, sender or recipient is detected.
 //!
 //! Design choice: the storage key is derived from a random per-database `salt`, not from the
 //! runtime identity as in pymfp. It is therefore available before the runtime's `Meta` op

@@ -411,6 +411,7 @@ async fn read_on(conn: &mut SqliteConnection, key: Option<&[u8]>) -> Result<Pymf
             agents,
             channels,
             sg,
+            deliveries: Vec::new(),
         },
         bilateral,
         schema_version,

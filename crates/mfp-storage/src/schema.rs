@@ -23,7 +23,7 @@ pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// `PRAGMA application_id` of our databases: ASCII "MFPS".
 pub(crate) const APPLICATION_ID: i64 = 0x4D46_5053;
 /// The schema version this build writes (`mfp_schema.version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Every table of our schema.
 const OUR_TABLES: &[&str] = &[
@@ -39,6 +39,8 @@ const OUR_TABLES: &[&str] = &[
 /// Tables that hold runtime or federation data.
 const DATA_TABLES: &[&str] =
     &["runtime_meta", "agents", "channels", "sg_cache", "bilateral_channels", "pending_outbound"];
+/// Tables added by schema version 2 (a version-1 database is migrated when opened).
+const V2_TABLES: &[&str] = &["inbox"];
 /// sqlx's migration bookkeeping table.
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
 /// Tables that identify a pymfp database.
@@ -351,6 +353,13 @@ async fn classify_schema(conn: &mut SqliteConnection) -> Result<DbKind, StorageE
     }
     if version < 1 {
         return Err(corrupt("mfp_schema", "version", "invalid version"));
+    }
+    if version >= 2 {
+        for t in V2_TABLES {
+            if !tables.contains(*t) {
+                return Err(StorageError::Corrupt(format!("schema: table {t} is missing")));
+            }
+        }
     }
     let applied = sqlx::query("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
         .fetch_all(&mut *conn)

@@ -94,3 +94,24 @@ fn the_key_permission_warning_is_printed_once_for_one_file() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(err.matches("readable by group or others").count(), 1, "{err}");
 }
+
+#[test]
+fn check_reports_the_pending_deliveries() {
+    let dir = TempDir::new("cli-pending");
+    let db = dir.file("p.db");
+    let key_path = dir.file("k.key");
+    let key = MasterKey::generate_file(&key_path).unwrap();
+    let storage = SqliteStorage::open(config(&db, &key)).unwrap();
+    storage.apply(setup_ops()).wait().unwrap();
+    storage
+        .apply(vec![advance(10, 1), delivery(10, 0, 1, 2, b"one"), mfp_runtime::storage::StorageOp::Sg(Some(state(1)))])
+        .wait()
+        .unwrap();
+    storage.apply(vec![advance(10, 2), delivery(10, 1, 1, 2, b"two")]).wait().unwrap();
+    drop(storage);
+    let (code, out, err) = run(&["check", "--db", &s(&db), "--key-file", &s(&key_path)]);
+    // The Sg of these hand-made rows is not the channels' root: check fails, after printing.
+    assert_eq!(code, Some(1), "{err}");
+    assert!(out.contains("schema version: 2\n"), "{out}");
+    assert!(out.contains("\npending deliveries: 2 ("), "{out}");
+}

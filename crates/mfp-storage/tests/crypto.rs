@@ -23,6 +23,7 @@ fn all_blobs(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
                 ("bilateral_channels.ratchet_state", "SELECT ratchet_state FROM bilateral_channels"),
                 ("bilateral_channels.shared_prng_seed", "SELECT shared_prng_seed FROM bilateral_channels"),
                 ("pending_outbound.wire", "SELECT wire FROM pending_outbound"),
+                ("inbox.payload", "SELECT payload FROM inbox ORDER BY id"),
                 ("mfp_keys.key_check", "SELECT key_check FROM mfp_keys"),
             ] {
                 for row in sqlx::query(sql).fetch_all(&mut *c).await.unwrap() {
@@ -96,14 +97,18 @@ fn rotation_changes_the_key_id_and_only_the_new_key_opens() {
     let (old, new) = (key(1), key(2));
     let storage = SqliteStorage::open(config(&path, &old)).unwrap();
     storage.apply(setup_ops()).wait().unwrap();
-    storage.apply(vec![advance(10, 1), StorageOp::Sg(Some(state(5)))]).wait().unwrap();
+    storage
+        .apply(vec![advance(10, 1), delivery(10, 0, 1, 2, &[0xcd; 48]), StorageOp::Sg(Some(state(5)))])
+        .wait()
+        .unwrap();
     storage.apply_ops(federation_ops()).wait().unwrap();
     let snapshot = storage.load().unwrap();
+    assert_eq!(snapshot.as_ref().unwrap().deliveries.len(), 1);
     let federation = storage.load_federation().unwrap();
     drop(storage);
 
     let before = all_blobs(&path);
-    assert_eq!(before.len(), 2 + 1 + 2 + 1 + 1);
+    assert_eq!(before.len(), 2 + 1 + 2 + 1 + 1 + 1);
     assert!(before.iter().all(|(_, b)| b[1..9] == old.key_id()));
 
     let count = rotate_master_key(&path, &old, &new).unwrap();
@@ -139,13 +144,16 @@ fn online_rotation_keeps_writing_with_the_new_key() {
     let (old, new) = (key(4), key(5));
     let storage = SqliteStorage::open(config(&path, &old)).unwrap();
     storage.apply(setup_ops()).wait().unwrap();
-    let queued = storage.apply(vec![advance(10, 1)]);
-    assert_eq!(storage.rotate_key(&new).unwrap(), 4);
+    let queued = storage.apply(vec![advance(10, 1), delivery(10, 0, 1, 2, b"queued before the rotation")]);
+    assert_eq!(storage.rotate_key(&new).unwrap(), 5);
     queued.wait().unwrap();
     assert_eq!(storage.key_id(), new.key_id());
-    storage.apply(vec![advance(10, 2), StorageOp::Sg(Some(state(8)))]).wait().unwrap();
-    assert!(all_blobs(&path).iter().all(|(_, b)| b[1..9] == new.key_id()));
+    storage.apply(vec![advance(10, 2), delivery(10, 1, 1, 2, b"after"), StorageOp::Sg(Some(state(8)))]).wait().unwrap();
+    let blobs = all_blobs(&path);
+    assert_eq!(blobs.iter().filter(|(n, _)| n == "inbox.payload").count(), 2);
+    assert!(blobs.iter().all(|(_, b)| b[1..9] == new.key_id()));
     let expected = storage.load().unwrap();
+    assert_eq!(expected.as_ref().unwrap().deliveries.iter().map(|d| d.step).collect::<Vec<_>>(), vec![0, 1]);
     drop(storage);
     assert_eq!(SqliteStorage::open(config(&path, &new)).unwrap().load().unwrap(), expected);
 }

@@ -12,8 +12,13 @@
 //! ```text
 //! READY <channel-hex>:<step> <channel-hex>:<step>   where this run starts (channels sorted)
 //! R <channel-hex> <step>                            alice.send returned this receipt
-//! D <channel-hex> <step>                            bob's handler got this message
+//! B <channel-hex> <step> <0|1>                      bob's handler starts on this message
+//! D <channel-hex> <step> <0|1>                      bob's handler is done with it
 //! ```
+//!
+//! The last field of `B` and `D` is the message's redelivery flag. On a restart, bob is
+//! attached after `READY` is printed, so the messages stored but not handled before the
+//! kill (delivered again, flagged) come after it.
 //!
 //! Any error prints `ERR <message>` on standard error and exits with status 1 — including a
 //! receipt or a delivery whose step differs from the one the payload names.
@@ -56,12 +61,17 @@ fn runtime_config() -> RuntimeConfig {
     }
 }
 
-/// Bob's handler: checks the payload against the step and reports the delivery.
+/// Bob's handler: reports its start, checks the payload against the step and reports that
+/// it is done.
 fn bob_handler(_: &mfp_runtime::AgentHandle, msg: DeliveredMessage) {
+    let flag = u8::from(msg.redelivered);
+    if let Err(e) = emit(&format!("B {} {} {flag}\n", msg.channel, msg.step)) {
+        die(e);
+    }
     if msg.payload != payload(msg.step) {
         die(format!("channel {} step {}: delivered payload names another step", msg.channel, msg.step));
     }
-    if let Err(e) = emit(&format!("D {} {}\n", msg.channel, msg.step)) {
+    if let Err(e) = emit(&format!("D {} {} {flag}\n", msg.channel, msg.step)) {
         die(e);
     }
 }
@@ -83,7 +93,8 @@ fn run() -> Result<Infallible, String> {
     let snapshot = storage.load().map_err(|e| format!("load: {e}"))?;
     let rt = Runtime::builder(runtime_config()).storage(storage).build().map_err(|e| format!("build: {e}"))?;
 
-    let (alice, mut channels) = if rt.agent_count() == 0 {
+    let restarted = rt.agent_count() != 0;
+    let (alice, mut channels) = if !restarted {
         let alice = rt.bind_named("alice", |_, _| {}).map_err(|e| format!("bind alice: {e}"))?;
         let bob = rt.bind_named("bob", bob_handler).map_err(|e| format!("bind bob: {e}"))?;
         let mut channels = Vec::with_capacity(CHANNELS);
@@ -93,7 +104,6 @@ fn run() -> Result<Infallible, String> {
         (alice, channels.into_iter().map(|c| (c, 0)).collect::<Vec<(ChannelId, u64)>>())
     } else {
         let alice = rt.attach_named("alice", |_, _| {}).map_err(|e| format!("attach alice: {e}"))?;
-        rt.attach_named("bob", bob_handler).map_err(|e| format!("attach bob: {e}"))?;
         let stored = snapshot.map(|s| s.channels).unwrap_or_default();
         let mut channels = Vec::with_capacity(CHANNELS);
         for info in alice.channels().map_err(|e| format!("alice's channels: {e}"))? {
@@ -112,6 +122,9 @@ fn run() -> Result<Infallible, String> {
 
     let ready: Vec<String> = channels.iter().map(|(c, s)| format!("{c}:{s}")).collect();
     emit(&format!("READY {}\n", ready.join(" ")))?;
+    if restarted {
+        rt.attach_named("bob", bob_handler).map_err(|e| format!("attach bob: {e}"))?;
+    }
 
     // One sender thread per channel, all sending at once: their batches race for the
     // storage queue, and the stored Sg must still match the stored channel states.

@@ -149,6 +149,10 @@ fn check(db: &Path, key_file: &Path) -> Result<(), Failure> {
         count_channels(ChannelStatus::Active),
         count_channels(ChannelStatus::Quarantined)
     );
+    println!(
+        "pending deliveries: {} (stored, not yet handled; delivered again, flagged, at the next start)",
+        snapshot.deliveries.len()
+    );
     println!("bilateral channels: {}", found.federation.bilateral.len());
     println!("pending outbound messages: {}", found.federation.outbound.len());
     let mut tree = MerkleSg::from_states(snapshot.channels.iter().map(|c| (c.id, &c.state)))

@@ -116,6 +116,19 @@ pub fn advance(n: u8, step: u64) -> StorageOp {
     StorageOp::AdvanceChannel { id: channel_id(n), state: state(u64::from(n) * 1000 + step), step }
 }
 
+/// A stored, unhandled message on channel `n` at `step`, from agent `sender` to `recipient`.
+pub fn delivery(n: u8, step: u64, sender: u8, recipient: u8, payload: &[u8]) -> StorageOp {
+    StorageOp::PutDelivery(mfp_runtime::storage::DeliveryRow {
+        channel: channel_id(n),
+        step,
+        recipient: agent_id(recipient),
+        sender: agent_id(sender),
+        message_id: mfp_core::MessageId::from_bytes([n ^ (step as u8); 16]),
+        correlation_id: [step as u8; 8],
+        payload: payload.to_vec(),
+    })
+}
+
 /// A small runtime: meta, agents 1..=3, channels 10 (1-2) and 11 (2-3).
 pub fn setup_ops() -> Vec<StorageOp> {
     vec![
