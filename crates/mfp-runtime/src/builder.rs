@@ -131,11 +131,13 @@ impl RuntimeBuilder {
                     .thread_name("mfp-runtime")
                     .enable_time()
                     .build()
-                    .map_err(|_| Error::ShutDown)?;
+                    .map_err(|e| Error::ExecutorStart(e.to_string()))?;
                 (rt.handle().clone(), Some(rt))
             }
         };
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
+            admin_op: tokio::sync::Mutex::new(()),
             config: self.config,
             identity,
             epoch: Instant::now(),

@@ -7,6 +7,7 @@ use mfp_core::{AgentId, ChannelId};
 use tokio::sync::oneshot;
 
 use crate::agent::{AgentRecord, Outcome};
+use crate::block::Place;
 use crate::error::{Error, Result};
 use crate::runtime::{Inner, Runtime, WeakInner};
 use crate::types::{AgentState, AgentStatus, ChannelInfo, DeliveredMessage, Receipt, SendOptions};
@@ -81,12 +82,20 @@ impl AgentHandle {
     /// if the handler timed out or panicked — the message was still sent and the channel
     /// advanced. Do not call it for a message to an agent that is itself waiting on you.
     pub fn send_and_wait(&self, channel: ChannelId, payload: &[u8]) -> Result<Receipt> {
+        let inner = self.runtime()?;
+        let place = crate::block::place(inner.exec());
+        if place == Place::Driver {
+            // The handler can only run once this thread is free again.
+            return Err(Error::WouldBlock { operation: "AgentHandle::send_and_wait" });
+        }
         let (tx, rx) = oneshot::channel();
         let receipt = self.send_blocking(channel, payload, &SendOptions::default(), Some(tx))?;
-        let inner = self.runtime()?;
         let limit = inner.config.agent_timeout + WAIT_MARGIN;
-        let _g = inner.exec().enter();
-        let outcome = crate::block::block_on(tokio::time::timeout(limit, rx));
+        let wait = || {
+            let _g = inner.exec().enter();
+            crate::block::block_on(tokio::time::timeout(limit, rx))
+        };
+        let outcome = if place == Place::MultiThread { tokio::task::block_in_place(wait) } else { wait() };
         map_outcome(outcome, receipt)
     }
 
@@ -157,8 +166,19 @@ impl AgentHandle {
         // completes on its first poll; a wait for the rate window or mailbox space parks
         // the thread.
         let inner = self.runtime()?;
-        let _g = inner.exec().enter();
-        crate::block::block_on(self.send_inner(channel, payload, options, done, Caller::Blocking))
+        let place = crate::block::place(inner.exec());
+        let run = || {
+            let _g = inner.exec().enter();
+            let send = self.send_inner(channel, payload, options, done, Caller::Blocking);
+            if place == Place::Driver {
+                // A wait for mailbox space or the rate window needs this very thread; the
+                // send is dropped before it reached the pipeline, so nothing changed.
+                crate::block::poll_once(send).unwrap_or(Err(Error::WouldBlock { operation: "AgentHandle::send" }))
+            } else {
+                crate::block::block_on(send)
+            }
+        };
+        if place == Place::MultiThread { tokio::task::block_in_place(run) } else { run() }
     }
 
     async fn send_async_inner(
@@ -283,5 +303,7 @@ where
 
 /// `unbind(handle)` as in pymfp.
 pub fn unbind(handle: AgentHandle) -> Result<()> {
-    handle.runtime()?.unbind(&handle.record.id)
+    let inner = handle.runtime()?;
+    let id = handle.record.id;
+    inner.blocking("unbind", |w| inner.remove_agent(&id, false, w))
 }

@@ -30,6 +30,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod admin;
 mod agent;
 pub mod audit;
 mod block;
@@ -46,7 +47,7 @@ mod runtime;
 pub mod storage;
 mod types;
 
-pub use agent::{AsyncHandler, BoxFuture};
+pub use agent::{AgentHandler, AsyncHandler, BoxFuture};
 pub use builder::RuntimeBuilder;
 pub use config::{
     Backpressure, DEFAULT_MAILBOX_MAX_BYTES, MAX_ID_INPUT_LEN, MAX_QUEUE_LIMIT, RateLimitAction, RuntimeConfig,

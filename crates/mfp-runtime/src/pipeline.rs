@@ -62,7 +62,7 @@ impl Inner {
             self.shared.metrics.rate_limited.inc();
             match self.config.rate_limit_action {
                 RateLimitAction::Quarantine => {
-                    let _ = self.quarantine_agent(&sender.id, "Rate limit exceeded");
+                    self.quarantine_now(&sender.id, "Rate limit exceeded");
                     return Err(Error::AgentQuarantined(sender.id));
                 }
                 RateLimitAction::Reject => return Err(Error::RateLimited { retry_after }),
@@ -145,7 +145,7 @@ impl Inner {
         corr.copy_from_slice(ids.get(..8).unwrap_or(&[0; 8]));
         let message_id = MessageId::from_slice(ids.get(16..32).unwrap_or_default())?;
         let correlation_id = CorrelationId(corr);
-        let sg = self.current_sg().ok_or(Error::UnknownChannel(channel.id))?;
+        let sg = self.current_sg().ok_or(Error::Inconsistent { channel: channel.id })?;
         let step = ch.step;
 
         // FRAME

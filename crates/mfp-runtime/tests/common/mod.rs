@@ -160,3 +160,73 @@ macro_rules! assert_err {
         }
     };
 }
+
+/// Runs `f` on its own thread and returns its result; fails the test if `f` has not
+/// returned within `secs` seconds (a hang) or panicked.
+pub(crate) fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("the call did not return within {secs} s"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the call panicked"),
+    }
+}
+
+/// A storage whose tickets complete from another thread, after the batch was applied to
+/// an inner [`MemoryStorage`] (as a storage with a writer thread does). `pause` holds
+/// completions back until `resume`.
+#[derive(Clone)]
+pub(crate) struct PendingStorage {
+    pub(crate) mem: mfp_runtime::storage::MemoryStorage,
+    tx: std::sync::mpsc::Sender<(mfp_runtime::storage::TicketSender, Result<(), mfp_runtime::storage::StorageError>)>,
+    paused: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl PendingStorage {
+    pub(crate) fn new() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<(
+            mfp_runtime::storage::TicketSender,
+            Result<(), mfp_runtime::storage::StorageError>,
+        )>();
+        let paused: Arc<(Mutex<bool>, Condvar)> = Arc::default();
+        let gate = Arc::clone(&paused);
+        std::thread::spawn(move || {
+            while let Ok((sender, result)) = rx.recv() {
+                let mut p = gate.0.lock().unwrap();
+                while *p {
+                    p = gate.1.wait(p).unwrap();
+                }
+                drop(p);
+                sender.complete(result);
+            }
+        });
+        Self { mem: mfp_runtime::storage::MemoryStorage::new(), tx, paused }
+    }
+
+    /// Holds back completions.
+    pub(crate) fn pause(&self) {
+        *self.paused.0.lock().unwrap() = true;
+    }
+
+    /// Completes held and further batches again.
+    pub(crate) fn resume(&self) {
+        *self.paused.0.lock().unwrap() = false;
+        self.paused.1.notify_all();
+    }
+}
+
+impl mfp_runtime::storage::Storage for PendingStorage {
+    fn load(&self) -> Result<Option<mfp_runtime::storage::Snapshot>, mfp_runtime::storage::StorageError> {
+        self.mem.load()
+    }
+
+    fn apply(&self, ops: Vec<mfp_runtime::storage::StorageOp>) -> mfp_runtime::storage::Ticket {
+        let result = self.mem.apply(ops).wait();
+        let (sender, ticket) = mfp_runtime::storage::Ticket::pending();
+        self.tx.send((sender, result)).unwrap();
+        ticket
+    }
+}
