@@ -10,6 +10,7 @@ use crate::error::ConfigError;
 
 /// What happens when a sender exceeds `max_message_rate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum RateLimitAction {
     /// Quarantine the sender (pymfp's behaviour).
     #[default]
@@ -23,6 +24,7 @@ pub enum RateLimitAction {
 
 /// What happens when the recipient's mailbox is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Backpressure {
     /// Wait for space, at most `pipeline_timeout`, then fail with
     /// [`crate::Error::MailboxFull`]. No lock is held while waiting.

@@ -10,6 +10,7 @@ use crate::types::AgentState;
 
 /// pymfp's `AgentErrorCode` values, for code written against pymfp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorCode {
     /// `unbound`
     Unbound,
@@ -49,6 +50,7 @@ impl ErrorCode {
 /// A configuration value that is out of range.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("invalid configuration: {field}: {reason}")]
+#[non_exhaustive]
 pub struct ConfigError {
     /// The offending field.
     pub field: &'static str,
