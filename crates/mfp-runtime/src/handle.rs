@@ -204,15 +204,17 @@ impl AgentHandle {
         let _sending = inner.enter_send()?;
         let started = Instant::now();
         let deadline = started + inner.config.pipeline_timeout;
+        // The rate window and its wait run on the runtime's clock (virtual in tests).
+        let rate_deadline = inner.clock.now() + inner.config.pipeline_timeout;
         loop {
-            let now = Instant::now();
+            let now = inner.clock.now();
             let (ch, recipient) = match inner.precheck(&self.record, &channel, payload.len(), now)? {
                 Ok(pair) => pair,
                 Err(wait) => {
-                    if now + wait > deadline {
+                    if now + wait > rate_deadline {
                         return Err(Error::RateLimited { retry_after: wait });
                     }
-                    tokio::time::sleep(wait).await;
+                    inner.clock.sleep(wait).await;
                     continue;
                 }
             };

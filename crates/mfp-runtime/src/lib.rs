@@ -36,6 +36,7 @@ pub mod audit;
 mod block;
 mod builder;
 mod channel;
+pub mod clock;
 mod config;
 mod entropy;
 mod error;
@@ -49,6 +50,7 @@ mod types;
 
 pub use agent::{AgentHandler, AsyncHandler, BoxFuture};
 pub use builder::RuntimeBuilder;
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
     Backpressure, DEFAULT_MAILBOX_MAX_BYTES, MAX_ID_INPUT_LEN, MAX_QUEUE_LIMIT, RateLimitAction, RuntimeConfig,
 };

@@ -130,7 +130,7 @@ impl Inner {
             return Err(Error::ChannelQuarantined(channel.id));
         }
         if let (Some((key, digest)), Some(d)) = (&idem, ch.dedup.as_mut()) {
-            match d.lookup(key, digest, started, self.config.dedup_ttl) {
+            match d.lookup(key, digest, self.clock.now(), self.config.dedup_ttl) {
                 DedupHit::Miss => {}
                 DedupHit::Same(r) => {
                     self.shared.metrics.duplicates_suppressed.inc();
@@ -250,7 +250,7 @@ impl Inner {
                 key,
                 digest,
                 receipt,
-                started,
+                self.clock.now(),
                 self.config.dedup_window,
             );
         }
@@ -266,7 +266,7 @@ impl Inner {
         if self.config.max_message_rate > 0 {
             // The window counts sends from when they went out, not from when the caller
             // started (which may be up to `pipeline_timeout` earlier after a wait).
-            sender.rate.lock().record(Instant::now(), self.config.max_message_rate);
+            sender.rate.lock().record(self.clock.now(), self.config.max_message_rate);
         }
         sender.messages_sent.fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.messages_sent.inc();

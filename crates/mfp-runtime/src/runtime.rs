@@ -135,6 +135,8 @@ pub(crate) struct Inner {
     pub(crate) config: RuntimeConfig,
     pub(crate) identity: RuntimeId,
     pub(crate) epoch: Instant,
+    /// The time for rate and idempotency windows (see `clock.rs`).
+    pub(crate) clock: Arc<dyn crate::clock::Clock>,
     pub(crate) entropy: Mutex<Box<dyn EntropySource + Send>>,
     pub(crate) admin: Mutex<AdminState>,
     /// The turn of administrative operations (see `admin.rs`), held across their commit
@@ -403,6 +405,7 @@ impl Runtime {
             entropy: None,
             hooks: None,
             audit: None,
+            clock: None,
             handle: None,
             worker_threads: 2,
             storage: None,
