@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mfp_core::crypto::sha256;
-use mfp_core::{BLOCK_SIZE, ChannelId, EntropySource, Frame, MessageId, TAG_SIZE, encoding, ratchet, sampling};
+use mfp_core::{BLOCK_SIZE, ChannelId, Frame, MessageId, ReplayEntropy, TAG_SIZE, encoding, ratchet, sampling};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::{AgentRecord, Delivery, Outcome};
@@ -18,18 +18,6 @@ use crate::hooks::SendContext;
 use crate::runtime::{Inner, QuarantineCause, Route};
 use crate::storage::StorageOp;
 use crate::types::{AgentState, ChannelStatus, CorrelationId, Receipt, SendOptions};
-
-/// Holds the jitter drawn for one frame and hands it to the sampler.
-struct SliceEntropy<'a>(&'a [u8]);
-
-impl EntropySource for SliceEntropy<'_> {
-    fn fill(&mut self, dest: &mut [u8]) -> Result<(), mfp_core::Error> {
-        let (head, rest) = self.0.split_at_checked(dest.len()).ok_or(mfp_core::Error::Entropy)?;
-        dest.copy_from_slice(head);
-        self.0 = rest;
-        Ok(())
-    }
-}
 
 /// Entropy draws up to this size (depth ≤ 8) stay on the stack: correlation (16),
 /// message id (16), jitter (16·k).
@@ -149,7 +137,7 @@ impl Inner {
         let step = ch.step;
 
         // FRAME
-        let frame: Frame = sampling::sample_frame(&ch.state, step, &sg, depth, &mut SliceEntropy(jitter))?;
+        let frame: Frame = sampling::sample_frame(&ch.state, step, &sg, depth, &mut ReplayEntropy::new(jitter))?;
         // ENCODE. The protocol message is frame_open ‖ E(P) ‖ frame_close; inside the
         // runtime it is never serialised, so its three parts stay in their own buffers and
         // E(P) is built where the payload's only copy is (no concatenation, and no shift of

@@ -9,7 +9,7 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Gate, Inbox, cfg};
+use common::{Gate, Inbox, cfg, gated_pair};
 use mfp_runtime::{
     AgentHandle, AgentState, Backpressure, ChannelId, ChannelStatus, Error, ErrorCode, ManualClock, RateLimitAction,
     Runtime, RuntimeConfig,
@@ -155,20 +155,6 @@ fn rate_limit_zero_means_unlimited() {
 }
 
 // ---- backpressure ------------------------------------------------------------------
-
-/// A recipient whose handler blocks on `gate` for every message until it is opened.
-fn gated_pair(rt: &Runtime, gate: &Gate, inbox: &Inbox) -> (AgentHandle, AgentHandle, ChannelId) {
-    let a = rt.bind(|_, _| {}).unwrap();
-    let (g, i) = (gate.clone(), inbox.clone());
-    let b = rt
-        .bind(move |_, m| {
-            g.wait();
-            i.push(m);
-        })
-        .unwrap();
-    let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
-    (a, b, ch)
-}
 
 fn bp_cfg(policy: Backpressure, pipeline_ms: u64) -> RuntimeConfig {
     RuntimeConfig {

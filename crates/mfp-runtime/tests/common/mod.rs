@@ -6,8 +6,8 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use mfp_core::{EntropySource, FnEntropy};
-use mfp_runtime::{AgentHandle, DeliveredMessage, RuntimeConfig};
+use mfp_core::EntropySource;
+use mfp_runtime::{AgentHandle, ChannelId, DeliveredMessage, Runtime, RuntimeConfig};
 
 /// A configuration with short timeouts, so a failing test fails fast.
 pub(crate) fn cfg() -> RuntimeConfig {
@@ -115,18 +115,7 @@ impl Gate {
 
 /// A deterministic entropy source: a splitmix64 stream from `seed`.
 pub(crate) fn counter_entropy(seed: u64) -> impl EntropySource + Send + 'static {
-    let mut counter = seed;
-    FnEntropy(move |buf: &mut [u8]| {
-        for chunk in buf.chunks_mut(8) {
-            counter = counter.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = counter;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
-        }
-        Ok(())
-    })
+    mfp_core::testing::SplitMix64(seed)
 }
 
 /// Silences panics raised on purpose by test handlers (their message contains
@@ -229,4 +218,18 @@ impl mfp_runtime::storage::Storage for PendingStorage {
         self.tx.send((sender, result)).unwrap();
         ticket
     }
+}
+
+/// A recipient whose handler blocks on `gate` for every message until it is opened.
+pub(crate) fn gated_pair(rt: &Runtime, gate: &Gate, inbox: &Inbox) -> (AgentHandle, AgentHandle, ChannelId) {
+    let a = rt.bind(|_, _| {}).unwrap();
+    let (g, i) = (gate.clone(), inbox.clone());
+    let b = rt
+        .bind(move |_, m| {
+            g.wait();
+            i.push(m);
+        })
+        .unwrap();
+    let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
+    (a, b, ch)
 }
