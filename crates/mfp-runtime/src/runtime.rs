@@ -1,5 +1,6 @@
-//! The runtime: registries and administration (agents, channels, quarantine). The send
-//! pipeline is in `pipeline.rs`, construction and restore in `builder.rs`.
+//! The runtime: its shared state (`Inner`), queries and shutdown, and the public
+//! `Runtime` API. The administrative operations are in `admin.rs`, the send pipeline in
+//! `pipeline.rs`, construction and restore in `builder.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

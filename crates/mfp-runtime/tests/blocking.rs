@@ -184,3 +184,42 @@ fn a_blocking_admin_call_behind_a_pending_async_one_fails_at_once_on_a_current_t
         });
     });
 }
+
+/// A quarantine the runtime imposes (rate limit) is in force at once, without the send
+/// waiting for the disk: with storage completions held back, the send that trips the
+/// limit still returns; the quarantine reaches storage once the disk answers.
+#[test]
+fn a_rate_limit_quarantine_does_not_wait_for_the_disk() {
+    let store = PendingStorage::new();
+    let config =
+        RuntimeConfig { max_message_rate: 3, rate_limit_action: mfp_runtime::RateLimitAction::Quarantine, ..cfg() };
+    let rt = Arc::new(Runtime::builder(config).storage(store.clone()).build().unwrap());
+    let a = rt.bind(|_, _| {}).unwrap();
+    let b = rt.bind(|_, _| {}).unwrap();
+    let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
+    for _ in 0..3 {
+        a.send(ch, b"x").unwrap();
+    }
+    store.pause();
+    let sender = a.clone();
+    let err = within(WATCHDOG, move || sender.send(ch, b"4th").unwrap_err());
+    assert_eq!(err, Error::AgentQuarantined(a.id()));
+    assert_eq!(rt.agent_state(&a.id()).unwrap(), AgentState::Quarantined);
+    assert_eq!(rt.channel_info(&ch).unwrap().status, mfp_runtime::ChannelStatus::Quarantined);
+    store.resume();
+    let id = a.id();
+    within(WATCHDOG, move || {
+        while !store
+            .mem
+            .load()
+            .unwrap()
+            .unwrap()
+            .agents
+            .iter()
+            .any(|r| r.id == id && r.state == AgentState::Quarantined)
+        {
+            std::thread::yield_now();
+        }
+    });
+    rt.shutdown();
+}

@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 //! Every administrative operation fails closed alike: when its commit fails, it returns
 //! the storage error and memory is exactly as before (state, channel statuses, quarantine
-//! reason, counts) — and a retry once storage works succeeds.
+//! reason, counts) — and a retry once storage works succeeds. Also: an id collision is
+//! reported as such.
 
 #[macro_use]
 mod common;
@@ -75,5 +76,27 @@ fn failed_channel_operations_change_nothing() {
     assert_eq!(a.send(ch, b"still open").unwrap().step, 1);
     rt.close_channel(&ch).unwrap();
     assert_eq!(rt.agent_state(&a.id()).unwrap(), AgentState::Bound);
+    rt.shutdown();
+}
+
+/// A repeating entropy source draws a channel id already in use: its own error, not
+/// `Entropy` (the source did not fail), and nothing changes.
+#[test]
+fn an_id_collision_has_its_own_error_and_changes_nothing() {
+    let rt = Runtime::builder(cfg())
+        .entropy(mfp_core::FnEntropy(|b: &mut [u8]| {
+            b.fill(7);
+            Ok(())
+        }))
+        .build()
+        .unwrap();
+    let a = rt.bind(|_, _| {}).unwrap();
+    let b = rt.bind(|_, _| {}).unwrap();
+    let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
+    let err = rt.establish_channel(&a.id(), &b.id()).unwrap_err();
+    assert_eq!(err, Error::IdCollision { what: "channel" });
+    assert!(err.to_string().contains("entropy source repeats itself"), "{err}");
+    assert_eq!(rt.channel_count(), 1);
+    assert_eq!(a.send(ch, b"x").unwrap().step, 0);
     rt.shutdown();
 }
