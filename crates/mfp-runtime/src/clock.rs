@@ -19,8 +19,8 @@ pub trait Clock: Send + Sync + 'static {
     /// The current instant; never earlier than a previous answer.
     fn now(&self) -> Instant;
 
-    /// A future that completes once [`Clock::now`] has advanced by `duration`.
-    fn sleep(&self, duration: Duration) -> Sleep;
+    /// A future that completes once [`Clock::now`] has reached `deadline`.
+    fn sleep_until(&self, deadline: Instant) -> Sleep;
 }
 
 /// The system's monotonic clock ([`Instant::now`], `tokio::time::sleep`).
@@ -32,8 +32,8 @@ impl Clock for SystemClock {
         Instant::now()
     }
 
-    fn sleep(&self, duration: Duration) -> Sleep {
-        Box::pin(tokio::time::sleep(duration))
+    fn sleep_until(&self, deadline: Instant) -> Sleep {
+        Box::pin(tokio::time::sleep_until(deadline.into()))
     }
 }
 
@@ -87,11 +87,9 @@ impl Clock for ManualClock {
         self.0.base + *self.0.offset.lock()
     }
 
-    fn sleep(&self, duration: Duration) -> Sleep {
+    fn sleep_until(&self, target: Instant) -> Sleep {
         let clock = self.clone();
-        let target = self.now().checked_add(duration);
         Box::pin(async move {
-            let Some(target) = target else { return std::future::pending().await };
             loop {
                 let moved = clock.0.moved.notified();
                 let mut moved = std::pin::pin!(moved);

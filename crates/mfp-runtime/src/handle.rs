@@ -166,19 +166,27 @@ impl AgentHandle {
         // completes on its first poll; a wait for the rate window or mailbox space parks
         // the thread.
         let inner = self.runtime()?;
-        let place = crate::block::place(inner.exec());
-        let run = || {
+        let mut send = std::pin::pin!(self.send_inner(channel, payload, options, done, Caller::Blocking));
+        {
             let _g = inner.exec().enter();
-            let send = self.send_inner(channel, payload, options, done, Caller::Blocking);
-            if place == Place::Driver {
-                // A wait for mailbox space or the rate window needs this very thread; the
-                // send is dropped before it reached the pipeline, so nothing changed.
-                crate::block::poll_once(send).unwrap_or(Err(Error::WouldBlock { operation: "AgentHandle::send" }))
-            } else {
+            if let Some(done) = crate::block::poll_once(send.as_mut()) {
+                return done;
+            }
+        }
+        // It has to wait: where are we? (Asked only now, outside the guard above.)
+        match crate::block::place(inner.exec()) {
+            // A wait for mailbox space or the rate window needs this very thread; the send
+            // is dropped before it reached the pipeline, so nothing changed.
+            Place::Driver => Err(Error::WouldBlock { operation: "AgentHandle::send" }),
+            Place::MultiThread => tokio::task::block_in_place(|| {
+                let _g = inner.exec().enter();
+                crate::block::block_on(send)
+            }),
+            Place::Outside => {
+                let _g = inner.exec().enter();
                 crate::block::block_on(send)
             }
-        };
-        if place == Place::MultiThread { tokio::task::block_in_place(run) } else { run() }
+        }
     }
 
     async fn send_async_inner(
@@ -214,7 +222,9 @@ impl AgentHandle {
                     if now + wait > rate_deadline {
                         return Err(Error::RateLimited { retry_after: wait });
                     }
-                    inner.clock.sleep(wait).await;
+                    // Until a deadline from the instant the window was read, so a clock that
+                    // moves meanwhile cannot push the end of the wait.
+                    inner.clock.sleep_until(now + wait).await;
                     continue;
                 }
             };
