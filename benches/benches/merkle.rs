@@ -17,18 +17,15 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
+use mfp_core::testing::SplitMix64;
 use mfp_core::{ChannelId, MerkleSg, State};
 
-/// SplitMix64: deterministic ids and states without an extra dependency.
-struct Rng(u64);
+/// Deterministic ids and states.
+struct Rng(SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     fn channel(&mut self) -> ChannelId {
@@ -49,7 +46,7 @@ impl Rng {
 
 /// `n` random channels and states. Ids never start with `0xff`, so ids that do sort last.
 fn entries(n: usize, seed: u64) -> Vec<(ChannelId, State)> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng(SplitMix64(seed));
     (0..n)
         .map(|_| {
             let mut c = *rng.channel().as_bytes();
@@ -73,7 +70,7 @@ fn update_leaf(c: &mut Criterion) {
     for (n, label) in SIZES {
         let entries = entries(n, 1);
         let mut tree = tree_of(&entries);
-        let mut rng = Rng(2);
+        let mut rng = Rng(SplitMix64(2));
         let state = rng.state();
         let mut i = 0usize;
         group.bench_function(BenchmarkId::from_parameter(label), |b| {
@@ -96,7 +93,7 @@ fn root_after_insert(c: &mut Criterion) {
         }
         let entries = entries(n, 3);
         let mut tree = tree_of(&entries);
-        let mut rng = Rng(4);
+        let mut rng = Rng(SplitMix64(4));
         let state = rng.state();
         for (case, last) in [("append", true), ("random", false)] {
             group.bench_function(BenchmarkId::new(case, label), |b| {

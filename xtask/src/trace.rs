@@ -12,21 +12,6 @@ use serde_json::Value;
 
 use crate::vectors::{Section, field, hex_list, hx, list, num};
 
-/// Replays recorded entropy as one byte stream.
-struct Stream {
-    bytes: Vec<u8>,
-    pos: usize,
-}
-
-impl mfp_core::EntropySource for Stream {
-    fn fill(&mut self, dest: &mut [u8]) -> Result<(), mfp_core::Error> {
-        let src = self.bytes.get(self.pos..self.pos + dest.len()).ok_or(mfp_core::Error::Entropy)?;
-        dest.copy_from_slice(src);
-        self.pos += dest.len();
-        Ok(())
-    }
-}
-
 fn s<'a>(v: &'a Value, key: &str) -> Result<&'a str, String> {
     field(v, key)?.as_str().ok_or_else(|| format!("field '{key}' is not a string"))
 }
@@ -56,7 +41,7 @@ pub(crate) fn runtime_trace_intra(v: &Value, sec: &mut Section) -> Result<(), St
     let events = list(v, "events")?;
     let config = RuntimeConfig { identity: Some(runtime_id), max_frame_depth: 256, ..RuntimeConfig::default() };
     let rt = Runtime::builder(config)
-        .entropy(Stream { bytes: recorded_entropy(events)?, pos: 0 })
+        .entropy(mfp_core::ReplayEntropy::new(recorded_entropy(events)?))
         .build()
         .map_err(|e| e.to_string())?;
     sec.bytes("runtime_id", rt.identity().as_bytes(), runtime_id.as_bytes());

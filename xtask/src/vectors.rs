@@ -332,21 +332,6 @@ fn chacha20_prng(v: &Value, s: &mut Section) -> Result<(), String> {
     Ok(())
 }
 
-/// Replays recorded entropy as one byte stream.
-struct Replay {
-    bytes: Vec<u8>,
-    pos: usize,
-}
-
-impl mfp_core::EntropySource for Replay {
-    fn fill(&mut self, dest: &mut [u8]) -> Result<(), mfp_core::Error> {
-        let src = self.bytes.get(self.pos..self.pos + dest.len()).ok_or(mfp_core::Error::Entropy)?;
-        dest.copy_from_slice(src);
-        self.pos += dest.len();
-        Ok(())
-    }
-}
-
 fn frame_sampling_intra(v: &Value, s: &mut Section) -> Result<(), String> {
     for (i, e) in entries(v)?.iter().enumerate() {
         let (sl, g, step) = (state(e, "local_state")?, state(e, "global_state")?, num(e, "step")?);
@@ -354,7 +339,7 @@ fn frame_sampling_intra(v: &Value, s: &mut Section) -> Result<(), String> {
         let ds = ratchet::distribution_seed(&sl, step, &g);
         s.bytes(&format!("[{i}] ds"), ds.expose(), &hx(e, "ds")?);
         s.eq(&format!("[{i}] candidates"), draws(&ds, depth), hex_list(e, "candidates")?);
-        let mut replay = Replay { bytes: hex_list(e, "jitter_injected")?.concat(), pos: 0 };
+        let mut replay = mfp_core::ReplayEntropy::new(hex_list(e, "jitter_injected")?.concat());
         let f = sampling::sample_frame(&sl, step, &g, depth, &mut replay).map_err(|e| e.to_string())?;
         s.bytes(&format!("[{i}] frame_open_blocks"), f.as_bytes(), &hex_list(e, "frame_open_blocks")?.concat());
     }

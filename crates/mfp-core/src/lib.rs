@@ -69,8 +69,10 @@ mod prng;
 pub mod ratchet;
 pub mod sampling;
 mod secret;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
-pub use entropy::{EntropySource, FnEntropy};
+pub use entropy::{EntropySource, FnEntropy, ReplayEntropy};
 pub use error::{EnvelopeError, Error, MerkleError, Result};
 pub use frame::{Block, Frame};
 pub use ids::{AgentId, BilateralId, ChannelId, MessageId, RuntimeId};

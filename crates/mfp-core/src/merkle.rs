@@ -749,27 +749,12 @@ mod tests {
         assert_eq!(tree.levels(), naive_levels(&model));
     }
 
-    /// SplitMix64, so the randomised test needs no extra dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::testing::SplitMix64 as Rng;
 
     fn random_state(rng: &mut Rng) -> State {
         let mut b = [0u8; 32];
         for chunk in b.chunks_mut(8) {
-            chunk.copy_from_slice(&rng.next().to_le_bytes());
+            chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
         }
         State::from_bytes(b)
     }
@@ -844,7 +829,7 @@ mod tests {
         let mut tree = MerkleSg::new();
         for _ in 0..n {
             let mut b = [0u8; 16];
-            b[..8].copy_from_slice(&rng.next().to_le_bytes());
+            b[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
             let _ = tree.insert(ChannelId::from_bytes(b), &random_state(&mut rng));
         }
         assert!(tree.root().is_some());

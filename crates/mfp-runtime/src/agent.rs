@@ -81,6 +81,44 @@ impl Handler {
     }
 }
 
+/// An agent's handler, for [`crate::Runtime::bind_agent_async`] and
+/// [`crate::Runtime::attach_agent_async`].
+#[derive(Clone)]
+pub struct AgentHandler(pub(crate) Handler);
+
+impl std::fmt::Debug for AgentHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Handler::Sync(_) => "AgentHandler::Sync",
+            Handler::Async(_) => "AgentHandler::Async",
+        })
+    }
+}
+
+impl AgentHandler {
+    /// A synchronous handler (run on tokio's blocking pool; see [`crate::Runtime::bind`]).
+    pub fn sync<F>(f: F) -> Self
+    where
+        F: Fn(&AgentHandle, DeliveredMessage) + Send + Sync + 'static,
+    {
+        Self(Handler::from_sync(f))
+    }
+
+    /// An [`AsyncHandler`].
+    pub fn of<H: AsyncHandler>(h: H) -> Self {
+        Self(Handler::from_async(h))
+    }
+
+    /// An async closure `|agent, message| async move { … }`.
+    pub fn async_fn<F, Fut>(f: F) -> Self
+    where
+        F: Fn(AgentHandle, DeliveredMessage) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self(Handler::from_async_fn(f))
+    }
+}
+
 /// How a delivery ended, for senders that wait for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -446,6 +484,7 @@ async fn deliver_sync_batch(
     let mailbox = Arc::new(Mutex::new(rx));
     let thread_mailbox = Arc::clone(&mailbox);
     let mut join = tokio::task::spawn_blocking(move || {
+        let _handler_thread = crate::block::HandlerThread::enter();
         let mut next = Some(first);
         let mut arrival = Arrival::Idle;
         // Whether an inbox removal is queued but not flushed.

@@ -62,6 +62,7 @@ impl AuditEventType {
 
 /// One audit event.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AuditEvent {
     /// What happened.
     pub event_type: AuditEventType,

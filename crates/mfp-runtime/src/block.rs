@@ -55,3 +55,64 @@ pub(crate) fn block_on_timeout<F: Future>(fut: F, limit: std::time::Duration) ->
         std::thread::park_timeout(deadline - now);
     }
 }
+
+thread_local! {
+    /// Set while this thread runs an agent's synchronous handler.
+    static HANDLER_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the current thread as running an agent's synchronous handler until dropped: a
+/// blocking call from there may wait, since the runtime's own threads stay free.
+pub(crate) struct HandlerThread(bool);
+
+impl HandlerThread {
+    pub(crate) fn enter() -> Self {
+        Self(HANDLER_THREAD.with(|h| h.replace(true)))
+    }
+}
+
+impl Drop for HandlerThread {
+    fn drop(&mut self) {
+        HANDLER_THREAD.with(|h| h.set(self.0));
+    }
+}
+
+/// Where a blocking call is made from, with respect to the tokio runtime `exec` that runs
+/// the delivery workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// Outside any tokio runtime, on an agent's handler thread, or inside another
+    /// current-thread runtime: blocking here stalls nothing the call waits for.
+    Outside,
+    /// Inside a multi-threaded tokio runtime: blocking goes through `block_in_place`, so
+    /// the worker's other tasks move to another thread.
+    MultiThread,
+    /// On the thread that drives `exec` itself, a current-thread runtime: while this
+    /// thread is blocked, no delivery worker and no timer of `exec` runs, so a wait for
+    /// one of them could never end. Such a call must not wait for them.
+    Driver,
+}
+
+/// Classifies the calling thread (see [`Place`]).
+pub(crate) fn place(exec: &tokio::runtime::Handle) -> Place {
+    let Ok(current) = tokio::runtime::Handle::try_current() else { return Place::Outside };
+    match current.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => {
+            if current.id() != exec.id() || HANDLER_THREAD.with(std::cell::Cell::get) {
+                Place::Outside
+            } else {
+                Place::Driver
+            }
+        }
+        _ => Place::MultiThread,
+    }
+}
+
+/// Polls `fut` once; `None` if it would have to wait.
+pub(crate) fn poll_once<F: Future>(fut: F) -> Option<F::Output> {
+    let fut = std::pin::pin!(fut);
+    match fut.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}

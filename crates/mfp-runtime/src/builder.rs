@@ -25,6 +25,7 @@ pub struct RuntimeBuilder {
     pub(crate) entropy: Option<Box<dyn EntropySource + Send>>,
     pub(crate) hooks: Option<Arc<dyn Hooks>>,
     pub(crate) audit: Option<Arc<dyn AuditSink>>,
+    pub(crate) clock: Option<Arc<dyn crate::clock::Clock>>,
     pub(crate) handle: Option<tokio::runtime::Handle>,
     pub(crate) worker_threads: usize,
     pub(crate) storage: Option<Arc<dyn Storage>>,
@@ -54,6 +55,15 @@ impl RuntimeBuilder {
     #[must_use]
     pub fn entropy(mut self, source: impl EntropySource + Send + 'static) -> Self {
         self.entropy = Some(Box::new(source));
+        self
+    }
+
+    /// Replaces the clock used for rate windows, the rate-limit wait and idempotency
+    /// windows (default: [`crate::SystemClock`], the system's monotonic clock); tests pass a
+    /// [`crate::ManualClock`].
+    #[must_use]
+    pub fn clock(mut self, clock: impl crate::clock::Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
         self
     }
 
@@ -131,14 +141,17 @@ impl RuntimeBuilder {
                     .thread_name("mfp-runtime")
                     .enable_time()
                     .build()
-                    .map_err(|_| Error::ShutDown)?;
+                    .map_err(|e| Error::ExecutorStart(e.to_string()))?;
                 (rt.handle().clone(), Some(rt))
             }
         };
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
+            admin_op: tokio::sync::Mutex::new(()),
             config: self.config,
             identity,
             epoch: Instant::now(),
+            clock: self.clock.unwrap_or_else(|| Arc::new(crate::clock::SystemClock)),
             entropy: Mutex::new(entropy),
             admin: Mutex::new(AdminState { agent_counter: 0, names: HashMap::new() }),
             agents: RwLock::new(HashMap::default()),

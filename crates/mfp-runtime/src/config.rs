@@ -10,6 +10,7 @@ use crate::error::ConfigError;
 
 /// What happens when a sender exceeds `max_message_rate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum RateLimitAction {
     /// Quarantine the sender (pymfp's behaviour).
     #[default]
@@ -23,6 +24,7 @@ pub enum RateLimitAction {
 
 /// What happens when the recipient's mailbox is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Backpressure {
     /// Wait for space, at most `pipeline_timeout`, then fail with
     /// [`crate::Error::MailboxFull`]. No lock is held while waiting.
@@ -52,23 +54,31 @@ pub struct RuntimeConfig {
     pub max_message_rate: u32,
     /// Largest payload in bytes; 0 = no limit beyond what AES-GCM can encode.
     pub max_payload_size: usize,
-    /// Payload encoding algorithm.
+    /// Payload encoding algorithm. Validated, otherwise not read: AES-256-GCM is the only
+    /// algorithm there is (pymfp 1.0.0 has the same single value).
     pub encoding_algorithm: Algorithm,
-    /// Algorithms this runtime supports (must include `encoding_algorithm`).
+    /// Algorithms this runtime supports (must include `encoding_algorithm`). Validated,
+    /// otherwise not read (see `encoding_algorithm`).
     pub supported_algorithms: Vec<Algorithm>,
     /// Channels one agent may be on.
     pub max_channels_per_agent: usize,
     /// Agents one runtime may host.
     pub max_agents: usize,
-    /// Bilateral channels to other runtimes (used by federation).
+    /// Bilateral channels to other runtimes. **Not used yet**: accepted for pymfp
+    /// compatibility; federation will enforce it.
     pub max_bilateral_channels: usize,
-    /// Storage size budget in MiB (used by persistence).
+    /// Storage size budget in MiB. **Not used**: accepted for pymfp compatibility (which
+    /// does not enforce it either); no store caps its size.
     pub max_storage_size_mb: u64,
     /// Time a handler may take for one message; past it the agent is quarantined.
     pub agent_timeout: Duration,
     /// Longest time a send may wait (for mailbox space or the rate window).
     pub pipeline_timeout: Duration,
-    /// Storage operation timeout (used by persistence).
+    /// Storage operation timeout. **Not used** by the runtime: accepted for pymfp
+    /// compatibility. A commit wait is not cut short by the runtime, because a batch that
+    /// timed out could still commit afterwards and leave the stored state ahead of memory;
+    /// the store bounds its own waits (`mfp_storage::StorageConfig::busy_timeout` and
+    /// `writer_timeout`), and fails the batch — which then never commits — when they pass.
     pub storage_timeout: Duration,
 
     /// Explicit runtime identity, overriding `deployment_id`/`instance_id` (tests,

@@ -10,6 +10,7 @@ use crate::types::AgentState;
 
 /// pymfp's `AgentErrorCode` values, for code written against pymfp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorCode {
     /// `unbound`
     Unbound,
@@ -49,6 +50,7 @@ impl ErrorCode {
 /// A configuration value that is out of range.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("invalid configuration: {field}: {reason}")]
+#[non_exhaustive]
 pub struct ConfigError {
     /// The offending field.
     pub field: &'static str,
@@ -200,6 +202,47 @@ pub enum Error {
     /// Durable storage failed; the operation was not applied (fail closed).
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    /// A freshly drawn agent or channel id is already in use. With a working entropy
+    /// source this does not happen (ids are 64 to 128 random bits); it points at an entropy
+    /// source that repeats itself.
+    #[error(
+        "a freshly drawn {what} id is already in use: the entropy source repeats itself; \
+         check RuntimeBuilder::entropy (nothing was changed)"
+    )]
+    IdCollision {
+        /// `"agent"` or `"channel"`.
+        what: &'static str,
+    },
+    /// The tokio runtime for the delivery workers could not be started.
+    #[error(
+        "could not start the tokio runtime for delivery workers: {0}; check the process's \
+         thread limits, or pass one with RuntimeBuilder::tokio_handle"
+    )]
+    ExecutorStart(String),
+    /// A channel is open but the global state `Sg` is empty: the runtime's in-memory
+    /// state is inconsistent (a bug). Nothing was sent.
+    #[error(
+        "channel {channel} is open but the global state Sg is empty; the runtime's state is \
+         inconsistent — nothing was sent; restart the runtime (from storage, if it has one) \
+         and report this"
+    )]
+    Inconsistent {
+        /// The channel of the refused send.
+        channel: ChannelId,
+    },
+    /// A blocking call made on the thread that drives the runtime's own current-thread
+    /// tokio runtime would have had to wait for that runtime (a delivery worker, a timer,
+    /// or another administrative operation): it would never have returned, so it failed
+    /// at once and changed nothing.
+    #[error(
+        "{operation} would have to wait, and was called on the thread that runs this runtime's \
+         current-thread tokio runtime, where the wait could never end; nothing was done — \
+         call its async form (…_async) with .await instead"
+    )]
+    WouldBlock {
+        /// The blocking call, e.g. `"Runtime::close_channel"`.
+        operation: &'static str,
+    },
     /// The runtime is shutting down or has shut down.
     #[error("the runtime is shut down (or shutting down); start a new one")]
     ShutDown,

@@ -7,6 +7,7 @@ use mfp_core::{AgentId, ChannelId};
 use tokio::sync::oneshot;
 
 use crate::agent::{AgentRecord, Outcome};
+use crate::block::Place;
 use crate::error::{Error, Result};
 use crate::runtime::{Inner, Runtime, WeakInner};
 use crate::types::{AgentState, AgentStatus, ChannelInfo, DeliveredMessage, Receipt, SendOptions};
@@ -81,12 +82,20 @@ impl AgentHandle {
     /// if the handler timed out or panicked — the message was still sent and the channel
     /// advanced. Do not call it for a message to an agent that is itself waiting on you.
     pub fn send_and_wait(&self, channel: ChannelId, payload: &[u8]) -> Result<Receipt> {
+        let inner = self.runtime()?;
+        let place = crate::block::place(inner.exec());
+        if place == Place::Driver {
+            // The handler can only run once this thread is free again.
+            return Err(Error::WouldBlock { operation: "AgentHandle::send_and_wait" });
+        }
         let (tx, rx) = oneshot::channel();
         let receipt = self.send_blocking(channel, payload, &SendOptions::default(), Some(tx))?;
-        let inner = self.runtime()?;
         let limit = inner.config.agent_timeout + WAIT_MARGIN;
-        let _g = inner.exec().enter();
-        let outcome = crate::block::block_on(tokio::time::timeout(limit, rx));
+        let wait = || {
+            let _g = inner.exec().enter();
+            crate::block::block_on(tokio::time::timeout(limit, rx))
+        };
+        let outcome = if place == Place::MultiThread { tokio::task::block_in_place(wait) } else { wait() };
         map_outcome(outcome, receipt)
     }
 
@@ -157,8 +166,27 @@ impl AgentHandle {
         // completes on its first poll; a wait for the rate window or mailbox space parks
         // the thread.
         let inner = self.runtime()?;
-        let _g = inner.exec().enter();
-        crate::block::block_on(self.send_inner(channel, payload, options, done, Caller::Blocking))
+        let mut send = std::pin::pin!(self.send_inner(channel, payload, options, done, Caller::Blocking));
+        {
+            let _g = inner.exec().enter();
+            if let Some(done) = crate::block::poll_once(send.as_mut()) {
+                return done;
+            }
+        }
+        // It has to wait: where are we? (Asked only now, outside the guard above.)
+        match crate::block::place(inner.exec()) {
+            // A wait for mailbox space or the rate window needs this very thread; the send
+            // is dropped before it reached the pipeline, so nothing changed.
+            Place::Driver => Err(Error::WouldBlock { operation: "AgentHandle::send" }),
+            Place::MultiThread => tokio::task::block_in_place(|| {
+                let _g = inner.exec().enter();
+                crate::block::block_on(send)
+            }),
+            Place::Outside => {
+                let _g = inner.exec().enter();
+                crate::block::block_on(send)
+            }
+        }
     }
 
     async fn send_async_inner(
@@ -184,15 +212,19 @@ impl AgentHandle {
         let _sending = inner.enter_send()?;
         let started = Instant::now();
         let deadline = started + inner.config.pipeline_timeout;
+        // The rate window and its wait run on the runtime's clock (virtual in tests).
+        let rate_deadline = inner.clock.now() + inner.config.pipeline_timeout;
         loop {
-            let now = Instant::now();
+            let now = inner.clock.now();
             let (ch, recipient) = match inner.precheck(&self.record, &channel, payload.len(), now)? {
                 Ok(pair) => pair,
                 Err(wait) => {
-                    if now + wait > deadline {
+                    if now + wait > rate_deadline {
                         return Err(Error::RateLimited { retry_after: wait });
                     }
-                    tokio::time::sleep(wait).await;
+                    // Until a deadline from the instant the window was read, so a clock that
+                    // moves meanwhile cannot push the end of the wait.
+                    inner.clock.sleep_until(now + wait).await;
                     continue;
                 }
             };
@@ -283,5 +315,7 @@ where
 
 /// `unbind(handle)` as in pymfp.
 pub fn unbind(handle: AgentHandle) -> Result<()> {
-    handle.runtime()?.unbind(&handle.record.id)
+    let inner = handle.runtime()?;
+    let id = handle.record.id;
+    inner.blocking("unbind", |w| inner.remove_agent(&id, false, w))
 }

@@ -6,6 +6,7 @@ use crate::types::Receipt;
 
 /// What a hook sees of a send.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct SendContext<'a> {
     /// The sending agent.
     pub sender: AgentId,
@@ -19,6 +20,7 @@ pub struct SendContext<'a> {
 
 /// Why a delivery failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeliveryFailure {
     /// The handler panicked.
     Panicked,

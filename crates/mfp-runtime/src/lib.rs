@@ -30,11 +30,13 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod admin;
 mod agent;
 pub mod audit;
 mod block;
 mod builder;
 mod channel;
+pub mod clock;
 mod config;
 mod entropy;
 mod error;
@@ -46,8 +48,9 @@ mod runtime;
 pub mod storage;
 mod types;
 
-pub use agent::{AsyncHandler, BoxFuture};
+pub use agent::{AgentHandler, AsyncHandler, BoxFuture};
 pub use builder::RuntimeBuilder;
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
     Backpressure, DEFAULT_MAILBOX_MAX_BYTES, MAX_ID_INPUT_LEN, MAX_QUEUE_LIMIT, RateLimitAction, RuntimeConfig,
 };

@@ -41,6 +41,7 @@ pub struct Histogram {
 
 /// A histogram's values at one moment.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct HistogramSnapshot {
     /// `(upper bound, cumulative count)`; the last bound is `+Inf`.
     pub buckets: Vec<(f64, u64)>,
@@ -84,6 +85,7 @@ impl Histogram {
 
 /// The runtime's metrics.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Metrics {
     /// Messages accepted and queued (`mfp_messages_sent_total`).
     pub messages_sent: Counter,

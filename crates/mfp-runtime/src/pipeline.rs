@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mfp_core::crypto::sha256;
-use mfp_core::{BLOCK_SIZE, ChannelId, EntropySource, Frame, MessageId, TAG_SIZE, encoding, ratchet, sampling};
+use mfp_core::{BLOCK_SIZE, ChannelId, Frame, MessageId, ReplayEntropy, TAG_SIZE, encoding, ratchet, sampling};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::{AgentRecord, Delivery, Outcome};
@@ -18,18 +18,6 @@ use crate::hooks::SendContext;
 use crate::runtime::{Inner, QuarantineCause, Route};
 use crate::storage::{DeliveryRow, StorageOp};
 use crate::types::{AgentState, ChannelStatus, CorrelationId, Receipt, SendOptions};
-
-/// Holds the jitter drawn for one frame and hands it to the sampler.
-struct SliceEntropy<'a>(&'a [u8]);
-
-impl EntropySource for SliceEntropy<'_> {
-    fn fill(&mut self, dest: &mut [u8]) -> Result<(), mfp_core::Error> {
-        let (head, rest) = self.0.split_at_checked(dest.len()).ok_or(mfp_core::Error::Entropy)?;
-        dest.copy_from_slice(head);
-        self.0 = rest;
-        Ok(())
-    }
-}
 
 /// Entropy draws up to this size (depth ≤ 8) stay on the stack: correlation (16),
 /// message id (16), jitter (16·k).
@@ -62,7 +50,7 @@ impl Inner {
             self.shared.metrics.rate_limited.inc();
             match self.config.rate_limit_action {
                 RateLimitAction::Quarantine => {
-                    let _ = self.quarantine_agent(&sender.id, "Rate limit exceeded");
+                    self.quarantine_now(&sender.id, "Rate limit exceeded");
                     return Err(Error::AgentQuarantined(sender.id));
                 }
                 RateLimitAction::Reject => return Err(Error::RateLimited { retry_after }),
@@ -130,7 +118,7 @@ impl Inner {
             return Err(Error::ChannelQuarantined(channel.id));
         }
         if let (Some((key, digest)), Some(d)) = (&idem, ch.dedup.as_mut()) {
-            match d.lookup(key, digest, started, self.config.dedup_ttl) {
+            match d.lookup(key, digest, self.clock.now(), self.config.dedup_ttl) {
                 DedupHit::Miss => {}
                 DedupHit::Same(r) => {
                     self.shared.metrics.duplicates_suppressed.inc();
@@ -145,11 +133,11 @@ impl Inner {
         corr.copy_from_slice(ids.get(..8).unwrap_or(&[0; 8]));
         let message_id = MessageId::from_slice(ids.get(16..32).unwrap_or_default())?;
         let correlation_id = CorrelationId(corr);
-        let sg = self.current_sg().ok_or(Error::UnknownChannel(channel.id))?;
+        let sg = self.current_sg().ok_or(Error::Inconsistent { channel: channel.id })?;
         let step = ch.step;
 
         // FRAME
-        let frame: Frame = sampling::sample_frame(&ch.state, step, &sg, depth, &mut SliceEntropy(jitter))?;
+        let frame: Frame = sampling::sample_frame(&ch.state, step, &sg, depth, &mut ReplayEntropy::new(jitter))?;
         // ENCODE. The protocol message is frame_open ‖ E(P) ‖ frame_close; inside the
         // runtime it is never serialised, so its three parts stay in their own buffers and
         // E(P) is built where the payload's only copy is (no concatenation, and no shift of
@@ -271,7 +259,7 @@ impl Inner {
                 key,
                 digest,
                 receipt,
-                started,
+                self.clock.now(),
                 self.config.dedup_window,
             );
         }
@@ -287,7 +275,7 @@ impl Inner {
         if self.config.max_message_rate > 0 {
             // The window counts sends from when they went out, not from when the caller
             // started (which may be up to `pipeline_timeout` earlier after a wait).
-            sender.rate.lock().record(Instant::now(), self.config.max_message_rate);
+            sender.rate.lock().record(self.clock.now(), self.config.max_message_rate);
         }
         sender.messages_sent.fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.messages_sent.inc();

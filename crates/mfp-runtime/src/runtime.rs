@@ -1,25 +1,27 @@
-//! The runtime: registries and administration (agents, channels, quarantine). The send
-//! pipeline is in `pipeline.rs`, construction and restore in `builder.rs`.
+//! The runtime: its shared state (`Inner`), queries and shutdown, and the public
+//! `Runtime` API. The administrative operations are in `admin.rs`, the send pipeline in
+//! `pipeline.rs`, construction and restore in `builder.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use mfp_core::{AgentId, ChannelId, EntropySource, MIN_FRAME_DEPTH, MerkleSg, MessageId, RuntimeId, State, ratchet};
+use mfp_core::{AgentId, ChannelId, EntropySource, MerkleSg, MessageId, RuntimeId, State};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 
-use crate::agent::{self, AgentRecord, DRAIN, Delivery, Handler, STOP, WorkerCtx};
+use crate::admin::Wait;
+use crate::agent::{AgentHandler, AgentRecord, DRAIN, Delivery, Handler, STOP};
 use crate::audit::{AuditEvent, AuditEventType, AuditSink, emit};
 use crate::builder::RuntimeBuilder;
-use crate::channel::{ChannelInner, ChannelRecord};
+use crate::channel::ChannelRecord;
 use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
 use crate::handle::AgentHandle;
 use crate::hooks::{DeliveryFailure, Hooks};
 use crate::metrics::Metrics;
-use crate::storage::{AgentRow, ChannelRow, MetaRow, Storage, StorageOp};
+use crate::storage::{AgentRow, MetaRow, Storage, StorageOp};
 use crate::types::{AgentState, AgentStatus, ChannelInfo, ChannelStatus};
 
 /// Why a channel is quarantined (restoring an agent only lifts its own quarantines).
@@ -128,14 +130,21 @@ pub(crate) struct SgState {
     pub(crate) tree: MerkleSg,
 }
 
-/// Shared runtime state. Lock order: `admin` → maps → agent `admin` / channel `inner` → `sg`;
+/// Shared runtime state. Lock order: `admin_op` (async) → `admin` → maps → agent `admin` / channel `inner` → `sg`;
 /// a channel lock and an agent's `admin` lock are never held together.
 pub(crate) struct Inner {
     pub(crate) config: RuntimeConfig,
     pub(crate) identity: RuntimeId,
     pub(crate) epoch: Instant,
+    /// The time for rate and idempotency windows (see `clock.rs`).
+    pub(crate) clock: Arc<dyn crate::clock::Clock>,
     pub(crate) entropy: Mutex<Box<dyn EntropySource + Send>>,
     pub(crate) admin: Mutex<AdminState>,
+    /// The turn of administrative operations (see `admin.rs`), held across their commit
+    /// wait; taken before every other lock.
+    pub(crate) admin_op: tokio::sync::Mutex<()>,
+    /// This runtime, for tasks it spawns.
+    pub(crate) me: Weak<Inner>,
     pub(crate) agents: RwLock<HashMap<AgentId, Arc<AgentRecord>, IdHash>>,
     pub(crate) channels: RwLock<HashMap<ChannelId, Arc<ChannelRecord>, IdHash>>,
     pub(crate) quarantine_causes: Mutex<HashMap<ChannelId, QuarantineCause, IdHash>>,
@@ -169,7 +178,7 @@ pub(crate) struct ClosedChannels {
 }
 
 impl ClosedChannels {
-    fn insert(&mut self, id: ChannelId) {
+    pub(crate) fn insert(&mut self, id: ChannelId) {
         if self.set.insert(id) {
             self.order.push_back(id);
         }
@@ -229,15 +238,18 @@ impl Inner {
         let Some(ticket) = ticket else { return Ok(()) };
         match ticket.wait() {
             Ok(()) => Ok(()),
-            Err(e) => {
-                self.shared.metrics.storage_failures.inc();
-                if self.config.storage_fail_open {
-                    tracing::error!(target: "mfp::runtime", error = %e, "storage write failed; continuing degraded");
-                    Ok(())
-                } else {
-                    Err(Error::Storage(e))
-                }
-            }
+            Err(e) => self.storage_failed(e),
+        }
+    }
+
+    /// Counts a failed storage write; an error unless running degraded.
+    pub(crate) fn storage_failed(&self, e: crate::storage::StorageError) -> Result<()> {
+        self.shared.metrics.storage_failures.inc();
+        if self.config.storage_fail_open {
+            tracing::error!(target: "mfp::runtime", error = %e, "storage write failed; continuing degraded");
+            Ok(())
+        } else {
+            Err(Error::Storage(e))
         }
     }
 
@@ -312,439 +324,6 @@ impl Inner {
         self.sg.lock().tree.root()
     }
 
-    // ---- agents ---------------------------------------------------------------------
-
-    pub(crate) fn bind(self: &Arc<Self>, name: Option<String>, handler: Handler) -> Result<AgentHandle> {
-        if self.is_shut_down() {
-            return Err(Error::ShutDown);
-        }
-        let mut admin = self.admin.lock();
-        if self.agents.read().len() >= self.config.max_agents {
-            return Err(Error::ResourceLimit { what: "max_agents", limit: self.config.max_agents });
-        }
-        if let Some(n) = &name
-            && let Some(existing) = admin.names.get(n)
-        {
-            // A restored agent keeps its name; it wants its handler attached, not a twin.
-            if self.detached.lock().contains_key(existing) {
-                return Err(Error::RestoredAgentName(n.clone()));
-            }
-            return Err(Error::DuplicateAgentName(n.clone()));
-        }
-        let counter = admin.agent_counter + 1;
-        let mut suffix = [0u8; 8];
-        self.draw(&mut suffix)?;
-        let id = AgentId::derive(&self.identity, counter, &suffix);
-        if self.agents.read().contains_key(&id) {
-            return Err(Error::Entropy);
-        }
-        if self.persisting() {
-            self.persist(vec![
-                StorageOp::Meta(self.meta_row(counter)),
-                StorageOp::PutAgent(AgentRow {
-                    id,
-                    name: name.clone(),
-                    state: AgentState::Bound,
-                    quarantine_reason: String::new(),
-                }),
-            ])?;
-        }
-        admin.agent_counter = counter;
-        let (record, rx, control_rx) =
-            AgentRecord::new(id, name.clone(), self.config.mailbox_capacity, self.config.mailbox_max_bytes);
-        self.spawn_worker(&record, handler, rx, control_rx);
-        self.agents.write().insert(id, Arc::clone(&record));
-        if let Some(n) = name {
-            admin.names.insert(n, id);
-        }
-        drop(admin);
-        let mut ev = AuditEvent::new(AuditEventType::AgentBound);
-        ev.agent = Some(id);
-        self.event(ev);
-        Ok(AgentHandle::new(Arc::downgrade(self), record))
-    }
-
-    pub(crate) fn transition(rec: &AgentRecord, to: AgentState) -> Result<()> {
-        let from = rec.state();
-        if from == to {
-            return Ok(());
-        }
-        if !from.can_become(to) {
-            return Err(Error::InvalidTransition { from, to });
-        }
-        rec.set_state(to);
-        Ok(())
-    }
-
-    fn remove_agent(&self, id: &AgentId, forced: bool) -> Result<()> {
-        let mut admin = self.admin.lock();
-        let rec = self.agent(id)?;
-        match rec.state() {
-            AgentState::Quarantined if !forced => return Err(Error::AgentQuarantined(*id)),
-            AgentState::Terminated => return Err(Error::AgentNotBound(*id)),
-            _ => {}
-        }
-        let chans = rec.admin.lock().channels.clone();
-        for c in chans {
-            self.close_channel_locked(&c)?;
-        }
-        self.persist(vec![StorageOp::DeleteAgent(*id)])?;
-        self.detached.lock().remove(id);
-        Self::transition(&rec, AgentState::Terminated)?;
-        self.agents.write().remove(id);
-        if let Some(n) = &rec.name {
-            admin.names.remove(n);
-        }
-        drop(admin);
-        rec.control.send_replace(if forced { STOP } else { DRAIN });
-        let mut ev =
-            AuditEvent::new(if forced { AuditEventType::AgentTerminated } else { AuditEventType::AgentUnbound });
-        ev.agent = Some(*id);
-        ev.reason = Some(if forced { "terminated" } else { "unbound" }.to_string());
-        self.event(ev);
-        Ok(())
-    }
-
-    pub(crate) fn unbind(&self, id: &AgentId) -> Result<()> {
-        self.remove_agent(id, false)
-    }
-
-    pub(crate) fn terminate(&self, id: &AgentId) -> Result<()> {
-        self.remove_agent(id, true)
-    }
-
-    /// Starts the delivery worker of an agent.
-    pub(crate) fn spawn_worker(
-        self: &Arc<Self>,
-        record: &Arc<AgentRecord>,
-        handler: Handler,
-        rx: mpsc::Receiver<Delivery>,
-        control_rx: tokio::sync::watch::Receiver<u8>,
-    ) {
-        let ctx = WorkerCtx {
-            inner: Arc::downgrade(self),
-            shared: Arc::clone(&self.shared),
-            record: Arc::clone(record),
-            handler,
-            timeout: self.config.agent_timeout,
-            epoch: self.epoch,
-        };
-        let join = self.exec.spawn(agent::run_worker(ctx, rx, control_rx));
-        self.workers.lock().push(join);
-    }
-
-    /// Starts the worker of a restored agent with `handler`.
-    fn attach(self: &Arc<Self>, id: &AgentId, handler: Handler) -> Result<AgentHandle> {
-        let record = self.agent(id)?;
-        let (rx, control_rx) = self.detached.lock().remove(id).ok_or(Error::AlreadyAttached(*id))?;
-        self.spawn_worker(&record, handler, rx, control_rx);
-        Ok(AgentHandle::new(Arc::downgrade(self), record))
-    }
-
-    // ---- channels -------------------------------------------------------------------
-
-    fn establish(&self, a: &AgentId, b: &AgentId, depth: usize) -> Result<ChannelId> {
-        if self.is_shut_down() {
-            return Err(Error::ShutDown);
-        }
-        if !(MIN_FRAME_DEPTH..=self.config.max_frame_depth).contains(&depth) {
-            return Err(Error::InvalidDepth { depth, min: MIN_FRAME_DEPTH, max: self.config.max_frame_depth });
-        }
-        let _admin = self.admin.lock();
-        let ra = self.agent(a)?;
-        let rb = self.agent(b)?;
-        for r in [&ra, &rb] {
-            match r.state() {
-                AgentState::Quarantined => return Err(Error::AgentQuarantined(r.id)),
-                AgentState::Terminated => return Err(Error::AgentNotBound(r.id)),
-                AgentState::Bound | AgentState::Active => {}
-            }
-            if r.admin.lock().channels.len() >= self.config.max_channels_per_agent {
-                return Err(Error::ResourceLimit {
-                    what: "max_channels_per_agent",
-                    limit: self.config.max_channels_per_agent,
-                });
-            }
-        }
-        let mut raw = [0u8; 16];
-        self.draw(&mut raw)?;
-        let id = ChannelId::from_bytes(raw);
-        if self.channels.read().contains_key(&id) {
-            return Err(Error::Entropy);
-        }
-        let sl0 = ratchet::channel_seed(&self.identity, a, b, &id);
-        let (lo, hi) = if a <= b { (ra, rb) } else { (rb, ra) };
-        if !self.persisting() {
-            // Without storage, Sg is folded in lazily at the next send.
-            self.sg.lock().tree.insert(id, &sl0).map_err(|e| Error::Core(e.into()))?;
-        } else {
-            let mut ops = vec![StorageOp::PutChannel(ChannelRow {
-                id,
-                agent_a: lo.id,
-                agent_b: hi.id,
-                depth,
-                status: ChannelStatus::Active,
-                step: 0,
-                state: sl0.clone(),
-                validation_failures: 0,
-            })];
-            for r in [&lo, &hi] {
-                if r.state() == AgentState::Bound {
-                    ops.push(StorageOp::PutAgent(Self::agent_row(r, AgentState::Active, "")));
-                }
-            }
-            // The Sg is computed and the batch submitted under one hold of the `sg` lock
-            // (see `submit`); the commit is awaited after the lock is released.
-            let ticket = {
-                let mut sg = self.sg.lock();
-                sg.tree.insert(id, &sl0).map_err(|e| Error::Core(e.into()))?;
-                ops.push(StorageOp::Sg(sg.tree.root()));
-                self.submit(ops)
-            };
-            if let Err(e) = self.settle(ticket) {
-                let mut sg = self.sg.lock();
-                let _ = sg.tree.remove(&id);
-                self.resubmit_sg(&mut sg);
-                return Err(e);
-            }
-        }
-        let record = Arc::new(ChannelRecord {
-            id,
-            a: Arc::clone(&lo),
-            b: Arc::clone(&hi),
-            depth: u16::try_from(depth).unwrap_or(u16::MAX),
-            inner: parking_lot::Mutex::new(ChannelInner {
-                state: sl0,
-                step: 0,
-                status: ChannelStatus::Active,
-                validation_failures: 0,
-                dedup: None,
-                leaf_hint: usize::MAX,
-            }),
-        });
-        self.channels.write().insert(id, record);
-        // The id is fresh (checked above), so it is not in the lists yet; a self-channel
-        // (a == b) is listed once.
-        lo.admin.lock().channels.push(id);
-        if !Arc::ptr_eq(&lo, &hi) {
-            hi.admin.lock().channels.push(id);
-        }
-        for r in [&lo, &hi] {
-            if r.state() == AgentState::Bound {
-                Self::transition(r, AgentState::Active)?;
-            }
-        }
-        let mut ev = AuditEvent::new(AuditEventType::ChannelEstablished);
-        ev.channel = Some(id);
-        ev.agent = Some(lo.id);
-        ev.peer = Some(hi.id);
-        self.event(ev);
-        Ok(id)
-    }
-
-    /// Closes a channel; the caller holds the admin lock.
-    fn close_channel_locked(&self, id: &ChannelId) -> Result<()> {
-        let rec = self.channel(id)?;
-        {
-            let mut inner = rec.inner.lock();
-            let mut ops = Vec::new();
-            if self.persisting() {
-                ops.push(StorageOp::CloseChannel(*id));
-                for r in [&rec.a, &rec.b] {
-                    let only_this = r.admin.lock().channels.iter().all(|c| c == id);
-                    if only_this && r.state() == AgentState::Active {
-                        ops.push(StorageOp::PutAgent(Self::agent_row(r, AgentState::Bound, "")));
-                    }
-                }
-            }
-            // Sg computed and the batch submitted under one hold of the `sg` lock (see
-            // `submit`); the commit is awaited outside it.
-            let ticket = {
-                let mut sg = self.sg.lock();
-                sg.tree.remove(id).map_err(|e| Error::Core(e.into()))?;
-                if self.persisting() {
-                    ops.push(StorageOp::Sg(sg.tree.root()));
-                    self.submit(ops)
-                } else {
-                    None
-                }
-            };
-            if let Err(e) = self.settle(ticket) {
-                let mut sg = self.sg.lock();
-                let _ = sg.tree.insert(*id, &inner.state);
-                self.resubmit_sg(&mut sg);
-                return Err(e);
-            }
-            self.closed.lock().insert(*id);
-            self.channels.write().remove(id);
-            inner.status = ChannelStatus::Closed;
-            inner.state = State::zero();
-            inner.dedup = None;
-        }
-        self.quarantine_causes.lock().remove(id);
-        for r in [&rec.a, &rec.b] {
-            let mut adm = r.admin.lock();
-            adm.channels.retain(|c| c != id);
-            let empty = adm.channels.is_empty();
-            drop(adm);
-            if empty && r.state() == AgentState::Active {
-                Self::transition(r, AgentState::Bound)?;
-            }
-        }
-        let mut ev = AuditEvent::new(AuditEventType::ChannelClosed);
-        ev.channel = Some(*id);
-        ev.reason = Some("closed".to_string());
-        self.event(ev);
-        Ok(())
-    }
-
-    fn close_channel(&self, id: &ChannelId) -> Result<()> {
-        let _admin = self.admin.lock();
-        self.close_channel_locked(id)
-    }
-
-    // ---- quarantine -----------------------------------------------------------------
-
-    pub(crate) fn quarantine_agent(&self, id: &AgentId, reason: &str) -> Result<()> {
-        let _admin = self.admin.lock();
-        let rec = self.agent(id)?;
-        match rec.state() {
-            AgentState::Terminated => return Err(Error::AgentNotBound(*id)),
-            AgentState::Quarantined => return Ok(()),
-            _ => {}
-        }
-        rec.admin.lock().quarantine_reason = reason.to_string();
-        Self::transition(&rec, AgentState::Quarantined)?;
-        let chans = rec.admin.lock().channels.clone();
-        for c in chans {
-            if let Ok(ch) = self.channel(&c) {
-                let mut inner = ch.inner.lock();
-                if inner.status == ChannelStatus::Active {
-                    inner.status = ChannelStatus::Quarantined;
-                    self.quarantine_causes.lock().insert(c, QuarantineCause::Agent(*id));
-                }
-            }
-        }
-        self.shared.metrics.agent_quarantines.inc();
-        tracing::warn!(target: "mfp::runtime", agent = %id.short(), reason, "agent quarantined");
-        let mut ev = AuditEvent::new(AuditEventType::QuarantineAgent);
-        ev.agent = Some(*id);
-        ev.reason = Some(reason.to_string());
-        self.event(ev);
-        // The quarantine holds in memory whatever storage says; a failed write is
-        // reported, and only the restart would forget it.
-        if self.persisting() {
-            let mut ops = vec![StorageOp::PutAgent(Self::agent_row(&rec, AgentState::Quarantined, reason))];
-            ops.extend(self.channel_status_ops(&rec));
-            self.persist(ops)?;
-        }
-        Ok(())
-    }
-
-    fn channel_status_ops(&self, rec: &AgentRecord) -> Vec<StorageOp> {
-        let chans = rec.admin.lock().channels.clone();
-        chans
-            .iter()
-            .filter_map(|c| self.channel(c).ok())
-            .map(|ch| StorageOp::ChannelStatus { id: ch.id, status: ch.inner.lock().status })
-            .collect()
-    }
-
-    fn quarantine_channel(&self, id: &ChannelId, reason: &str) -> Result<()> {
-        let _admin = self.admin.lock();
-        let ch = self.channel(id)?;
-        let mut inner = ch.inner.lock();
-        if inner.status != ChannelStatus::Active {
-            return Err(Error::ChannelState { channel: *id, status: inner.status });
-        }
-        inner.status = ChannelStatus::Quarantined;
-        drop(inner);
-        self.quarantine_causes.lock().insert(*id, QuarantineCause::Channel);
-        self.channel_quarantined_event(id, reason);
-        self.persist(vec![StorageOp::ChannelStatus { id: *id, status: ChannelStatus::Quarantined }])
-    }
-
-    /// Audit event for a send refused after ACCEPT.
-    pub(crate) fn rejected(&self, sender: AgentId, channel: ChannelId, reason: &str) {
-        let mut ev = AuditEvent::new(AuditEventType::MessageRejected);
-        ev.success = false;
-        ev.agent = Some(sender);
-        ev.channel = Some(channel);
-        ev.reason = Some(reason.to_string());
-        self.event(ev);
-    }
-
-    pub(crate) fn channel_quarantined_event(&self, id: &ChannelId, reason: &str) {
-        self.shared.metrics.channel_quarantines.inc();
-        tracing::warn!(target: "mfp::runtime", channel = %id.short(), reason, "channel quarantined");
-        let mut ev = AuditEvent::new(AuditEventType::QuarantineChannel);
-        ev.channel = Some(*id);
-        ev.reason = Some(reason.to_string());
-        self.event(ev);
-    }
-
-    fn restore_agent(&self, id: &AgentId) -> Result<()> {
-        let _admin = self.admin.lock();
-        let rec = self.agent(id)?;
-        if rec.state() != AgentState::Quarantined {
-            return Err(Error::AgentState { agent: *id, state: rec.state() });
-        }
-        let chans = rec.admin.lock().channels.clone();
-        for c in &chans {
-            let Ok(ch) = self.channel(c) else { continue };
-            let mut causes = self.quarantine_causes.lock();
-            if causes.get(c) != Some(&QuarantineCause::Agent(*id)) {
-                continue;
-            }
-            let peer = ch.peer_of(id).map(|p| (p.id, p.state()));
-            match peer {
-                Some((pid, AgentState::Quarantined)) if pid != *id => {
-                    causes.insert(*c, QuarantineCause::Agent(pid));
-                }
-                _ => {
-                    causes.remove(c);
-                    let mut inner = ch.inner.lock();
-                    inner.status = ChannelStatus::Active;
-                    inner.validation_failures = 0;
-                }
-            }
-        }
-        rec.admin.lock().quarantine_reason.clear();
-        let to = if chans.is_empty() { AgentState::Bound } else { AgentState::Active };
-        Self::transition(&rec, to)?;
-        let mut ev = AuditEvent::new(AuditEventType::RestoreAgent);
-        ev.agent = Some(*id);
-        self.event(ev);
-        if self.persisting() {
-            let mut ops = vec![StorageOp::PutAgent(Self::agent_row(&rec, to, ""))];
-            ops.extend(self.channel_status_ops(&rec));
-            self.persist(ops)?;
-        }
-        Ok(())
-    }
-
-    fn restore_channel(&self, id: &ChannelId) -> Result<()> {
-        let _admin = self.admin.lock();
-        let ch = self.channel(id)?;
-        for r in [&ch.a, &ch.b] {
-            if r.state() == AgentState::Quarantined {
-                return Err(Error::AgentQuarantined(r.id));
-            }
-        }
-        let mut inner = ch.inner.lock();
-        if inner.status != ChannelStatus::Quarantined {
-            return Err(Error::ChannelState { channel: *id, status: inner.status });
-        }
-        inner.status = ChannelStatus::Active;
-        inner.validation_failures = 0;
-        drop(inner);
-        self.quarantine_causes.lock().remove(id);
-        let mut ev = AuditEvent::new(AuditEventType::RestoreChannel);
-        ev.channel = Some(*id);
-        self.event(ev);
-        self.persist(vec![StorageOp::ChannelStatus { id: *id, status: ChannelStatus::Active }])
-    }
-
     // ---- delivery failures ----------------------------------------------------------
 
     pub(crate) fn delivery_failed(&self, rec: &AgentRecord, msg: MessageId, failure: DeliveryFailure) {
@@ -752,7 +331,7 @@ impl Inner {
             DeliveryFailure::Panicked => self.shared.metrics.handler_panics.inc(),
             DeliveryFailure::TimedOut => {
                 self.shared.metrics.handler_timeouts.inc();
-                let _ = self.quarantine_agent(&rec.id, "Agent callable timeout");
+                self.quarantine_now(&rec.id, "Agent callable timeout");
             }
         }
         if let Some(h) = &self.hooks {
@@ -830,6 +409,7 @@ impl Runtime {
             entropy: None,
             hooks: None,
             audit: None,
+            clock: None,
             handle: None,
             worker_threads: 2,
             storage: None,
@@ -860,7 +440,7 @@ impl Runtime {
     where
         F: Fn(&AgentHandle, crate::types::DeliveredMessage) + Send + Sync + 'static,
     {
-        self.inner.bind(None, Handler::from_sync(handler))
+        self.inner.blocking("Runtime::bind", |w| self.inner.bind(None, Handler::from_sync(handler), w))
     }
 
     /// Binds a named agent with a synchronous handler (names are unique per runtime).
@@ -868,17 +448,19 @@ impl Runtime {
     where
         F: Fn(&AgentHandle, crate::types::DeliveredMessage) + Send + Sync + 'static,
     {
-        self.inner.bind(Some(name.to_string()), Handler::from_sync(handler))
+        self.inner
+            .blocking("Runtime::bind", |w| self.inner.bind(Some(name.to_string()), Handler::from_sync(handler), w))
     }
 
     /// Binds an agent with an [`crate::AsyncHandler`].
     pub fn bind_async<H: crate::agent::AsyncHandler>(&self, handler: H) -> Result<AgentHandle> {
-        self.inner.bind(None, Handler::from_async(handler))
+        self.inner.blocking("Runtime::bind", |w| self.inner.bind(None, Handler::from_async(handler), w))
     }
 
     /// Binds a named agent with an [`crate::AsyncHandler`].
     pub fn bind_async_named<H: crate::agent::AsyncHandler>(&self, name: &str, handler: H) -> Result<AgentHandle> {
-        self.inner.bind(Some(name.to_string()), Handler::from_async(handler))
+        self.inner
+            .blocking("Runtime::bind", |w| self.inner.bind(Some(name.to_string()), Handler::from_async(handler), w))
     }
 
     /// Binds an agent with an async closure `|agent, message| async move { … }`.
@@ -887,7 +469,7 @@ impl Runtime {
         F: Fn(AgentHandle, crate::types::DeliveredMessage) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.inner.bind(None, Handler::from_async_fn(handler))
+        self.inner.blocking("Runtime::bind", |w| self.inner.bind(None, Handler::from_async_fn(handler), w))
     }
 
     /// Attaches a synchronous handler to an agent restored from storage and starts its
@@ -946,7 +528,8 @@ impl Runtime {
         F: Fn(AgentHandle, crate::types::DeliveredMessage) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.inner.bind(Some(name.to_string()), Handler::from_async_fn(handler))
+        self.inner
+            .blocking("Runtime::bind", |w| self.inner.bind(Some(name.to_string()), Handler::from_async_fn(handler), w))
     }
 
     fn id_by_name(&self, name: &str) -> Result<AgentId> {
@@ -976,49 +559,117 @@ impl Runtime {
     /// Unbinds an agent gracefully: closes its channels, delivers what is already in its
     /// mailbox, then stops its worker. A quarantined agent must be terminated instead.
     pub fn unbind_agent(&self, id: &AgentId) -> Result<()> {
-        self.inner.unbind(id)
+        self.inner.blocking("Runtime::unbind_agent", |w| self.inner.remove_agent(id, false, w))
     }
 
     /// Terminates an agent at once, in any state: closes its channels and drops whatever is
     /// queued for it.
     pub fn terminate_agent(&self, id: &AgentId) -> Result<()> {
-        self.inner.terminate(id)
+        self.inner.blocking("Runtime::terminate_agent", |w| self.inner.remove_agent(id, true, w))
     }
 
     /// Establishes a channel with the configured default depth.
     pub fn establish_channel(&self, a: &AgentId, b: &AgentId) -> Result<ChannelId> {
-        self.inner.establish(a, b, self.inner.config.default_frame_depth)
+        let depth = self.inner.config.default_frame_depth;
+        self.inner.blocking("Runtime::establish_channel", |w| self.inner.establish(a, b, depth, w))
     }
 
     /// Establishes a channel with frame depth `depth`.
     pub fn establish_channel_with_depth(&self, a: &AgentId, b: &AgentId, depth: usize) -> Result<ChannelId> {
-        self.inner.establish(a, b, depth)
+        self.inner.blocking("Runtime::establish_channel", |w| self.inner.establish(a, b, depth, w))
     }
 
     /// Closes a channel, wiping its state. Messages already queued are still delivered.
     pub fn close_channel(&self, id: &ChannelId) -> Result<()> {
-        self.inner.close_channel(id)
+        self.inner.blocking("Runtime::close_channel", |w| self.inner.close_channel(id, w))
     }
 
     /// Quarantines an agent and its active channels.
     pub fn quarantine_agent(&self, id: &AgentId, reason: &str) -> Result<()> {
-        self.inner.quarantine_agent(id, reason)
+        self.inner.blocking("Runtime::quarantine_agent", |w| self.inner.quarantine_agent(id, reason, w))
     }
 
     /// Quarantines one channel.
     pub fn quarantine_channel(&self, id: &ChannelId, reason: &str) -> Result<()> {
-        self.inner.quarantine_channel(id, reason)
+        self.inner.blocking("Runtime::quarantine_channel", |w| self.inner.quarantine_channel(id, reason, w))
     }
 
     /// Restores a quarantined agent and the channels quarantined because of it; the agent
     /// becomes `Active`, or `Bound` if it has no channel.
     pub fn restore_agent(&self, id: &AgentId) -> Result<()> {
-        self.inner.restore_agent(id)
+        self.inner.blocking("Runtime::restore_agent", |w| self.inner.restore_agent(id, w))
     }
 
     /// Restores a quarantined channel (both agents must not be quarantined).
     pub fn restore_channel(&self, id: &ChannelId) -> Result<()> {
-        self.inner.restore_channel(id)
+        self.inner.blocking("Runtime::restore_channel", |w| self.inner.restore_channel(id, w))
+    }
+
+    // ---- async administration -------------------------------------------------------
+    //
+    // The async forms of the administrative calls. With storage, their commit wait is a
+    // future (the thread is free meanwhile); they are the ones to use from async code.
+
+    /// Async form of the `bind…` family: binds an agent (named, if `name` is given) with
+    /// `handler` — [`AgentHandler::sync`], [`AgentHandler::of`] or
+    /// [`AgentHandler::async_fn`].
+    pub async fn bind_agent_async(&self, name: Option<&str>, handler: AgentHandler) -> Result<AgentHandle> {
+        self.inner.bind(name.map(str::to_string), handler.0, Wait::Yes).await
+    }
+
+    /// Async form of the `attach…` family (attaching writes nothing and never waits).
+    pub async fn attach_agent_async(&self, id: &AgentId, handler: AgentHandler) -> Result<AgentHandle> {
+        self.inner.attach(id, handler.0)
+    }
+
+    /// Async [`Runtime::establish_channel`].
+    pub async fn establish_channel_async(&self, a: &AgentId, b: &AgentId) -> Result<ChannelId> {
+        self.inner.establish(a, b, self.inner.config.default_frame_depth, Wait::Yes).await
+    }
+
+    /// Async [`Runtime::establish_channel_with_depth`].
+    pub async fn establish_channel_with_depth_async(
+        &self,
+        a: &AgentId,
+        b: &AgentId,
+        depth: usize,
+    ) -> Result<ChannelId> {
+        self.inner.establish(a, b, depth, Wait::Yes).await
+    }
+
+    /// Async [`Runtime::close_channel`].
+    pub async fn close_channel_async(&self, id: &ChannelId) -> Result<()> {
+        self.inner.close_channel(id, Wait::Yes).await
+    }
+
+    /// Async [`Runtime::quarantine_agent`].
+    pub async fn quarantine_agent_async(&self, id: &AgentId, reason: &str) -> Result<()> {
+        self.inner.quarantine_agent(id, reason, Wait::Yes).await
+    }
+
+    /// Async [`Runtime::quarantine_channel`].
+    pub async fn quarantine_channel_async(&self, id: &ChannelId, reason: &str) -> Result<()> {
+        self.inner.quarantine_channel(id, reason, Wait::Yes).await
+    }
+
+    /// Async [`Runtime::restore_agent`].
+    pub async fn restore_agent_async(&self, id: &AgentId) -> Result<()> {
+        self.inner.restore_agent(id, Wait::Yes).await
+    }
+
+    /// Async [`Runtime::restore_channel`].
+    pub async fn restore_channel_async(&self, id: &ChannelId) -> Result<()> {
+        self.inner.restore_channel(id, Wait::Yes).await
+    }
+
+    /// Async [`Runtime::unbind_agent`].
+    pub async fn unbind_agent_async(&self, id: &AgentId) -> Result<()> {
+        self.inner.remove_agent(id, false, Wait::Yes).await
+    }
+
+    /// Async [`Runtime::terminate_agent`].
+    pub async fn terminate_agent_async(&self, id: &AgentId) -> Result<()> {
+        self.inner.remove_agent(id, true, Wait::Yes).await
     }
 
     /// The agent's lifecycle state.
@@ -1071,7 +722,14 @@ impl Runtime {
     /// Blocks until every queued message has been handled, or `timeout` passes (a
     /// timeout too large to represent, such as `Duration::MAX`, waits without limit).
     /// Returns whether the runtime is idle.
+    ///
+    /// Called on the thread that drives the runtime's own current-thread tokio runtime,
+    /// where no handler can run while it waits, it does not wait: it returns at once
+    /// whether the runtime is idle (use [`Runtime::wait_idle_async`] there).
     pub fn wait_idle(&self, timeout: Duration) -> bool {
+        if crate::block::place(&self.inner.exec) == crate::block::Place::Driver {
+            return self.in_flight() == 0;
+        }
         let deadline = Instant::now().checked_add(timeout);
         while self.in_flight() > 0 {
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -1188,11 +846,28 @@ impl Runtime {
     /// Shuts down: stops accepting sends, lets every agent's worker deliver what is queued
     /// (bounded by `pipeline_timeout`), then wipes every channel's state from memory. With
     /// storage, the stored state is kept: the next start restores it.
+    ///
+    /// Called on the thread that drives the runtime's own current-thread tokio runtime,
+    /// where no worker can run while it waits, it does not wait: it stops the workers at
+    /// once and drops what is queued (a warning says how many) — call
+    /// [`Runtime::shutdown_async`] there to deliver them first.
     pub fn shutdown(&self) {
         let workers = self.begin_shutdown();
+        let place = crate::block::place(&self.inner.exec);
+        if place == crate::block::Place::Driver {
+            let undelivered = self.in_flight();
+            for w in &workers {
+                w.abort();
+            }
+            self.finish_shutdown(undelivered);
+            return;
+        }
         if !workers.is_empty() {
-            let _g = self.inner.exec.enter();
-            crate::block::block_on(self.drain(workers));
+            let drain = || {
+                let _g = self.inner.exec.enter();
+                crate::block::block_on(self.drain(workers));
+            };
+            if place == crate::block::Place::MultiThread { tokio::task::block_in_place(drain) } else { drain() }
         }
         self.finish_shutdown(self.in_flight());
     }

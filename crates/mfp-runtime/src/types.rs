@@ -26,6 +26,7 @@ impl fmt::Debug for CorrelationId {
 
 /// What a successful send returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Receipt {
     /// The message's id (the recipient sees the same id).
     pub message_id: MessageId,
@@ -76,6 +77,7 @@ impl fmt::Debug for DeliveredMessage {
 
 /// Lifecycle state of an agent (pymfp's `AgentState`, without the two unused states).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum AgentState {
     /// Bound to the runtime, no channel yet.
     Bound,
@@ -151,6 +153,7 @@ impl fmt::Display for AgentState {
 
 /// Status of a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ChannelStatus {
     /// Open for messages.
     Active,
@@ -180,6 +183,7 @@ impl fmt::Display for ChannelStatus {
 
 /// One channel as seen by one of its agents (pymfp's `ChannelInfo`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChannelInfo {
     /// The channel.
     pub channel_id: ChannelId,
@@ -193,6 +197,7 @@ pub struct ChannelInfo {
 
 /// An agent's status (pymfp's `AgentStatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AgentStatus {
     /// The agent.
     pub agent_id: AgentId,
@@ -208,6 +213,7 @@ pub struct AgentStatus {
 
 /// Options of one send.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct SendOptions {
     /// An idempotency key: a retry of the same send with the same key on the same channel,
     /// within the deduplication window, returns the original receipt instead of delivering

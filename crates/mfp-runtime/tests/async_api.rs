@@ -10,7 +10,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Gate, Inbox, WAIT, cfg};
+use common::{Gate, Inbox, WAIT, cfg, gated_pair};
 use mfp_runtime::{
     AgentHandle, AgentState, AsyncHandler, Backpressure, DeliveredMessage, Error, Runtime, RuntimeConfig,
     mfp_send_async,
@@ -246,15 +246,7 @@ async fn send_async_waits_for_mailbox_space_then_gives_up() {
     };
     let rt = Runtime::new(config).unwrap();
     let (gate, inbox) = (Gate::new(), Inbox::new());
-    let (g, i) = (gate.clone(), inbox.clone());
-    let a = rt.bind(|_, _| {}).unwrap();
-    let b = rt
-        .bind(move |_, m| {
-            g.wait();
-            i.push(m);
-        })
-        .unwrap();
-    let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
+    let (a, _b, ch) = gated_pair(&rt, &gate, &inbox);
     a.send_async(ch, b"m0").await.unwrap();
     let g2 = gate.clone();
     tokio::task::spawn_blocking(move || g2.wait_entered(1)).await.unwrap();

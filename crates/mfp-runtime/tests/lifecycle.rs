@@ -9,7 +9,7 @@ mod common;
 use std::thread;
 use std::time::Duration;
 
-use common::{Gate, Inbox, WAIT, cfg};
+use common::{Gate, Inbox, WAIT, cfg, gated_pair};
 use mfp_runtime::{AgentState, ChannelStatus, Error, Runtime, RuntimeConfig, mfp_channels, mfp_status, unbind};
 
 #[test]
@@ -218,15 +218,7 @@ fn sends_after_unbind_fail_and_the_peer_falls_back_to_bound() {
 fn unbind_delivers_what_is_queued() {
     let rt = Runtime::new(RuntimeConfig { agent_timeout: Duration::from_secs(3), ..cfg() }).unwrap();
     let (gate, inbox) = (Gate::new(), Inbox::new());
-    let a = rt.bind(|_, _| {}).unwrap();
-    let (g, i) = (gate.clone(), inbox.clone());
-    let b = rt
-        .bind(move |_, m| {
-            g.wait();
-            i.push(m);
-        })
-        .unwrap();
-    let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
+    let (a, b, ch) = gated_pair(&rt, &gate, &inbox);
     for p in [b"m0", b"m1", b"m2"] {
         a.send(ch, p).unwrap();
     }
@@ -244,15 +236,7 @@ fn unbind_delivers_what_is_queued() {
 fn terminate_drops_what_is_queued_and_waiting_senders_learn_it() {
     let rt = Runtime::new(RuntimeConfig { agent_timeout: Duration::from_secs(3), ..cfg() }).unwrap();
     let (gate, inbox) = (Gate::new(), Inbox::new());
-    let a = rt.bind(|_, _| {}).unwrap();
-    let (g, i) = (gate.clone(), inbox.clone());
-    let b = rt
-        .bind(move |_, m| {
-            g.wait();
-            i.push(m);
-        })
-        .unwrap();
-    let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
+    let (a, b, ch) = gated_pair(&rt, &gate, &inbox);
     a.send(ch, b"m0").unwrap();
     gate.wait_entered(1);
     a.send(ch, b"m1").unwrap();
@@ -279,15 +263,7 @@ fn terminate_drops_what_is_queued_and_waiting_senders_learn_it() {
 fn a_quarantined_recipient_holds_its_mail_until_restored() {
     let rt = Runtime::new(RuntimeConfig { agent_timeout: Duration::from_secs(3), ..cfg() }).unwrap();
     let (gate, inbox) = (Gate::new(), Inbox::new());
-    let a = rt.bind(|_, _| {}).unwrap();
-    let (g, i) = (gate.clone(), inbox.clone());
-    let b = rt
-        .bind(move |_, m| {
-            g.wait();
-            i.push(m);
-        })
-        .unwrap();
-    let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
+    let (a, b, ch) = gated_pair(&rt, &gate, &inbox);
     a.send(ch, b"m0").unwrap();
     gate.wait_entered(1);
     a.send(ch, b"m1").unwrap();

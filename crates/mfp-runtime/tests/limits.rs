@@ -9,10 +9,10 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Gate, Inbox, cfg};
+use common::{Gate, Inbox, cfg, gated_pair};
 use mfp_runtime::{
-    AgentHandle, AgentState, Backpressure, ChannelId, ChannelStatus, Error, ErrorCode, RateLimitAction, Runtime,
-    RuntimeConfig,
+    AgentHandle, AgentState, Backpressure, ChannelId, ChannelStatus, Error, ErrorCode, ManualClock, RateLimitAction,
+    Runtime, RuntimeConfig,
 };
 
 fn pair(rt: &Runtime, inbox: &Inbox) -> (AgentHandle, AgentHandle, ChannelId) {
@@ -99,32 +99,45 @@ fn rate_limit_wait_gives_up_at_once_when_the_wait_exceeds_the_pipeline_timeout()
 }
 
 /// `Wait` delays the fourth send until the window frees, and the delayed send counts in
-/// the window from when it was actually sent: at most 3 sends in any rolling second.
+/// the window from when it was actually sent: at most 3 sends in any rolling second. On a
+/// virtual clock: the wait ends when the clock gets there, not after real time.
 #[test]
 fn rate_limit_wait_delays_until_the_window_frees() {
+    let clock = ManualClock::new();
     let config = RuntimeConfig { pipeline_timeout: Duration::from_millis(900), ..rate_cfg(RateLimitAction::Wait) };
-    let rt = Runtime::new(config).unwrap();
+    let rt = Runtime::builder(config).clock(clock.clone()).build().unwrap();
     let inbox = Inbox::new();
     let (a, _b, ch) = pair(&rt, &inbox);
-    let t0 = Instant::now();
     for _ in 0..3 {
         a.send(ch, b"x").unwrap();
     }
-    thread::sleep(Duration::from_millis(150));
-    let t = Instant::now();
-    let r = a.send(ch, b"4th").unwrap();
+    clock.advance(Duration::from_millis(150));
+    let fourth = {
+        let a = a.clone();
+        thread::spawn(move || a.send(ch, b"4th"))
+    };
+    // The 4th waits for the oldest send to leave the window, at t = 1000 ms.
+    let watchdog = Instant::now() + Duration::from_secs(10);
+    while rt.metrics().rate_limited.get() == 0 {
+        assert!(Instant::now() < watchdog, "the 4th send never reached the rate window");
+        thread::yield_now();
+    }
+    clock.advance(Duration::from_millis(849));
+    clock.advance(Duration::from_millis(1));
+    let r = fourth.join().unwrap().unwrap();
     assert_eq!(r.step, 3);
-    assert!(t.elapsed() >= Duration::from_millis(600), "4th send returned after {:?}", t.elapsed());
-    assert!(t0.elapsed() >= Duration::from_millis(950), "4th send went out {:?} after the 1st", t0.elapsed());
+    assert_eq!(clock.elapsed(), Duration::from_millis(1000));
     // Two more fit next to the 4th…
     a.send(ch, b"5th").unwrap();
     a.send(ch, b"6th").unwrap();
-    // …but a 7th would make four within one second of the 4th, and waiting for the 4th to
-    // leave the window takes longer than the pipeline timeout.
-    let t = Instant::now();
-    let seventh = a.send(ch, b"7th");
-    assert!(matches!(seventh, Err(Error::RateLimited { .. })), "7th send: {seventh:?} after {:?}", t.elapsed());
-    assert_eq!(a.state(), AgentState::Active);
+    // …but a 7th would make four within one second of the 4th (sent at t = 1000 ms, not
+    // when it started waiting), and waiting for it to leave the window takes longer than
+    // the pipeline timeout: refused at once.
+    let seventh = common::within(10, move || a.send(ch, b"7th"));
+    assert!(
+        matches!(seventh, Err(Error::RateLimited { retry_after }) if retry_after == Duration::from_secs(1)),
+        "{seventh:?}"
+    );
     assert!(rt.metrics().rate_limited.get() >= 2);
     assert_eq!(inbox.wait_for(6).len(), 6);
 }
@@ -142,20 +155,6 @@ fn rate_limit_zero_means_unlimited() {
 }
 
 // ---- backpressure ------------------------------------------------------------------
-
-/// A recipient whose handler blocks on `gate` for every message until it is opened.
-fn gated_pair(rt: &Runtime, gate: &Gate, inbox: &Inbox) -> (AgentHandle, AgentHandle, ChannelId) {
-    let a = rt.bind(|_, _| {}).unwrap();
-    let (g, i) = (gate.clone(), inbox.clone());
-    let b = rt
-        .bind(move |_, m| {
-            g.wait();
-            i.push(m);
-        })
-        .unwrap();
-    let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
-    (a, b, ch)
-}
 
 fn bp_cfg(policy: Backpressure, pipeline_ms: u64) -> RuntimeConfig {
     RuntimeConfig {
@@ -459,4 +458,24 @@ fn the_mailbox_byte_bound_makes_senders_wait_and_lets_one_oversized_message_thro
     assert_eq!(sender.join().unwrap().unwrap().step, 1);
     let got = inbox.wait_for(2);
     assert_eq!(got.iter().map(|m| m.payload.len()).collect::<Vec<_>>(), [30_000, 10]);
+}
+
+/// An idempotency key is remembered for `dedup_ttl` on the runtime's clock: a retry just
+/// inside it returns the first receipt, one at the limit is a new message.
+#[test]
+fn idempotency_keys_expire_after_the_ttl_on_a_virtual_clock() {
+    let clock = ManualClock::new();
+    let config = RuntimeConfig { dedup_ttl: Duration::from_secs(300), max_message_rate: 0, ..cfg() };
+    let rt = Runtime::builder(config).clock(clock.clone()).build().unwrap();
+    let inbox = Inbox::new();
+    let (a, _b, ch) = pair(&rt, &inbox);
+    let key = mfp_runtime::SendOptions::idempotent(b"k".to_vec());
+    let first = a.send_with(ch, b"x", &key).unwrap();
+    clock.advance(Duration::from_secs(299));
+    assert_eq!(a.send_with(ch, b"x", &key).unwrap(), first);
+    clock.advance(Duration::from_secs(1));
+    let again = a.send_with(ch, b"x", &key).unwrap();
+    assert_ne!(again.message_id, first.message_id);
+    assert_eq!(again.step, 1);
+    assert_eq!(inbox.wait_for(2).len(), 2);
 }

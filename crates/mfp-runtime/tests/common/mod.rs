@@ -6,8 +6,8 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use mfp_core::{EntropySource, FnEntropy};
-use mfp_runtime::{AgentHandle, DeliveredMessage, RuntimeConfig};
+use mfp_core::EntropySource;
+use mfp_runtime::{AgentHandle, ChannelId, DeliveredMessage, Runtime, RuntimeConfig};
 
 /// A configuration with short timeouts, so a failing test fails fast.
 pub(crate) fn cfg() -> RuntimeConfig {
@@ -115,18 +115,7 @@ impl Gate {
 
 /// A deterministic entropy source: a splitmix64 stream from `seed`.
 pub(crate) fn counter_entropy(seed: u64) -> impl EntropySource + Send + 'static {
-    let mut counter = seed;
-    FnEntropy(move |buf: &mut [u8]| {
-        for chunk in buf.chunks_mut(8) {
-            counter = counter.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = counter;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
-        }
-        Ok(())
-    })
+    mfp_core::testing::SplitMix64(seed)
 }
 
 /// Silences panics raised on purpose by test handlers (their message contains
@@ -159,4 +148,88 @@ macro_rules! assert_err {
             other => panic!("expected Err({}), got {:?}", stringify!($p), other),
         }
     };
+}
+
+/// Runs `f` on its own thread and returns its result; fails the test if `f` has not
+/// returned within `secs` seconds (a hang) or panicked.
+pub(crate) fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("the call did not return within {secs} s"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the call panicked"),
+    }
+}
+
+/// A storage whose tickets complete from another thread, after the batch was applied to
+/// an inner [`MemoryStorage`] (as a storage with a writer thread does). `pause` holds
+/// completions back until `resume`.
+#[derive(Clone)]
+pub(crate) struct PendingStorage {
+    pub(crate) mem: mfp_runtime::storage::MemoryStorage,
+    tx: std::sync::mpsc::Sender<(mfp_runtime::storage::TicketSender, Result<(), mfp_runtime::storage::StorageError>)>,
+    paused: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl PendingStorage {
+    pub(crate) fn new() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<(
+            mfp_runtime::storage::TicketSender,
+            Result<(), mfp_runtime::storage::StorageError>,
+        )>();
+        let paused: Arc<(Mutex<bool>, Condvar)> = Arc::default();
+        let gate = Arc::clone(&paused);
+        std::thread::spawn(move || {
+            while let Ok((sender, result)) = rx.recv() {
+                let mut p = gate.0.lock().unwrap();
+                while *p {
+                    p = gate.1.wait(p).unwrap();
+                }
+                drop(p);
+                sender.complete(result);
+            }
+        });
+        Self { mem: mfp_runtime::storage::MemoryStorage::new(), tx, paused }
+    }
+
+    /// Holds back completions.
+    pub(crate) fn pause(&self) {
+        *self.paused.0.lock().unwrap() = true;
+    }
+
+    /// Completes held and further batches again.
+    pub(crate) fn resume(&self) {
+        *self.paused.0.lock().unwrap() = false;
+        self.paused.1.notify_all();
+    }
+}
+
+impl mfp_runtime::storage::Storage for PendingStorage {
+    fn load(&self) -> Result<Option<mfp_runtime::storage::Snapshot>, mfp_runtime::storage::StorageError> {
+        self.mem.load()
+    }
+
+    fn apply(&self, ops: Vec<mfp_runtime::storage::StorageOp>) -> mfp_runtime::storage::Ticket {
+        let result = self.mem.apply(ops).wait();
+        let (sender, ticket) = mfp_runtime::storage::Ticket::pending();
+        self.tx.send((sender, result)).unwrap();
+        ticket
+    }
+}
+
+/// A recipient whose handler blocks on `gate` for every message until it is opened.
+pub(crate) fn gated_pair(rt: &Runtime, gate: &Gate, inbox: &Inbox) -> (AgentHandle, AgentHandle, ChannelId) {
+    let a = rt.bind(|_, _| {}).unwrap();
+    let (g, i) = (gate.clone(), inbox.clone());
+    let b = rt
+        .bind(move |_, m| {
+            g.wait();
+            i.push(m);
+        })
+        .unwrap();
+    let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
+    (a, b, ch)
 }
