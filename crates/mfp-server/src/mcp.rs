@@ -281,6 +281,7 @@ fn message_json(m: Incoming) -> Value {
         "channel": m.channel,
         "step": m.step,
         "message_id": m.message_id,
+        "redelivered": m.redelivered,
     });
     if let Some(o) = v.as_object_mut() {
         match String::from_utf8(m.payload) {
