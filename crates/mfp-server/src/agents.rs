@@ -29,7 +29,7 @@ use crate::rpc::{self, Inbound, RpcError};
 pub(crate) struct Counters {
     /// Messages handed to an agent and acknowledged.
     pub(crate) delivered: AtomicU64,
-    /// Messages dropped (queue full for too long, webhook retries exhausted).
+    /// Messages dropped (webhook retries exhausted).
     pub(crate) dropped: AtomicU64,
     /// Subprocess agents restarted.
     pub(crate) restarts: AtomicU64,
