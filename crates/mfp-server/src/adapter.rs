@@ -16,7 +16,6 @@ use parking_lot::RwLock;
 use crate::config::{ChannelSpec, pair_key};
 
 /// A message for an agent, as the server hands it on.
-#[derive(Clone)]
 pub(crate) struct Incoming {
     pub(crate) payload: Vec<u8>,
     pub(crate) sender: String,
@@ -24,9 +23,40 @@ pub(crate) struct Incoming {
     pub(crate) channel: String,
     pub(crate) message_id: String,
     pub(crate) step: u64,
+    /// Delivered again after a restart (the agent may have seen it before).
+    pub(crate) redelivered: bool,
+    /// Tells the runtime's handler that the agent is done with the message.
+    pub(crate) done: Done,
 }
 
-/// Where the runtime hands an agent's messages (returns when the server took it).
+/// The agent is done with a message: [`Done::ack`] lets the runtime's handler return, and
+/// with storage, the message leaves the durable inbox. Dropped without `ack` (the agent is
+/// not running, the server is stopping), the handler keeps waiting: the message is not
+/// acknowledged, and with storage it is delivered again at the next start.
+pub(crate) struct Done(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Done {
+    /// A pair: the sender travels with the message, the receiver is what the handler awaits.
+    pub(crate) fn new() -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Self(Some(tx)), rx)
+    }
+
+    /// Nothing to acknowledge (already acknowledged).
+    pub(crate) fn none() -> Self {
+        Self(None)
+    }
+
+    /// The agent is done with the message.
+    pub(crate) fn ack(mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Where the runtime hands an agent's messages (returns once the message is queued for the
+/// agent; the runtime's handler then waits for its [`Done`]).
 pub(crate) type Sink = Arc<dyn Fn(Incoming) -> mfp_runtime::BoxFuture + Send + Sync>;
 
 /// Why the runtime could not be opened or set up.
@@ -231,15 +261,24 @@ impl Mfp {
 impl AsyncHandler for ToSink {
     async fn handle(&self, _agent: AgentHandle, msg: DeliveredMessage) {
         let sender_name = self.1.read().get(&msg.sender).cloned();
+        let (done, finished) = Done::new();
         let incoming = Incoming {
             sender: msg.sender.to_string(),
             sender_name,
             channel: msg.channel.to_string(),
             message_id: msg.message_id.to_string(),
             step: msg.step,
+            redelivered: msg.redelivered,
             payload: msg.payload,
+            done,
         };
         (self.0)(incoming).await;
+        // Return only once the agent is done with the message: with storage, the runtime
+        // keeps it in its durable inbox until then. A message dropped unacknowledged (the
+        // agent is not running, the server is stopping) is never acknowledged here.
+        if finished.await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

@@ -114,7 +114,7 @@ impl Collector for MetricsCollector {
         counter(
             &mut enc,
             "mfp_server_deliveries_dropped",
-            "Messages dropped (agent queue full, webhook retries exhausted).",
+            "Messages dropped (webhook retries exhausted).",
             ld(&c.dropped),
         )?;
         counter(&mut enc, "mfp_server_agent_restarts", "Subprocess agents restarted.", ld(&c.restarts))?;

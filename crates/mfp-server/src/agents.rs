@@ -1,8 +1,12 @@
-//! Agents: each has a bounded queue between the runtime and its implementation (builtin,
-//! subprocess, webhook). The runtime's handler only enqueues; a task per agent hands
-//! messages on. A subprocess agent that is down (crashed, restarting) keeps its messages
-//! in that queue — the runtime has no durable delivery yet, so the queue lives in memory:
-//! what it holds when the server itself dies is lost.
+//! Agents: each has a queue between the runtime and its implementation (builtin,
+//! subprocess, webhook), and a task per agent hands messages on. The runtime's handler
+//! puts the message in that queue, then waits until the agent is done with it (see
+//! [`crate::adapter::Done`]): the queue holds at most the message being handed over, and
+//! the runtime's bounded mailbox is the real queue — with storage, a durable one. A
+//! subprocess agent that is down (crashed, restarting) keeps its current message, which is
+//! delivered again to the restarted program; a message not acknowledged when the server
+//! stops stays in the runtime's durable inbox and is delivered again (flagged
+//! `redelivered`) at the next start.
 
 use std::collections::HashSet;
 use std::process::Stdio;
@@ -25,7 +29,7 @@ use crate::rpc::{self, Inbound, RpcError};
 pub(crate) struct Counters {
     /// Messages handed to an agent and acknowledged.
     pub(crate) delivered: AtomicU64,
-    /// Messages dropped (queue full for too long, webhook retries exhausted).
+    /// Messages dropped (webhook retries exhausted).
     pub(crate) dropped: AtomicU64,
     /// Subprocess agents restarted.
     pub(crate) restarts: AtomicU64,
@@ -73,11 +77,9 @@ pub(crate) struct Shared {
     pub(crate) delivery_timeout: Duration,
 }
 
-/// How long the runtime's handler waits for queue space before dropping a message
-/// (kept below the runtime's agent timeout, which would quarantine the agent).
-pub(crate) const ENQUEUE_WAIT: Duration = Duration::from_secs(20);
-
-/// A bounded queue and the sink the runtime hands messages to.
+/// A queue and the sink the runtime hands messages to. The runtime hands over one message
+/// of an agent at a time, and only after the previous one was acknowledged, so the queue
+/// holds at most one message.
 pub(crate) fn queue(name: &str, capacity: usize, counters: &Arc<Counters>) -> (Sink, mpsc::Receiver<Incoming>) {
     let (tx, rx) = mpsc::channel::<Incoming>(capacity);
     let counters = Arc::clone(counters);
@@ -88,26 +90,22 @@ pub(crate) fn queue(name: &str, capacity: usize, counters: &Arc<Counters>) -> (S
         let name = name.clone();
         Box::pin(async move {
             counters.pending.fetch_add(1, Ordering::AcqRel);
-            let ok = match tx.try_send(msg) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(msg)) => {
-                    matches!(tokio::time::timeout(ENQUEUE_WAIT, tx.send(msg)).await, Ok(Ok(())))
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            };
-            if !ok {
+            if tx.send(msg).await.is_err() {
+                // The agent's task ended (its program finished, or the server is stopping):
+                // the message is not acknowledged, so with storage it waits for the next start.
                 counters.pending.fetch_sub(1, Ordering::AcqRel);
-                counters.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(agent = %name, "message dropped: the agent's queue stayed full (raise queue_capacity, or check that the agent is running)");
+                tracing::warn!(agent = %name, "the agent is not running; its message is not acknowledged (with storage it is delivered again at the next start)");
             }
         })
     });
     (sink, rx)
 }
 
-pub(crate) fn done(counters: &Counters) {
+/// The agent is done with `m`: counted, and acknowledged to the runtime.
+pub(crate) fn done(counters: &Counters, m: Incoming) {
     counters.pending.fetch_sub(1, Ordering::AcqRel);
     counters.delivered.fetch_add(1, Ordering::Relaxed);
+    m.done.ack();
 }
 
 /// The `echo` builtin: sends every message back on its channel.
@@ -116,15 +114,15 @@ pub(crate) async fn run_echo(name: String, agent: AgentRef, mut rx: mpsc::Receiv
         if let Err(e) = agent.send(Target::Channel(m.channel.clone()), &m.payload, None).await {
             tracing::warn!(agent = %name, channel = %short(&m.channel), error = %e, "echo reply failed");
         }
-        done(&shared.counters);
+        done(&shared.counters, m);
     }
 }
 
 /// The `log` builtin (pymfp's `callback`): logs each message's metadata, never its payload.
 pub(crate) async fn run_log(name: String, mut rx: mpsc::Receiver<Incoming>, shared: Arc<Shared>) {
     while let Some(m) = rx.recv().await {
-        tracing::info!(agent = %name, sender = %short(&m.sender), channel = %short(&m.channel), step = m.step, bytes = m.payload.len(), "message received");
-        done(&shared.counters);
+        tracing::info!(agent = %name, sender = %short(&m.sender), channel = %short(&m.channel), step = m.step, bytes = m.payload.len(), redelivered = m.redelivered, "message received");
+        done(&shared.counters, m);
     }
 }
 
@@ -379,7 +377,7 @@ async fn session(
                     if let Some(e) = err {
                         tracing::warn!(agent = %name, error = %e, "agent answered deliver with an error; message not redelivered");
                     }
-                    done(&shared.counters);
+                    done(&shared.counters, msg);
                 }
                 Ok(Err(_)) => {
                     // The reader ended: the agent closed stdout or died.
@@ -395,6 +393,12 @@ async fn session(
             status = child.wait() => {
                 *current = Some(msg);
                 break exited(name, status);
+            }
+            // The server is stopping: the message stays unacknowledged (with storage, it is
+            // delivered again at the next start).
+            () = async { drop(stop.wait_for(|s| *s).await) } => {
+                *current = Some(msg);
+                break Session::Stopped;
             }
         }
     };

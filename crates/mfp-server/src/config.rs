@@ -357,6 +357,9 @@ pub(crate) struct LimitsSection {
     pub(crate) max_line_bytes: Spanned<u64>,
     /// How long an agent has to acknowledge one delivery, seconds.
     pub(crate) delivery_timeout_seconds: Spanned<f64>,
+    /// How long the runtime waits for an agent to be done with one message (including a
+    /// subprocess agent's restarts) before it quarantines the agent, seconds.
+    pub(crate) handler_timeout_seconds: Spanned<f64>,
     /// Agents bound at most.
     pub(crate) max_agents: Spanned<u64>,
 }
@@ -368,6 +371,7 @@ impl Default for LimitsSection {
             agent_queue_capacity: unspanned(1024),
             max_line_bytes: unspanned(1 << 20),
             delivery_timeout_seconds: unspanned(10.0),
+            handler_timeout_seconds: unspanned(3600.0),
             max_agents: unspanned(10_000),
         }
     }
@@ -730,6 +734,17 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
         positive_secs(&mut problems, &raw.limits.delivery_timeout_seconds, "limits.delivery_timeout_seconds");
     let drain_timeout_ms =
         positive_secs(&mut problems, &raw.server.drain_timeout_seconds, "server.drain_timeout_seconds");
+    // The runtime's handler for an agent returns only once the agent is done with the
+    // message; past this, the runtime quarantines the agent.
+    let handler_timeout_ms =
+        positive_secs(&mut problems, &raw.limits.handler_timeout_seconds, "limits.handler_timeout_seconds");
+    if handler_timeout_ms <= delivery_timeout_ms {
+        problems.push(problem_at(
+            &raw.limits.handler_timeout_seconds,
+            "limits.handler_timeout_seconds must be above limits.delivery_timeout_seconds (an agent that is restarted must not be quarantined)",
+        ));
+    }
+    runtime.agent_timeout = std::time::Duration::from_millis(handler_timeout_ms);
 
     // Agents.
     let mut agents = Vec::new();
@@ -1188,6 +1203,15 @@ mod tests {
         assert_eq!(v.runtime.default_frame_depth, 4);
         assert!(v.storage_path.is_none());
         assert_eq!(v.admin_addr.as_deref(), Some("127.0.0.1:9877"));
+    }
+
+    #[test]
+    fn handler_timeout_sets_the_runtime_agent_timeout() {
+        assert_eq!(p("").unwrap().runtime.agent_timeout, std::time::Duration::from_secs(3600));
+        let v = p("limits:\n  handler_timeout_seconds: 120\n").unwrap();
+        assert_eq!(v.runtime.agent_timeout, std::time::Duration::from_secs(120));
+        let e = errors("limits:\n  delivery_timeout_seconds: 30\n  handler_timeout_seconds: 20\n");
+        assert!(e.starts_with("test.yaml:3:") && e.contains("above limits.delivery_timeout_seconds"), "{e}");
     }
 
     #[test]

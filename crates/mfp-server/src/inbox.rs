@@ -1,11 +1,13 @@
-//! The inbox of an mcp agent: messages the runtime delivered wait here until an MCP host
-//! takes them with `mfp_receive`.
+//! The inbox of an mcp agent: the message the runtime delivered waits here until an MCP
+//! host takes it with `mfp_receive`.
 //!
-//! The runtime has no durable delivery yet, so the only inbox is [`MemoryInbox`]: bounded,
-//! in memory, lost when the server stops. When it is full, the runtime's handler waits for
-//! room (the runtime's backpressure reaches the sender), and drops the message after
-//! [`ENQUEUE_WAIT`], counted and logged like every other agent
-//! queue. The MCP side only sees the [`Inbox`] trait, so a durable inbox can replace this one.
+//! The runtime's handler waits until the message is taken: only then is it acknowledged to
+//! the runtime (with storage, it leaves the durable inbox then). Until it is taken, it is
+//! durable — a server that stops or crashes delivers it again at the next start; once
+//! `mfp_receive` has taken it, it is the host's (at most once to the host: an answer lost
+//! on the way to the host is not sent again). The runtime hands over one message of an
+//! agent at a time, so this in-memory part holds at most one; the rest wait in the
+//! runtime's mailbox. The MCP side only sees the [`Inbox`] trait.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::adapter::{Incoming, Sink};
-use crate::agents::{Counters, ENQUEUE_WAIT, done};
+use crate::agents::Counters;
 
 /// A boxed future borrowing the inbox.
 pub(crate) type InboxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
@@ -38,13 +40,21 @@ pub(crate) struct MemoryInbox {
     tx: mpsc::Sender<Incoming>,
     arrivals: watch::Sender<u64>,
     counters: Arc<Counters>,
+    /// Taken and acknowledged, not yet returned to a host.
+    held: parking_lot::Mutex<std::collections::VecDeque<Incoming>>,
 }
 
 /// A bounded in-memory inbox for agent `name` and the sink the runtime hands messages to.
 pub(crate) fn memory(name: &str, capacity: usize, counters: &Arc<Counters>) -> (Sink, Arc<MemoryInbox>) {
     let (tx, rx) = mpsc::channel::<Incoming>(capacity);
     let (arrivals, _) = watch::channel(0u64);
-    let inbox = Arc::new(MemoryInbox { rx: tokio::sync::Mutex::new(rx), tx, arrivals, counters: Arc::clone(counters) });
+    let inbox = Arc::new(MemoryInbox {
+        rx: tokio::sync::Mutex::new(rx),
+        tx,
+        arrivals,
+        counters: Arc::clone(counters),
+        held: parking_lot::Mutex::default(),
+    });
     let sink_inbox = Arc::clone(&inbox);
     let name = name.to_string();
     let sink: Sink = Arc::new(move |msg: Incoming| {
@@ -52,24 +62,29 @@ pub(crate) fn memory(name: &str, capacity: usize, counters: &Arc<Counters>) -> (
         let name = name.clone();
         Box::pin(async move {
             inbox.counters.pending.fetch_add(1, Ordering::AcqRel);
-            let ok = match inbox.tx.try_send(msg) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(msg)) => {
-                    matches!(tokio::time::timeout(ENQUEUE_WAIT, inbox.tx.send(msg)).await, Ok(Ok(())))
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            };
-            if ok {
+            if inbox.tx.send(msg).await.is_ok() {
                 inbox.counters.in_inboxes.fetch_add(1, Ordering::AcqRel);
                 inbox.arrivals.send_modify(|n| *n = n.wrapping_add(1));
             } else {
                 inbox.counters.pending.fetch_sub(1, Ordering::AcqRel);
-                inbox.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(agent = %name, "message dropped: the mcp agent's inbox stayed full (no MCP host is calling mfp_receive, or raise queue_capacity)");
+                tracing::warn!(agent = %name, "the mcp agent's inbox is closed; the message is not acknowledged");
             }
         })
     });
     (sink, inbox)
+}
+
+/// After a message was taken, how long `take` waits for the runtime to hand over the next
+/// one (it does so only once the previous one was acknowledged), to fill a batch.
+const BATCH_LINGER: Duration = Duration::from_millis(20);
+
+impl MemoryInbox {
+    /// Acknowledges `m` to the runtime (the host is about to get it) and holds it until
+    /// `take` returns.
+    fn hold(&self, mut m: Incoming) {
+        std::mem::replace(&mut m.done, crate::adapter::Done::none()).ack();
+        self.held.lock().push_back(m);
+    }
 }
 
 impl Inbox for MemoryInbox {
@@ -78,31 +93,43 @@ impl Inbox for MemoryInbox {
             let deadline = tokio::time::Instant::now() + wait;
             // Concurrent receivers take turns; each waits at most its own `wait`.
             let Ok(mut rx) = tokio::time::timeout_at(deadline, self.rx.lock()).await else { return Vec::new() };
-            let mut out = Vec::new();
-            match rx.try_recv() {
-                Ok(m) => out.push(m),
-                Err(_) => {
-                    if let Ok(Some(m)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-                        out.push(m);
-                    }
+            // Messages acknowledged by a take that was dropped before it returned go first.
+            if self.held.lock().is_empty() {
+                let first = match rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten(),
+                };
+                let Some(m) = first else { return Vec::new() };
+                self.hold(m);
+            }
+            // Each message taken is acknowledged at once, so the runtime hands over the next:
+            // a batch gathers what follows closely, bounded by `max` and the caller's wait.
+            // Until returned, they are held here, so a take dropped meanwhile loses nothing.
+            while self.held.lock().len() < max {
+                let linger = (tokio::time::Instant::now() + BATCH_LINGER).min(deadline);
+                let next = match rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => tokio::time::timeout_at(linger, rx.recv()).await.ok().flatten(),
+                };
+                match next {
+                    Some(m) => self.hold(m),
+                    None => break,
                 }
             }
-            while out.len() < max {
-                match rx.try_recv() {
-                    Ok(m) => out.push(m),
-                    Err(_) => break,
-                }
-            }
+            let mut held = self.held.lock();
+            let n = held.len().min(max);
+            let out: Vec<Incoming> = held.drain(..n).collect();
             for _ in &out {
                 self.counters.in_inboxes.fetch_sub(1, Ordering::AcqRel);
-                done(&self.counters);
+                self.counters.pending.fetch_sub(1, Ordering::AcqRel);
+                self.counters.delivered.fetch_add(1, Ordering::Relaxed);
             }
             out
         })
     }
 
     fn waiting(&self) -> usize {
-        self.tx.max_capacity().saturating_sub(self.tx.capacity())
+        self.tx.max_capacity().saturating_sub(self.tx.capacity()) + self.held.lock().len()
     }
 
     fn arrivals(&self) -> watch::Receiver<u64> {
@@ -113,31 +140,45 @@ impl Inbox for MemoryInbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::oneshot;
 
-    fn msg(i: u8) -> Incoming {
-        Incoming {
+    fn msg(i: u8) -> (Incoming, oneshot::Receiver<()>) {
+        let (done, acked) = crate::adapter::Done::new();
+        let m = Incoming {
             payload: vec![i],
             sender: "s".into(),
             sender_name: None,
             channel: "c".into(),
             message_id: format!("m{i}"),
             step: u64::from(i),
-        }
+            redelivered: false,
+            done,
+        };
+        (m, acked)
     }
 
     #[tokio::test]
-    async fn takes_in_order_up_to_max_and_acknowledges() {
+    async fn takes_in_order_up_to_max_and_acknowledges_only_when_taken() {
         let counters = Arc::new(Counters::default());
         let (sink, inbox) = memory("a", 8, &counters);
         let mut arrivals = inbox.arrivals();
+        let mut acks = Vec::new();
         for i in 0..5 {
-            sink(msg(i)).await;
+            let (m, acked) = msg(i);
+            sink(m).await;
+            acks.push(acked);
         }
         assert!(arrivals.has_changed().unwrap_or(false));
         assert_eq!(*arrivals.borrow_and_update(), 5);
         assert_eq!(inbox.waiting(), 5);
+        for a in &mut acks {
+            assert!(a.try_recv().is_err(), "acknowledged before a host took it");
+        }
         let got = inbox.take(3, Duration::ZERO).await;
         assert_eq!(got.iter().map(|m| m.payload[0]).collect::<Vec<_>>(), [0, 1, 2]);
+        for (i, a) in acks.iter_mut().enumerate() {
+            assert_eq!(a.try_recv().is_ok(), i < 3, "message {i}");
+        }
         assert_eq!(inbox.waiting(), 2);
         assert_eq!(counters.pending.load(Ordering::Acquire), 2);
         assert_eq!(counters.in_inboxes.load(Ordering::Acquire), 2);
@@ -155,21 +196,39 @@ mod tests {
             let inbox = Arc::clone(&inbox);
             tokio::spawn(async move { inbox.take(4, Duration::from_secs(60)).await })
         };
-        sink(msg(9)).await;
+        let (m, acked) = msg(9);
+        sink(m).await;
         let got = waiter.await.unwrap_or_default();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].message_id, "m9");
+        assert!(acked.await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_full_inbox_drops_after_the_wait() {
+    async fn a_take_dropped_while_gathering_loses_nothing() {
         let counters = Arc::new(Counters::default());
-        let (sink, inbox) = memory("a", 1, &counters);
-        sink(msg(1)).await;
-        // Paused time: the enqueue wait elapses without real time passing.
-        sink(msg(2)).await;
-        assert_eq!(counters.dropped.load(Ordering::Acquire), 1);
+        let (sink, inbox) = memory("a", 8, &counters);
+        let (m, _acked) = msg(1);
+        sink(m).await;
+        {
+            // Taken and acknowledged, then dropped while it waits for a second message.
+            let mut take = inbox.take(5, Duration::from_secs(60));
+            assert!(futures_poll_once(&mut take).await.is_none());
+        }
         assert_eq!(inbox.waiting(), 1);
-        assert_eq!(inbox.take(5, Duration::ZERO).await[0].message_id, "m1");
+        let got = inbox.take(5, Duration::ZERO).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].message_id, "m1");
+    }
+
+    /// Polls a future once.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut *f).poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 }

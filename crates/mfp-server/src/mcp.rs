@@ -114,8 +114,9 @@ impl McpAgent {
                 format!(
                     "Take the messages waiting for you (oldest first), waiting up to `wait_seconds` (at most \
                      {max_wait}) for the first one to arrive. Returns up to `max_messages` (at most {max_n}) \
-                     messages, each with sender_name, sender, channel, step, message_id and the payload as `text` \
-                     (or `base64` when it is not UTF-8), and `remaining`: how many still wait. Returned messages \
+                     messages, each with sender_name, sender, channel, step, message_id, redelivered (true: it may have \
+                     been returned before a restart of the server) and the payload as `text` (or `base64` when it \
+                     is not UTF-8), and `remaining`: how many still wait. Returned messages \
                      are acknowledged and will not be returned again. An empty list means nothing arrived in time."
                 ),
                 json!({
@@ -164,7 +165,7 @@ impl McpAgent {
                 let s = self.agent.status().map_err(Failure::from)?;
                 let mut v = serde_json::to_value(s).map_err(|e| Failure::new("internal", e.to_string()))?;
                 if let Some(o) = v.as_object_mut() {
-                    o.insert("inbox_waiting".into(), self.inbox.waiting().into());
+                    o.insert("inbox_waiting".into(), self.waiting().into());
                 }
                 Ok(v)
             }),
@@ -221,6 +222,12 @@ impl McpAgent {
     }
 
     /// `cancel`: the request was cancelled by the host (stop waiting, take nothing).
+    /// Messages waiting for this agent: in its inbox, and queued behind it in the runtime's
+    /// mailbox (the runtime hands them over one at a time).
+    fn waiting(&self) -> usize {
+        self.inbox.waiting() + self.agent.status().map_or(0, |s| s.mailbox_len)
+    }
+
     async fn receive(&self, args: Value, cancel: CancellationToken) -> Result<Value, Failure> {
         let a: ReceiveArgs = parse_args(args)?;
         let max = match a.max_messages {
@@ -242,7 +249,7 @@ impl McpAgent {
             () = cancel.cancelled() => Vec::new(),
         };
         let messages: Vec<Value> = taken.into_iter().map(message_json).collect();
-        Ok(json!({"messages": messages, "remaining": self.inbox.waiting()}))
+        Ok(json!({"messages": messages, "remaining": self.waiting()}))
     }
 
     /// Sends `notifications/resources/updated` for `mfp://inbox` on each arrival until the
@@ -281,6 +288,7 @@ fn message_json(m: Incoming) -> Value {
         "channel": m.channel,
         "step": m.step,
         "message_id": m.message_id,
+        "redelivered": m.redelivered,
     });
     if let Some(o) = v.as_object_mut() {
         match String::from_utf8(m.payload) {
@@ -410,7 +418,7 @@ impl ServerHandler for McpAgent {
         if request.uri != INBOX_URI {
             return Err(unknown_resource());
         }
-        let text = json!({"agent": &*self.name, "waiting": self.inbox.waiting()}).to_string();
+        let text = json!({"agent": &*self.name, "waiting": self.waiting()}).to_string();
         Ok(ReadResourceResult::new(vec![ResourceContents::text(text, INBOX_URI).with_mime_type("application/json")])
             .into())
     }

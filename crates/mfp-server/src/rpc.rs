@@ -172,6 +172,7 @@ pub(crate) fn deliver_params(m: &Incoming) -> Value {
         "sender_name": m.sender_name,
         "message_id": m.message_id,
         "step": m.step,
+        "redelivered": m.redelivered,
     });
     if let Some(obj) = p.as_object_mut() {
         match std::str::from_utf8(&m.payload) {
@@ -219,9 +220,12 @@ mod tests {
             channel: "c".into(),
             message_id: "m".into(),
             step: 1,
+            redelivered: true,
+            done: crate::adapter::Done::new().0,
         };
         let p = deliver_params(&m);
         assert_eq!(p["payload_base64"], "/wA=");
         assert!(p.get("payload").is_none());
+        assert_eq!(p["redelivered"], true);
     }
 }

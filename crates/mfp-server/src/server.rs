@@ -390,27 +390,49 @@ pub(crate) async fn run(cfg: Validated, mode: Mode) -> Result<(), RunError> {
         t.abort();
     }
     let deadline = Instant::now() + Duration::from_millis(cfg.drain_timeout_ms);
-    // Messages in mcp inboxes are not waited for: no MCP host can take them any more.
-    let undelivered = || {
-        mfp.in_flight()
-            + counters.pending.load(Ordering::Acquire).saturating_sub(counters.in_inboxes.load(Ordering::Acquire))
+    // Messages for mcp agents are not waited for: no MCP host can take them any more.
+    let mcp_refs: Vec<AgentRef> = cfg
+        .agents
+        .iter()
+        .filter(|a| matches!(a.kind, AgentKind::Mcp(_)))
+        .filter_map(|a| refs.get(&a.name).cloned())
+        .collect();
+    let for_hosts = || {
+        counters.in_inboxes.load(Ordering::Acquire)
+            + mcp_refs.iter().filter_map(|a| a.status().ok()).map(|s| s.mailbox_len as u64).sum::<u64>()
     };
+    let undelivered = || mfp.in_flight().saturating_sub(for_hosts());
     while undelivered() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let left = undelivered();
-    let in_inboxes = counters.in_inboxes.load(Ordering::Acquire);
-    if in_inboxes > 0 {
-        tracing::warn!(
-            messages = in_inboxes,
-            "messages waiting in mcp agents' inboxes are lost (the inbox is in memory until the runtime has durable delivery)"
-        );
+    let waiting_for_hosts = for_hosts();
+    let durable = cfg.storage_path.is_some();
+    if waiting_for_hosts > 0 {
+        if durable {
+            tracing::info!(
+                messages = waiting_for_hosts,
+                "messages not yet taken by an MCP host stay stored; they are delivered again at the next start"
+            );
+        } else {
+            tracing::warn!(
+                messages = waiting_for_hosts,
+                "messages waiting in mcp agents' inboxes are lost (no storage: configure storage.path to keep them)"
+            );
+        }
     }
     if left > 0 {
-        tracing::warn!(
-            messages = left,
-            "drain deadline passed; undelivered messages are lost (the runtime has no durable delivery yet)"
-        );
+        if durable {
+            tracing::warn!(
+                messages = left,
+                "drain deadline passed; messages not yet handled stay stored and are delivered again (flagged redelivered) at the next start"
+            );
+        } else {
+            tracing::warn!(
+                messages = left,
+                "drain deadline passed; undelivered messages are lost (no storage: configure storage.path to keep them)"
+            );
+        }
     }
     let _ = stop_tx.send(true);
     while subprocesses.join_next().await.is_some() {}

@@ -48,6 +48,7 @@ pub(crate) async fn run_webhook(
         let body = json!({"jsonrpc": "2.0", "method": "deliver", "params": rpc::deliver_params(&m)}).to_string();
         let mut backoff = Duration::from_millis(200);
         let mut delivered = false;
+        let mut stopped = false;
         for attempt in 0..=spec.retries {
             let req = axum::http::Request::post(uri.clone())
                 .header(header::CONTENT_TYPE, "application/json")
@@ -77,7 +78,10 @@ pub(crate) async fn run_webhook(
                 let mut stop = shared.stop.clone();
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
-                    _ = stop.wait_for(|s| *s) => break,
+                    _ = stop.wait_for(|s| *s) => {
+                        stopped = true;
+                        break;
+                    }
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
@@ -85,11 +89,16 @@ pub(crate) async fn run_webhook(
         shared.counters.pending.fetch_sub(1, Ordering::AcqRel);
         if delivered {
             shared.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        } else if stopped {
+            // Not acknowledged: with storage, delivered again at the next start.
+            tracing::warn!(agent = %name, "server stopping during webhook retries; the message is not acknowledged");
+            continue;
         } else {
             shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
             // The URL is not logged: it may carry a secret in its query.
             tracing::error!(agent = %name, "message dropped: webhook delivery failed after every retry");
         }
+        m.done.ack();
     }
 }
 

@@ -646,3 +646,100 @@ fn requests_written_just_before_exit_are_carried_out() {
     assert!(s.wait_exit().success(), "{}", s.log());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A configuration with storage, a webhook `driver` (sends over HTTP) and a subprocess
+/// agent `victim` in `mode`, which has `delivery_timeout` seconds to answer a delivery.
+fn durable_config(dir: &Path, token: &str, mode: &str, drain_seconds: u32) -> String {
+    format!(
+        "storage:\n  path: \"{}\"\nadmin:\n  enabled: false\nserver:\n  drain_timeout_seconds: {drain_seconds}\nlimits:\n  delivery_timeout_seconds: 600\nhttp:\n  port: 0\nagents:\n  - name: driver\n    type: webhook\n    url: \"http://127.0.0.1:9/unused\"\n    token: \"{token}\"\n{}channels:\n  - agents: [driver, victim]\n",
+        dir.join("d.db").display(),
+        subprocess("victim", &[("MODE", mode)])
+    )
+}
+
+/// Sends `payload` from `driver` to `victim` through the webhook endpoint; asserts the
+/// receipt and returns its message id.
+fn driver_send(s: &mut Server, token: &str, payload: &str) -> String {
+    let http_addr = s.find_or_wait("http listener bound").split("addr=").nth(1).unwrap().trim().to_string();
+    let body =
+        format!(r#"{{"jsonrpc":"2.0","id":1,"method":"send","params":{{"to":"victim","payload":"{payload}"}}}}"#);
+    let auth = format!("Bearer {token}");
+    let (status, reply) = http(
+        &http_addr,
+        "POST",
+        "/agents/driver",
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        &body,
+    );
+    assert_eq!(status, 200, "{reply}");
+    let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    v["result"]["message_id"].as_str().unwrap_or_else(|| panic!("no receipt: {reply}")).to_string()
+}
+
+/// The pid a `deaf` agent logged.
+fn deaf_pid(s: &mut Server) -> rustix::process::Pid {
+    let line = s.find_or_wait("deaf ");
+    let pid = line.split_whitespace().skip_while(|w| *w != "deaf").nth(1).unwrap();
+    rustix::process::Pid::from_raw(pid.parse().unwrap()).unwrap()
+}
+
+/// With storage, messages that got a receipt but that the agent did not answer survive a
+/// SIGKILL of the server: after the restart, the agent gets every one, in order, flagged
+/// `redelivered`.
+#[test]
+fn unanswered_messages_survive_a_server_kill() {
+    let dir = temp_dir("durable-kill");
+    let token = "test-token-0123456789";
+    let mut s = Server::start(&dir, &durable_config(&dir, token, "deaf", 10));
+    s.find_or_wait("INFO mfp_server::server: ready");
+    let deaf = deaf_pid(&mut s);
+    for p in ["d0", "d1", "d2"] {
+        driver_send(&mut s, token, p);
+    }
+    s.signal(rustix::process::Signal::KILL);
+    s.wait_exit();
+    // The agent lives in its own process group: the killed server could not stop it.
+    let _ = rustix::process::kill_process(deaf, rustix::process::Signal::KILL);
+
+    let mut s = Server::start(&dir, &durable_config(&dir, token, "recorder", 10));
+    for p in ["d0", "d1", "d2"] {
+        let line = s.wait_for(&format!(" got {p}"));
+        assert!(line.contains(&format!("got {p} redelivered")), "{line}\n{}", s.log());
+    }
+    assert!(s.log().contains("runtime restored from storage"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A message the agent has not answered when the server stops gracefully is not lost: it
+/// stays stored, and comes back after the restart, flagged `redelivered`.
+#[test]
+fn unanswered_message_survives_a_graceful_stop() {
+    let dir = temp_dir("durable-stop");
+    let token = "test-token-0123456789";
+    let mut s = Server::start(&dir, &durable_config(&dir, token, "deaf", 1));
+    s.find_or_wait("INFO mfp_server::server: ready");
+    deaf_pid(&mut s);
+    driver_send(&mut s, token, "g0");
+    driver_send(&mut s, token, "g1");
+    s.signal(rustix::process::Signal::TERM);
+    let status = s.wait_exit();
+    assert!(status.success(), "{status:?}\n{}", s.log());
+    assert!(s.log().contains("stay stored"), "{}", s.log());
+
+    let mut s = Server::start(&dir, &durable_config(&dir, token, "recorder", 1));
+    for p in ["g0", "g1"] {
+        let line = s.wait_for(&format!(" got {p}"));
+        assert!(line.contains(&format!("got {p} redelivered")), "{line}\n{}", s.log());
+    }
+    // Answered now: a third start has nothing to deliver again.
+    s.signal(rustix::process::Signal::TERM);
+    assert!(s.wait_exit().success(), "{}", s.log());
+    let mut s = Server::start(&dir, &durable_config(&dir, token, "recorder", 1));
+    s.find_or_wait("INFO mfp_server::server: ready");
+    let id = driver_send(&mut s, token, "g2");
+    assert_eq!(id.len(), 32);
+    let line = s.wait_for(" got g2");
+    assert!(!line.contains("redelivered"), "{line}");
+    assert!(!s.log().contains("got g0"), "g0 delivered a second time:\n{}", s.log());
+    std::fs::remove_dir_all(&dir).ok();
+}

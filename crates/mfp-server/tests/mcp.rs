@@ -420,3 +420,55 @@ impl Server {
         line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_string()
     }
 }
+
+async fn http_client(addr: &str) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let (h, notes) = client_handler();
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp/claude")).auth_header(TOKEN),
+    );
+    (tokio::time::timeout(WAIT, h.serve(transport)).await.unwrap().unwrap(), notes)
+}
+
+/// With storage, a message no host has taken when the server stops is not lost: after the
+/// restart, `mfp_receive` returns it, flagged `redelivered`; once taken, it is not returned
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_not_taken_survives_a_restart() {
+    let dir = temp_dir("durable");
+    let file = config(&dir);
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("storage:\n  path: {}\n{text}", dir.join("mfp.db").display())).unwrap();
+
+    let server = Server::start(&file);
+    let (client, mut notes) = http_client(&server.mcp_addr()).await;
+    #[allow(deprecated)]
+    client.subscribe(rmcp::model::SubscribeRequestParams::new("mfp://inbox")).await.unwrap();
+    let receipt = ok(&client, "mfp_send", json!({"to": "echo", "text": "keep me"})).await;
+    tokio::time::timeout(WAIT, notes.recv()).await.expect("no inbox notification").unwrap();
+    let _ = client.cancel().await;
+    let pid = rustix::process::Pid::from_raw(i32::try_from(server.child.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    server.wait_for("stopped");
+    assert!(server.log().contains("stay stored"), "{}", server.log());
+    drop(server);
+
+    let server = Server::start(&file);
+    let (client, _) = http_client(&server.mcp_addr()).await;
+    let got = ok(&client, "mfp_receive", json!({"wait_seconds": 30})).await;
+    let msgs = got["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 1, "{got}");
+    assert_eq!(msgs[0]["text"], "keep me");
+    assert_eq!(msgs[0]["redelivered"], true, "{got}");
+    assert_eq!(msgs[0]["channel"], receipt["channel"]);
+    let _ = client.cancel().await;
+    drop(server);
+
+    // Taken: a third start has nothing for the host.
+    let server = Server::start(&file);
+    let (client, _) = http_client(&server.mcp_addr()).await;
+    let got = ok(&client, "mfp_receive", json!({"wait_seconds": 1})).await;
+    assert_eq!(got["messages"], json!([]), "returned twice: {got}");
+    let _ = client.cancel().await;
+}

@@ -2,7 +2,8 @@
 
 MODE=client    sends COUNT messages "msg-<i>" to the agent named TO, logs every reply;
                with LINGER set, ignores the end of stdin (so shutdown must signal it).
-MODE=recorder  logs "recorder <pid> got <payload>" for each message.
+MODE=recorder  logs "recorder <pid> got <payload>" for each message (followed by
+               " redelivered" when the server flags it so).
 MODE=deaf      never reads stdin nor answers (a stuck agent).
 MODE=garbage   writes invalid lines (garbage, a HUGE_MB line, an unknown method) and logs
                the error codes it got back, then checks the server still answers status.
@@ -69,7 +70,7 @@ if mode == "client":
     serve(lambda p: log(f"client got {p.get('payload')} step {p['step']}"))
 elif mode == "recorder":
     log(f"recorder {pid} started")
-    serve(lambda p: log(f"recorder {pid} got {p.get('payload')}"))
+    serve(lambda p: log(f"recorder {pid} got {p.get('payload')}" + (" redelivered" if p.get("redelivered") else "")))
 elif mode == "deaf":
     log(f"deaf {pid} started")
     time.sleep(60)
