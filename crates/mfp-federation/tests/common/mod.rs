@@ -5,40 +5,14 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use mfp_core::{AgentId, ChannelId, EntropySource, RuntimeId};
+use mfp_core::{AgentId, ChannelId, RuntimeId};
 use mfp_federation::codec::Decoder;
 use mfp_federation::handshake::{self, Initiator, LocalIdentity, PeerTable, Timestamp};
 use mfp_federation::session::{Event, LinkLimits, LinkState, Session, SessionConfig};
 use mfp_federation::{IdentityKey, codec};
 
 /// SplitMix64 as an entropy source: deterministic, for tests only.
-#[derive(Debug, Clone)]
-pub struct TestEntropy(pub u64);
-
-impl TestEntropy {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform-ish in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
-
-impl EntropySource for TestEntropy {
-    fn fill(&mut self, dest: &mut [u8]) -> Result<(), mfp_core::Error> {
-        for chunk in dest.chunks_mut(8) {
-            let v = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-        Ok(())
-    }
-}
+pub use mfp_core::testing::SplitMix64 as TestEntropy;
 
 pub fn identity(name: &[u8], seed: u64) -> LocalIdentity {
     LocalIdentity {
