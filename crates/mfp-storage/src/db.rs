@@ -814,6 +814,15 @@ pub(crate) fn verify_key_check(cipher: &CellCipher, stored_key_id: &[u8], blob: 
 // Rotation
 // ---------------------------------------------------------------------------------------------
 
+/// Writes one re-encrypted cell back: `sql` is an `UPDATE` binding the new blob, then the
+/// row's key.
+async fn put_cell<K>(conn: &mut SqliteConnection, sql: &'static str, blob: Vec<u8>, key: K) -> Result<(), StorageError>
+where
+    K: for<'q> sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Send + 'static,
+{
+    sqlx::query(sql).bind(blob).bind(key).execute(conn).await.map(drop).map_err(|e| sql_error("re-encrypt", &e))
+}
+
 /// Re-encrypts every encrypted cell from `old` to `new` (in the caller's transaction) and
 /// returns the number of cells rewritten (the key check included).
 pub(crate) async fn reencrypt_all(
@@ -837,12 +846,7 @@ pub(crate) async fn reencrypt_all(
         let blob: Vec<u8> = get(&row, "channels", "local_state")?;
         let plain: Zeroizing<Vec<u8>> = old.open(channel_cell(&id, &step), &blob)?;
         let fresh = new.seal(channel_cell(&id, &step), &plain)?;
-        sqlx::query("UPDATE channels SET local_state = ? WHERE channel_id = ?")
-            .bind(fresh)
-            .bind(id)
-            .execute(&mut *conn)
-            .await
-            .map_err(ex)?;
+        put_cell(conn, "UPDATE channels SET local_state = ? WHERE channel_id = ?", fresh, id).await?;
         count += 1;
     }
 
@@ -851,12 +855,7 @@ pub(crate) async fn reencrypt_all(
         let blob: Vec<u8> = get(&row, "sg_cache", "sg_value")?;
         let plain = old.open(sg_cell(), &blob)?;
         let fresh = new.seal(sg_cell(), &plain)?;
-        sqlx::query("UPDATE sg_cache SET sg_value = ? WHERE id = ?")
-            .bind(fresh)
-            .bind(id)
-            .execute(&mut *conn)
-            .await
-            .map_err(ex)?;
+        put_cell(conn, "UPDATE sg_cache SET sg_value = ? WHERE id = ?", fresh, id).await?;
         count += 1;
     }
 
@@ -901,12 +900,7 @@ pub(crate) async fn reencrypt_all(
         let ctx = outbound_context(&bilateral, &channel, step);
         let fresh = new.seal(outbound_cell(&id_be, &ctx), &old.open(outbound_cell(&id_be, &ctx), &blob)?)?;
         let id_i = i64::try_from(id).map_err(|_| corrupt(t, "id", "value out of range"))?;
-        sqlx::query("UPDATE pending_outbound SET wire = ? WHERE id = ?")
-            .bind(fresh)
-            .bind(id_i)
-            .execute(&mut *conn)
-            .await
-            .map_err(ex)?;
+        put_cell(conn, "UPDATE pending_outbound SET wire = ? WHERE id = ?", fresh, id_i).await?;
         count += 1;
     }
 
@@ -931,12 +925,7 @@ pub(crate) async fn reencrypt_all(
             let ctx = inbox_context(&recipient, &sender, &message_id, &correlation);
             let cell = inbox_cell(&row_id, &ctx);
             let fresh = new.seal(cell, &old.open(cell, &blob)?)?;
-            sqlx::query("UPDATE inbox SET payload = ? WHERE id = ?")
-                .bind(fresh)
-                .bind(id)
-                .execute(&mut *conn)
-                .await
-                .map_err(ex)?;
+            put_cell(conn, "UPDATE inbox SET payload = ? WHERE id = ?", fresh, id).await?;
             count += 1;
         }
     }
