@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::{AgentRecord, Delivery, Outcome};
 use crate::audit::{AuditEvent, AuditEventType};
-use crate::channel::{ChannelRecord, Dedup, DedupHit};
+use crate::channel::{ChannelRecord, Dedup, DedupHit, PeerRef};
 use crate::config::{Backpressure, RateLimitAction};
 use crate::error::{Error, Result};
 use crate::hooks::SendContext;
@@ -58,14 +58,19 @@ impl Inner {
             }
         }
         let channel = self.channel(channel_id)?;
-        let recipient = Arc::clone(
-            channel.peer_of(&sender.id).ok_or(Error::NotOnChannel { agent: sender.id, channel: *channel_id })?,
-        );
         let max = self.config.max_payload_size;
         if max > 0 && payload_len > max {
             return Err(Error::PayloadTooLarge { len: payload_len, max });
         }
-        Ok(Ok((channel, recipient)))
+        let route = match channel.peer_of(&sender.id) {
+            Some(PeerRef::Local(r)) => {
+                let r = Arc::clone(r);
+                Route::Local(channel, r)
+            }
+            Some(PeerRef::Remote(_)) => Route::Remote(channel),
+            None => return Err(Error::NotOnChannel { agent: sender.id, channel: *channel_id }),
+        };
+        Ok(Ok(route))
     }
 
     /// ACCEPT (locked part) → FRAME → ENCODE → VALIDATE → DECODE → DELIVER → commit.
@@ -243,6 +248,7 @@ impl Inner {
                 correlation_id,
                 step,
                 redelivered: false,
+                sender_runtime: None,
             },
             done,
             token,
@@ -309,13 +315,13 @@ impl Inner {
         self.acks.lock().push((channel, step));
     }
 
-    fn take_acks(&self) -> Vec<(ChannelId, u64)> {
+    pub(crate) fn take_acks(&self) -> Vec<(ChannelId, u64)> {
         let mut q = self.acks.lock();
         if q.is_empty() { Vec::new() } else { std::mem::take(&mut *q) }
     }
 
     /// Puts back removals whose batch failed (they go with a later one).
-    fn requeue_acks(&self, acks: Vec<(ChannelId, u64)>) {
+    pub(crate) fn requeue_acks(&self, acks: Vec<(ChannelId, u64)>) {
         if !acks.is_empty() {
             self.acks.lock().extend(acks);
         }
