@@ -337,18 +337,20 @@ impl Inner {
         if rec.remote().is_some() {
             return self.close_remote_one(&rec, true).await;
         }
-        let ticket = {
-            let mut inner = rec.inner.lock();
-            let mut ops = Vec::new();
-            if self.persisting() {
-                ops.push(StorageOp::CloseChannel(*id));
-                for r in rec.locals() {
-                    let only_this = r.admin.lock().channels.iter().all(|c| c == id);
-                    if only_this && r.state() == AgentState::Active {
-                        ops.push(StorageOp::PutAgent(Self::agent_row(r, AgentState::Bound, "")));
-                    }
+        let mut ops = Vec::new();
+        if self.persisting() {
+            // Agent rows first, outside the channel's lock (a channel lock and an agent's
+            // admin lock are never held together).
+            ops.push(StorageOp::CloseChannel(*id));
+            for r in rec.locals() {
+                let only_this = r.admin.lock().channels.iter().all(|c| c == id);
+                if only_this && r.state() == AgentState::Active {
+                    ops.push(StorageOp::PutAgent(Self::agent_row(r, AgentState::Bound, "")));
                 }
             }
+        }
+        let ticket = {
+            let mut inner = rec.inner.lock();
             // Sg computed and the batch submitted under one hold of the `sg` lock (see
             // `submit`); the commit is awaited outside it.
             let mut sg = self.sg.lock();
@@ -691,10 +693,12 @@ impl Inner {
         let chans = rec.admin.lock().channels.clone();
         let mut reactivate = Vec::new();
         let mut hand_over = Vec::new();
+        // The records first: `quarantine_causes` is a leaf lock (nothing is taken under it).
+        let records: Vec<_> = chans.iter().filter_map(|c| self.channel(c).ok().map(|ch| (*c, ch))).collect();
         {
             let causes = self.quarantine_causes.lock();
-            for c in &chans {
-                let Ok(ch) = self.channel(c) else { continue };
+            for (c, ch) in records {
+                let c = &c;
                 if causes.get(c) != Some(&QuarantineCause::Agent(*id)) {
                     continue;
                 }

@@ -285,7 +285,13 @@ impl Inner {
     /// The outbound half for a channel between two local agents: FRAME → ENCODE. Draws
     /// the message and correlation ids and the frame's jitter from `draw` (filled here).
     #[inline]
-    fn seal_local(&self, ch: &ChannelInner, channel: &ChannelRecord, payload: &[u8], draw: &mut [u8]) -> Result<Sealed> {
+    fn seal_local(
+        &self,
+        ch: &ChannelInner,
+        channel: &ChannelRecord,
+        payload: &[u8],
+        draw: &mut [u8],
+    ) -> Result<Sealed> {
         self.draw(draw)?;
         let (ids, jitter) = draw.split_at(32);
         let mut corr = [0u8; 8];

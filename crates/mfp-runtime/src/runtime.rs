@@ -135,8 +135,11 @@ pub(crate) struct SgState {
     pub(crate) tree: MerkleSg,
 }
 
-/// Shared runtime state. Lock order: `admin_op` (async) → `admin` → maps → agent `admin` / channel `inner` → `sg`;
-/// a channel lock and an agent's `admin` lock are never held together.
+/// Shared runtime state. Lock order: `admin_op` (async) → `admin` → maps → agent `admin` /
+/// channel `inner` → a remote channel's chain → its outbound log → `sg`; a channel lock and
+/// an agent's `admin` lock are never held together; `quarantine_causes`, `closed` and `acks`
+/// are leaf locks. A remote channel's `ingest_turn` (async) comes before its channel lock.
+/// (docs/runtime.md, "Inside the runtime: a map".)
 pub(crate) struct Inner {
     pub(crate) config: RuntimeConfig,
     pub(crate) identity: RuntimeId,
