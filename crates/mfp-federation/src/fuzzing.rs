@@ -7,7 +7,7 @@ use mfp_core::{EntropySource, RuntimeId};
 
 use crate::codec::{Decoder, MAX_BODY};
 use crate::control::Control;
-use crate::handshake::{self, Initiator, LocalIdentity, PeerTable, Timestamp};
+use crate::handshake::{self, Established, Initiator, LocalIdentity, PeerTable, Timestamp};
 use crate::session::{Event, Session, SessionConfig};
 use crate::{IdentityKey, identity};
 
@@ -91,8 +91,7 @@ pub fn handshake_responder(data: &[u8]) {
         (None, rest.to_vec())
     } else {
         let ts = Timestamp { secs: 1_800_000_000, nanos: 0 };
-        let Ok((_, hs1)) = Initiator::start(&initiator, responder.runtime, public(&responder), ts, &mut entropy)
-        else {
+        let Ok((_, hs1)) = Initiator::start(&initiator, responder.runtime, public(&responder), ts, &mut entropy) else {
             return;
         };
         let mut mutated = hs1.clone();
@@ -122,25 +121,30 @@ pub fn control(data: &[u8]) {
     }
 }
 
-/// An established session fed arbitrary bytes: no panic, nothing reaches the runtime
-/// (no data, acknowledgement, position or channel event), and the session ends unless
-/// the bytes were an incomplete frame.
-pub fn session_input(data: &[u8]) {
+/// Both ends of a completed handshake between two fixed runtimes, as (initiator,
+/// responder); `None` only if the handshake fails, which it does not.
+#[must_use]
+pub fn established_pair() -> Option<(Established, Established)> {
     let a = runtime(b"a", 3);
     let b = runtime(b"b", 4);
     let mut peers = PeerTable::new();
     peers.pin(a.runtime, public(&a));
     let mut entropy = CounterEntropy(7);
     let ts = Timestamp { secs: 1_800_000_000, nanos: 0 };
-    let Ok((init, hs1)) = Initiator::start(&a, b.runtime, public(&b), ts, &mut entropy) else { return };
+    let (init, hs1) = Initiator::start(&a, b.runtime, public(&b), ts, &mut entropy).ok()?;
     let mut d = Decoder::new(MAX_BODY);
-    let Ok(Some(f1)) = d.decode(&mut &hs1[..]) else { return };
-    let Ok(acc) = handshake::accept(&b, &mut peers, &f1, &mut entropy) else { return };
-    let Ok((est_b, hs2)) = acc.finish(&mut entropy) else { return };
-    let Ok(Some(f2)) = d.decode(&mut &hs2[..]) else { return };
-    if init.complete(&f2).is_err() {
-        return;
-    }
+    let f1 = d.decode(&mut &hs1[..]).ok()??;
+    let (est_b, hs2) = handshake::accept(&b, &mut peers, &f1, &mut entropy).ok()?.finish(&mut entropy).ok()?;
+    let f2 = d.decode(&mut &hs2[..]).ok()??;
+    let est_a = init.complete(&f2).ok()?;
+    Some((est_a, est_b))
+}
+
+/// An established session fed arbitrary bytes: no panic, nothing reaches the runtime
+/// (no data, acknowledgement, position or channel event), and the session ends unless
+/// the bytes were an incomplete frame.
+pub fn session_input(data: &[u8]) {
+    let Some((_, est_b)) = established_pair() else { return };
     let now = Instant::now();
     let Ok(mut session) = Session::new(est_b, SessionConfig::default(), now) else { return };
     session.handle_input(now, data);
@@ -148,8 +152,7 @@ pub fn session_input(data: &[u8]) {
         assert!(matches!(ev, Event::Closed(_)), "forged input was accepted: {ev:?}");
     }
     assert_eq!(session.stats().data_received, 0);
-    let incomplete = !session.is_closed();
-    if incomplete {
+    if !session.is_closed() {
         assert!(session.poll_transmit(now).is_none(), "forged input made the session answer");
     }
 }

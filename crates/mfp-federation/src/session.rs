@@ -42,8 +42,8 @@ use mfp_core::{AgentId, ChannelId, MAX_FRAME_DEPTH, MIN_FRAME_DEPTH, RuntimeId, 
 use zeroize::Zeroizing;
 
 use crate::codec::{self, CodecError, Decoder, FrameKind, MAX_BODY};
-pub use crate::control::{RefuseReason, Target};
 use crate::control::{Control, ControlError, DATA_OVERHEAD};
+pub use crate::control::{RefuseReason, Target};
 use crate::handshake::{Established, Role};
 
 /// Size of the Noise transport tag.
@@ -798,5 +798,87 @@ impl Session {
         if now >= self.last_tx + self.cfg.keepalive && self.queue.is_empty() && self.ack_order.is_empty() {
             self.ping_due = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chains::channel_chains;
+
+    fn pair(now: Instant) -> (Session, Session) {
+        let (a, b) = crate::fuzzing::established_pair().expect("handshake");
+        (
+            Session::new(a, SessionConfig::default(), now).unwrap(),
+            Session::new(b, SessionConfig::default(), now).unwrap(),
+        )
+    }
+
+    fn transmit(from: &mut Session, to: &mut Session, now: Instant) {
+        while let Some(bytes) = from.poll_transmit(now) {
+            to.handle_input(now, &bytes);
+        }
+    }
+
+    /// `send_data` refuses such messages; a peer that sends one anyway (bypassing the
+    /// checks, as a broken or hostile implementation would) has the session closed.
+    #[test]
+    fn malformed_data_from_the_peer_closes_the_session() {
+        let now = Instant::now();
+        let ch = ChannelId::from_bytes([1; 16]);
+        let (a0, _) = pair(now);
+        let (tx, _) = channel_chains(&[5; 32], &ch, &a0.local(), &a0.peer());
+        let good = tx.seal_outbound(&a0.local(), &ch, 4, b"x").unwrap().wire;
+        let mut truncated = good.clone();
+        truncated.pop();
+        let deep = tx.seal_outbound(&a0.local(), &ch, 33, b"x").unwrap().wire;
+        let cases = [
+            (ChannelId::from_bytes([2; 16]), good.clone(), "the envelope names another channel"),
+            (ch, truncated, "not an MFP1 wire message within the limits"),
+            (ch, deep, "not an MFP1 wire message within the limits"),
+            (ch, vec![0u8; 64], "not an MFP1 wire message within the limits"),
+        ];
+        for (channel, wire, why) in cases {
+            let (mut a, mut b) = pair(now);
+            a.queue.push_back(Control::Data { channel, wire });
+            transmit(&mut a, &mut b, now);
+            let evs: Vec<_> = std::iter::from_fn(|| b.poll_event()).collect();
+            assert_eq!(evs, vec![Event::Closed(CloseReason::MalformedData(why))]);
+            assert_eq!((b.stats().malformed, b.stats().data_received), (1, 0));
+        }
+        // The good one passes.
+        let (mut a, mut b) = pair(now);
+        a.send_data(ch, good.clone()).unwrap();
+        transmit(&mut a, &mut b, now);
+        assert_eq!(b.poll_event(), Some(Event::Data { channel: ch, wire: good }));
+    }
+
+    #[test]
+    fn debug_never_shows_secrets_or_payloads() {
+        let ev = Event::ChannelRequested {
+            channel: ChannelId::from_bytes([1; 16]),
+            depth: 4,
+            opener: AgentId::from_bytes([2; 32]),
+            target: Target::Name("bob".into()),
+            secret: Zeroizing::new([0xee; 32]),
+        };
+        let shown = format!("{ev:?}");
+        assert!(shown.contains("bob") && !shown.contains("238") && !shown.contains("ee"), "{shown}");
+        let shown = format!("{:?}", Event::Data { channel: ChannelId::from_bytes([1; 16]), wire: vec![0xab; 99] });
+        assert!(shown.contains("wire_len: 99") && !shown.contains("171"), "{shown}");
+    }
+
+    /// A peer's pings are answered once each, however many arrive before this side
+    /// transmits: memory does not grow with them.
+    #[test]
+    fn pings_are_answered_with_one_pong() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        for n in 1..=50 {
+            a.queue.push_back(Control::Ping(n));
+        }
+        transmit(&mut a, &mut b, now);
+        assert!(b.poll_transmit(now).is_some());
+        assert!(b.poll_transmit(now).is_none(), "one Pong for fifty Pings");
     }
 }
