@@ -157,6 +157,58 @@ pub fn session_input(data: &[u8]) {
     }
 }
 
+/// An established session fed control messages from its genuine peer: `data` is a
+/// sequence of `len u8 ‖ bytes` chunks, each encrypted with the peer's Noise transport
+/// and framed, so they pass authentication and reach the control-message parser and the
+/// session's handling. No panic; whatever reaches the runtime passed the session's
+/// checks (data parses as an MFP1 wire message naming its channel, channel requests have
+/// a depth within the limits and a valid target); nothing after the session closed.
+/// Returns the events that reached the runtime (all but `Closed`) and whether the
+/// session closed.
+pub fn authenticated_input(data: &[u8]) -> (usize, bool) {
+    let Some((mut est_a, est_b)) = established_pair() else { return (0, false) };
+    let now = Instant::now();
+    let cfg = SessionConfig::default();
+    let Ok(mut session) = Session::new(est_b, cfg, now) else { return (0, false) };
+    let limits = mfp_core::envelope::EnvelopeLimits {
+        max_frame_depth: u32::from(cfg.max_frame_depth),
+        max_payload_len: crate::session::MAX_CONTROL as u32,
+    };
+    let mut rest = data;
+    let mut stream = Vec::new();
+    while let Some((&len, tail)) = rest.split_first() {
+        let n = usize::from(len).min(tail.len());
+        let (chunk, tail) = tail.split_at(n);
+        rest = tail;
+        let mut body = vec![0u8; chunk.len() + 16];
+        let Ok(written) = est_a.transport.write_message(chunk, &mut body) else { break };
+        body.truncate(written);
+        if crate::codec::encode_into(crate::codec::FrameKind::Transport, &body, &mut stream).is_err() {
+            break;
+        }
+        session.handle_input(now, &stream);
+    }
+    let mut closed = false;
+    let mut reached = 0;
+    while let Some(ev) = session.poll_event() {
+        assert!(!closed, "an event after the session closed: {ev:?}");
+        reached += usize::from(!matches!(ev, Event::Closed(_)));
+        match ev {
+            Event::Data { channel, wire } => {
+                let parsed = mfp_core::envelope::parse_wire(&wire, &limits);
+                assert!(parsed.is_ok_and(|(h, _)| h.channel_id == channel), "unchecked data reached the runtime");
+            }
+            Event::ChannelRequested { depth, target, .. } => {
+                assert!((2..=cfg.max_frame_depth).contains(&depth) && target.is_valid(), "unchecked request");
+            }
+            Event::Closed(_) => closed = true,
+            _ => {}
+        }
+    }
+    assert_eq!(closed, session.is_closed());
+    (reached, closed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +231,25 @@ mod tests {
         fn session_input_body(data in proptest::collection::vec(any::<u8>(), 0..300)) {
             session_input(&data);
         }
+
+        #[test]
+        fn authenticated_input_body(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = authenticated_input(&data);
+        }
+
+        #[test]
+        fn authenticated_typed_input_body(
+            chunks in proptest::collection::vec((0u8..0x12, proptest::collection::vec(any::<u8>(), 0..150)), 1..6),
+        ) {
+            // Chunks that start with a known type byte, so most reach a message's layout.
+            let mut data = Vec::new();
+            for (t, rest) in chunks {
+                data.push(u8::try_from(rest.len() + 1).unwrap_or(u8::MAX));
+                data.push(t);
+                data.extend(rest);
+            }
+            let _ = authenticated_input(&data);
+        }
     }
 
     #[test]
@@ -193,6 +264,33 @@ mod tests {
             d[pos] = 0x20;
             handshake_responder(&d);
         }
+    }
+
+    #[test]
+    fn authenticated_input_reaches_the_session() {
+        use crate::control::{Control, Target};
+        // A genuine channel request and a data message whose envelope names another
+        // channel: the request reaches the runtime, the data closes the session.
+        let open = Control::ChannelOpen {
+            channel: mfp_core::ChannelId::from_bytes([1; 16]),
+            depth: 4,
+            opener: mfp_core::AgentId::from_bytes([2; 32]),
+            secret: zeroize::Zeroizing::new([3; 32]),
+            target: Target::Name("bob".into()),
+        }
+        .encode();
+        let mut data = vec![u8::try_from(open.len()).unwrap_or(0)];
+        data.extend(&open);
+        let mut bad = vec![0x01];
+        bad.extend([1u8; 16]);
+        bad.extend([0u8; 64]);
+        data.push(u8::try_from(bad.len()).unwrap_or(0));
+        data.extend(&bad);
+        assert_eq!(authenticated_input(&data), (1, true));
+        // The request alone leaves the session open.
+        assert_eq!(authenticated_input(&data[..=open.len()]), (1, false));
+        // A chunk that is no control message closes it.
+        assert_eq!(authenticated_input(&[2, 0x42, 0]), (0, true));
     }
 
     #[test]
