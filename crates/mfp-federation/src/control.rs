@@ -1,31 +1,39 @@
 //! Control messages: the plaintext of every Noise transport message.
 //!
 //! One type byte, then a fixed layout per type (integers big-endian). A message must have
-//! exactly its layout's length (Data: at least its fixed part); anything else is rejected.
+//! exactly its layout's length (Data: at least its fixed part; ChannelOpen: the length its
+//! target kind announces); anything else is rejected.
 //!
 //! | type | name | layout after the type byte | length |
 //! |---|---|---|---|
-//! | `0x01` | Data | channel id (16) ‖ step u64 ‖ MFP1 envelope (64) ‖ body | ≥ 89 |
-//! | `0x02` | Ack | received u64 (cumulative count of data messages received) | 9 |
-//! | `0x03` | ChannelOpen | channel id (16) ‖ depth u16 ‖ opener agent (32) ‖ target agent (32) | 83 |
-//! | `0x04` | ChannelAccept | channel id (16) | 17 |
+//! | `0x01` | Data | channel id (16) ‖ MFP1 wire message (64-byte envelope ‖ body) | ≥ 81 |
+//! | `0x02` | Ack | channel id (16) ‖ next u64 (every step below it is durable at the sender) | 25 |
+//! | `0x03` | ChannelOpen | channel id (16) ‖ depth u16 ‖ opener agent (32) ‖ secret (32) ‖ target kind u8 ‖ target | 116, or 86–149 |
+//! | `0x04` | ChannelAccept | channel id (16) ‖ acceptor agent (32) | 49 |
 //! | `0x05` | ChannelRefuse | channel id (16) ‖ reason u8 | 18 |
 //! | `0x06` | ChannelClose | channel id (16) | 17 |
 //! | `0x07` | Ping | nonce u64 | 9 |
 //! | `0x08` | Pong | nonce u64 | 9 |
 //! | `0x09` | Rekey | epoch u64 (the sender's new outgoing key epoch) | 9 |
 //! | `0x0a` | Close | reason u8 | 2 |
+//! | `0x10` | Position | channel id (16) ‖ rx_next u64 ‖ tx_next u64 (DETECT) | 33 |
 //!
-//! Reserved: `0x10`–`0x1f` for recovery (DETECT / NEGOTIATE / RESYNC), `0x20`–`0x2f` for
-//! MFP bilateral state rotation; both are refused today.
+//! ChannelOpen's target: kind 1 is an agent id (32 bytes), kind 2 an agent name (length
+//! u8 in 1..=64, then that many bytes of UTF-8).
+//!
+//! Reserved: `0x11`–`0x1f` for recovery, `0x20`–`0x2f` for MFP bilateral state rotation;
+//! both are refused today.
+
+use core::fmt;
 
 use mfp_core::{AgentId, ChannelId, ENVELOPE_HEADER_SIZE};
+use zeroize::Zeroizing;
 
 /// Type bytes.
 pub mod kind {
     /// Data.
     pub const DATA: u8 = 0x01;
-    /// Cumulative acknowledgement.
+    /// Cumulative acknowledgement of one channel.
     pub const ACK: u8 = 0x02;
     /// Channel open request.
     pub const CHANNEL_OPEN: u8 = 0x03;
@@ -43,10 +51,44 @@ pub mod kind {
     pub const REKEY: u8 = 0x09;
     /// Orderly close of the session.
     pub const CLOSE: u8 = 0x0a;
-    /// First type reserved for recovery.
-    pub const RESERVED_RECOVERY: core::ops::RangeInclusive<u8> = 0x10..=0x1f;
+    /// A channel's positions (recovery's DETECT).
+    pub const POSITION: u8 = 0x10;
+    /// Types reserved for the rest of recovery.
+    pub const RESERVED_RECOVERY: core::ops::RangeInclusive<u8> = 0x11..=0x1f;
     /// Types reserved for MFP state rotation.
     pub const RESERVED_ROTATION: core::ops::RangeInclusive<u8> = 0x20..=0x2f;
+}
+
+/// Longest agent name a [`Target::Name`] carries, in bytes.
+pub const MAX_TARGET_NAME: usize = 64;
+/// Target kind byte of an agent id.
+const TARGET_ID: u8 = 1;
+/// Target kind byte of an agent name.
+const TARGET_NAME: u8 = 2;
+/// Size of ChannelOpen up to and including the target kind byte.
+const OPEN_FIXED: usize = 1 + 16 + 2 + 32 + 32 + 1;
+
+/// Size of Data's fixed part: type, channel, envelope header.
+pub const DATA_OVERHEAD: usize = 1 + 16 + ENVELOPE_HEADER_SIZE;
+
+/// The agent a channel request asks for on the receiving runtime.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// An agent by id.
+    Id(AgentId),
+    /// An agent by name: 1 to [`MAX_TARGET_NAME`] bytes of UTF-8.
+    Name(String),
+}
+
+impl Target {
+    /// Whether the target can travel on the wire (a name of 1..=64 bytes).
+    #[must_use]
+    pub fn is_valid(&self) -> bool {
+        match self {
+            Target::Id(_) => true,
+            Target::Name(n) => (1..=MAX_TARGET_NAME).contains(&n.len()),
+        }
+    }
 }
 
 /// Why a channel was refused.
@@ -95,20 +137,26 @@ impl RefuseReason {
     }
 }
 
-/// One control message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One control message. `Debug` shows a Data message's length, never its bytes, and
+/// never a channel secret.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Control {
-    /// A data message sealed with the sender's direction chain.
+    /// A complete MFP1 wire message on a channel, sealed by the sending runtime.
     Data {
         /// The cross-runtime channel.
         channel: ChannelId,
-        /// The sender's chain step for this message.
-        step: u64,
         /// The MFP1 envelope and protocol message, as mfp-core builds them.
         wire: Vec<u8>,
     },
-    /// Cumulative count of data messages received from the other side.
-    Ack(u64),
+    /// Every data message of `channel` with a step below `next` is durable at the sender
+    /// of this acknowledgement.
+    Ack {
+        /// The channel.
+        channel: ChannelId,
+        /// Cumulative: the next step expected.
+        next: u64,
+    },
     /// A request to open a channel.
     ChannelOpen {
         /// Channel id proposed by the opener.
@@ -117,11 +165,18 @@ pub enum Control {
         depth: u16,
         /// The opener's local agent.
         opener: AgentId,
+        /// 32 random bytes drawn by the opener: the channel's chains derive from them.
+        secret: Zeroizing<[u8; 32]>,
         /// The agent asked for, on the receiving runtime.
-        target: AgentId,
+        target: Target,
     },
     /// The channel is accepted.
-    ChannelAccept(ChannelId),
+    ChannelAccept {
+        /// The channel.
+        channel: ChannelId,
+        /// The agent of the accepting runtime on the channel.
+        acceptor: AgentId,
+    },
     /// The channel is refused.
     ChannelRefuse(ChannelId, RefuseReason),
     /// The channel is closed.
@@ -134,6 +189,50 @@ pub enum Control {
     Rekey(u64),
     /// The sender closes the session.
     Close(u8),
+    /// The sender's positions on a channel (DETECT), sent after a (re)connect.
+    Position {
+        /// The channel.
+        channel: ChannelId,
+        /// The next step the sender expects to receive.
+        rx_next: u64,
+        /// The next step the sender will send.
+        tx_next: u64,
+    },
+}
+
+impl fmt::Debug for Control {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Control::Data { channel, wire } => {
+                f.debug_struct("Data").field("channel", channel).field("wire_len", &wire.len()).finish()
+            }
+            Control::Ack { channel, next } => {
+                f.debug_struct("Ack").field("channel", channel).field("next", next).finish()
+            }
+            Control::ChannelOpen { channel, depth, opener, target, secret: _ } => f
+                .debug_struct("ChannelOpen")
+                .field("channel", channel)
+                .field("depth", depth)
+                .field("opener", opener)
+                .field("target", target)
+                .finish_non_exhaustive(),
+            Control::ChannelAccept { channel, acceptor } => {
+                f.debug_struct("ChannelAccept").field("channel", channel).field("acceptor", acceptor).finish()
+            }
+            Control::ChannelRefuse(c, r) => f.debug_tuple("ChannelRefuse").field(c).field(r).finish(),
+            Control::ChannelClose(c) => f.debug_tuple("ChannelClose").field(c).finish(),
+            Control::Ping(n) => f.debug_tuple("Ping").field(n).finish(),
+            Control::Pong(n) => f.debug_tuple("Pong").field(n).finish(),
+            Control::Rekey(n) => f.debug_tuple("Rekey").field(n).finish(),
+            Control::Close(r) => f.debug_tuple("Close").field(r).finish(),
+            Control::Position { channel, rx_next, tx_next } => f
+                .debug_struct("Position")
+                .field("channel", channel)
+                .field("rx_next", rx_next)
+                .field("tx_next", tx_next)
+                .finish(),
+        }
+    }
 }
 
 /// Errors of parsing a control message.
@@ -154,13 +253,17 @@ pub enum ControlError {
         /// The length.
         len: usize,
     },
+    /// A channel request's target is not an agent id or a name of 1..=64 bytes of UTF-8.
+    #[error("channel request with a malformed target (kind {0})")]
+    Target(u8),
 }
-
-/// Size of Data's fixed part: type, channel, step, envelope header.
-pub const DATA_OVERHEAD: usize = 1 + 16 + 8 + ENVELOPE_HEADER_SIZE;
 
 fn channel_at(b: &[u8], at: usize) -> Option<ChannelId> {
     b.get(at..at + 16).and_then(|s| ChannelId::from_slice(s).ok())
+}
+
+fn agent_at(b: &[u8], at: usize) -> Option<AgentId> {
+    b.get(at..at + 32).and_then(|s| AgentId::from_slice(s).ok())
 }
 
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
@@ -168,31 +271,47 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 }
 
 impl Control {
-    /// Encodes into `out` (cleared first).
+    /// Encodes into `out` (cleared first). A [`Target::Name`] longer than 64 bytes is
+    /// cut to its first 64 bytes (the session refuses such targets before they get here).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.clear();
         match self {
-            Control::Data { channel, step, wire } => {
-                out.reserve(25 + wire.len());
+            Control::Data { channel, wire } => {
+                out.reserve(17 + wire.len());
                 out.push(kind::DATA);
                 out.extend_from_slice(channel.as_bytes());
-                out.extend_from_slice(&step.to_be_bytes());
                 out.extend_from_slice(wire);
             }
-            Control::Ack(n) => {
+            Control::Ack { channel, next } => {
                 out.push(kind::ACK);
-                out.extend_from_slice(&n.to_be_bytes());
+                out.extend_from_slice(channel.as_bytes());
+                out.extend_from_slice(&next.to_be_bytes());
             }
-            Control::ChannelOpen { channel, depth, opener, target } => {
+            Control::ChannelOpen { channel, depth, opener, secret, target } => {
+                out.reserve(OPEN_FIXED + 1 + MAX_TARGET_NAME);
                 out.push(kind::CHANNEL_OPEN);
                 out.extend_from_slice(channel.as_bytes());
                 out.extend_from_slice(&depth.to_be_bytes());
                 out.extend_from_slice(opener.as_bytes());
-                out.extend_from_slice(target.as_bytes());
+                out.extend_from_slice(secret.as_ref());
+                match target {
+                    Target::Id(id) => {
+                        out.push(TARGET_ID);
+                        out.extend_from_slice(id.as_bytes());
+                    }
+                    Target::Name(name) => {
+                        let bytes = name.as_bytes();
+                        let bytes = bytes.get(..MAX_TARGET_NAME).unwrap_or(bytes);
+                        out.push(TARGET_NAME);
+                        out.push(u8::try_from(bytes.len()).unwrap_or(u8::MAX));
+                        out.extend_from_slice(bytes);
+                    }
+                }
             }
-            Control::ChannelAccept(c) => {
+            Control::ChannelAccept { channel, acceptor } => {
                 out.push(kind::CHANNEL_ACCEPT);
-                out.extend_from_slice(c.as_bytes());
+                out.extend_from_slice(channel.as_bytes());
+                out.extend_from_slice(acceptor.as_bytes());
             }
             Control::ChannelRefuse(c, r) => {
                 out.push(kind::CHANNEL_REFUSE);
@@ -219,6 +338,12 @@ impl Control {
                 out.push(kind::CLOSE);
                 out.push(*r);
             }
+            Control::Position { channel, rx_next, tx_next } => {
+                out.push(kind::POSITION);
+                out.extend_from_slice(channel.as_bytes());
+                out.extend_from_slice(&rx_next.to_be_bytes());
+                out.extend_from_slice(&tx_next.to_be_bytes());
+            }
         }
     }
 
@@ -228,6 +353,23 @@ impl Control {
         let mut out = Vec::new();
         self.encode_into(&mut out);
         out
+    }
+
+    /// The encoded length, without encoding.
+    #[must_use]
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Control::Data { wire, .. } => 17 + wire.len(),
+            Control::Ack { .. } => 25,
+            Control::ChannelOpen { target: Target::Id(_), .. } => OPEN_FIXED + 32,
+            Control::ChannelOpen { target: Target::Name(n), .. } => OPEN_FIXED + 1 + n.len().min(MAX_TARGET_NAME),
+            Control::ChannelAccept { .. } => 49,
+            Control::ChannelRefuse(..) => 18,
+            Control::ChannelClose(_) => 17,
+            Control::Ping(_) | Control::Pong(_) | Control::Rekey(_) => 9,
+            Control::Close(_) => 2,
+            Control::Position { .. } => 33,
+        }
     }
 
     /// Parses one control message; the whole input must be exactly one message.
@@ -241,36 +383,29 @@ impl Control {
                 if len < DATA_OVERHEAD {
                     return Err(bad);
                 }
-                Control::Data {
-                    channel: channel_at(b, 1).ok_or(bad)?,
-                    step: u64_at(b, 17).ok_or(bad)?,
-                    wire: b.get(25..).ok_or(bad)?.to_vec(),
-                }
+                Control::Data { channel: channel_at(b, 1).ok_or(bad)?, wire: b.get(17..).ok_or(bad)?.to_vec() }
             }
-            kind::ACK | kind::PING | kind::PONG | kind::REKEY => {
+            kind::ACK => {
+                exact(25)?;
+                Control::Ack { channel: channel_at(b, 1).ok_or(bad)?, next: u64_at(b, 17).ok_or(bad)? }
+            }
+            kind::PING | kind::PONG | kind::REKEY => {
                 exact(9)?;
                 let n = u64_at(b, 1).ok_or(bad)?;
                 match t {
-                    kind::ACK => Control::Ack(n),
                     kind::PING => Control::Ping(n),
                     kind::PONG => Control::Pong(n),
                     _ => Control::Rekey(n),
                 }
             }
-            kind::CHANNEL_OPEN => {
-                exact(83)?;
-                let depth = b.get(17..19).and_then(|s| s.try_into().ok()).map(u16::from_be_bytes).ok_or(bad)?;
-                Control::ChannelOpen {
-                    channel: channel_at(b, 1).ok_or(bad)?,
-                    depth,
-                    opener: b.get(19..51).and_then(|s| AgentId::from_slice(s).ok()).ok_or(bad)?,
-                    target: b.get(51..83).and_then(|s| AgentId::from_slice(s).ok()).ok_or(bad)?,
-                }
+            kind::CHANNEL_OPEN => Self::parse_open(b)?,
+            kind::CHANNEL_ACCEPT => {
+                exact(49)?;
+                Control::ChannelAccept { channel: channel_at(b, 1).ok_or(bad)?, acceptor: agent_at(b, 17).ok_or(bad)? }
             }
-            kind::CHANNEL_ACCEPT | kind::CHANNEL_CLOSE => {
+            kind::CHANNEL_CLOSE => {
                 exact(17)?;
-                let c = channel_at(b, 1).ok_or(bad)?;
-                if t == kind::CHANNEL_ACCEPT { Control::ChannelAccept(c) } else { Control::ChannelClose(c) }
+                Control::ChannelClose(channel_at(b, 1).ok_or(bad)?)
             }
             kind::CHANNEL_REFUSE => {
                 exact(18)?;
@@ -280,9 +415,53 @@ impl Control {
                 exact(2)?;
                 Control::Close(*b.get(1).ok_or(bad)?)
             }
+            kind::POSITION => {
+                exact(33)?;
+                Control::Position {
+                    channel: channel_at(b, 1).ok_or(bad)?,
+                    rx_next: u64_at(b, 17).ok_or(bad)?,
+                    tx_next: u64_at(b, 25).ok_or(bad)?,
+                }
+            }
             other => return Err(ControlError::UnknownType(other)),
         };
         Ok(msg)
+    }
+
+    fn parse_open(b: &[u8]) -> Result<Self, ControlError> {
+        let len = b.len();
+        let bad = ControlError::Length { kind: kind::CHANNEL_OPEN, len };
+        if len < OPEN_FIXED {
+            return Err(bad);
+        }
+        let channel = channel_at(b, 1).ok_or(bad)?;
+        let depth = b.get(17..19).and_then(|s| s.try_into().ok()).map(u16::from_be_bytes).ok_or(bad)?;
+        let opener = agent_at(b, 19).ok_or(bad)?;
+        let mut secret = Zeroizing::new([0u8; 32]);
+        secret.copy_from_slice(b.get(51..83).ok_or(bad)?);
+        let target_kind = *b.get(83).ok_or(bad)?;
+        let rest = b.get(OPEN_FIXED..).ok_or(bad)?;
+        let target = match target_kind {
+            TARGET_ID => {
+                if rest.len() != 32 {
+                    return Err(bad);
+                }
+                Target::Id(AgentId::from_slice(rest).map_err(|_| bad)?)
+            }
+            TARGET_NAME => {
+                let (&n, name) = rest.split_first().ok_or(bad)?;
+                if !(1..=MAX_TARGET_NAME).contains(&usize::from(n)) {
+                    return Err(ControlError::Target(target_kind));
+                }
+                if name.len() != usize::from(n) {
+                    return Err(bad);
+                }
+                let name = core::str::from_utf8(name).map_err(|_| ControlError::Target(target_kind))?;
+                Target::Name(name.to_owned())
+            }
+            other => return Err(ControlError::Target(other)),
+        };
+        Ok(Control::ChannelOpen { channel, depth, opener, secret, target })
     }
 }
 
@@ -295,32 +474,82 @@ mod tests {
         ChannelId::from_bytes([b; 16])
     }
 
+    fn open(target: Target) -> Control {
+        Control::ChannelOpen {
+            channel: ch(2),
+            depth: 4,
+            opener: AgentId::from_bytes([1; 32]),
+            secret: Zeroizing::new([0x5e; 32]),
+            target,
+        }
+    }
+
     #[test]
     fn layouts_have_documented_lengths() {
         let a = AgentId::from_bytes([1; 32]);
         let cases: Vec<(Control, usize)> = vec![
-            (Control::Data { channel: ch(1), step: 2, wire: vec![0; 64] }, 89),
-            (Control::Ack(5), 9),
-            (Control::ChannelOpen { channel: ch(2), depth: 4, opener: a, target: a }, 83),
-            (Control::ChannelAccept(ch(3)), 17),
+            (Control::Data { channel: ch(1), wire: vec![0; 64] }, 81),
+            (Control::Ack { channel: ch(1), next: 5 }, 25),
+            (open(Target::Id(a)), 116),
+            (open(Target::Name("x".into())), 86),
+            (open(Target::Name("n".repeat(64))), 149),
+            (Control::ChannelAccept { channel: ch(3), acceptor: a }, 49),
             (Control::ChannelRefuse(ch(3), RefuseReason::LimitReached), 18),
             (Control::ChannelClose(ch(3)), 17),
             (Control::Ping(1), 9),
             (Control::Pong(1), 9),
             (Control::Rekey(1), 9),
             (Control::Close(0), 2),
+            (Control::Position { channel: ch(4), rx_next: 7, tx_next: 9 }, 33),
         ];
         for (msg, len) in cases {
             let bytes = msg.encode();
             assert_eq!(bytes.len(), len, "{msg:?}");
+            assert_eq!(msg.encoded_len(), len, "{msg:?}");
             assert_eq!(Control::parse(&bytes).unwrap(), msg);
-            // One byte more or less is refused (Data accepts any longer body).
+            // One byte less is refused (Data accepts any longer body, a name any length
+            // its length byte announces).
             assert!(Control::parse(&bytes[..len - 1]).is_err(), "{msg:?}");
         }
-        assert_eq!(Control::parse(&[0x10, 0]), Err(ControlError::UnknownType(0x10)));
+        assert_eq!(Control::parse(&[0x11, 0]), Err(ControlError::UnknownType(0x11)));
         assert_eq!(Control::parse(&[0x21]), Err(ControlError::UnknownType(0x21)));
         assert_eq!(Control::parse(&[]), Err(ControlError::Empty));
-        assert_eq!(Control::parse(&[kind::ACK; 10]), Err(ControlError::Length { kind: kind::ACK, len: 10 }));
+        assert_eq!(Control::parse(&[kind::ACK; 26]), Err(ControlError::Length { kind: kind::ACK, len: 26 }));
+    }
+
+    #[test]
+    fn channel_open_targets_are_checked() {
+        let mut id = open(Target::Id(AgentId::from_bytes([9; 32]))).encode();
+        id.push(0);
+        assert!(matches!(Control::parse(&id), Err(ControlError::Length { .. })), "one byte more");
+        let name = open(Target::Name("agent".into())).encode();
+        // Length byte 0 and above 64 are refused, and a length that does not match.
+        for (n, expect_target_err) in [(0u8, true), (65, true), (6, false), (4, false)] {
+            let mut b = name.clone();
+            b[84] = n;
+            let got = Control::parse(&b);
+            assert!(got.is_err(), "length {n}");
+            assert_eq!(matches!(got, Err(ControlError::Target(2))), expect_target_err, "length {n}: {got:?}");
+        }
+        // Invalid UTF-8.
+        let mut b = name.clone();
+        b[85] = 0xff;
+        assert_eq!(Control::parse(&b), Err(ControlError::Target(2)));
+        // Unknown target kinds.
+        let mut b = name;
+        b[83] = 3;
+        assert_eq!(Control::parse(&b), Err(ControlError::Target(3)));
+        assert!(!Target::Name(String::new()).is_valid());
+        assert!(!Target::Name("é".repeat(33)).is_valid());
+        assert!(Target::Name("é".repeat(32)).is_valid());
+    }
+
+    #[test]
+    fn debug_shows_no_secret_and_no_data() {
+        let shown = format!("{:?}", open(Target::Name("bob".into())));
+        assert!(!shown.contains("94") && !shown.contains("5e"), "{shown}");
+        let shown = format!("{:?}", Control::Data { channel: ch(1), wire: vec![0xab; 70] });
+        assert!(shown.contains("wire_len: 70") && !shown.contains("171"), "{shown}");
     }
 
     proptest! {
@@ -330,9 +559,29 @@ mod tests {
         }
 
         #[test]
-        fn typed_prefixes_round_trip(t in 0u8..12, rest in proptest::collection::vec(any::<u8>(), 0..120)) {
+        fn typed_prefixes_parse_or_fail_cleanly(t in 0u8..0x12, rest in proptest::collection::vec(any::<u8>(), 0..160)) {
             let mut bytes = vec![t];
             bytes.extend(rest);
+            crate::fuzzing::control(&bytes);
+        }
+
+        #[test]
+        fn channel_opens_round_trip(
+            depth in any::<u16>(),
+            secret in any::<[u8; 32]>(),
+            name in "\\PC{1,16}",
+            by_id in any::<bool>(),
+        ) {
+            let target = if by_id || name.len() > MAX_TARGET_NAME {
+                Target::Id(AgentId::from_bytes([3; 32]))
+            } else {
+                Target::Name(name)
+            };
+            let msg = Control::ChannelOpen {
+                channel: ch(7), depth, opener: AgentId::from_bytes([2; 32]), secret: Zeroizing::new(secret), target,
+            };
+            let bytes = msg.encode();
+            prop_assert_eq!(Control::parse(&bytes).unwrap(), msg);
             crate::fuzzing::control(&bytes);
         }
     }

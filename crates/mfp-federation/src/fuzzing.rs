@@ -7,8 +7,8 @@ use mfp_core::{EntropySource, RuntimeId};
 
 use crate::codec::{Decoder, MAX_BODY};
 use crate::control::Control;
-use crate::handshake::{self, Initiator, LocalIdentity, PeerTable, Timestamp};
-use crate::session::{Event, LinkLimits, LinkState, Session, SessionConfig};
+use crate::handshake::{self, Established, Initiator, LocalIdentity, PeerTable, Timestamp};
+use crate::session::{Event, Session, SessionConfig};
 use crate::{IdentityKey, identity};
 
 /// A deterministic entropy source (a counter through HMAC): fuzzing and tests only.
@@ -91,8 +91,7 @@ pub fn handshake_responder(data: &[u8]) {
         (None, rest.to_vec())
     } else {
         let ts = Timestamp { secs: 1_800_000_000, nanos: 0 };
-        let Ok((_, hs1)) = Initiator::start(&initiator, responder.runtime, public(&responder), 0, ts, &mut entropy)
-        else {
+        let Ok((_, hs1)) = Initiator::start(&initiator, responder.runtime, public(&responder), ts, &mut entropy) else {
             return;
         };
         let mut mutated = hs1.clone();
@@ -108,7 +107,7 @@ pub fn handshake_responder(data: &[u8]) {
         if let Ok(acc) = handshake::accept(&responder, &mut peers, &frame, &mut entropy) {
             assert_eq!(acc.peer(), initiator.runtime);
             accepted += 1;
-            assert!(acc.finish(0, &mut entropy).is_ok());
+            assert!(acc.finish(&mut entropy).is_ok());
         }
     }
     let unmodified = genuine.as_ref().is_some_and(|g| *g == stream);
@@ -122,32 +121,92 @@ pub fn control(data: &[u8]) {
     }
 }
 
-/// An established session fed arbitrary bytes: no panic, nothing delivered, and the
-/// session ends unless the bytes were an incomplete frame.
-pub fn session_input(data: &[u8]) {
+/// Both ends of a completed handshake between two fixed runtimes, as (initiator,
+/// responder); `None` only if the handshake fails, which it does not.
+#[must_use]
+pub fn established_pair() -> Option<(Established, Established)> {
     let a = runtime(b"a", 3);
     let b = runtime(b"b", 4);
     let mut peers = PeerTable::new();
     peers.pin(a.runtime, public(&a));
     let mut entropy = CounterEntropy(7);
     let ts = Timestamp { secs: 1_800_000_000, nanos: 0 };
-    let Ok((init, hs1)) = Initiator::start(&a, b.runtime, public(&b), 0, ts, &mut entropy) else { return };
+    let (init, hs1) = Initiator::start(&a, b.runtime, public(&b), ts, &mut entropy).ok()?;
     let mut d = Decoder::new(MAX_BODY);
-    let Ok(Some(f1)) = d.decode(&mut &hs1[..]) else { return };
-    let Ok(acc) = handshake::accept(&b, &mut peers, &f1, &mut entropy) else { return };
-    let Ok((est_b, hs2)) = acc.finish(0, &mut entropy) else { return };
-    let Ok(Some(f2)) = d.decode(&mut &hs2[..]) else { return };
-    if init.complete(&f2).is_err() {
-        return;
-    }
+    let f1 = d.decode(&mut &hs1[..]).ok()??;
+    let (est_b, hs2) = handshake::accept(&b, &mut peers, &f1, &mut entropy).ok()?.finish(&mut entropy).ok()?;
+    let f2 = d.decode(&mut &hs2[..]).ok()??;
+    let est_a = init.complete(&f2).ok()?;
+    Some((est_a, est_b))
+}
+
+/// An established session fed arbitrary bytes: no panic, nothing reaches the runtime
+/// (no data, acknowledgement, position or channel event), and the session ends unless
+/// the bytes were an incomplete frame.
+pub fn session_input(data: &[u8]) {
+    let Some((_, est_b)) = established_pair() else { return };
     let now = Instant::now();
-    let link = LinkState::new(b.runtime, a.runtime, LinkLimits::default());
-    let Ok(mut session) = Session::new(est_b, link, SessionConfig::default(), now) else { return };
+    let Ok(mut session) = Session::new(est_b, SessionConfig::default(), now) else { return };
     session.handle_input(now, data);
     while let Some(ev) = session.poll_event() {
-        assert!(!matches!(ev, Event::Delivered { .. } | Event::ChannelRequested { .. }), "forged input was accepted");
+        assert!(matches!(ev, Event::Closed(_)), "forged input was accepted: {ev:?}");
     }
-    assert_eq!(session.link().received(), 0);
+    assert_eq!(session.stats().data_received, 0);
+    if !session.is_closed() {
+        assert!(session.poll_transmit(now).is_none(), "forged input made the session answer");
+    }
+}
+
+/// An established session fed control messages from its genuine peer: `data` is a
+/// sequence of `len u8 ‖ bytes` chunks, each encrypted with the peer's Noise transport
+/// and framed, so they pass authentication and reach the control-message parser and the
+/// session's handling. No panic; whatever reaches the runtime passed the session's
+/// checks (data parses as an MFP1 wire message naming its channel, channel requests have
+/// a depth within the limits and a valid target); nothing after the session closed.
+/// Returns the events that reached the runtime (all but `Closed`) and whether the
+/// session closed.
+pub fn authenticated_input(data: &[u8]) -> (usize, bool) {
+    let Some((mut est_a, est_b)) = established_pair() else { return (0, false) };
+    let now = Instant::now();
+    let cfg = SessionConfig::default();
+    let Ok(mut session) = Session::new(est_b, cfg, now) else { return (0, false) };
+    let limits = mfp_core::envelope::EnvelopeLimits {
+        max_frame_depth: u32::from(cfg.max_frame_depth),
+        max_payload_len: crate::session::MAX_CONTROL as u32,
+    };
+    let mut rest = data;
+    let mut stream = Vec::new();
+    while let Some((&len, tail)) = rest.split_first() {
+        let n = usize::from(len).min(tail.len());
+        let (chunk, tail) = tail.split_at(n);
+        rest = tail;
+        let mut body = vec![0u8; chunk.len() + 16];
+        let Ok(written) = est_a.transport.write_message(chunk, &mut body) else { break };
+        body.truncate(written);
+        if crate::codec::encode_into(crate::codec::FrameKind::Transport, &body, &mut stream).is_err() {
+            break;
+        }
+        session.handle_input(now, &stream);
+    }
+    let mut closed = false;
+    let mut reached = 0;
+    while let Some(ev) = session.poll_event() {
+        assert!(!closed, "an event after the session closed: {ev:?}");
+        reached += usize::from(!matches!(ev, Event::Closed(_)));
+        match ev {
+            Event::Data { channel, wire } => {
+                let parsed = mfp_core::envelope::parse_wire(&wire, &limits);
+                assert!(parsed.is_ok_and(|(h, _)| h.channel_id == channel), "unchecked data reached the runtime");
+            }
+            Event::ChannelRequested { depth, target, .. } => {
+                assert!((2..=cfg.max_frame_depth).contains(&depth) && target.is_valid(), "unchecked request");
+            }
+            Event::Closed(_) => closed = true,
+            _ => {}
+        }
+    }
+    assert_eq!(closed, session.is_closed());
+    (reached, closed)
 }
 
 #[cfg(test)]
@@ -172,6 +231,25 @@ mod tests {
         fn session_input_body(data in proptest::collection::vec(any::<u8>(), 0..300)) {
             session_input(&data);
         }
+
+        #[test]
+        fn authenticated_input_body(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = authenticated_input(&data);
+        }
+
+        #[test]
+        fn authenticated_typed_input_body(
+            chunks in proptest::collection::vec((0u8..0x12, proptest::collection::vec(any::<u8>(), 0..150)), 1..6),
+        ) {
+            // Chunks that start with a known type byte, so most reach a message's layout.
+            let mut data = Vec::new();
+            for (t, rest) in chunks {
+                data.push(u8::try_from(rest.len() + 1).unwrap_or(u8::MAX));
+                data.push(t);
+                data.extend(rest);
+            }
+            let _ = authenticated_input(&data);
+        }
     }
 
     #[test]
@@ -186,6 +264,33 @@ mod tests {
             d[pos] = 0x20;
             handshake_responder(&d);
         }
+    }
+
+    #[test]
+    fn authenticated_input_reaches_the_session() {
+        use crate::control::{Control, Target};
+        // A genuine channel request and a data message whose envelope names another
+        // channel: the request reaches the runtime, the data closes the session.
+        let open = Control::ChannelOpen {
+            channel: mfp_core::ChannelId::from_bytes([1; 16]),
+            depth: 4,
+            opener: mfp_core::AgentId::from_bytes([2; 32]),
+            secret: zeroize::Zeroizing::new([3; 32]),
+            target: Target::Name("bob".into()),
+        }
+        .encode();
+        let mut data = vec![u8::try_from(open.len()).unwrap_or(0)];
+        data.extend(&open);
+        let mut bad = vec![0x01];
+        bad.extend([1u8; 16]);
+        bad.extend([0u8; 64]);
+        data.push(u8::try_from(bad.len()).unwrap_or(0));
+        data.extend(&bad);
+        assert_eq!(authenticated_input(&data), (1, true));
+        // The request alone leaves the session open.
+        assert_eq!(authenticated_input(&data[..=open.len()]), (1, false));
+        // A chunk that is no control message closes it.
+        assert_eq!(authenticated_input(&[2, 0x42, 0]), (0, true));
     }
 
     #[test]

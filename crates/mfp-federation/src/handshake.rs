@@ -10,8 +10,9 @@
 //! Message 1's encrypted payload carries a timestamp (seconds and nanoseconds, à la
 //! WireGuard's TAI64N); the responder accepts it only if it is greater than the greatest
 //! one it accepted from that peer before, so a recorded message 1 replayed to it yields no
-//! session. Both payloads carry 32 random bytes (the *contributions*) and the sender's
-//! count of data messages received from the other side (to resume the outbound log).
+//! session. Message 2's payload is the version byte alone: positions are exchanged per
+//! channel inside the session ([`crate::control::Control::Position`]), and channel secrets
+//! travel inside the Noise transport, so the handshake exports no secret of its own.
 //!
 //! Only a completed handshake yields an [`Established`] value, and only that value can
 //! become a [`crate::session::Session`] that carries messages: there is no way to send
@@ -30,7 +31,7 @@
 //! use mfp_core::{FnEntropy, RuntimeId};
 //! use mfp_federation::codec::Decoder;
 //! use mfp_federation::handshake::{self, Initiator, LocalIdentity, PeerTable, Timestamp};
-//! use mfp_federation::session::{LinkLimits, LinkState, Session, SessionConfig};
+//! use mfp_federation::session::{Session, SessionConfig};
 //! use mfp_federation::IdentityKey;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,15 +42,14 @@
 //! let mut entropy = mfp_federation::OsEntropy::new();
 //! let now = Timestamp::from_unix(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?);
 //!
-//! let (initiator, hs1) = Initiator::start(&a, b.runtime, b.key.public(), 0, now, &mut entropy)?;
+//! let (initiator, hs1) = Initiator::start(&a, b.runtime, b.key.public(), now, &mut entropy)?;
 //! let frame1 = Decoder::new(65_535).decode(&mut &hs1[..])?.ok_or("incomplete")?;
-//! let (est_b, hs2) = handshake::accept(&b, &mut b_peers, &frame1, &mut entropy)?.finish(0, &mut entropy)?;
+//! let (est_b, hs2) = handshake::accept(&b, &mut b_peers, &frame1, &mut entropy)?.finish(&mut entropy)?;
 //! let frame2 = Decoder::new(65_535).decode(&mut &hs2[..])?.ok_or("incomplete")?;
 //! let est_a = initiator.complete(&frame2)?;
 //!
-//! let link = LinkState::new(a.runtime, b.runtime, LinkLimits::default());
-//! let session = Session::new(est_a, link, SessionConfig::default(), Instant::now()).map_err(|r| r.error)?;
-//! assert_eq!(session.link().peer(), b.runtime);
+//! let session = Session::new(est_a, SessionConfig::default(), Instant::now())?;
+//! assert_eq!(session.peer(), b.runtime);
 //! # let _ = est_b; Ok(()) }
 //! ```
 //!
@@ -61,8 +61,8 @@ use core::fmt;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use mfp_core::crypto::{hmac_sha256, hmac_state};
-use mfp_core::{EntropySource, RuntimeId, State};
+use mfp_core::crypto::hmac_sha256;
+use mfp_core::{EntropySource, RuntimeId};
 use snow::resolvers::{CryptoResolver, DefaultResolver, FallbackResolver, RingResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 use zeroize::Zeroizing;
@@ -76,11 +76,11 @@ pub const NOISE_PARAMS: &str = "Noise_IK_25519_AESGCM_SHA256";
 pub const LINK_PROTOCOL_VERSION: u8 = 1;
 /// The prologue starts with these bytes, then the version byte and both runtime ids.
 pub const PROLOGUE_LABEL: &[u8] = b"mfp-federation Noise_IK_25519_AESGCM_SHA256";
-/// Label of the secret exported from a completed handshake.
-pub const EXPORT_LABEL: &[u8] = b"mfp-federation/1 export";
 
-const INIT_PAYLOAD_LEN: usize = 1 + 12 + 32 + 8;
-const RESP_PAYLOAD_LEN: usize = 1 + 32 + 8;
+/// Message 1's payload: version, timestamp.
+const INIT_PAYLOAD_LEN: usize = 1 + 12;
+/// Message 2's payload: version.
+const RESP_PAYLOAD_LEN: usize = 1;
 const DH_LEN: usize = 32;
 const TAG_LEN: usize = 16;
 /// Noise message 1 of `IK`: `e`, encrypted `s`, encrypted payload.
@@ -241,8 +241,6 @@ pub struct Established {
     pub(crate) local: RuntimeId,
     pub(crate) peer: RuntimeId,
     pub(crate) transport: snow::TransportState,
-    pub(crate) secret: State,
-    pub(crate) peer_received: u64,
     handshake_hash: [u8; 32],
 }
 
@@ -274,12 +272,6 @@ impl Established {
     #[must_use]
     pub const fn handshake_hash(&self) -> &[u8; 32] {
         &self.handshake_hash
-    }
-
-    /// How many data messages the peer said it has received from us before this session.
-    #[must_use]
-    pub const fn peer_received(&self) -> u64 {
-        self.peer_received
     }
 }
 
@@ -353,14 +345,6 @@ fn builder_with_entropy<'a>(
         .map_err(setup)
 }
 
-fn export_secret(hash: &[u8], initiator_contrib: &[u8; 32], responder_contrib: &[u8; 32]) -> State {
-    let mut key = Zeroizing::new([0u8; 64]);
-    let (a, b) = key.split_at_mut(32);
-    a.copy_from_slice(initiator_contrib);
-    b.copy_from_slice(responder_contrib);
-    hmac_state(key.as_ref(), &[EXPORT_LABEL, hash])
-}
-
 fn hash32(hs: &snow::HandshakeState) -> [u8; 32] {
     let mut out = [0u8; 32];
     if let Some(h) = hs.get_handshake_hash().get(..32) {
@@ -373,18 +357,11 @@ fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
     bytes.get(at..at + 8)?.try_into().ok().map(u64::from_be_bytes)
 }
 
-fn read_32(bytes: &[u8], at: usize) -> Option<Zeroizing<[u8; 32]>> {
-    let mut out = Zeroizing::new([0u8; 32]);
-    out.copy_from_slice(bytes.get(at..at + 32)?);
-    Some(out)
-}
-
 /// The initiator after sending message 1, waiting for message 2.
 pub struct Initiator {
     hs: snow::HandshakeState,
     local: RuntimeId,
     peer: RuntimeId,
-    contribution: Zeroizing<[u8; 32]>,
 }
 
 impl fmt::Debug for Initiator {
@@ -394,15 +371,12 @@ impl fmt::Debug for Initiator {
 }
 
 impl Initiator {
-    /// Starts a handshake with `peer`, whose key is pinned as `peer_key`. `received` is how
-    /// many data messages this side has received from the peer so far (from the
-    /// [`crate::session::LinkState`]); `now` is the wall clock. Returns the initiator and
-    /// the bytes of the first link frame to send.
+    /// Starts a handshake with `peer`, whose key is pinned as `peer_key`; `now` is the wall
+    /// clock. Returns the initiator and the bytes of the first link frame to send.
     pub fn start(
         local: &LocalIdentity,
         peer: RuntimeId,
         peer_key: PublicKey,
-        received: u64,
         now: Timestamp,
         entropy: &mut dyn EntropySource,
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
@@ -412,26 +386,20 @@ impl Initiator {
             .map_err(setup)?
             .build_initiator()
             .map_err(setup)?;
-        let mut contribution = Zeroizing::new([0u8; 32]);
-        entropy.fill(contribution.as_mut()).map_err(HandshakeError::Entropy)?;
-        let mut payload = Zeroizing::new([0u8; INIT_PAYLOAD_LEN]);
+        let mut payload = [0u8; INIT_PAYLOAD_LEN];
         {
-            let (v, rest) = payload.split_at_mut(1);
+            let (v, ts) = payload.split_at_mut(1);
             v.copy_from_slice(&[LINK_PROTOCOL_VERSION]);
-            let (ts, rest) = rest.split_at_mut(12);
             ts.copy_from_slice(&now.to_bytes());
-            let (c, r) = rest.split_at_mut(32);
-            c.copy_from_slice(contribution.as_ref());
-            r.copy_from_slice(&received.to_be_bytes());
         }
         let mut body = Vec::with_capacity(64 + NOISE_MSG1_LEN);
         body.extend_from_slice(local.runtime.as_bytes());
         body.extend_from_slice(peer.as_bytes());
         body.resize(64 + NOISE_MSG1_LEN, 0);
-        let n = hs.write_message(payload.as_ref(), body.get_mut(64..).unwrap_or_default()).map_err(setup)?;
+        let n = hs.write_message(&payload, body.get_mut(64..).unwrap_or_default()).map_err(setup)?;
         body.truncate(64 + n);
         let frame = codec::encode(FrameKind::HandshakeInit, &body)?;
-        Ok((Self { hs, local: local.runtime, peer, contribution }, frame))
+        Ok((Self { hs, local: local.runtime, peer }, frame))
     }
 
     /// The peer this handshake is with.
@@ -455,24 +423,12 @@ impl Initiator {
             .read_message(&frame.body, payload.as_mut_slice())
             .map_err(|_| HandshakeError::Authentication(who.clone()))?;
         let p = payload.get(..n).unwrap_or_default();
-        if n != RESP_PAYLOAD_LEN || p.first() != Some(&LINK_PROTOCOL_VERSION) {
+        if n != RESP_PAYLOAD_LEN || p != [LINK_PROTOCOL_VERSION] {
             return Err(HandshakeError::Malformed { peer: who, what: "message 2 payload" });
         }
-        let (Some(theirs), Some(peer_received)) = (read_32(p, 1), read_u64(p, 33)) else {
-            return Err(HandshakeError::Malformed { peer: who, what: "message 2 payload" });
-        };
         let handshake_hash = hash32(&self.hs);
-        let secret = export_secret(&handshake_hash, &self.contribution, &theirs);
         let transport = self.hs.into_transport_mode().map_err(setup)?;
-        Ok(Established {
-            role: Role::Initiator,
-            local: self.local,
-            peer: self.peer,
-            transport,
-            secret,
-            peer_received,
-            handshake_hash,
-        })
+        Ok(Established { role: Role::Initiator, local: self.local, peer: self.peer, transport, handshake_hash })
     }
 }
 
@@ -481,8 +437,6 @@ pub struct Accepted {
     hs: snow::HandshakeState,
     local: RuntimeId,
     peer: RuntimeId,
-    theirs: Zeroizing<[u8; 32]>,
-    peer_received: u64,
 }
 
 impl fmt::Debug for Accepted {
@@ -527,12 +481,9 @@ pub fn accept(
     if n != INIT_PAYLOAD_LEN || p.first() != Some(&LINK_PROTOCOL_VERSION) {
         return Err(HandshakeError::Malformed { peer: who, what: "message 1 payload" });
     }
-    let (Some(secs), Some(nanos), Some(theirs), Some(peer_received)) = (
-        read_u64(p, 1),
-        p.get(9..13).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes),
-        read_32(p, 13),
-        read_u64(p, 45),
-    ) else {
+    let (Some(secs), Some(nanos)) =
+        (read_u64(p, 1), p.get(9..13).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes))
+    else {
         return Err(HandshakeError::Malformed { peer: who, what: "message 1 payload" });
     };
     let ts = Timestamp { secs, nanos };
@@ -543,7 +494,7 @@ pub fn accept(
         return Err(HandshakeError::Replayed(who));
     }
     peers.set_greatest_timestamp(&initiator, ts);
-    Ok(Accepted { hs, local: local.runtime, peer: initiator, theirs, peer_received })
+    Ok(Accepted { hs, local: local.runtime, peer: initiator })
 }
 
 impl Accepted {
@@ -553,40 +504,21 @@ impl Accepted {
         self.peer
     }
 
-    /// Writes message 2 (with `received`, this side's count of data messages received
-    /// from the peer) and completes the handshake. Returns the session material and the
+    /// Writes message 2 and completes the handshake. Returns the session material and the
     /// bytes of the link frame to send.
-    pub fn finish(
-        mut self,
-        received: u64,
-        entropy: &mut dyn EntropySource,
-    ) -> Result<(Established, Vec<u8>), HandshakeError> {
-        let mut contribution = Zeroizing::new([0u8; 32]);
-        entropy.fill(contribution.as_mut()).map_err(HandshakeError::Entropy)?;
-        let mut payload = Zeroizing::new([0u8; RESP_PAYLOAD_LEN]);
-        {
-            let (v, rest) = payload.split_at_mut(1);
-            v.copy_from_slice(&[LINK_PROTOCOL_VERSION]);
-            let (c, r) = rest.split_at_mut(32);
-            c.copy_from_slice(contribution.as_ref());
-            r.copy_from_slice(&received.to_be_bytes());
-        }
+    ///
+    /// The responder's ephemeral key was drawn from the entropy given to [`accept`], and
+    /// message 2 carries no other randomness, so `_entropy` is not read; the parameter is
+    /// kept so that transports written against this signature need not change.
+    pub fn finish(mut self, _entropy: &mut dyn EntropySource) -> Result<(Established, Vec<u8>), HandshakeError> {
+        let payload = [LINK_PROTOCOL_VERSION; RESP_PAYLOAD_LEN];
         let mut msg = vec![0u8; NOISE_MSG2_LEN];
-        let n = self.hs.write_message(payload.as_ref(), &mut msg).map_err(setup)?;
+        let n = self.hs.write_message(&payload, &mut msg).map_err(setup)?;
         msg.truncate(n);
         let frame = codec::encode(FrameKind::HandshakeResponse, &msg)?;
         let handshake_hash = hash32(&self.hs);
-        let secret = export_secret(&handshake_hash, &self.theirs, &contribution);
         let transport = self.hs.into_transport_mode().map_err(setup)?;
-        let est = Established {
-            role: Role::Responder,
-            local: self.local,
-            peer: self.peer,
-            transport,
-            secret,
-            peer_received: self.peer_received,
-            handshake_hash,
-        };
+        let est = Established { role: Role::Responder, local: self.local, peer: self.peer, transport, handshake_hash };
         Ok((est, frame))
     }
 }

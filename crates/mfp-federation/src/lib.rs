@@ -11,14 +11,17 @@
 //!   message 1, and the typestate that only a completed handshake yields an
 //!   [`handshake::Established`] value;
 //! - [`control`]: the control messages carried inside the Noise transport;
-//! - [`session`]: the session state machine (data on per-direction bilateral chains,
-//!   acknowledgements, channels, keepalive, rekeying) and the per-peer [`session::LinkState`]
-//!   that outlives sessions (outbound log, positions, channels).
+//! - [`session`]: the session state machine, an authenticated pipe between two runtimes:
+//!   opaque MFP1 wire messages per cross-runtime channel, channel agreement, per-channel
+//!   acknowledgements and positions, keepalive, rekeying;
+//! - [`chains`]: the two bilateral chains of a cross-runtime channel
+//!   ([`channel_chains`]), which the runtime owns, seals and opens with.
 //!
 //! See `docs/federation.md` for the threat model, the wire format and what is not built yet.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::indexing_slicing))]
 
+pub mod chains;
 pub mod codec;
 pub mod control;
 #[doc(hidden)]
@@ -27,6 +30,7 @@ pub mod handshake;
 pub mod identity;
 pub mod session;
 
+pub use chains::channel_chains;
 pub use identity::{IdentityError, IdentityKey, PublicKey};
 
 /// Entropy from the operating system's random number generator.

@@ -5,58 +5,57 @@
 //! timers are [`Session::poll_timeout`] and [`Session::handle_timeout`]. The caller passes
 //! `now` everywhere: no clock, no socket, no async runtime here.
 //!
-//! What outlives a session (a broken connection, a reconnect) is the [`LinkState`]: the
-//! outbound log of unacknowledged data, the count of data messages received, the
-//! cross-runtime channels and counters. A session takes it in [`Session::new`] and gives it
-//! back in [`Session::into_link_state`].
+//! ## What the session does, and what the runtime does
 //!
-//! ## Per-direction chains
+//! The session is an authenticated pipe between two runtimes: it carries complete MFP1 wire
+//! messages per cross-runtime channel ([`Session::send_data`], [`Event::Data`]), channel
+//! agreement (open, accept, refuse, close), per-channel cumulative acknowledgements and
+//! per-channel positions after a reconnect (recovery's DETECT). It keeps no channel table,
+//! no outbound log and no bilateral state, and it seals and opens nothing of the MFP layer.
 //!
-//! Each session derives two bilateral states, one per direction, from the secret
-//! exported by its handshake (see `docs/federation.md`):
+//! The runtime owns every cross-runtime channel: its two bilateral chains (derived with
+//! [`crate::channel_chains`] from the secret of the channel request), the outbound log
+//! keyed by (channel, step), the acknowledged and received positions, and their
+//! persistence in the same storage transaction as each advance. It seals with
+//! `BilateralState::seal_outbound` and runs VALIDATE and DECODE on the bytes of
+//! [`Event::Data`] itself, so failure counts and quarantine see every inbound message.
+//! After a reconnect it announces each shared channel's positions
+//! ([`Session::announce_position`]) and, on the peer's [`Event::Position`], decides
+//! NEGOTIATE and RESYNC: it resends its log from the peer's `rx_next`, or suspends the
+//! channel when the peer's `rx_next` is above its own `tx_next` (the peer claims messages
+//! never sent) or below its own acknowledged position (the peer lost durable messages).
 //!
-//! ```text
-//! ss(sender→receiver) = HMAC-SHA256(export, "mfp-federation/1 chain" ‖ sender_id ‖ receiver_id)
-//! chain(sender→receiver) = BilateralState::ceremonial(ss(sender→receiver), sender_id, receiver_id)
-//! ```
-//!
-//! Data from A to B is sealed with chain(A→B) only, at its step, which advances by one per
-//! data message; B opens it with its copy of chain(A→B). The two directions never share a
-//! ratchet state, so both sides sending at once cannot reuse an AES-GCM (key, nonce).
-//!
-//! ## Positions
-//!
-//! Data messages get a per-direction sequence number that survives sessions. Each
-//! handshake payload carries the sender's count of data messages received; the other side
-//! drops what that count covers from its log and sends the rest again, starting at step 0
-//! of the new chain. A data message at step `s` of a session has sequence `base + s`,
-//! where `base` is the receiver's count at the handshake. Within a session the Noise
-//! transport (a counter nonce on an ordered stream) lets nothing through twice; across
-//! sessions the count does.
+//! The session checks what it can check without state: a data message parses as an MFP1
+//! wire message within the configured limits and names the channel it travels on (on
+//! both sides: [`Session::send_data`] refuses such a message, and one from the peer closes
+//! the session, since Noise authenticated it: the peer broke the protocol); a channel
+//! request has a depth within the limits (else it is refused with
+//! [`RefuseReason::BadDepth`] without bothering the runtime) and a valid target.
 
 use core::fmt;
 use core::time::Duration;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-use mfp_core::bilateral::BilateralState;
-use mfp_core::crypto::hmac_state;
 use mfp_core::envelope::{EnvelopeLimits, parse_wire};
-use mfp_core::{AgentId, ChannelId, MAX_FRAME_DEPTH, MIN_FRAME_DEPTH, RuntimeId, State, TAG_SIZE};
+use mfp_core::{AgentId, ChannelId, MAX_FRAME_DEPTH, MIN_FRAME_DEPTH, RuntimeId, TAG_SIZE};
 use zeroize::Zeroizing;
 
 use crate::codec::{self, CodecError, Decoder, FrameKind, MAX_BODY};
-use crate::control::{Control, ControlError, DATA_OVERHEAD, RefuseReason};
+use crate::control::{Control, ControlError, DATA_OVERHEAD};
+pub use crate::control::{RefuseReason, Target};
 use crate::handshake::{Established, Role};
 
-/// Label of the per-direction chain secrets.
-pub const CHAIN_LABEL: &[u8] = b"mfp-federation/1 chain";
 /// Size of the Noise transport tag.
 const NOISE_TAG: usize = 16;
 /// Largest control message a transport frame carries.
 pub const MAX_CONTROL: usize = MAX_BODY - NOISE_TAG;
+/// Largest MFP1 wire message (envelope and body) a data message carries.
+pub const MAX_WIRE: usize = MAX_CONTROL - (DATA_OVERHEAD - mfp_core::ENVELOPE_HEADER_SIZE);
 
 /// Largest payload a data message of frame depth `depth` can carry in one transport frame.
+/// The runtime checks it before sealing: a message that [`Session::send_data`] refuses as
+/// too large would have used a step of the channel's chain for nothing.
 #[must_use]
 pub const fn max_payload(depth: u16) -> usize {
     MAX_CONTROL.saturating_sub(DATA_OVERHEAD + 2 * 16 * depth as usize + TAG_SIZE)
@@ -79,6 +78,12 @@ pub struct SessionConfig {
     pub reject_after_messages: u64,
     /// Largest frame depth accepted for channels and data.
     pub max_frame_depth: u16,
+    /// Data messages queued for transmission (not yet taken by [`Session::poll_transmit`])
+    /// at most; [`Session::send_data`] answers [`SendError::Full`] above it.
+    pub max_queued_messages: usize,
+    /// Bytes of data messages queued for transmission at most (at least [`MAX_CONTROL`],
+    /// so that any one message fits an empty queue).
+    pub max_queued_bytes: usize,
 }
 
 impl Default for SessionConfig {
@@ -91,6 +96,8 @@ impl Default for SessionConfig {
             rekey_after_messages: 1 << 20,
             reject_after_messages: (1 << 20) + (1 << 16),
             max_frame_depth: 32,
+            max_queued_messages: 256,
+            max_queued_bytes: 4 << 20,
         }
     }
 }
@@ -98,7 +105,7 @@ impl Default for SessionConfig {
 impl SessionConfig {
     /// Checks that the limits are consistent: the reject limits above the rekey limits
     /// (a rekey must happen before the peer refuses the key), a frame depth the protocol
-    /// allows, and non-zero timers.
+    /// allows, non-zero timers, and queue limits that hold at least one message.
     pub fn validate(&self) -> Result<(), SessionError> {
         let problem = if self.reject_after_messages <= self.rekey_after_messages.saturating_add(1) {
             Some("reject_after_messages must exceed rekey_after_messages + 1")
@@ -110,6 +117,10 @@ impl SessionConfig {
             Some("max_frame_depth must be between 2 and 256")
         } else if self.keepalive.is_zero() || self.idle_timeout <= self.keepalive {
             Some("idle_timeout must exceed a non-zero keepalive")
+        } else if self.max_queued_messages == 0 {
+            Some("max_queued_messages must be at least 1")
+        } else if self.max_queued_bytes < MAX_CONTROL {
+            Some("max_queued_bytes must be at least 65,519 (one transport frame)")
         } else {
             None
         };
@@ -117,327 +128,78 @@ impl SessionConfig {
     }
 }
 
-/// Limits of a link, across its sessions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkLimits {
-    /// Unacknowledged data messages held at most.
-    pub max_unacked_messages: usize,
-    /// Unacknowledged payload bytes held at most.
-    pub max_unacked_bytes: usize,
-    /// Cross-runtime channels at most (pymfp's `max_bilateral_channels`).
-    pub max_channels: usize,
-}
-
-impl Default for LinkLimits {
-    fn default() -> Self {
-        Self { max_unacked_messages: 1024, max_unacked_bytes: 16 << 20, max_channels: 1000 }
-    }
-}
-
-/// Counters of a link (across sessions).
+/// Counters of a session.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Data messages sealed and sent (including resends).
-    pub sent: u64,
-    /// Of those, resends after a reconnect.
-    pub resent: u64,
-    /// Data messages delivered.
-    pub delivered: u64,
-    /// Data messages with a step already passed (dropped).
-    pub duplicates: u64,
-    /// Data messages with a step ahead of the chain (dropped).
-    pub unexpected_steps: u64,
-    /// Data or channel messages for a channel that is not open (dropped).
-    pub unexpected_channels: u64,
+    /// Data messages transmitted.
+    pub data_sent: u64,
+    /// Data messages received and handed to the runtime.
+    pub data_received: u64,
+    /// Channel requests refused by the session itself (depth outside the limits).
+    pub refused_requests: u64,
     /// Transport frames that failed Noise authentication.
     pub tampered: u64,
-    /// Frames or control messages that could not be parsed.
+    /// Frames, control messages or data messages that could not be parsed.
     pub malformed: u64,
-    /// Data messages whose envelope or MFP frame was rejected.
-    pub rejected: u64,
     /// Outgoing transport rekeys.
     pub rekeys: u64,
-    /// Sessions started.
-    pub sessions: u64,
 }
 
-/// Who opened a channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Opener {
-    /// This runtime.
-    Local,
-    /// The peer.
-    Peer,
-}
-
-/// Where a channel is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ChannelState {
-    /// Asked for by this side, no answer yet.
-    Opening,
-    /// Agreed by both sides.
-    Open,
-}
-
-/// A cross-runtime channel as this side sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChannelInfo {
-    /// The agent of this runtime on the channel (the only one that may send on it).
-    pub local_agent: AgentId,
-    /// The agent of the peer runtime.
-    pub remote_agent: AgentId,
-    /// Frame depth.
-    pub depth: u16,
-    /// Who asked for it.
-    pub opener: Opener,
-    /// Its state.
-    pub state: ChannelState,
-}
-
-/// Errors of sending or of channel calls.
+/// Errors of [`Session::send_data`] and [`Session::open_channel`]. Nothing is queued when
+/// one is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SendError {
-    /// The outbound log is full: wait for acknowledgements.
+    /// The transmission queue is at its limit: try again when [`Session::can_send`] says
+    /// so (after the transport took queued bytes with [`Session::poll_transmit`]).
     #[error(
-        "link to runtime {peer}: {messages} messages / {bytes} bytes unacknowledged, at the limit; retry when acknowledgements arrive"
+        "link to runtime {peer}: {messages} data messages / {bytes} bytes waiting for transmission, at the limit; channel {channel}'s message stays in the outbound log, send it again when the link drains"
     )]
-    Backpressure {
+    Full {
         /// The peer.
         peer: String,
-        /// Unacknowledged messages.
-        messages: usize,
-        /// Unacknowledged payload bytes.
-        bytes: usize,
-    },
-    /// The channel is not open on this link.
-    #[error("channel {0} is not open on this link")]
-    NotOpen(String),
-    /// The sender is not the channel's local agent.
-    #[error("agent {agent} may not send on channel {channel}: it is not the channel's local agent")]
-    NotOwner {
-        /// The agent.
-        agent: String,
         /// The channel.
         channel: String,
+        /// Data messages queued.
+        messages: usize,
+        /// Bytes queued.
+        bytes: usize,
     },
-    /// The payload does not fit one data message at the channel's depth.
-    #[error("payload of {len} bytes is above the largest a link message carries at this depth ({max})")]
+    /// The wire message does not fit one transport frame.
+    #[error(
+        "channel {channel}: a wire message of {len} bytes is above the {max} bytes a link message carries; the payload must be smaller (see max_payload)"
+    )]
     TooLarge {
-        /// The payload size.
+        /// The channel.
+        channel: String,
+        /// The wire message's size.
         len: usize,
         /// The limit.
         max: usize,
     },
-    /// The channel id is already in use.
-    #[error("channel {0} already exists on this link")]
-    Exists(String),
-    /// The link's channel limit is reached.
-    #[error("link to runtime {0} has reached its channel limit")]
-    ChannelLimit(String),
+    /// The wire message is not an MFP1 message for this channel within the limits.
+    #[error("channel {channel}: the wire message is refused ({why}); it was not built for this channel and link")]
+    BadWire {
+        /// The channel.
+        channel: String,
+        /// What is wrong.
+        why: &'static str,
+    },
     /// The depth is outside the allowed range.
-    #[error("frame depth {0} is outside {MIN_FRAME_DEPTH}..=the configured maximum")]
-    BadDepth(u16),
-    /// No open request for that channel.
-    #[error("no pending request for channel {0}")]
-    NoRequest(String),
-}
-
-struct LogEntry {
-    seq: u64,
-    channel: ChannelId,
-    depth: u16,
-    payload: Zeroizing<Vec<u8>>,
-}
-
-/// What outlives sessions on a link to one peer.
-pub struct LinkState {
-    local: RuntimeId,
-    peer: RuntimeId,
-    limits: LinkLimits,
-    log: VecDeque<LogEntry>,
-    log_bytes: usize,
-    next_seq: u64,
-    acked: u64,
-    highest_sent: u64,
-    received: u64,
-    channels: HashMap<ChannelId, ChannelInfo>,
-    closes: Vec<ChannelId>,
-    stats: Stats,
-    #[cfg(feature = "instrument")]
-    sealed: Vec<([u8; 32], [u8; 12])>,
-}
-
-impl fmt::Debug for LinkState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LinkState")
-            .field("peer", &self.peer.short())
-            .field("unacked", &self.log.len())
-            .field("next_seq", &self.next_seq)
-            .field("received", &self.received)
-            .field("channels", &self.channels.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl LinkState {
-    /// A fresh link between `local` and `peer`.
-    #[must_use]
-    pub fn new(local: RuntimeId, peer: RuntimeId, limits: LinkLimits) -> Self {
-        Self {
-            local,
-            peer,
-            limits,
-            log: VecDeque::new(),
-            log_bytes: 0,
-            next_seq: 0,
-            acked: 0,
-            highest_sent: 0,
-            received: 0,
-            channels: HashMap::new(),
-            closes: Vec::new(),
-            stats: Stats::default(),
-            #[cfg(feature = "instrument")]
-            sealed: Vec::new(),
-        }
-    }
-
-    /// The peer.
-    #[must_use]
-    pub const fn peer(&self) -> RuntimeId {
-        self.peer
-    }
-
-    /// Data messages received from the peer so far.
-    #[must_use]
-    pub const fn received(&self) -> u64 {
-        self.received
-    }
-
-    /// Sequence number the next enqueued message gets.
-    #[must_use]
-    pub const fn next_seq(&self) -> u64 {
-        self.next_seq
-    }
-
-    /// Every message below this sequence number is acknowledged.
-    #[must_use]
-    pub const fn acked(&self) -> u64 {
-        self.acked
-    }
-
-    /// Unacknowledged messages.
-    #[must_use]
-    pub fn unacked(&self) -> usize {
-        self.log.len()
-    }
-
-    /// Counters.
-    #[must_use]
-    pub const fn stats(&self) -> &Stats {
-        &self.stats
-    }
-
-    /// A channel.
-    #[must_use]
-    pub fn channel(&self, id: &ChannelId) -> Option<&ChannelInfo> {
-        self.channels.get(id)
-    }
-
-    /// Every channel.
-    pub fn channels(&self) -> impl Iterator<Item = (&ChannelId, &ChannelInfo)> {
-        self.channels.iter()
-    }
-
-    /// Fingerprints `(SHA-256 of the AES key, nonce)` of every data message sealed.
-    #[cfg(feature = "instrument")]
-    #[must_use]
-    pub fn sealed(&self) -> &[([u8; 32], [u8; 12])] {
-        &self.sealed
-    }
-
-    /// Asks for a channel with `remote_agent` of the peer; sent when a session is up.
-    pub fn open_channel(
-        &mut self,
-        channel: ChannelId,
-        local_agent: AgentId,
-        remote_agent: AgentId,
+    #[error("channel {channel}: frame depth {depth} is outside {MIN_FRAME_DEPTH}..=the configured maximum")]
+    BadDepth {
+        /// The channel.
+        channel: String,
+        /// The depth asked for.
         depth: u16,
-        max_depth: u16,
-    ) -> Result<(), SendError> {
-        if usize::from(depth) < MIN_FRAME_DEPTH || depth > max_depth || usize::from(depth) > MAX_FRAME_DEPTH {
-            return Err(SendError::BadDepth(depth));
-        }
-        if self.channels.contains_key(&channel) {
-            return Err(SendError::Exists(channel.short()));
-        }
-        if self.channels.len() >= self.limits.max_channels {
-            return Err(SendError::ChannelLimit(self.peer.short()));
-        }
-        self.channels.insert(
-            channel,
-            ChannelInfo { local_agent, remote_agent, depth, opener: Opener::Local, state: ChannelState::Opening },
-        );
-        Ok(())
-    }
-
-    /// Closes a channel on this side; the peer is told when a session is up. Returns
-    /// whether the channel existed.
-    pub fn close_channel(&mut self, channel: &ChannelId) -> bool {
-        let existed = self.channels.remove(channel).is_some();
-        if existed {
-            self.closes.push(*channel);
-        }
-        existed
-    }
-
-    /// Queues `payload` from `from` on `channel`. Returns its sequence number. Fails with
-    /// [`SendError::Backpressure`] while the outbound log is at its limits.
-    pub fn enqueue(&mut self, from: &AgentId, channel: &ChannelId, payload: &[u8]) -> Result<u64, SendError> {
-        let info = self.channels.get(channel).ok_or_else(|| SendError::NotOpen(channel.short()))?;
-        if info.state != ChannelState::Open {
-            return Err(SendError::NotOpen(channel.short()));
-        }
-        if info.local_agent != *from {
-            return Err(SendError::NotOwner { agent: from.short(), channel: channel.short() });
-        }
-        let max = max_payload(info.depth);
-        if payload.len() > max {
-            return Err(SendError::TooLarge { len: payload.len(), max });
-        }
-        if self.log.len() >= self.limits.max_unacked_messages
-            || self.log_bytes.saturating_add(payload.len()) > self.limits.max_unacked_bytes
-        {
-            return Err(SendError::Backpressure {
-                peer: self.peer.short(),
-                messages: self.log.len(),
-                bytes: self.log_bytes,
-            });
-        }
-        let seq = self.next_seq;
-        self.log.push_back(LogEntry {
-            seq,
-            channel: *channel,
-            depth: info.depth,
-            payload: Zeroizing::new(payload.to_vec()),
-        });
-        self.log_bytes += payload.len();
-        self.next_seq += 1;
-        Ok(seq)
-    }
-
-    /// Drops every logged message below `upto` (acknowledged).
-    fn acknowledge(&mut self, upto: u64) {
-        while let Some(front) = self.log.front() {
-            if front.seq >= upto {
-                break;
-            }
-            self.log_bytes = self.log_bytes.saturating_sub(front.payload.len());
-            self.log.pop_front();
-        }
-        self.acked = self.acked.max(upto);
-    }
+    },
+    /// The target agent's name is empty or longer than 64 bytes.
+    #[error("channel {0}: the target agent's name must have 1 to 64 bytes")]
+    BadTarget(String),
+    /// The session has ended.
+    #[error("link to runtime {0} is closed; the message stays in the outbound log for the next session")]
+    Closed(String),
 }
 
 /// Why a session ended.
@@ -456,15 +218,16 @@ pub enum CloseReason {
     /// A control message could not be parsed.
     #[error("peer sent a malformed control message: {0}")]
     Malformed(ControlError),
-    /// The peer broke the protocol.
-    #[error("peer broke the link protocol: {0}")]
-    Protocol(&'static str),
-    /// A data message was rejected by the envelope or frame checks.
-    #[error("a data message was rejected ({0}); the direction chain cannot continue")]
-    DataRejected(&'static str),
+    /// A data message from the peer is not an MFP1 wire message for its channel within
+    /// the limits.
+    #[error("peer sent a malformed data message ({0})")]
+    MalformedData(&'static str),
     /// The peer did not rekey in time.
     #[error("the peer's transport key expired (no rekey within the limits)")]
     KeyExpired,
+    /// The peer broke the link protocol.
+    #[error("peer broke the link protocol: {0}")]
+    Protocol(&'static str),
     /// Nothing received for the idle timeout.
     #[error("nothing received from the peer within the idle timeout")]
     IdleTimeout,
@@ -474,52 +237,73 @@ pub enum CloseReason {
     /// This side closed the session.
     #[error("closed by this side")]
     Local,
-    /// The peer's position does not fit ours (lost state on one side): recovery is
-    /// needed, which this version does not do on the wire.
-    #[error("the peer's position does not fit ours ({0}); the link needs recovery")]
-    Position(&'static str),
-    /// Sealing failed (a step counter exhausted).
-    #[error("sealing failed: {0}")]
+    /// Sealing a transport message failed.
+    #[error("sealing a link message failed: {0}")]
     Seal(String),
 }
 
-/// Something that happened on a session. `Debug` shows a delivered payload's length,
-/// never its bytes.
+/// Something that happened on a session. `Debug` shows a data message's length, never its
+/// bytes, and never a channel secret.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
-    /// A data message was delivered on an open channel.
-    Delivered {
+    /// A complete MFP1 wire message from the peer on `channel` (parsed, within the limits,
+    /// naming `channel`; not validated against any chain: that is the runtime's).
+    Data {
         /// The channel.
         channel: ChannelId,
-        /// Its per-direction sequence number.
-        seq: u64,
-        /// The payload.
-        payload: Vec<u8>,
+        /// Envelope and protocol message.
+        wire: Vec<u8>,
     },
-    /// The peer acknowledged every message below `upto`.
-    Acknowledged {
-        /// Cumulative count.
-        upto: u64,
+    /// The peer holds every data message of `channel` with a step below `next` durably.
+    Acked {
+        /// The channel.
+        channel: ChannelId,
+        /// Cumulative: the next step the peer expects.
+        next: u64,
+    },
+    /// The peer's positions on `channel` after a (re)connect (DETECT).
+    Position {
+        /// The channel.
+        channel: ChannelId,
+        /// The next step the peer expects to receive.
+        rx_next: u64,
+        /// The next step the peer will send.
+        tx_next: u64,
     },
     /// The peer asks for a channel: answer with [`Session::accept_channel`] or
     /// [`Session::refuse_channel`].
     ChannelRequested {
         /// Proposed id.
         channel: ChannelId,
-        /// Frame depth.
+        /// Frame depth (within this side's limits).
         depth: u16,
         /// The peer's agent.
-        remote_agent: AgentId,
+        opener: AgentId,
         /// The agent of this runtime asked for.
-        local_agent: AgentId,
+        target: Target,
+        /// The channel secret (see [`crate::channel_chains`]).
+        secret: Zeroizing<[u8; 32]>,
     },
-    /// A channel this side asked for was accepted.
-    ChannelOpened(ChannelId),
-    /// A channel this side asked for was refused.
-    ChannelRefused(ChannelId, RefuseReason),
+    /// The peer accepted a channel this side asked for.
+    ChannelAccepted {
+        /// The channel.
+        channel: ChannelId,
+        /// The peer's agent on it.
+        acceptor: AgentId,
+    },
+    /// The peer refused a channel this side asked for.
+    ChannelRefused {
+        /// The channel.
+        channel: ChannelId,
+        /// Why.
+        reason: RefuseReason,
+    },
     /// The peer closed a channel.
-    ChannelClosed(ChannelId),
+    ChannelClosed {
+        /// The channel.
+        channel: ChannelId,
+    },
     /// The session ended.
     Closed(CloseReason),
 }
@@ -527,23 +311,32 @@ pub enum Event {
 impl fmt::Debug for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Event::Delivered { channel, seq, payload } => f
-                .debug_struct("Delivered")
+            Event::Data { channel, wire } => {
+                f.debug_struct("Data").field("channel", channel).field("wire_len", &wire.len()).finish()
+            }
+            Event::Acked { channel, next } => {
+                f.debug_struct("Acked").field("channel", channel).field("next", next).finish()
+            }
+            Event::Position { channel, rx_next, tx_next } => f
+                .debug_struct("Position")
                 .field("channel", channel)
-                .field("seq", seq)
-                .field("payload_len", &payload.len())
+                .field("rx_next", rx_next)
+                .field("tx_next", tx_next)
                 .finish(),
-            Event::Acknowledged { upto } => f.debug_struct("Acknowledged").field("upto", upto).finish(),
-            Event::ChannelRequested { channel, depth, remote_agent, local_agent } => f
+            Event::ChannelRequested { channel, depth, opener, target, secret: _ } => f
                 .debug_struct("ChannelRequested")
                 .field("channel", channel)
                 .field("depth", depth)
-                .field("remote_agent", remote_agent)
-                .field("local_agent", local_agent)
-                .finish(),
-            Event::ChannelOpened(c) => f.debug_tuple("ChannelOpened").field(c).finish(),
-            Event::ChannelRefused(c, r) => f.debug_tuple("ChannelRefused").field(c).field(r).finish(),
-            Event::ChannelClosed(c) => f.debug_tuple("ChannelClosed").field(c).finish(),
+                .field("opener", opener)
+                .field("target", target)
+                .finish_non_exhaustive(),
+            Event::ChannelAccepted { channel, acceptor } => {
+                f.debug_struct("ChannelAccepted").field("channel", channel).field("acceptor", acceptor).finish()
+            }
+            Event::ChannelRefused { channel, reason } => {
+                f.debug_struct("ChannelRefused").field("channel", channel).field("reason", reason).finish()
+            }
+            Event::ChannelClosed { channel } => f.debug_struct("ChannelClosed").field("channel", channel).finish(),
             Event::Closed(r) => f.debug_tuple("Closed").field(r).finish(),
         }
     }
@@ -553,42 +346,19 @@ impl fmt::Debug for Event {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {
-    /// The link state belongs to another pair of runtimes.
-    #[error("link state is for runtime {expected}, the handshake authenticated {got}")]
-    WrongPeer {
-        /// The link state's peer.
-        expected: String,
-        /// The authenticated peer.
-        got: String,
-    },
-    /// The positions do not fit.
-    #[error(transparent)]
-    Position(CloseReason),
     /// The session configuration is inconsistent.
     #[error("invalid session configuration: {0}")]
     Config(&'static str),
-}
-
-/// A session that could not start, with the link state given back.
-#[derive(Debug)]
-pub struct SessionRefused {
-    /// Why.
-    pub error: SessionError,
-    /// The link state, unchanged.
-    pub link: LinkState,
 }
 
 /// One established session on a link.
 pub struct Session {
     cfg: SessionConfig,
     role: Role,
+    local: RuntimeId,
+    peer: RuntimeId,
     noise: snow::TransportState,
-    link: LinkState,
     decoder: Decoder,
-    tx_chain: BilateralState,
-    rx_chain: BilateralState,
-    send_base: u64,
-    recv_base: u64,
     tx_epoch: u64,
     tx_epoch_start: Instant,
     tx_epoch_msgs: u64,
@@ -597,83 +367,55 @@ pub struct Session {
     rx_epoch_msgs: u64,
     last_rx: Instant,
     last_tx: Instant,
-    ack_sent: u64,
     ping: u64,
-    ctrl: VecDeque<Control>,
-    requests: HashMap<ChannelId, (u16, AgentId, AgentId)>,
+    ping_due: bool,
+    pong: Option<u64>,
+    /// Latest acknowledgement per channel not yet transmitted, and the order to send them.
+    acks: HashMap<ChannelId, u64>,
+    ack_order: VecDeque<ChannelId>,
+    /// Everything else, in order: data, positions, channel messages.
+    queue: VecDeque<Control>,
+    queued_data: usize,
+    queued_bytes: usize,
     events: VecDeque<Event>,
     closed: Option<CloseReason>,
     send_close: Option<u8>,
     envelope_limits: EnvelopeLimits,
+    stats: Stats,
 }
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
             .field("role", &self.role)
-            .field("link", &self.link)
+            .field("peer", &self.peer.short())
+            .field("queued_data", &self.queued_data)
+            .field("queued_bytes", &self.queued_bytes)
             .field("closed", &self.closed)
             .finish_non_exhaustive()
     }
 }
 
-fn chain(secret: &State, sender: &RuntimeId, receiver: &RuntimeId) -> BilateralState {
-    let ss = hmac_state(secret.expose(), &[CHAIN_LABEL, sender.as_bytes(), receiver.as_bytes()]);
-    BilateralState::ceremonial(&ss, sender, receiver)
+/// The checks of a data message's wire bytes, on both sides.
+fn check_wire(channel: &ChannelId, wire: &[u8], limits: &EnvelopeLimits) -> Result<(), &'static str> {
+    let (header, _) = parse_wire(wire, limits).map_err(|_| "not an MFP1 wire message within the limits")?;
+    if header.channel_id != *channel {
+        return Err("the envelope names another channel");
+    }
+    Ok(())
 }
 
 impl Session {
-    /// Starts a session on an established handshake, taking the link's state. On error
-    /// the link state is given back in [`SessionRefused`].
-    pub fn new(
-        est: Established,
-        mut link: LinkState,
-        cfg: SessionConfig,
-        now: Instant,
-    ) -> Result<Self, Box<SessionRefused>> {
-        if let Err(error) = cfg.validate() {
-            return Err(Box::new(SessionRefused { error, link }));
-        }
-        if est.peer != link.peer || est.local != link.local {
-            let error = SessionError::WrongPeer { expected: link.peer.short(), got: est.peer.short() };
-            return Err(Box::new(SessionRefused { error, link }));
-        }
-        let peer_received = est.peer_received;
-        if peer_received > link.next_seq {
-            let error = SessionError::Position(CloseReason::Position("peer claims more messages than were sent"));
-            return Err(Box::new(SessionRefused { error, link }));
-        }
-        if peer_received < link.acked {
-            let error = SessionError::Position(CloseReason::Position("peer lost acknowledged messages"));
-            return Err(Box::new(SessionRefused { error, link }));
-        }
-        link.acknowledge(peer_received);
-        link.stats.sessions += 1;
-        let tx_chain = chain(&est.secret, &est.local, &est.peer);
-        let rx_chain = chain(&est.secret, &est.peer, &est.local);
-        let mut ctrl = VecDeque::new();
-        for ch in core::mem::take(&mut link.closes) {
-            ctrl.push_back(Control::ChannelClose(ch));
-        }
-        for (id, info) in &link.channels {
-            if info.opener == Opener::Local && info.state == ChannelState::Opening {
-                ctrl.push_back(Control::ChannelOpen {
-                    channel: *id,
-                    depth: info.depth,
-                    opener: info.local_agent,
-                    target: info.remote_agent,
-                });
-            }
-        }
-        let max_depth = u32::from(cfg.max_frame_depth.min(MAX_FRAME_DEPTH as u16));
+    /// Starts a session on an established handshake.
+    pub fn new(est: Established, cfg: SessionConfig, now: Instant) -> Result<Self, SessionError> {
+        cfg.validate()?;
+        let max_depth = u32::from(cfg.max_frame_depth);
         Ok(Self {
             role: est.role,
+            local: est.local,
+            peer: est.peer,
             noise: est.transport,
             decoder: Decoder::new(MAX_BODY),
-            tx_chain,
-            rx_chain,
-            send_base: peer_received,
-            recv_base: link.received,
             tx_epoch: 0,
             tx_epoch_start: now,
             tx_epoch_msgs: 0,
@@ -682,15 +424,19 @@ impl Session {
             rx_epoch_msgs: 0,
             last_rx: now,
             last_tx: now,
-            ack_sent: link.received,
             ping: 0,
-            ctrl,
-            requests: HashMap::new(),
+            ping_due: false,
+            pong: None,
+            acks: HashMap::new(),
+            ack_order: VecDeque::new(),
+            queue: VecDeque::new(),
+            queued_data: 0,
+            queued_bytes: 0,
             events: VecDeque::new(),
             closed: None,
             send_close: None,
             envelope_limits: EnvelopeLimits { max_frame_depth: max_depth, max_payload_len: MAX_CONTROL as u32 },
-            link,
+            stats: Stats::default(),
             cfg,
         })
     }
@@ -701,10 +447,28 @@ impl Session {
         self.role
     }
 
-    /// The link state (positions, channels, counters).
+    /// This runtime.
     #[must_use]
-    pub const fn link(&self) -> &LinkState {
-        &self.link
+    pub const fn local(&self) -> RuntimeId {
+        self.local
+    }
+
+    /// The authenticated peer.
+    #[must_use]
+    pub const fn peer(&self) -> RuntimeId {
+        self.peer
+    }
+
+    /// Counters.
+    #[must_use]
+    pub const fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Data messages and their bytes queued for transmission.
+    #[must_use]
+    pub const fn queued(&self) -> (usize, usize) {
+        (self.queued_data, self.queued_bytes)
     }
 
     /// Whether the session has ended.
@@ -719,63 +483,113 @@ impl Session {
         self.closed.as_ref()
     }
 
-    /// Ends the session and gives back the link state for the next one.
+    /// Whether [`Self::send_data`] would queue a wire message of `len` bytes now (the
+    /// session is open and the queue has room for it).
     #[must_use]
-    pub fn into_link_state(self) -> LinkState {
-        self.link
+    pub fn can_send(&self, len: usize) -> bool {
+        self.closed.is_none()
+            && self.queued_data < self.cfg.max_queued_messages
+            && self.queued_bytes.saturating_add(len) <= self.cfg.max_queued_bytes
     }
 
-    /// Queues a data message (see [`LinkState::enqueue`]).
-    pub fn send(&mut self, from: &AgentId, channel: &ChannelId, payload: &[u8]) -> Result<u64, SendError> {
-        self.link.enqueue(from, channel, payload)
+    /// Queues `wire`, a complete MFP1 wire message (64-byte envelope header and body, as
+    /// `BilateralState::seal_outbound` builds it) on `channel`.
+    ///
+    /// Refused, with nothing queued: a message that does not fit one transport frame
+    /// ([`SendError::TooLarge`]), that does not parse within the session's limits or names
+    /// another channel ([`SendError::BadWire`]), when the queue is at its limits
+    /// ([`SendError::Full`]), or when the session has ended ([`SendError::Closed`]). The
+    /// runtime keeps the message in its outbound log in every case and sends it again later.
+    pub fn send_data(&mut self, channel: ChannelId, wire: Vec<u8>) -> Result<(), SendError> {
+        if self.closed.is_some() {
+            return Err(SendError::Closed(self.peer.short()));
+        }
+        if wire.len() > MAX_WIRE {
+            return Err(SendError::TooLarge { channel: channel.short(), len: wire.len(), max: MAX_WIRE });
+        }
+        check_wire(&channel, &wire, &self.envelope_limits)
+            .map_err(|why| SendError::BadWire { channel: channel.short(), why })?;
+        if !self.can_send(wire.len()) {
+            return Err(SendError::Full {
+                peer: self.peer.short(),
+                channel: channel.short(),
+                messages: self.queued_data,
+                bytes: self.queued_bytes,
+            });
+        }
+        self.queued_data += 1;
+        self.queued_bytes += wire.len();
+        self.queue.push_back(Control::Data { channel, wire });
+        Ok(())
     }
 
-    /// Asks the peer for a channel.
+    /// Tells the peer that every data message of `channel` with a step below `next` is
+    /// durable here. Cumulative; only the latest value per channel is transmitted.
+    pub fn ack(&mut self, channel: ChannelId, next: u64) {
+        if self.closed.is_some() {
+            return;
+        }
+        if self.acks.insert(channel, next).is_none() {
+            self.ack_order.push_back(channel);
+        }
+    }
+
+    /// Announces this side's positions on `channel` (DETECT): the next step it expects to
+    /// receive and the next step it will send. Sent for each channel shared with the peer
+    /// after a (re)connect; the peer answers with its own.
+    pub fn announce_position(&mut self, channel: ChannelId, rx_next: u64, tx_next: u64) {
+        if self.closed.is_none() {
+            self.queue.push_back(Control::Position { channel, rx_next, tx_next });
+        }
+    }
+
+    /// Asks the peer for a channel from `opener` (an agent of this runtime) to `target` (an
+    /// agent of the peer) at frame depth `depth`. `secret` is 32 bytes the caller draws
+    /// from its entropy; the channel's chains derive from it ([`crate::channel_chains`]),
+    /// and it travels only inside the Noise transport. The runtime keeps the request and
+    /// repeats it on the next session if no answer came.
     pub fn open_channel(
         &mut self,
         channel: ChannelId,
-        local_agent: AgentId,
-        remote_agent: AgentId,
         depth: u16,
+        opener: AgentId,
+        target: Target,
+        secret: [u8; 32],
     ) -> Result<(), SendError> {
-        if self.requests.contains_key(&channel) {
-            return Err(SendError::Exists(channel.short()));
+        let secret = Zeroizing::new(secret);
+        if self.closed.is_some() {
+            return Err(SendError::Closed(self.peer.short()));
         }
-        self.link.open_channel(channel, local_agent, remote_agent, depth, self.cfg.max_frame_depth)?;
-        self.ctrl.push_back(Control::ChannelOpen { channel, depth, opener: local_agent, target: remote_agent });
+        if usize::from(depth) < MIN_FRAME_DEPTH || depth > self.cfg.max_frame_depth {
+            return Err(SendError::BadDepth { channel: channel.short(), depth });
+        }
+        if !target.is_valid() {
+            return Err(SendError::BadTarget(channel.short()));
+        }
+        self.queue.push_back(Control::ChannelOpen { channel, depth, opener, secret, target });
         Ok(())
     }
 
-    /// Accepts a channel the peer asked for.
-    pub fn accept_channel(&mut self, channel: &ChannelId) -> Result<(), SendError> {
-        let (depth, remote_agent, local_agent) =
-            self.requests.remove(channel).ok_or_else(|| SendError::NoRequest(channel.short()))?;
-        if self.link.channels.len() >= self.link.limits.max_channels {
-            self.ctrl.push_back(Control::ChannelRefuse(*channel, RefuseReason::LimitReached));
-            return Err(SendError::ChannelLimit(self.link.peer.short()));
+    /// Accepts a channel the peer asked for, with `acceptor` (the agent of this runtime on
+    /// it). Does nothing on an ended session (the peer repeats its request next time).
+    pub fn accept_channel(&mut self, channel: ChannelId, acceptor: AgentId) {
+        if self.closed.is_none() {
+            self.queue.push_back(Control::ChannelAccept { channel, acceptor });
         }
-        self.link.channels.insert(
-            *channel,
-            ChannelInfo { local_agent, remote_agent, depth, opener: Opener::Peer, state: ChannelState::Open },
-        );
-        self.ctrl.push_back(Control::ChannelAccept(*channel));
-        Ok(())
     }
 
     /// Refuses a channel the peer asked for.
-    pub fn refuse_channel(&mut self, channel: &ChannelId, reason: RefuseReason) -> Result<(), SendError> {
-        self.requests.remove(channel).ok_or_else(|| SendError::NoRequest(channel.short()))?;
-        self.ctrl.push_back(Control::ChannelRefuse(*channel, reason));
-        Ok(())
+    pub fn refuse_channel(&mut self, channel: ChannelId, reason: RefuseReason) {
+        if self.closed.is_none() {
+            self.queue.push_back(Control::ChannelRefuse(channel, reason));
+        }
     }
 
-    /// Closes a channel on both sides.
-    pub fn close_channel(&mut self, channel: &ChannelId) -> bool {
-        let existed = self.link.channels.remove(channel).is_some();
-        if existed {
-            self.ctrl.push_back(Control::ChannelClose(*channel));
+    /// Tells the peer that a channel is closed.
+    pub fn close_channel(&mut self, channel: ChannelId) {
+        if self.closed.is_none() {
+            self.queue.push_back(Control::ChannelClose(channel));
         }
-        existed
     }
 
     /// Closes the session in order: a Close message is sent, then nothing more.
@@ -789,6 +603,11 @@ impl Session {
     fn fail(&mut self, reason: CloseReason) {
         if self.closed.is_none() {
             self.closed = Some(reason.clone());
+            self.queue.clear();
+            self.acks.clear();
+            self.ack_order.clear();
+            self.queued_data = 0;
+            self.queued_bytes = 0;
             self.events.push_back(Event::Closed(reason));
         }
     }
@@ -805,12 +624,12 @@ impl Session {
                 Ok(Some(f)) => f,
                 Ok(None) => return,
                 Err(e) => {
-                    self.link.stats.malformed += 1;
+                    self.stats.malformed += 1;
                     return self.fail(CloseReason::Codec(e));
                 }
             };
             if frame.kind != FrameKind::Transport {
-                self.link.stats.malformed += 1;
+                self.stats.malformed += 1;
                 return self.fail(CloseReason::UnexpectedFrame);
             }
             if now.saturating_duration_since(self.rx_epoch_start) >= self.cfg.reject_after_time
@@ -822,7 +641,7 @@ impl Session {
             let n = match self.noise.read_message(&frame.body, plain.as_mut_slice()) {
                 Ok(n) => n,
                 Err(_) => {
-                    self.link.stats.tampered += 1;
+                    self.stats.tampered += 1;
                     return self.fail(CloseReason::Tampered);
                 }
             };
@@ -831,7 +650,7 @@ impl Session {
             match Control::parse(plain.get(..n).unwrap_or_default()) {
                 Ok(msg) => self.on_control(now, msg),
                 Err(e) => {
-                    self.link.stats.malformed += 1;
+                    self.stats.malformed += 1;
                     return self.fail(CloseReason::Malformed(e));
                 }
             }
@@ -840,42 +659,32 @@ impl Session {
 
     fn on_control(&mut self, now: Instant, msg: Control) {
         match msg {
-            Control::Data { channel, step, wire } => self.on_data(channel, step, &wire),
-            Control::Ack(n) => {
-                let sent_upto = self.send_base + self.tx_chain.step;
-                if n > sent_upto {
-                    return self.fail(CloseReason::Protocol("acknowledgement of messages not sent"));
+            Control::Data { channel, wire } => {
+                if let Err(why) = check_wire(&channel, &wire, &self.envelope_limits) {
+                    self.stats.malformed += 1;
+                    return self.fail(CloseReason::MalformedData(why));
                 }
-                if n > self.link.acked {
-                    self.link.acknowledge(n);
-                    self.events.push_back(Event::Acknowledged { upto: n });
+                self.stats.data_received += 1;
+                self.events.push_back(Event::Data { channel, wire });
+            }
+            Control::Ack { channel, next } => self.events.push_back(Event::Acked { channel, next }),
+            Control::Position { channel, rx_next, tx_next } => {
+                self.events.push_back(Event::Position { channel, rx_next, tx_next });
+            }
+            Control::ChannelOpen { channel, depth, opener, secret, target } => {
+                if usize::from(depth) < MIN_FRAME_DEPTH || depth > self.cfg.max_frame_depth {
+                    self.stats.refused_requests += 1;
+                    self.queue.push_back(Control::ChannelRefuse(channel, RefuseReason::BadDepth));
+                } else {
+                    self.events.push_back(Event::ChannelRequested { channel, depth, opener, target, secret });
                 }
             }
-            Control::ChannelOpen { channel, depth, opener, target } => {
-                self.on_channel_open(channel, depth, opener, target);
+            Control::ChannelAccept { channel, acceptor } => {
+                self.events.push_back(Event::ChannelAccepted { channel, acceptor });
             }
-            Control::ChannelAccept(c) => match self.link.channels.get_mut(&c) {
-                Some(info) if info.opener == Opener::Local && info.state == ChannelState::Opening => {
-                    info.state = ChannelState::Open;
-                    self.events.push_back(Event::ChannelOpened(c));
-                }
-                Some(info) if info.opener == Opener::Local => {}
-                _ => self.link.stats.unexpected_channels += 1,
-            },
-            Control::ChannelRefuse(c, reason) => match self.link.channels.get(&c) {
-                Some(info) if info.opener == Opener::Local && info.state == ChannelState::Opening => {
-                    self.link.channels.remove(&c);
-                    self.events.push_back(Event::ChannelRefused(c, reason));
-                }
-                _ => self.link.stats.unexpected_channels += 1,
-            },
-            Control::ChannelClose(c) => {
-                self.requests.remove(&c);
-                if self.link.channels.remove(&c).is_some() {
-                    self.events.push_back(Event::ChannelClosed(c));
-                }
-            }
-            Control::Ping(n) => self.ctrl.push_back(Control::Pong(n)),
+            Control::ChannelRefuse(channel, reason) => self.events.push_back(Event::ChannelRefused { channel, reason }),
+            Control::ChannelClose(channel) => self.events.push_back(Event::ChannelClosed { channel }),
+            Control::Ping(n) => self.pong = Some(n),
             Control::Pong(_) => {}
             Control::Rekey(epoch) => {
                 if Some(epoch) != self.rx_epoch.checked_add(1) {
@@ -890,116 +699,28 @@ impl Session {
         }
     }
 
-    fn on_channel_open(&mut self, channel: ChannelId, depth: u16, opener: AgentId, target: AgentId) {
-        if let Some(info) = self.link.channels.get(&channel) {
-            let same = info.opener == Opener::Peer
-                && info.remote_agent == opener
-                && info.local_agent == target
-                && info.depth == depth;
-            let reply = if same {
-                Control::ChannelAccept(channel)
-            } else {
-                Control::ChannelRefuse(channel, RefuseReason::Collision)
-            };
-            self.ctrl.push_back(reply);
-            return;
-        }
-        if usize::from(depth) < MIN_FRAME_DEPTH || depth > self.cfg.max_frame_depth {
-            self.ctrl.push_back(Control::ChannelRefuse(channel, RefuseReason::BadDepth));
-            return;
-        }
-        if self.requests.contains_key(&channel) {
-            return;
-        }
-        if self.link.channels.len() + self.requests.len() >= self.link.limits.max_channels {
-            self.ctrl.push_back(Control::ChannelRefuse(channel, RefuseReason::LimitReached));
-            return;
-        }
-        self.requests.insert(channel, (depth, opener, target));
-        self.events.push_back(Event::ChannelRequested { channel, depth, remote_agent: opener, local_agent: target });
-    }
-
-    fn on_data(&mut self, channel: ChannelId, step: u64, wire: &[u8]) {
-        let expected = self.rx_chain.step;
-        if step < expected {
-            self.link.stats.duplicates += 1;
-            return;
-        }
-        if step > expected {
-            self.link.stats.unexpected_steps += 1;
-            return;
-        }
-        let opened = parse_wire(wire, &self.envelope_limits).map_err(|_| "envelope").and_then(|(header, body)| {
-            if header.channel_id != channel || header.step != step {
-                return Err("envelope does not match its data message");
-            }
-            header.check_sender(&self.link.peer).map_err(|_| "envelope sender")?;
-            self.rx_chain.open_inbound(&header, body).map_err(|_| "frame or payload")
-        });
-        match opened {
-            Err(why) => {
-                self.link.stats.rejected += 1;
-                self.fail(CloseReason::DataRejected(why));
-            }
-            Ok((payload, next)) => {
-                self.rx_chain = next;
-                self.link.received += 1;
-                let seq = self.recv_base + step;
-                // Data on a channel this side asked for means the peer accepted it: its
-                // Accept may have been lost with a broken connection, and the peer resends
-                // the data of the new session before it sees our repeated request.
-                if let Some(info) = self.link.channels.get_mut(&channel)
-                    && info.opener == Opener::Local
-                    && info.state == ChannelState::Opening
-                {
-                    info.state = ChannelState::Open;
-                    self.events.push_back(Event::ChannelOpened(channel));
-                }
-                match self.link.channels.get(&channel) {
-                    Some(info) if info.state == ChannelState::Open => {
-                        self.link.stats.delivered += 1;
-                        self.events.push_back(Event::Delivered { channel, seq, payload });
-                    }
-                    _ => self.link.stats.unexpected_channels += 1,
-                }
-            }
-        }
-    }
-
     fn next_control(&mut self) -> Option<Control> {
-        if let Some(c) = self.ctrl.pop_front() {
-            return Some(c);
+        if let Some(n) = self.pong.take() {
+            return Some(Control::Pong(n));
         }
-        if self.link.received > self.ack_sent {
-            self.ack_sent = self.link.received;
-            return Some(Control::Ack(self.link.received));
-        }
-        let next = self.send_base + self.tx_chain.step;
-        let front = self.link.log.front()?.seq;
-        let idx = usize::try_from(next.checked_sub(front)?).ok()?;
-        let entry = self.link.log.get(idx)?;
-        match self.tx_chain.seal_outbound(&self.link.local, &entry.channel, usize::from(entry.depth), &entry.payload) {
-            Ok(out) => {
-                #[cfg(feature = "instrument")]
-                {
-                    let key = mfp_core::encoding::encoding_key(&self.tx_chain.ratchet, Default::default());
-                    let nonce = mfp_core::encoding::nonce(&key, &entry.channel, self.tx_chain.step);
-                    self.link.sealed.push((mfp_core::crypto::sha256(&[key.expose()]), nonce));
-                }
-                let msg = Control::Data { channel: entry.channel, step: self.tx_chain.step, wire: out.wire };
-                self.tx_chain = out.next;
-                self.link.stats.sent += 1;
-                if next < self.link.highest_sent {
-                    self.link.stats.resent += 1;
-                }
-                self.link.highest_sent = self.link.highest_sent.max(next + 1);
-                Some(msg)
-            }
-            Err(e) => {
-                self.fail(CloseReason::Seal(e.to_string()));
-                None
+        while let Some(channel) = self.ack_order.pop_front() {
+            if let Some(next) = self.acks.remove(&channel) {
+                return Some(Control::Ack { channel, next });
             }
         }
+        if let Some(msg) = self.queue.pop_front() {
+            if let Control::Data { wire, .. } = &msg {
+                self.queued_data = self.queued_data.saturating_sub(1);
+                self.queued_bytes = self.queued_bytes.saturating_sub(wire.len());
+                self.stats.data_sent += 1;
+            }
+            return Some(msg);
+        }
+        if core::mem::take(&mut self.ping_due) {
+            self.ping = self.ping.wrapping_add(1);
+            return Some(Control::Ping(self.ping));
+        }
+        None
     }
 
     fn seal(&mut self, now: Instant, msg: &Control) -> Option<Vec<u8>> {
@@ -1039,7 +760,7 @@ impl Session {
             self.tx_epoch = epoch;
             self.tx_epoch_start = now;
             self.tx_epoch_msgs = 0;
-            self.link.stats.rekeys += 1;
+            self.stats.rekeys += 1;
             return Some(frame);
         }
         let msg = self.next_control()?;
@@ -1074,9 +795,90 @@ impl Session {
         if now >= self.rx_epoch_start + self.cfg.reject_after_time {
             return self.fail(CloseReason::KeyExpired);
         }
-        if now >= self.last_tx + self.cfg.keepalive && self.ctrl.is_empty() {
-            self.ping = self.ping.wrapping_add(1);
-            self.ctrl.push_back(Control::Ping(self.ping));
+        if now >= self.last_tx + self.cfg.keepalive && self.queue.is_empty() && self.ack_order.is_empty() {
+            self.ping_due = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chains::channel_chains;
+
+    fn pair(now: Instant) -> (Session, Session) {
+        let (a, b) = crate::fuzzing::established_pair().expect("handshake");
+        (
+            Session::new(a, SessionConfig::default(), now).unwrap(),
+            Session::new(b, SessionConfig::default(), now).unwrap(),
+        )
+    }
+
+    fn transmit(from: &mut Session, to: &mut Session, now: Instant) {
+        while let Some(bytes) = from.poll_transmit(now) {
+            to.handle_input(now, &bytes);
+        }
+    }
+
+    /// `send_data` refuses such messages; a peer that sends one anyway (bypassing the
+    /// checks, as a broken or hostile implementation would) has the session closed.
+    #[test]
+    fn malformed_data_from_the_peer_closes_the_session() {
+        let now = Instant::now();
+        let ch = ChannelId::from_bytes([1; 16]);
+        let (a0, _) = pair(now);
+        let (tx, _) = channel_chains(&[5; 32], &ch, &a0.local(), &a0.peer());
+        let good = tx.seal_outbound(&a0.local(), &ch, 4, b"x").unwrap().wire;
+        let mut truncated = good.clone();
+        truncated.pop();
+        let deep = tx.seal_outbound(&a0.local(), &ch, 33, b"x").unwrap().wire;
+        let cases = [
+            (ChannelId::from_bytes([2; 16]), good.clone(), "the envelope names another channel"),
+            (ch, truncated, "not an MFP1 wire message within the limits"),
+            (ch, deep, "not an MFP1 wire message within the limits"),
+            (ch, vec![0u8; 64], "not an MFP1 wire message within the limits"),
+        ];
+        for (channel, wire, why) in cases {
+            let (mut a, mut b) = pair(now);
+            a.queue.push_back(Control::Data { channel, wire });
+            transmit(&mut a, &mut b, now);
+            let evs: Vec<_> = std::iter::from_fn(|| b.poll_event()).collect();
+            assert_eq!(evs, vec![Event::Closed(CloseReason::MalformedData(why))]);
+            assert_eq!((b.stats().malformed, b.stats().data_received), (1, 0));
+        }
+        // The good one passes.
+        let (mut a, mut b) = pair(now);
+        a.send_data(ch, good.clone()).unwrap();
+        transmit(&mut a, &mut b, now);
+        assert_eq!(b.poll_event(), Some(Event::Data { channel: ch, wire: good }));
+    }
+
+    #[test]
+    fn debug_never_shows_secrets_or_payloads() {
+        let ev = Event::ChannelRequested {
+            channel: ChannelId::from_bytes([1; 16]),
+            depth: 4,
+            opener: AgentId::from_bytes([2; 32]),
+            target: Target::Name("bob".into()),
+            secret: Zeroizing::new([0xee; 32]),
+        };
+        let shown = format!("{ev:?}");
+        assert!(shown.contains("bob") && !shown.contains("238") && !shown.contains("ee"), "{shown}");
+        let shown = format!("{:?}", Event::Data { channel: ChannelId::from_bytes([1; 16]), wire: vec![0xab; 99] });
+        assert!(shown.contains("wire_len: 99") && !shown.contains("171"), "{shown}");
+    }
+
+    /// A peer's pings are answered once each, however many arrive before this side
+    /// transmits: memory does not grow with them.
+    #[test]
+    fn pings_are_answered_with_one_pong() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        for n in 1..=50 {
+            a.queue.push_back(Control::Ping(n));
+        }
+        transmit(&mut a, &mut b, now);
+        assert!(b.poll_transmit(now).is_some());
+        assert!(b.poll_transmit(now).is_none(), "one Pong for fifty Pings");
     }
 }

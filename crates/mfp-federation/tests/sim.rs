@@ -1,7 +1,8 @@
-//! Deterministic simulation: two runtimes over a simulated network with a virtual clock
-//! that drops, duplicates, reorders, delays and partitions on demand. Whatever the fault
+//! Deterministic simulation: two runtimes (a model of the runtime side on each: per-channel
+//! chains, outbound log, positions) over a simulated network with a virtual clock that
+//! drops, duplicates, reorders, delays and partitions on demand. Whatever the fault
 //! schedule, once the network heals every message is delivered exactly once and in order
-//! per channel, no (key, nonce) pair repeats, and both sides agree.
+//! per channel, no (key, nonce) pair repeats, and both sides' chains agree.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use mfp_core::{AgentId, ChannelId};
-use mfp_federation::session::{ChannelState, LinkLimits};
+use mfp_federation::session::SessionConfig;
 use proptest::prelude::*;
 
 const ALICE: AgentId = AgentId::from_bytes([0xa1; 32]);
@@ -42,7 +43,9 @@ struct Outcome {
     connects: u64,
     handshake_failures: u64,
     sealed: usize,
+    sent: u64,
     resent: u64,
+    full: u64,
     tampered: u64,
     duplicates: u64,
     delivered: u64,
@@ -50,11 +53,12 @@ struct Outcome {
 }
 
 fn run(schedule: &Schedule) -> Outcome {
-    // Small log limits so backpressure happens under load.
-    let limits = LinkLimits { max_unacked_messages: 16, max_unacked_bytes: 1 << 20, max_channels: 8 };
-    let mut sim = Sim::new(schedule.seed, limits);
-    sim.a.link.as_mut().unwrap().open_channel(CH0, ALICE, BOB, 4, 32).unwrap();
-    sim.b.link.as_mut().unwrap().open_channel(CH1, BOB, ALICE, 4, 32).unwrap();
+    // Small limits so backpressure happens under load: the models' logs hold 16
+    // unacknowledged messages per channel, the sessions queue 4 for transmission.
+    let cfg = SessionConfig { max_queued_messages: 4, ..SessionConfig::default() };
+    let mut sim = Sim::new(schedule.seed, cfg, 16);
+    sim.a.model.open(CH0, 4, ALICE, BOB, [0x11; 32]);
+    sim.b.model.open(CH1, 4, BOB, ALICE, [0x22; 32]);
     sim.faults = schedule.faults;
     let mut app_a = App::default();
     let mut app_b = App::default();
@@ -71,9 +75,9 @@ fn run(schedule: &Schedule) -> Outcome {
                 Action::Send { from_a, ch1 } => {
                     let ch = if ch1 { CH1 } else { CH0 };
                     if from_a {
-                        app_a.pending.push_back((ch, ALICE));
+                        app_a.pending.push_back(ch);
                     } else {
-                        app_b.pending.push_back((ch, BOB));
+                        app_b.pending.push_back(ch);
                     }
                 }
                 Action::Partition(ms) => {
@@ -91,60 +95,66 @@ fn run(schedule: &Schedule) -> Outcome {
             sim.faults = Faults::NONE;
             sim.partitioned = false;
         }
-        app_a.flush(&mut sim.a);
-        app_b.flush(&mut sim.b);
+        app_a.flush(&mut sim.a.model);
+        app_b.flush(&mut sim.b.model);
         sim.step(Duration::from_millis(50));
 
+        let settled = |m: &common::Model| {
+            [CH0, CH1].iter().all(|c| m.channels.get(c).is_some_and(|c| c.open && c.log.is_empty()))
+        };
         let quiet = sim.now >= end_of_faults
             && events.peek().is_none()
             && app_a.pending.is_empty()
             && app_b.pending.is_empty()
-            && sim.a.link().unacked() == 0
-            && sim.b.link().unacked() == 0
             && sim.is_up()
-            && [CH0, CH1].iter().all(|c| {
-                sim.a.link().channel(c).is_some_and(|i| i.state == ChannelState::Open)
-                    && sim.b.link().channel(c).is_some_and(|i| i.state == ChannelState::Open)
-            });
+            && settled(&sim.a.model)
+            && settled(&sim.b.model);
         if quiet {
             break;
         }
         assert!(
             sim.now < deadline,
             "no convergence after the network healed: a {:?} b {:?}, pending {} / {}",
-            sim.a.link(),
-            sim.b.link(),
+            sim.a.model.channels,
+            sim.b.model.channels,
             app_a.pending.len(),
             app_b.pending.len()
         );
     }
 
     // Exactly once and in order, per channel and direction.
-    for (sender, receiver) in [(&app_a, &sim.b), (&app_b, &sim.a)] {
+    for (sender, receiver) in [(&app_a, &sim.b.model), (&app_b, &sim.a.model)] {
         for ch in [CH0, CH1] {
             let sent = sender.sent.get(&ch).copied().unwrap_or(0);
-            let got = receiver.delivered.get(&ch).cloned().unwrap_or_default();
+            let got: Vec<u64> = receiver.channels[&ch]
+                .delivered
+                .iter()
+                .map(|p| u64::from_be_bytes(p[..8].try_into().unwrap()))
+                .collect();
             assert_eq!(got, (0..sent).collect::<Vec<_>>(), "channel {ch:?}");
         }
     }
-    // Both sides agree on positions and channels.
-    let (la, lb) = (sim.a.link(), sim.b.link());
-    assert_eq!(la.next_seq(), lb.received());
-    assert_eq!(lb.next_seq(), la.received());
-    assert_eq!((la.acked(), lb.acked()), (la.next_seq(), lb.next_seq()));
+    // Both sides' chains agree: what one sends with is what the other receives with.
+    let (ma, mb) = (&sim.a.model, &sim.b.model);
     for ch in [CH0, CH1] {
-        let (ia, ib) = (la.channel(&ch).unwrap(), lb.channel(&ch).unwrap());
-        assert_eq!((ia.local_agent, ia.remote_agent, ia.depth), (ib.remote_agent, ib.local_agent, ib.depth));
+        let (ca, cb) = (&ma.channels[&ch], &mb.channels[&ch]);
+        assert!(ca.tx == cb.rx && ca.rx == cb.tx, "channel {ch:?}: chains diverged");
+        assert_eq!((ca.acked, cb.acked), (ca.tx.step, cb.tx.step));
+        assert_eq!((ca.local_agent, ca.remote_agent, ca.depth), (cb.remote_agent, cb.local_agent, cb.depth));
     }
     let sealed = sim.assert_no_key_nonce_reuse();
+    let (sa, sb) = (ma.stats, mb.stats);
+    assert_eq!(sealed as u64, sa.sealed + sb.sealed);
     Outcome {
         connects: sim.connects,
         handshake_failures: sim.handshake_failures,
         sealed,
-        resent: la.stats().resent + lb.stats().resent,
-        tampered: la.stats().tampered + lb.stats().tampered,
-        duplicates: la.stats().duplicates + lb.stats().duplicates,
-        delivered: la.stats().delivered + lb.stats().delivered,
+        sent: sa.sent + sb.sent,
+        resent: sa.resent + sb.resent,
+        full: sa.full + sb.full,
+        tampered: sim.tampered,
+        duplicates: sa.duplicates + sb.duplicates,
+        delivered: sa.delivered + sb.delivered,
         virtual_secs: (sim.now - sim.start).as_secs(),
     }
 }

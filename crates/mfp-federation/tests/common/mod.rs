@@ -5,11 +5,14 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use mfp_core::{AgentId, ChannelId, RuntimeId};
+use mfp_core::{ChannelId, RuntimeId};
 use mfp_federation::codec::Decoder;
-use mfp_federation::handshake::{self, Initiator, LocalIdentity, PeerTable, Timestamp};
-use mfp_federation::session::{Event, LinkLimits, LinkState, Session, SessionConfig};
+use mfp_federation::handshake::{self, Established, Initiator, LocalIdentity, PeerTable, Timestamp};
+use mfp_federation::session::{Event, Session, SessionConfig};
 use mfp_federation::{IdentityKey, codec};
+
+pub mod model;
+pub use model::Model;
 
 /// SplitMix64 as an entropy source: deterministic, for tests only.
 pub use mfp_core::testing::SplitMix64 as TestEntropy;
@@ -52,24 +55,31 @@ pub fn one_frame(bytes: &[u8]) -> codec::LinkFrame {
     frames.into_iter().next().unwrap()
 }
 
+/// Runs a handshake A → B at wall time `secs` and returns both ends' session material.
+pub fn handshake(rt: &mut Runtimes, secs: u64, entropy: &mut TestEntropy) -> (Established, Established) {
+    let (init, hs1) = Initiator::start(&rt.a, rt.b.runtime, rt.b.key.public(), ts(secs), entropy).unwrap();
+    let accepted = handshake::accept(&rt.b, &mut rt.b_peers, &one_frame(&hs1), entropy).unwrap();
+    let (est_b, hs2) = accepted.finish(entropy).unwrap();
+    let est_a = init.complete(&one_frame(&hs2)).unwrap();
+    assert_eq!(est_a.handshake_hash(), est_b.handshake_hash());
+    (est_a, est_b)
+}
+
 /// Runs a handshake A → B at wall time `secs` and returns both sessions.
-pub fn connect(
+pub fn connect_with(
     rt: &mut Runtimes,
-    link_a: LinkState,
-    link_b: LinkState,
+    cfg: SessionConfig,
     secs: u64,
     now: Instant,
     entropy: &mut TestEntropy,
 ) -> (Session, Session) {
-    let (init, hs1) =
-        Initiator::start(&rt.a, rt.b.runtime, rt.b.key.public(), link_a.received(), ts(secs), entropy).unwrap();
-    let accepted = handshake::accept(&rt.b, &mut rt.b_peers, &one_frame(&hs1), entropy).unwrap();
-    let (est_b, hs2) = accepted.finish(link_b.received(), entropy).unwrap();
-    let est_a = init.complete(&one_frame(&hs2)).unwrap();
-    assert_eq!(est_a.handshake_hash(), est_b.handshake_hash());
-    let sa = Session::new(est_a, link_a, SessionConfig::default(), now).map_err(|r| r.error).unwrap();
-    let sb = Session::new(est_b, link_b, SessionConfig::default(), now).map_err(|r| r.error).unwrap();
-    (sa, sb)
+    let (est_a, est_b) = handshake(rt, secs, entropy);
+    (Session::new(est_a, cfg, now).unwrap(), Session::new(est_b, cfg, now).unwrap())
+}
+
+/// [`connect_with`] the default configuration.
+pub fn connect(rt: &mut Runtimes, secs: u64, now: Instant, entropy: &mut TestEntropy) -> (Session, Session) {
+    connect_with(rt, SessionConfig::default(), secs, now, entropy)
 }
 
 /// Moves every pending transmission from `from` to `to`; returns how many frames moved.
@@ -91,30 +101,26 @@ pub fn events(s: &mut Session) -> Vec<Event> {
     std::iter::from_fn(|| s.poll_event()).collect()
 }
 
-/// Opens a channel from `opener` (agent `from`) to `acceptor` (agent `to`) and accepts it.
-pub fn open_channel(
-    opener: &mut Session,
-    acceptor: &mut Session,
-    channel: ChannelId,
-    from: AgentId,
-    to: AgentId,
-    now: Instant,
-) {
-    opener.open_channel(channel, from, to, 4).unwrap();
-    pump(opener, acceptor, now);
-    let evs = events(acceptor);
-    assert!(evs.iter().any(|e| matches!(e, Event::ChannelRequested { channel: c, .. } if *c == channel)), "{evs:?}");
-    acceptor.accept_channel(&channel).unwrap();
-    settle(opener, acceptor, now);
-    let evs = events(opener);
-    assert!(evs.contains(&Event::ChannelOpened(channel)), "{evs:?}");
-}
-
-pub fn new_links(rt: &Runtimes) -> (LinkState, LinkState) {
-    (
-        LinkState::new(rt.a.runtime, rt.b.runtime, LinkLimits::default()),
-        LinkState::new(rt.b.runtime, rt.a.runtime, LinkLimits::default()),
-    )
+/// Both sides' models over one pair of sessions: events go to the models, the models'
+/// logs to the sessions, until nothing moves.
+pub fn settle_models(a: &mut Session, ma: &mut Model, b: &mut Session, mb: &mut Model, now: Instant) {
+    loop {
+        ma.pump(a);
+        mb.pump(b);
+        let moved = pump(a, b, now) + pump(b, a, now);
+        let mut evs = 0;
+        while let Some(ev) = a.poll_event() {
+            ma.on_event(a, ev);
+            evs += 1;
+        }
+        while let Some(ev) = b.poll_event() {
+            mb.on_event(b, ev);
+            evs += 1;
+        }
+        if moved + evs == 0 {
+            break;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -148,38 +154,21 @@ enum Phase {
     Up,
 }
 
-/// One side of the simulation.
+/// One side of the simulation: its runtime model (which outlives sessions) and the
+/// current session.
 pub struct Side {
-    pub link: Option<LinkState>,
+    pub model: Model,
     pub session: Option<Session>,
     decoder: Decoder,
-    pub delivered: HashMap<ChannelId, Vec<u64>>,
-    pub acked_seen: u64,
 }
 
 impl Side {
-    fn new(link: LinkState) -> Self {
-        Self {
-            link: Some(link),
-            session: None,
-            decoder: Decoder::new(codec::MAX_BODY),
-            delivered: HashMap::new(),
-            acked_seen: 0,
-        }
-    }
-
-    pub fn link(&self) -> &LinkState {
-        match (&self.session, &self.link) {
-            (Some(s), _) => s.link(),
-            (None, Some(l)) => l,
-            (None, None) => unreachable!("a side always holds its link state"),
-        }
+    fn new(model: Model) -> Self {
+        Self { model, session: None, decoder: Decoder::new(codec::MAX_BODY) }
     }
 
     fn tear_down(&mut self) {
-        if let Some(s) = self.session.take() {
-            self.link = Some(s.into_link_state());
-        }
+        self.session = None;
         self.decoder = Decoder::new(codec::MAX_BODY);
     }
 }
@@ -202,20 +191,21 @@ pub struct Sim {
     redial_at: Instant,
     pub connects: u64,
     pub handshake_failures: u64,
+    pub tampered: u64,
     pub cfg: SessionConfig,
     last_in_order: HashMap<bool, Instant>,
 }
 
 impl Sim {
-    pub fn new(seed: u64, limits: LinkLimits) -> Self {
+    pub fn new(seed: u64, cfg: SessionConfig, max_log: usize) -> Self {
         let rt = Runtimes::new();
-        let la = LinkState::new(rt.a.runtime, rt.b.runtime, limits);
-        let lb = LinkState::new(rt.b.runtime, rt.a.runtime, limits);
+        let ma = Model::new(rt.a.runtime, rt.b.runtime, max_log);
+        let mb = Model::new(rt.b.runtime, rt.a.runtime, max_log);
         let start = Instant::now();
         Self {
             rt,
-            a: Side::new(la),
-            b: Side::new(lb),
+            a: Side::new(ma),
+            b: Side::new(mb),
             start,
             now: start,
             rng: TestEntropy(seed),
@@ -228,7 +218,8 @@ impl Sim {
             redial_at: start,
             connects: 0,
             handshake_failures: 0,
-            cfg: SessionConfig::default(),
+            tampered: 0,
+            cfg,
             last_in_order: HashMap::new(),
         }
     }
@@ -261,6 +252,11 @@ impl Sim {
 
     /// Ends the current connection on both sides (as a reset would).
     pub fn disconnect(&mut self) {
+        for s in [&self.a, &self.b] {
+            if let Some(session) = &s.session {
+                self.tampered += session.stats().tampered;
+            }
+        }
         self.a.tear_down();
         self.b.tear_down();
         self.initiator = None;
@@ -277,11 +273,9 @@ impl Sim {
     }
 
     fn dial(&mut self) {
-        let received = self.a.link().received();
         let wall = self.wall();
-        let (init, hs1) =
-            Initiator::start(&self.rt.a, self.rt.b.runtime, self.rt.b.key.public(), received, wall, &mut self.rng)
-                .expect("initiator starts");
+        let (init, hs1) = Initiator::start(&self.rt.a, self.rt.b.runtime, self.rt.b.key.public(), wall, &mut self.rng)
+            .expect("initiator starts");
         self.initiator = Some(init);
         self.phase = Phase::Handshaking(self.now);
         self.send_packet(true, hs1);
@@ -298,8 +292,7 @@ impl Sim {
             };
             let est = if to_b {
                 let accepted = handshake::accept(&self.rt.b, &mut self.rt.b_peers, &frame, &mut self.rng);
-                let link = self.b.link.as_ref().expect("link");
-                match accepted.and_then(|acc| acc.finish(link.received(), &mut self.rng)) {
+                match accepted.and_then(|acc| acc.finish(&mut self.rng)) {
                     Ok((est, hs2)) => {
                         self.send_packet(false, hs2);
                         est
@@ -314,14 +307,9 @@ impl Sim {
             };
             let (cfg, now) = (self.cfg, self.now);
             let side = self.side(!to_b);
-            let link = side.link.take().expect("link");
-            match Session::new(est, link, cfg, now) {
-                Ok(s) => side.session = Some(s),
-                Err(refused) => {
-                    side.link = Some(refused.link);
-                    return self.fail_handshake();
-                }
-            }
+            let mut session = Session::new(est, cfg, now).expect("valid configuration");
+            side.model.on_connect(&mut session);
+            side.session = Some(session);
             if !to_b {
                 self.phase = Phase::Up;
                 self.connects += 1;
@@ -338,30 +326,18 @@ impl Sim {
         self.disconnect();
     }
 
-    /// Collects events of both sides, auto-accepting channel requests and checking that an
-    /// acknowledgement never covers more than the receiver got.
+    /// Hands each side's events to its model, checking that an acknowledgement never
+    /// covers more than the receiver holds.
     fn drain_events(&mut self) {
         for is_a in [true, false] {
-            let peer_received = if is_a { self.b.link().received() } else { self.a.link().received() };
-            let side = self.side(is_a);
+            let (side, other) = if is_a { (&mut self.a, &self.b) } else { (&mut self.b, &self.a) };
             let Some(s) = side.session.as_mut() else { continue };
-            let mut to_accept = Vec::new();
             while let Some(ev) = s.poll_event() {
-                match ev {
-                    Event::Delivered { channel, payload, .. } => {
-                        let n = u64::from_be_bytes(payload[..8].try_into().unwrap());
-                        side.delivered.entry(channel).or_default().push(n);
-                    }
-                    Event::Acknowledged { upto } => {
-                        assert!(upto <= peer_received, "acknowledged {upto} but the peer received {peer_received}");
-                        side.acked_seen = side.acked_seen.max(upto);
-                    }
-                    Event::ChannelRequested { channel, .. } => to_accept.push(channel),
-                    _ => {}
+                if let Event::Acked { channel, next } = &ev {
+                    let held = other.model.rx_next(channel);
+                    assert!(*next <= held, "acknowledged {next} but the peer holds {held}");
                 }
-            }
-            for c in to_accept {
-                s.accept_channel(&c).unwrap();
+                side.model.on_event(s, ev);
             }
         }
     }
@@ -415,8 +391,13 @@ impl Sim {
         if matches!(self.phase, Phase::Idle) && now >= self.redial_at && !self.partitioned {
             self.dial();
         }
-        // Transmit.
+        // Transmit: the models hand their logs to the sessions, the sessions their bytes
+        // to the network.
         for is_a in [true, false] {
+            let side = self.side(is_a);
+            if let Some(s) = side.session.as_mut() {
+                side.model.pump(s);
+            }
             while let Some(bytes) = self.side(is_a).session.as_mut().and_then(|s| s.poll_transmit(now)) {
                 self.send_packet(is_a, bytes);
             }
@@ -426,35 +407,37 @@ impl Sim {
 
     /// Every sealed (key, nonce) fingerprint of both sides is distinct; returns how many.
     pub fn assert_no_key_nonce_reuse(&self) -> usize {
-        let all: Vec<_> = self.a.link().sealed().iter().chain(self.b.link().sealed()).copied().collect();
-        let unique: HashSet<_> = all.iter().copied().collect();
-        assert_eq!(unique.len(), all.len(), "a (key, nonce) pair was used twice");
-        all.len()
+        assert_unique_sealings(&[&self.a.model, &self.b.model])
     }
 }
 
-/// An application queue per side: payload counters per channel, retried on backpressure.
+/// Every (key, nonce) fingerprint the models sealed with is distinct; returns how many.
+pub fn assert_unique_sealings(models: &[&Model]) -> usize {
+    let all: Vec<_> = models.iter().flat_map(|m| m.sealed.iter().copied()).collect();
+    let unique: HashSet<_> = all.iter().copied().collect();
+    assert_eq!(unique.len(), all.len(), "a (key, nonce) pair was used twice");
+    all.len()
+}
+
+/// An application queue per side: payload counters per channel, sealed when the model's
+/// log has room.
 #[derive(Debug, Default)]
 pub struct App {
-    pub pending: VecDeque<(ChannelId, AgentId)>,
+    pub pending: VecDeque<ChannelId>,
     pub sent: HashMap<ChannelId, u64>,
 }
 
 impl App {
-    /// Tries to hand queued messages to the side's session or link state.
-    pub fn flush(&mut self, side: &mut Side) {
-        while let Some(&(channel, agent)) = self.pending.front() {
+    /// Seals queued messages into the side's model while its logs have room.
+    pub fn flush(&mut self, model: &mut Model) {
+        while let Some(&channel) = self.pending.front() {
+            if !model.can_seal(&channel) {
+                return;
+            }
             let n = self.sent.get(&channel).copied().unwrap_or(0);
             let mut payload = n.to_be_bytes().to_vec();
             payload.extend_from_slice(&[0x5a; 24]);
-            let result = match (side.session.as_mut(), side.link.as_mut()) {
-                (Some(s), _) => s.send(&agent, &channel, &payload),
-                (None, Some(l)) => l.enqueue(&agent, &channel, &payload),
-                (None, None) => unreachable!("a side always holds its link state"),
-            };
-            if result.is_err() {
-                return;
-            }
+            model.seal(channel, &payload);
             self.sent.insert(channel, n + 1);
             self.pending.pop_front();
         }
