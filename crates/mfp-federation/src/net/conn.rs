@@ -99,8 +99,12 @@ async fn install(
 }
 
 /// The responder's handshake on an accepted connection.
-async fn respond(shared: &Shared, mut stream: TcpStream, source: SocketAddr) -> Result<Ready, Failure> {
-    let (frame, leftover) = read_frame(shared, &mut stream).await?;
+async fn respond(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    source: SocketAddr,
+) -> Result<(Arc<PeerSlot>, Installed, Vec<u8>), Failure> {
+    let (frame, leftover) = read_frame(shared, stream).await?;
     if frame.kind != FrameKind::HandshakeInit {
         NetStats::inc(&shared.stats.handshakes_failed);
         return Err(Failure::NotHandshake(frame.kind));
@@ -126,13 +130,13 @@ async fn respond(shared: &Shared, mut stream: TcpStream, source: SocketAddr) -> 
         return Err(Failure::Handshake(HandshakeError::UnknownPeer(peer.short())));
     };
     let installed = install(shared, &slot, Completed::Responder(Box::new(accepted)), peer < shared.local()).await?;
-    Ok((stream, slot, installed, leftover))
+    Ok((slot, installed, leftover))
 }
 
 /// One inbound connection: handshake under its timeout, then the link.
 async fn inbound(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     source: SocketAddr,
     _connection: OwnedSemaphorePermit,
     pending: OwnedSemaphorePermit,
@@ -140,17 +144,18 @@ async fn inbound(
     let _ = stream.set_nodelay(true);
     let mut shutdown = shared.shutdown.clone();
     let outcome = tokio::select! {
-        r = tokio::time::timeout(shared.cfg.handshake_timeout, respond(&shared, stream, source)) => r,
+        r = tokio::time::timeout(shared.cfg.handshake_timeout, respond(&shared, &mut stream, source)) => r,
         _ = shutdown.wait_for(|s| *s) => return,
     };
     drop(pending);
+    // Counted before the connection is dropped (at the end of this function).
     match outcome {
         Err(_) => {
             NetStats::inc(&shared.stats.handshakes_timed_out);
             tracing::debug!(%source, "federation handshake timed out");
         }
         Ok(Err(failure)) => tracing::debug!(%source, reason = %failure, "federation connection refused"),
-        Ok(Ok((stream, slot, installed, leftover))) => {
+        Ok(Ok((slot, installed, leftover))) => {
             tracing::debug!(%source, peer = %slot.runtime.short(), "federation link up (accepted)");
             link::run(&shared, &slot, stream, installed, leftover).await;
         }

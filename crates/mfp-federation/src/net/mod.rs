@@ -10,7 +10,8 @@
 //! let me = RuntimeId::derive(b"deployment", b"a");
 //! let peer = RuntimeId::derive(b"deployment", b"b");
 //! let peer_key = "mfp-x25519:…".parse()?; // pinned out of band
-//! let cfg = NetConfig { listen: Some("0.0.0.0:7420".parse()?), ..NetConfig::default() };
+//! let mut cfg = NetConfig::default();
+//! cfg.listen = Some("0.0.0.0:7420".parse()?);
 //! let peers = vec![PeerConfig { runtime: peer, endpoint: Some("b.example:7420".into()), key: peer_key }];
 //! let (net, mut events) = Network::start(IdentityKey::load("a.key".as_ref())?, me, peers, cfg).await?;
 //! while let Some(ev) = events.recv().await {
