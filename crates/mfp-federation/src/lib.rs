@@ -28,6 +28,8 @@ pub mod control;
 pub mod fuzzing;
 pub mod handshake;
 pub mod identity;
+#[cfg(feature = "net")]
+pub mod net;
 pub mod session;
 
 pub use chains::channel_chains;
