@@ -9,20 +9,19 @@ use mfp_core::{EntropySource, RuntimeId};
 use crate::codec::LinkFrame;
 use crate::handshake::{self, Accepted, Established, HandshakeError, Initiator, LocalIdentity, PeerTable, Timestamp};
 use crate::identity::PublicKey;
-use crate::session::{LinkLimits, LinkState, Session, SessionConfig};
+use crate::session::{Session, SessionConfig};
 
-/// What the link with one peer keeps while no session is up: the session's link state
-/// (outbound log, positions, channels), handed to the next session.
-pub(super) type Carry = LinkState;
+/// What the link with one peer keeps while no session is up: nothing (the runtime keeps
+/// the channels, their chains and the outbound log; positions are exchanged after each
+/// handshake).
+pub(super) type Carry = ();
 
 /// The state a link with `peer` starts from.
-pub(super) fn new_carry(local: RuntimeId, peer: RuntimeId) -> Carry {
-    LinkState::new(local, peer, LinkLimits::default())
-}
+pub(super) fn new_carry(_local: RuntimeId, _peer: RuntimeId) -> Carry {}
 
-/// This side's count of data messages received from the peer, as the handshake carries it.
-pub(super) fn received(carry: Option<&Carry>, session: Option<&Session>) -> u64 {
-    session.map(|s| s.link().received()).or_else(|| carry.map(LinkState::received)).unwrap_or(0)
+/// Kept for the link's bookkeeping: the handshake no longer carries a count.
+pub(super) fn received(_carry: Option<&Carry>, _session: Option<&Session>) -> u64 {
+    0
 }
 
 /// Message 1 to `peer`.
@@ -30,11 +29,11 @@ pub(super) fn start(
     local: &LocalIdentity,
     peer: RuntimeId,
     key: PublicKey,
-    received: u64,
+    _received: u64,
     now: Timestamp,
     entropy: &mut dyn EntropySource,
 ) -> Result<(Initiator, Vec<u8>), HandshakeError> {
-    Initiator::start(local, peer, key, received, now, entropy)
+    Initiator::start(local, peer, key, now, entropy)
 }
 
 /// Message 2 read: the initiator's side completed.
@@ -55,10 +54,10 @@ pub(super) fn accept(
 /// Message 2 written: the responder's side completed.
 pub(super) fn finish(
     accepted: Accepted,
-    received: u64,
+    _received: u64,
     entropy: &mut dyn EntropySource,
 ) -> Result<(Established, Vec<u8>), HandshakeError> {
-    accepted.finish(received, entropy)
+    accepted.finish(entropy)
 }
 
 /// A session on a completed handshake; on failure the carried state comes back.
@@ -68,10 +67,8 @@ pub(super) fn open(
     cfg: SessionConfig,
     now: Instant,
 ) -> Result<Session, Box<(String, Carry)>> {
-    Session::new(est, carry, cfg, now).map_err(|refused| Box::new((refused.error.to_string(), refused.link)))
+    Session::new(est, cfg, now).map_err(|e| Box::new((e.to_string(), carry)))
 }
 
 /// What an ended (or replaced) session leaves for the next one.
-pub(super) fn retire(session: Session) -> Carry {
-    session.into_link_state()
-}
+pub(super) fn retire(_session: Session) -> Carry {}

@@ -168,7 +168,7 @@ pub async fn read_until_closed(s: &mut TcpStream) -> usize {
 pub fn message_one(from: &Id, to: &Id, secs: u64) -> Vec<u8> {
     let ts = Timestamp::from_unix(Duration::from_secs(1_800_000_000 + secs));
     let (_, bytes) =
-        Initiator::start(&from.local(), to.runtime, to.key().public(), 0, ts, &mut SplitMix64(secs)).unwrap();
+        Initiator::start(&from.local(), to.runtime, to.key().public(), ts, &mut SplitMix64(secs)).unwrap();
     bytes
 }
 
