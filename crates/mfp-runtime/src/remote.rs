@@ -403,6 +403,14 @@ impl RemoteHandle {
         inner.blocking("RemoteHandle::closed_by_peer", |w| inner.close_remote_by_peer(channel, w))
     }
 
+    /// Suspends a channel whose positions cannot be reconciled with the peer's (a gap
+    /// beyond the outbound log, lost acknowledged messages): it is quarantined, with an
+    /// audit event and the channel-quarantine metric; `Runtime::restore_channel` resumes it.
+    pub async fn suspend_async(&self, channel: &ChannelId, reason: &str) -> Result<()> {
+        let inner = self.runtime()?;
+        inner.quarantine_channel(channel, reason, crate::admin::Wait::Yes).await
+    }
+
     /// Resolves a local agent by name (for a peer's channel request naming one).
     pub fn agent_named(&self, name: &str) -> Result<AgentId> {
         let inner = self.runtime()?;
