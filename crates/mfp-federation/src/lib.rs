@@ -24,6 +24,8 @@
 pub mod chains;
 pub mod codec;
 pub mod control;
+#[cfg(feature = "runtime")]
+pub mod federation;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;

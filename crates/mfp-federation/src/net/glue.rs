@@ -14,10 +14,13 @@ use crate::session::{Session, SessionConfig};
 /// What the link with one peer keeps while no session is up: nothing (the runtime keeps
 /// the channels, their chains and the outbound log; positions are exchanged after each
 /// handshake).
-pub(super) type Carry = ();
+#[derive(Debug, Default)]
+pub(super) struct Carry;
 
 /// The state a link with `peer` starts from.
-pub(super) fn new_carry(_local: RuntimeId, _peer: RuntimeId) -> Carry {}
+pub(super) fn new_carry(_local: RuntimeId, _peer: RuntimeId) -> Carry {
+    Carry
+}
 
 /// Kept for the link's bookkeeping: the handshake no longer carries a count.
 pub(super) fn received(_carry: Option<&Carry>, _session: Option<&Session>) -> u64 {
@@ -71,4 +74,6 @@ pub(super) fn open(
 }
 
 /// What an ended (or replaced) session leaves for the next one.
-pub(super) fn retire(_session: Session) -> Carry {}
+pub(super) fn retire(_session: Session) -> Carry {
+    Carry
+}

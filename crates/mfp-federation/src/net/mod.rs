@@ -76,7 +76,7 @@ impl SharedEntropy {
         Self(Arc::new(parking_lot::Mutex::new(Box::new(source))))
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut dyn EntropySource) -> R) -> R {
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut dyn EntropySource) -> R) -> R {
         let mut guard = self.0.lock();
         f(guard.as_mut())
     }

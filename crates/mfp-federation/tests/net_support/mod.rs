@@ -167,8 +167,7 @@ pub async fn read_until_closed(s: &mut TcpStream) -> usize {
 /// A well-formed message 1 from `from` to `to` (with `from`'s key and a given time).
 pub fn message_one(from: &Id, to: &Id, secs: u64) -> Vec<u8> {
     let ts = Timestamp::from_unix(Duration::from_secs(1_800_000_000 + secs));
-    let (_, bytes) =
-        Initiator::start(&from.local(), to.runtime, to.key().public(), ts, &mut SplitMix64(secs)).unwrap();
+    let (_, bytes) = Initiator::start(&from.local(), to.runtime, to.key().public(), ts, &mut SplitMix64(secs)).unwrap();
     bytes
 }
 
