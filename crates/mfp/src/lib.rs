@@ -38,8 +38,9 @@ pub use mfp_runtime as runtime;
 #[cfg(feature = "sqlite")]
 pub use mfp_storage as sqlite;
 
-/// Authenticated runtime-to-runtime links, the sans-IO part: identity keys, the Noise IK
-/// handshake with pinned keys, the link codec and sessions (docs/federation.md). Not yet
-/// wired into the runtime.
+/// Authenticated runtime-to-runtime links: identity keys, the Noise IK handshake with
+/// pinned keys, the link codec and sessions (sans-IO), the tokio transport (`net`), and
+/// the federation of a runtime — its cross-runtime channels (`federation::Federation`;
+/// docs/federation.md, `examples/federation.rs`).
 #[cfg(feature = "federation")]
 pub use mfp_federation as federation;
