@@ -923,24 +923,35 @@ async fn read_remote_channels(
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
         let id = ChannelId::from_bytes(get_fixed(row, t, "channel_id")?);
-        let local_agent = AgentId::from_bytes(get_fixed(row, t, "local_agent")?);
-        if !known_agents.contains(&local_agent) {
-            return Err(in_row(corrupt(t, "local_agent", "references an unknown agent"), &format!("channel {id}")));
-        }
-        let peer = RuntimeId::from_bytes(get_fixed(row, t, "peer_runtime")?);
-        let remote_agent = AgentId::from_bytes(get_fixed(row, t, "remote_agent")?);
-        let depth = get_depth(row, t, "depth")?;
-        let status_s: String = get(row, t, "status")?;
-        let status = parse_channel_status(&status_s, t, "status")?;
-        if status == ChannelStatus::Closed {
-            return Err(in_row(corrupt(t, "status", "unexpected closed channel"), &format!("channel {id}")));
-        }
-        let tx = read_chain(cipher, row, &id, Chain::Tx).map_err(|e| in_row(e, &format!("channel {id}")))?;
-        let rx = read_chain(cipher, row, &id, Chain::Rx).map_err(|e| in_row(e, &format!("channel {id}")))?;
-        let validation_failures = get_u32(row, t, "validation_failure_count")?;
-        out.push(RemoteChannelRow { id, local_agent, peer, remote_agent, depth, status, tx, rx, validation_failures });
+        out.push(remote_channel(cipher, row, id, known_agents).map_err(|e| in_row(e, &format!("channel {id}")))?);
     }
     Ok(out)
+}
+
+/// One row of `remote_channels` (not closed), validated and decrypted.
+fn remote_channel(
+    cipher: &CellCipher,
+    row: &SqliteRow,
+    id: ChannelId,
+    known_agents: &BTreeSet<AgentId>,
+) -> Result<RemoteChannelRow, StorageError> {
+    let t = REMOTE_CHANNELS;
+    let local_agent = AgentId::from_bytes(get_fixed(row, t, "local_agent")?);
+    if !known_agents.contains(&local_agent) {
+        return Err(corrupt(t, "local_agent", "references an unknown agent"));
+    }
+    let peer = RuntimeId::from_bytes(get_fixed(row, t, "peer_runtime")?);
+    let remote_agent = AgentId::from_bytes(get_fixed(row, t, "remote_agent")?);
+    let depth = get_depth(row, t, "depth")?;
+    let status_s: String = get(row, t, "status")?;
+    let status = parse_channel_status(&status_s, t, "status")?;
+    if status == ChannelStatus::Closed {
+        return Err(corrupt(t, "status", "unexpected closed channel"));
+    }
+    let tx = read_chain(cipher, row, &id, Chain::Tx)?;
+    let rx = read_chain(cipher, row, &id, Chain::Rx)?;
+    let validation_failures = get_u32(row, t, "validation_failure_count")?;
+    Ok(RemoteChannelRow { id, local_agent, peer, remote_agent, depth, status, tx, rx, validation_failures })
 }
 
 /// Names the row in a `Corrupt` error about one of its columns.
