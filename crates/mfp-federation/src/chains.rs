@@ -10,7 +10,7 @@
 //! chain(S→R) = BilateralState::ceremonial(ss(S→R), id_S, id_R)
 //! ```
 //!
-//! (pymfp's §4.2 ceremonial derivation.) Data from S to R on the channel is sealed with
+//! (pymfp's ceremonial bilateral derivation.) Data from S to R on the channel is sealed with
 //! `chain(S→R)` only and opened by R with its copy of it; the two directions never share a
 //! ratchet state, so both runtimes sending at once cannot reuse an AES-GCM (key, nonce).
 //! The runtime owns the chains: it seals, opens and persists them; the session carries the

@@ -577,3 +577,18 @@ fn inconsistent_session_configs_are_refused() {
     let err = Session::new(est, bad[0], Instant::now()).unwrap_err();
     assert!(err.to_string().contains("reject_after_messages"), "{err}");
 }
+
+/// Message 1 carries the version and a timestamp, message 2 the version alone
+/// (docs/federation.md's byte tables).
+#[test]
+fn handshake_messages_have_documented_sizes() {
+    let mut rt = Runtimes::new();
+    let mut e = TestEntropy(19);
+    let (init, hs1) = Initiator::start(&rt.a, rt.b.runtime, rt.b.key.public(), ts(1), &mut e).unwrap();
+    let f1 = one_frame(&hs1);
+    assert_eq!((f1.kind, f1.body.len()), (FrameKind::HandshakeInit, 173));
+    let (_, hs2) = handshake::accept(&rt.b, &mut rt.b_peers, &f1, &mut e).unwrap().finish(&mut e).unwrap();
+    let f2 = one_frame(&hs2);
+    assert_eq!((f2.kind, f2.body.len()), (FrameKind::HandshakeResponse, 49));
+    assert!(init.complete(&f2).is_ok());
+}
