@@ -17,15 +17,18 @@
 //! | `0x09` | Rekey | epoch u64 (the sender's new outgoing key epoch) | 9 |
 //! | `0x0a` | Close | reason u8 | 2 |
 //! | `0x10` | Position | channel id (16) ‖ rx_next u64 ‖ tx_next u64 (DETECT) | 33 |
+//! | `0x20` | RotateRequest | channel id (16) ‖ pymfp's 104-byte `RekeyRequest` (sender id, receiver id, ephemeral X25519 public key, proposed step) | 121 |
+//! | `0x21` | RotateAccept | channel id (16) ‖ pymfp's 104-byte `RekeyAccept` (same layout, accepted step) | 121 |
 //!
 //! ChannelOpen's target: kind 1 is an agent id (32 bytes), kind 2 an agent name (length
 //! u8 in 1..=64, then that many bytes of UTF-8).
 //!
-//! Reserved: `0x11`–`0x1f` for recovery, `0x20`–`0x2f` for MFP bilateral state rotation;
-//! both are refused today.
+//! Reserved: `0x11`–`0x1f` for recovery, `0x22`–`0x2f` for more of MFP bilateral state
+//! rotation; both are refused today.
 
 use core::fmt;
 
+use mfp_core::bilateral::RekeyMessage;
 use mfp_core::{AgentId, ChannelId, ENVELOPE_HEADER_SIZE};
 use zeroize::Zeroizing;
 
@@ -55,8 +58,12 @@ pub mod kind {
     pub const POSITION: u8 = 0x10;
     /// Types reserved for the rest of recovery.
     pub const RESERVED_RECOVERY: core::ops::RangeInclusive<u8> = 0x11..=0x1f;
-    /// Types reserved for MFP state rotation.
-    pub const RESERVED_ROTATION: core::ops::RangeInclusive<u8> = 0x20..=0x2f;
+    /// A request to rotate the sender's outbound chain of a channel.
+    pub const ROTATE_REQUEST: u8 = 0x20;
+    /// The rotation is accepted (and stored by the acceptor).
+    pub const ROTATE_ACCEPT: u8 = 0x21;
+    /// Types reserved for more of MFP state rotation.
+    pub const RESERVED_ROTATION: core::ops::RangeInclusive<u8> = 0x22..=0x2f;
 }
 
 /// Longest agent name a [`Target::Name`] carries, in bytes.
@@ -198,7 +205,24 @@ pub enum Control {
         /// The next step the sender will send.
         tx_next: u64,
     },
+    /// The sender asks to rotate its outbound chain of `channel` (PROTOCOL §4.11).
+    RotateRequest {
+        /// The channel.
+        channel: ChannelId,
+        /// pymfp's `RekeyRequest`.
+        message: RekeyMessage,
+    },
+    /// The sender accepted (and stored) the rotation the other side asked for.
+    RotateAccept {
+        /// The channel.
+        channel: ChannelId,
+        /// pymfp's `RekeyAccept`.
+        message: RekeyMessage,
+    },
 }
+
+/// Length of RotateRequest and RotateAccept.
+const ROTATE_LEN: usize = 1 + 16 + RekeyMessage::LEN;
 
 impl fmt::Debug for Control {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -231,6 +255,12 @@ impl fmt::Debug for Control {
                 .field("rx_next", rx_next)
                 .field("tx_next", tx_next)
                 .finish(),
+            Control::RotateRequest { channel, message } => {
+                f.debug_struct("RotateRequest").field("channel", channel).field("step", &message.step).finish()
+            }
+            Control::RotateAccept { channel, message } => {
+                f.debug_struct("RotateAccept").field("channel", channel).field("step", &message.step).finish()
+            }
         }
     }
 }
@@ -344,6 +374,15 @@ impl Control {
                 out.extend_from_slice(&rx_next.to_be_bytes());
                 out.extend_from_slice(&tx_next.to_be_bytes());
             }
+            Control::RotateRequest { channel, message } | Control::RotateAccept { channel, message } => {
+                out.push(if matches!(self, Control::RotateRequest { .. }) {
+                    kind::ROTATE_REQUEST
+                } else {
+                    kind::ROTATE_ACCEPT
+                });
+                out.extend_from_slice(channel.as_bytes());
+                out.extend_from_slice(&message.to_bytes());
+            }
         }
     }
 
@@ -369,6 +408,7 @@ impl Control {
             Control::Ping(_) | Control::Pong(_) | Control::Rekey(_) => 9,
             Control::Close(_) => 2,
             Control::Position { .. } => 33,
+            Control::RotateRequest { .. } | Control::RotateAccept { .. } => ROTATE_LEN,
         }
     }
 
@@ -423,6 +463,16 @@ impl Control {
                     tx_next: u64_at(b, 25).ok_or(bad)?,
                 }
             }
+            kind::ROTATE_REQUEST | kind::ROTATE_ACCEPT => {
+                exact(ROTATE_LEN)?;
+                let channel = channel_at(b, 1).ok_or(bad)?;
+                let message = RekeyMessage::from_bytes(b.get(17..).ok_or(bad)?).map_err(|_| bad)?;
+                if t == kind::ROTATE_REQUEST {
+                    Control::RotateRequest { channel, message }
+                } else {
+                    Control::RotateAccept { channel, message }
+                }
+            }
             other => return Err(ControlError::UnknownType(other)),
         };
         Ok(msg)
@@ -474,6 +524,24 @@ mod tests {
         ChannelId::from_bytes([b; 16])
     }
 
+    fn rekey(step: u64) -> RekeyMessage {
+        RekeyMessage {
+            sender: mfp_core::RuntimeId::from_bytes([1; 32]),
+            receiver: mfp_core::RuntimeId::from_bytes([2; 32]),
+            ephemeral_public: [3; 32],
+            step,
+        }
+    }
+
+    #[test]
+    fn rotation_messages_carry_pymfps_rekey_layout() {
+        let msg = rekey(42);
+        let bytes = Control::RotateRequest { channel: ch(9), message: msg }.encode();
+        assert_eq!(bytes[0], kind::ROTATE_REQUEST);
+        assert_eq!(&bytes[1..17], &[9; 16]);
+        assert_eq!(&bytes[17..], &msg.to_bytes()[..], "pymfp's 104 bytes, unchanged");
+    }
+
     fn open(target: Target) -> Control {
         Control::ChannelOpen {
             channel: ch(2),
@@ -501,6 +569,8 @@ mod tests {
             (Control::Rekey(1), 9),
             (Control::Close(0), 2),
             (Control::Position { channel: ch(4), rx_next: 7, tx_next: 9 }, 33),
+            (Control::RotateRequest { channel: ch(5), message: rekey(42) }, 121),
+            (Control::RotateAccept { channel: ch(5), message: rekey(43) }, 121),
         ];
         for (msg, len) in cases {
             let bytes = msg.encode();
@@ -512,7 +582,8 @@ mod tests {
             assert!(Control::parse(&bytes[..len - 1]).is_err(), "{msg:?}");
         }
         assert_eq!(Control::parse(&[0x11, 0]), Err(ControlError::UnknownType(0x11)));
-        assert_eq!(Control::parse(&[0x21]), Err(ControlError::UnknownType(0x21)));
+        assert_eq!(Control::parse(&[0x22]), Err(ControlError::UnknownType(0x22)));
+        assert!(matches!(Control::parse(&[0x21]), Err(ControlError::Length { .. })));
         assert_eq!(Control::parse(&[]), Err(ControlError::Empty));
         assert_eq!(Control::parse(&[kind::ACK; 26]), Err(ControlError::Length { kind: kind::ACK, len: 26 }));
     }
@@ -559,7 +630,7 @@ mod tests {
         }
 
         #[test]
-        fn typed_prefixes_parse_or_fail_cleanly(t in 0u8..0x12, rest in proptest::collection::vec(any::<u8>(), 0..160)) {
+        fn typed_prefixes_parse_or_fail_cleanly(t in 0u8..0x23, rest in proptest::collection::vec(any::<u8>(), 0..160)) {
             let mut bytes = vec![t];
             bytes.extend(rest);
             crate::fuzzing::control(&bytes);

@@ -85,13 +85,26 @@ pub struct FederationConfig {
     pub peers: Vec<FederatedPeer>,
     /// How long [`Federation::open_channel`] waits for the peer's answer.
     pub open_timeout: Duration,
+    /// Rotate a channel's outbound chain after this many messages on it (pymfp's
+    /// default: 1,000,000); 0 turns the count trigger off.
+    pub rotate_after_messages: u64,
+    /// Rotate a channel's outbound chain after this long (pymfp's default: 86,400 s);
+    /// zero turns the time trigger off. Counted from the chain's last rotation or from
+    /// when this process started, whichever is later.
+    pub rotate_after: Duration,
 }
 
 impl FederationConfig {
     /// A configuration with `net` and `peers`, and a 10 s open timeout.
     #[must_use]
     pub fn new(net: NetConfig, peers: Vec<FederatedPeer>) -> Self {
-        Self { net, peers, open_timeout: Duration::from_secs(10) }
+        Self {
+            net,
+            peers,
+            open_timeout: Duration::from_secs(10),
+            rotate_after_messages: 1_000_000,
+            rotate_after: Duration::from_secs(86_400),
+        }
     }
 }
 
@@ -138,13 +151,37 @@ enum Work {
 }
 
 /// Sending state of one channel.
-#[derive(Default)]
 struct ChanTx {
     /// The next step to hand to the session.
     sent_next: u64,
     /// Messages are waiting in the runtime's log to be handed over again (the session was
     /// full or down, or the peer asked for a resend): new messages queue behind them.
     stalled: bool,
+    /// Step and time of the outbound chain's last rotation (or of this process's start).
+    rotated_at: (u64, std::time::Instant),
+    /// The proposed step and ephemeral secret of the rotation this side asked for, until
+    /// the peer's answer (one at a time).
+    rotating: Option<(u64, mfp_core::State)>,
+    /// Step of this process's last outbound rotation: the next may be asked for only once
+    /// the peer has acknowledged a message sealed under it (so the peer's pending rotation
+    /// is never replaced before it was seen).
+    last_rotation: Option<u64>,
+    /// After a (re)connect, nothing goes out until the peer's position for the channel
+    /// says where to resume (what was in flight when the link broke may have to go first).
+    awaiting_position: bool,
+}
+
+impl Default for ChanTx {
+    fn default() -> Self {
+        Self {
+            sent_next: 0,
+            stalled: false,
+            rotated_at: (0, std::time::Instant::now()),
+            rotating: None,
+            last_rotation: None,
+            awaiting_position: false,
+        }
+    }
 }
 
 /// A channel request this side made, waiting for the answer.
@@ -170,6 +207,8 @@ struct Peer {
 
 struct Shared {
     local: RuntimeId,
+    rotate_after_messages: u64,
+    rotate_after: Duration,
     runtime: RemoteHandle,
     peers: HashMap<RuntimeId, Arc<Peer>>,
     pending: Mutex<HashMap<ChannelId, PendingOpen>>,
@@ -233,6 +272,8 @@ impl Federation {
         }
         let shared = Arc::new(Shared {
             local,
+            rotate_after_messages: cfg.rotate_after_messages,
+            rotate_after: cfg.rotate_after,
             runtime: runtime.remote_handle(),
             peers,
             pending: Mutex::new(HashMap::new()),
@@ -245,7 +286,17 @@ impl Federation {
                 let unacked = shared.runtime.unacknowledged(&pos.channel, 0)?;
                 held.0 += unacked.len();
                 held.1 += unacked.iter().map(|m| m.wire.len()).sum::<usize>();
-                peer.chans.lock().insert(pos.channel, ChanTx { sent_next: pos.tx_next, stalled: true });
+                peer.chans.lock().insert(
+                    pos.channel,
+                    ChanTx {
+                        sent_next: pos.acked,
+                        stalled: true,
+                        rotated_at: (pos.tx_next, std::time::Instant::now()),
+                        rotating: None,
+                        last_rotation: None,
+                        awaiting_position: true,
+                    },
+                );
             }
             forget(&peer.msgs, held.0);
             forget(&peer.bytes, held.1);
@@ -343,6 +394,25 @@ impl Federation {
         }
     }
 
+    /// Asks the peer of cross-runtime channel `channel` to rotate this side's outbound
+    /// chain now (the operator's trigger; the automatic ones are
+    /// [`FederationConfig::rotate_after_messages`] and [`FederationConfig::rotate_after`]).
+    /// The rotation takes effect when the peer's answer arrives.
+    pub fn rotate(&self, channel: &ChannelId) -> Result<(), FederationError> {
+        let pos = self
+            .shared
+            .peers
+            .values()
+            .find_map(|p| {
+                let ps = self.shared.runtime.positions(&p.runtime).ok()?;
+                ps.into_iter().find(|x| x.channel == *channel).map(|x| (Arc::clone(p), x))
+            })
+            .ok_or_else(|| {
+                FederationError::Invalid(format!("channel {} is not a federated channel", channel.short()))
+            })?;
+        request_rotation(&self.shared, &pos.0, *channel, pos.1.tx_next, pos.1.acked)
+    }
+
     /// Closes the links (a Close message to each peer) and stops the tasks.
     pub async fn shutdown(mut self) {
         if let Some(net) = self.net.take() {
@@ -402,7 +472,11 @@ impl OutboundSlot for Slot {
         }
         let peer = &self.peer;
         let mut chans = peer.chans.lock();
-        let st = chans.entry(message.channel).or_insert_with(|| ChanTx { sent_next: message.step, stalled: false });
+        let st = chans.entry(message.channel).or_insert_with(|| ChanTx {
+            sent_next: message.step,
+            rotated_at: (message.step, std::time::Instant::now()),
+            ..ChanTx::default()
+        });
         if st.stalled || st.sent_next != message.step {
             // Behind earlier messages that wait to be handed over again: it goes with them
             // (a resync pass is queued, in case the running one has already looked).
@@ -481,7 +555,10 @@ fn on_up(shared: &Shared, peer: &Peer) {
         for pos in &positions {
             let st = chans.entry(pos.channel).or_default();
             st.stalled = true;
-            st.sent_next = pos.tx_next;
+            st.awaiting_position = true;
+            st.sent_next = pos.acked;
+            // A rotation asked for on the previous session is answered on that one or never.
+            st.rotating = None;
         }
     }
     let _ = peer.handle.with_session(|s| {
@@ -519,7 +596,10 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
                 tracing::warn!(target: "mfp::federation", peer = %peer.runtime.short(), error = %e, "inbound message refused");
             }
         },
-        Event::Acked { channel, next } => acked(shared, peer, channel, next),
+        Event::Acked { channel, next } => {
+            acked(shared, peer, channel, next);
+            maybe_rotate(shared, peer, channel);
+        }
         Event::Position { channel, rx_next, tx_next } => {
             let Some(pos) = rt.positions(&peer.runtime).unwrap_or_default().into_iter().find(|p| p.channel == channel)
             else {
@@ -582,9 +662,139 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
                 }
             }
         }
+        Event::RotationRequested { channel, message } => {
+            // Only the channel's peer may rotate its chain, and only towards this runtime.
+            if message.sender != peer.runtime || message.receiver != shared.local {
+                tracing::warn!(target: "mfp::federation", peer = %peer.runtime.short(), "rotation request with wrong runtime ids ignored");
+                return;
+            }
+            let secret = match draw_secret(shared) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(target: "mfp::federation", error = %e, "no entropy for a rotation");
+                    return;
+                }
+            };
+            let Ok(ss) = mfp_core::crypto::x25519_shared(&secret, &message.ephemeral_public) else {
+                tracing::warn!(target: "mfp::federation", peer = %peer.runtime.short(), "rotation request with an invalid key ignored");
+                return;
+            };
+            // Stored before the answer goes out: the peer rotates once it has the answer.
+            if let Err(e) = rt.accept_rotation_async(&channel, ss).await {
+                tracing::warn!(target: "mfp::federation", channel = %channel.short(), error = %e, "rotation not accepted");
+                return;
+            }
+            let answer = mfp_core::bilateral::RekeyMessage {
+                sender: shared.local,
+                receiver: peer.runtime,
+                ephemeral_public: mfp_core::crypto::x25519_public(&secret),
+                step: message.step,
+            };
+            let _ = peer.handle.with_session(|s| s.accept_rotation(channel, answer));
+        }
+        Event::RotationAccepted { channel, message } => {
+            // Only the answer to the one request under way counts; it stays under way until
+            // the outbound chain is rotated.
+            let mine = peer.chans.lock().get(&channel).and_then(|st| match &st.rotating {
+                Some((step, secret)) if *step == message.step => Some(secret.clone()),
+                _ => None,
+            });
+            let Some(secret) = mine else { return };
+            if message.sender != peer.runtime || message.receiver != shared.local {
+                return;
+            }
+            let rotated = match mfp_core::crypto::x25519_shared(&secret, &message.ephemeral_public) {
+                Ok(ss) => {
+                    let handle = shared.runtime.clone();
+                    tokio::task::spawn_blocking(move || handle.rotate_outbound(&channel, &ss)).await.ok()
+                }
+                Err(_) => None,
+            };
+            let mut chans = peer.chans.lock();
+            let st = chans.entry(channel).or_default();
+            st.rotating = None;
+            match rotated {
+                Some(Ok(step)) => {
+                    st.rotated_at = (step, std::time::Instant::now());
+                    st.last_rotation = Some(step);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(target: "mfp::federation", channel = %channel.short(), error = %e, "outbound rotation failed");
+                }
+                None => {
+                    tracing::warn!(target: "mfp::federation", channel = %channel.short(), "rotation answer with an invalid key ignored");
+                }
+            }
+        }
         Event::Closed(reason) => {
             tracing::info!(target: "mfp::federation", peer = %peer.runtime.short(), reason = %reason, "session closed");
         }
+    }
+}
+
+/// 32 random bytes as an X25519 secret.
+fn draw_secret(shared: &Shared) -> Result<mfp_core::State, mfp_core::Error> {
+    let mut b = [0u8; 32];
+    shared.entropy.lock().fill(&mut b)?;
+    let s = mfp_core::State::from_bytes(b);
+    zeroize::Zeroize::zeroize(&mut b);
+    Ok(s)
+}
+
+/// Starts a rotation of this side's outbound chain of `channel` (at most one at a time).
+fn request_rotation(
+    shared: &Shared,
+    peer: &Peer,
+    channel: ChannelId,
+    tx_next: u64,
+    acked: u64,
+) -> Result<(), FederationError> {
+    {
+        let mut chans = peer.chans.lock();
+        let st = chans.entry(channel).or_default();
+        if st.rotating.is_some() {
+            return Err(FederationError::Invalid(format!("a rotation of channel {} is under way", channel.short())));
+        }
+        if st.last_rotation.is_some_and(|r| acked <= r) {
+            return Err(FederationError::Invalid(format!(
+                "the peer has not yet acknowledged a message under channel {}'s last rotation; send one first",
+                channel.short()
+            )));
+        }
+    }
+    let secret = draw_secret(shared).map_err(|_| FederationError::Invalid("entropy source failed".into()))?;
+    let message = mfp_core::bilateral::RekeyMessage {
+        sender: shared.local,
+        receiver: peer.runtime,
+        ephemeral_public: mfp_core::crypto::x25519_public(&secret),
+        step: tx_next,
+    };
+    peer.chans.lock().entry(channel).or_default().rotating = Some((tx_next, secret));
+    peer.handle
+        .with_session(|s| s.request_rotation(channel, message))
+        .map_err(|_| FederationError::PeerDown(peer.runtime.short()))
+}
+
+/// Rotates `channel`'s outbound chain when its count or age says so (pymfp's triggers).
+fn maybe_rotate(shared: &Shared, peer: &Peer, channel: ChannelId) {
+    let Some((tx_next, acked)) = shared
+        .runtime
+        .positions(&peer.runtime)
+        .ok()
+        .and_then(|ps| ps.into_iter().find(|p| p.channel == channel).map(|p| (p.tx_next, p.acked)))
+    else {
+        return;
+    };
+    let due = {
+        let mut chans = peer.chans.lock();
+        let st = chans.entry(channel).or_default();
+        let (at_step, at_time) = st.rotated_at;
+        st.rotating.is_none()
+            && ((shared.rotate_after_messages > 0 && tx_next.saturating_sub(at_step) >= shared.rotate_after_messages)
+                || (!shared.rotate_after.is_zero() && at_time.elapsed() >= shared.rotate_after))
+    };
+    if due && let Err(e) = request_rotation(shared, peer, channel, tx_next, acked) {
+        tracing::debug!(target: "mfp::federation", channel = %channel.short(), error = %e, "rotation not requested");
     }
 }
 
@@ -610,8 +820,18 @@ fn acked(shared: &Shared, peer: &Peer, channel: ChannelId, next: u64) {
 /// position) or from where this side stopped, waiting for room as needed; then lets new
 /// messages through.
 async fn resync(shared: &Shared, peer: &Peer, channel: ChannelId, from: Option<u64>) {
-    if let Some(f) = from {
-        peer.chans.lock().entry(channel).or_default().sent_next = f;
+    {
+        let mut chans = peer.chans.lock();
+        let st = chans.entry(channel).or_default();
+        match from {
+            Some(f) => {
+                st.sent_next = f;
+                st.awaiting_position = false;
+            }
+            // Where to resume is the peer's position, which has not come yet.
+            None if st.awaiting_position => return,
+            None => {}
+        }
     }
     loop {
         // Read before taking `chans`: the runtime hands messages over under its channel

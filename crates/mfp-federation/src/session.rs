@@ -304,6 +304,21 @@ pub enum Event {
         /// The channel.
         channel: ChannelId,
     },
+    /// The peer asks to rotate its outbound chain of `channel` (this side's inbound one):
+    /// store the rotation, then answer with [`Session::accept_rotation`].
+    RotationRequested {
+        /// The channel.
+        channel: ChannelId,
+        /// pymfp's `RekeyRequest`: the peer's ephemeral public key and proposed step.
+        message: mfp_core::bilateral::RekeyMessage,
+    },
+    /// The peer accepted (and stored) the rotation this side asked for.
+    RotationAccepted {
+        /// The channel.
+        channel: ChannelId,
+        /// pymfp's `RekeyAccept`: the peer's ephemeral public key and accepted step.
+        message: mfp_core::bilateral::RekeyMessage,
+    },
     /// The session ended.
     Closed(CloseReason),
 }
@@ -337,6 +352,16 @@ impl fmt::Debug for Event {
                 f.debug_struct("ChannelRefused").field("channel", channel).field("reason", reason).finish()
             }
             Event::ChannelClosed { channel } => f.debug_struct("ChannelClosed").field("channel", channel).finish(),
+            Event::RotationRequested { channel, message } => f
+                .debug_struct("RotationRequested")
+                .field("channel", channel)
+                .field("step", &message.step)
+                .finish_non_exhaustive(),
+            Event::RotationAccepted { channel, message } => f
+                .debug_struct("RotationAccepted")
+                .field("channel", channel)
+                .field("step", &message.step)
+                .finish_non_exhaustive(),
             Event::Closed(r) => f.debug_tuple("Closed").field(r).finish(),
         }
     }
@@ -585,6 +610,22 @@ impl Session {
         }
     }
 
+    /// Asks the peer to accept a rotation of this side's outbound chain of `channel`
+    /// (pymfp's `RekeyRequest`, carried inside the Noise transport).
+    pub fn request_rotation(&mut self, channel: ChannelId, message: mfp_core::bilateral::RekeyMessage) {
+        if self.closed.is_none() {
+            self.queue.push_back(Control::RotateRequest { channel, message });
+        }
+    }
+
+    /// Answers a rotation request (pymfp's `RekeyAccept`): send it only once the rotation
+    /// is stored on this side.
+    pub fn accept_rotation(&mut self, channel: ChannelId, message: mfp_core::bilateral::RekeyMessage) {
+        if self.closed.is_none() {
+            self.queue.push_back(Control::RotateAccept { channel, message });
+        }
+    }
+
     /// Tells the peer that a channel is closed.
     pub fn close_channel(&mut self, channel: ChannelId) {
         if self.closed.is_none() {
@@ -684,6 +725,12 @@ impl Session {
             }
             Control::ChannelRefuse(channel, reason) => self.events.push_back(Event::ChannelRefused { channel, reason }),
             Control::ChannelClose(channel) => self.events.push_back(Event::ChannelClosed { channel }),
+            Control::RotateRequest { channel, message } => {
+                self.events.push_back(Event::RotationRequested { channel, message });
+            }
+            Control::RotateAccept { channel, message } => {
+                self.events.push_back(Event::RotationAccepted { channel, message });
+            }
             Control::Ping(n) => self.pong = Some(n),
             Control::Pong(_) => {}
             Control::Rekey(epoch) => {

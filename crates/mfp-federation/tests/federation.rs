@@ -243,3 +243,70 @@ async fn a_restarted_runtime_resumes_from_storage_with_nothing_lost_or_doubled()
     fed_a.shutdown().await;
     rt_a.shutdown_async().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_rotate_by_count_and_on_demand_while_messages_flow() {
+    let rt_a = runtime(&A, Some(MemoryStorage::new()));
+    let rt_b = runtime(&B, Some(MemoryStorage::new()));
+    let (h_alice, mut inbox_a) = recorder();
+    let alice = rt_a.bind_named("alice", h_alice).unwrap();
+    let (h_bob, mut inbox_b) = recorder();
+    let bob = rt_b.bind_named("bob", h_bob).unwrap();
+    let mut cfg_a = FederationConfig::new(net(8), vec![B.peer(None)]);
+    cfg_a.rotate_after_messages = 40;
+    let fed_a = Federation::start(&rt_a, A.key(), cfg_a).await.unwrap();
+    let mut cfg_b = FederationConfig::new(net(9), vec![A.peer(fed_a.local_addr())]);
+    cfg_b.rotate_after_messages = 40;
+    let fed_b = Federation::start(&rt_b, B.key(), cfg_b).await.unwrap();
+    fed_b.wait_up(&A.runtime_id()).await.unwrap();
+    let ch = fed_b.open_channel(bob.id(), A.runtime_id(), Target::Name("alice".into()), 4).await.unwrap();
+    let n = 400usize;
+    for round in 0..4 {
+        for i in 0..n / 4 {
+            let k = round * n / 4 + i;
+            bob.send_async(ch, format!("b{k}").as_bytes()).await.unwrap();
+            alice.send_async(ch, format!("a{k}").as_bytes()).await.unwrap();
+        }
+        // Acknowledgements trigger the count rotation: let them come.
+        all_acked(&rt_b, &A.runtime_id(), ch).await;
+        all_acked(&rt_a, &B.runtime_id(), ch).await;
+    }
+    let at_a = recv_n(&mut inbox_a, n).await;
+    let at_b = recv_n(&mut inbox_b, n).await;
+    for (i, (x, y)) in at_a.iter().zip(&at_b).enumerate() {
+        assert_eq!(x.payload, format!("b{i}").as_bytes());
+        assert_eq!(y.payload, format!("a{i}").as_bytes());
+    }
+    // And one on demand, once the peer has acknowledged a message under the last one.
+    // (An automatic one may just have happened: then one more message first.)
+    let mut extra = 0;
+    let before = loop {
+        alice.send_async(ch, b"before").await.unwrap();
+        extra += 1;
+        all_acked(&rt_a, &B.runtime_id(), ch).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let before = rt_a.metrics().remote_rotations.get();
+        match fed_a.rotate(&ch) {
+            Ok(()) => break before,
+            Err(FederationError::Invalid(_)) if extra < 10 => {}
+            Err(e) => panic!("rotate: {e}"),
+        }
+    };
+    // A second request while one is under way is refused.
+    assert!(matches!(fed_a.rotate(&ch), Err(FederationError::Invalid(_))));
+    for i in 0..20 {
+        alice.send_async(ch, format!("after{i}").as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let after = recv_n(&mut inbox_b, 20 + extra).await;
+    assert_eq!(after[19 + extra].payload, b"after19");
+    assert!(rt_a.metrics().remote_rotations.get() > before, "the operator's rotation happened");
+    // Each side rotated its outbound chain several times and saw the peer's rotations.
+    let (ra, rb) = (rt_a.metrics().remote_rotations.get(), rt_b.metrics().remote_rotations.get());
+    assert!(ra >= 4 && rb >= 4, "rotations: a {ra}, b {rb}");
+    assert_eq!(rt_a.metrics().remote_rejected.get() + rt_b.metrics().remote_rejected.get(), 0);
+    fed_a.shutdown().await;
+    fed_b.shutdown().await;
+    rt_a.shutdown_async().await;
+    rt_b.shutdown_async().await;
+}
