@@ -295,6 +295,9 @@ impl OutBuf {
     }
 
     fn push(&mut self, b: &[u8], now: Instant) {
+        if b.is_empty() {
+            return;
+        }
         if self.is_empty() {
             self.since = Some(now);
         }
@@ -344,11 +347,16 @@ pub(super) async fn run(shared: &Shared, slot: &PeerSlot, stream: TcpStream, ins
         let now = Instant::now();
         let mut failure: Option<String> = None;
         if !pending_input.is_empty() {
-            if let Err(e) = gate.feed(&pending_input) {
-                NetStats::inc(&shared.stats.frames_refused);
-                failure = Some(format!("link stream refused: {e}"));
+            match gate.feed(&pending_input) {
+                Err(e) => {
+                    NetStats::inc(&shared.stats.frames_refused);
+                    failure = Some(format!("link stream refused: {e}"));
+                }
+                // The read timeout runs from the first byte of the frame still incomplete.
+                Ok(_) if !gate.mid_frame() => frame_started = None,
+                Ok(true) => frame_started = Some(now),
+                Ok(false) => frame_started = frame_started.or(Some(now)),
             }
-            frame_started = if gate.mid_frame() { frame_started.or(Some(now)) } else { None };
         }
         let (closed, timer, notify) = {
             let mut st = slot.state.lock();
