@@ -379,6 +379,12 @@ pub(super) async fn run(shared: &Shared, slot: &PeerSlot, stream: TcpStream, ins
             if shutting_down {
                 session.close();
             }
+            // Timers are run here, not only when their sleep fires: a due keepalive that
+            // cannot be sent while the write buffer is full must not wake the task again
+            // and again.
+            if session.poll_timeout().is_some_and(|t| t <= now) {
+                session.handle_timeout(now);
+            }
             let mut exhausted = false;
             while out.pending().len() < MAX_PENDING_OUT {
                 match session.poll_transmit(now) {
@@ -447,12 +453,8 @@ pub(super) async fn run(shared: &Shared, slot: &PeerSlot, stream: TcpStream, ins
                 }
             },
             () = wake.notified() => {}
-            () = tokio::time::sleep_until(timer.into()), if !closed => {
-                let mut st = slot.state.lock();
-                if st.owner == conn && let Some(s) = st.session.as_mut() {
-                    s.handle_timeout(Instant::now());
-                }
-            }
+            // Runs the timers at the top of the loop.
+            () = tokio::time::sleep_until(timer.into()), if !closed && timer > now => {}
             () = tokio::time::sleep_until(read_deadline.into()), if frame_started.is_some() && !closed => {
                 NetStats::inc(&shared.stats.read_timeouts);
                 reason.get_or_insert_with(|| "a frame did not arrive whole within the read timeout".into());
