@@ -91,6 +91,43 @@ async fn a_session_closed_by_the_caller_is_redialled() {
     assert!(matches!(h.up().await, Err(NetError::ShutDown)));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_event_channel_makes_the_link_wait_and_loses_nothing() {
+    let mut c = cfg(1);
+    c.event_capacity = 1;
+    let (low, high) = two_ids();
+    let (ln, mut lrx) = start(&low, vec![high.peer(None)], c).await;
+    let (hn, mut hrx) = start(&high, vec![low.peer(Some(ln.local_addr().unwrap()))], cfg(2)).await;
+    wait_for(&mut hrx, "Up (dialer)", is_up).await;
+    let l = ln.peer(&high.runtime).unwrap();
+    tokio::time::timeout(BOUND, l.up()).await.unwrap().unwrap();
+    // The listener's channel holds its Up; nobody reads it. The dialer closes the
+    // session: the listener's task has the session's Closed and a Down to report and
+    // waits for room for each; the dialer's reconnection then waits behind them (its
+    // Up on the listener comes before message 2 is written).
+    let h = hn.peer(&low.runtime).unwrap();
+    h.with_session(|s| s.close()).unwrap();
+    wait_for(&mut hrx, "Down (dialer)", is_down).await;
+    let mut seen = Vec::new();
+    while seen.iter().filter(|e| is_up(e)).count() < 2 {
+        seen.push(tokio::time::timeout(BOUND, lrx.recv()).await.unwrap().unwrap());
+    }
+    let kinds: Vec<&str> = seen
+        .iter()
+        .map(|e| match e {
+            NetEvent::Up { .. } => "up",
+            NetEvent::Down { .. } => "down",
+            NetEvent::Session { event: Event::Closed(_), .. } => "closed",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["up", "closed", "down", "up"], "{seen:?}");
+    wait_for(&mut hrx, "Up again (dialer)", is_up).await;
+    assert_link_alive(&l, &h).await;
+    hn.shutdown().await;
+    ln.shutdown().await;
+}
+
 /// Accepts one connection on `listener` and forwards it to `target` once `go` fires.
 async fn held(listener: &TcpListener) -> TcpStream {
     tokio::time::timeout(BOUND, listener.accept()).await.unwrap().unwrap().0

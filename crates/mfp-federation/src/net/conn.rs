@@ -88,10 +88,15 @@ async fn install(
             for ev in events {
                 shared.emit(ev).await;
             }
-            if matches!(e, InstallError::Duplicate) {
-                NetStats::inc(&shared.stats.duplicate_links_refused);
-            } else {
-                NetStats::inc(&shared.stats.handshakes_failed);
+            match &e {
+                InstallError::Duplicate => NetStats::inc(&shared.stats.duplicate_links_refused),
+                InstallError::Session(why) => {
+                    // Not the peer's fault alone (lost state on one side): the operator
+                    // must know, the dialer will keep trying.
+                    tracing::warn!(peer = %slot.runtime.short(), reason = %why, "federation session refused");
+                    NetStats::inc(&shared.stats.handshakes_failed);
+                }
+                _ => NetStats::inc(&shared.stats.handshakes_failed),
             }
             Err(Failure::Install(e))
         }

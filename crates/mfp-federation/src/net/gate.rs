@@ -19,14 +19,18 @@ impl FrameGate {
         Self { max_body, header: [0; HEADER_LEN], have: 0, remaining: 0 }
     }
 
-    /// Follows `input` through the stream's frames. Fails on the first header that is not
-    /// a link frame header or that announces a body above the limit.
-    pub(super) fn feed(&mut self, mut input: &[u8]) -> Result<(), CodecError> {
+    /// Follows `input` through the stream's frames. Returns whether a frame boundary was
+    /// passed (or `input` began at one): then a frame still incomplete at the end of
+    /// `input` started within it. Fails on the first header that is not a link frame
+    /// header or that announces a body above the limit.
+    pub(super) fn feed(&mut self, mut input: &[u8]) -> Result<bool, CodecError> {
+        let mut boundary = !self.mid_frame();
         while !input.is_empty() {
             if self.remaining > 0 {
                 let k = self.remaining.min(input.len());
                 self.remaining -= k;
                 input = input.get(k..).unwrap_or_default();
+                boundary |= self.remaining == 0;
                 continue;
             }
             let Some((&b, rest)) = input.split_first() else { break };
@@ -51,8 +55,9 @@ impl FrameGate {
                 return Err(CodecError::TooLong { len, max: self.max_body });
             }
             self.remaining = len;
+            boundary |= len == 0;
         }
-        Ok(())
+        Ok(boundary)
     }
 
     /// Whether part of a frame has been seen and the rest not yet.
@@ -90,7 +95,27 @@ mod tests {
         assert_eq!(FrameGate::new(100).feed(b"MFP1"), Err(CodecError::Version(b'M')));
         assert_eq!(FrameGate::new(100).feed(&[1, 0, 0, 0]), Err(CodecError::Kind(0)));
         let mut g = FrameGate::new(100);
-        g.feed(&[1, 3, 0, 100]).unwrap();
+        assert!(g.feed(&[1, 3, 0, 100]).unwrap());
+        assert!(g.mid_frame());
+    }
+
+    #[test]
+    fn says_when_the_incomplete_frame_started() {
+        // Frames of 100 bytes read 60 bytes at a time: every read but the first and the
+        // last ends inside a frame; a boundary is passed in each read except the third.
+        let mut wire = Vec::new();
+        for _ in 0..4 {
+            codec::encode_into(FrameKind::Transport, &[0; 96], &mut wire).unwrap();
+        }
+        let mut g = FrameGate::new(100);
+        let crossed: Vec<bool> = wire.chunks(60).map(|c| g.feed(c).unwrap()).collect();
+        // Chunks end at 60, 120, 180, 240, 300, 360, 400; frames end at 100, 200, 300, 400.
+        assert_eq!(crossed, [true, true, false, true, true, true, true]);
+        assert!(!g.mid_frame());
+        // A read inside one long frame passes no boundary.
+        let mut g = FrameGate::new(1000);
+        assert!(g.feed(&[1, 3, 0x03, 0xe8, 0, 0]).unwrap());
+        assert!(!g.feed(&[0; 10]).unwrap());
         assert!(g.mid_frame());
     }
 }

@@ -295,6 +295,9 @@ impl OutBuf {
     }
 
     fn push(&mut self, b: &[u8], now: Instant) {
+        if b.is_empty() {
+            return;
+        }
         if self.is_empty() {
             self.since = Some(now);
         }
@@ -344,11 +347,16 @@ pub(super) async fn run(shared: &Shared, slot: &PeerSlot, stream: TcpStream, ins
         let now = Instant::now();
         let mut failure: Option<String> = None;
         if !pending_input.is_empty() {
-            if let Err(e) = gate.feed(&pending_input) {
-                NetStats::inc(&shared.stats.frames_refused);
-                failure = Some(format!("link stream refused: {e}"));
+            match gate.feed(&pending_input) {
+                Err(e) => {
+                    NetStats::inc(&shared.stats.frames_refused);
+                    failure = Some(format!("link stream refused: {e}"));
+                }
+                // The read timeout runs from the first byte of the frame still incomplete.
+                Ok(_) if !gate.mid_frame() => frame_started = None,
+                Ok(true) => frame_started = Some(now),
+                Ok(false) => frame_started = frame_started.or(Some(now)),
             }
-            frame_started = if gate.mid_frame() { frame_started.or(Some(now)) } else { None };
         }
         let (closed, timer, notify) = {
             let mut st = slot.state.lock();
@@ -370,6 +378,12 @@ pub(super) async fn run(shared: &Shared, slot: &PeerSlot, stream: TcpStream, ins
             pending_input.clear();
             if shutting_down {
                 session.close();
+            }
+            // Timers are run here, not only when their sleep fires: a due keepalive that
+            // cannot be sent while the write buffer is full must not wake the task again
+            // and again.
+            if session.poll_timeout().is_some_and(|t| t <= now) {
+                session.handle_timeout(now);
             }
             let mut exhausted = false;
             while out.pending().len() < MAX_PENDING_OUT {
@@ -439,12 +453,8 @@ pub(super) async fn run(shared: &Shared, slot: &PeerSlot, stream: TcpStream, ins
                 }
             },
             () = wake.notified() => {}
-            () = tokio::time::sleep_until(timer.into()), if !closed => {
-                let mut st = slot.state.lock();
-                if st.owner == conn && let Some(s) = st.session.as_mut() {
-                    s.handle_timeout(Instant::now());
-                }
-            }
+            // Runs the timers at the top of the loop.
+            () = tokio::time::sleep_until(timer.into()), if !closed && timer > now => {}
             () = tokio::time::sleep_until(read_deadline.into()), if frame_started.is_some() && !closed => {
                 NetStats::inc(&shared.stats.read_timeouts);
                 reason.get_or_insert_with(|| "a frame did not arrive whole within the read timeout".into());

@@ -470,8 +470,9 @@ impl PeerHandle {
 
     /// Runs `f` on the session, under the lock the link's I/O task shares, then wakes
     /// the task to send what the session has to send. Fails with
-    /// [`NetError::NotConnected`] when no session is up. Keep `f` short: the I/O task
-    /// waits for it.
+    /// [`NetError::NotConnected`] when no session is up. Keep `f` short (the I/O task
+    /// waits for it), and do not call this handle from inside it (the lock is not
+    /// reentrant).
     pub fn with_session<R>(&self, f: impl FnOnce(&mut Session) -> R) -> Result<R, NetError> {
         self.slot.with_session(f).ok_or_else(|| NetError::NotConnected(self.slot.runtime.short()))
     }
