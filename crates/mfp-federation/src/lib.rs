@@ -13,13 +13,16 @@
 //! - [`control`]: the control messages carried inside the Noise transport;
 //! - [`session`]: the session state machine (data on per-direction bilateral chains,
 //!   acknowledgements, channels, keepalive, rekeying) and the per-peer [`session::LinkState`]
-//!   that outlives sessions (outbound log, positions, channels).
+//!   that outlives sessions (outbound log, positions, channels);
+//! - [`compat`]: pymfp 1.0.0 compat peers (unauthenticated, one shared chain, raw `MFP1`
+//!   envelopes on plain TCP), only ever chosen by explicit configuration.
 //!
 //! See `docs/federation.md` for the threat model, the wire format and what is not built yet.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::indexing_slicing))]
 
 pub mod codec;
+pub mod compat;
 pub mod control;
 #[doc(hidden)]
 pub mod fuzzing;
