@@ -741,7 +741,9 @@ mod tests {
         let mut doc = reference();
         doc["runtime_trace_cross"]["messages"][2]["post_state_both_sides"]["step"] = serde_json::json!(4);
         let only = serde_json::json!({ "runtime_trace_cross": doc["runtime_trace_cross"].clone() });
-        assert_eq!(run_value(&only).unwrap().failed, 2);
+        // Both compat links and both runtimes' chains; the recorded state feeds the
+        // runtimes' TCP check, whose bytes then differ from the runtime's.
+        assert!(run_value(&only).unwrap().failed >= 4);
     }
 
     #[test]
