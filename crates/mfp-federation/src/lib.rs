@@ -15,7 +15,9 @@
 //!   acknowledgements, channels, keepalive, rekeying) and the per-peer [`session::LinkState`]
 //!   that outlives sessions (outbound log, positions, channels);
 //! - [`compat`]: pymfp 1.0.0 compat peers (unauthenticated, one shared chain, raw `MFP1`
-//!   envelopes on plain TCP), only ever chosen by explicit configuration.
+//!   envelopes on plain TCP), only ever chosen by explicit configuration; with the
+//!   `compat-net` feature, `compat_net` is their tokio transport for an mfp-runtime
+//!   `Runtime`.
 //!
 //! See `docs/federation.md` for the threat model, the wire format and what is not built yet.
 #![forbid(unsafe_code)]
@@ -23,6 +25,8 @@
 
 pub mod codec;
 pub mod compat;
+#[cfg(feature = "compat-net")]
+pub mod compat_net;
 pub mod control;
 #[doc(hidden)]
 pub mod fuzzing;

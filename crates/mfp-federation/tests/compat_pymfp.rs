@@ -15,140 +15,17 @@
 //! Every wait is bounded (`LIMIT`); the child is killed when a test ends.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+mod compat_common;
 
+use compat_common::*;
 use mfp_core::envelope::EnvelopeLimits;
-use mfp_core::{AgentId, ChannelId, RuntimeId};
+use mfp_core::{AgentId, ChannelId};
 use mfp_federation::compat::{
     Bootstrap, CompatChannel, CompatLink, CompatPeer, Delivery, EnvelopeStream, parse_public_key,
 };
 use mfp_federation::identity::IdentityKey;
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, ChildStdout};
-
-/// Bound on every wait (Python start-up with pymfp's imports included).
-const LIMIT: Duration = Duration::from_secs(90);
-
-const RUST_RUNTIME: &str = "mfp-interop/rust-node";
-const PYMFP_RUNTIME: &str = "mfp-interop/pymfp-node";
-const CHANNEL: [u8; 16] = *b"interop-channel!";
-const DEPTH: usize = 4;
-const RUST_AGENT: [u8; 32] = [0x5a; 32];
-
-// ---- pymfp in a venv (the same steps as mfp-storage's pymfp import test) ---------------
-
-fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target")
-}
-
-fn pymfp_ok(python: &Path) -> bool {
-    Command::new(python)
-        .args(["-c", "import mfp, sys; sys.exit(0 if mfp.__version__ == '1.0.0' else 1)"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// `target/pymfp-venv-compat/bin/python`, creating the venv and installing pymfp 1.0.0 from
-/// PyPI if needed. Tests run in parallel processes: each builds in its own temporary
-/// directory and renames it into place; the first rename wins, the others use it.
-fn pymfp_python() -> PathBuf {
-    let venv = target_dir().join("pymfp-venv-compat");
-    let python = venv.join("bin/python");
-    if pymfp_ok(&python) {
-        return python;
-    }
-    let tmp = target_dir().join(format!("pymfp-venv-compat.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let status = Command::new("python3").args(["-m", "venv"]).arg(&tmp).status().expect("python3 is needed");
-    assert!(status.success(), "python3 -m venv failed");
-    let status = Command::new(tmp.join("bin/python"))
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "pymfp==1.0.0"])
-        .status()
-        .expect("pip");
-    assert!(status.success(), "pip install pymfp==1.0.0 failed");
-    if std::fs::rename(&tmp, &venv).is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    assert!(pymfp_ok(&python), "pymfp 1.0.0 not importable after installation");
-    python
-}
-
-// ---- the two sides ----------------------------------------------------------------------
-
-fn rust_id() -> RuntimeId {
-    let (d, i) = RUST_RUNTIME.split_once('/').unwrap();
-    RuntimeId::derive(d.as_bytes(), i.as_bytes())
-}
-
-/// The Python side's fixed X25519 key for the ceremonial scenario (hex), and ours.
-const PY_PRIVATE: &str = "a8abababababababababababababababababababababababababababababab6b";
-const RUST_PRIVATE: [u8; 32] = [0x42; 32];
-
-fn python_public() -> String {
-    let out = Command::new(pymfp_python())
-        .args([
-            "-c",
-            "import sys\nfrom cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey\n\
-             from cryptography.hazmat.primitives import serialization as s\n\
-             k = X25519PrivateKey.from_private_bytes(bytes.fromhex(sys.argv[1]))\n\
-             print(k.public_key().public_bytes(s.Encoding.Raw, s.PublicFormat.Raw).hex())",
-            PY_PRIVATE,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-struct PyPeer {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    agent: AgentId,
-    port: Option<u16>,
-}
-
-impl PyPeer {
-    async fn start(ceremonial: Option<(&str, &str)>, mode: &[&str]) -> Self {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pymfp/compat_peer.py");
-        let mut cmd = tokio::process::Command::new(pymfp_python());
-        cmd.arg(script)
-            .args(["--me", PYMFP_RUNTIME, "--peer", RUST_RUNTIME, "--channel", &hex::encode(CHANNEL)])
-            .args(["--depth", &DEPTH.to_string(), "--remote-agent", &hex::encode(RUST_AGENT)]);
-        if let Some((private, public)) = ceremonial {
-            cmd.args(["--ceremonial", private, public]);
-        }
-        cmd.args(mode).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
-        let mut child = cmd.spawn().expect("start compat_peer.py");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = next_json(&mut lines).await;
-        assert_eq!(ready["event"], "ready", "{ready}");
-        let agent = AgentId::from_slice(&hex::decode(ready["agent"].as_str().unwrap()).unwrap()).unwrap();
-        let port = ready["port"].as_u64().map(|p| u16::try_from(p).unwrap());
-        Self { child, lines, agent, port }
-    }
-
-    async fn done(mut self) -> Value {
-        let done = next_json(&mut self.lines).await;
-        assert_eq!(done["event"], "done", "{done}");
-        let status =
-            tokio::time::timeout(LIMIT, self.child.wait()).await.expect("compat_peer.py did not exit").unwrap();
-        assert!(status.success(), "compat_peer.py failed: {status}");
-        done
-    }
-}
-
-async fn next_json(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
-    let line = tokio::time::timeout(LIMIT, lines.next_line())
-        .await
-        .expect("compat_peer.py printed nothing in time")
-        .unwrap()
-        .expect("compat_peer.py ended without its line (see its stderr above)");
-    serde_json::from_str(&line).unwrap()
-}
 
 /// Our side: the link with the pymfp peer whose agent is `py_agent`.
 fn link(py_agent: AgentId, bootstrap: Bootstrap) -> CompatLink {
@@ -198,12 +75,6 @@ impl Reader {
 
 async fn accept(listener: &TcpListener) -> TcpStream {
     tokio::time::timeout(LIMIT, listener.accept()).await.expect("pymfp never connected").unwrap().0
-}
-
-fn payload(i: usize) -> Vec<u8> {
-    let mut p = format!("message {i} ").into_bytes();
-    p.extend((0..i % 97).map(|j| ((i * 7 + j) % 256) as u8));
-    p
 }
 
 fn check_delivery(d: &Delivery, py_agent: AgentId, want: &[u8]) {

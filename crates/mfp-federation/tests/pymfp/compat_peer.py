@@ -10,6 +10,9 @@ Usage:
                  [--ceremonial MY_X25519_PRIVATE_HEX PEER_X25519_PUBLIC_HEX]
                  MODE [--connect PORT] [--count N] [--rounds R]
 
+Without --connect, the modes that connect read the port from a line `go PORT` on stdin
+(so the mfp side can start its listener after it learnt pymfp's agent id).
+
 Modes:
   send      connect to the mfp listener, send N messages, close
   receive   listen (pymfp's start_federation), receive N messages
@@ -97,7 +100,12 @@ class Peer:
         await self.rt.start_federation(TransportConfig(host="127.0.0.1", port=0))
         return self.rt._transport_server._server.sockets[0].getsockname()[1]
 
-    async def connect(self, port: int) -> None:
+    async def connect(self, port: int | None) -> None:
+        if port is None:
+            line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+            word, _, value = line.strip().partition(" ")
+            assert word == "go", f"expected `go PORT` on stdin, got {line!r}"
+            port = int(value)
         _, self.writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), TIMEOUT)
 
     async def write(self, wire: bytes) -> None:
