@@ -266,6 +266,9 @@ struct PeerOut {
 struct Shared {
     peers: Vec<Arc<PeerOut>>,
     stats: Arc<CompatStats>,
+    /// Bumped after every counted event (an inbound message's outcome, a stream error, a
+    /// message written or lost).
+    counted: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -385,7 +388,7 @@ impl CompatNetwork {
             }));
             receivers.push(rx);
         }
-        let shared = Arc::new(Shared { peers: outs, stats: Arc::clone(&stats) });
+        let shared = Arc::new(Shared { peers: outs, stats: Arc::clone(&stats), counted: watch::channel(0).0 });
         runtime.attach_transport(Arc::new(CompatTransport(Arc::clone(&shared))))?;
         let handle = runtime.remote_handle();
         for (p, chain) in peers.iter().zip(&chains) {
@@ -416,6 +419,7 @@ impl CompatNetwork {
             tasks.spawn(outbound(
                 p.endpoint().to_string(),
                 Arc::clone(out),
+                shared.counted.clone(),
                 rx,
                 config.clone(),
                 Arc::clone(&stats),
@@ -438,6 +442,16 @@ impl CompatNetwork {
     #[must_use]
     pub fn stats(&self) -> CompatStatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// Waits until the counters satisfy `pred` (checked again after every counted event).
+    pub async fn wait_stats(&self, pred: impl Fn(&CompatStatsSnapshot) -> bool) {
+        let mut rx = self.shared.counted.subscribe();
+        while !pred(&self.stats.snapshot()) {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Whether the outbound connection to `peer` is up (a send may be sealed now).
@@ -473,6 +487,7 @@ impl CompatNetwork {
 async fn outbound(
     endpoint: String,
     peer: Arc<PeerOut>,
+    counted: watch::Sender<u64>,
     mut rx: mpsc::Receiver<OutboundMessage>,
     cfg: CompatNetConfig,
     stats: Arc<CompatStats>,
@@ -511,10 +526,12 @@ async fn outbound(
                     let written = tokio::time::timeout(cfg.write_timeout, sock.write_all(&msg.wire)).await;
                     if matches!(written, Ok(Ok(()))) {
                         CompatStats::inc(&stats.sent);
+                        counted.send_modify(|v| *v = v.wrapping_add(1));
                         peer.changed.send_modify(|v| *v = v.wrapping_add(1));
                         idle.as_mut().reset(tokio::time::Instant::now() + cfg.idle_renew);
                     } else {
                         CompatStats::inc(&stats.lost);
+                        counted.send_modify(|v| *v = v.wrapping_add(1));
                         tracing::error!(target: "mfp::federation::compat", peer = %peer.name,
                             channel = %msg.channel.short(), step = msg.step,
                             "a sealed message to a pymfp peer could not be written: the shared chains have diverged \
@@ -588,37 +605,49 @@ async fn inbound(
             },
             _ = stop.changed() => return,
         };
-        let messages = match stream.decode_all(buf.get(..n).unwrap_or_default()) {
-            Ok(m) => m,
-            Err(e) => {
-                CompatStats::inc(&stats.stream_errors);
-                tracing::warn!(target: "mfp::federation::compat", error = %e, "closing a pymfp compat connection");
-                return;
-            }
-        };
-        for wire in messages {
-            let header = EnvelopeHeader::parse(&wire).ok();
-            let Some(peer) = header.and_then(|h| shared.by_sender_field(&h.sender_runtime)) else {
-                CompatStats::inc(&stats.unknown_sender);
-                continue;
-            };
-            match handle.ingest_async(&peer.runtime, &wire).await {
-                Ok(Ingested::Delivered { .. }) => CompatStats::inc(&stats.delivered),
-                Ok(Ingested::Duplicate { .. }) => CompatStats::inc(&stats.duplicates),
-                Ok(_) => CompatStats::inc(&stats.delivered),
-                Err(mfp_runtime::Error::ShutDown) => return,
+        // Messages before a bad header are still handed over, in order.
+        let mut input = buf.get(..n).unwrap_or_default();
+        loop {
+            match stream.decode(&mut input) {
+                Ok(Some(wire)) => {
+                    ingest_one(shared, handle, &wire).await;
+                    shared.counted.send_modify(|v| *v = v.wrapping_add(1));
+                }
+                Ok(None) => break,
                 Err(e) => {
-                    let counter = match e {
-                        mfp_runtime::Error::FrameValidation => &stats.refused_frame,
-                        mfp_runtime::Error::Decode => &stats.refused_decode,
-                        mfp_runtime::Error::StepMismatch { .. } => &stats.refused_step,
-                        _ => &stats.refused_other,
-                    };
-                    CompatStats::inc(counter);
-                    tracing::warn!(target: "mfp::federation::compat", peer = %peer.name, error = %e,
-                        "message from a pymfp peer refused");
+                    CompatStats::inc(&stats.stream_errors);
+                    shared.counted.send_modify(|v| *v = v.wrapping_add(1));
+                    tracing::warn!(target: "mfp::federation::compat", error = %e,
+                        "closing a pymfp compat connection");
+                    return;
                 }
             }
+        }
+    }
+}
+
+/// Hands one wire message to the runtime and counts the outcome.
+async fn ingest_one(shared: &Shared, handle: &RemoteHandle, wire: &[u8]) {
+    let stats = &shared.stats;
+    let header = EnvelopeHeader::parse(wire).ok();
+    let Some(peer) = header.and_then(|h| shared.by_sender_field(&h.sender_runtime)) else {
+        CompatStats::inc(&stats.unknown_sender);
+        return;
+    };
+    match handle.ingest_async(&peer.runtime, wire).await {
+        Ok(Ingested::Duplicate { .. }) => CompatStats::inc(&stats.duplicates),
+        Ok(_) => CompatStats::inc(&stats.delivered),
+        Err(mfp_runtime::Error::ShutDown) => {}
+        Err(e) => {
+            let counter = match e {
+                mfp_runtime::Error::FrameValidation => &stats.refused_frame,
+                mfp_runtime::Error::Decode => &stats.refused_decode,
+                mfp_runtime::Error::StepMismatch { .. } => &stats.refused_step,
+                _ => &stats.refused_other,
+            };
+            CompatStats::inc(counter);
+            tracing::warn!(target: "mfp::federation::compat", peer = %peer.name, error = %e,
+                "message from a pymfp peer refused");
         }
     }
 }
