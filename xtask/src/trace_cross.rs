@@ -4,11 +4,11 @@
 //!
 //! Replayed through the pymfp compat layer of `mfp-federation`: each side's chain comes
 //! from [`shared_chain`](mfp_federation::compat::shared_chain) (via
-//! [`CompatLink`](mfp_federation::compat::CompatLink)), the sender's wire bytes must equal
+//! [`CompatLink`]), the sender's wire bytes must equal
 //! pymfp's byte for byte, the receiver must accept pymfp's recorded bytes and deliver the
 //! payload from the right agent, and both sides must end every message in pymfp's state.
 //! The TCP check decodes the two concatenated messages with an
-//! [`EnvelopeStream`](mfp_federation::compat::EnvelopeStream).
+//! [`EnvelopeStream`].
 //!
 //! Then the same session runs through two real [`Runtime`]s joined by an in-process
 //! transport in compat mode (one [`SharedChain`] per runtime as both the tx and the rx
