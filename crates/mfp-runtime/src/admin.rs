@@ -503,6 +503,7 @@ impl Inner {
                 tx: tx.clone(),
                 rx: rx.clone(),
                 validation_failures: 0,
+                rx_rotation: None,
             })];
             if rec.state() == AgentState::Bound {
                 ops.push(StorageOp::PutAgent(Self::agent_row(&rec, AgentState::Active, "")));

@@ -349,6 +349,7 @@ impl Inner {
                 Chains::Split { tx: row.tx, rx: row.rx },
                 acked,
             );
+            *link.rx_rotation.lock() = row.rx_rotation;
             link.log.lock().entries.extend(log.into_iter().map(|o| OutboundMessage {
                 peer: o.peer,
                 channel: o.channel,

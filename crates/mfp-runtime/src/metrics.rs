@@ -121,6 +121,8 @@ pub struct Metrics {
     /// Messages from peer runtimes refused (malformed, wrong peer, wrong step, failed
     /// validation or decoding).
     pub remote_rejected: Counter,
+    /// Rotations of cross-runtime chains (outbound applied, inbound seen in a message).
+    pub remote_rotations: Counter,
     /// Send latency, ACCEPT to queued (`mfp_pipeline_duration_seconds`).
     pub send_latency: Histogram,
     /// Handler run time.
@@ -148,6 +150,7 @@ impl Default for Metrics {
             remote_received: Counter::default(),
             remote_duplicates: Counter::default(),
             remote_rejected: Counter::default(),
+            remote_rotations: Counter::default(),
             send_latency: Histogram::new(&LATENCY_BUCKETS),
             handler_duration: Histogram::new(&LATENCY_BUCKETS),
             message_size: Histogram::new(&SIZE_BUCKETS),

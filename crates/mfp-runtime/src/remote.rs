@@ -253,6 +253,9 @@ pub(crate) struct RemoteLink {
     pub(crate) log: Mutex<OutboundLog>,
     /// One inbound message at a time per channel, across its commit wait.
     pub(crate) ingest_turn: tokio::sync::Mutex<()>,
+    /// An accepted rotation of the inbound chain not seen in a message yet (its X25519
+    /// secret). Read and written under `ingest_turn`.
+    pub(crate) rx_rotation: Mutex<Option<mfp_core::State>>,
 }
 
 /// The in-memory outbound log of one channel.
@@ -279,6 +282,7 @@ impl RemoteLink {
             rx,
             log: Mutex::new(OutboundLog { entries: VecDeque::new(), acked }),
             ingest_turn: tokio::sync::Mutex::new(()),
+            rx_rotation: Mutex::new(None),
         }
     }
 }
@@ -295,6 +299,7 @@ impl RemoteLink {
             }
         }
         self.log.lock().entries.clear();
+        *self.rx_rotation.lock() = None;
     }
 }
 
@@ -401,6 +406,40 @@ impl RemoteHandle {
     pub fn closed_by_peer(&self, channel: &ChannelId) -> Result<()> {
         let inner = self.runtime()?;
         inner.blocking("RemoteHandle::closed_by_peer", |w| inner.close_remote_by_peer(channel, w))
+    }
+
+    /// Suspends a channel whose positions cannot be reconciled with the peer's (a gap
+    /// beyond the outbound log, lost acknowledged messages): it is quarantined, with an
+    /// audit event and the channel-quarantine metric; `Runtime::restore_channel` resumes it.
+    pub async fn suspend_async(&self, channel: &ChannelId, reason: &str) -> Result<()> {
+        let inner = self.runtime()?;
+        inner.quarantine_channel(channel, reason, crate::admin::Wait::Yes).await
+    }
+
+    /// Accepts a rotation of `channel`'s inbound chain that the peer asked for (pymfp's
+    /// derivation, PROTOCOL §4.11: `secret` is the X25519 secret of the two ephemeral keys).
+    /// It is written to storage before this returns, so the answer to the peer may go out
+    /// only after: the peer then rotates its outbound chain at a step of its choosing, and
+    /// the first inbound message that opens under the rotated chain makes it this side's
+    /// chain (messages sealed before the peer rotated still open under the old one).
+    pub async fn accept_rotation_async(&self, channel: &ChannelId, secret: mfp_core::State) -> Result<()> {
+        let inner = self.runtime()?;
+        inner.accept_rotation(channel, secret, crate::admin::Wait::Yes).await
+    }
+
+    /// Blocking [`RemoteHandle::accept_rotation_async`].
+    pub fn accept_rotation(&self, channel: &ChannelId, secret: mfp_core::State) -> Result<()> {
+        let inner = self.runtime()?;
+        inner.blocking("RemoteHandle::accept_rotation", |w| inner.accept_rotation(channel, secret, w))
+    }
+
+    /// Rotates `channel`'s outbound chain now (the peer accepted the rotation with
+    /// [`RemoteHandle::accept_rotation_async`] on its side): the next message is sealed under
+    /// `chain.rotate(secret)`. Returns the step the rotated chain starts at. Waits for the
+    /// commit while holding the channel's lock (as a send does): call it from a thread that
+    /// may block (`tokio::task::spawn_blocking` from async code).
+    pub fn rotate_outbound(&self, channel: &ChannelId, secret: &mfp_core::State) -> Result<u64> {
+        self.runtime()?.rotate_outbound(channel, secret)
     }
 
     /// Resolves a local agent by name (for a peer's channel request naming one).

@@ -255,12 +255,20 @@ impl Inner {
         let plain_len = (header.payload_len as usize).saturating_sub(TAG_SIZE);
         let deadline = Instant::now() + self.config.pipeline_timeout;
         let (bytes, permit) = self.reserve_mailbox(&recipient, plain_len, deadline, wait).await.map_err(reject)?;
-        // VALIDATE → DECODE, at the chain's own step.
+        // VALIDATE → DECODE, at the chain's own step; with an accepted rotation pending,
+        // under the rotated chain first (the peer rotates at a step of its choosing).
+        let pending = link.rx_rotation.lock().clone();
         let opened = {
             let rx = link.rx.lock();
-            rx.open_inbound(&header, body).map(|(payload, next)| (payload, next, rx.step))
+            let rotated = pending.as_ref().and_then(|secret| {
+                rx.rotate(secret, &self.identity, peer).open_inbound(&header, body).ok().map(|(p, n)| (p, n, rx.step))
+            });
+            match rotated {
+                Some(v) => Ok((v, true)),
+                None => rx.open_inbound(&header, body).map(|(payload, next)| ((payload, next, rx.step), false)),
+            }
         };
-        let (payload, next, step) = match opened {
+        let ((payload, next, step), rotated) = match opened {
             Ok(v) => v,
             Err(e) => return Err(self.inbound_failure(&channel, e.into())),
         };
@@ -276,6 +284,9 @@ impl Inner {
             let mut ops = Vec::with_capacity(2 + acks.len());
             ops.extend(acks.iter().map(|&(channel, step)| StorageOp::AckDelivery { channel, step }));
             ops.push(StorageOp::AdvanceRemoteRx { id: channel.id, rx: next.clone() });
+            if rotated {
+                ops.push(StorageOp::RemoteRotation { id: channel.id, secret: None });
+            }
             ops.push(StorageOp::PutDelivery(DeliveryRow {
                 channel: channel.id,
                 step,
@@ -296,6 +307,15 @@ impl Inner {
             }
         }
         *link.rx.lock() = next;
+        if rotated {
+            *link.rx_rotation.lock() = None;
+            m.remote_rotations.inc();
+            let mut ev = AuditEvent::new(AuditEventType::KeyRotation);
+            ev.channel = Some(channel.id);
+            ev.step = Some(step);
+            ev.reason = Some("inbound chain rotated".to_string());
+            self.event(ev);
+        }
         channel.inner.lock().validation_failures = 0;
         let held = bytes.num_permits();
         bytes.forget();
@@ -412,6 +432,63 @@ impl Inner {
             }
         };
         Ok((bytes, permit))
+    }
+
+    // ---- rotation of the chains (PROTOCOL §4.11) ---------------------------------------
+
+    /// Stores an accepted rotation of the inbound chain, then keeps it pending.
+    pub(crate) async fn accept_rotation(&self, channel: &ChannelId, secret: mfp_core::State, wait: Wait) -> Result<()> {
+        let ch = self.channel(channel)?;
+        let link = ch.remote().ok_or(Error::WrongPeer { channel: *channel, from: "a peer runtime".into() })?;
+        if link.rx.is_shared() {
+            return Err(Self::no_rotation(channel));
+        }
+        let _turn = match wait {
+            Wait::Yes => link.ingest_turn.lock().await,
+            Wait::No(operation) => link.ingest_turn.try_lock().map_err(|_| Error::WouldBlock { operation })?,
+        };
+        if self.persisting() {
+            let ops = vec![StorageOp::RemoteRotation { id: *channel, secret: Some(secret.clone()) }];
+            self.settle_async(self.submit(ops)).await?;
+        }
+        *link.rx_rotation.lock() = Some(secret);
+        Ok(())
+    }
+
+    fn no_rotation(channel: &ChannelId) -> Error {
+        Error::Config(crate::error::ConfigError {
+            field: "rotation",
+            reason: format!("channel {} shares pymfp's chain, which does not rotate on the wire", channel.short()),
+        })
+    }
+
+    /// Rotates the outbound chain at its current step (under the channel's lock, as a send).
+    pub(crate) fn rotate_outbound(&self, channel: &ChannelId, secret: &mfp_core::State) -> Result<u64> {
+        let ch = self.channel(channel)?;
+        let link = ch.remote().ok_or(Error::WrongPeer { channel: *channel, from: "a peer runtime".into() })?;
+        if link.tx.is_shared() {
+            return Err(Self::no_rotation(channel));
+        }
+        let status = ch.inner.lock();
+        if status.status == ChannelStatus::Closed {
+            return Err(Error::ChannelClosed(*channel));
+        }
+        let mut tx = link.tx.lock();
+        let rotated = tx.rotate(secret, &self.identity, &link.end.peer);
+        let step = rotated.step;
+        if self.persisting() {
+            self.settle(self.submit(vec![StorageOp::AdvanceRemoteTx { id: *channel, tx: rotated.clone() }]))?;
+        }
+        *tx = rotated;
+        drop(tx);
+        drop(status);
+        self.shared.metrics.remote_rotations.inc();
+        let mut ev = AuditEvent::new(AuditEventType::KeyRotation);
+        ev.channel = Some(*channel);
+        ev.step = Some(step);
+        ev.reason = Some("outbound chain rotated".to_string());
+        self.event(ev);
+        Ok(step)
     }
 
     // ---- the outbound log -----------------------------------------------------------

@@ -170,6 +170,11 @@ pub struct RemoteChannelRow {
     pub rx: BilateralState,
     /// Consecutive inbound validation failures.
     pub validation_failures: u32,
+    /// A rotation of the inbound chain that the peer asked for and this runtime accepted,
+    /// not yet seen in a message: the X25519 secret of the two ephemeral keys (the backend
+    /// encrypts it at rest). The first inbound message sealed under the rotated chain
+    /// makes it the chain and clears this.
+    pub rx_rotation: Option<State>,
 }
 
 impl core::fmt::Debug for RemoteChannelRow {
@@ -183,6 +188,7 @@ impl core::fmt::Debug for RemoteChannelRow {
             .field("status", &self.status)
             .field("tx_step", &self.tx.step)
             .field("rx_step", &self.rx.step)
+            .field("rx_rotation_pending", &self.rx_rotation.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -284,6 +290,14 @@ pub enum StorageOp {
         id: ChannelId,
         /// The chain after the message.
         rx: BilateralState,
+    },
+    /// The pending rotation of a cross-runtime channel's inbound chain is set (accepted)
+    /// or cleared (seen in a message, or abandoned).
+    RemoteRotation {
+        /// Channel.
+        id: ChannelId,
+        /// The X25519 secret of the rotation, or `None` to clear it.
+        secret: Option<State>,
     },
     /// A sealed message enters the outbound log.
     PutOutbound(OutboundRow),
@@ -499,6 +513,7 @@ impl Storage for MemoryStorage {
                         c.status = ChannelStatus::Closed;
                         c.tx = wiped();
                         c.rx = wiped();
+                        c.rx_rotation = None;
                     }
                     s.outbound.retain(|(ch, _), _| *ch != id);
                 }
@@ -514,6 +529,11 @@ impl Storage for MemoryStorage {
                     if let Some(c) = s.remote.get_mut(&id) {
                         c.rx = rx;
                         c.validation_failures = 0;
+                    }
+                }
+                StorageOp::RemoteRotation { id, secret } => {
+                    if let Some(c) = s.remote.get_mut(&id) {
+                        c.rx_rotation = secret;
                     }
                 }
                 StorageOp::PutOutbound(o) => {

@@ -500,3 +500,71 @@ async fn async_ingest_and_send_on_a_tokio_runtime() {
     assert!(matches!(a.agent.send_and_wait_async(ch, b"x").await.unwrap_err(), Error::Config(_)));
     assert!(a.wire.take().is_empty());
 }
+
+#[test]
+fn the_chains_rotate_at_a_step_the_sender_chooses_and_the_receiver_follows() {
+    let store_b = MemoryStorage::new();
+    let a = side(b"a", None);
+    let b = side(b"b", Some(store_b.clone()));
+    let ch = join(&a, &b, 4);
+    let secret = State::from_bytes([0x5a; 32]);
+    let from_a = a.rt.identity();
+    // B accepts the rotation A asked for: it is stored before the answer would go out.
+    b.rt.remote_handle().accept_rotation(&ch, secret.clone()).unwrap();
+    assert_eq!(store_b.load().unwrap().unwrap().remote_channels[0].rx_rotation, Some(secret.clone()));
+    // Messages A sealed before it rotated still open under the old chain.
+    a.agent.send(ch, b"old chain").unwrap();
+    let old = a.wire.take().remove(0);
+    assert_eq!(b.rt.remote_handle().ingest(&from_a, &old.wire).unwrap(), Ingested::Delivered { channel: ch, step: 0 });
+    assert_eq!(b.rt.metrics().remote_rotations.get(), 0);
+    // A rotates at step 1; the next message opens only under the rotated chain.
+    assert_eq!(a.rt.remote_handle().rotate_outbound(&ch, &secret).unwrap(), 1);
+    a.agent.send(ch, b"new chain").unwrap();
+    let new = a.wire.take().remove(0);
+    assert_eq!(b.rt.remote_handle().ingest(&from_a, &new.wire).unwrap(), Ingested::Delivered { channel: ch, step: 1 });
+    assert_eq!(b.rt.metrics().remote_rotations.get(), 1);
+    assert_eq!(store_b.load().unwrap().unwrap().remote_channels[0].rx_rotation, None, "seen, no longer pending");
+    let got = b.inbox.wait_for(2);
+    assert_eq!(got[1].payload, b"new chain");
+    // The rotated chain is a different chain: the same bytes under the old one would not
+    // have opened, and replays stay duplicates.
+    assert!(matches!(b.rt.remote_handle().ingest(&from_a, &new.wire).unwrap(), Ingested::Duplicate { .. }));
+    a.agent.send(ch, b"after").unwrap();
+    let after = a.wire.take().remove(0);
+    assert!(matches!(b.rt.remote_handle().ingest(&from_a, &after.wire).unwrap(), Ingested::Delivered { step: 2, .. }));
+}
+
+#[test]
+fn a_rotation_under_another_secret_fails_validation() {
+    let a = side(b"a", None);
+    let b = side(b"b", None);
+    let ch = join(&a, &b, 4);
+    b.rt.remote_handle().accept_rotation(&ch, State::from_bytes([1; 32])).unwrap();
+    a.rt.remote_handle().rotate_outbound(&ch, &State::from_bytes([2; 32])).unwrap();
+    a.agent.send(ch, b"x").unwrap();
+    let m = a.wire.take().remove(0);
+    assert_eq!(b.rt.remote_handle().ingest(&a.rt.identity(), &m.wire).unwrap_err(), Error::FrameValidation);
+}
+
+#[test]
+fn an_accepted_rotation_survives_a_restart_of_the_receiver() {
+    let store_b = MemoryStorage::new();
+    let a = side(b"a", None);
+    let ch;
+    let secret = State::from_bytes([0x33; 32]);
+    {
+        let b = side(b"b", Some(store_b.clone()));
+        ch = join(&a, &b, 4);
+        b.rt.remote_handle().accept_rotation(&ch, secret.clone()).unwrap();
+        b.rt.shutdown();
+    }
+    let rt_b = Runtime::builder(config(b"b")).storage(store_b).build().unwrap();
+    rt_b.attach_transport(Arc::new(Loopback::new())).unwrap();
+    let inbox = Inbox::new();
+    let _agent = rt_b.attach_named("agent", inbox.handler()).unwrap();
+    a.rt.remote_handle().rotate_outbound(&ch, &secret).unwrap();
+    a.agent.send(ch, b"rotated").unwrap();
+    let m = a.wire.take().remove(0);
+    assert!(matches!(rt_b.remote_handle().ingest(&a.rt.identity(), &m.wire).unwrap(), Ingested::Delivered { .. }));
+    assert_eq!(inbox.wait_for(1)[0].payload, b"rotated");
+}
