@@ -651,3 +651,38 @@ async fn ingest_one(shared: &Shared, handle: &RemoteHandle, wire: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_every_counter_once() {
+        let stats = CompatStats::default();
+        CompatStats::inc(&stats.peers);
+        for _ in 0..3 {
+            CompatStats::inc(&stats.refused_decode);
+        }
+        CompatStats::inc(&stats.unknown_sender);
+        CompatStats::inc(&stats.lost);
+        let s = stats.snapshot();
+        assert_eq!((s.peers, s.refused_decode, s.refused(), s.lost), (1, 3, 4, 1));
+        let text = s.prometheus();
+        assert!(text.contains("\nmfp_compat_peers 1\n"), "{text}");
+        assert!(text.contains("mfp_compat_messages_refused_total{reason=\"decode\"} 3\n"), "{text}");
+        assert!(text.contains("mfp_compat_messages_refused_total{reason=\"unknown_sender\"} 1\n"), "{text}");
+        assert!(text.contains("\nmfp_compat_messages_lost_total 1\n"), "{text}");
+        // Every metric has one TYPE line, and every sample line belongs to a declared metric.
+        let types: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+        let names: Vec<&str> = types.iter().filter_map(|t| t.split(' ').next()).collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len());
+        assert_eq!(names.len(), 11);
+        for sample in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = sample.split(['{', ' ']).next().unwrap_or_default();
+            assert!(names.contains(&name), "{sample}");
+        }
+    }
+}
