@@ -101,6 +101,22 @@ pub enum CompatError {
         /// The channel.
         channel: ChannelId,
     },
+    /// A key file that cannot be used.
+    #[error("pymfp peer {peer}: key file {path}: {reason}")]
+    KeyFile {
+        /// The peer.
+        peer: String,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong and what to do (never the key).
+        reason: String,
+    },
+    /// A secret key given as text that is not 64 hex digits.
+    #[error("pymfp peer {peer}: the X25519 secret key must be 64 hex digits (pymfp's raw private bytes)")]
+    SecretKey {
+        /// The peer.
+        peer: String,
+    },
     /// A public key that is neither `mfp-x25519:<hex>` nor 64 hex digits.
     #[error("pymfp peer {peer}: the peer's X25519 public key must be 64 hex digits (optionally prefixed mfp-x25519:)")]
     PublicKey {
@@ -171,6 +187,30 @@ pub fn parse_public_key(peer: &str, text: &str) -> Result<PublicKey, CompatError
     let mut out = [0u8; 32];
     hex::decode_to_slice(digits, &mut out).map_err(|_| CompatError::PublicKey { peer: peer.to_string() })?;
     Ok(PublicKey::from_bytes(out))
+}
+
+/// Reads a peer's X25519 public key from a file (either form [`parse_public_key`] takes,
+/// one line; at most 256 bytes are read).
+pub fn load_public_key(peer: &str, path: &std::path::Path) -> Result<PublicKey, CompatError> {
+    use std::io::Read;
+    let err = |reason: String| CompatError::KeyFile { peer: peer.to_string(), path: path.to_path_buf(), reason };
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut text = String::new();
+    file.take(257).read_to_string(&mut text).map_err(|e| err(e.to_string()))?;
+    if text.len() > 256 {
+        return Err(err("longer than a public key file can be (one line of at most 256 bytes)".into()));
+    }
+    parse_public_key(peer, &text)
+        .map_err(|_| err("expected one line: 64 hex digits, optionally prefixed mfp-x25519:".into()))
+}
+
+/// Our X25519 secret key from the 64 hex digits of pymfp's raw private bytes (e.g. from a
+/// configuration value). Prefer a key file ([`IdentityKey::load`]: mode `0600`, never
+/// printed) over a secret written in a configuration file.
+pub fn secret_key_from_hex(peer: &str, text: &str) -> Result<IdentityKey, CompatError> {
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(text.trim(), bytes.as_mut()).map_err(|_| CompatError::SecretKey { peer: peer.to_string() })?;
+    Ok(IdentityKey::from_secret_bytes(*bytes))
 }
 
 /// A cross-runtime channel agreed with a compat peer in configuration.
@@ -711,6 +751,35 @@ mod tests {
         // The printed form of our own keys is accepted too.
         let printed = key("x25519_private_b").public().to_string();
         assert_eq!(parse_public_key("p", &printed).unwrap(), public("x25519_public_b"));
+    }
+
+    #[test]
+    fn keys_from_files_and_configuration_text() {
+        let v = vectors();
+        let c = &v["bilateral_ceremonial"];
+        let dir = tempfile::tempdir().unwrap();
+        // Our secret as pymfp's raw hex (configuration) and as an mfp key file.
+        let from_text = secret_key_from_hex(B, c["x25519_private_a"].as_str().unwrap()).unwrap();
+        let file = dir.path().join("a.key");
+        from_text.save(&file).unwrap();
+        let from_file = IdentityKey::load(&file).unwrap();
+        assert_eq!(from_file.public().as_bytes().as_slice(), hexv(&c["x25519_public_a"]));
+        assert!(matches!(secret_key_from_hex(B, "12"), Err(CompatError::SecretKey { .. })));
+        // The peer's public key from a file, bare hex or printed form.
+        let public = dir.path().join("b.pub");
+        std::fs::write(&public, format!("{}\n", c["x25519_public_b"].as_str().unwrap())).unwrap();
+        let peer_public = load_public_key(B, &public).unwrap();
+        std::fs::write(&public, format!("{peer_public}\n")).unwrap();
+        assert_eq!(load_public_key(B, &public).unwrap(), peer_public);
+        let peer = CompatPeer::new(B, "h:1", Bootstrap::Ceremonial { local_secret: from_file, peer_public }).unwrap();
+        check_state(&shared_chain(&ids().0, &peer).unwrap(), &c["state"]);
+        // Garbage, an oversized file and a missing file are refused, naming the file.
+        std::fs::write(&public, "not a key").unwrap();
+        assert!(matches!(load_public_key(B, &public), Err(CompatError::KeyFile { .. })));
+        std::fs::write(&public, "a".repeat(300)).unwrap();
+        let e = load_public_key(B, &public).unwrap_err();
+        assert!(e.to_string().contains("b.pub"), "{e}");
+        assert!(matches!(load_public_key(B, &dir.path().join("missing")), Err(CompatError::KeyFile { .. })));
     }
 
     #[test]
