@@ -274,3 +274,47 @@ async fn unreachable_peers_garbage_and_strangers() {
     net.shutdown().await;
     rust.rt.shutdown();
 }
+
+/// At start, one warning per compat peer, saying it is unauthenticated; no key in the log.
+#[test]
+fn a_warning_names_every_compat_peer_at_start() {
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let secret = [0x3c; 32];
+    tracing::subscriber::with_default(subscriber, || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let rust = rust_runtime();
+            let ceremonial = Bootstrap::Ceremonial {
+                local_secret: IdentityKey::from_secret_bytes(secret),
+                peer_public: IdentityKey::from_secret_bytes([0x11; 32]).public(),
+            };
+            let peers = vec![
+                CompatPeer::new("site/one", &format!("127.0.0.1:{NOBODY}"), Bootstrap::Deterministic).unwrap(),
+                CompatPeer::new("site/two", &format!("127.0.0.1:{NOBODY}"), ceremonial).unwrap(),
+            ];
+            let net = CompatNetwork::start(&rust.rt, peers, CompatNetConfig::default()).await.unwrap();
+            assert_eq!(net.stats().peers, 2);
+            net.shutdown().await;
+            rust.rt.shutdown();
+        });
+    });
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN") && l.contains("UNAUTHENTICATED")).collect();
+    assert_eq!(warnings.len(), 2, "{text}");
+    assert!(warnings[0].contains("site/one") && warnings[0].contains("deterministic"), "{text}");
+    assert!(warnings[1].contains("site/two") && warnings[1].contains("ceremonial"), "{text}");
+    assert!(!text.contains(&hex::encode(secret)), "a secret key was logged");
+}
