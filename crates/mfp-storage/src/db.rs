@@ -5,7 +5,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use mfp_core::bilateral::BilateralState;
 use mfp_core::{AgentId, BilateralId, ChannelId, MAX_FRAME_DEPTH, MIN_FRAME_DEPTH, MessageId, RuntimeId, State};
-use mfp_runtime::storage::{AgentRow, ChannelRow, DeliveryRow, MetaRow, Snapshot, StorageError, StorageOp};
+use mfp_runtime::storage::{
+    AgentRow, ChannelRow, DeliveryRow, MetaRow, OutboundRow, RemoteChannelRow, Snapshot, StorageError, StorageOp,
+};
 use mfp_runtime::{AgentState, ChannelStatus};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{Decode, Row, Sqlite, Type};
@@ -158,6 +160,45 @@ pub(crate) fn inbox_cell<'a>(row_id: &'a [u8], context: &'a [u8]) -> Cell<'a> {
     Cell::new("inbox", "payload", row_id, context)
 }
 
+/// The table of cross-runtime channels.
+pub(crate) const REMOTE_CHANNELS: &str = "remote_channels";
+/// The table of the outbound log of cross-runtime channels.
+pub(crate) const REMOTE_OUTBOUND: &str = "remote_outbound";
+
+/// One of the two bilateral chains of a cross-runtime channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chain {
+    /// What this runtime sends.
+    Tx,
+    /// What this runtime receives.
+    Rx,
+}
+
+impl Chain {
+    /// The columns of the chain: step, ratchet state, PRNG seed.
+    pub(crate) const fn columns(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Chain::Tx => ("tx_step", "tx_ratchet", "tx_prng_seed"),
+            Chain::Rx => ("rx_step", "rx_ratchet", "rx_prng_seed"),
+        }
+    }
+}
+
+/// A secret of a cross-runtime channel's chain: row id the channel id, context the chain's
+/// step (so a cell moved to another channel, chain or step does not open).
+pub(crate) fn remote_cell<'a>(column: &'static str, id: &'a [u8], step_be: &'a [u8; 8]) -> Cell<'a> {
+    Cell::new("remote_channels", column, id, step_be)
+}
+
+/// A message of the outbound log: row id `channel_id ‖ u64be(step)`, context the peer runtime.
+pub(crate) fn remote_outbound_cell<'a>(row_id: &'a [u8], peer: &'a [u8]) -> Cell<'a> {
+    Cell::new("remote_outbound", "wire", row_id, peer)
+}
+
+/// Most outbound-log rows a load reads (the transport bounds what is in flight far below
+/// this); more means a damaged or edited store, refused before any message is read.
+pub(crate) const MAX_OUTBOUND_ROWS: i64 = 1 << 20;
+
 /// Largest payload the inbox stores (the same bound as a federation wire message).
 pub(crate) const MAX_INBOX_PAYLOAD: usize = MAX_WIRE_LEN;
 
@@ -264,6 +305,36 @@ fn range(v: u64, table: &str, column: &str) -> Result<i64, StorageError> {
 
 const CLOSE_CHANNEL: &str =
     "UPDATE channels SET status = 'closed', local_state = NULL, updated_at = ? WHERE channel_id = ?";
+const CLOSE_REMOTE_CHANNEL: &str = "UPDATE remote_channels SET status = 'closed', tx_ratchet = NULL, tx_prng_seed = \
+     NULL, rx_ratchet = NULL, rx_prng_seed = NULL, updated_at = ? WHERE channel_id = ?";
+const DROP_OUTBOUND_LOG: &str = "DELETE FROM remote_outbound WHERE channel_id = ?";
+
+/// The step and the two sealed secrets of a chain (`NULL`s when `wipe`: a closed channel's).
+fn chain_values(
+    cipher: &CellCipher,
+    id: &ChannelId,
+    chain: Chain,
+    state: &BilateralState,
+    wipe: bool,
+) -> Result<[Val; 3], StorageError> {
+    let (step_col, ratchet_col, seed_col) = chain.columns();
+    let step = Val::Int(range(state.step, REMOTE_CHANNELS, step_col)?);
+    if wipe {
+        return Ok([step, Val::Null, Val::Null]);
+    }
+    let step_be = state.step.to_be_bytes();
+    let ratchet = seal(cipher, remote_cell(ratchet_col, id.as_bytes(), &step_be), state.ratchet.expose())?;
+    let seed = seal(cipher, remote_cell(seed_col, id.as_bytes(), &step_be), state.prng_seed.expose())?;
+    Ok([step, ratchet, seed])
+}
+
+/// The statements closing channel `id`, local or cross-runtime: the state or both chains
+/// wiped, the outbound log dropped.
+fn close_statements(id: &ChannelId, now: i64, out: &mut Vec<Stmt>) {
+    out.push(Stmt::new("close channel", CLOSE_CHANNEL, vec![Val::Int(now), blob(id.as_bytes())]));
+    out.push(Stmt::new("close cross-runtime channel", CLOSE_REMOTE_CHANNEL, vec![Val::Int(now), blob(id.as_bytes())]));
+    out.push(Stmt::new("drop outbound log", DROP_OUTBOUND_LOG, vec![blob(id.as_bytes())]));
+}
 
 /// The statements of one operation. Errors here (values out of range, encryption) concern
 /// this batch only.
@@ -304,6 +375,11 @@ pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut 
                 "delete closed channels of agent",
                 "DELETE FROM channels WHERE status = 'closed' AND (agent_a = ? OR agent_b = ?)",
                 vec![blob(id.as_bytes()), blob(id.as_bytes())],
+            ));
+            out.push(Stmt::new(
+                "delete closed cross-runtime channels of agent",
+                "DELETE FROM remote_channels WHERE status = 'closed' AND local_agent = ?",
+                vec![blob(id.as_bytes())],
             ));
             out.push(Stmt::new("delete agent", "DELETE FROM agents WHERE agent_id = ?", vec![blob(id.as_bytes())]));
         }
@@ -347,20 +423,35 @@ pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut 
             ));
         }
         WriteOp::Runtime(StorageOp::ChannelStatus { id, status: ChannelStatus::Closed })
-        | WriteOp::Runtime(StorageOp::CloseChannel(id)) => {
-            out.push(Stmt::new("close channel", CLOSE_CHANNEL, vec![Val::Int(now), blob(id.as_bytes())]));
+        | WriteOp::Runtime(StorageOp::CloseChannel(id)) => close_statements(id, now, out),
+        WriteOp::Runtime(StorageOp::ChannelStatus { id, status }) => {
+            let args = vec![Val::Text(status.as_str().into()), Val::Int(now), blob(id.as_bytes())];
+            out.push(Stmt::new(
+                "update channel status",
+                "UPDATE channels SET status = ?, updated_at = ? WHERE channel_id = ? AND status <> 'closed'",
+                args.clone(),
+            ));
+            out.push(Stmt::new(
+                "update cross-runtime channel status",
+                "UPDATE remote_channels SET status = ?, updated_at = ? WHERE channel_id = ? AND status <> 'closed'",
+                args,
+            ));
         }
-        WriteOp::Runtime(StorageOp::ChannelStatus { id, status }) => out.push(Stmt::new(
-            "update channel status",
-            "UPDATE channels SET status = ?, updated_at = ? WHERE channel_id = ? AND status <> 'closed'",
-            vec![Val::Text(status.as_str().into()), Val::Int(now), blob(id.as_bytes())],
-        )),
-        WriteOp::Runtime(StorageOp::ChannelFailures { id, count }) => out.push(Stmt::new(
-            "update channel failure count",
-            "UPDATE channels SET validation_failure_count = ?, updated_at = ? WHERE channel_id = ? AND status <> \
-             'closed'",
-            vec![Val::Int(i64::from(*count)), Val::Int(now), blob(id.as_bytes())],
-        )),
+        WriteOp::Runtime(StorageOp::ChannelFailures { id, count }) => {
+            let args = vec![Val::Int(i64::from(*count)), Val::Int(now), blob(id.as_bytes())];
+            out.push(Stmt::new(
+                "update channel failure count",
+                "UPDATE channels SET validation_failure_count = ?, updated_at = ? WHERE channel_id = ? AND status <> \
+                 'closed'",
+                args.clone(),
+            ));
+            out.push(Stmt::new(
+                "update cross-runtime channel failure count",
+                "UPDATE remote_channels SET validation_failure_count = ?, updated_at = ? WHERE channel_id = ? AND \
+                 status <> 'closed'",
+                args,
+            ));
+        }
         WriteOp::Runtime(StorageOp::Sg(Some(sg))) => out.push(Stmt::new(
             "store sg",
             "INSERT INTO sg_cache (id, sg_value, updated_at) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET sg_value \
@@ -398,6 +489,60 @@ pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut 
             "DELETE FROM inbox WHERE channel_id = ? AND step = ?",
             vec![blob(channel.as_bytes()), Val::Int(range(*step, "inbox", "step")?)],
         )),
+        WriteOp::Runtime(StorageOp::PutRemoteChannel(c)) => put_remote_channel(cipher, c, now, out)?,
+        WriteOp::Runtime(StorageOp::AdvanceRemoteTx { id, tx }) => {
+            let [step, ratchet, seed] = chain_values(cipher, id, Chain::Tx, tx, false)?;
+            out.push(Stmt::new(
+                "advance cross-runtime channel (outbound chain)",
+                "UPDATE remote_channels SET tx_step = ?, tx_ratchet = ?, tx_prng_seed = ?, updated_at = ? WHERE \
+                 channel_id = ? AND status <> 'closed'",
+                vec![step, ratchet, seed, Val::Int(now), blob(id.as_bytes())],
+            ));
+        }
+        WriteOp::Runtime(StorageOp::AdvanceRemoteRx { id, rx }) => {
+            let [step, ratchet, seed] = chain_values(cipher, id, Chain::Rx, rx, false)?;
+            out.push(Stmt::new(
+                "advance cross-runtime channel (inbound chain)",
+                "UPDATE remote_channels SET rx_step = ?, rx_ratchet = ?, rx_prng_seed = ?, validation_failure_count \
+                 = 0, updated_at = ? WHERE channel_id = ? AND status <> 'closed'",
+                vec![step, ratchet, seed, Val::Int(now), blob(id.as_bytes())],
+            ));
+        }
+        WriteOp::Runtime(StorageOp::PutOutbound(o)) => {
+            if o.wire.len() > MAX_WIRE_LEN {
+                return Err(corrupt(REMOTE_OUTBOUND, "wire", "wire message too large to store"));
+            }
+            let row_id = inbox_row_id(o.channel.as_bytes(), o.step);
+            // A closed channel's log stays empty; a channel that is not stored fails the
+            // batch (foreign key).
+            out.push(Stmt::new(
+                "store outbound-log message",
+                "INSERT INTO remote_outbound (channel_id, step, peer_runtime, wire, created_at) SELECT ?, ?, ?, ?, ? \
+                 WHERE NOT EXISTS (SELECT 1 FROM remote_channels WHERE channel_id = ? AND status = 'closed') ON \
+                 CONFLICT (channel_id, step) DO UPDATE SET peer_runtime = excluded.peer_runtime, wire = excluded.wire",
+                vec![
+                    blob(o.channel.as_bytes()),
+                    Val::Int(range(o.step, REMOTE_OUTBOUND, "step")?),
+                    blob(o.peer.as_bytes()),
+                    seal(cipher, remote_outbound_cell(&row_id, o.peer.as_bytes()), &o.wire)?,
+                    Val::Int(now),
+                    blob(o.channel.as_bytes()),
+                ],
+            ));
+        }
+        WriteOp::Runtime(StorageOp::AckOutbound { channel, next }) => match i64::try_from(*next) {
+            Ok(next) => out.push(Stmt::new(
+                "remove acknowledged outbound-log messages",
+                "DELETE FROM remote_outbound WHERE channel_id = ? AND step < ?",
+                vec![blob(channel.as_bytes()), Val::Int(next)],
+            )),
+            // Beyond every storable step: the whole log of the channel.
+            Err(_) => out.push(Stmt::new(
+                "remove acknowledged outbound-log messages",
+                DROP_OUTBOUND_LOG,
+                vec![blob(channel.as_bytes())],
+            )),
+        },
         WriteOp::Runtime(other) => {
             return Err(StorageError::Backend(format!("unsupported storage operation: {}", op_name(other))));
         }
@@ -461,6 +606,49 @@ pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut 
     Ok(())
 }
 
+/// The statement storing a cross-runtime channel (insert or replace; its outbound log is
+/// kept). A closed channel is stored with its secrets wiped.
+fn put_remote_channel(
+    cipher: &CellCipher,
+    c: &RemoteChannelRow,
+    now: i64,
+    out: &mut Vec<Stmt>,
+) -> Result<(), StorageError> {
+    let wipe = c.status == ChannelStatus::Closed;
+    let depth = i64::try_from(c.depth).map_err(|_| corrupt(REMOTE_CHANNELS, "depth", "value out of range"))?;
+    let [tx_step, tx_ratchet, tx_seed] = chain_values(cipher, &c.id, Chain::Tx, &c.tx, wipe)?;
+    let [rx_step, rx_ratchet, rx_seed] = chain_values(cipher, &c.id, Chain::Rx, &c.rx, wipe)?;
+    out.push(Stmt::new(
+        "store cross-runtime channel",
+        "INSERT INTO remote_channels (channel_id, local_agent, peer_runtime, remote_agent, depth, status, tx_step, \
+         tx_ratchet, tx_prng_seed, rx_step, rx_ratchet, rx_prng_seed, validation_failure_count, created_at, \
+         updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id) DO UPDATE SET \
+         local_agent = excluded.local_agent, peer_runtime = excluded.peer_runtime, remote_agent = \
+         excluded.remote_agent, depth = excluded.depth, status = excluded.status, tx_step = excluded.tx_step, \
+         tx_ratchet = excluded.tx_ratchet, tx_prng_seed = excluded.tx_prng_seed, rx_step = excluded.rx_step, \
+         rx_ratchet = excluded.rx_ratchet, rx_prng_seed = excluded.rx_prng_seed, validation_failure_count = \
+         excluded.validation_failure_count, updated_at = excluded.updated_at",
+        vec![
+            blob(c.id.as_bytes()),
+            blob(c.local_agent.as_bytes()),
+            blob(c.peer.as_bytes()),
+            blob(c.remote_agent.as_bytes()),
+            Val::Int(depth),
+            Val::Text(c.status.as_str().into()),
+            tx_step,
+            tx_ratchet,
+            tx_seed,
+            rx_step,
+            rx_ratchet,
+            rx_seed,
+            Val::Int(i64::from(c.validation_failures)),
+            Val::Int(now),
+            Val::Int(now),
+        ],
+    ));
+    Ok(())
+}
+
 /// The statements of a whole batch.
 pub(crate) fn batch_statements(cipher: &CellCipher, ops: &[WriteOp], now: i64) -> Result<Vec<Stmt>, StorageError> {
     let mut out = Vec::with_capacity(ops.len() + 1);
@@ -497,6 +685,11 @@ fn op_name(op: &StorageOp) -> &'static str {
         StorageOp::Sg(_) => "Sg",
         StorageOp::PutDelivery(_) => "PutDelivery",
         StorageOp::AckDelivery { .. } => "AckDelivery",
+        StorageOp::PutRemoteChannel(_) => "PutRemoteChannel",
+        StorageOp::AdvanceRemoteTx { .. } => "AdvanceRemoteTx",
+        StorageOp::AdvanceRemoteRx { .. } => "AdvanceRemoteRx",
+        StorageOp::PutOutbound(_) => "PutOutbound",
+        StorageOp::AckOutbound { .. } => "AckOutbound",
         _ => "unknown",
     }
 }
@@ -663,26 +856,153 @@ pub(crate) async fn read_snapshot(
     };
 
     let deliveries = read_inbox(conn, cipher, &known_agents).await?;
-    Ok(meta.map(|meta| Snapshot {
-        meta: Some(meta),
-        agents,
-        channels,
-        sg,
-        deliveries,
-        remote_channels: Vec::new(),
-        outbound: Vec::new(),
-    }))
+    let remote_channels = read_remote_channels(conn, cipher, &known_agents).await?;
+    let outbound = read_outbound_log(conn, cipher).await?;
+    Ok(meta.map(|meta| Snapshot { meta: Some(meta), agents, channels, sg, deliveries, remote_channels, outbound }))
 }
 
-/// Whether the database has the inbox table (schema version 2; a version-1 database read
-/// without migrating, by `inspect`, has none and no pending messages).
-async fn has_inbox(conn: &mut SqliteConnection) -> Result<bool, StorageError> {
-    let row = sqlx::query("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'inbox'")
+/// Whether the database has table `name` (our constants only). A database of an older
+/// schema read without migrating, by `inspect`, lacks the later tables (and holds nothing
+/// of theirs): the inbox came with version 2, cross-runtime channels with version 3.
+async fn has_table(conn: &mut SqliteConnection, name: &'static str) -> Result<bool, StorageError> {
+    let row = sqlx::query("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?")
+        .bind(name)
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| sql_error("read sqlite_master", &e))?;
     let n: i64 = row.try_get(0).map_err(|e| StorageError::Corrupt(format!("sqlite_master: {e}")))?;
     Ok(n > 0)
+}
+
+async fn has_inbox(conn: &mut SqliteConnection) -> Result<bool, StorageError> {
+    has_table(conn, "inbox").await
+}
+
+/// Reads one chain of a cross-runtime channel row, validating and decrypting it.
+fn read_chain(
+    cipher: &CellCipher,
+    row: &SqliteRow,
+    id: &ChannelId,
+    chain: Chain,
+) -> Result<BilateralState, StorageError> {
+    let t = REMOTE_CHANNELS;
+    let (step_col, ratchet_col, seed_col) = chain.columns();
+    let step = get_u64(row, t, step_col)?;
+    let step_be = step.to_be_bytes();
+    let secret = |col: &'static str| -> Result<State, StorageError> {
+        let blob: Option<Vec<u8>> = get(row, t, col)?;
+        let blob = blob.ok_or_else(|| corrupt(t, col, "missing for an open channel"))?;
+        if blob.len() != 32 + crate::cell::OVERHEAD {
+            return Err(corrupt(t, col, "encrypted cell of the wrong length"));
+        }
+        open_state(cipher, remote_cell(col, id.as_bytes(), &step_be), &blob)
+    };
+    let ratchet = secret(ratchet_col)?;
+    let prng_seed = secret(seed_col)?;
+    Ok(BilateralState { ratchet, prng_seed, step })
+}
+
+/// Reads the cross-runtime channels that are not closed, ordered by id, validating every row.
+async fn read_remote_channels(
+    conn: &mut SqliteConnection,
+    cipher: &CellCipher,
+    known_agents: &BTreeSet<AgentId>,
+) -> Result<Vec<RemoteChannelRow>, StorageError> {
+    if !has_table(conn, REMOTE_CHANNELS).await? {
+        return Ok(Vec::new());
+    }
+    let t = REMOTE_CHANNELS;
+    let rows = fetch_all(
+        conn,
+        "read remote_channels",
+        "SELECT channel_id, local_agent, peer_runtime, remote_agent, depth, status, tx_step, tx_ratchet, \
+         tx_prng_seed, rx_step, rx_ratchet, rx_prng_seed, validation_failure_count FROM remote_channels WHERE status \
+         <> 'closed' ORDER BY channel_id",
+    )
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id = ChannelId::from_bytes(get_fixed(row, t, "channel_id")?);
+        out.push(remote_channel(cipher, row, id, known_agents).map_err(|e| in_row(e, &format!("channel {id}")))?);
+    }
+    Ok(out)
+}
+
+/// One row of `remote_channels` (not closed), validated and decrypted.
+fn remote_channel(
+    cipher: &CellCipher,
+    row: &SqliteRow,
+    id: ChannelId,
+    known_agents: &BTreeSet<AgentId>,
+) -> Result<RemoteChannelRow, StorageError> {
+    let t = REMOTE_CHANNELS;
+    let local_agent = AgentId::from_bytes(get_fixed(row, t, "local_agent")?);
+    if !known_agents.contains(&local_agent) {
+        return Err(corrupt(t, "local_agent", "references an unknown agent"));
+    }
+    let peer = RuntimeId::from_bytes(get_fixed(row, t, "peer_runtime")?);
+    let remote_agent = AgentId::from_bytes(get_fixed(row, t, "remote_agent")?);
+    let depth = get_depth(row, t, "depth")?;
+    let status_s: String = get(row, t, "status")?;
+    let status = parse_channel_status(&status_s, t, "status")?;
+    if status == ChannelStatus::Closed {
+        return Err(corrupt(t, "status", "unexpected closed channel"));
+    }
+    let tx = read_chain(cipher, row, &id, Chain::Tx)?;
+    let rx = read_chain(cipher, row, &id, Chain::Rx)?;
+    let validation_failures = get_u32(row, t, "validation_failure_count")?;
+    Ok(RemoteChannelRow { id, local_agent, peer, remote_agent, depth, status, tx, rx, validation_failures })
+}
+
+/// Names the row in a `Corrupt` error about one of its columns.
+fn in_row(e: StorageError, row: &str) -> StorageError {
+    match e {
+        StorageError::Corrupt(m) => StorageError::Corrupt(format!("{m} ({row})")),
+        other => other,
+    }
+}
+
+/// Reads the outbound log of the open cross-runtime channels, by channel then step,
+/// validating and decrypting every row.
+async fn read_outbound_log(conn: &mut SqliteConnection, cipher: &CellCipher) -> Result<Vec<OutboundRow>, StorageError> {
+    if !has_table(conn, REMOTE_OUTBOUND).await? {
+        return Ok(Vec::new());
+    }
+    let t = REMOTE_OUTBOUND;
+    let count = sqlx::query("SELECT count(*) FROM remote_outbound")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| sql_error("count remote_outbound", &e))?;
+    let count: i64 = count.try_get(0).map_err(|e| StorageError::Corrupt(format!("{t}: {e}")))?;
+    if count > MAX_OUTBOUND_ROWS {
+        return Err(corrupt(
+            t,
+            "step",
+            &format!("{count} outbound-log messages, more than the {MAX_OUTBOUND_ROWS} a load reads"),
+        ));
+    }
+    let rows = fetch_all(
+        conn,
+        "read remote_outbound",
+        "SELECT o.channel_id, o.step, o.peer_runtime, o.wire FROM remote_outbound AS o JOIN remote_channels AS c ON \
+         c.channel_id = o.channel_id WHERE c.status <> 'closed' ORDER BY o.channel_id, o.step",
+    )
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let channel = ChannelId::from_bytes(get_fixed(row, t, "channel_id")?);
+        let step = get_u64(row, t, "step").map_err(|e| in_row(e, &format!("channel {channel}")))?;
+        let at = || format!("channel {channel}, step {step}");
+        let peer = RuntimeId::from_bytes(get_fixed(row, t, "peer_runtime").map_err(|e| in_row(e, &at()))?);
+        let blob: Vec<u8> = get(row, t, "wire").map_err(|e| in_row(e, &at()))?;
+        if blob.len() > MAX_WIRE_LEN + crate::cell::OVERHEAD {
+            return Err(in_row(corrupt(t, "wire", "wire message too large"), &at()));
+        }
+        let row_id = inbox_row_id(channel.as_bytes(), step);
+        let wire = cipher.open(remote_outbound_cell(&row_id, peer.as_bytes()), &blob).map_err(|e| in_row(e, &at()))?;
+        out.push(OutboundRow { channel, step, peer, wire: wire.to_vec() });
+    }
+    Ok(out)
 }
 
 /// Reads the pending deliveries in the order they were stored, validating every row.
@@ -823,12 +1143,18 @@ pub(crate) fn verify_key_check(cipher: &CellCipher, stored_key_id: &[u8], blob: 
 // ---------------------------------------------------------------------------------------------
 
 /// Writes one re-encrypted cell back: `sql` is an `UPDATE` binding the new blob, then the
-/// row's key.
-async fn put_cell<K>(conn: &mut SqliteConnection, sql: &'static str, blob: Vec<u8>, key: K) -> Result<(), StorageError>
-where
-    K: for<'q> sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Send + 'static,
-{
-    sqlx::query(sql).bind(blob).bind(key).execute(conn).await.map(drop).map_err(|e| sql_error("re-encrypt", &e))
+/// row's key (one value, or several for a composite key).
+async fn put_cell(
+    conn: &mut SqliteConnection,
+    sql: &'static str,
+    blob: Vec<u8>,
+    key: impl IntoIterator<Item = Val>,
+) -> Result<(), StorageError> {
+    let mut args = vec![Val::Blob(blob)];
+    args.extend(key);
+    Stmt::new("re-encrypt", sql, args).execute(conn).await.map_err(|e| match e {
+        ApplyError::Batch(e) | ApplyError::Transaction(e) => e,
+    })
 }
 
 /// Re-encrypts every encrypted cell from `old` to `new` (in the caller's transaction) and
@@ -854,7 +1180,7 @@ pub(crate) async fn reencrypt_all(
         let blob: Vec<u8> = get(&row, "channels", "local_state")?;
         let plain: Zeroizing<Vec<u8>> = old.open(channel_cell(&id, &step), &blob)?;
         let fresh = new.seal(channel_cell(&id, &step), &plain)?;
-        put_cell(conn, "UPDATE channels SET local_state = ? WHERE channel_id = ?", fresh, id).await?;
+        put_cell(conn, "UPDATE channels SET local_state = ? WHERE channel_id = ?", fresh, [Val::Blob(id)]).await?;
         count += 1;
     }
 
@@ -863,7 +1189,7 @@ pub(crate) async fn reencrypt_all(
         let blob: Vec<u8> = get(&row, "sg_cache", "sg_value")?;
         let plain = old.open(sg_cell(), &blob)?;
         let fresh = new.seal(sg_cell(), &plain)?;
-        put_cell(conn, "UPDATE sg_cache SET sg_value = ? WHERE id = ?", fresh, id).await?;
+        put_cell(conn, "UPDATE sg_cache SET sg_value = ? WHERE id = ?", fresh, [Val::Int(id)]).await?;
         count += 1;
     }
 
@@ -908,7 +1234,7 @@ pub(crate) async fn reencrypt_all(
         let ctx = outbound_context(&bilateral, &channel, step);
         let fresh = new.seal(outbound_cell(&id_be, &ctx), &old.open(outbound_cell(&id_be, &ctx), &blob)?)?;
         let id_i = i64::try_from(id).map_err(|_| corrupt(t, "id", "value out of range"))?;
-        put_cell(conn, "UPDATE pending_outbound SET wire = ? WHERE id = ?", fresh, id_i).await?;
+        put_cell(conn, "UPDATE pending_outbound SET wire = ? WHERE id = ?", fresh, [Val::Int(id_i)]).await?;
         count += 1;
     }
 
@@ -933,10 +1259,12 @@ pub(crate) async fn reencrypt_all(
             let ctx = inbox_context(&recipient, &sender, &message_id, &correlation);
             let cell = inbox_cell(&row_id, &ctx);
             let fresh = new.seal(cell, &old.open(cell, &blob)?)?;
-            put_cell(conn, "UPDATE inbox SET payload = ? WHERE id = ?", fresh, id).await?;
+            put_cell(conn, "UPDATE inbox SET payload = ? WHERE id = ?", fresh, [Val::Int(id)]).await?;
             count += 1;
         }
     }
+
+    count += reencrypt_remote(conn, old, new).await?;
 
     let check = new.seal(key_check_cell(), KEY_CHECK_PLAINTEXT)?;
     let done = sqlx::query("UPDATE mfp_keys SET key_id = ?, key_check = ?, rotated_at = ? WHERE id = 1")
@@ -950,6 +1278,75 @@ pub(crate) async fn reencrypt_all(
         return Err(corrupt("mfp_keys", "id", "key row missing"));
     }
     Ok(count + 1)
+}
+
+/// Re-encrypts the secrets of the cross-runtime channels that are not closed (four cells
+/// each) and every message of the outbound log; returns the number of cells rewritten.
+async fn reencrypt_remote(
+    conn: &mut SqliteConnection,
+    old: &CellCipher,
+    new: &CellCipher,
+) -> Result<u64, StorageError> {
+    let mut count = 0u64;
+    if has_table(conn, REMOTE_CHANNELS).await? {
+        let t = REMOTE_CHANNELS;
+        for row in fetch_all(
+            conn,
+            "read remote_channels",
+            "SELECT channel_id, tx_step, tx_ratchet, tx_prng_seed, rx_step, rx_ratchet, rx_prng_seed FROM \
+             remote_channels WHERE status <> 'closed'",
+        )
+        .await?
+        {
+            let id: Vec<u8> = get(&row, t, "channel_id")?;
+            for chain in [Chain::Tx, Chain::Rx] {
+                let (step_col, ratchet_col, seed_col) = chain.columns();
+                let step = get_u64(&row, t, step_col)?.to_be_bytes();
+                for (col, sql) in [(ratchet_col, chain_update(chain, true)), (seed_col, chain_update(chain, false))] {
+                    let blob: Vec<u8> = get(&row, t, col)?;
+                    let cell = remote_cell(col, &id, &step);
+                    let fresh = new.seal(cell, &old.open(cell, &blob)?)?;
+                    put_cell(conn, sql, fresh, [Val::Blob(id.clone())]).await?;
+                    count += 1;
+                }
+            }
+        }
+    }
+    if has_table(conn, REMOTE_OUTBOUND).await? {
+        let t = REMOTE_OUTBOUND;
+        for row in
+            fetch_all(conn, "read remote_outbound", "SELECT channel_id, step, peer_runtime, wire FROM remote_outbound")
+                .await?
+        {
+            let channel: Vec<u8> = get(&row, t, "channel_id")?;
+            let step = get_u64(&row, t, "step")?;
+            let peer: Vec<u8> = get(&row, t, "peer_runtime")?;
+            let blob: Vec<u8> = get(&row, t, "wire")?;
+            let row_id = inbox_row_id(&channel, step);
+            let cell = remote_outbound_cell(&row_id, &peer);
+            let fresh = new.seal(cell, &old.open(cell, &blob)?)?;
+            let step_i = range(step, t, "step")?;
+            put_cell(
+                conn,
+                "UPDATE remote_outbound SET wire = ? WHERE channel_id = ? AND step = ?",
+                fresh,
+                [Val::Blob(channel), Val::Int(step_i)],
+            )
+            .await?;
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// The `UPDATE` writing one re-encrypted secret of a chain back.
+const fn chain_update(chain: Chain, ratchet: bool) -> &'static str {
+    match (chain, ratchet) {
+        (Chain::Tx, true) => "UPDATE remote_channels SET tx_ratchet = ? WHERE channel_id = ?",
+        (Chain::Tx, false) => "UPDATE remote_channels SET tx_prng_seed = ? WHERE channel_id = ?",
+        (Chain::Rx, true) => "UPDATE remote_channels SET rx_ratchet = ? WHERE channel_id = ?",
+        (Chain::Rx, false) => "UPDATE remote_channels SET rx_prng_seed = ? WHERE channel_id = ?",
+    }
 }
 
 #[cfg(test)]

@@ -119,7 +119,7 @@
 //!
 //! `Decrypt` is returned only by the pymfp importer (pymfp's cells carry no key check).
 //!
-//! ## Schema (version 2)
+//! ## Schema (version 3)
 //!
 //! | table | columns |
 //! |---|---|
@@ -131,11 +131,19 @@
 //! | `sg_cache` | `id` = 1, `sg_value` (encrypted), `updated_at` |
 //! | `bilateral_channels` | `bilateral_id` (32) PK, `runtime_id_local`, `runtime_id_peer` (32), `ratchet_state`, `shared_prng_seed` (encrypted), `step` ≥ 0, `status` ∈ {active, recovery, suspended}, `created_at`, `updated_at` |
 //! | `pending_outbound` | `id` ≥ 0 PK, `bilateral_id` → `bilateral_channels` (cascade), `channel_id` (16), `step` ≥ 0, `wire` (encrypted), `created_at` |
-//! | `inbox` (version 2) | `id` PK (storage order), `channel_id` (16; no reference, so a message outlives its closed channel's row), `recipient` → `agents` (cascade), `step` ≥ 0, `message_id` (16), `correlation_id` (8), `sender` (32), `payload` (encrypted), `created_at`; unique (`channel_id`, `step`); index (`recipient`, `id`) |
+//! | `inbox` (version 2) | `id` PK (storage order), `channel_id` (16; no reference, so a message outlives its closed channel's row), `recipient` → `agents` (cascade), `step` ≥ 0, `message_id` (16), `correlation_id` (8), `sender` (32; no reference: it may be an agent of a peer runtime), `payload` (encrypted), `created_at`; unique (`channel_id`, `step`); index (`recipient`, `id`) |
+//! | `remote_channels` (version 3) | `channel_id` (16) PK, `local_agent` → `agents`, `peer_runtime` (32), `remote_agent` (32; no reference), `depth` ∈ 2..=256, `status` ∈ {active, quarantined, closed}, `tx_step`, `rx_step` ≥ 0, `tx_ratchet`, `tx_prng_seed`, `rx_ratchet`, `rx_prng_seed` (encrypted; all four NULL exactly when closed), `validation_failure_count` ∈ 0..=u32::MAX, `created_at`, `updated_at`; indexes (`local_agent`), (`peer_runtime`) |
+//! | `remote_outbound` (version 3) | (`channel_id` → `remote_channels` (cascade), `step` ≥ 0) PK, `peer_runtime` (32), `wire` (encrypted), `created_at`; `WITHOUT ROWID` |
 //!
 //! Version 2 (migration `0002_inbox.sql`) adds only the `inbox`: the runtime's durable
-//! delivery. A version-1 database is migrated when opened for writing; read-only
-//! [`inspect`] reads it as it is (no pending deliveries).
+//! delivery. Version 3 (`0003_remote_channels.sql`) adds only `remote_channels` and
+//! `remote_outbound`: cross-runtime channels (a local agent, an agent of a peer runtime, one
+//! bilateral chain per direction) and their outbound log (messages sealed and not yet
+//! acknowledged by the peer). An older database is migrated when opened for writing;
+//! read-only [`inspect`] reads it as it is (no pending deliveries, no cross-runtime
+//! channels). `bilateral_channels` and `pending_outbound` (version 1, pymfp's layout) are
+//! what `import-pymfp` fills and [`SqliteStorage::apply_ops`] writes; the runtime's
+//! cross-runtime operations use the version-3 tables.
 //!
 //! Timestamps are Unix seconds. Integers are SQLite's signed 64-bit: every `u64` (step,
 //! counter, id) is converted with a check — a value above `i64::MAX` fails its batch, it never
@@ -146,7 +154,8 @@
 //!
 //! Every sensitive cell — `channels.local_state`, `sg_cache.sg_value`,
 //! `bilateral_channels.ratchet_state` and `.shared_prng_seed`, `pending_outbound.wire`,
-//! `inbox.payload` — is
+//! `inbox.payload`, `remote_channels.tx_ratchet`, `.tx_prng_seed`, `.rx_ratchet` and
+//! `.rx_prng_seed`, `remote_outbound.wire` — is
 //! AES-256-GCM encrypted with a **fresh random 12-byte nonce per write** (ring's
 //! `SystemRandom`) under a key bound to its table, column and row:
 //!
@@ -158,12 +167,15 @@
 //! aad         = 0x01 ‖ key_id ‖ lp(table) ‖ lp(column) ‖ lp(row_id) ‖ lp(context)
 //! ```
 //!
-//! `lp(x) = u16be(len x) ‖ x`. Row ids: the channel id, the bilateral id, `u64be(id)` of an
-//! outbound message, `channel_id ‖ u64be(step)` of an inbox message, `"sg"`. The context
-//! binds the other columns a cell must agree with: `u64be(step)` for channel and bilateral
-//! states, `bilateral_id ‖ channel_id ‖ u64be(step)` for outbound messages, `recipient ‖
-//! sender ‖ message_id ‖ correlation_id` for inbox messages — so moving a cell to another
-//! row or changing its step, sender or recipient is detected.
+//! `lp(x) = u16be(len x) ‖ x`. Row ids: the channel id (of a channel or a cross-runtime
+//! channel), the bilateral id, `u64be(id)` of a `pending_outbound` message, `channel_id ‖
+//! u64be(step)` of an inbox or `remote_outbound` message, `"sg"`. The context binds the
+//! other columns a cell must agree with: `u64be(step)` for channel and bilateral states, the
+//! chain's own step (`tx_step` or `rx_step`) for the secrets of a cross-runtime channel,
+//! `bilateral_id ‖ channel_id ‖ u64be(step)` for `pending_outbound` messages, the peer
+//! runtime id for `remote_outbound` messages, `recipient ‖ sender ‖ message_id ‖
+//! correlation_id` for inbox messages — so moving a cell to another row, column or chain, or
+//! changing its step, peer, sender or recipient is detected.
 //!
 //! Design choice: the storage key is derived from a random per-database `salt`, not from the
 //! runtime identity as in pymfp. It is therefore available before the runtime's `Meta` op
@@ -209,12 +221,20 @@
 //! [`MemoryStorage`](mfp_runtime::storage::MemoryStorage), with these deliberate
 //! differences, all of which reject or ignore sequences the runtime never produces:
 //!
-//! * referential integrity is enforced: `PutChannel` needs both agents stored first, and
-//!   `DeleteAgent` fails while an open channel still references the agent (its closed
-//!   channels are deleted with it);
-//! * a closed channel's state is wiped (`local_state` = NULL), so `AdvanceChannel` and
-//!   `ChannelStatus` on a closed channel do nothing (MemoryStorage would revive it with the
-//!   all-zero state); `ChannelStatus { Closed }` is `CloseChannel`;
+//! * referential integrity is enforced: `PutChannel` needs both agents stored first,
+//!   `PutRemoteChannel` its local agent, `PutOutbound` its cross-runtime channel, and
+//!   `DeleteAgent` fails while an open channel (local or cross-runtime) still references the
+//!   agent (its closed channels are deleted with it);
+//! * a closed channel's state is wiped (`local_state` = NULL; the four chain secrets of a
+//!   cross-runtime channel = NULL), so `AdvanceChannel`, `AdvanceRemoteTx`,
+//!   `AdvanceRemoteRx`, `ChannelFailures` and `ChannelStatus` on a closed channel do nothing
+//!   (MemoryStorage would revive it with the all-zero state); `ChannelStatus { Closed }` is
+//!   `CloseChannel` (for a cross-runtime channel, the outbound log is dropped too, which
+//!   MemoryStorage does only for `CloseChannel`);
+//! * `PutOutbound` on a closed cross-runtime channel does nothing (a closed channel's log
+//!   stays empty); `load` returns the log of open channels only;
+//! * `AckOutbound { next }` above `i64::MAX` removes the channel's whole log (every stored
+//!   step is below it), as in MemoryStorage;
 //! * agent names must be unique among agents that are not terminated;
 //! * a value above `i64::MAX` (step, counter) fails its batch.
 //!
@@ -225,7 +245,9 @@
 //! agents' states; `PutAgent` with `Meta` (new agent counter) when an agent is bound. It must
 //! also persist quarantine decisions (`ChannelStatus`, `PutAgent` with the reason), including
 //! automatic ones, and increments of `validation_failures` via `PutChannel` if they must
-//! survive a restart (pymfp persists neither).
+//! survive a restart (pymfp persists neither). On a cross-runtime channel: `AdvanceRemoteTx`
+//! with the `PutOutbound` of the message it sealed; `AdvanceRemoteRx` with the `PutDelivery`
+//! of the message it opened; `AckOutbound` when the peer acknowledges.
 //!
 //! ## A crashed SQLite worker
 //!

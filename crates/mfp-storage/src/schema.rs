@@ -23,7 +23,7 @@ pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// `PRAGMA application_id` of our databases: ASCII "MFPS".
 pub(crate) const APPLICATION_ID: i64 = 0x4D46_5053;
 /// The schema version this build writes (`mfp_schema.version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Every table of our schema.
 const OUR_TABLES: &[&str] = &[
@@ -36,11 +36,23 @@ const OUR_TABLES: &[&str] = &[
     "bilateral_channels",
     "pending_outbound",
 ];
-/// Tables that hold runtime or federation data.
-const DATA_TABLES: &[&str] =
-    &["runtime_meta", "agents", "channels", "sg_cache", "bilateral_channels", "pending_outbound"];
+/// Tables that hold runtime or federation data (those of later versions are checked when
+/// present).
+const DATA_TABLES: &[&str] = &[
+    "runtime_meta",
+    "agents",
+    "channels",
+    "sg_cache",
+    "bilateral_channels",
+    "pending_outbound",
+    "inbox",
+    "remote_channels",
+    "remote_outbound",
+];
 /// Tables added by schema version 2 (a version-1 database is migrated when opened).
 const V2_TABLES: &[&str] = &["inbox"];
+/// Tables added by schema version 3 (cross-runtime channels and their outbound log).
+const V3_TABLES: &[&str] = &["remote_channels", "remote_outbound"];
 /// sqlx's migration bookkeeping table.
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
 /// Tables that identify a pymfp database.
@@ -354,8 +366,11 @@ async fn classify_schema(conn: &mut SqliteConnection) -> Result<DbKind, StorageE
     if version < 1 {
         return Err(corrupt("mfp_schema", "version", "invalid version"));
     }
-    if version >= 2 {
-        for t in V2_TABLES {
+    for (since, added) in [(2, V2_TABLES), (3, V3_TABLES)] {
+        if version < since {
+            continue;
+        }
+        for t in added {
             if !tables.contains(*t) {
                 return Err(StorageError::Corrupt(format!("schema: table {t} is missing")));
             }
@@ -412,7 +427,8 @@ pub(crate) async fn read_keys(conn: &mut SqliteConnection) -> Result<Option<Keys
 }
 
 async fn data_tables_empty(conn: &mut SqliteConnection) -> Result<bool, StorageError> {
-    for t in DATA_TABLES {
+    let present = table_names(conn).await?;
+    for t in DATA_TABLES.iter().filter(|t| present.contains(**t)) {
         // The table names are our own constants, never input.
         let sql = format!("SELECT EXISTS (SELECT 1 FROM {t})");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))

@@ -112,6 +112,71 @@ fn check_reports_the_pending_deliveries() {
     let (code, out, err) = run(&["check", "--db", &s(&db), "--key-file", &s(&key_path)]);
     // The Sg of these hand-made rows is not the channels' root: check fails, after printing.
     assert_eq!(code, Some(1), "{err}");
-    assert!(out.contains("schema version: 2\n"), "{out}");
+    assert!(out.contains(&format!("schema version: {}\n", mfp_storage::SCHEMA_VERSION)), "{out}");
     assert!(out.contains("\npending deliveries: 2 ("), "{out}");
+}
+
+#[test]
+fn check_counts_cross_runtime_channels_and_compares_the_log_with_them() {
+    use mfp_core::bilateral::BilateralState;
+    use mfp_core::{AgentId, ChannelId, RuntimeId};
+    use mfp_runtime::ChannelStatus;
+    use mfp_runtime::storage::{OutboundRow, RemoteChannelRow, StorageOp};
+
+    let dir = TempDir::new("cli-remote");
+    let db = dir.file("r.db");
+    let key_path = dir.file("k.key");
+    let key = MasterKey::generate_file(&key_path).unwrap();
+    let peer = RuntimeId::from_bytes([0x71; 32]);
+    let chain = |n: u64, step: u64| BilateralState { ratchet: state(n), prng_seed: state(n + 1), step };
+    let remote = |n: u8, status| {
+        StorageOp::PutRemoteChannel(RemoteChannelRow {
+            id: ChannelId::from_bytes([0xc0 | n; 16]),
+            local_agent: agent_id(1),
+            peer,
+            remote_agent: AgentId::from_bytes([0xa0 | n; 32]),
+            depth: 4,
+            status,
+            tx: chain(u64::from(n), 2),
+            rx: chain(u64::from(n) + 10, 0),
+            validation_failures: 0,
+        })
+    };
+    let logged = |n: u8, step: u64, to: RuntimeId| {
+        StorageOp::PutOutbound(OutboundRow {
+            channel: ChannelId::from_bytes([0xc0 | n; 16]),
+            step,
+            peer: to,
+            wire: vec![7; 30],
+        })
+    };
+    let storage = SqliteStorage::open(config(&db, &key)).unwrap();
+    // No local channel: the stored Sg (none) is the root of no states, so only the log decides.
+    storage.apply(vec![meta(1), put_agent(1, Some("alice"), mfp_runtime::AgentState::Active)]).wait().unwrap();
+    storage
+        .apply(vec![
+            remote(1, ChannelStatus::Active),
+            remote(2, ChannelStatus::Quarantined),
+            remote(3, ChannelStatus::Active),
+            logged(1, 0, peer),
+            logged(1, 1, peer),
+            logged(2, 0, peer),
+        ])
+        .wait()
+        .unwrap();
+    let check = || run(&["check", "--db", &s(&db), "--key-file", &s(&key_path)]);
+    let (code, out, err) = check();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("\ncross-runtime channels: 3 (active 2, quarantined 1)\n"), "{out}");
+    assert!(out.contains("\noutbound log: 3 messages on 2 channels ("), "{out}");
+    assert!(out.ends_with("OK\n"), "{out}");
+
+    // A message at or beyond the chain's step, or addressed to another runtime: MISMATCH.
+    storage.apply(vec![logged(3, 2, peer), logged(2, 1, RuntimeId::from_bytes([0x72; 32]))]).wait().unwrap();
+    drop(storage);
+    let (code, out, _) = check();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("message at step 2 is not below the outbound chain's step 2"), "{out}");
+    assert!(out.contains("is addressed to runtime 7272"), "{out}");
+    assert!(!out.contains("\nOK"), "{out}");
 }

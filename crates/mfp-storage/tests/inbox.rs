@@ -98,7 +98,7 @@ fn a_schema_1_database_migrates_and_delivers() {
     let path = dir.file("v1.db");
     let k = key(2);
     // A database as the previous schema left it: a runtime with two agents and a channel
-    // that carried one message (version 2 only adds the inbox table).
+    // that carried one message (versions 2 and 3 only add tables).
     let (alice, bob, ch) = {
         let rt = Runtime::builder(runtime_config())
             .storage(SqliteStorage::open(config(&path, &k)).unwrap())
@@ -114,7 +114,8 @@ fn a_schema_1_database_migrates_and_delivers() {
     };
     raw_exec(
         &path,
-        "DROP TABLE inbox; UPDATE mfp_schema SET version = 1; DELETE FROM _sqlx_migrations WHERE version = 2",
+        "DROP TABLE inbox; DROP TABLE remote_outbound; DROP TABLE remote_channels; UPDATE mfp_schema SET version = 1; \
+         DELETE FROM _sqlx_migrations WHERE version >= 2",
     );
     let old = inspect(&path, &k).unwrap();
     assert_eq!(old.schema_version, 1);
@@ -134,7 +135,7 @@ fn a_schema_1_database_migrates_and_delivers() {
     drop(rt);
     assert_eq!(*got.lock().unwrap(), vec![(1, b"after".to_vec(), false)]);
     let new = inspect(&path, &k).unwrap();
-    assert_eq!(new.schema_version, 2);
+    assert_eq!(new.schema_version, SCHEMA_VERSION);
     let snap = new.snapshot.unwrap();
     assert_eq!(snap.channels[0].step, 2);
     assert!(snap.deliveries.is_empty(), "the handled message left the inbox");

@@ -153,19 +153,63 @@ fn check(db: &Path, key_file: &Path) -> Result<(), Failure> {
         "pending deliveries: {} (stored, not yet handled; delivered again, flagged, at the next start)",
         snapshot.deliveries.len()
     );
+    let count_remote = |s: ChannelStatus| snapshot.remote_channels.iter().filter(|c| c.status == s).count();
+    println!(
+        "cross-runtime channels: {} (active {}, quarantined {})",
+        snapshot.remote_channels.len(),
+        count_remote(ChannelStatus::Active),
+        count_remote(ChannelStatus::Quarantined)
+    );
+    let logged: std::collections::BTreeSet<_> = snapshot.outbound.iter().map(|o| o.channel).collect();
+    println!(
+        "outbound log: {} messages on {} channels (sealed, not yet acknowledged by the peer; sent again after a \
+         restart)",
+        snapshot.outbound.len(),
+        logged.len()
+    );
     println!("bilateral channels: {}", found.federation.bilateral.len());
     println!("pending outbound messages: {}", found.federation.outbound.len());
+    let log_problems = outbound_log_problems(&snapshot);
+    for p in &log_problems {
+        println!("outbound log: MISMATCH ({p})");
+    }
     let mut tree = MerkleSg::from_states(snapshot.channels.iter().map(|c| (c.id, &c.state)))
         .map_err(|e| Failure(format!("cannot compute Sg: {e}")))?;
     let recomputed = tree.root();
-    if recomputed == snapshot.sg {
+    let sg_ok = recomputed == snapshot.sg;
+    if sg_ok {
         println!("sg: consistent with the {} channel states", snapshot.channels.len());
+    } else {
+        println!("sg: MISMATCH (stored Sg is not the Merkle root of the stored channel states)");
+    }
+    if sg_ok && log_problems.is_empty() {
         println!("OK");
         Ok(())
     } else {
-        println!("sg: MISMATCH (stored Sg is not the Merkle root of the stored channel states)");
         Err(Failure(format!("check of {} failed", db.display())))
     }
+}
+
+/// Messages of the outbound log that do not agree with their channel: each was sealed on the
+/// channel's outbound chain before its current step, and goes to the channel's peer.
+fn outbound_log_problems(snapshot: &mfp_runtime::storage::Snapshot) -> Vec<String> {
+    let channels: std::collections::BTreeMap<_, _> = snapshot.remote_channels.iter().map(|c| (c.id, c)).collect();
+    let mut problems = Vec::new();
+    for o in &snapshot.outbound {
+        match channels.get(&o.channel) {
+            None => problems.push(format!("channel {}: messages for a channel that is not stored", o.channel)),
+            Some(c) if o.step >= c.tx.step => problems.push(format!(
+                "channel {}: message at step {} is not below the outbound chain's step {}",
+                o.channel, o.step, c.tx.step
+            )),
+            Some(c) if o.peer != c.peer => problems.push(format!(
+                "channel {}: message at step {} is addressed to runtime {}, the channel's peer is {}",
+                o.channel, o.step, o.peer, c.peer
+            )),
+            Some(_) => {}
+        }
+    }
+    problems
 }
 
 fn rotate(db: &Path, old_key_file: &Path, new_key_file: &Path) -> Result<(), Failure> {
