@@ -458,7 +458,12 @@ impl Storage for MemoryStorage {
                 d.into_iter().map(|(_, row)| row.clone()).collect()
             },
             remote_channels: s.remote.values().filter(|c| c.status != ChannelStatus::Closed).cloned().collect(),
-            outbound: s.outbound.values().cloned().collect(),
+            outbound: s
+                .outbound
+                .values()
+                .filter(|o| s.remote.get(&o.channel).is_some_and(|c| c.status != ChannelStatus::Closed))
+                .cloned()
+                .collect(),
         }))
     }
 

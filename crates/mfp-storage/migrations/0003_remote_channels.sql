@@ -21,13 +21,17 @@ CREATE TABLE remote_channels (
     rx_ratchet               BLOB,   -- encrypted
     rx_prng_seed             BLOB,   -- encrypted
     validation_failure_count INTEGER NOT NULL DEFAULT 0 CHECK (validation_failure_count BETWEEN 0 AND 4294967295),
+    -- A rotation of the inbound chain accepted and not yet seen in a message: its X25519
+    -- secret, encrypted; NULL when none (always NULL once closed).
+    rx_rotation              BLOB,
     created_at               INTEGER NOT NULL,
     updated_at               INTEGER NOT NULL,
     -- The four secrets are NULL exactly when the channel is closed (its chains are wiped).
     CHECK ((status = 'closed') = (tx_ratchet IS NULL)),
     CHECK ((status = 'closed') = (tx_prng_seed IS NULL)),
     CHECK ((status = 'closed') = (rx_ratchet IS NULL)),
-    CHECK ((status = 'closed') = (rx_prng_seed IS NULL))
+    CHECK ((status = 'closed') = (rx_prng_seed IS NULL)),
+    CHECK (status <> 'closed' OR rx_rotation IS NULL)
 );
 CREATE INDEX remote_channels_local_agent ON remote_channels (local_agent);
 CREATE INDEX remote_channels_peer ON remote_channels (peer_runtime);

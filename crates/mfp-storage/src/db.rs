@@ -190,6 +190,12 @@ pub(crate) fn remote_cell<'a>(column: &'static str, id: &'a [u8], step_be: &'a [
     Cell::new("remote_channels", column, id, step_be)
 }
 
+/// The pending rotation secret of a cross-runtime channel's inbound chain: row id the
+/// channel id.
+pub(crate) fn rotation_cell(id: &[u8]) -> Cell<'_> {
+    Cell::new("remote_channels", "rx_rotation", id, b"pending rotation")
+}
+
 /// A message of the outbound log: row id `channel_id ‖ u64be(step)`, context the peer runtime.
 pub(crate) fn remote_outbound_cell<'a>(row_id: &'a [u8], peer: &'a [u8]) -> Cell<'a> {
     Cell::new("remote_outbound", "wire", row_id, peer)
@@ -306,7 +312,7 @@ fn range(v: u64, table: &str, column: &str) -> Result<i64, StorageError> {
 const CLOSE_CHANNEL: &str =
     "UPDATE channels SET status = 'closed', local_state = NULL, updated_at = ? WHERE channel_id = ?";
 const CLOSE_REMOTE_CHANNEL: &str = "UPDATE remote_channels SET status = 'closed', tx_ratchet = NULL, tx_prng_seed = \
-     NULL, rx_ratchet = NULL, rx_prng_seed = NULL, updated_at = ? WHERE channel_id = ?";
+     NULL, rx_ratchet = NULL, rx_prng_seed = NULL, rx_rotation = NULL, updated_at = ? WHERE channel_id = ?";
 const DROP_OUTBOUND_LOG: &str = "DELETE FROM remote_outbound WHERE channel_id = ?";
 
 /// The step and the two sealed secrets of a chain (`NULL`s when `wipe`: a closed channel's).
@@ -508,6 +514,17 @@ pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut 
                 vec![step, ratchet, seed, Val::Int(now), blob(id.as_bytes())],
             ));
         }
+        WriteOp::Runtime(StorageOp::RemoteRotation { id, secret }) => {
+            let value = match secret {
+                Some(ss) => seal(cipher, rotation_cell(id.as_bytes()), ss.expose())?,
+                None => Val::Null,
+            };
+            out.push(Stmt::new(
+                "store pending rotation of a cross-runtime channel",
+                "UPDATE remote_channels SET rx_rotation = ?, updated_at = ? WHERE channel_id = ? AND status <> 'closed'",
+                vec![value, Val::Int(now), blob(id.as_bytes())],
+            ));
+        }
         WriteOp::Runtime(StorageOp::PutOutbound(o)) => {
             if o.wire.len() > MAX_WIRE_LEN {
                 return Err(corrupt(REMOTE_OUTBOUND, "wire", "wire message too large to store"));
@@ -618,16 +635,21 @@ fn put_remote_channel(
     let depth = i64::try_from(c.depth).map_err(|_| corrupt(REMOTE_CHANNELS, "depth", "value out of range"))?;
     let [tx_step, tx_ratchet, tx_seed] = chain_values(cipher, &c.id, Chain::Tx, &c.tx, wipe)?;
     let [rx_step, rx_ratchet, rx_seed] = chain_values(cipher, &c.id, Chain::Rx, &c.rx, wipe)?;
+    let rx_rotation = match (&c.rx_rotation, wipe) {
+        (Some(ss), false) => seal(cipher, rotation_cell(c.id.as_bytes()), ss.expose())?,
+        _ => Val::Null,
+    };
     out.push(Stmt::new(
         "store cross-runtime channel",
         "INSERT INTO remote_channels (channel_id, local_agent, peer_runtime, remote_agent, depth, status, tx_step, \
-         tx_ratchet, tx_prng_seed, rx_step, rx_ratchet, rx_prng_seed, validation_failure_count, created_at, \
-         updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id) DO UPDATE SET \
+         tx_ratchet, tx_prng_seed, rx_step, rx_ratchet, rx_prng_seed, validation_failure_count, rx_rotation, \
+         created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id) DO \
+         UPDATE SET \
          local_agent = excluded.local_agent, peer_runtime = excluded.peer_runtime, remote_agent = \
          excluded.remote_agent, depth = excluded.depth, status = excluded.status, tx_step = excluded.tx_step, \
          tx_ratchet = excluded.tx_ratchet, tx_prng_seed = excluded.tx_prng_seed, rx_step = excluded.rx_step, \
          rx_ratchet = excluded.rx_ratchet, rx_prng_seed = excluded.rx_prng_seed, validation_failure_count = \
-         excluded.validation_failure_count, updated_at = excluded.updated_at",
+         excluded.validation_failure_count, rx_rotation = excluded.rx_rotation, updated_at = excluded.updated_at",
         vec![
             blob(c.id.as_bytes()),
             blob(c.local_agent.as_bytes()),
@@ -642,6 +664,7 @@ fn put_remote_channel(
             rx_ratchet,
             rx_seed,
             Val::Int(i64::from(c.validation_failures)),
+            rx_rotation,
             Val::Int(now),
             Val::Int(now),
         ],
@@ -688,6 +711,7 @@ fn op_name(op: &StorageOp) -> &'static str {
         StorageOp::PutRemoteChannel(_) => "PutRemoteChannel",
         StorageOp::AdvanceRemoteTx { .. } => "AdvanceRemoteTx",
         StorageOp::AdvanceRemoteRx { .. } => "AdvanceRemoteRx",
+        StorageOp::RemoteRotation { .. } => "RemoteRotation",
         StorageOp::PutOutbound(_) => "PutOutbound",
         StorageOp::AckOutbound { .. } => "AckOutbound",
         _ => "unknown",
@@ -916,8 +940,8 @@ async fn read_remote_channels(
         conn,
         "read remote_channels",
         "SELECT channel_id, local_agent, peer_runtime, remote_agent, depth, status, tx_step, tx_ratchet, \
-         tx_prng_seed, rx_step, rx_ratchet, rx_prng_seed, validation_failure_count FROM remote_channels WHERE status \
-         <> 'closed' ORDER BY channel_id",
+         tx_prng_seed, rx_step, rx_ratchet, rx_prng_seed, validation_failure_count, rx_rotation FROM remote_channels \
+         WHERE status <> 'closed' ORDER BY channel_id",
     )
     .await?;
     let mut out = Vec::with_capacity(rows.len());
@@ -951,7 +975,23 @@ fn remote_channel(
     let tx = read_chain(cipher, row, &id, Chain::Tx)?;
     let rx = read_chain(cipher, row, &id, Chain::Rx)?;
     let validation_failures = get_u32(row, t, "validation_failure_count")?;
-    Ok(RemoteChannelRow { id, local_agent, peer, remote_agent, depth, status, tx, rx, validation_failures })
+    let rotation: Option<Vec<u8>> = get(row, t, "rx_rotation")?;
+    let rx_rotation = match rotation {
+        Some(b) => Some(open_state(cipher, rotation_cell(id.as_bytes()), &b)?),
+        None => None,
+    };
+    Ok(RemoteChannelRow {
+        id,
+        local_agent,
+        peer,
+        remote_agent,
+        depth,
+        status,
+        tx,
+        rx,
+        validation_failures,
+        rx_rotation,
+    })
 }
 
 /// Names the row in a `Corrupt` error about one of its columns.
@@ -1293,8 +1333,8 @@ async fn reencrypt_remote(
         for row in fetch_all(
             conn,
             "read remote_channels",
-            "SELECT channel_id, tx_step, tx_ratchet, tx_prng_seed, rx_step, rx_ratchet, rx_prng_seed FROM \
-             remote_channels WHERE status <> 'closed'",
+            "SELECT channel_id, tx_step, tx_ratchet, tx_prng_seed, rx_step, rx_ratchet, rx_prng_seed, rx_rotation \
+             FROM remote_channels WHERE status <> 'closed'",
         )
         .await?
         {
@@ -1309,6 +1349,19 @@ async fn reencrypt_remote(
                     put_cell(conn, sql, fresh, [Val::Blob(id.clone())]).await?;
                     count += 1;
                 }
+            }
+            let rotation: Option<Vec<u8>> = get(&row, t, "rx_rotation")?;
+            if let Some(blob) = rotation {
+                let cell = rotation_cell(&id);
+                let fresh = new.seal(cell, &old.open(cell, &blob)?)?;
+                put_cell(
+                    conn,
+                    "UPDATE remote_channels SET rx_rotation = ? WHERE channel_id = ?",
+                    fresh,
+                    [Val::Blob(id.clone())],
+                )
+                .await?;
+                count += 1;
             }
         }
     }

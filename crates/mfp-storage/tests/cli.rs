@@ -140,6 +140,7 @@ fn check_counts_cross_runtime_channels_and_compares_the_log_with_them() {
             tx: chain(u64::from(n), 2),
             rx: chain(u64::from(n) + 10, 0),
             validation_failures: 0,
+            rx_rotation: None,
         })
     };
     let logged = |n: u8, step: u64, to: RuntimeId| {

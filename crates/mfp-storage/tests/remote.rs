@@ -59,6 +59,7 @@ fn remote_row(n: u8, local: u8, status: ChannelStatus) -> RemoteChannelRow {
         tx: chain(0x11, u64::from(n), 0),
         rx: chain(0x22, u64::from(n), 0),
         validation_failures: 0,
+        rx_rotation: None,
     }
 }
 
@@ -157,6 +158,7 @@ enum Gen {
     Deliver { ch: u8, step: u64, recipient: u8, len: usize },
     AckDelivery { ch: u8, step: u64 },
     Sg { seed: u64 },
+    Rotation { ch: u8, seed: Option<u64> },
 }
 
 fn gen_op() -> impl Strategy<Value = Gen> {
@@ -178,6 +180,7 @@ fn gen_op() -> impl Strategy<Value = Gen> {
         2 => (ch.clone(), step.clone(), 1u8..4, 0usize..100).prop_map(|(ch, step, recipient, len)| Gen::Deliver { ch, step, recipient, len }),
         1 => (ch.clone(), step).prop_map(|(ch, step)| Gen::AckDelivery { ch, step }),
         1 => any::<u64>().prop_map(|seed| Gen::Sg { seed }),
+        2 => (ch.clone(), proptest::option::of(any::<u64>())).prop_map(|(ch, seed)| Gen::Rotation { ch, seed }),
     ]
 }
 
@@ -212,6 +215,15 @@ fn build(batches: &[Vec<Gen>]) -> Vec<Vec<StorageOp>> {
         for g in batch {
             let state_of = |ch: &u8| remote.get(ch).copied();
             match *g {
+                Gen::Rotation { ch, seed } => {
+                    // On a closed channel SQLite keeps nothing (the documented difference).
+                    if state_of(&ch) == Some(Known::Open) {
+                        ops.push(StorageOp::RemoteRotation {
+                            id: remote_id(ch),
+                            secret: seed.map(|n| secret(0x44, n)),
+                        });
+                    }
+                }
                 Gen::Put { ch, local, status, depth, seed, tx_step, rx_step, failures } => {
                     let status = match status {
                         0 => ChannelStatus::Active,
@@ -229,6 +241,7 @@ fn build(batches: &[Vec<Gen>]) -> Vec<Vec<StorageOp>> {
                         tx: chain(0x11, seed, tx_step),
                         rx: chain(0x22, seed, rx_step),
                         validation_failures: failures,
+                        rx_rotation: (seed % 3 == 0 && status != ChannelStatus::Closed).then(|| secret(0x66, seed)),
                     }));
                 }
                 Gen::Tx { ch, seed, step } => {
