@@ -11,6 +11,7 @@
 mod bench;
 mod ci;
 mod trace;
+mod trace_cross;
 mod vectors;
 
 use std::path::PathBuf;

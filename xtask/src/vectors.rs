@@ -51,11 +51,12 @@ const SECTIONS: &[(&str, Check)] = &[
     ("recovery", recovery),
     ("rotation", rotation),
     ("runtime_trace_intra", crate::trace::runtime_trace_intra),
+    ("runtime_trace_cross", crate::trace_cross::runtime_trace_cross),
     ("storage_crypto", storage_crypto),
 ];
 
-/// Sections of the schema that belong to layers not built yet.
-const NOT_COVERED: &[&str] = &["runtime_trace_cross"];
+/// Sections of the schema that belong to layers not built yet (none left).
+const NOT_COVERED: &[&str] = &[];
 
 /// Sections that carry no checkable values.
 const INFORMATIONAL: &[&str] = &["meta"];
@@ -143,7 +144,7 @@ fn bilateral_state(v: &Value) -> Result<BilateralState, String> {
     })
 }
 
-fn check_bilateral(s: &mut Section, what: &str, got: &BilateralState, want: &Value) -> Result<(), String> {
+pub(crate) fn check_bilateral(s: &mut Section, what: &str, got: &BilateralState, want: &Value) -> Result<(), String> {
     s.bytes(&format!("{what}.ratchet_state"), got.ratchet.expose(), &hx(want, "ratchet_state")?);
     s.bytes(&format!("{what}.shared_prng_seed"), got.prng_seed.expose(), &hx(want, "shared_prng_seed")?);
     s.eq(&format!("{what}.step"), got.step, num(want, "step")?);
@@ -724,6 +725,34 @@ mod tests {
         let flipped = format!("{}{}", &wire[..wire.len() - 1], if wire.ends_with('0') { '1' } else { '0' });
         doc["bilateral_chain"][0]["wire_bytes"] = Value::String(flipped);
         assert!(run_value(&doc).unwrap().failed >= 1);
+    }
+
+    #[test]
+    fn a_changed_cross_trace_value_fails() {
+        let mut doc = reference();
+        // Flip one hex digit of the second (B to A) message's wire bytes: our sender's bytes
+        // differ, and the receiver refuses pymfp's (now tampered) bytes.
+        let wire = doc["runtime_trace_cross"]["messages"][1]["wire_bytes"].as_str().unwrap().to_string();
+        let flipped = format!("{}{}", &wire[..wire.len() - 1], if wire.ends_with('0') { '1' } else { '0' });
+        doc["runtime_trace_cross"]["messages"][1]["wire_bytes"] = Value::String(flipped);
+        let only = serde_json::json!({ "runtime_trace_cross": doc["runtime_trace_cross"].clone() });
+        assert!(run_value(&only).unwrap().failed >= 2);
+        // A changed post state fails too.
+        let mut doc = reference();
+        doc["runtime_trace_cross"]["messages"][2]["post_state_both_sides"]["step"] = serde_json::json!(4);
+        let only = serde_json::json!({ "runtime_trace_cross": doc["runtime_trace_cross"].clone() });
+        // Both compat links and both runtimes' chains; the recorded state feeds the
+        // runtimes' TCP check, whose bytes then differ from the runtime's.
+        assert!(run_value(&only).unwrap().failed >= 4);
+    }
+
+    #[test]
+    fn the_cross_trace_is_covered() {
+        let doc = reference();
+        let only = serde_json::json!({ "runtime_trace_cross": doc["runtime_trace_cross"].clone() });
+        let s = run_value(&only).unwrap();
+        assert_eq!(s.failed, 0);
+        assert!(s.passed >= 60, "{}", s.passed);
     }
 
     #[test]

@@ -209,6 +209,77 @@ pub fn authenticated_input(data: &[u8]) -> (usize, bool) {
     (reached, closed)
 }
 
+/// pymfp compat byte stream: arbitrary bytes (mode byte even) or an XOR mask over genuine
+/// back-to-back wire messages (mode byte odd) to a [`crate::compat::EnvelopeStream`], fed
+/// whole and in chunks whose size comes from the input. Never panics; chunking changes
+/// neither the messages nor the error; every message obeys the limits and has exactly the
+/// length its header announces; an unmodified genuine stream yields its messages.
+pub fn envelope_stream(data: &[u8]) {
+    use crate::compat::EnvelopeStream;
+    use mfp_core::envelope::{EnvelopeLimits, parse_wire};
+
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let limits = EnvelopeLimits { max_frame_depth: u32::from(mode >> 3) + 2, max_payload_len: 600 };
+    let genuine: Vec<Vec<u8>> = if mode & 1 == 1 {
+        let a = RuntimeId::derive(b"fuzz", b"a");
+        let mut state = mfp_core::bilateral::BilateralState::deterministic(&a, &RuntimeId::derive(b"fuzz", b"b"));
+        let ch = mfp_core::ChannelId::from_bytes([3; 16]);
+        let mut out = Vec::new();
+        for (i, len) in [0usize, 5, 40].into_iter().enumerate() {
+            let Ok(o) = state.seal_outbound(&a, &ch, 2 + i, &vec![0x61; len]) else { return };
+            out.push(o.wire);
+            state = o.next;
+        }
+        out
+    } else {
+        Vec::new()
+    };
+    let stream: Vec<u8> = if genuine.is_empty() {
+        rest.to_vec()
+    } else {
+        let mut s = genuine.concat();
+        for (b, m) in s.iter_mut().zip(rest) {
+            *b ^= m;
+        }
+        s
+    };
+    let mut whole = EnvelopeStream::new(limits);
+    let mut messages = Vec::new();
+    let mut input = &stream[..];
+    let whole_err = loop {
+        match whole.decode(&mut input) {
+            Ok(Some(m)) => messages.push(m),
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    let mut chunked = EnvelopeStream::new(limits);
+    let mut again = Vec::new();
+    let mut chunk_err = None;
+    let step = rest.first().map_or(1, |b| usize::from(*b % 23) + 1);
+    'outer: for chunk in stream.chunks(step) {
+        let mut c = chunk;
+        loop {
+            match chunked.decode(&mut c) {
+                Ok(Some(m)) => again.push(m),
+                Ok(None) => break,
+                Err(e) => {
+                    chunk_err = Some(e);
+                    break 'outer;
+                }
+            }
+        }
+    }
+    assert_eq!(messages, again, "chunking changed the decoded messages");
+    assert_eq!(whole_err, chunk_err, "chunking changed the error");
+    for m in &messages {
+        assert!(parse_wire(m, &limits).is_ok(), "a message broke the limits or its announced length");
+    }
+    if !genuine.is_empty() && stream == genuine.concat() && genuine.iter().all(|g| parse_wire(g, &limits).is_ok()) {
+        assert_eq!(messages, genuine, "a genuine stream was not decoded");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

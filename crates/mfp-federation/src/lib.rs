@@ -13,9 +13,17 @@
 //! - [`control`]: the control messages carried inside the Noise transport;
 //! - [`session`]: the session state machine, an authenticated pipe between two runtimes:
 //!   opaque MFP1 wire messages per cross-runtime channel, channel agreement, per-channel
-//!   acknowledgements and positions, keepalive, rekeying;
+//!   acknowledgements and positions, chain rotation, keepalive, rekeying;
 //! - [`chains`]: the two bilateral chains of a cross-runtime channel
-//!   ([`channel_chains`]), which the runtime owns, seals and opens with.
+//!   ([`channel_chains`]), which the runtime owns, seals and opens with;
+//! - `net` (feature `net`, default): the tokio transport — listener with limits, dialer
+//!   with backoff, one link per pair of runtimes;
+//! - `federation` (feature `runtime`, default): the federation of an mfp-runtime
+//!   `Runtime` — its cross-runtime channels over `net`;
+//! - [`compat`]: pymfp 1.0.0 compat peers (unauthenticated, one shared chain, raw `MFP1`
+//!   envelopes on plain TCP), only ever chosen by explicit configuration; with the
+//!   `compat-net` feature, `compat_net` is their tokio transport for an mfp-runtime
+//!   `Runtime`.
 //!
 //! See `docs/federation.md` for the threat model, the wire format and what is not built yet.
 #![forbid(unsafe_code)]
@@ -23,6 +31,9 @@
 
 pub mod chains;
 pub mod codec;
+pub mod compat;
+#[cfg(feature = "compat-net")]
+pub mod compat_net;
 pub mod control;
 #[cfg(feature = "runtime")]
 pub mod federation;
