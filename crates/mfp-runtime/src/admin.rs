@@ -25,11 +25,12 @@ use tokio::sync::mpsc;
 use crate::agent::{self, AgentRecord, DRAIN, Delivery, Handler, STOP, WorkerCtx};
 use crate::audit::{AuditEvent, AuditEventType};
 use crate::block::Place;
-use crate::channel::{ChannelInner, ChannelRecord};
+use crate::channel::{ChannelInner, ChannelRecord, Far, PeerRef};
 use crate::error::{Error, Result};
 use crate::handle::AgentHandle;
+use crate::remote::{Chains, RemoteEnd, RemoteLink};
 use crate::runtime::{Inner, QuarantineCause};
-use crate::storage::{AgentRow, ChannelRow, StorageOp, Ticket};
+use crate::storage::{AgentRow, ChannelRow, RemoteChannelRow, StorageOp, Ticket};
 use crate::types::{AgentState, ChannelStatus};
 
 /// Whether an operation may wait for its turn behind another administrative operation.
@@ -289,7 +290,7 @@ impl Inner {
         let record = Arc::new(ChannelRecord {
             id,
             a: Arc::clone(&lo),
-            b: Arc::clone(&hi),
+            far: Far::Local(Arc::clone(&hi)),
             depth: u16::try_from(depth).unwrap_or(u16::MAX),
             inner: parking_lot::Mutex::new(ChannelInner {
                 state: sl0,
@@ -333,18 +334,23 @@ impl Inner {
     /// changes anything.
     async fn close_one(&self, id: &ChannelId) -> Result<()> {
         let rec = self.channel(id)?;
-        let ticket = {
-            let mut inner = rec.inner.lock();
-            let mut ops = Vec::new();
-            if self.persisting() {
-                ops.push(StorageOp::CloseChannel(*id));
-                for r in [&rec.a, &rec.b] {
-                    let only_this = r.admin.lock().channels.iter().all(|c| c == id);
-                    if only_this && r.state() == AgentState::Active {
-                        ops.push(StorageOp::PutAgent(Self::agent_row(r, AgentState::Bound, "")));
-                    }
+        if rec.remote().is_some() {
+            return self.close_remote_one(&rec, true).await;
+        }
+        let mut ops = Vec::new();
+        if self.persisting() {
+            // Agent rows first, outside the channel's lock (a channel lock and an agent's
+            // admin lock are never held together).
+            ops.push(StorageOp::CloseChannel(*id));
+            for r in rec.locals() {
+                let only_this = r.admin.lock().channels.iter().all(|c| c == id);
+                if only_this && r.state() == AgentState::Active {
+                    ops.push(StorageOp::PutAgent(Self::agent_row(r, AgentState::Bound, "")));
                 }
             }
+        }
+        let ticket = {
+            let mut inner = rec.inner.lock();
             // Sg computed and the batch submitted under one hold of the `sg` lock (see
             // `submit`); the commit is awaited outside it.
             let mut sg = self.sg.lock();
@@ -369,7 +375,7 @@ impl Inner {
             self.wipe_channel(id, &mut rec.inner.lock());
         }
         self.quarantine_causes.lock().remove(id);
-        for r in [&rec.a, &rec.b] {
+        for r in rec.locals() {
             let mut adm = r.admin.lock();
             adm.channels.retain(|c| c != id);
             let empty = adm.channels.is_empty();
@@ -381,6 +387,157 @@ impl Inner {
         let mut ev = AuditEvent::new(AuditEventType::ChannelClosed);
         ev.channel = Some(*id);
         ev.reason = Some("closed".to_string());
+        self.event(ev);
+        Ok(())
+    }
+
+    /// Closes a cross-runtime channel; the caller holds the turn. `tell_peer`: whether the
+    /// transport is told to close it on the peer too (not when the peer closed it).
+    async fn close_remote_one(&self, rec: &Arc<ChannelRecord>, tell_peer: bool) -> Result<()> {
+        let id = rec.id;
+        let Some(link) = rec.remote() else { return Err(Error::Inconsistent { channel: id }) };
+        if self.persisting() && !link.tx.is_shared() {
+            let mut ops = vec![StorageOp::CloseChannel(id)];
+            let r = &rec.a;
+            let only_this = r.admin.lock().channels.iter().all(|c| *c == id);
+            if only_this && r.state() == AgentState::Active {
+                ops.push(StorageOp::PutAgent(Self::agent_row(r, AgentState::Bound, "")));
+            }
+            self.settle_async(self.submit(ops)).await?;
+        }
+        {
+            let mut inner = rec.inner.lock();
+            self.wipe_channel(&id, &mut inner);
+            link.wipe();
+        }
+        self.quarantine_causes.lock().remove(&id);
+        {
+            let r = &rec.a;
+            let mut adm = r.admin.lock();
+            adm.channels.retain(|c| *c != id);
+            let empty = adm.channels.is_empty();
+            drop(adm);
+            if empty && r.state() == AgentState::Active {
+                Self::transition(r, AgentState::Bound)?;
+            }
+        }
+        if tell_peer && let Some(t) = self.transport.get() {
+            t.channel_closed(&link.end.peer, &id);
+        }
+        let mut ev = AuditEvent::new(AuditEventType::ChannelClosed);
+        ev.channel = Some(id);
+        ev.reason = Some(if tell_peer { "closed" } else { "closed by the peer runtime" }.to_string());
+        self.event(ev);
+        Ok(())
+    }
+
+    /// The peer runtime closed a cross-runtime channel.
+    pub(crate) async fn close_remote_by_peer(&self, id: &ChannelId, wait: Wait) -> Result<()> {
+        let _turn = self.turn(wait).await?;
+        let rec = self.channel(id)?;
+        if rec.remote().is_none() {
+            return Err(Error::WrongPeer { channel: *id, from: "a peer runtime".into() });
+        }
+        self.close_remote_one(&rec, false).await
+    }
+
+    /// Opens a cross-runtime channel both runtimes agreed on.
+    pub(crate) async fn establish_remote(
+        &self,
+        local: AgentId,
+        remote: RemoteEnd,
+        id: ChannelId,
+        depth: usize,
+        chains: Chains,
+        wait: Wait,
+    ) -> Result<()> {
+        if self.is_shut_down() {
+            return Err(Error::ShutDown);
+        }
+        let max = self.config.max_frame_depth;
+        if !(MIN_FRAME_DEPTH..=max).contains(&depth) {
+            return Err(Error::InvalidDepth { depth, min: MIN_FRAME_DEPTH, max });
+        }
+        if remote.peer == self.identity {
+            return Err(Error::Config(crate::error::ConfigError {
+                field: "peer",
+                reason: "a cross-runtime channel needs a peer runtime other than this one".to_string(),
+            }));
+        }
+        let _turn = self.turn(wait).await?;
+        let rec = self.agent(&local)?;
+        match rec.state() {
+            AgentState::Quarantined => return Err(Error::AgentQuarantined(rec.id)),
+            AgentState::Terminated => return Err(Error::AgentNotBound(rec.id)),
+            AgentState::Bound | AgentState::Active => {}
+        }
+        if rec.admin.lock().channels.len() >= self.config.max_channels_per_agent {
+            return Err(Error::ResourceLimit {
+                what: "max_channels_per_agent",
+                limit: self.config.max_channels_per_agent,
+            });
+        }
+        {
+            let channels = self.channels.read();
+            if channels.contains_key(&id) || self.closed.lock().contains(&id) {
+                return Err(Error::ChannelExists(id));
+            }
+            let with_peer = channels.values().filter(|c| c.remote().is_some_and(|l| l.end.peer == remote.peer)).count();
+            if with_peer >= self.config.max_bilateral_channels {
+                return Err(Error::ResourceLimit {
+                    what: "max_bilateral_channels",
+                    limit: self.config.max_bilateral_channels,
+                });
+            }
+        }
+        if self.persisting()
+            && let Chains::Split { tx, rx } = &chains
+        {
+            let mut ops = vec![StorageOp::PutRemoteChannel(RemoteChannelRow {
+                id,
+                local_agent: local,
+                peer: remote.peer,
+                remote_agent: remote.agent,
+                depth,
+                status: ChannelStatus::Active,
+                tx: tx.clone(),
+                rx: rx.clone(),
+                validation_failures: 0,
+                rx_rotation: None,
+            })];
+            if rec.state() == AgentState::Bound {
+                ops.push(StorageOp::PutAgent(Self::agent_row(&rec, AgentState::Active, "")));
+            }
+            self.settle_async(self.submit(ops)).await?;
+        }
+        let acked = match &chains {
+            Chains::Split { tx, .. } => tx.step,
+            Chains::Shared(s) => s.step(),
+        };
+        let record = Arc::new(ChannelRecord {
+            id,
+            a: Arc::clone(&rec),
+            far: Far::Remote(Box::new(RemoteLink::new(remote, chains, acked))),
+            depth: u16::try_from(depth).unwrap_or(u16::MAX),
+            inner: parking_lot::Mutex::new(ChannelInner {
+                state: State::zero(),
+                step: 0,
+                status: ChannelStatus::Active,
+                validation_failures: 0,
+                dedup: None,
+                leaf_hint: usize::MAX,
+            }),
+        });
+        self.channels.write().insert(id, record);
+        rec.admin.lock().channels.push(id);
+        if rec.state() == AgentState::Bound {
+            Self::transition(&rec, AgentState::Active)?;
+        }
+        let mut ev = AuditEvent::new(AuditEventType::ChannelEstablished);
+        ev.channel = Some(id);
+        ev.agent = Some(local);
+        ev.peer = Some(remote.agent);
+        ev.reason = Some(format!("cross-runtime, peer runtime {}", remote.peer.short()));
         self.event(ev);
         Ok(())
     }
@@ -537,14 +694,16 @@ impl Inner {
         let chans = rec.admin.lock().channels.clone();
         let mut reactivate = Vec::new();
         let mut hand_over = Vec::new();
+        // The records first: `quarantine_causes` is a leaf lock (nothing is taken under it).
+        let records: Vec<_> = chans.iter().filter_map(|c| self.channel(c).ok().map(|ch| (*c, ch))).collect();
         {
             let causes = self.quarantine_causes.lock();
-            for c in &chans {
-                let Ok(ch) = self.channel(c) else { continue };
+            for (c, ch) in records {
+                let c = &c;
                 if causes.get(c) != Some(&QuarantineCause::Agent(*id)) {
                     continue;
                 }
-                match ch.peer_of(id).map(|p| (p.id, p.state())) {
+                match ch.peer_of(id).as_ref().and_then(PeerRef::local).map(|p| (p.id, p.state())) {
                     Some((pid, AgentState::Quarantined)) if pid != *id => hand_over.push((*c, pid)),
                     _ => reactivate.push(ch),
                 }
@@ -583,7 +742,7 @@ impl Inner {
     pub(crate) async fn restore_channel(&self, id: &ChannelId, wait: Wait) -> Result<()> {
         let _turn = self.turn(wait).await?;
         let ch = self.channel(id)?;
-        for r in [&ch.a, &ch.b] {
+        for r in ch.locals() {
             if r.state() == AgentState::Quarantined {
                 return Err(Error::AgentQuarantined(r.id));
             }

@@ -36,6 +36,8 @@ pub enum AuditEventType {
     RestoreAgent,
     /// A channel was restored.
     RestoreChannel,
+    /// A cross-runtime chain was rotated (pymfp's `key_rotation` event).
+    KeyRotation,
 }
 
 impl AuditEventType {
@@ -56,6 +58,7 @@ impl AuditEventType {
             AuditEventType::QuarantineChannel => "quarantine_channel",
             AuditEventType::RestoreAgent => "restore_agent",
             AuditEventType::RestoreChannel => "restore_channel",
+            AuditEventType::KeyRotation => "key_rotation",
         }
     }
 }

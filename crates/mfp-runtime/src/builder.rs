@@ -5,18 +5,19 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use mfp_core::{AgentId, EntropySource, MIN_FRAME_DEPTH, MerkleSg, RuntimeId};
+use mfp_core::{AgentId, ChannelId, EntropySource, MIN_FRAME_DEPTH, MerkleSg, RuntimeId};
 use parking_lot::{Mutex, RwLock};
 
 use crate::agent::{AgentRecord, Delivery};
 use crate::audit::AuditSink;
-use crate::channel::{ChannelInner, ChannelRecord};
+use crate::channel::{ChannelInner, ChannelRecord, Far};
 use crate::config::RuntimeConfig;
 use crate::entropy::SystemEntropy;
 use crate::error::{Error, Result};
 use crate::hooks::Hooks;
-use crate::runtime::{AdminState, InFlight, Inner, QuarantineCause, Runtime, SgState, Shared};
-use crate::storage::{DeliveryRow, Snapshot, Storage, StorageError, StorageOp};
+use crate::remote::{Chains, OutboundMessage, RemoteEnd, RemoteLink};
+use crate::runtime::{AdminState, IdHash, InFlight, Inner, QuarantineCause, Runtime, SgState, Shared};
+use crate::storage::{DeliveryRow, OutboundRow, RemoteChannelRow, Snapshot, Storage, StorageError, StorageOp};
 use crate::types::{AgentState, ChannelStatus, CorrelationId, DeliveredMessage};
 
 /// Builds a [`Runtime`] with optional collaborators.
@@ -163,6 +164,7 @@ impl RuntimeBuilder {
             hooks: self.hooks,
             audit: self.audit,
             storage: self.storage,
+            transport: std::sync::OnceLock::new(),
             acks: Mutex::new(Vec::new()),
             detached: Mutex::new(HashMap::default()),
             workers: Mutex::new(Vec::new()),
@@ -242,7 +244,7 @@ impl Inner {
                 Arc::new(ChannelRecord {
                     id: row.id,
                     a: Arc::clone(a),
-                    b: Arc::clone(b),
+                    far: Far::Local(Arc::clone(b)),
                     depth: u16::try_from(row.depth).unwrap_or(u16::MAX),
                     inner: parking_lot::Mutex::new(ChannelInner {
                         state: row.state,
@@ -255,6 +257,7 @@ impl Inner {
                 }),
             );
         }
+        self.restore_remote(snap.remote_channels, snap.outbound, &agents, &mut channels)?;
         let mut redelivered = 0usize;
         for (id, rows) in pending {
             let Some(rec) = agents.get(&id) else {
@@ -268,7 +271,8 @@ impl Inner {
                 continue;
             };
             for row in rows {
-                self.queue_redelivery(rec, row)?;
+                let sender_runtime = channels.get(&row.channel).and_then(|c| c.remote().map(|l| l.end.peer));
+                self.queue_redelivery(rec, row, sender_runtime)?;
                 redelivered += 1;
             }
         }
@@ -297,6 +301,86 @@ impl Inner {
         Ok(())
     }
 
+    /// Restores the cross-runtime channels and their outbound logs.
+    fn restore_remote(
+        &self,
+        rows: Vec<RemoteChannelRow>,
+        outbound: Vec<OutboundRow>,
+        agents: &HashMap<AgentId, Arc<AgentRecord>, IdHash>,
+        channels: &mut HashMap<ChannelId, Arc<ChannelRecord>, IdHash>,
+    ) -> Result<()> {
+        let corrupt = |m: String| Error::Storage(StorageError::Corrupt(m));
+        let mut logs: HashMap<ChannelId, Vec<OutboundRow>> = HashMap::new();
+        for o in outbound {
+            logs.entry(o.channel).or_default().push(o);
+        }
+        for row in rows {
+            let Some(a) = agents.get(&row.local_agent) else {
+                return Err(corrupt(format!("cross-runtime channel {} names an unknown agent", row.id.short())));
+            };
+            if !(MIN_FRAME_DEPTH..=mfp_core::MAX_FRAME_DEPTH).contains(&row.depth) {
+                return Err(corrupt(format!("cross-runtime channel {} has an invalid depth", row.id.short())));
+            }
+            if channels.contains_key(&row.id) {
+                return Err(corrupt(format!("channel {} stored twice", row.id.short())));
+            }
+            if row.status == ChannelStatus::Quarantined {
+                let cause = if a.state() == AgentState::Quarantined {
+                    QuarantineCause::Agent(a.id)
+                } else {
+                    QuarantineCause::Channel
+                };
+                self.quarantine_causes.lock().insert(row.id, cause);
+            }
+            let mut log = logs.remove(&row.id).unwrap_or_default();
+            log.sort_unstable_by_key(|o| o.step);
+            let tx_next = row.tx.step;
+            if log.iter().any(|o| o.step >= tx_next || o.peer != row.peer)
+                || log.windows(2).any(|w| matches!(w, [x, y] if x.step == y.step))
+            {
+                return Err(corrupt(format!(
+                    "the outbound log of cross-runtime channel {} does not fit its chain",
+                    row.id.short()
+                )));
+            }
+            let acked = log.first().map_or(tx_next, |o| o.step);
+            let link = RemoteLink::new(
+                RemoteEnd::new(row.peer, row.remote_agent),
+                Chains::Split { tx: row.tx, rx: row.rx },
+                acked,
+            );
+            *link.rx_rotation.lock() = row.rx_rotation;
+            link.log.lock().entries.extend(log.into_iter().map(|o| OutboundMessage {
+                peer: o.peer,
+                channel: o.channel,
+                step: o.step,
+                wire: Arc::from(o.wire),
+            }));
+            a.admin.lock().channels.push(row.id);
+            channels.insert(
+                row.id,
+                Arc::new(ChannelRecord {
+                    id: row.id,
+                    a: Arc::clone(a),
+                    far: Far::Remote(Box::new(link)),
+                    depth: u16::try_from(row.depth).unwrap_or(u16::MAX),
+                    inner: parking_lot::Mutex::new(ChannelInner {
+                        state: mfp_core::State::zero(),
+                        step: 0,
+                        status: row.status,
+                        validation_failures: row.validation_failures,
+                        dedup: None,
+                        leaf_hint: usize::MAX,
+                    }),
+                }),
+            );
+        }
+        if let Some(orphan) = logs.keys().next() {
+            return Err(corrupt(format!("outbound messages stored for unknown channel {}", orphan.short())));
+        }
+        Ok(())
+    }
+
     /// Groups the stored inbox by recipient (keeping the stored order, which is per
     /// channel by step), refusing more per agent than [`redelivery_limit`] allows.
     fn pending_by_recipient(&self, rows: Vec<DeliveryRow>) -> Result<HashMap<AgentId, Vec<DeliveryRow>>> {
@@ -322,7 +406,7 @@ impl Inner {
 
     /// Puts a stored, unhandled message back into its recipient's mailbox, flagged as a
     /// redelivery. The mailbox was made large enough for all of them.
-    fn queue_redelivery(&self, rec: &AgentRecord, row: DeliveryRow) -> Result<()> {
+    fn queue_redelivery(&self, rec: &AgentRecord, row: DeliveryRow, sender_runtime: Option<RuntimeId>) -> Result<()> {
         // Byte permits as for a send; past the byte bound (it may have been lowered) the
         // message holds what is left, so the accounting stays balanced.
         let need = rec.bytes_needed(row.payload.len());
@@ -340,6 +424,7 @@ impl Inner {
                 correlation_id: CorrelationId(row.correlation_id),
                 step: row.step,
                 redelivered: true,
+                sender_runtime,
             },
             done: None,
             token,

@@ -8,15 +8,49 @@ use mfp_core::{AgentId, ChannelId, State};
 use parking_lot::Mutex;
 
 use crate::agent::AgentRecord;
+use crate::remote::RemoteLink;
 use crate::types::{ChannelStatus, Receipt};
 
-/// A channel between two local agents. `a` and `b` are in canonical (sorted id) order.
+/// A channel. Between two local agents, `a` and the local `far` end are in canonical
+/// (sorted id) order; a cross-runtime channel has its local agent in `a`.
 pub(crate) struct ChannelRecord {
     pub(crate) id: ChannelId,
     pub(crate) a: Arc<AgentRecord>,
-    pub(crate) b: Arc<AgentRecord>,
+    pub(crate) far: Far,
     pub(crate) depth: u16,
     pub(crate) inner: Mutex<ChannelInner>,
+}
+
+/// The other end of a channel.
+pub(crate) enum Far {
+    /// A local agent.
+    Local(Arc<AgentRecord>),
+    /// An agent of a peer runtime, with the channel's chains and outbound log.
+    Remote(Box<RemoteLink>),
+}
+
+/// The end of a channel facing a given agent.
+pub(crate) enum PeerRef<'a> {
+    Local(&'a Arc<AgentRecord>),
+    Remote(&'a RemoteLink),
+}
+
+impl PeerRef<'_> {
+    /// The peer agent's id.
+    pub(crate) fn id(&self) -> AgentId {
+        match self {
+            PeerRef::Local(r) => r.id,
+            PeerRef::Remote(l) => l.end.agent,
+        }
+    }
+
+    /// The peer agent's record, if it is local.
+    pub(crate) fn local(&self) -> Option<&Arc<AgentRecord>> {
+        match self {
+            PeerRef::Local(r) => Some(r),
+            PeerRef::Remote(_) => None,
+        }
+    }
 }
 
 /// The mutable part of a channel, guarded by its lock. The lock is held for the whole
@@ -33,14 +67,31 @@ pub(crate) struct ChannelInner {
 }
 
 impl ChannelRecord {
-    /// The other agent, if `agent` is on this channel.
-    pub(crate) fn peer_of(&self, agent: &AgentId) -> Option<&Arc<AgentRecord>> {
-        if self.a.id == *agent {
-            Some(&self.b)
-        } else if self.b.id == *agent {
-            Some(&self.a)
-        } else {
-            None
+    /// The other end, if `agent` (a local agent) is on this channel.
+    pub(crate) fn peer_of(&self, agent: &AgentId) -> Option<PeerRef<'_>> {
+        match &self.far {
+            Far::Local(b) if self.a.id == *agent => Some(PeerRef::Local(b)),
+            Far::Local(b) if b.id == *agent => Some(PeerRef::Local(&self.a)),
+            Far::Remote(l) if self.a.id == *agent => Some(PeerRef::Remote(l)),
+            _ => None,
+        }
+    }
+
+    /// The local agents on this channel (one for a cross-runtime channel; a self-channel
+    /// yields its agent twice).
+    pub(crate) fn locals(&self) -> impl Iterator<Item = &Arc<AgentRecord>> {
+        let b = match &self.far {
+            Far::Local(b) => Some(b),
+            Far::Remote(_) => None,
+        };
+        std::iter::once(&self.a).chain(b)
+    }
+
+    /// The remote part, for a cross-runtime channel.
+    pub(crate) fn remote(&self) -> Option<&RemoteLink> {
+        match &self.far {
+            Far::Remote(l) => Some(l),
+            Far::Local(_) => None,
         }
     }
 }

@@ -243,6 +243,49 @@ pub enum Error {
         /// The blocking call, e.g. `"Runtime::close_channel"`.
         operation: &'static str,
     },
+    /// The link to a peer runtime cannot take the message now (busy or down), and the
+    /// wait allowed by the configuration ran out (or `backpressure` is `reject`). Nothing
+    /// was sent and the channel did not move.
+    #[error(
+        "the link to peer runtime {peer} cannot take messages now ({reason}); nothing was sent — \
+         retry later, or check the peer's health and the federation settings"
+    )]
+    PeerUnavailable {
+        /// The peer runtime (short form).
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// A cross-runtime channel has no transport to carry its messages.
+    #[error(
+        "channel {0} leads to another runtime but this runtime has no transport; attach one with \
+         Runtime::attach_transport (nothing was sent)"
+    )]
+    NoTransport(ChannelId),
+    /// A message for a cross-runtime channel came from a runtime that is not the channel's
+    /// peer, or for a channel that is not a cross-runtime one. Dropped.
+    #[error("a message for channel {channel} came from runtime {from}, which is not its peer; dropped")]
+    WrongPeer {
+        /// The channel named in the message.
+        channel: ChannelId,
+        /// The runtime it came from (short form).
+        from: String,
+    },
+    /// An inbound message's step is ahead of the channel's inbound chain (a gap: messages
+    /// were lost or the peer's state diverged). Dropped and counted as a validation failure.
+    #[error("a message on channel {channel} has step {got}, the channel expects {expected}; dropped")]
+    StepMismatch {
+        /// The channel.
+        channel: ChannelId,
+        /// The step the channel expects.
+        expected: u64,
+        /// The message's step.
+        got: u64,
+    },
+    /// A channel with that id already exists (cross-runtime channels take the id agreed
+    /// with the peer).
+    #[error("a channel with id {0} already exists in this runtime; nothing was changed")]
+    ChannelExists(ChannelId),
     /// The runtime is shutting down or has shut down.
     #[error("the runtime is shut down (or shutting down); start a new one")]
     ShutDown,
@@ -280,6 +323,8 @@ impl Error {
                 ErrorCode::ResourceLimitExceeded
             }
             Error::Timeout => ErrorCode::Timeout,
+            Error::WrongPeer { .. } => ErrorCode::InvalidChannel,
+            Error::PeerUnavailable { .. } => ErrorCode::ResourceLimitExceeded,
             _ => return None,
         })
     }

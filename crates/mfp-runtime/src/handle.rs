@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use crate::agent::{AgentRecord, Outcome};
 use crate::block::Place;
 use crate::error::{Error, Result};
-use crate::runtime::{Inner, Runtime, WeakInner};
+use crate::runtime::{Inner, Route, Runtime, WeakInner};
 use crate::types::{AgentState, AgentStatus, ChannelInfo, DeliveredMessage, Receipt, SendOptions};
 
 /// An agent's view of the runtime: send, list channels, read status (the three MFP
@@ -143,7 +143,7 @@ impl AgentHandle {
         let ids = self.record.admin.lock().channels.clone();
         Ok(ids
             .into_iter()
-            .find(|c| inner.channel(c).is_ok_and(|ch| ch.peer_of(&self.record.id).is_some_and(|p| p.id == *peer))))
+            .find(|c| inner.channel(c).is_ok_and(|ch| ch.peer_of(&self.record.id).is_some_and(|p| p.id() == *peer))))
     }
 
     /// `mfp_status`: the agent's status. Requires state `Bound` or `Active`.
@@ -217,7 +217,24 @@ impl AgentHandle {
         loop {
             let now = inner.clock.now();
             let (ch, recipient) = match inner.precheck(&self.record, &channel, payload.len(), now)? {
-                Ok(pair) => pair,
+                Ok(Route::Local(ch, recipient)) => (ch, recipient),
+                Ok(Route::Remote(ch)) => {
+                    if done.is_some() {
+                        // No handler of this runtime will report the outcome; nothing was sent.
+                        return Err(Error::Config(crate::error::ConfigError {
+                            field: "send_and_wait",
+                            reason: format!(
+                                "channel {} leads to another runtime, whose handler cannot be waited for; use send",
+                                ch.id.short()
+                            ),
+                        }));
+                    }
+                    let on_async = caller == Caller::Async;
+                    let receipt =
+                        inner.send_remote(&self.record, &ch, payload, options, deadline, started, on_async).await?;
+                    let peer = ch.remote().map_or(ch.a.id, |l| l.end.agent);
+                    return Ok((receipt, peer));
+                }
                 Err(wait) => {
                     if now + wait > rate_deadline {
                         return Err(Error::RateLimited { retry_after: wait });

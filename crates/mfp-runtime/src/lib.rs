@@ -44,6 +44,8 @@ mod handle;
 pub mod hooks;
 pub mod metrics;
 mod pipeline;
+pub mod remote;
+mod remote_pipeline;
 mod runtime;
 pub mod storage;
 mod types;

@@ -111,6 +111,18 @@ pub struct Metrics {
     pub duplicates_suppressed: Counter,
     /// Storage writes that failed.
     pub storage_failures: Counter,
+    /// Messages sealed for agents of peer runtimes (also counted in `messages_sent`).
+    pub remote_sent: Counter,
+    /// Messages from peer runtimes validated, decoded and delivered.
+    pub remote_received: Counter,
+    /// Messages from peer runtimes received a second time (a resend after a reconnect)
+    /// and dropped.
+    pub remote_duplicates: Counter,
+    /// Messages from peer runtimes refused (malformed, wrong peer, wrong step, failed
+    /// validation or decoding).
+    pub remote_rejected: Counter,
+    /// Rotations of cross-runtime chains (outbound applied, inbound seen in a message).
+    pub remote_rotations: Counter,
     /// Send latency, ACCEPT to queued (`mfp_pipeline_duration_seconds`).
     pub send_latency: Histogram,
     /// Handler run time.
@@ -134,6 +146,11 @@ impl Default for Metrics {
             mailbox_full: Counter::default(),
             duplicates_suppressed: Counter::default(),
             storage_failures: Counter::default(),
+            remote_sent: Counter::default(),
+            remote_received: Counter::default(),
+            remote_duplicates: Counter::default(),
+            remote_rejected: Counter::default(),
+            remote_rotations: Counter::default(),
             send_latency: Histogram::new(&LATENCY_BUCKETS),
             handler_duration: Histogram::new(&LATENCY_BUCKETS),
             message_size: Histogram::new(&SIZE_BUCKETS),

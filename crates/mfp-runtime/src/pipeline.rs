@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::{AgentRecord, Delivery, Outcome};
 use crate::audit::{AuditEvent, AuditEventType};
-use crate::channel::{ChannelRecord, Dedup, DedupHit};
+use crate::channel::{ChannelInner, ChannelRecord, Dedup, DedupHit, PeerRef};
 use crate::config::{Backpressure, RateLimitAction};
 use crate::error::{Error, Result};
 use crate::hooks::SendContext;
@@ -58,14 +58,19 @@ impl Inner {
             }
         }
         let channel = self.channel(channel_id)?;
-        let recipient = Arc::clone(
-            channel.peer_of(&sender.id).ok_or(Error::NotOnChannel { agent: sender.id, channel: *channel_id })?,
-        );
         let max = self.config.max_payload_size;
         if max > 0 && payload_len > max {
             return Err(Error::PayloadTooLarge { len: payload_len, max });
         }
-        Ok(Ok((channel, recipient)))
+        let route = match channel.peer_of(&sender.id) {
+            Some(PeerRef::Local(r)) => {
+                let r = Arc::clone(r);
+                Route::Local(channel, r)
+            }
+            Some(PeerRef::Remote(_)) => Route::Remote(channel),
+            None => return Err(Error::NotOnChannel { agent: sender.id, channel: *channel_id }),
+        };
+        Ok(Ok(route))
     }
 
     /// ACCEPT (locked part) → FRAME → ENCODE → VALIDATE → DECODE → DELIVER → commit.
@@ -127,58 +132,39 @@ impl Inner {
                 DedupHit::Conflict => return Err(Error::IdempotencyConflict),
             }
         }
-        self.draw(draw)?;
-        let (ids, jitter) = draw.split_at(32);
-        let mut corr = [0u8; 8];
-        corr.copy_from_slice(ids.get(..8).unwrap_or(&[0; 8]));
-        let message_id = MessageId::from_slice(ids.get(16..32).unwrap_or_default())?;
-        let correlation_id = CorrelationId(corr);
-        let sg = self.current_sg().ok_or(Error::Inconsistent { channel: channel.id })?;
-        let step = ch.step;
-
-        // FRAME
-        let frame: Frame = sampling::sample_frame(&ch.state, step, &sg, depth, &mut ReplayEntropy::new(jitter))?;
-        // ENCODE. The protocol message is frame_open ‖ E(P) ‖ frame_close; inside the
-        // runtime it is never serialised, so its three parts stay in their own buffers and
-        // E(P) is built where the payload's only copy is (no concatenation, and no shift of
-        // the plaintext back to the front after decoding).
-        let mut m = Vec::with_capacity(payload.len() + TAG_SIZE);
-        m.extend_from_slice(payload);
-        let tag = encoding::encode_in_place(&ch.state, &channel.id, step, &mut m)?;
-        m.extend_from_slice(&tag);
-        let frame_close = frame.mirror();
-        // VALIDATE
-        if Frame::validate(&frame, &frame_close, &frame).is_err() {
-            self.shared.metrics.validation_failures.inc();
-            ch.validation_failures += 1;
-            let mut ops = vec![StorageOp::ChannelFailures { id: channel.id, count: ch.validation_failures }];
-            let quarantine = ch.validation_failures >= self.config.validation_failure_threshold;
-            if quarantine {
-                ch.status = ChannelStatus::Quarantined;
-                ops.push(StorageOp::ChannelStatus { id: channel.id, status: ChannelStatus::Quarantined });
+        // The outbound half (FRAME → ENCODE), then the inbound half (VALIDATE → DECODE) of
+        // the same message, in one go: both ends are local.
+        let mut sealed = self.seal_local(&ch, channel, payload, draw)?;
+        let (message_id, correlation_id, step) = (sealed.message_id, sealed.correlation_id, sealed.step);
+        let next = match Self::open_local(&ch, channel, &mut sealed) {
+            Ok(next) => next,
+            Err(Error::FrameValidation) => {
+                self.shared.metrics.validation_failures.inc();
+                ch.validation_failures += 1;
+                let mut ops = vec![StorageOp::ChannelFailures { id: channel.id, count: ch.validation_failures }];
+                let quarantine = ch.validation_failures >= self.config.validation_failure_threshold;
+                if quarantine {
+                    ch.status = ChannelStatus::Quarantined;
+                    ops.push(StorageOp::ChannelStatus { id: channel.id, status: ChannelStatus::Quarantined });
+                }
+                drop(ch);
+                if quarantine {
+                    self.quarantine_causes.lock().insert(channel.id, QuarantineCause::Channel);
+                    self.channel_quarantined_event(&channel.id, "Validation failure threshold");
+                }
+                // Best effort: the count and the quarantine hold in memory regardless (pymfp
+                // persists neither).
+                let _ = self.persist(ops);
+                self.rejected(sender.id, channel.id, "frame validation failed");
+                return Err(Error::FrameValidation);
             }
-            drop(ch);
-            if quarantine {
-                self.quarantine_causes.lock().insert(channel.id, QuarantineCause::Channel);
-                self.channel_quarantined_event(&channel.id, "Validation failure threshold");
-            }
-            // Best effort: the count and the quarantine hold in memory regardless (pymfp
-            // persists neither).
-            let _ = self.persist(ops);
-            self.rejected(sender.id, channel.id, "frame validation failed");
-            return Err(Error::FrameValidation);
-        }
-        // DECODE (in place)
-        let plain_len = match encoding::decode_in_place(&ch.state, &channel.id, step, &mut m) {
-            Ok(p) => p.len(),
-            Err(_) => {
+            Err(e) => {
                 self.shared.metrics.decode_failures.inc();
                 self.rejected(sender.id, channel.id, "payload decode failed");
-                return Err(Error::Decode);
+                return Err(e);
             }
         };
-        m.truncate(plain_len);
-        let next = ratchet::advance(&ch.state, &frame);
+        let m = sealed.m;
         let next_step = step.checked_add(1).ok_or(Error::Core(mfp_core::Error::Crypto("channel step exhausted")))?;
 
         // PERSIST: with storage, the advance and the new Sg commit in one transaction
@@ -243,6 +229,7 @@ impl Inner {
                 correlation_id,
                 step,
                 redelivered: false,
+                sender_runtime: None,
             },
             done,
             token,
@@ -295,6 +282,56 @@ impl Inner {
         Ok(receipt)
     }
 
+    /// The outbound half for a channel between two local agents: FRAME → ENCODE. Draws
+    /// the message and correlation ids and the frame's jitter from `draw` (filled here).
+    #[inline]
+    fn seal_local(
+        &self,
+        ch: &ChannelInner,
+        channel: &ChannelRecord,
+        payload: &[u8],
+        draw: &mut [u8],
+    ) -> Result<Sealed> {
+        self.draw(draw)?;
+        let (ids, jitter) = draw.split_at(32);
+        let mut corr = [0u8; 8];
+        corr.copy_from_slice(ids.get(..8).unwrap_or(&[0; 8]));
+        let message_id = MessageId::from_slice(ids.get(16..32).unwrap_or_default())?;
+        let sg = self.current_sg().ok_or(Error::Inconsistent { channel: channel.id })?;
+        let step = ch.step;
+        let depth = usize::from(channel.depth);
+        // FRAME
+        let frame: Frame = sampling::sample_frame(&ch.state, step, &sg, depth, &mut ReplayEntropy::new(jitter))?;
+        // ENCODE. The protocol message is frame_open ‖ E(P) ‖ frame_close; inside the
+        // runtime it is never serialised, so its three parts stay in their own buffers and
+        // E(P) is built where the payload's only copy is (no concatenation, and no shift of
+        // the plaintext back to the front after decoding).
+        let mut m = Vec::with_capacity(payload.len() + TAG_SIZE);
+        m.extend_from_slice(payload);
+        let tag = encoding::encode_in_place(&ch.state, &channel.id, step, &mut m)?;
+        m.extend_from_slice(&tag);
+        let frame_close = frame.mirror();
+        Ok(Sealed { message_id, correlation_id: CorrelationId(corr), step, frame, frame_close, m })
+    }
+
+    /// The inbound half for a channel between two local agents: VALIDATE → DECODE, in
+    /// place (`sealed.m` then holds the payload). Returns the state after the message;
+    /// [`Error::FrameValidation`] or [`Error::Decode`] otherwise, with nothing changed.
+    #[inline]
+    fn open_local(ch: &ChannelInner, channel: &ChannelRecord, sealed: &mut Sealed) -> Result<mfp_core::State> {
+        // VALIDATE: the frame the receiver derives is the sender's (same state, step and
+        // Sg), so a mismatch means memory corruption or a bug; it counts like any failure.
+        if Frame::validate(&sealed.frame, &sealed.frame_close, &sealed.frame).is_err() {
+            return Err(Error::FrameValidation);
+        }
+        // DECODE (in place)
+        let plain_len = encoding::decode_in_place(&ch.state, &channel.id, sealed.step, &mut sealed.m)
+            .map_err(|_| Error::Decode)?
+            .len();
+        sealed.m.truncate(plain_len);
+        Ok(ratchet::advance(&ch.state, &sealed.frame))
+    }
+
     // ---- Removals from the durable inbox -----------------------------------------------
     //
     // When a handler returns, its message's removal is queued here, not written at once: the
@@ -309,13 +346,13 @@ impl Inner {
         self.acks.lock().push((channel, step));
     }
 
-    fn take_acks(&self) -> Vec<(ChannelId, u64)> {
+    pub(crate) fn take_acks(&self) -> Vec<(ChannelId, u64)> {
         let mut q = self.acks.lock();
         if q.is_empty() { Vec::new() } else { std::mem::take(&mut *q) }
     }
 
     /// Puts back removals whose batch failed (they go with a later one).
-    fn requeue_acks(&self, acks: Vec<(ChannelId, u64)>) {
+    pub(crate) fn requeue_acks(&self, acks: Vec<(ChannelId, u64)>) {
         if !acks.is_empty() {
             self.acks.lock().extend(acks);
         }
@@ -365,4 +402,15 @@ impl Inner {
             Err(mpsc::error::TrySendError::Closed(())) => Err(Error::AgentNotBound(recipient.id)),
         }
     }
+}
+
+/// A message of a local channel between its two halves: the protocol message's parts
+/// (frame_open, E(P) — the plaintext after the inbound half —, frame_close) and its ids.
+struct Sealed {
+    message_id: MessageId,
+    correlation_id: CorrelationId,
+    step: u64,
+    frame: Frame,
+    frame_close: Frame,
+    m: Vec<u8>,
 }

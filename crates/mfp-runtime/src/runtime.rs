@@ -15,7 +15,7 @@ use crate::admin::Wait;
 use crate::agent::{AgentHandler, AgentRecord, DRAIN, Delivery, Handler, STOP};
 use crate::audit::{AuditEvent, AuditEventType, AuditSink, emit};
 use crate::builder::RuntimeBuilder;
-use crate::channel::ChannelRecord;
+use crate::channel::{ChannelRecord, Far};
 use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
 use crate::handle::AgentHandle;
@@ -122,16 +122,24 @@ impl std::hash::Hasher for IdHasher {
 #[repr(align(64))]
 pub(crate) struct Padded<T>(pub(crate) T);
 
-/// A send's channel and recipient.
-pub(crate) type Route = (Arc<ChannelRecord>, Arc<AgentRecord>);
+/// Where a send goes.
+pub(crate) enum Route {
+    /// A channel between two agents of this runtime, and the recipient.
+    Local(Arc<ChannelRecord>, Arc<AgentRecord>),
+    /// A cross-runtime channel.
+    Remote(Arc<ChannelRecord>),
+}
 
 /// The Merkle tree and the current Sg.
 pub(crate) struct SgState {
     pub(crate) tree: MerkleSg,
 }
 
-/// Shared runtime state. Lock order: `admin_op` (async) → `admin` → maps → agent `admin` / channel `inner` → `sg`;
-/// a channel lock and an agent's `admin` lock are never held together.
+/// Shared runtime state. Lock order: `admin_op` (async) → `admin` → maps → agent `admin` /
+/// channel `inner` → a remote channel's chain → its outbound log → `sg`; a channel lock and
+/// an agent's `admin` lock are never held together; `quarantine_causes`, `closed` and `acks`
+/// are leaf locks. A remote channel's `ingest_turn` (async) comes before its channel lock.
+/// (docs/runtime.md, "Inside the runtime: a map".)
 pub(crate) struct Inner {
     pub(crate) config: RuntimeConfig,
     pub(crate) identity: RuntimeId,
@@ -156,6 +164,9 @@ pub(crate) struct Inner {
     pub(crate) hooks: Option<Arc<dyn Hooks>>,
     pub(crate) audit: Option<Arc<dyn AuditSink>>,
     pub(crate) storage: Option<Arc<dyn Storage>>,
+    /// What carries messages of cross-runtime channels (attached once, see
+    /// [`Runtime::attach_transport`]).
+    pub(crate) transport: std::sync::OnceLock<Arc<dyn crate::remote::Transport>>,
     /// Handled messages whose removal from the durable inbox is not submitted yet (see
     /// `pipeline.rs`, "Removals").
     pub(crate) acks: Mutex<Vec<(ChannelId, u64)>>,
@@ -189,7 +200,7 @@ impl ClosedChannels {
         }
     }
 
-    fn contains(&self, id: &ChannelId) -> bool {
+    pub(crate) fn contains(&self, id: &ChannelId) -> bool {
         self.set.contains(id)
     }
 }
@@ -357,9 +368,15 @@ impl Inner {
         ids.iter()
             .filter_map(|c| self.channel(c).ok())
             .filter_map(|ch| {
-                let peer = ch.peer_of(&rec.id)?.id;
+                let peer = ch.peer_of(&rec.id)?.id();
                 let status = ch.inner.lock().status;
-                Some(ChannelInfo { channel_id: ch.id, peer, status, depth: usize::from(ch.depth) })
+                Some(ChannelInfo {
+                    channel_id: ch.id,
+                    peer,
+                    status,
+                    depth: usize::from(ch.depth),
+                    peer_runtime: ch.remote().map(|l| l.end.peer),
+                })
             })
             .collect()
     }
@@ -420,6 +437,25 @@ impl Runtime {
     #[must_use]
     pub fn identity(&self) -> RuntimeId {
         self.inner.identity
+    }
+
+    /// Attaches the transport that carries messages of cross-runtime channels (see
+    /// [`crate::remote`]). Once per runtime: a second call fails with
+    /// [`Error::Config`] and changes nothing.
+    pub fn attach_transport(&self, transport: Arc<dyn crate::remote::Transport>) -> Result<()> {
+        self.inner.transport.set(transport).map_err(|_| {
+            Error::Config(crate::error::ConfigError {
+                field: "transport",
+                reason: "a transport is already attached to this runtime".to_string(),
+            })
+        })
+    }
+
+    /// The handle a transport drives this runtime with (inbound messages,
+    /// acknowledgements, channel agreement).
+    #[must_use]
+    pub fn remote_handle(&self) -> crate::remote::RemoteHandle {
+        crate::remote::RemoteHandle { inner: Arc::downgrade(&self.inner) }
     }
 
     /// The configuration in force.
@@ -682,17 +718,27 @@ impl Runtime {
         Ok(self.inner.agent(id)?.admin.lock().quarantine_reason.clone())
     }
 
-    /// Information about one channel, from the point of view of agent `a` of the pair.
+    /// Information about one channel, from the point of view of agent `a` of the pair (for
+    /// a cross-runtime channel: of its local agent).
     pub fn channel_info(&self, id: &ChannelId) -> Result<ChannelInfo> {
         let ch = self.inner.channel(id)?;
         let status = ch.inner.lock().status;
-        Ok(ChannelInfo { channel_id: ch.id, peer: ch.b.id, status, depth: usize::from(ch.depth) })
+        let (peer, peer_runtime) = match &ch.far {
+            Far::Local(b) => (b.id, None),
+            Far::Remote(l) => (l.end.agent, Some(l.end.peer)),
+        };
+        Ok(ChannelInfo { channel_id: ch.id, peer, status, depth: usize::from(ch.depth), peer_runtime })
     }
 
-    /// The two agents of a channel, in canonical order.
+    /// The two agents of a channel, in canonical order (for a cross-runtime channel: the
+    /// local agent, then the agent of the peer runtime).
     pub fn channel_agents(&self, id: &ChannelId) -> Result<(AgentId, AgentId)> {
         let ch = self.inner.channel(id)?;
-        Ok((ch.a.id, ch.b.id))
+        let b = match &ch.far {
+            Far::Local(b) => b.id,
+            Far::Remote(l) => l.end.agent,
+        };
+        Ok((ch.a.id, b))
     }
 
     /// Number of bound agents.

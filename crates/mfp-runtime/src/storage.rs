@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use mfp_core::bilateral::BilateralState;
 use mfp_core::{AgentId, ChannelId, MessageId, RuntimeId, State};
 use parking_lot::Mutex;
 use thiserror::Error;
@@ -144,6 +145,83 @@ impl core::fmt::Debug for DeliveryRow {
     }
 }
 
+/// A persisted cross-runtime channel: a local agent, and an agent of a peer runtime.
+///
+/// Its two bilateral chains (`tx` for what this runtime sends, `rx` for what it receives)
+/// advance with every message; the backend encrypts their ratchet states and PRNG seeds at
+/// rest. `Debug` shows steps, never states.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RemoteChannelRow {
+    /// Channel id (agreed with the peer).
+    pub id: ChannelId,
+    /// The agent of this runtime.
+    pub local_agent: AgentId,
+    /// The peer runtime.
+    pub peer: RuntimeId,
+    /// The agent of the peer runtime.
+    pub remote_agent: AgentId,
+    /// Frame depth.
+    pub depth: usize,
+    /// Status.
+    pub status: ChannelStatus,
+    /// The outbound chain (its `step` is the step of the next message sent).
+    pub tx: BilateralState,
+    /// The inbound chain (its `step` is the step of the next message expected).
+    pub rx: BilateralState,
+    /// Consecutive inbound validation failures.
+    pub validation_failures: u32,
+    /// A rotation of the inbound chain that the peer asked for and this runtime accepted,
+    /// not yet seen in a message: the X25519 secret of the two ephemeral keys (the backend
+    /// encrypts it at rest). The first inbound message sealed under the rotated chain
+    /// makes it the chain and clears this.
+    pub rx_rotation: Option<State>,
+}
+
+impl core::fmt::Debug for RemoteChannelRow {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RemoteChannelRow")
+            .field("id", &self.id)
+            .field("local_agent", &self.local_agent)
+            .field("peer", &self.peer)
+            .field("remote_agent", &self.remote_agent)
+            .field("depth", &self.depth)
+            .field("status", &self.status)
+            .field("tx_step", &self.tx.step)
+            .field("rx_step", &self.rx.step)
+            .field("rx_rotation_pending", &self.rx_rotation.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message sent on a cross-runtime channel that the peer has not acknowledged yet (the
+/// outbound log). Written in the same batch as the `tx` advance that sealed it, removed by
+/// [`StorageOp::AckOutbound`]; after a restart the transport sends it again. `Debug` omits
+/// the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutboundRow {
+    /// The channel.
+    pub channel: ChannelId,
+    /// The `tx` step it was sealed at (unique per channel).
+    pub step: u64,
+    /// The peer runtime it goes to.
+    pub peer: RuntimeId,
+    /// The complete MFP1 wire message (envelope header and protocol message; the payload
+    /// inside is already encrypted under the channel's chain, the backend encrypts the row
+    /// at rest like every other cell).
+    pub wire: Vec<u8>,
+}
+
+impl core::fmt::Debug for OutboundRow {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("OutboundRow")
+            .field("channel", &self.channel)
+            .field("step", &self.step)
+            .field("peer", &self.peer)
+            .field("wire_len", &self.wire.len())
+            .finish()
+    }
+}
+
 /// One change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -193,6 +271,44 @@ pub enum StorageOp {
         /// Step the message was sent at.
         step: u64,
     },
+    /// Insert or replace a cross-runtime channel. [`StorageOp::ChannelStatus`],
+    /// [`StorageOp::ChannelFailures`] and [`StorageOp::CloseChannel`] apply to these too
+    /// (closing wipes both chains and drops the channel's outbound log).
+    PutRemoteChannel(RemoteChannelRow),
+    /// A message was sealed on a cross-runtime channel: the new outbound chain (same batch
+    /// as its [`StorageOp::PutOutbound`]).
+    AdvanceRemoteTx {
+        /// Channel.
+        id: ChannelId,
+        /// The chain after the message.
+        tx: BilateralState,
+    },
+    /// A message was received on a cross-runtime channel: the new inbound chain, failure
+    /// count reset (same batch as its [`StorageOp::PutDelivery`]).
+    AdvanceRemoteRx {
+        /// Channel.
+        id: ChannelId,
+        /// The chain after the message.
+        rx: BilateralState,
+    },
+    /// The pending rotation of a cross-runtime channel's inbound chain is set (accepted)
+    /// or cleared (seen in a message, or abandoned).
+    RemoteRotation {
+        /// Channel.
+        id: ChannelId,
+        /// The X25519 secret of the rotation, or `None` to clear it.
+        secret: Option<State>,
+    },
+    /// A sealed message enters the outbound log.
+    PutOutbound(OutboundRow),
+    /// The peer acknowledged every message of `channel` below step `next`: they leave the
+    /// outbound log. (Acknowledging what is not stored is not an error.)
+    AckOutbound {
+        /// Channel.
+        channel: ChannelId,
+        /// First step not acknowledged.
+        next: u64,
+    },
 }
 
 /// Everything needed to restart a runtime.
@@ -209,6 +325,11 @@ pub struct Snapshot {
     /// Messages delivered but not yet handled, in the order they were stored (so per
     /// channel by step).
     pub deliveries: Vec<DeliveryRow>,
+    /// Cross-runtime channels not closed.
+    pub remote_channels: Vec<RemoteChannelRow>,
+    /// The outbound log: unacknowledged messages of open cross-runtime channels, per
+    /// channel by step.
+    pub outbound: Vec<OutboundRow>,
 }
 
 /// Completion of one [`Storage::apply`].
@@ -282,6 +403,11 @@ pub trait Storage: Send + Sync + 'static {
     fn apply(&self, ops: Vec<StorageOp>) -> Ticket;
 }
 
+/// A chain with its secrets zeroed (a closed channel's).
+fn wiped() -> BilateralState {
+    BilateralState { ratchet: State::zero(), prng_seed: State::zero(), step: 0 }
+}
+
 /// Storage that keeps the latest state in memory. `apply` takes effect at once.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStorage {
@@ -296,6 +422,8 @@ struct MemoryState {
     sg: Option<State>,
     /// Pending deliveries by (channel, step), with the order they were stored in.
     deliveries: BTreeMap<(ChannelId, u64), (u64, DeliveryRow)>,
+    remote: BTreeMap<ChannelId, RemoteChannelRow>,
+    outbound: BTreeMap<(ChannelId, u64), OutboundRow>,
     delivery_seq: u64,
     fail_next: usize,
 }
@@ -329,6 +457,8 @@ impl Storage for MemoryStorage {
                 d.sort_unstable_by_key(|(seq, _)| *seq);
                 d.into_iter().map(|(_, row)| row.clone()).collect()
             },
+            remote_channels: s.remote.values().filter(|c| c.status != ChannelStatus::Closed).cloned().collect(),
+            outbound: s.outbound.values().cloned().collect(),
         }))
     }
 
@@ -362,9 +492,15 @@ impl Storage for MemoryStorage {
                     if let Some(c) = s.channels.get_mut(&id) {
                         c.status = status;
                     }
+                    if let Some(c) = s.remote.get_mut(&id) {
+                        c.status = status;
+                    }
                 }
                 StorageOp::ChannelFailures { id, count } => {
                     if let Some(c) = s.channels.get_mut(&id) {
+                        c.validation_failures = count;
+                    }
+                    if let Some(c) = s.remote.get_mut(&id) {
                         c.validation_failures = count;
                     }
                 }
@@ -373,6 +509,38 @@ impl Storage for MemoryStorage {
                         c.status = ChannelStatus::Closed;
                         c.state = State::zero();
                     }
+                    if let Some(c) = s.remote.get_mut(&id) {
+                        c.status = ChannelStatus::Closed;
+                        c.tx = wiped();
+                        c.rx = wiped();
+                        c.rx_rotation = None;
+                    }
+                    s.outbound.retain(|(ch, _), _| *ch != id);
+                }
+                StorageOp::PutRemoteChannel(c) => {
+                    s.remote.insert(c.id, c);
+                }
+                StorageOp::AdvanceRemoteTx { id, tx } => {
+                    if let Some(c) = s.remote.get_mut(&id) {
+                        c.tx = tx;
+                    }
+                }
+                StorageOp::AdvanceRemoteRx { id, rx } => {
+                    if let Some(c) = s.remote.get_mut(&id) {
+                        c.rx = rx;
+                        c.validation_failures = 0;
+                    }
+                }
+                StorageOp::RemoteRotation { id, secret } => {
+                    if let Some(c) = s.remote.get_mut(&id) {
+                        c.rx_rotation = secret;
+                    }
+                }
+                StorageOp::PutOutbound(o) => {
+                    s.outbound.insert((o.channel, o.step), o);
+                }
+                StorageOp::AckOutbound { channel, next } => {
+                    s.outbound.retain(|(ch, step), _| *ch != channel || *step >= next);
                 }
                 StorageOp::Sg(sg) => s.sg = sg,
                 StorageOp::PutDelivery(d) => {

@@ -59,6 +59,9 @@ pub struct DeliveredMessage {
     /// committed) when the previous process stopped. The handler may have seen it already;
     /// de-duplicate by [`DeliveredMessage::message_id`]. Always `false` without storage.
     pub redelivered: bool,
+    /// For a message from an agent of a peer runtime, that runtime (`None` for a message
+    /// from an agent of this runtime).
+    pub sender_runtime: Option<mfp_core::RuntimeId>,
 }
 
 impl fmt::Debug for DeliveredMessage {
@@ -193,6 +196,9 @@ pub struct ChannelInfo {
     pub status: ChannelStatus,
     /// Its frame depth.
     pub depth: usize,
+    /// For a cross-runtime channel, the peer runtime `peer` belongs to (`None` for a
+    /// channel between two agents of this runtime).
+    pub peer_runtime: Option<mfp_core::RuntimeId>,
 }
 
 /// An agent's status (pymfp's `AgentStatus`).
@@ -273,6 +279,7 @@ mod tests {
             correlation_id: CorrelationId::default(),
             step: 0,
             redelivered: false,
+            sender_runtime: None,
         };
         assert!(!format!("{m:?}").contains("secret"));
     }

@@ -659,7 +659,15 @@ pub(crate) async fn read_snapshot(
     };
 
     let deliveries = read_inbox(conn, cipher, &known_agents).await?;
-    Ok(meta.map(|meta| Snapshot { meta: Some(meta), agents, channels, sg, deliveries }))
+    Ok(meta.map(|meta| Snapshot {
+        meta: Some(meta),
+        agents,
+        channels,
+        sg,
+        deliveries,
+        remote_channels: Vec::new(),
+        outbound: Vec::new(),
+    }))
 }
 
 /// Whether the database has the inbox table (schema version 2; a version-1 database read

@@ -412,6 +412,8 @@ async fn read_on(conn: &mut SqliteConnection, key: Option<&[u8]>) -> Result<Pymf
             channels,
             sg,
             deliveries: Vec::new(),
+            remote_channels: Vec::new(),
+            outbound: Vec::new(),
         },
         bilateral,
         schema_version,

@@ -1,0 +1,450 @@
+//! Remote endpoints: channels whose other end is an agent of a peer runtime.
+//!
+//! A cross-runtime channel joins a local agent and a [`RemoteEnd`] (a peer runtime and an
+//! agent there). Each side runs half of the pipeline:
+//!
+//! - **Outbound** (the sender's runtime, in [`crate::AgentHandle::send`]): ACCEPT → FRAME →
+//!   ENCODE with the channel's outbound chain (`BilateralState::seal_outbound`, pymfp's
+//!   cross-runtime message), then, with storage, the chain's advance and the sealed message
+//!   (the *outbound log*) commit in one transaction; then the message goes to the
+//!   [`Transport`] and the sender gets its receipt.
+//! - **Inbound** (the recipient's runtime, in [`RemoteHandle::ingest`]): the transport hands
+//!   in the wire bytes; VALIDATE → DECODE with the channel's inbound chain
+//!   (`BilateralState::open_inbound`), then the chain's advance and the delivered message
+//!   (the durable inbox) commit in one transaction, then DELIVER to the handler. Failures
+//!   are counted; consecutive failures up to `validation_failure_threshold` quarantine the
+//!   channel.
+//!
+//! The transport (the `mfp-federation` crate, or a test's in-process loopback) implements
+//! [`Transport`] and drives the runtime through a [`RemoteHandle`]: [`RemoteHandle::ingest`]
+//! for inbound messages, [`RemoteHandle::acknowledge`] when the peer confirms messages,
+//! [`RemoteHandle::unacknowledged`] to send the log again after a reconnect,
+//! [`RemoteHandle::positions`] for the position exchange, [`RemoteHandle::establish`] once
+//! both runtimes agreed on a channel.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
+
+use mfp_core::bilateral::BilateralState;
+use mfp_core::crypto::sha256;
+use mfp_core::{AgentId, ChannelId, MessageId, RuntimeId};
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::runtime::Inner;
+use crate::types::{ChannelStatus, CorrelationId};
+
+/// The far end of a cross-runtime channel: a peer runtime and an agent of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct RemoteEnd {
+    /// The peer runtime.
+    pub peer: RuntimeId,
+    /// The agent of the peer runtime.
+    pub agent: AgentId,
+}
+
+impl RemoteEnd {
+    /// The agent `agent` of runtime `peer`.
+    #[must_use]
+    pub const fn new(peer: RuntimeId, agent: AgentId) -> Self {
+        Self { peer, agent }
+    }
+}
+
+/// A bilateral chain several cross-runtime channels share, in both directions (pymfp
+/// 1.0.0's way: one state per runtime pair). Only for talking to pymfp: two runtimes that
+/// send at the same time on a shared chain reuse an AES-GCM (key, nonce) pair. A shared
+/// chain is kept in memory only (it is not written to storage).
+#[derive(Clone)]
+pub struct SharedChain(pub(crate) Arc<Mutex<BilateralState>>);
+
+impl SharedChain {
+    /// A shared chain starting at `state`.
+    #[must_use]
+    pub fn new(state: BilateralState) -> Self {
+        Self(Arc::new(Mutex::new(state)))
+    }
+
+    /// The chain's current step.
+    #[must_use]
+    pub fn step(&self) -> u64 {
+        self.0.lock().step
+    }
+}
+
+impl core::fmt::Debug for SharedChain {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SharedChain").field("step", &self.step()).finish_non_exhaustive()
+    }
+}
+
+/// The chains of a new cross-runtime channel.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Chains {
+    /// One chain per direction (the native federation): no (key, nonce) pair can repeat
+    /// when both sides send at once.
+    Split {
+        /// What this runtime sends.
+        tx: BilateralState,
+        /// What this runtime receives.
+        rx: BilateralState,
+    },
+    /// One chain for both directions, possibly shared with other channels (pymfp compat).
+    Shared(SharedChain),
+}
+
+/// A chain of a channel: its own, or a shared one.
+pub(crate) enum ChainCell {
+    Own(Mutex<BilateralState>),
+    Shared(SharedChain),
+}
+
+impl ChainCell {
+    pub(crate) fn lock(&self) -> parking_lot::MutexGuard<'_, BilateralState> {
+        match self {
+            ChainCell::Own(m) => m.lock(),
+            ChainCell::Shared(s) => s.0.lock(),
+        }
+    }
+
+    pub(crate) const fn is_shared(&self) -> bool {
+        matches!(self, ChainCell::Shared(_))
+    }
+}
+
+/// A sealed message for a peer runtime. `Debug` omits the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutboundMessage {
+    /// The peer runtime.
+    pub peer: RuntimeId,
+    /// The channel.
+    pub channel: ChannelId,
+    /// The outbound chain's step it was sealed at.
+    pub step: u64,
+    /// The complete MFP1 wire message: the 64-byte envelope header, then frame_open ‖
+    /// E(P) ‖ frame_close.
+    pub wire: Arc<[u8]>,
+}
+
+impl core::fmt::Debug for OutboundMessage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("OutboundMessage")
+            .field("peer", &self.peer)
+            .field("channel", &self.channel)
+            .field("step", &self.step)
+            .field("wire_len", &self.wire.len())
+            .finish()
+    }
+}
+
+/// Why a transport cannot take a message now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The link to the peer is up but has no room (messages or bytes in flight at their
+    /// limit): wait for [`Transport::ready`].
+    #[error("the link is busy (its in-flight limit is reached)")]
+    Busy,
+    /// There is no link to the peer now (connecting, backing off, or its breaker is open).
+    #[error("the link is down: {0}")]
+    Down(String),
+    /// The transport does not know this peer.
+    #[error("not a configured peer")]
+    UnknownPeer,
+}
+
+/// What [`Transport::ready`] returns.
+pub type ReadyFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Room for one message, reserved before it is sealed: once the runtime has advanced the
+/// chain, the message must not be refused (its (key, nonce) pair is spent).
+pub trait OutboundSlot: Send {
+    /// Hands the sealed message to the transport.
+    fn send(self: Box<Self>, message: OutboundMessage);
+}
+
+/// What carries messages of cross-runtime channels to peer runtimes.
+///
+/// The runtime calls [`Transport::reserve`] before it seals a message and
+/// [`OutboundSlot::send`] after the message committed (with storage: after the chain's
+/// advance and the outbound log row are durable). A transport bounds what it holds per
+/// peer and reports [`TransportError::Busy`] or [`TransportError::Down`] instead of buffering
+/// without bound; the runtime then waits ([`crate::Backpressure::Wait`], at most
+/// `pipeline_timeout`) or fails the send with [`Error::PeerUnavailable`].
+pub trait Transport: Send + Sync + 'static {
+    /// Reserves room for one message of `len` wire bytes to `peer`.
+    fn reserve(&self, peer: &RuntimeId, len: usize) -> std::result::Result<Box<dyn OutboundSlot>, TransportError>;
+
+    /// Resolves when `peer` may have room again (the runtime then calls `reserve` again).
+    fn ready(&self, peer: &RuntimeId) -> ReadyFuture;
+
+    /// Whether the peer acknowledges messages ([`RemoteHandle::acknowledge`]). If not
+    /// (pymfp compat), the runtime keeps no outbound log for it: a receipt then means the
+    /// message was handed to the transport, nothing more.
+    fn acknowledges(&self, peer: &RuntimeId) -> bool {
+        let _ = peer;
+        true
+    }
+
+    /// A cross-runtime channel was closed on this side: tell the peer.
+    fn channel_closed(&self, peer: &RuntimeId, channel: &ChannelId) {
+        let _ = (peer, channel);
+    }
+}
+
+/// What [`RemoteHandle::ingest`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ingested {
+    /// Validated, decoded, committed and queued for the local agent.
+    Delivered {
+        /// The channel.
+        channel: ChannelId,
+        /// Its step.
+        step: u64,
+    },
+    /// Already received before (a step below the inbound chain's): dropped, counted.
+    Duplicate {
+        /// The channel.
+        channel: ChannelId,
+        /// Its step.
+        step: u64,
+    },
+}
+
+impl Ingested {
+    /// The channel.
+    #[must_use]
+    pub const fn channel(&self) -> ChannelId {
+        match self {
+            Ingested::Delivered { channel, .. } | Ingested::Duplicate { channel, .. } => *channel,
+        }
+    }
+}
+
+/// Where a cross-runtime channel stands (for the position exchange after a reconnect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RemotePosition {
+    /// The channel.
+    pub channel: ChannelId,
+    /// The local agent.
+    pub local_agent: AgentId,
+    /// The far end.
+    pub remote: RemoteEnd,
+    /// Step of the next message this side sends.
+    pub tx_next: u64,
+    /// Step of the next message this side expects.
+    pub rx_next: u64,
+    /// Every message this side sent below this step is acknowledged by the peer.
+    pub acked: u64,
+    /// The channel's status.
+    pub status: ChannelStatus,
+}
+
+/// The remote part of a channel record.
+pub(crate) struct RemoteLink {
+    pub(crate) end: RemoteEnd,
+    pub(crate) tx: ChainCell,
+    pub(crate) rx: ChainCell,
+    /// Sealed messages not acknowledged yet (empty when the transport does not acknowledge).
+    pub(crate) log: Mutex<OutboundLog>,
+    /// One inbound message at a time per channel, across its commit wait.
+    pub(crate) ingest_turn: tokio::sync::Mutex<()>,
+    /// An accepted rotation of the inbound chain not seen in a message yet (its X25519
+    /// secret). Read and written under `ingest_turn`.
+    pub(crate) rx_rotation: Mutex<Option<mfp_core::State>>,
+}
+
+/// The in-memory outbound log of one channel.
+#[derive(Default)]
+pub(crate) struct OutboundLog {
+    pub(crate) entries: VecDeque<OutboundMessage>,
+    /// Every step below this one is acknowledged.
+    pub(crate) acked: u64,
+}
+
+/// Unacknowledged messages a channel holds at most; a send beyond waits or fails like a
+/// busy link.
+pub(crate) const MAX_UNACKED: usize = 65_536;
+
+impl RemoteLink {
+    pub(crate) fn new(end: RemoteEnd, chains: Chains, acked: u64) -> Self {
+        let (tx, rx) = match chains {
+            Chains::Split { tx, rx } => (ChainCell::Own(Mutex::new(tx)), ChainCell::Own(Mutex::new(rx))),
+            Chains::Shared(s) => (ChainCell::Shared(s.clone()), ChainCell::Shared(s)),
+        };
+        Self {
+            end,
+            tx,
+            rx,
+            log: Mutex::new(OutboundLog { entries: VecDeque::new(), acked }),
+            ingest_turn: tokio::sync::Mutex::new(()),
+            rx_rotation: Mutex::new(None),
+        }
+    }
+}
+
+impl RemoteLink {
+    /// Forgets the secrets of a closed channel's own chains and its log (a shared chain
+    /// lives on for its other channels).
+    pub(crate) fn wipe(&self) {
+        for cell in [&self.tx, &self.rx] {
+            if let ChainCell::Own(m) = cell {
+                let mut st = m.lock();
+                st.ratchet = mfp_core::State::zero();
+                st.prng_seed = mfp_core::State::zero();
+            }
+        }
+        self.log.lock().entries.clear();
+        *self.rx_rotation.lock() = None;
+    }
+}
+
+/// The message id and correlation id of the message at `step` of `sender`'s outbound chain
+/// on `channel`: both runtimes compute the same (the ids are not on the wire), so a
+/// receipt and its delivery carry the same message id.
+pub(crate) fn remote_ids(channel: &ChannelId, sender: &RuntimeId, step: u64) -> (MessageId, CorrelationId) {
+    let d = sha256(&[b"mfp-remote-message-id", channel.as_bytes(), sender.as_bytes(), &step.to_be_bytes()]);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(d.get(..16).unwrap_or(&[0; 16]));
+    let mut corr = [0u8; 8];
+    corr.copy_from_slice(d.get(16..24).unwrap_or(&[0; 8]));
+    (MessageId::from_bytes(id), CorrelationId(corr))
+}
+
+/// A transport's handle into a runtime. Cheap to clone; holds no strong reference.
+#[derive(Clone)]
+pub struct RemoteHandle {
+    pub(crate) inner: Weak<Inner>,
+}
+
+impl core::fmt::Debug for RemoteHandle {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RemoteHandle").finish_non_exhaustive()
+    }
+}
+
+impl RemoteHandle {
+    fn runtime(&self) -> Result<Arc<Inner>> {
+        self.inner.upgrade().ok_or(Error::ShutDown)
+    }
+
+    /// The runtime's identity.
+    pub fn identity(&self) -> Result<RuntimeId> {
+        Ok(self.runtime()?.identity)
+    }
+
+    /// Receives a wire message from `peer`: VALIDATE → DECODE → commit → DELIVER. Waits for
+    /// room in the recipient's mailbox (at most `pipeline_timeout`) and, with storage, for
+    /// the commit. Errors say why the message was refused; a refused message changed
+    /// nothing but the channel's failure count.
+    pub async fn ingest_async(&self, peer: &RuntimeId, wire: &[u8]) -> Result<Ingested> {
+        let inner = self.runtime()?;
+        inner.ingest(peer, wire, crate::admin::Wait::Yes).await
+    }
+
+    /// Blocking [`RemoteHandle::ingest_async`].
+    pub fn ingest(&self, peer: &RuntimeId, wire: &[u8]) -> Result<Ingested> {
+        let inner = self.runtime()?;
+        inner.blocking("RemoteHandle::ingest", |w| inner.ingest(peer, wire, w))
+    }
+
+    /// The peer confirmed every message of `channel` below step `next`: they leave the
+    /// outbound log (and storage, without waiting for the commit).
+    pub fn acknowledge(&self, channel: &ChannelId, next: u64) -> Result<()> {
+        self.runtime()?.acknowledge(channel, next)
+    }
+
+    /// The unacknowledged messages of `channel` from step `from` on, in order (to send
+    /// again after a reconnect).
+    pub fn unacknowledged(&self, channel: &ChannelId, from: u64) -> Result<Vec<OutboundMessage>> {
+        self.runtime()?.unacknowledged(channel, from)
+    }
+
+    /// Positions of the open cross-runtime channels with `peer`.
+    pub fn positions(&self, peer: &RuntimeId) -> Result<Vec<RemotePosition>> {
+        Ok(self.runtime()?.positions(peer))
+    }
+
+    /// Opens a cross-runtime channel both runtimes agreed on: `local` (an agent of this
+    /// runtime, by id) and `remote`, with the given id, frame depth and chains.
+    pub async fn establish_async(
+        &self,
+        local: AgentId,
+        remote: RemoteEnd,
+        channel: ChannelId,
+        depth: usize,
+        chains: Chains,
+    ) -> Result<()> {
+        let inner = self.runtime()?;
+        inner.establish_remote(local, remote, channel, depth, chains, crate::admin::Wait::Yes).await
+    }
+
+    /// Blocking [`RemoteHandle::establish_async`].
+    pub fn establish(
+        &self,
+        local: AgentId,
+        remote: RemoteEnd,
+        channel: ChannelId,
+        depth: usize,
+        chains: Chains,
+    ) -> Result<()> {
+        let inner = self.runtime()?;
+        inner.blocking("RemoteHandle::establish", |w| inner.establish_remote(local, remote, channel, depth, chains, w))
+    }
+
+    /// The peer closed `channel`: close it here without telling the peer back.
+    pub async fn closed_by_peer_async(&self, channel: &ChannelId) -> Result<()> {
+        let inner = self.runtime()?;
+        inner.close_remote_by_peer(channel, crate::admin::Wait::Yes).await
+    }
+
+    /// Blocking [`RemoteHandle::closed_by_peer_async`].
+    pub fn closed_by_peer(&self, channel: &ChannelId) -> Result<()> {
+        let inner = self.runtime()?;
+        inner.blocking("RemoteHandle::closed_by_peer", |w| inner.close_remote_by_peer(channel, w))
+    }
+
+    /// Suspends a channel whose positions cannot be reconciled with the peer's (a gap
+    /// beyond the outbound log, lost acknowledged messages): it is quarantined, with an
+    /// audit event and the channel-quarantine metric; `Runtime::restore_channel` resumes it.
+    pub async fn suspend_async(&self, channel: &ChannelId, reason: &str) -> Result<()> {
+        let inner = self.runtime()?;
+        inner.quarantine_channel(channel, reason, crate::admin::Wait::Yes).await
+    }
+
+    /// Accepts a rotation of `channel`'s inbound chain that the peer asked for (pymfp's
+    /// derivation, PROTOCOL §4.11: `secret` is the X25519 secret of the two ephemeral keys).
+    /// It is written to storage before this returns, so the answer to the peer may go out
+    /// only after: the peer then rotates its outbound chain at a step of its choosing, and
+    /// the first inbound message that opens under the rotated chain makes it this side's
+    /// chain (messages sealed before the peer rotated still open under the old one).
+    pub async fn accept_rotation_async(&self, channel: &ChannelId, secret: mfp_core::State) -> Result<()> {
+        let inner = self.runtime()?;
+        inner.accept_rotation(channel, secret, crate::admin::Wait::Yes).await
+    }
+
+    /// Blocking [`RemoteHandle::accept_rotation_async`].
+    pub fn accept_rotation(&self, channel: &ChannelId, secret: mfp_core::State) -> Result<()> {
+        let inner = self.runtime()?;
+        inner.blocking("RemoteHandle::accept_rotation", |w| inner.accept_rotation(channel, secret, w))
+    }
+
+    /// Rotates `channel`'s outbound chain now (the peer accepted the rotation with
+    /// [`RemoteHandle::accept_rotation_async`] on its side): the next message is sealed under
+    /// `chain.rotate(secret)`. Returns the step the rotated chain starts at. Waits for the
+    /// commit while holding the channel's lock (as a send does): call it from a thread that
+    /// may block (`tokio::task::spawn_blocking` from async code).
+    pub fn rotate_outbound(&self, channel: &ChannelId, secret: &mfp_core::State) -> Result<u64> {
+        self.runtime()?.rotate_outbound(channel, secret)
+    }
+
+    /// Resolves a local agent by name (for a peer's channel request naming one).
+    pub fn agent_named(&self, name: &str) -> Result<AgentId> {
+        let inner = self.runtime()?;
+        inner.admin.lock().names.get(name).copied().ok_or_else(|| Error::UnknownAgentName(name.to_string()))
+    }
+}

@@ -1,0 +1,557 @@
+//! The two halves of the pipeline for cross-runtime channels (see `remote.rs`): outbound
+//! (ACCEPT → FRAME → ENCODE → commit → transport) and inbound (VALIDATE → DECODE → commit →
+//! DELIVER), and the outbound log's upkeep.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use mfp_core::crypto::sha256;
+use mfp_core::envelope::{EnvelopeHeader, EnvelopeLimits};
+use mfp_core::{BLOCK_SIZE, ChannelId, ENVELOPE_HEADER_SIZE, RuntimeId, TAG_SIZE};
+
+use crate::admin::Wait;
+use crate::agent::{AgentRecord, Delivery};
+use crate::audit::{AuditEvent, AuditEventType};
+use crate::channel::{ChannelRecord, Dedup, DedupHit};
+use crate::config::Backpressure;
+use crate::error::{Error, Result};
+use crate::hooks::SendContext;
+use crate::remote::{Ingested, MAX_UNACKED, OutboundMessage, OutboundSlot, RemoteLink, RemotePosition, TransportError};
+use crate::runtime::{Inner, QuarantineCause};
+use crate::storage::{DeliveryRow, OutboundRow, StorageOp};
+use crate::types::{ChannelStatus, DeliveredMessage, Receipt, SendOptions};
+
+impl Inner {
+    fn peer_unavailable(peer: &RuntimeId, reason: impl std::fmt::Display) -> Error {
+        Error::PeerUnavailable { peer: peer.short(), reason: reason.to_string() }
+    }
+
+    // ---- outbound half --------------------------------------------------------------
+
+    /// Sends on a cross-runtime channel: reserves room in the transport (waiting as
+    /// configured, until `deadline`), then seals, commits and hands the message over.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn send_remote(
+        &self,
+        sender: &Arc<AgentRecord>,
+        channel: &Arc<ChannelRecord>,
+        payload: &[u8],
+        opts: &SendOptions,
+        deadline: Instant,
+        started: Instant,
+        on_async: bool,
+    ) -> Result<Receipt> {
+        let link = channel.remote().ok_or(Error::Inconsistent { channel: channel.id })?;
+        let transport = Arc::clone(self.transport.get().ok_or(Error::NoTransport(channel.id))?);
+        let peer = link.end.peer;
+        let depth = usize::from(channel.depth);
+        let len = ENVELOPE_HEADER_SIZE + 2 * BLOCK_SIZE * depth + payload.len() + TAG_SIZE;
+        let slot = loop {
+            match transport.reserve(&peer, len) {
+                Ok(slot) => break slot,
+                Err(e @ TransportError::UnknownPeer) => return Err(Self::peer_unavailable(&peer, e)),
+                Err(e) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if self.config.backpressure == Backpressure::Reject || left.is_zero() {
+                        return Err(Self::peer_unavailable(&peer, e));
+                    }
+                    if tokio::time::timeout(left, transport.ready(&peer)).await.is_err() {
+                        return Err(Self::peer_unavailable(&peer, e));
+                    }
+                }
+            }
+        };
+        let keep_log = transport.acknowledges(&peer) && !link.tx.is_shared();
+        let run = || self.execute_remote(sender, channel, link, payload, opts, slot, keep_log, started);
+        let on_worker = on_async
+            && self.persisting()
+            && tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if on_worker { tokio::task::block_in_place(run) } else { run() }
+    }
+
+    /// ACCEPT → FRAME → ENCODE (pymfp's cross-runtime message on the channel's outbound
+    /// chain) → commit of the chain's advance with the outbound log row → transport.
+    #[allow(clippy::too_many_arguments)]
+    fn execute_remote(
+        &self,
+        sender: &Arc<AgentRecord>,
+        channel: &ChannelRecord,
+        link: &RemoteLink,
+        payload: &[u8],
+        opts: &SendOptions,
+        slot: Box<dyn OutboundSlot>,
+        keep_log: bool,
+        started: Instant,
+    ) -> Result<Receipt> {
+        let ctx = SendContext { sender: sender.id, recipient: link.end.agent, channel: channel.id, payload };
+        if let Some(h) = &self.hooks
+            && let Err(reason) = h.before_send(&ctx)
+        {
+            self.rejected(sender.id, channel.id, "rejected by hook");
+            return Err(Error::HookRejected(reason));
+        }
+        let idem = opts
+            .idempotency_key
+            .as_ref()
+            .map(|k| (sha256(&[sender.id.as_bytes(), &(k.len() as u64).to_be_bytes(), k]), sha256(&[payload])));
+        let peer = link.end.peer;
+        let mut ch = channel.inner.lock();
+        // ACCEPT
+        match ch.status {
+            ChannelStatus::Active => {}
+            ChannelStatus::Quarantined => return Err(Error::ChannelQuarantined(channel.id)),
+            ChannelStatus::Closed => return Err(Error::ChannelClosed(channel.id)),
+        }
+        if let (Some((key, digest)), Some(d)) = (&idem, ch.dedup.as_mut()) {
+            match d.lookup(key, digest, self.clock.now(), self.config.dedup_ttl) {
+                DedupHit::Miss => {}
+                DedupHit::Same(r) => {
+                    self.shared.metrics.duplicates_suppressed.inc();
+                    return Ok(r);
+                }
+                DedupHit::Conflict => return Err(Error::IdempotencyConflict),
+            }
+        }
+        if keep_log && link.log.lock().entries.len() >= MAX_UNACKED {
+            return Err(Self::peer_unavailable(
+                &peer,
+                format!("{MAX_UNACKED} messages of this channel are not acknowledged yet"),
+            ));
+        }
+        // FRAME → ENCODE
+        let mut tx = link.tx.lock();
+        let step = tx.step;
+        let out = tx.seal_outbound(&self.identity, &channel.id, usize::from(channel.depth), payload)?;
+        let (message_id, correlation_id) = crate::remote::remote_ids(&channel.id, &self.identity, step);
+        // PERSIST: the advance and the sealed message commit together, before the message
+        // leaves or the sender hears of it.
+        if self.persisting() && !link.tx.is_shared() {
+            let acks = self.take_acks();
+            let mut ops = Vec::with_capacity(2 + acks.len());
+            ops.extend(acks.iter().map(|&(channel, step)| StorageOp::AckDelivery { channel, step }));
+            ops.push(StorageOp::AdvanceRemoteTx { id: channel.id, tx: out.next.clone() });
+            if keep_log {
+                ops.push(StorageOp::PutOutbound(OutboundRow {
+                    channel: channel.id,
+                    step,
+                    peer,
+                    wire: out.wire.clone(),
+                }));
+            }
+            if let Err(e) = self.settle(self.submit(ops)) {
+                self.requeue_acks(acks);
+                self.rejected(sender.id, channel.id, "storage write failed");
+                return Err(e);
+            }
+        }
+        *tx = out.next;
+        drop(tx);
+        let msg = OutboundMessage { peer, channel: channel.id, step, wire: Arc::from(out.wire) };
+        if keep_log {
+            link.log.lock().entries.push_back(msg.clone());
+        }
+        slot.send(msg);
+        let receipt = Receipt { message_id, channel: channel.id, step, correlation_id };
+        if let Some((key, digest)) = idem {
+            ch.dedup.get_or_insert_with(|| Box::new(Dedup::default())).record(
+                key,
+                digest,
+                receipt,
+                self.clock.now(),
+                self.config.dedup_window,
+            );
+        }
+        drop(ch);
+
+        if self.config.max_message_rate > 0 {
+            sender.rate.lock().record(self.clock.now(), self.config.max_message_rate);
+        }
+        sender.messages_sent.fetch_add(1, Ordering::Relaxed);
+        let m = &self.shared.metrics;
+        m.messages_sent.inc();
+        m.remote_sent.inc();
+        m.message_size.observe_size(payload.len());
+        m.send_latency.observe_duration(started.elapsed());
+        if let Some(h) = &self.hooks {
+            h.after_send(&ctx, &receipt);
+        }
+        if self.audit.is_some() || tracing::enabled!(target: "mfp::audit", tracing::Level::INFO) {
+            let mut ev = AuditEvent::new(AuditEventType::MessageSent);
+            ev.channel = Some(channel.id);
+            ev.agent = Some(sender.id);
+            ev.peer = Some(link.end.agent);
+            ev.step = Some(step);
+            ev.correlation_id = Some(correlation_id);
+            self.event(ev);
+        }
+        Ok(receipt)
+    }
+
+    // ---- inbound half ---------------------------------------------------------------
+
+    /// VALIDATE → DECODE → commit → DELIVER of a wire message from `peer`.
+    pub(crate) async fn ingest(&self, peer: &RuntimeId, wire: &[u8], wait: Wait) -> Result<Ingested> {
+        if self.is_shut_down() {
+            return Err(Error::ShutDown);
+        }
+        let m = &self.shared.metrics;
+        let reject = |e: Error| {
+            m.remote_rejected.inc();
+            e
+        };
+        let header = EnvelopeHeader::parse(wire).map_err(|e| reject(Error::Core(e.into())))?;
+        // Magic, version, reserved bytes: nothing else of a header that breaks them is read.
+        if let Some(e) = header.protocol_errors().into_iter().next() {
+            return Err(reject(Error::Core(e.into())));
+        }
+        let channel = self.channel(&header.channel_id).map_err(reject)?;
+        let Some(link) = channel.remote().filter(|l| l.end.peer == *peer) else {
+            return Err(reject(Error::WrongPeer { channel: channel.id, from: peer.short() }));
+        };
+        if header.check_sender(peer).is_err() {
+            return Err(reject(Error::WrongPeer { channel: channel.id, from: peer.short() }));
+        }
+        let body = wire.get(ENVELOPE_HEADER_SIZE..).unwrap_or_default();
+        // The receiver's own limits and the channel's depth, from the header, before any
+        // work on the body.
+        let max_payload = match self.config.max_payload_size {
+            0 => mfp_core::encoding::MAX_ENCODABLE_PAYLOAD,
+            n => n,
+        };
+        let limits = EnvelopeLimits {
+            max_frame_depth: u32::try_from(self.config.max_frame_depth).unwrap_or(u32::MAX),
+            max_payload_len: u32::try_from(max_payload.saturating_add(TAG_SIZE)).unwrap_or(u32::MAX),
+        };
+        if let Err(e) = header.validate(&limits) {
+            return Err(self.inbound_failure(&channel, Error::Core(e.into())));
+        }
+        if header.frame_depth != u32::from(channel.depth) {
+            return Err(self.inbound_failure(&channel, Error::FrameValidation));
+        }
+        let recipient = Arc::clone(&channel.a);
+        let _turn = match wait {
+            Wait::Yes => link.ingest_turn.lock().await,
+            Wait::No(operation) => link.ingest_turn.try_lock().map_err(|_| Error::WouldBlock { operation })?,
+        };
+        {
+            let expected = link.rx.lock().step;
+            if header.step < expected {
+                m.remote_duplicates.inc();
+                return Ok(Ingested::Duplicate { channel: channel.id, step: header.step });
+            }
+            if header.step > expected {
+                let e = Error::StepMismatch { channel: channel.id, expected, got: header.step };
+                return Err(self.inbound_failure(&channel, e));
+            }
+        }
+        match channel.inner.lock().status {
+            ChannelStatus::Active => {}
+            ChannelStatus::Quarantined => return Err(reject(Error::ChannelQuarantined(channel.id))),
+            ChannelStatus::Closed => return Err(reject(Error::ChannelClosed(channel.id))),
+        }
+        // Room in the recipient's mailbox first, so that nothing can fail after the commit.
+        let plain_len = (header.payload_len as usize).saturating_sub(TAG_SIZE);
+        let deadline = Instant::now() + self.config.pipeline_timeout;
+        let (bytes, permit) = self.reserve_mailbox(&recipient, plain_len, deadline, wait).await.map_err(reject)?;
+        // VALIDATE → DECODE, at the chain's own step; with an accepted rotation pending,
+        // under the rotated chain first (the peer rotates at a step of its choosing).
+        let pending = link.rx_rotation.lock().clone();
+        let opened = {
+            let rx = link.rx.lock();
+            let rotated = pending.as_ref().and_then(|secret| {
+                rx.rotate(secret, &self.identity, peer).open_inbound(&header, body).ok().map(|(p, n)| (p, n, rx.step))
+            });
+            match rotated {
+                Some(v) => Ok((v, true)),
+                None => rx.open_inbound(&header, body).map(|(payload, next)| ((payload, next, rx.step), false)),
+            }
+        };
+        let ((payload, next, step), rotated) = match opened {
+            Ok(v) => v,
+            Err(e) => return Err(self.inbound_failure(&channel, e.into())),
+        };
+        if step != header.step {
+            // A shared chain moved meanwhile (pymfp compat: a send on another channel).
+            let e = Error::StepMismatch { channel: channel.id, expected: step, got: header.step };
+            return Err(self.inbound_failure(&channel, e));
+        }
+        let (message_id, correlation_id) = crate::remote::remote_ids(&channel.id, peer, step);
+        let durable = self.persisting() && !link.rx.is_shared();
+        if durable {
+            let acks = self.take_acks();
+            let mut ops = Vec::with_capacity(2 + acks.len());
+            ops.extend(acks.iter().map(|&(channel, step)| StorageOp::AckDelivery { channel, step }));
+            ops.push(StorageOp::AdvanceRemoteRx { id: channel.id, rx: next.clone() });
+            if rotated {
+                ops.push(StorageOp::RemoteRotation { id: channel.id, secret: None });
+            }
+            ops.push(StorageOp::PutDelivery(DeliveryRow {
+                channel: channel.id,
+                step,
+                recipient: recipient.id,
+                sender: link.end.agent,
+                message_id,
+                correlation_id: correlation_id.0,
+                payload: payload.clone(),
+            }));
+            let ticket = self.submit(ops);
+            let settled = match wait {
+                Wait::Yes => self.settle_async(ticket).await,
+                Wait::No(_) => self.settle(ticket),
+            };
+            if let Err(e) = settled {
+                self.requeue_acks(acks);
+                return Err(reject(e));
+            }
+        }
+        *link.rx.lock() = next;
+        if rotated {
+            *link.rx_rotation.lock() = None;
+            m.remote_rotations.inc();
+            let mut ev = AuditEvent::new(AuditEventType::KeyRotation);
+            ev.channel = Some(channel.id);
+            ev.step = Some(step);
+            ev.reason = Some("inbound chain rotated".to_string());
+            self.event(ev);
+        }
+        channel.inner.lock().validation_failures = 0;
+        let held = bytes.num_permits();
+        bytes.forget();
+        let token = crate::runtime::InFlight::new(&self.shared, u32::try_from(held).unwrap_or(u32::MAX));
+        permit.send(Delivery {
+            msg: DeliveredMessage {
+                payload,
+                sender: link.end.agent,
+                channel: channel.id,
+                message_id,
+                correlation_id,
+                step,
+                redelivered: false,
+                sender_runtime: Some(*peer),
+            },
+            done: None,
+            token,
+            durable,
+        });
+        m.remote_received.inc();
+        if self.audit.is_some() || tracing::enabled!(target: "mfp::audit", tracing::Level::INFO) {
+            let mut ev = AuditEvent::new(AuditEventType::MessageDelivered);
+            ev.channel = Some(channel.id);
+            ev.agent = Some(recipient.id);
+            ev.peer = Some(link.end.agent);
+            ev.step = Some(step);
+            ev.correlation_id = Some(correlation_id);
+            self.event(ev);
+        }
+        Ok(Ingested::Delivered { channel: channel.id, step })
+    }
+
+    /// Counts a refused inbound message against its channel: consecutive failures up to
+    /// `validation_failure_threshold` quarantine the channel (written without waiting).
+    fn inbound_failure(&self, channel: &ChannelRecord, e: Error) -> Error {
+        let m = &self.shared.metrics;
+        m.remote_rejected.inc();
+        if matches!(e, Error::Decode) {
+            m.decode_failures.inc();
+        } else {
+            m.validation_failures.inc();
+        }
+        let mut ch = channel.inner.lock();
+        if ch.status != ChannelStatus::Active {
+            return e;
+        }
+        ch.validation_failures = ch.validation_failures.saturating_add(1);
+        let mut ops = vec![StorageOp::ChannelFailures { id: channel.id, count: ch.validation_failures }];
+        let quarantine = ch.validation_failures >= self.config.validation_failure_threshold;
+        if quarantine {
+            ch.status = ChannelStatus::Quarantined;
+            ops.push(StorageOp::ChannelStatus { id: channel.id, status: ChannelStatus::Quarantined });
+        }
+        drop(ch);
+        if quarantine {
+            self.quarantine_causes.lock().insert(channel.id, QuarantineCause::Channel);
+            self.channel_quarantined_event(&channel.id, "Validation failure threshold (inbound from a peer runtime)");
+        }
+        // Best effort, not awaited: the count and the quarantine hold in memory regardless.
+        if channel.remote().is_some_and(|l| !l.rx.is_shared()) {
+            drop(self.submit(ops));
+        }
+        let mut ev = AuditEvent::new(AuditEventType::MessageRejected);
+        ev.success = false;
+        ev.channel = Some(channel.id);
+        ev.reason = Some("inbound message from a peer runtime refused".to_string());
+        self.event(ev);
+        e
+    }
+
+    /// Reserves the recipient's mailbox bytes and slot, waiting (until `deadline`) when the
+    /// backpressure policy says so and the caller may wait.
+    async fn reserve_mailbox<'a>(
+        &self,
+        recipient: &'a AgentRecord,
+        payload_len: usize,
+        deadline: Instant,
+        wait: Wait,
+    ) -> Result<(tokio::sync::SemaphorePermit<'a>, tokio::sync::mpsc::Permit<'a, Delivery>)> {
+        let need = recipient.bytes_needed(payload_len);
+        let full = |op: Option<&'static str>| match op {
+            Some(operation) => Error::WouldBlock { operation },
+            None => {
+                self.shared.metrics.mailbox_full.inc();
+                Error::MailboxFull(recipient.id)
+            }
+        };
+        let no_wait = match wait {
+            Wait::No(op) => Some(op),
+            Wait::Yes => None,
+        };
+        let bytes = match self.try_reserve_bytes(recipient, need)? {
+            Some(b) => b,
+            None if no_wait.is_some() => return Err(full(no_wait)),
+            None => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, recipient.mailbox_bytes.acquire_many(need)).await {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(_)) => return Err(Error::AgentNotBound(recipient.id)),
+                    Err(_) => return Err(full(None)),
+                }
+            }
+        };
+        let permit = match self.try_reserve(recipient)? {
+            Some(p) => p,
+            None if no_wait.is_some() => return Err(full(no_wait)),
+            None => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, recipient.tx.reserve()).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Err(Error::AgentNotBound(recipient.id)),
+                    Err(_) => return Err(full(None)),
+                }
+            }
+        };
+        Ok((bytes, permit))
+    }
+
+    // ---- rotation of the chains (PROTOCOL §4.11) ---------------------------------------
+
+    /// Stores an accepted rotation of the inbound chain, then keeps it pending.
+    pub(crate) async fn accept_rotation(&self, channel: &ChannelId, secret: mfp_core::State, wait: Wait) -> Result<()> {
+        let ch = self.channel(channel)?;
+        let link = ch.remote().ok_or(Error::WrongPeer { channel: *channel, from: "a peer runtime".into() })?;
+        if link.rx.is_shared() {
+            return Err(Self::no_rotation(channel));
+        }
+        let _turn = match wait {
+            Wait::Yes => link.ingest_turn.lock().await,
+            Wait::No(operation) => link.ingest_turn.try_lock().map_err(|_| Error::WouldBlock { operation })?,
+        };
+        if self.persisting() {
+            let ops = vec![StorageOp::RemoteRotation { id: *channel, secret: Some(secret.clone()) }];
+            self.settle_async(self.submit(ops)).await?;
+        }
+        *link.rx_rotation.lock() = Some(secret);
+        Ok(())
+    }
+
+    fn no_rotation(channel: &ChannelId) -> Error {
+        Error::Config(crate::error::ConfigError {
+            field: "rotation",
+            reason: format!("channel {} shares pymfp's chain, which does not rotate on the wire", channel.short()),
+        })
+    }
+
+    /// Rotates the outbound chain at its current step (under the channel's lock, as a send).
+    pub(crate) fn rotate_outbound(&self, channel: &ChannelId, secret: &mfp_core::State) -> Result<u64> {
+        let ch = self.channel(channel)?;
+        let link = ch.remote().ok_or(Error::WrongPeer { channel: *channel, from: "a peer runtime".into() })?;
+        if link.tx.is_shared() {
+            return Err(Self::no_rotation(channel));
+        }
+        let status = ch.inner.lock();
+        if status.status == ChannelStatus::Closed {
+            return Err(Error::ChannelClosed(*channel));
+        }
+        let mut tx = link.tx.lock();
+        let rotated = tx.rotate(secret, &self.identity, &link.end.peer);
+        let step = rotated.step;
+        if self.persisting() {
+            self.settle(self.submit(vec![StorageOp::AdvanceRemoteTx { id: *channel, tx: rotated.clone() }]))?;
+        }
+        *tx = rotated;
+        drop(tx);
+        drop(status);
+        self.shared.metrics.remote_rotations.inc();
+        let mut ev = AuditEvent::new(AuditEventType::KeyRotation);
+        ev.channel = Some(*channel);
+        ev.step = Some(step);
+        ev.reason = Some("outbound chain rotated".to_string());
+        self.event(ev);
+        Ok(step)
+    }
+
+    // ---- the outbound log -----------------------------------------------------------
+
+    /// The peer acknowledged every message of `channel` below `next`.
+    pub(crate) fn acknowledge(&self, channel: &ChannelId, next: u64) -> Result<()> {
+        let ch = self.channel(channel)?;
+        let link = ch.remote().ok_or(Error::WrongPeer { channel: *channel, from: "a peer runtime".into() })?;
+        let sent = link.tx.lock().step;
+        if next > sent {
+            return Err(Error::StepMismatch { channel: *channel, expected: sent, got: next });
+        }
+        {
+            let mut log = link.log.lock();
+            if next <= log.acked {
+                return Ok(());
+            }
+            while log.entries.front().is_some_and(|m| m.step < next) {
+                log.entries.pop_front();
+            }
+            log.acked = next;
+        }
+        if !link.tx.is_shared() {
+            drop(self.submit(vec![StorageOp::AckOutbound { channel: *channel, next }]));
+        }
+        Ok(())
+    }
+
+    /// Unacknowledged messages of `channel` from step `from` on.
+    pub(crate) fn unacknowledged(&self, channel: &ChannelId, from: u64) -> Result<Vec<OutboundMessage>> {
+        let ch = self.channel(channel)?;
+        let link = ch.remote().ok_or(Error::WrongPeer { channel: *channel, from: "a peer runtime".into() })?;
+        let log = link.log.lock();
+        Ok(log.entries.iter().filter(|m| m.step >= from).cloned().collect())
+    }
+
+    /// Positions of the open cross-runtime channels with `peer`.
+    pub(crate) fn positions(&self, peer: &RuntimeId) -> Vec<RemotePosition> {
+        let channels: Vec<Arc<ChannelRecord>> = self
+            .channels
+            .read()
+            .values()
+            .filter(|c| c.remote().is_some_and(|l| l.end.peer == *peer))
+            .cloned()
+            .collect();
+        channels
+            .iter()
+            .filter_map(|c| {
+                let link = c.remote()?;
+                let status = c.inner.lock().status;
+                let tx_next = link.tx.lock().step;
+                let rx_next = link.rx.lock().step;
+                let acked = link.log.lock().acked;
+                Some(RemotePosition {
+                    channel: c.id,
+                    local_agent: c.a.id,
+                    remote: link.end,
+                    tx_next,
+                    rx_next,
+                    acked,
+                    status,
+                })
+            })
+            .collect()
+    }
+}
