@@ -971,4 +971,63 @@ mod tests {
         );
         assert_eq!(args.len(), 8);
     }
+
+    #[test]
+    fn every_statement_has_one_argument_per_placeholder() {
+        // The fast path binds a whole transaction's arguments in order across its
+        // statements: one statement with a `?` too many or too few would shift all the rest.
+        use mfp_core::{AgentId, ChannelId, MessageId, RuntimeId, State};
+        use mfp_runtime::storage::{AgentRow, ChannelRow, DeliveryRow, MetaRow};
+        let cipher = CellCipher::new(&crate::MasterKey::generate().unwrap(), &[7; 32]);
+        let (agent, channel) = (AgentId::from_bytes([1; 32]), ChannelId::from_bytes([2; 16]));
+        let ops = vec![
+            StorageOp::Meta(MetaRow {
+                identity: RuntimeId::from_bytes([3; 32]),
+                deployment_id: vec![1],
+                instance_id: vec![2],
+                agent_counter: 4,
+            }),
+            StorageOp::PutAgent(AgentRow {
+                id: agent,
+                name: Some("a".into()),
+                state: AgentState::Active,
+                quarantine_reason: String::new(),
+            }),
+            StorageOp::DeleteAgent(agent),
+            StorageOp::PutChannel(ChannelRow {
+                id: channel,
+                agent_a: agent,
+                agent_b: agent,
+                depth: 4,
+                status: ChannelStatus::Active,
+                step: 1,
+                state: State::zero(),
+                validation_failures: 0,
+            }),
+            StorageOp::AdvanceChannel { id: channel, state: State::zero(), step: 2 },
+            StorageOp::ChannelStatus { id: channel, status: ChannelStatus::Quarantined },
+            StorageOp::ChannelFailures { id: channel, count: 1 },
+            StorageOp::CloseChannel(channel),
+            StorageOp::Sg(Some(State::zero())),
+            StorageOp::Sg(None),
+            StorageOp::PutDelivery(DeliveryRow {
+                channel,
+                step: 1,
+                recipient: agent,
+                sender: agent,
+                message_id: MessageId::from_bytes([4; 16]),
+                correlation_id: [5; 8],
+                payload: b"p".to_vec(),
+            }),
+            StorageOp::AckDelivery { channel, step: 1 },
+        ];
+        let mut out = Vec::new();
+        for op in ops {
+            statements(&cipher, &WriteOp::Runtime(op), 0, &mut out).unwrap();
+        }
+        assert!(out.len() >= 12);
+        for stmt in &out {
+            assert_eq!(stmt.placeholders(), stmt.args.len(), "{}", stmt.what);
+        }
+    }
 }

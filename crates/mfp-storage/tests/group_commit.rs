@@ -159,12 +159,19 @@ fn removals_alone_commit_with_the_next_batch_or_before_a_read_or_a_close() {
     let ack = |step| vec![StorageOp::AckDelivery { channel: channel_id(10), step }];
     let steps = |s: &SqliteStorage| s.load().unwrap().unwrap().deliveries.iter().map(|d| d.step).collect::<Vec<_>>();
 
+    // Each assertion below holds whenever the writer picks the removal up; the short pauses
+    // only make it likely that the removal is already waiting alone when the next request
+    // comes (instead of arriving with it), so that the waiting path is the one exercised.
+    let pause = || std::thread::sleep(Duration::from_micros(500));
+
     // Not waited for: a read sees it.
     drop(storage.apply(ack(0)));
+    pause();
     assert_eq!(steps(&storage), vec![1, 2, 3]);
 
     // Followed by another batch: both commit, in order.
     let removal = storage.apply(ack(1));
+    pause();
     storage.apply(vec![advance(10, 5), StorageOp::Sg(Some(state(5)))]).wait().unwrap();
     removal.wait().unwrap();
     assert_eq!(steps(&storage), vec![2, 3]);
@@ -173,6 +180,7 @@ fn removals_alone_commit_with_the_next_batch_or_before_a_read_or_a_close() {
     storage.apply(ack(2)).wait().unwrap();
     // Queued before a close: committed by the close.
     drop(storage.apply(ack(3)));
+    pause();
     let before = storage.stats();
     assert_eq!((before.batches_failed, before.failed_transactions), (0, 0));
     storage.close().unwrap();
