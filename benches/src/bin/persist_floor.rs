@@ -1,13 +1,17 @@
-//! The raw-SQLite floor for durable sends: the rows one message writes (its channel's new
-//! encrypted state and step, and the new Sg), written by sqlx with no runtime around them,
-//! on a database the storage layer created, with the storage layer's pragmas.
+//! The raw-SQLite floor for durable sends: the rows one message writes — its channel's new
+//! encrypted state and step, its encrypted inbox entry, the removal of an earlier message's
+//! entry (its handler returned), and the new Sg — written by sqlx with no runtime around
+//! them, on a database the storage layer created, with the storage layer's pragmas, in the
+//! fastest way sqlx has: one query per transaction with bound values (prepared once, then
+//! reused), and per transaction only the last state of each channel and one Sg (the rows a
+//! committed transaction leaves are the same).
 
 use std::time::Instant;
 
 use mfp_runtime::{AgentHandle, DeliveredMessage, Runtime};
 use mfp_storage::{Durability, MasterKey, SqliteStorage, StorageConfig};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{Arguments, ConnectOptions, Connection, Row};
 
 /// A scratch directory removed on drop.
 pub(crate) struct Scratch(pub(crate) std::path::PathBuf);
@@ -60,45 +64,84 @@ pub(crate) fn floor_once(durability: Durability, n: usize, batch: usize, channel
             .connect()
             .await
             .unwrap();
-        let rows = sqlx::query("SELECT channel_id, local_state FROM channels").fetch_all(&mut conn).await.unwrap();
-        let ids: Vec<Vec<u8>> = rows.iter().map(|r| r.get::<Vec<u8>, _>(0)).collect();
-        let state_len = rows.first().map(|r| r.get::<Vec<u8>, _>(1).len()).unwrap();
+        let rows = sqlx::query("SELECT channel_id, agent_a, agent_b, local_state FROM channels")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        let chans: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> =
+            rows.iter().map(|r| (r.get::<Vec<u8>, _>(0), r.get::<Vec<u8>, _>(1), r.get::<Vec<u8>, _>(2))).collect();
+        let state_len = rows.first().map(|r| r.get::<Vec<u8>, _>(3).len()).unwrap();
         let sg_len: usize = sqlx::query("SELECT length(sg_value) FROM sg_cache WHERE id = 1")
             .fetch_one(&mut conn)
             .await
             .map(|r| r.get::<i64, _>(0) as usize)
             .unwrap();
-        assert_eq!(ids.len(), channels);
+        assert_eq!(chans.len(), channels);
+        // A cell is its plaintext plus a fixed overhead: a 64-byte payload's is as long as a
+        // state's with 32 more bytes.
         let mut blob = vec![0u8; state_len];
         let mut sg = vec![0u8; sg_len];
-        // The fastest way sqlx has to write them: one round trip to its worker per
-        // transaction, the values inline as blob literals (as the storage layer does).
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-        let ids: Vec<String> = ids.iter().map(|id| hex(id)).collect();
+        let mut payload = vec![0u8; state_len + 32];
+        const ADVANCE: &str = "UPDATE channels SET local_state = ?, step = ?, validation_failure_count = 0, \
+                               updated_at = ? WHERE channel_id = ? AND status <> 'closed';";
+        const INBOX: &str = "INSERT INTO inbox (channel_id, recipient, step, message_id, correlation_id, sender, \
+                             payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id, step) DO \
+                             UPDATE SET recipient = excluded.recipient, message_id = excluded.message_id, \
+                             correlation_id = excluded.correlation_id, sender = excluded.sender, payload = \
+                             excluded.payload;";
+        const REMOVE: &str = "DELETE FROM inbox WHERE channel_id = ? AND step = ?;";
+        const SG: &str = "INSERT INTO sg_cache (id, sg_value, updated_at) VALUES (1, ?, ?) ON CONFLICT (id) DO \
+                          UPDATE SET sg_value = excluded.sg_value, updated_at = excluded.updated_at;";
         let start = Instant::now();
         let mut done = 0usize;
+        // Steps start above the setup message's.
         let mut step = 10i64;
-        let mut sql = String::new();
+        let mut last: Vec<Option<i64>> = vec![None; channels];
         while done < n {
-            sql.clear();
-            sql.push_str("BEGIN IMMEDIATE;");
-            for i in 0..batch.min(n - done) {
-                blob[..8].copy_from_slice(&((done + i) as u64).to_be_bytes());
-                sg[..8].copy_from_slice(&((done + i) as u64).to_be_bytes());
-                sql.push_str(&format!(
-                    "UPDATE channels SET local_state = X'{}', step = {step}, validation_failure_count = 0, \
-                     updated_at = {step} WHERE channel_id = X'{}';\
-                     INSERT INTO sg_cache (id, sg_value, updated_at) VALUES (1, X'{}', {step}) ON CONFLICT (id) \
-                     DO UPDATE SET sg_value = excluded.sg_value, updated_at = excluded.updated_at;",
-                    hex(&blob),
-                    ids[i % ids.len()],
-                    hex(&sg)
-                ));
+            let k = batch.min(n - done);
+            let mut sql = String::from("BEGIN IMMEDIATE;");
+            let mut args = SqliteArguments::default();
+            let mut touched = vec![None; channels];
+            for i in 0..k {
+                let c = i % channels;
+                let (id, a, b) = &chans[c];
+                payload[..8].copy_from_slice(&((done + i) as u64).to_be_bytes());
+                // The previous message on this channel has been handled.
+                if let Some(prev) = last[c] {
+                    sql.push_str(REMOVE);
+                    args.add(id.clone()).unwrap();
+                    args.add(prev).unwrap();
+                }
+                sql.push_str(INBOX);
+                args.add(id.clone()).unwrap();
+                args.add(b.clone()).unwrap();
+                args.add(step).unwrap();
+                args.add(vec![7u8; 16]).unwrap();
+                args.add(vec![7u8; 8]).unwrap();
+                args.add(a.clone()).unwrap();
+                args.add(payload.clone()).unwrap();
+                args.add(step).unwrap();
+                last[c] = Some(step);
+                touched[c] = Some(step);
                 step += 1;
             }
+            for (c, s) in touched.iter().enumerate() {
+                if let Some(s) = *s {
+                    blob[..8].copy_from_slice(&(s as u64).to_be_bytes());
+                    sql.push_str(ADVANCE);
+                    args.add(blob.clone()).unwrap();
+                    args.add(s + 1).unwrap();
+                    args.add(s).unwrap();
+                    args.add(chans[c].0.clone()).unwrap();
+                }
+            }
+            sg[..8].copy_from_slice(&(step as u64).to_be_bytes());
+            sql.push_str(SG);
+            args.add(sg.clone()).unwrap();
+            args.add(step).unwrap();
             sql.push_str("COMMIT;");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str())).execute(&mut conn).await.unwrap();
-            done += batch.min(n - done);
+            sqlx::query_with(sqlx::AssertSqlSafe(sql), args).execute(&mut conn).await.unwrap();
+            done += k;
         }
         let rate = n as f64 / start.elapsed().as_secs_f64();
         conn.close().await.unwrap();

@@ -9,8 +9,8 @@ use mfp_runtime::storage::{
     AgentRow, ChannelRow, DeliveryRow, MetaRow, OutboundRow, RemoteChannelRow, Snapshot, StorageError, StorageOp,
 };
 use mfp_runtime::{AgentState, ChannelStatus};
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
-use sqlx::{Decode, Row, Sqlite, Type};
+use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqliteRow};
+use sqlx::{Arguments, Decode, Row, Sqlite, Type};
 use zeroize::Zeroizing;
 
 use crate::cell::{Cell, CellCipher};
@@ -223,10 +223,10 @@ fn open_state(cipher: &CellCipher, cell: Cell<'_>, blob: &[u8]) -> Result<State,
 // ---------------------------------------------------------------------------------------------
 //
 // Every operation becomes a list of statements with `?` placeholders and typed arguments. They
-// run either with bound parameters (one prepared statement each), or — on the fast path, one
-// round trip to SQLite for a whole transaction — rendered into a single SQL text in which
-// every argument is a literal generated here: integers, `x'…'` blobs, `CAST(x'…' AS TEXT)`
-// for text, `NULL`. No input ever becomes SQL syntax.
+// run either one by one (the slow path, one round trip to SQLite's worker each), or — on the
+// fast path — concatenated into one query for a whole transaction with every argument bound
+// in order (sqlx binds the placeholders of a multi-statement query across its statements).
+// No input ever becomes SQL syntax: the SQL texts are the constants below.
 
 /// An argument of a statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,26 +253,28 @@ impl Stmt {
         Self { what, sql, args }
     }
 
-    /// Appends the statement with its arguments inlined as literals, followed by `;`.
-    pub(crate) fn render(&self, out: &mut String) {
-        let mut args = self.args.iter();
-        for ch in self.sql.chars() {
-            if ch == '?' {
-                match args.next() {
-                    Some(Val::Int(i)) => out.push_str(&i.to_string()),
-                    Some(Val::Blob(b)) => push_hex_literal(out, b),
-                    Some(Val::Text(t)) => {
-                        out.push_str("CAST(");
-                        push_hex_literal(out, t.as_bytes());
-                        out.push_str(" AS TEXT)");
-                    }
-                    Some(Val::Null) | None => out.push_str("NULL"),
-                }
-            } else {
-                out.push(ch);
-            }
+    /// Appends the statement's SQL (and `;`) to `sql` and its arguments to `args`, for a
+    /// query of several statements (see `Writer::try_fast`).
+    pub(crate) fn append_to(&self, sql: &mut String, args: &mut SqliteArguments) -> Result<(), StorageError> {
+        sql.push_str(self.sql);
+        sql.push(';');
+        for a in &self.args {
+            let added = match a {
+                Val::Int(i) => args.add(*i),
+                Val::Blob(b) => args.add(b.clone()),
+                Val::Text(t) => args.add(t.clone()),
+                Val::Null => args.add(Option::<Vec<u8>>::None),
+            };
+            added.map_err(|e| StorageError::Backend(format!("{}: cannot bind an argument: {e}", self.what)))?;
         }
-        out.push(';');
+        Ok(())
+    }
+
+    /// The number of `?` placeholders of the SQL text (each statement has exactly its
+    /// arguments' count).
+    #[cfg(test)]
+    fn placeholders(&self) -> usize {
+        self.sql.matches('?').count()
     }
 
     /// Runs the statement with bound parameters.
@@ -289,12 +291,6 @@ impl Stmt {
         }
         q.execute(&mut *conn).await.map(drop).map_err(|e| exec_error(what, &e))
     }
-}
-
-fn push_hex_literal(out: &mut String, bytes: &[u8]) {
-    out.push_str("x'");
-    out.push_str(&hex::encode(bytes));
-    out.push('\'');
 }
 
 fn blob(b: &[u8]) -> Val {
@@ -1408,14 +1404,80 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rendering_inlines_only_generated_literals() {
+    fn appending_binds_every_argument_in_order() {
         let stmt = Stmt::new(
             "test",
             "INSERT INTO t (a, b, c, d) VALUES (?, ?, ?, ?)",
             vec![Val::Int(-5), Val::Blob(vec![0x00, 0xff]), Val::Text("it's ?".into()), Val::Null],
         );
-        let mut out = String::new();
-        stmt.render(&mut out);
-        assert_eq!(out, "INSERT INTO t (a, b, c, d) VALUES (-5, x'00ff', CAST(x'69742773203f' AS TEXT), NULL);");
+        assert_eq!(stmt.placeholders(), stmt.args.len());
+        let mut sql = String::from("BEGIN;");
+        let mut args = SqliteArguments::default();
+        stmt.append_to(&mut sql, &mut args).unwrap();
+        stmt.append_to(&mut sql, &mut args).unwrap();
+        assert_eq!(
+            sql,
+            "BEGIN;INSERT INTO t (a, b, c, d) VALUES (?, ?, ?, ?);INSERT INTO t (a, b, c, d) VALUES (?, ?, ?, ?);"
+        );
+        assert_eq!(args.len(), 8);
+    }
+
+    #[test]
+    fn every_statement_has_one_argument_per_placeholder() {
+        // The fast path binds a whole transaction's arguments in order across its
+        // statements: one statement with a `?` too many or too few would shift all the rest.
+        use mfp_core::{AgentId, ChannelId, MessageId, RuntimeId, State};
+        use mfp_runtime::storage::{AgentRow, ChannelRow, DeliveryRow, MetaRow};
+        let cipher = CellCipher::new(&crate::MasterKey::generate().unwrap(), &[7; 32]);
+        let (agent, channel) = (AgentId::from_bytes([1; 32]), ChannelId::from_bytes([2; 16]));
+        let ops = vec![
+            StorageOp::Meta(MetaRow {
+                identity: RuntimeId::from_bytes([3; 32]),
+                deployment_id: vec![1],
+                instance_id: vec![2],
+                agent_counter: 4,
+            }),
+            StorageOp::PutAgent(AgentRow {
+                id: agent,
+                name: Some("a".into()),
+                state: AgentState::Active,
+                quarantine_reason: String::new(),
+            }),
+            StorageOp::DeleteAgent(agent),
+            StorageOp::PutChannel(ChannelRow {
+                id: channel,
+                agent_a: agent,
+                agent_b: agent,
+                depth: 4,
+                status: ChannelStatus::Active,
+                step: 1,
+                state: State::zero(),
+                validation_failures: 0,
+            }),
+            StorageOp::AdvanceChannel { id: channel, state: State::zero(), step: 2 },
+            StorageOp::ChannelStatus { id: channel, status: ChannelStatus::Quarantined },
+            StorageOp::ChannelFailures { id: channel, count: 1 },
+            StorageOp::CloseChannel(channel),
+            StorageOp::Sg(Some(State::zero())),
+            StorageOp::Sg(None),
+            StorageOp::PutDelivery(DeliveryRow {
+                channel,
+                step: 1,
+                recipient: agent,
+                sender: agent,
+                message_id: MessageId::from_bytes([4; 16]),
+                correlation_id: [5; 8],
+                payload: b"p".to_vec(),
+            }),
+            StorageOp::AckDelivery { channel, step: 1 },
+        ];
+        let mut out = Vec::new();
+        for op in ops {
+            statements(&cipher, &WriteOp::Runtime(op), 0, &mut out).unwrap();
+        }
+        assert!(out.len() >= 12);
+        for stmt in &out {
+            assert_eq!(stmt.placeholders(), stmt.args.len(), "{}", stmt.what);
+        }
     }
 }

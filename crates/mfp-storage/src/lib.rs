@@ -196,16 +196,23 @@
 //! `BEGIN IMMEDIATE` transaction (one fsync for all of them under [`Durability::Sync`]),
 //! commits, and completes the tickets in order.
 //!
-//! The transaction is first sent to SQLite as one SQL text — `BEGIN IMMEDIATE`, every
-//! statement with its arguments inlined as literals this crate generates (integers, `x'…'`
-//! blobs, `CAST(x'…' AS TEXT)`, `NULL`; no input ever becomes SQL syntax), `COMMIT` — because
-//! every statement sent separately costs a round trip to sqlx's SQLite worker thread
-//! (several times the cost of the statement itself). Statement logging is disabled on the
-//! connection. If a batch violates a constraint (or carries a value out of range), the
-//! transaction is rolled back and redone with bound parameters and a savepoint per batch:
-//! that batch is rolled back alone and only its ticket fails. If the transaction itself fails
-//! (lock timeout, I/O, commit), everything is rolled back and every ticket of the round fails
-//! — each batch stays all-or-nothing either way.
+//! The transaction is first sent to SQLite as one query — `BEGIN IMMEDIATE`, every
+//! statement, `COMMIT` — with every value bound as a parameter (no input ever becomes SQL
+//! syntax), because every statement sent separately costs a round trip to sqlx's SQLite
+//! worker thread (several times the cost of the statement itself). sqlx keeps the prepared
+//! query for the next transaction of the same shape, so the usual transactions are not
+//! parsed again; a long one is cut into queries of at most 32 statements. Writes that a later
+//! write of the same transaction replaces (every Sg but the last, an advance of a channel
+//! followed by another) are left out. If a batch violates a constraint (or carries a value
+//! out of range), the transaction is rolled back and redone statement by statement with a
+//! savepoint per batch: that batch is rolled back alone and only its ticket fails. If the
+//! transaction itself fails (lock timeout, I/O, commit), everything is rolled back and every
+//! ticket of the round fails — each batch stays all-or-nothing either way.
+//!
+//! A round of nothing but inbox removals (a handler returned; nobody waits for those) waits
+//! up to 5 ms for the next batch and commits in its transaction, or before the next read,
+//! rotation or close; a crash meanwhile only means those messages are delivered again,
+//! flagged.
 //!
 //! ## Circuit breaker
 //!

@@ -2,22 +2,29 @@
 //! connection, fed by an unbounded channel.
 //!
 //! Each round takes every `Apply` request queued at that moment (up to
-//! `max_batches_per_commit`), applies them in submission order in ONE transaction, commits,
-//! and then completes the tickets in order. The transaction is first tried as one SQL text
-//! (one round trip; see `Writer::try_fast`); if a batch violates a constraint it is redone
-//! with bound parameters and a savepoint per batch, so that batch is rolled back alone.
-//! A failure of the transaction itself (begin, I/O, commit) rolls everything back and fails
-//! every ticket of the round; such failures feed the circuit breaker.
+//! `max_batches_per_commit`) — everything that arrived while the previous transaction was
+//! committing — applies them in submission order in ONE transaction, commits, and then
+//! completes the tickets in order. The transaction is first tried as few queries as possible
+//! with bound parameters (see `Writer::try_fast`); if a batch violates a constraint it is
+//! redone statement by statement with a savepoint per batch, so that batch is rolled back
+//! alone. A failure of the transaction itself (begin, I/O, commit) rolls everything back and
+//! fails every ticket of the round; such failures feed the circuit breaker.
+//!
+//! A round made only of inbox removals (`AckDelivery`) is not committed at once: nobody waits
+//! for a removal (the runtime submits them without waiting), and one that is lost in a crash
+//! only means its message is delivered again, flagged. Such batches wait up to
+//! [`REMOVAL_DELAY`] for the next batch and commit in its transaction, in submission order,
+//! instead of costing a transaction (and under `Durability::Sync` an fsync) of their own.
 
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mfp_core::MerkleSg;
 use mfp_runtime::storage::{Snapshot, StorageError, TicketSender};
 use sqlx::Connection;
-use sqlx::sqlite::SqliteConnection;
+use sqlx::sqlite::{SqliteArguments, SqliteConnection};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::breaker::Breaker;
@@ -27,6 +34,7 @@ use crate::db::{self, ApplyError, get_fixed, sql_error, unix_now};
 use crate::key::MasterKey;
 use crate::records::{FederationSnapshot, WriteOp};
 use crate::{schema, watch};
+use mfp_runtime::storage::StorageOp;
 
 /// A request to the writer.
 pub(crate) enum Request {
@@ -147,8 +155,41 @@ pub(crate) fn spawn(
     }
 }
 
-/// Largest SQL text of one fast-path transaction; bigger groups take the slow path.
-const FAST_PATH_MAX_SQL: usize = 1 << 20;
+/// Longest a round of nothing but inbox removals waits for company (see the module docs).
+pub(crate) const REMOVAL_DELAY: Duration = Duration::from_millis(5);
+
+/// Most statements in one query of the fast path. sqlx caches a prepared statement per
+/// distinct query text (100 texts per connection), so the common shapes of a transaction —
+/// a send's advance, inbox entry and Sg, with or without removals — are parsed once; a long
+/// transaction is cut into queries of at most this many statements (at batch boundaries),
+/// which bounds the memory of that cache.
+const MAX_STATEMENTS_PER_QUERY: usize = 32;
+
+/// How long the writer keeps polling a query it is waiting for before it parks.
+const SPIN: Duration = Duration::from_micros(SPIN_MICROS);
+const SPIN_MICROS: u64 = 100;
+
+/// Polls `fut` again at once while it is pending, for up to [`SPIN`], then waits normally.
+struct Spin<F> {
+    fut: F,
+    until: Option<Instant>,
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for Spin<F> {
+    type Output = F::Output;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        if let std::task::Poll::Ready(v) = std::pin::Pin::new(&mut self.fut).poll(cx) {
+            return std::task::Poll::Ready(v);
+        }
+        let now = Instant::now();
+        let until = *self.until.get_or_insert(now + SPIN);
+        if now < until {
+            std::thread::yield_now();
+            cx.waker().wake_by_ref();
+        }
+        std::task::Poll::Pending
+    }
+}
 
 /// Outcome of the fast path.
 enum Fast {
@@ -165,6 +206,13 @@ struct Pending {
     done: TicketSender,
 }
 
+impl Pending {
+    /// Whether the batch only removes handled messages from the inbox.
+    fn removals_only(&self) -> bool {
+        !self.ops.is_empty() && self.ops.iter().all(|op| matches!(op, WriteOp::Runtime(StorageOp::AckDelivery { .. })))
+    }
+}
+
 struct Writer {
     conn: SqliteConnection,
     cipher: CellCipher,
@@ -176,17 +224,34 @@ impl Writer {
     async fn run(mut self, rx: &mut UnboundedReceiver<Request>) {
         let mut carry: Option<Request> = None;
         let mut close_reply = None;
+        // Removal-only batches waiting for company, and until when they may wait.
+        let mut waiting: Vec<Pending> = Vec::new();
+        let mut deadline = tokio::time::Instant::now();
         loop {
             let req = match carry.take() {
                 Some(r) => r,
-                None => match rx.recv().await {
+                None if waiting.is_empty() => match (Spin { fut: Box::pin(rx.recv()), until: None }).await {
                     Some(r) => r,
                     None => break,
                 },
+                None => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(_) => {
+                        self.commit_group(std::mem::take(&mut waiting)).await;
+                        continue;
+                    }
+                },
             };
+            if !matches!(req, Request::Apply { .. }) && !waiting.is_empty() {
+                // Everything queued before a read, a rotation or a close commits first.
+                self.commit_group(std::mem::take(&mut waiting)).await;
+            }
             match req {
                 Request::Apply { ops, done } => {
-                    let mut group = vec![Pending { ops, done }];
+                    let fresh = waiting.is_empty();
+                    let mut group = std::mem::take(&mut waiting);
+                    group.push(Pending { ops, done });
                     while group.len() < self.max_batches {
                         match rx.try_recv() {
                             Ok(Request::Apply { ops, done }) => group.push(Pending { ops, done }),
@@ -196,6 +261,13 @@ impl Writer {
                             }
                             Err(_) => break,
                         }
+                    }
+                    if carry.is_none() && group.len() < self.max_batches && group.iter().all(Pending::removals_only) {
+                        if fresh {
+                            deadline = tokio::time::Instant::now() + REMOVAL_DELAY;
+                        }
+                        waiting = group;
+                        continue;
                     }
                     self.commit_group(group).await;
                 }
@@ -213,6 +285,9 @@ impl Writer {
                     break;
                 }
             }
+        }
+        if !waiting.is_empty() {
+            self.commit_group(waiting).await;
         }
         // Fail whatever was queued behind a close.
         rx.close();
@@ -271,35 +346,55 @@ impl Writer {
     }
 
     /// The fast path: the whole transaction — `BEGIN IMMEDIATE`, every statement of every
-    /// batch with its arguments inlined as generated literals, `COMMIT` — as ONE SQL text, so
-    /// one round trip to SQLite's worker thread instead of one per statement. When a batch
-    /// cannot be written (a constraint or a value out of range) the transaction is rolled back
-    /// and the group goes to the slow path, which isolates that batch.
+    /// batch, `COMMIT` — as one query with bound parameters (several for a long transaction,
+    /// see [`MAX_STATEMENTS_PER_QUERY`]), so one round trip to SQLite's worker thread instead
+    /// of one per statement, and a prepared statement that sqlx caches for the next
+    /// transaction of the same shape. Writes that a later write of the same transaction
+    /// replaces are left out (see [`superseded`]): the transaction commits whole or not at
+    /// all, so nobody could see them. When a batch cannot be written (a constraint or a
+    /// value out of range) the transaction is rolled back and the group goes to the slow
+    /// path, which isolates that batch.
     async fn try_fast(&mut self, group: &[Pending], now: i64) -> Fast {
-        let mut sql = String::with_capacity(64 + group.len() * 640);
-        sql.push_str("BEGIN IMMEDIATE;");
-        for p in group {
-            let Ok(stmts) = db::batch_statements(&self.cipher, &p.ops, now) else {
-                return Fast::NotTaken;
-            };
+        let skip = superseded(group);
+        let mut queries: Vec<(String, SqliteArguments, usize)> = Vec::new();
+        let mut sql = String::from("BEGIN IMMEDIATE;");
+        let mut args = SqliteArguments::default();
+        let mut count = 0usize;
+        let mut stmts = Vec::new();
+        for (b, p) in group.iter().enumerate() {
+            stmts.clear();
+            for (i, op) in p.ops.iter().enumerate() {
+                if skip.contains(&(b, i)) {
+                    continue;
+                }
+                if db::statements(&self.cipher, op, now, &mut stmts).is_err() {
+                    return Fast::NotTaken;
+                }
+            }
+            if count > 0 && count + stmts.len() > MAX_STATEMENTS_PER_QUERY {
+                queries.push((std::mem::take(&mut sql), std::mem::take(&mut args), count));
+                count = 0;
+            }
             for stmt in &stmts {
-                stmt.render(&mut sql);
+                if stmt.append_to(&mut sql, &mut args).is_err() {
+                    return Fast::NotTaken;
+                }
             }
-            if sql.len() > FAST_PATH_MAX_SQL {
-                return Fast::NotTaken;
-            }
+            count += stmts.len();
         }
         sql.push_str("COMMIT;");
-        match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut self.conn).await {
-            Ok(_) => Fast::Committed,
-            Err(e) => {
+        queries.push((sql, args, count));
+        for (sql, args, count) in queries {
+            let q = sqlx::query_with(sqlx::AssertSqlSafe(sql), args).persistent(count <= MAX_STATEMENTS_PER_QUERY);
+            if let Err(e) = (Spin { fut: Box::pin(q.execute(&mut self.conn)), until: None }).await {
                 // A statement before COMMIT failed: the transaction is still open.
                 if let Err(r) = sqlx::raw_sql("ROLLBACK").execute(&mut self.conn).await {
                     tracing::debug!(error = %r, "rollback after a failed fast-path transaction");
                 }
-                if db::is_constraint(&e) { Fast::NotTaken } else { Fast::Failed(sql_error("transaction", &e)) }
+                return if db::is_constraint(&e) { Fast::NotTaken } else { Fast::Failed(sql_error("transaction", &e)) };
             }
         }
+        Fast::Committed
     }
 
     /// The slow path: bound parameters, and a savepoint per batch when there are several.
@@ -369,6 +464,41 @@ impl Writer {
     }
 }
 
+/// The operations of `group` (batch index, op index) that a later operation of the same
+/// group replaces entirely, so that a transaction holding the whole group need not write
+/// them: every Sg but the last (they all write the one Sg row), and a channel advance
+/// followed by another advance of the same channel with no other change to that channel in
+/// between (each rewrites the same columns of the same row). Only for a transaction that
+/// commits the whole group or nothing.
+fn superseded(group: &[Pending]) -> std::collections::HashSet<(usize, usize)> {
+    use std::collections::HashMap;
+    let mut skip = std::collections::HashSet::new();
+    let mut last_sg: Option<(usize, usize)> = None;
+    // Per channel: its pending advance, if the channel saw nothing else since.
+    let mut advance: HashMap<mfp_core::ChannelId, (usize, usize)> = HashMap::new();
+    for (b, p) in group.iter().enumerate() {
+        for (i, op) in p.ops.iter().enumerate() {
+            match op {
+                WriteOp::Runtime(StorageOp::Sg(_)) => {
+                    if let Some(prev) = last_sg.replace((b, i)) {
+                        skip.insert(prev);
+                    }
+                }
+                WriteOp::Runtime(StorageOp::AdvanceChannel { id, .. }) => {
+                    if let Some(prev) = advance.insert(*id, (b, i)) {
+                        skip.insert(prev);
+                    }
+                }
+                // Rows of other tables, or no row at all.
+                WriteOp::Runtime(StorageOp::PutDelivery(_) | StorageOp::AckDelivery { .. }) => {}
+                // Anything else may touch a channel row (or, for `DeleteAgent`, several).
+                _ => advance.clear(),
+            }
+        }
+    }
+    skip
+}
+
 fn fail_request(req: Request, e: &StorageError) {
     match req {
         Request::Apply { done, .. } => done.complete(Err(e.clone())),
@@ -396,5 +526,64 @@ fn warn_on_sg_mismatch(s: &Snapshot) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot recompute Sg from the stored channels"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use mfp_core::{ChannelId, State};
+    use mfp_runtime::storage::{StorageOp, Ticket};
+
+    use super::{Pending, WriteOp, superseded};
+
+    fn batch(ops: Vec<StorageOp>) -> Pending {
+        let (done, _ticket) = Ticket::pending();
+        Pending { ops: ops.into_iter().map(WriteOp::Runtime).collect(), done }
+    }
+
+    fn advance(c: u8, step: u64) -> StorageOp {
+        StorageOp::AdvanceChannel { id: ChannelId::from_bytes([c; 16]), state: State::zero(), step }
+    }
+
+    fn ack(c: u8, step: u64) -> StorageOp {
+        StorageOp::AckDelivery { channel: ChannelId::from_bytes([c; 16]), step }
+    }
+
+    fn sorted(group: &[Pending]) -> Vec<(usize, usize)> {
+        let mut v: Vec<_> = superseded(group).into_iter().collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn only_the_last_sg_and_the_last_advance_of_a_channel_are_written() {
+        let group = [
+            batch(vec![ack(1, 0), advance(1, 1), StorageOp::Sg(None)]),
+            batch(vec![advance(2, 1), StorageOp::Sg(Some(State::zero()))]),
+            batch(vec![ack(1, 1), advance(1, 2), StorageOp::Sg(Some(State::zero()))]),
+        ];
+        assert_eq!(sorted(&group), vec![(0, 1), (0, 2), (1, 1)]);
+    }
+
+    #[test]
+    fn another_change_to_the_channels_keeps_the_earlier_advance() {
+        let id = ChannelId::from_bytes([1; 16]);
+        for between in [
+            StorageOp::ChannelFailures { id, count: 1 },
+            StorageOp::CloseChannel(id),
+            StorageOp::ChannelStatus { id, status: mfp_runtime::ChannelStatus::Quarantined },
+            StorageOp::DeleteAgent(mfp_core::AgentId::from_bytes([9; 32])),
+        ] {
+            let group = [batch(vec![advance(1, 1)]), batch(vec![between.clone()]), batch(vec![advance(1, 2)])];
+            assert!(sorted(&group).is_empty(), "{between:?}");
+        }
+    }
+
+    #[test]
+    fn a_batch_of_removals_only_is_recognised() {
+        assert!(batch(vec![ack(1, 0), ack(2, 3)]).removals_only());
+        assert!(!batch(vec![ack(1, 0), advance(1, 1)]).removals_only());
+        assert!(!batch(vec![]).removals_only());
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use mfp_runtime::AgentState;
 use mfp_runtime::storage::{Storage, StorageError, StorageOp, Ticket};
-use mfp_storage::{Durability, SqliteStorage};
+use mfp_storage::{Durability, SqliteStorage, inspect};
 
 const THREADS: u8 = 8;
 const PER_THREAD: u64 = 150;
@@ -141,4 +141,48 @@ fn close_finishes_queued_batches() {
     let queued = storage.apply(vec![advance(10, 1)]);
     storage.close().unwrap();
     queued.wait().unwrap();
+}
+
+#[test]
+fn removals_alone_commit_with_the_next_batch_or_before_a_read_or_a_close() {
+    let dir = TempDir::new("removals");
+    let path = dir.file("r.db");
+    let k = key(5);
+    let storage = SqliteStorage::open(config(&path, &k)).unwrap();
+    storage.apply(setup_ops()).wait().unwrap();
+    for step in 0..4 {
+        storage
+            .apply(vec![advance(10, step + 1), delivery(10, step, 1, 2, b"m"), StorageOp::Sg(Some(state(step)))])
+            .wait()
+            .unwrap();
+    }
+    let ack = |step| vec![StorageOp::AckDelivery { channel: channel_id(10), step }];
+    let steps = |s: &SqliteStorage| s.load().unwrap().unwrap().deliveries.iter().map(|d| d.step).collect::<Vec<_>>();
+
+    // Each assertion below holds whenever the writer picks the removal up; the short pauses
+    // only make it likely that the removal is already waiting alone when the next request
+    // comes (instead of arriving with it), so that the waiting path is the one exercised.
+    let pause = || std::thread::sleep(Duration::from_micros(500));
+
+    // Not waited for: a read sees it.
+    drop(storage.apply(ack(0)));
+    pause();
+    assert_eq!(steps(&storage), vec![1, 2, 3]);
+
+    // Followed by another batch: both commit, in order.
+    let removal = storage.apply(ack(1));
+    pause();
+    storage.apply(vec![advance(10, 5), StorageOp::Sg(Some(state(5)))]).wait().unwrap();
+    removal.wait().unwrap();
+    assert_eq!(steps(&storage), vec![2, 3]);
+
+    // Alone and waited for: it still commits.
+    storage.apply(ack(2)).wait().unwrap();
+    // Queued before a close: committed by the close.
+    drop(storage.apply(ack(3)));
+    pause();
+    let before = storage.stats();
+    assert_eq!((before.batches_failed, before.failed_transactions), (0, 0));
+    storage.close().unwrap();
+    assert!(inspect(&path, &k).unwrap().snapshot.unwrap().deliveries.is_empty());
 }
