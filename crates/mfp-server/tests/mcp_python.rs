@@ -8,7 +8,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
 use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
@@ -21,10 +20,11 @@ fn target_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target")
 }
 
-/// `target/mcp-venv/bin/python` with the MCP SDK, creating the venv if needed.
+/// `target/mcp-venv/bin/python` with the MCP SDK, creating the venv if needed. Tests run
+/// in parallel processes: each builds in its own temporary directory and renames it into
+/// place; the first rename wins, the others use it (a venv built in place could be seen
+/// half-made by another process).
 fn mcp_python() -> PathBuf {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let venv = target_dir().join("mcp-venv");
     let python = venv.join("bin/python");
     let ok = |py: &Path| {
@@ -36,13 +36,22 @@ fn mcp_python() -> PathBuf {
     if ok(&python) {
         return python;
     }
-    let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 is needed");
-    assert!(status.success(), "python3 -m venv {} failed", venv.display());
-    let status = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check", &format!("mcp=={MCP_SDK}")])
+    let tmp = target_dir().join(format!("mcp-venv.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let status = Command::new("python3").args(["-m", "venv"]).arg(&tmp).status().expect("python3 is needed");
+    assert!(status.success(), "python3 -m venv {} failed", tmp.display());
+    let status = Command::new(tmp.join("bin/python"))
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", &format!("mcp=={MCP_SDK}")])
         .status()
         .expect("pip");
     assert!(status.success(), "pip install mcp=={MCP_SDK} failed (network? see pip's output above)");
+    if !ok(&python) {
+        // A broken venv from an interrupted run is in the way: replace it.
+        let _ = std::fs::remove_dir_all(&venv);
+    }
+    if std::fs::rename(&tmp, &venv).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
     assert!(ok(&python), "mcp {MCP_SDK} not importable after installation");
     python
 }

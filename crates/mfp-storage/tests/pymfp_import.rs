@@ -6,7 +6,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 
 use common::*;
 use mfp_core::{AgentId, BilateralId, ChannelId, MerkleSg, RuntimeId, State};
@@ -27,9 +26,9 @@ fn target_dir() -> PathBuf {
 }
 
 /// `target/pymfp-venv/bin/python`, creating the venv and installing pymfp 1.0.0 if needed.
+/// Tests run in parallel processes: each builds in its own temporary directory and renames
+/// it into place; the first rename wins, the others use it.
 fn pymfp_python() -> PathBuf {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _guard = LOCK.lock().unwrap();
     let venv = target_dir().join("pymfp-venv");
     let python = venv.join("bin/python");
     let ok = |py: &Path| {
@@ -41,13 +40,22 @@ fn pymfp_python() -> PathBuf {
     if ok(&python) {
         return python;
     }
-    let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 is needed");
+    let tmp = target_dir().join(format!("pymfp-venv.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let status = Command::new("python3").args(["-m", "venv"]).arg(&tmp).status().expect("python3 is needed");
     assert!(status.success(), "python3 -m venv failed");
-    let status = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check", "pymfp==1.0.0"])
+    let status = Command::new(tmp.join("bin/python"))
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "pymfp==1.0.0"])
         .status()
         .expect("pip");
     assert!(status.success(), "pip install pymfp==1.0.0 failed");
+    if !ok(&python) {
+        // A broken venv from an interrupted run is in the way: replace it.
+        let _ = std::fs::remove_dir_all(&venv);
+    }
+    if std::fs::rename(&tmp, &venv).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
     assert!(ok(&python), "pymfp 1.0.0 not importable after installation");
     python
 }
