@@ -164,6 +164,9 @@ struct Peer {
     accept: AcceptPolicy,
     ready: tokio::sync::Notify,
     chans: Mutex<HashMap<ChannelId, ChanTx>>,
+    /// Channels whose position this side announced (after a reconnect, or to ask for a
+    /// resend), with the step announced, until the peer's resend from it arrives.
+    resuming: Mutex<HashMap<ChannelId, u64>>,
     closes: Mutex<Vec<ChannelId>>,
     work: mpsc::Sender<Work>,
 }
@@ -225,6 +228,7 @@ impl Federation {
                 accept: p.accept.clone(),
                 ready: tokio::sync::Notify::new(),
                 chans: Mutex::new(HashMap::new()),
+                resuming: Mutex::new(HashMap::new()),
                 closes: Mutex::new(Vec::new()),
                 work: tx,
             });
@@ -484,6 +488,7 @@ fn on_up(shared: &Shared, peer: &Peer) {
             st.sent_next = pos.tx_next;
         }
     }
+    *peer.resuming.lock() = positions.iter().map(|p| (p.channel, p.rx_next)).collect();
     let _ = peer.handle.with_session(|s| {
         for c in closes {
             s.close_channel(c);
@@ -498,6 +503,9 @@ fn on_up(shared: &Shared, peer: &Peer) {
 async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
     let rt = &shared.runtime;
     match ev {
+        Event::Data { wire, .. } if sent_before_resync(peer, &wire) => {
+            tracing::debug!(target: "mfp::federation", peer = %peer.runtime.short(), "message sent before the peer resynchronised; dropped (it comes again)");
+        }
         Event::Data { wire, .. } => match rt.ingest_async(&peer.runtime, &wire).await {
             Ok(Ingested::Delivered { channel, step } | Ingested::Duplicate { channel, step }) => {
                 let _ = peer.handle.with_session(|s| s.ack(channel, step + 1));
@@ -511,6 +519,7 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
                     if let Some(pos) =
                         rt.positions(&peer.runtime).unwrap_or_default().into_iter().find(|p| p.channel == channel)
                     {
+                        peer.resuming.lock().insert(channel, pos.rx_next);
                         let _ = peer.handle.with_session(|s| s.announce_position(channel, pos.rx_next, pos.tx_next));
                     }
                 }
@@ -585,6 +594,25 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
         Event::Closed(reason) => {
             tracing::info!(target: "mfp::federation", peer = %peer.runtime.short(), reason = %reason, "session closed");
         }
+    }
+}
+
+/// Whether a data message is one the peer sent before it heard the position this side
+/// announced for its channel: a step beyond it. The peer sends again from the announced
+/// step once it has heard it (its link may have come up, or its sender raced on, before
+/// that), so such a message is dropped without counting against the channel; the first
+/// message at the announced step ends the wait. Outside that window a step beyond the
+/// expected one goes to the runtime, which counts it as a validation failure.
+fn sent_before_resync(peer: &Peer, wire: &[u8]) -> bool {
+    let Ok(header) = mfp_core::envelope::EnvelopeHeader::parse(wire) else { return false };
+    let mut resuming = peer.resuming.lock();
+    match resuming.get(&header.channel_id) {
+        Some(&next) if header.step > next => true,
+        Some(&next) if header.step == next => {
+            resuming.remove(&header.channel_id);
+            false
+        }
+        _ => false,
     }
 }
 
