@@ -6,7 +6,7 @@
 //! from fixed seeds and each node pins the other's. On its first start, `a` asks `b` for a
 //! channel between the two agents; later starts of either node find the channel restored.
 //!
-//! Both nodes send on the channel from one thread until their standard input closes, each
+//! Both nodes send on the channel from one thread until a `stop` line on standard input, each
 //! payload naming the step it is sent at (read from the channel's `tx_next` just before the
 //! send; the receipt must carry that step). `b` starts sending only once it has received a
 //! message on the channel: until then the channel may be one that `a` never committed (`a`
@@ -23,8 +23,10 @@
 //! R <channel-hex> <step>             a send returned this receipt
 //! D <channel-hex> <step> <0|1>       the handler got this message (last field: redelivered)
 //! DUPS <n>                           resent messages dropped as duplicates so far, this run
-//! IDLE                               standard input closed: the sender stopped
+//! IDLE                               `stop` read: the sender stopped
 //! ```
+//!
+//! The process ends when its standard input ends (the test is gone).
 //!
 //! Any error prints `ERR <message>` on standard error and exits with status 1 — including a
 //! receipt whose step is not the one read before the send, and a delivery whose payload
@@ -32,7 +34,7 @@
 
 use std::convert::Infallible;
 use std::fmt::Display;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -210,10 +212,20 @@ fn run() -> Result<Infallible, String> {
     {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
-            // Standard input closing is the signal to stop sending.
-            let _ = std::io::stdin().lock().read_to_end(&mut Vec::new());
-            stop.store(true, Ordering::SeqCst);
-            let _ = wake.send(());
+            // A `stop` line on standard input stops the sender; its end (the test is gone)
+            // ends the process.
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match std::io::stdin().read_line(&mut line) {
+                    Ok(0) | Err(_) => std::process::exit(0),
+                    Ok(_) if line.trim() == "stop" => {
+                        stop.store(true, Ordering::SeqCst);
+                        let _ = wake.send(());
+                    }
+                    Ok(_) => {}
+                }
+            }
         });
     }
     let remote = rt.remote_handle();
