@@ -165,8 +165,9 @@ struct Peer {
     ready: tokio::sync::Notify,
     chans: Mutex<HashMap<ChannelId, ChanTx>>,
     /// Channels whose position this side announced (after a reconnect, or to ask for a
-    /// resend), with the step announced, until the peer's resend from it arrives.
-    resuming: Mutex<HashMap<ChannelId, u64>>,
+    /// resend), with the step announced and the messages dropped since, until the peer's
+    /// resend from it arrives.
+    resuming: Mutex<HashMap<ChannelId, (u64, usize)>>,
     closes: Mutex<Vec<ChannelId>>,
     work: mpsc::Sender<Work>,
 }
@@ -488,7 +489,7 @@ fn on_up(shared: &Shared, peer: &Peer) {
             st.sent_next = pos.tx_next;
         }
     }
-    *peer.resuming.lock() = positions.iter().map(|p| (p.channel, p.rx_next)).collect();
+    *peer.resuming.lock() = positions.iter().map(|p| (p.channel, (p.rx_next, 0))).collect();
     let _ = peer.handle.with_session(|s| {
         for c in closes {
             s.close_channel(c);
@@ -519,7 +520,7 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
                     if let Some(pos) =
                         rt.positions(&peer.runtime).unwrap_or_default().into_iter().find(|p| p.channel == channel)
                     {
-                        peer.resuming.lock().insert(channel, pos.rx_next);
+                        peer.resuming.lock().insert(channel, (pos.rx_next, 0));
                         let _ = peer.handle.with_session(|s| s.announce_position(channel, pos.rx_next, pos.tx_next));
                     }
                 }
@@ -602,19 +603,26 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
 /// step once it has heard it (its link may have come up, or its sender raced on, before
 /// that), so such a message is dropped without counting against the channel; the first
 /// message at the announced step ends the wait. Outside that window a step beyond the
-/// expected one goes to the runtime, which counts it as a validation failure.
+/// expected one goes to the runtime, which counts it as a validation failure — as it does
+/// once more messages were dropped than a peer can have unacknowledged on a channel
+/// ([`MAX_EARLY`]): a peer that never resends is not waited for without end.
 fn sent_before_resync(peer: &Peer, wire: &[u8]) -> bool {
     let Ok(header) = mfp_core::envelope::EnvelopeHeader::parse(wire) else { return false };
     let mut resuming = peer.resuming.lock();
-    match resuming.get(&header.channel_id) {
-        Some(&next) if header.step > next => true,
-        Some(&next) if header.step == next => {
-            resuming.remove(&header.channel_id);
-            false
-        }
-        _ => false,
+    let Some((next, dropped)) = resuming.get_mut(&header.channel_id) else { return false };
+    if header.step > *next && *dropped < MAX_EARLY {
+        *dropped += 1;
+        return true;
     }
+    if header.step >= *next {
+        resuming.remove(&header.channel_id);
+    }
+    false
 }
+
+/// Messages sent before a resync dropped at most per channel and window: the runtime keeps
+/// at most this many unacknowledged messages per channel, and only those can be resent.
+const MAX_EARLY: usize = 65_536;
 
 /// The peer holds every message of `channel` below `next`: the runtime trims its log, and
 /// the in-flight permits those messages held come back.
