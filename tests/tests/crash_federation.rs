@@ -425,15 +425,15 @@ fn kill(side: &mut Side, channel: &mut Option<ChannelId>) {
     check_run(side, &lines, channel);
 }
 
-/// Whether every receipt `from` printed (in all its runs) is delivered on `to`, counting
+/// The receipts `from` printed (in all its runs) that are not delivered on `to`, counting
 /// what the running nodes printed so far.
-fn caught_up(from: &Side, to: &Side) -> bool {
+fn undelivered(from: &Side, to: &Side) -> Vec<u64> {
     let running = |side: &Side, kind: &str| -> Vec<u64> {
         let seen = side.proc.as_ref().map(|p| p.seen.as_slice()).unwrap_or_default();
         seen.iter().filter(|l| l.starts_with(kind)).map(|l| parse_event(l).1).collect()
     };
     let delivered: HashSet<u64> = to.delivered.keys().copied().chain(running(to, "D ")).collect();
-    from.receipts.iter().copied().chain(running(from, "R ")).all(|s| delivered.contains(&s))
+    from.receipts.iter().copied().chain(running(from, "R ")).filter(|s| !delivered.contains(s)).collect()
 }
 
 #[test]
@@ -478,8 +478,20 @@ fn federated_runtimes_killed_at_random_lose_and_double_nothing() {
         side.running().wait_for("IDLE", DRAIN_TIMEOUT);
     }
     let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while !(caught_up(&a, &b) && caught_up(&b, &a)) {
-        assert!(Instant::now() < deadline, "receipts not delivered on the other side within {DRAIN_TIMEOUT:?}");
+    loop {
+        let (ab, ba) = (undelivered(&a, &b), undelivered(&b, &a));
+        if ab.is_empty() && ba.is_empty() {
+            break;
+        }
+        let first = |v: &[u64]| v.iter().take(10).map(u64::to_string).collect::<Vec<_>>().join(", ");
+        assert!(
+            Instant::now() < deadline,
+            "receipts not delivered on the other side within {DRAIN_TIMEOUT:?}: a → b {} (first: {}), b → a {} (first: {})",
+            ab.len(),
+            first(&ab),
+            ba.len(),
+            first(&ba)
+        );
         for side in [&mut a, &mut b] {
             assert!(side.running().pump(Duration::from_millis(20)), "node {} stopped by itself", side.role);
         }
