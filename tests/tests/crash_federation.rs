@@ -99,6 +99,7 @@ fn seed() -> u64 {
 
 /// A running node; killed and reaped on drop if a check fails before the kill.
 struct Running {
+    role: &'static str,
     child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
@@ -115,7 +116,7 @@ impl Drop for Running {
 }
 
 impl Running {
-    fn spawn(role: &str, db: &Path, key_file: &Path, port: u16) -> Self {
+    fn spawn(role: &'static str, db: &Path, key_file: &Path, port: u16) -> Self {
         let mut child = Command::new(NODE)
             .arg(role)
             .arg(db)
@@ -143,7 +144,7 @@ impl Running {
             s
         });
         let stdin = child.stdin.take();
-        Self { child, stdin, lines, seen: Vec::new(), stderr: Some(stderr) }
+        Self { role, child, stdin, lines, seen: Vec::new(), stderr: Some(stderr) }
     }
 
     /// The node's stderr (after it exited).
@@ -187,11 +188,15 @@ impl Running {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => self.seen.push(line),
-                Err(RecvTimeoutError::Timeout) => panic!("no {prefix:?} line within {timeout:?}"),
+                Err(RecvTimeoutError::Timeout) => {
+                    let last = self.seen.last().cloned().unwrap_or_default();
+                    panic!("node {}: no {prefix:?} line within {timeout:?} (last line: {last:?})", self.role)
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     let _ = self.child.kill();
                     let status = self.wait(Instant::now() + EXIT_TIMEOUT);
-                    panic!("the node exited before {prefix:?} ({status}): {}", self.stderr());
+                    let err = self.stderr();
+                    panic!("node {} exited before {prefix:?} ({status}): {err}", self.role);
                 }
             }
         }
@@ -361,7 +366,8 @@ fn check_run(side: &mut Side, lines: &[String], channel: &mut Option<ChannelId>)
 
     // 1. Receipts: consecutive, from where the store stood, committed; at most one
     // committed message without a receipt.
-    if let (Some(&first), Some(stored)) = (receipts.first(), side.tx_stored) {
+    if let Some(&first) = receipts.first() {
+        let stored = side.tx_stored.unwrap_or(0);
         assert_eq!(first, stored, "{who} run {run}: the first receipt continues at the stored step");
     }
     if let (Some(&first), Some(&prev)) = (receipts.first(), side.receipts.last()) {
