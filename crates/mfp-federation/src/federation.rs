@@ -201,6 +201,10 @@ struct Peer {
     accept: AcceptPolicy,
     ready: tokio::sync::Notify,
     chans: Mutex<HashMap<ChannelId, ChanTx>>,
+    /// Channels whose position this side announced (after a reconnect, or to ask for a
+    /// resend), with the step announced and the messages dropped since, until the peer's
+    /// resend from it arrives.
+    resuming: Mutex<HashMap<ChannelId, (u64, usize)>>,
     closes: Mutex<Vec<ChannelId>>,
     work: mpsc::Sender<Work>,
 }
@@ -264,6 +268,7 @@ impl Federation {
                 accept: p.accept.clone(),
                 ready: tokio::sync::Notify::new(),
                 chans: Mutex::new(HashMap::new()),
+                resuming: Mutex::new(HashMap::new()),
                 closes: Mutex::new(Vec::new()),
                 work: tx,
             });
@@ -561,6 +566,7 @@ fn on_up(shared: &Shared, peer: &Peer) {
             st.rotating = None;
         }
     }
+    *peer.resuming.lock() = positions.iter().map(|p| (p.channel, (p.rx_next, 0))).collect();
     let _ = peer.handle.with_session(|s| {
         for c in closes {
             s.close_channel(c);
@@ -575,6 +581,9 @@ fn on_up(shared: &Shared, peer: &Peer) {
 async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
     let rt = &shared.runtime;
     match ev {
+        Event::Data { wire, .. } if sent_before_resync(peer, &wire) => {
+            tracing::debug!(target: "mfp::federation", peer = %peer.runtime.short(), "message sent before the peer resynchronised; dropped (it comes again)");
+        }
         Event::Data { wire, .. } => match rt.ingest_async(&peer.runtime, &wire).await {
             Ok(Ingested::Delivered { channel, step } | Ingested::Duplicate { channel, step }) => {
                 let _ = peer.handle.with_session(|s| s.ack(channel, step + 1));
@@ -588,6 +597,7 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
                     if let Some(pos) =
                         rt.positions(&peer.runtime).unwrap_or_default().into_iter().find(|p| p.channel == channel)
                     {
+                        peer.resuming.lock().insert(channel, (pos.rx_next, 0));
                         let _ = peer.handle.with_session(|s| s.announce_position(channel, pos.rx_next, pos.tx_next));
                     }
                 }
@@ -797,6 +807,32 @@ fn maybe_rotate(shared: &Shared, peer: &Peer, channel: ChannelId) {
         tracing::debug!(target: "mfp::federation", channel = %channel.short(), error = %e, "rotation not requested");
     }
 }
+
+/// Whether a data message is one the peer sent before it heard the position this side
+/// announced for its channel: a step beyond it. The peer sends again from the announced
+/// step once it has heard it (its link may have come up, or its sender raced on, before
+/// that), so such a message is dropped without counting against the channel; the first
+/// message at the announced step ends the wait. Outside that window a step beyond the
+/// expected one goes to the runtime, which counts it as a validation failure — as it does
+/// once more messages were dropped than a peer can have unacknowledged on a channel
+/// ([`MAX_EARLY`]): a peer that never resends is not waited for without end.
+fn sent_before_resync(peer: &Peer, wire: &[u8]) -> bool {
+    let Ok(header) = mfp_core::envelope::EnvelopeHeader::parse(wire) else { return false };
+    let mut resuming = peer.resuming.lock();
+    let Some((next, dropped)) = resuming.get_mut(&header.channel_id) else { return false };
+    if header.step > *next && *dropped < MAX_EARLY {
+        *dropped += 1;
+        return true;
+    }
+    if header.step >= *next {
+        resuming.remove(&header.channel_id);
+    }
+    false
+}
+
+/// Messages sent before a resync dropped at most per channel and window: the runtime keeps
+/// at most this many unacknowledged messages per channel, and only those can be resent.
+const MAX_EARLY: usize = 65_536;
 
 /// The peer holds every message of `channel` below `next`: the runtime trims its log, and
 /// the in-flight permits those messages held come back.
