@@ -92,6 +92,10 @@ pub struct FederationConfig {
     /// zero turns the time trigger off. Counted from the chain's last rotation or from
     /// when this process started, whichever is later.
     pub rotate_after: Duration,
+    /// How long a peer's circuit breaker stays open before it lets trials through
+    /// (pymfp's default: 30 s). It opens after 5 consecutive sends that found the link
+    /// down; 3 trials, 2 of which must find the link up, close it.
+    pub breaker_cool_down: Duration,
 }
 
 impl FederationConfig {
@@ -104,6 +108,7 @@ impl FederationConfig {
             open_timeout: Duration::from_secs(10),
             rotate_after_messages: 1_000_000,
             rotate_after: Duration::from_secs(86_400),
+            breaker_cool_down: Duration::from_secs(30),
         }
     }
 }
@@ -194,6 +199,7 @@ struct PendingOpen {
 
 struct Peer {
     runtime: RuntimeId,
+    breaker: Breaker,
     handle: PeerHandle,
     msgs: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
@@ -261,6 +267,7 @@ impl Federation {
             let max_bytes = p.max_in_flight_bytes.clamp(1, Semaphore::MAX_PERMITS);
             let peer = Arc::new(Peer {
                 runtime: p.peer.runtime,
+                breaker: Breaker::new(cfg.breaker_cool_down),
                 handle,
                 msgs: Arc::new(Semaphore::new(p.max_in_flight_messages.clamp(1, Semaphore::MAX_PERMITS))),
                 bytes: Arc::new(Semaphore::new(max_bytes)),
@@ -459,6 +466,75 @@ fn forget(sem: &Semaphore, n: usize) {
     }
 }
 
+// ---- the per-peer circuit breaker (pymfp's defaults, PROTOCOL §4.12) ----------------------
+
+/// Consecutive failures that open a breaker.
+const BREAKER_FAILURES: u32 = 5;
+/// Trials a half-open breaker lets through.
+const BREAKER_TRIALS: u32 = 3;
+/// Successful trials that close it.
+const BREAKER_SUCCESSES: u32 = 2;
+
+#[derive(Debug, Clone, Copy)]
+enum BreakerState {
+    Closed { failures: u32 },
+    Open { until: std::time::Instant },
+    HalfOpen { trials: u32, successes: u32 },
+}
+
+/// A peer's circuit breaker: a send that finds the link down is a failure, one that finds
+/// it up a success; open, it refuses sends at once (no wait) so a dead peer costs a sender
+/// almost nothing.
+struct Breaker {
+    cool_down: Duration,
+    state: Mutex<BreakerState>,
+}
+
+impl Breaker {
+    fn new(cool_down: Duration) -> Self {
+        Self { cool_down, state: Mutex::new(BreakerState::Closed { failures: 0 }) }
+    }
+
+    /// Whether a send may try now.
+    fn admit(&self, now: std::time::Instant) -> bool {
+        let mut st = self.state.lock();
+        match *st {
+            BreakerState::Closed { .. } => true,
+            BreakerState::Open { until } if now < until => false,
+            BreakerState::Open { .. } => {
+                *st = BreakerState::HalfOpen { trials: 1, successes: 0 };
+                true
+            }
+            BreakerState::HalfOpen { trials, successes } if trials < BREAKER_TRIALS => {
+                *st = BreakerState::HalfOpen { trials: trials + 1, successes };
+                true
+            }
+            BreakerState::HalfOpen { .. } => false,
+        }
+    }
+
+    /// Records what an admitted send found; `true` when this opened the breaker.
+    fn record(&self, ok: bool, now: std::time::Instant) -> bool {
+        let mut st = self.state.lock();
+        let open = BreakerState::Open { until: now + self.cool_down };
+        let (next, opened) = match (*st, ok) {
+            (BreakerState::Closed { .. }, true) => (BreakerState::Closed { failures: 0 }, false),
+            (BreakerState::Closed { failures }, false) if failures + 1 >= BREAKER_FAILURES => (open, true),
+            (BreakerState::Closed { failures }, false) => (BreakerState::Closed { failures: failures + 1 }, false),
+            (BreakerState::HalfOpen { successes, .. }, true) if successes + 1 >= BREAKER_SUCCESSES => {
+                (BreakerState::Closed { failures: 0 }, false)
+            }
+            (BreakerState::HalfOpen { trials, successes }, true) => {
+                (BreakerState::HalfOpen { trials, successes: successes + 1 }, false)
+            }
+            (BreakerState::HalfOpen { .. }, false) => (open, true),
+            (s @ BreakerState::Open { .. }, _) => (s, false),
+        };
+        *st = next;
+        opened
+    }
+}
+
 // ---- the runtime's transport --------------------------------------------------------------
 
 struct FedTransport(Arc<Shared>);
@@ -504,9 +580,17 @@ impl OutboundSlot for Slot {
 impl Transport for FedTransport {
     fn reserve(&self, peer: &RuntimeId, len: usize) -> Result<Box<dyn OutboundSlot>, TransportError> {
         let p = self.0.peers.get(peer).ok_or(TransportError::UnknownPeer)?;
+        let now = std::time::Instant::now();
+        if !p.breaker.admit(now) {
+            return Err(TransportError::Open);
+        }
         if !p.handle.is_up() {
+            if p.breaker.record(false, now) {
+                tracing::warn!(target: "mfp::federation", peer = %p.runtime.short(), "circuit breaker open: sends to this peer fail at once until it lets a trial through");
+            }
             return Err(TransportError::Down("not connected".into()));
         }
+        p.breaker.record(true, now);
         if len > p.max_bytes {
             return Err(TransportError::Down("the message is larger than the peer's in-flight byte limit".into()));
         }
@@ -958,5 +1042,54 @@ async fn accept_request(
         Err(RuntimeError::InvalidDepth { .. }) => Err(RefuseReason::BadDepth),
         Err(RuntimeError::AgentNotBound(_) | RuntimeError::UnknownAgentName(_)) => Err(RefuseReason::UnknownAgent),
         Err(_) => Err(RefuseReason::NotAllowed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_opens_after_five_failures_and_closes_after_two_good_trials() {
+        let t0 = std::time::Instant::now();
+        let b = Breaker::new(Duration::from_secs(30));
+        for i in 0..BREAKER_FAILURES {
+            assert!(b.admit(t0));
+            assert_eq!(b.record(false, t0), i + 1 == BREAKER_FAILURES, "failure {i}");
+        }
+        assert!(!b.admit(t0 + Duration::from_secs(29)), "open: refused without trying");
+        // Half-open after the cool-down: three trials at most.
+        let t1 = t0 + Duration::from_secs(30);
+        assert!(b.admit(t1));
+        assert!(!b.record(true, t1));
+        assert!(b.admit(t1));
+        assert!(!b.record(true, t1));
+        // Two successes closed it: admits freely again.
+        for _ in 0..10 {
+            assert!(b.admit(t1));
+        }
+        // A success resets the count of consecutive failures.
+        for _ in 0..BREAKER_FAILURES - 1 {
+            b.record(false, t1);
+        }
+        b.record(true, t1);
+        assert!(!b.record(false, t1), "one failure after a success does not open it");
+    }
+
+    #[test]
+    fn a_failed_trial_reopens_the_breaker() {
+        let t0 = std::time::Instant::now();
+        let b = Breaker::new(Duration::from_secs(1));
+        for _ in 0..BREAKER_FAILURES {
+            b.record(false, t0);
+        }
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(b.admit(t1));
+        assert!(b.record(false, t1), "the failed trial reopens it");
+        assert!(!b.admit(t1 + Duration::from_millis(500)));
+        // Only three trials while half-open.
+        let t2 = t1 + Duration::from_secs(1);
+        assert!(b.admit(t2) && b.admit(t2) && b.admit(t2));
+        assert!(!b.admit(t2), "no fourth trial before an outcome closes or reopens it");
     }
 }

@@ -310,3 +310,38 @@ async fn chains_rotate_by_count_and_on_demand_while_messages_flow() {
     rt_a.shutdown_async().await;
     rt_b.shutdown_async().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_peer_opens_its_breaker_and_sends_fail_at_once() {
+    // A knows B, B never comes: A's channel to it exists (restored or agreed earlier), the
+    // link never comes up.
+    let rt_a = runtime(&A, None);
+    let (h, _inbox) = recorder();
+    let alice = rt_a.bind_named("alice", h).unwrap();
+    let fed_a = Federation::start(&rt_a, A.key(), FederationConfig::new(net(10), vec![B.peer(None)])).await.unwrap();
+    let ch = ChannelId::from_bytes([4; 16]);
+    let (a_id, b_id) = (A.runtime_id(), B.runtime_id());
+    let (to_b, from_b) = mfp_federation::channel_chains(&[1; 32], &ch, &a_id, &b_id);
+    rt_a.remote_handle()
+        .establish_async(alice.id(), mfp_runtime::remote::RemoteEnd::new(b_id, alice.id()), ch, 4, {
+            mfp_runtime::remote::Chains::Split { tx: to_b, rx: from_b }
+        })
+        .await
+        .unwrap();
+    // The first send keeps trying while the link is down, and the breaker opens under it.
+    let first = alice.send_async(ch, b"x").await.unwrap_err();
+    assert!(matches!(first, mfp_runtime::Error::PeerUnavailable { .. }), "{first}");
+    // The next ones are refused by the open breaker, without waiting for the link.
+    for _ in 0..3 {
+        match alice.send_async(ch, b"y").await.unwrap_err() {
+            mfp_runtime::Error::PeerUnavailable { reason, .. } => {
+                assert!(reason.contains("circuit breaker"), "{reason}")
+            }
+            other => panic!("{other}"),
+        }
+    }
+    // Nothing was sealed: the chain did not move.
+    assert_eq!(rt_a.remote_handle().positions(&b_id).unwrap()[0].tx_next, 0);
+    fed_a.shutdown().await;
+    rt_a.shutdown_async().await;
+}

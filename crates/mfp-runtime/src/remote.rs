@@ -153,6 +153,10 @@ pub enum TransportError {
     /// The transport does not know this peer.
     #[error("not a configured peer")]
     UnknownPeer,
+    /// The peer's circuit breaker is open after repeated failures: the send fails at once,
+    /// without waiting, until the breaker lets a trial through.
+    #[error("the peer's circuit breaker is open after repeated failures")]
+    Open,
 }
 
 /// What [`Transport::ready`] returns.

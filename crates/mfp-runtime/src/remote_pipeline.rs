@@ -50,7 +50,9 @@ impl Inner {
         let slot = loop {
             match transport.reserve(&peer, len) {
                 Ok(slot) => break slot,
-                Err(e @ TransportError::UnknownPeer) => return Err(Self::peer_unavailable(&peer, e)),
+                Err(e @ (TransportError::UnknownPeer | TransportError::Open)) => {
+                    return Err(Self::peer_unavailable(&peer, e));
+                }
                 Err(e) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if self.config.backpressure == Backpressure::Reject || left.is_zero() {
