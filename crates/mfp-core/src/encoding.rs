@@ -9,8 +9,6 @@
 //! `Sl` and `t` are the values *before* the message advances the ratchet. Failures are a
 //! bare [`Error::DecodeFailed`]: nothing about why is revealed.
 
-use ring::aead;
-
 use crate::crypto::{hmac_sha256, hmac_state};
 use crate::{ChannelId, Error, NONCE_SIZE, State, TAG_SIZE};
 
@@ -72,7 +70,7 @@ pub fn nonce(key: &State, channel: &ChannelId, step: u64) -> [u8; NONCE_SIZE] {
 
 /// The AEAD context of one message: key, nonce and AAD derived once.
 struct MessageCipher {
-    key: aead::LessSafeKey,
+    key: crate::crypto::Aes256GcmKey,
     nonce: [u8; NONCE_SIZE],
     aad: [u8; 24],
 }
@@ -81,28 +79,18 @@ impl MessageCipher {
     fn new(local: &State, channel: &ChannelId, step: u64) -> Result<Self, Error> {
         let key = encoding_key(local, Algorithm::Aes256Gcm);
         let nonce = nonce(&key, channel, step);
-        let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, key.expose())
-            .map_err(|_| Error::Crypto("AES-256-GCM key setup"))?;
-        Ok(Self { key: aead::LessSafeKey::new(unbound), nonce, aad: aad(channel, step) })
+        Ok(Self { key: crate::crypto::Aes256GcmKey::new(key.expose())?, nonce, aad: aad(channel, step) })
     }
 
     fn seal(&self, buf: &mut [u8]) -> Result<[u8; TAG_SIZE], Error> {
         if buf.len() > MAX_ENCODABLE_PAYLOAD {
             return Err(Error::PayloadTooLarge { len: buf.len(), max: MAX_ENCODABLE_PAYLOAD });
         }
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(aead::Nonce::assume_unique_for_key(self.nonce), aead::Aad::from(self.aad), buf)
-            .map_err(|_| Error::Crypto("AES-256-GCM seal"))?;
-        let mut out = [0u8; TAG_SIZE];
-        out.copy_from_slice(tag.as_ref());
-        Ok(out)
+        self.key.seal_separate_tag(self.nonce, &self.aad, buf)
     }
 
     fn open<'a>(&self, buf: &'a mut [u8]) -> Result<&'a mut [u8], Error> {
-        self.key
-            .open_in_place(aead::Nonce::assume_unique_for_key(self.nonce), aead::Aad::from(self.aad), buf)
-            .map_err(|_| Error::DecodeFailed)
+        self.key.open_in_place(&self.nonce, &self.aad, buf)
     }
 }
 

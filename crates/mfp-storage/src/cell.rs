@@ -13,8 +13,8 @@
 //! (table `mfp_keys`). The context binds the cell to other columns of its row (the step of a
 //! channel, for example), so they cannot be changed without the change being detected.
 
+use mfp_core::crypto::{AES_GCM_NONCE_SIZE as NONCE_LEN, Aes256GcmKey};
 use mfp_runtime::storage::StorageError;
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
@@ -88,15 +88,13 @@ impl CellCipher {
         h
     }
 
-    fn aead_key(&self, cell: &Cell<'_>) -> Result<LessSafeKey, StorageError> {
+    fn aead_key(&self, cell: &Cell<'_>) -> Result<Aes256GcmKey, StorageError> {
         let mut msg = Vec::with_capacity(4 + cell.table.len() + cell.column.len() + cell.row_id.len());
         push_lp(&mut msg, cell.table.as_bytes())?;
         push_lp(&mut msg, cell.column.as_bytes())?;
         msg.extend_from_slice(cell.row_id);
         let key = Zeroizing::new(mfp_core::crypto::hmac_sha256(&self.storage_key[..], &[&msg]));
-        let unbound = UnboundKey::new(&AES_256_GCM, &key[..])
-            .map_err(|_| StorageError::Backend("AES-256-GCM key setup failed".into()))?;
-        Ok(LessSafeKey::new(unbound))
+        Aes256GcmKey::new(&key).map_err(|_| StorageError::Backend("AES-256-GCM key setup failed".into()))
     }
 
     fn aad(header: &[u8], cell: &Cell<'_>) -> Result<Vec<u8>, StorageError> {
@@ -122,7 +120,7 @@ impl CellCipher {
         out.extend_from_slice(&header);
         out.extend_from_slice(&nonce);
         let mut body = plaintext.to_vec();
-        key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut body)
+        key.seal_append_tag(nonce, &aad, &mut body)
             .map_err(|_| StorageError::Backend(format!("{}: encryption failed", cell.name())))?;
         out.extend_from_slice(&body);
         body.iter_mut().for_each(|b| *b = 0);
@@ -154,11 +152,10 @@ impl CellCipher {
         }
         let unauthentic =
             || StorageError::Corrupt(format!("{}: fails to authenticate (damaged or edited)", cell.name()));
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| unauthentic())?;
         let key = self.aead_key(&cell)?;
         let aad = Self::aad(header, &cell)?;
         let mut buf = Zeroizing::new(sealed.to_vec());
-        let len = key.open_in_place(nonce, Aad::from(&aad), &mut buf[..]).map_err(|_| unauthentic())?.len();
+        let len = key.open_in_place(nonce, &aad, &mut buf[..]).map_err(|_| unauthentic())?.len();
         buf.truncate(len);
         Ok(buf)
     }

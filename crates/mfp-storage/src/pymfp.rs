@@ -27,10 +27,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use mfp_core::bilateral::BilateralState;
+use mfp_core::crypto::{AES_GCM_NONCE_SIZE as NONCE_LEN, Aes256GcmKey};
 use mfp_core::{AgentId, BilateralId, ChannelId, MerkleSg, RuntimeId, State};
 use mfp_runtime::storage::{AgentRow, ChannelRow, MetaRow, Snapshot, Storage, StorageError, StorageOp};
 use mfp_runtime::{AgentState, ChannelStatus};
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use sqlx::Connection;
 use sqlx::sqlite::SqliteConnection;
@@ -93,11 +93,9 @@ pub fn aad(row_id: &[u8], column: &str) -> Result<Vec<u8>, StorageError> {
     Ok(out)
 }
 
-fn aead_key(storage_key: &State, table: &str, column: &str, row_id: &[u8]) -> Result<LessSafeKey, StorageError> {
+fn aead_key(storage_key: &State, table: &str, column: &str, row_id: &[u8]) -> Result<Aes256GcmKey, StorageError> {
     let key = cell_key(storage_key, table, column, row_id)?;
-    let unbound = UnboundKey::new(&AES_256_GCM, key.expose())
-        .map_err(|_| StorageError::Backend("AES-256-GCM key setup failed".into()))?;
-    Ok(LessSafeKey::new(unbound))
+    Aes256GcmKey::new(key.expose()).map_err(|_| StorageError::Backend("AES-256-GCM key setup failed".into()))
 }
 
 /// pymfp's `encrypt_cell` with the nonce given: `nonce ‖ AES-256-GCM(cell_key, nonce,
@@ -117,8 +115,7 @@ pub fn encrypt_cell_with_nonce(
     let key = aead_key(storage_key, table, column, row_id)?;
     let aad = aad(row_id, column)?;
     let mut body = plaintext.to_vec();
-    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(&aad), &mut body)
-        .map_err(|_| StorageError::Backend("encryption failed".into()))?;
+    key.seal_append_tag(*nonce, &aad, &mut body).map_err(|_| StorageError::Backend("encryption failed".into()))?;
     let mut out = Vec::with_capacity(NONCE_LEN + body.len());
     out.extend_from_slice(nonce);
     out.extend_from_slice(&body);
@@ -162,11 +159,10 @@ pub fn decrypt_cell(
         return Err(corrupt(table, column, "encrypted cell too short"));
     }
     let (nonce, sealed) = stored.split_at(NONCE_LEN);
-    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| StorageError::Decrypt)?;
     let key = aead_key(storage_key, table, column, row_id)?;
     let aad = aad(row_id, column)?;
     let mut buf = Zeroizing::new(sealed.to_vec());
-    let len = key.open_in_place(nonce, Aad::from(&aad), &mut buf[..]).map_err(|_| StorageError::Decrypt)?.len();
+    let len = key.open_in_place(nonce, &aad, &mut buf[..]).map_err(|_| StorageError::Decrypt)?.len();
     buf.truncate(len);
     Ok(buf)
 }
