@@ -65,10 +65,8 @@ pub fn federation_config(instance: &[u8], listen: bool, peer_endpoint: Option<St
     net.dial_backoff_initial = Duration::from_millis(10);
     net.dial_backoff_max = Duration::from_millis(200);
     net.shutdown_timeout = Duration::from_secs(1);
-    let mut peer = FederatedPeer::new(peer_config(other, peer_endpoint));
-    peer.max_in_flight_messages = 4096;
-    peer.max_in_flight_bytes = 64 << 20;
-    FederationConfig::new(net, vec![peer])
+    // The default in-flight limits (1,024 messages, 16 MiB).
+    FederationConfig::new(net, vec![FederatedPeer::new(peer_config(other, peer_endpoint))])
 }
 
 /// `instance` as a peer: its runtime id, where to dial it, its pinned key.

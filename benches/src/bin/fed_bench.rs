@@ -18,7 +18,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mfp_benches::fed_common::{self, DEPTH, FAR, NEAR};
-use mfp_core::{BilateralState, ChannelId, ENVELOPE_HEADER_SIZE, envelope::EnvelopeHeader};
+use mfp_core::bilateral::BilateralState;
+use mfp_core::envelope::EnvelopeHeader;
+use mfp_core::{ChannelId, ENVELOPE_HEADER_SIZE};
 use mfp_federation::control::Target;
 use mfp_federation::federation::Federation;
 use mfp_federation::net::{NetConfig, Network};
@@ -30,6 +32,8 @@ use crate::{median, percentile};
 
 /// Sender tasks of the one-way measurement (each has one send in flight at a time).
 const SENDER_TASKS: usize = 64;
+/// Channels of the many-channel one-way row.
+const CHANNELS: usize = 16;
 /// Handshakes timed.
 const HANDSHAKES: usize = 21;
 
@@ -40,8 +44,14 @@ fn sizes() -> [usize; 3] {
     [64, 1024, mfp_federation::session::max_payload(depth).min(65_536)]
 }
 
-fn messages_for(size: usize, quick: bool) -> usize {
-    let n = if size <= 1024 { 40_000 } else { 4_000 };
+/// Messages of one one-way run: about a second each (durable ones are slower).
+fn messages_for(size: usize, storage: bool, quick: bool) -> usize {
+    let n = match (size <= 1024, storage) {
+        (true, false) => 40_000,
+        (false, false) => 4_000,
+        (true, true) => 5_000,
+        (false, true) => 1_000,
+    };
     if quick { n / 5 } else { n }
 }
 
@@ -189,25 +199,34 @@ fn two_processes(storage: bool, quick: bool, runs: usize) -> Result<Value, Strin
         })
         .map_err(|e| e.to_string())?;
     let far = fed_common::runtime_id(FAR);
-    let (fed, sink, echo) = tokio_rt.block_on(async {
+    let (fed, sinks, echo) = tokio_rt.block_on(async {
         let cfg = fed_common::federation_config(NEAR, false, Some(node.addr.clone()));
         let fed = Federation::start(&rt, fed_common::key(NEAR), cfg).await.map_err(|e| e.to_string())?;
         tokio::time::timeout(Duration::from_secs(10), fed.wait_up(&far))
             .await
             .map_err(|_| "the link did not come up within 10 s".to_string())?
             .map_err(|e| e.to_string())?;
-        let sink = fed.open_channel(me.id(), far, Target::Name("sink".into()), DEPTH).await.map_err(|e| e.to_string())?;
-        let echo = fed.open_channel(me.id(), far, Target::Name("echo".into()), DEPTH).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((fed, sink, echo))
+        let mut sinks = Vec::new();
+        for _ in 0..CHANNELS {
+            sinks.push(
+                fed.open_channel(me.id(), far, Target::Name("sink".into()), DEPTH).await.map_err(|e| e.to_string())?,
+            );
+        }
+        let echo =
+            fed.open_channel(me.id(), far, Target::Name("echo".into()), DEPTH).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((fed, sinks, echo))
     })?;
 
-    let send_many = |n: usize, size: usize| -> f64 {
+    // `n` messages of `size` bytes from SENDER_TASKS tasks, on the first `channels` sink
+    // channels (task t on channel t mod `channels`).
+    let send_many = |n: usize, size: usize, channels: usize| -> f64 {
         tokio_rt.block_on(async {
             let start = Instant::now();
             let mut tasks = tokio::task::JoinSet::new();
             let per = n.div_ceil(SENDER_TASKS);
             for t in 0..SENDER_TASKS {
                 let me = me.clone();
+                let sink = sinks[t % channels];
                 let count = per.min(n.saturating_sub(t * per));
                 tasks.spawn(async move {
                     let payload = vec![0x42u8; size];
@@ -224,17 +243,17 @@ fn two_processes(storage: bool, quick: bool, runs: usize) -> Result<Value, Strin
     };
     // Warm-up: connections, allocator, SQLite pages.
     node.arm(2_000);
-    send_many(2_000, 1024);
+    send_many(2_000, 1024, CHANNELS);
     node.far_rate();
 
     let mut one_way = serde_json::Map::new();
     for size in sizes() {
-        let n = messages_for(size, quick);
+        let n = messages_for(size, storage, quick);
         let mut far_rates = Vec::new();
         let mut near_rates = Vec::new();
         for _ in 0..runs {
             node.arm(n);
-            near_rates.push(send_many(n, size));
+            near_rates.push(send_many(n, size, 1));
             far_rates.push(node.far_rate());
         }
         one_way.insert(
@@ -242,8 +261,23 @@ fn two_processes(storage: bool, quick: bool, runs: usize) -> Result<Value, Strin
             json!({"msgs_per_s": median(far_rates), "sender_msgs_per_s": median(near_rates), "messages": n}),
         );
     }
+    // The same 1 KiB messages spread over CHANNELS channels.
+    let n = messages_for(1024, storage, quick) * 2;
+    let (mut far_rates, mut near_rates) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        node.arm(n);
+        near_rates.push(send_many(n, 1024, CHANNELS));
+        far_rates.push(node.far_rate());
+    }
+    let many = json!({"channels": CHANNELS, "msgs_per_s": median(far_rates), "sender_msgs_per_s": median(near_rates), "messages": n});
 
-    let rounds = if quick { 500 } else { 3_000 };
+    let rounds = if quick {
+        500
+    } else if storage {
+        1_000
+    } else {
+        3_000
+    };
     let rtts = tokio_rt.block_on(async {
         let payload = vec![0x17u8; 1024];
         let mut rtts = Vec::with_capacity(rounds);
@@ -289,7 +323,45 @@ fn two_processes(storage: bool, quick: bool, runs: usize) -> Result<Value, Strin
     tokio_rt.block_on(rt.shutdown_async());
     drop(tokio_rt);
     node.quit();
-    Ok(json!({"one_way": Value::Object(one_way), "ping_pong_1024": ping_pong, "handshake_ms_median": handshake_ms}))
+    Ok(json!({
+        "one_way": Value::Object(one_way),
+        "one_way_1024_many_channels": many,
+        "ping_pong_1024": ping_pong,
+        "handshake_ms_median": handshake_ms,
+    }))
+}
+
+/// Round trips of 1 KiB over loopback TCP between this process and a child that echoes
+/// with blocking sockets and nothing else: the kernel's share of a ping-pong. Returns
+/// (p50, p99) in µs.
+fn tcp_round_trip(rounds: usize) -> Result<(f64, f64), String> {
+    use std::io::Read;
+    let mut child = Command::new(sibling("mfp-bench-fed-node")?)
+        .arg("--tcp-echo")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start mfp-bench-fed-node: {e}"))?;
+    let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+    let mut line = String::new();
+    stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+    let addr = line.trim().strip_prefix("listen ").ok_or_else(|| format!("unexpected {line:?}"))?.to_string();
+    let mut s = std::net::TcpStream::connect(&addr).map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (out, mut back) = (vec![0x17u8; 1024], vec![0u8; 1024]);
+    let mut rtts = Vec::with_capacity(rounds);
+    for i in 0..rounds + 200 {
+        let start = Instant::now();
+        s.write_all(&out).map_err(|e| e.to_string())?;
+        s.read_exact(&mut back).map_err(|e| e.to_string())?;
+        if i >= 200 {
+            rtts.push(start.elapsed().as_nanos() as u64);
+        }
+    }
+    drop(s);
+    let _ = child.wait();
+    rtts.sort_unstable();
+    Ok((percentile(&rtts, 0.5), percentile(&rtts, 0.99)))
 }
 
 // ---- pymfp ------------------------------------------------------------------------------
@@ -306,7 +378,7 @@ fn pymfp(quick: bool) -> Result<Value, String> {
         "target/pymfp-venv is missing (python3 -m venv target/pymfp-venv && target/pymfp-venv/bin/pip install pymfp==1.0.0)",
     )?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/pymfp_federation.py");
-    let (n, rounds) = if quick { ("4000", "300") } else { ("20000", "2000") };
+    let (n, rounds) = if quick { ("3000", "300") } else { ("10000", "2000") };
     let out = Command::new(python)
         .arg(script)
         .args(["--messages", n, "--size", "1024", "--rounds", rounds])
@@ -330,7 +402,9 @@ pub(crate) fn run(quick: bool, runs: usize) -> Value {
         let n = if quick { n / 5 } else { n };
         let rs: Vec<(f64, f64)> = (0..runs).map(|_| floor_once(size, n)).collect();
         let (rate, us) = (median(rs.iter().map(|r| r.0).collect()), median(rs.iter().map(|r| r.1).collect()));
-        println!("federation floor (seal_outbound + Noise seal, Noise open + open_inbound) {size:>6} B  {rate:>10.0} msg/s  {us:>7.2} µs/msg");
+        println!(
+            "federation floor (seal_outbound + Noise seal, Noise open + open_inbound) {size:>6} B  {rate:>10.0} msg/s  {us:>7.2} µs/msg"
+        );
         floor.insert(size.to_string(), json!({"msgs_per_s": rate, "us_per_msg": us}));
     }
     report.insert("floor".into(), Value::Object(floor.clone()));
@@ -357,6 +431,16 @@ pub(crate) fn run(quick: bool, runs: usize) -> Value {
     let py_rate = py.as_ref().and_then(|v| v["one_way_msgs_per_s"].as_f64());
     let py_p50 = py.as_ref().and_then(|v| v["ping_pong_p50_us"].as_f64());
 
+    match tcp_round_trip(if quick { 1_000 } else { 5_000 }) {
+        Ok((p50, p99)) => {
+            println!(
+                "federation loopback TCP round trip, 1024 B, blocking sockets, no MFP   p50 {p50:>8.1} µs  p99 {p99:>8.1} µs"
+            );
+            report.insert("tcp_round_trip_1024".into(), json!({"p50_us": p50, "p99_us": p99}));
+        }
+        Err(e) => println!("federation loopback TCP round trip: failed: {e}"),
+    }
+
     for (label, storage) in [("memory", false), ("sqlite_normal", true)] {
         match two_processes(storage, quick, runs) {
             Ok(v) => {
@@ -374,9 +458,16 @@ pub(crate) fn run(quick: bool, runs: usize) -> Value {
                         of_floor * 100.0
                     );
                 }
+                let many = &v["one_way_1024_many_channels"];
+                let rate = many["msgs_per_s"].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "federation {label:<13} one-way   1024 B over {CHANNELS} channels  {rate:>10.0} msg/s (sender {:>8.0})  {:>5.1}% of floor",
+                    many["sender_msgs_per_s"].as_f64().unwrap_or(f64::NAN),
+                    rate / floor["1024"]["msgs_per_s"].as_f64().unwrap_or(f64::NAN) * 100.0
+                );
                 let pp = &v["ping_pong_1024"];
                 let p50 = pp["p50_us"].as_f64().unwrap_or(f64::NAN);
-                let vs_py = py_p50.map(|p| format!("  pymfp p50 {:.1}× slower", p / p50)).unwrap_or_default();
+                let vs_py = py_p50.map(|p| format!("  (pymfp p50 {p:.1} µs)")).unwrap_or_default();
                 println!(
                     "federation {label:<13} ping-pong 1024 B  p50 {p50:>8.1} µs  p99 {:>8.1} µs{vs_py}",
                     pp["p99_us"].as_f64().unwrap_or(f64::NAN)
@@ -412,7 +503,11 @@ fn targets(report: &serde_json::Map<String, Value>, py_rate: Option<f64>) -> Val
         };
         let rows = [
             ("one-way 1 KiB >= 20x pymfp", vs_py.map(|x| format!("{x:.1}x")), vs_py.map(|x| x >= 20.0)),
-            ("one-way 1 KiB >= 60% of the floor", of_floor.map(|x| format!("{:.1}%", x * 100.0)), of_floor.map(|x| x >= 0.6)),
+            (
+                "one-way 1 KiB >= 60% of the floor",
+                of_floor.map(|x| format!("{:.1}%", x * 100.0)),
+                of_floor.map(|x| x >= 0.6),
+            ),
             ("ping-pong 1 KiB p50 < 50 us", p50.map(|x| format!("{x:.1} us")), p50.map(|x| x < 50.0)),
         ];
         let mut m = serde_json::Map::new();

@@ -2,6 +2,10 @@
 //! its own process, federated with the benchmark's, with two agents — `sink` counts what
 //! it receives, `echo` sends every message back on its channel.
 //!
+//! With `--tcp-echo` it is none of that: it accepts one TCP connection on 127.0.0.1 (port
+//! printed as `listen ADDRESS`) and echoes 1 KiB blocks with blocking sockets until the
+//! connection closes — the benchmark's round-trip floor.
+//!
 //! Usage: `mfp-bench-fed-node [DATABASE]` (SQLite storage, `normal` durability, at
 //! DATABASE; none without it). Prints `listen ADDRESS` once its federation listens, then
 //! reads commands, one a line, on stdin:
@@ -16,10 +20,10 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use counter::Counter;
 use mfp_benches::fed_common::{self, FAR};
 use mfp_federation::federation::Federation;
 use mfp_runtime::{AgentHandle, DeliveredMessage, Runtime};
-use counter::Counter;
 
 #[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
@@ -63,8 +67,28 @@ mod counter {
     }
 }
 
+/// Echoes 1 KiB blocks on one loopback connection.
+fn tcp_echo() {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    println!("listen {}", listener.local_addr().unwrap());
+    std::io::stdout().flush().unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut buf = [0u8; 1024];
+    while s.read_exact(&mut buf).is_ok() {
+        if s.write_all(&buf).is_err() {
+            break;
+        }
+    }
+}
+
 fn main() {
     let db = std::env::args().nth(1);
+    if db.as_deref() == Some("--tcp-echo") {
+        tcp_echo();
+        return;
+    }
     let tokio_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut builder = Runtime::builder(fed_common::runtime_config(FAR)).tokio_handle(tokio_rt.handle().clone());
     if let Some(path) = &db {
