@@ -36,6 +36,8 @@ const SENDER_TASKS: usize = 64;
 const CHANNELS: usize = 16;
 /// Handshakes timed.
 const HANDSHAKES: usize = 21;
+/// Time between the starts of two timed handshakes, at least.
+const HANDSHAKE_SPACING: Duration = Duration::from_millis(150);
 
 /// The payload sizes of the one-way rows: 64 B, 1 KiB, and 64 KiB — or the largest payload
 /// one link frame carries at the benchmark's depth, if that is less.
@@ -139,26 +141,33 @@ impl Node {
         Ok(Node { child, stdin, stdout, addr })
     }
 
-    fn line(&mut self) -> String {
+    fn line(&mut self) -> Result<String, String> {
         let mut line = String::new();
-        let _ = self.stdout.read_line(&mut line);
-        line.trim().to_string()
+        self.stdout.read_line(&mut line).map_err(|e| format!("the far side's output: {e}"))?;
+        Ok(line.trim().to_string())
     }
 
-    fn arm(&mut self, n: usize) {
-        writeln!(self.stdin, "count {n}").unwrap();
-        self.stdin.flush().unwrap();
-        assert_eq!(self.line(), "armed");
+    fn arm(&mut self, n: usize) -> Result<(), String> {
+        writeln!(self.stdin, "count {n}").and_then(|()| self.stdin.flush()).map_err(|e| e.to_string())?;
+        match self.line()?.as_str() {
+            "armed" => Ok(()),
+            other => Err(format!("the far side answered {other:?} to a count")),
+        }
     }
 
     /// The far side's rate over the last armed count.
-    fn far_rate(&mut self) -> f64 {
-        let line = self.line();
+    fn far_rate(&mut self) -> Result<f64, String> {
+        let line = self.line()?;
         let mut w = line.split_whitespace();
-        assert_eq!(w.next(), Some("done"), "far side: {line:?}");
-        let n: f64 = w.next().and_then(|v| v.parse().ok()).unwrap();
-        let secs: f64 = w.next().and_then(|v| v.parse().ok()).unwrap();
-        (n - 1.0) / secs
+        let parsed = match (
+            w.next(),
+            w.next().and_then(|v| v.parse::<f64>().ok()),
+            w.next().and_then(|v| v.parse::<f64>().ok()),
+        ) {
+            (Some("done"), Some(n), Some(secs)) if n > 1.0 && secs > 0.0 => Some((n - 1.0) / secs),
+            _ => None,
+        };
+        parsed.ok_or_else(|| format!("the far side did not count its deliveries: {line:?}"))
     }
 
     fn quit(mut self) {
@@ -200,8 +209,9 @@ fn two_processes(storage: bool, quick: bool, runs: usize) -> Result<Value, Strin
         .map_err(|e| e.to_string())?;
     let far = fed_common::runtime_id(FAR);
     let (fed, sinks, echo) = tokio_rt.block_on(async {
-        let cfg = fed_common::federation_config(NEAR, false, Some(node.addr.clone()));
-        let fed = Federation::start(&rt, fed_common::key(NEAR), cfg).await.map_err(|e| e.to_string())?;
+        let cfg = fed_common::federation_config(NEAR, false, Some(node.addr.clone())).map_err(|e| e.to_string())?;
+        let key = fed_common::key(NEAR).map_err(|e| e.to_string())?;
+        let fed = Federation::start(&rt, key, cfg).await.map_err(|e| e.to_string())?;
         tokio::time::timeout(Duration::from_secs(10), fed.wait_up(&far))
             .await
             .map_err(|_| "the link did not come up within 10 s".to_string())?
@@ -219,7 +229,7 @@ fn two_processes(storage: bool, quick: bool, runs: usize) -> Result<Value, Strin
 
     // `n` messages of `size` bytes from SENDER_TASKS tasks, on the first `channels` sink
     // channels (task t on channel t mod `channels`).
-    let send_many = |n: usize, size: usize, channels: usize| -> f64 {
+    let send_many = |n: usize, size: usize, channels: usize| -> Result<f64, String> {
         tokio_rt.block_on(async {
             let start = Instant::now();
             let mut tasks = tokio::task::JoinSet::new();
@@ -231,20 +241,21 @@ fn two_processes(storage: bool, quick: bool, runs: usize) -> Result<Value, Strin
                 tasks.spawn(async move {
                     let payload = vec![0x42u8; size];
                     for _ in 0..count {
-                        me.send_async(sink, &payload).await.unwrap();
+                        me.send_async(sink, &payload).await.map_err(|e| e.to_string())?;
                     }
+                    Ok::<(), String>(())
                 });
             }
             while let Some(r) = tasks.join_next().await {
-                r.unwrap();
+                r.map_err(|e| e.to_string())??;
             }
-            n as f64 / start.elapsed().as_secs_f64()
+            Ok(n as f64 / start.elapsed().as_secs_f64())
         })
     };
     // Warm-up: connections, allocator, SQLite pages.
-    node.arm(2_000);
-    send_many(2_000, 1024, CHANNELS);
-    node.far_rate();
+    node.arm(2_000)?;
+    send_many(2_000, 1024, CHANNELS)?;
+    node.far_rate()?;
 
     let mut one_way = serde_json::Map::new();
     for size in sizes() {
@@ -252,9 +263,9 @@ fn two_processes(storage: bool, quick: bool, runs: usize) -> Result<Value, Strin
         let mut far_rates = Vec::new();
         let mut near_rates = Vec::new();
         for _ in 0..runs {
-            node.arm(n);
-            near_rates.push(send_many(n, size, 1));
-            far_rates.push(node.far_rate());
+            node.arm(n)?;
+            near_rates.push(send_many(n, size, 1)?);
+            far_rates.push(node.far_rate()?);
         }
         one_way.insert(
             size.to_string(),
@@ -265,9 +276,9 @@ fn two_processes(storage: bool, quick: bool, runs: usize) -> Result<Value, Strin
     let n = messages_for(1024, storage, quick) * 2;
     let (mut far_rates, mut near_rates) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        node.arm(n);
-        near_rates.push(send_many(n, 1024, CHANNELS));
-        far_rates.push(node.far_rate());
+        node.arm(n)?;
+        near_rates.push(send_many(n, 1024, CHANNELS)?);
+        far_rates.push(node.far_rate()?);
     }
     let many = json!({"channels": CHANNELS, "msgs_per_s": median(far_rates), "sender_msgs_per_s": median(near_rates), "messages": n});
 
@@ -283,16 +294,18 @@ fn two_processes(storage: bool, quick: bool, runs: usize) -> Result<Value, Strin
         let mut rtts = Vec::with_capacity(rounds);
         for i in 0..rounds + 200 {
             let start = Instant::now();
-            me.send_async(echo, &payload).await.unwrap();
+            me.send_async(echo, &payload).await.map_err(|e| e.to_string())?;
             let got = tokio::time::timeout(Duration::from_secs(10), replies.recv()).await;
-            assert!(matches!(got, Ok(Some(1024))), "no echo within 10 s");
+            if !matches!(got, Ok(Some(1024))) {
+                return Err("the far side's echo did not come back within 10 s".to_string());
+            }
             if i >= 200 {
                 rtts.push(start.elapsed().as_nanos() as u64);
             }
         }
         rtts.sort_unstable();
-        rtts
-    });
+        Ok(rtts)
+    })?;
     let ping_pong = json!({"p50_us": percentile(&rtts, 0.5), "p99_us": percentile(&rtts, 0.99), "rounds": rounds});
 
     // Handshakes: the near runtime's federation steps aside; fresh networks with its
@@ -301,13 +314,17 @@ fn two_processes(storage: bool, quick: bool, runs: usize) -> Result<Value, Strin
         fed.shutdown().await;
         let mut times = Vec::new();
         for _ in 0..HANDSHAKES {
+            // The far side's listener admits 10 handshakes per second per source address
+            // (NetConfig::handshakes_per_second_per_source): keep under it, or the dialer's
+            // backoff is what gets measured.
+            let paced = tokio::time::sleep(HANDSHAKE_SPACING);
             let mut cfg = NetConfig::default();
             cfg.shutdown_timeout = Duration::from_millis(200);
-            let peers = vec![fed_common::peer_config(FAR, Some(node.addr.clone()))];
+            let peers = vec![fed_common::peer_config(FAR, Some(node.addr.clone())).map_err(|e| e.to_string())?];
+            let key = fed_common::key(NEAR).map_err(|e| e.to_string())?;
             let start = Instant::now();
-            let (net, mut events) = Network::start(fed_common::key(NEAR), fed_common::runtime_id(NEAR), peers, cfg)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (net, mut events) =
+                Network::start(key, fed_common::runtime_id(NEAR), peers, cfg).await.map_err(|e| e.to_string())?;
             let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
             let peer = net.peer(&far).ok_or("no peer")?;
             tokio::time::timeout(Duration::from_secs(10), peer.up())
@@ -317,6 +334,7 @@ fn two_processes(storage: bool, quick: bool, runs: usize) -> Result<Value, Strin
             times.push(start.elapsed().as_secs_f64() * 1e3);
             net.shutdown().await;
             drain.abort();
+            paced.await;
         }
         Ok::<_, String>(median(times))
     })?;

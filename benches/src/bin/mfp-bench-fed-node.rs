@@ -112,7 +112,11 @@ fn main() {
         })
         .unwrap();
     let fed = tokio_rt
-        .block_on(Federation::start(&rt, fed_common::key(FAR), fed_common::federation_config(FAR, true, None)))
+        .block_on(Federation::start(
+            &rt,
+            fed_common::key(FAR).unwrap(),
+            fed_common::federation_config(FAR, true, None).unwrap(),
+        ))
         .unwrap();
     let addr = fed.local_addr().expect("the federation listens");
     let mut out = std::io::stdout().lock();
