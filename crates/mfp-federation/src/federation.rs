@@ -448,6 +448,14 @@ impl Transport for FedTransport {
         if len > p.max_bytes {
             return Err(TransportError::Down("the message is larger than the peer's in-flight byte limit".into()));
         }
+        if len > crate::session::MAX_WIRE {
+            // Refused before sealing: the session would refuse it, and the channel would
+            // keep it in its log, first in line, forever.
+            return Err(TransportError::Down(format!(
+                "a message of {len} wire bytes is larger than one link frame carries ({} bytes); send a smaller payload",
+                crate::session::MAX_WIRE
+            )));
+        }
         let m = Arc::clone(&p.msgs).try_acquire_owned().map_err(|_| TransportError::Busy)?;
         let n = u32::try_from(len).map_err(|_| TransportError::Busy)?;
         let b = Arc::clone(&p.bytes).try_acquire_many_owned(n).map_err(|_| TransportError::Busy)?;

@@ -299,3 +299,42 @@ async fn many_channels_sending_into_a_full_session_lose_no_message() {
     rt_a.shutdown_async().await;
     rt_b.shutdown_async().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_larger_than_a_link_frame_is_refused_before_sealing() {
+    // One byte more than a link frame carries at the channel's depth: the send fails at
+    // once, nothing is sealed, and the channel goes on carrying messages that fit.
+    let reject = |node: &Node| {
+        let cfg = RuntimeConfig {
+            backpressure: mfp_runtime::Backpressure::Reject,
+            max_payload_size: 1 << 20,
+            ..node.config()
+        };
+        Runtime::builder(cfg).tokio_handle(tokio::runtime::Handle::current()).build().unwrap()
+    };
+    let rt_a = reject(&A);
+    let rt_b = reject(&B);
+    let (h_alice, mut inbox_a) = recorder();
+    let _alice = rt_a.bind_named("alice", h_alice).unwrap();
+    let (h_bob, _inbox_b) = recorder();
+    let bob = rt_b.bind_named("bob", h_bob).unwrap();
+    let fed_a = Federation::start(&rt_a, A.key(), FederationConfig::new(net(10), vec![B.peer(None)])).await.unwrap();
+    let fed_b = Federation::start(&rt_b, B.key(), FederationConfig::new(net(11), vec![A.peer(fed_a.local_addr())]))
+        .await
+        .unwrap();
+    fed_b.wait_up(&A.runtime_id()).await.unwrap();
+    let ch = fed_b.open_channel(bob.id(), A.runtime_id(), Target::Name("alice".into()), 4).await.unwrap();
+    let fits = mfp_federation::session::max_payload(4);
+    let too_large = bob.send_async(ch, &vec![1u8; fits + 1]).await;
+    assert!(matches!(too_large, Err(mfp_runtime::Error::PeerUnavailable { .. })), "{too_large:?}");
+    let r = bob.send_async(ch, &vec![2u8; fits]).await.unwrap();
+    assert_eq!(r.step, 0, "the refused message used no step of the chain");
+    bob.send_async(ch, b"after").await.unwrap();
+    let got = recv_n(&mut inbox_a, 2).await;
+    assert_eq!(got[0].payload.len(), fits);
+    assert_eq!(got[1].payload, b"after");
+    fed_a.shutdown().await;
+    fed_b.shutdown().await;
+    rt_a.shutdown_async().await;
+    rt_b.shutdown_async().await;
+}
