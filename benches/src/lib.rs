@@ -1,2 +1,4 @@
-//! Criterion benches live in `benches/`.
+//! Criterion benches live in `benches/`; this library holds what the benchmark programs share.
 #![forbid(unsafe_code)]
+
+pub mod fed_common;

@@ -6,7 +6,8 @@
 //! establish channels and the memory per channel. Every figure is the median of several
 //! runs. Messages through the standalone server and subprocess agents (`server`). Durable sends are measured beside a raw-SQLite floor (the same rows written by sqlx
 //! with no runtime around them). Prints a table and writes JSON (`--json PATH`); `--only
-//! floor,send,async,persist,fanout,scale,server` runs some sections.
+//! floor,send,async,persist,fanout,scale,server,federation` runs some sections; `federation`
+//! (two runtimes in separate processes over 127.0.0.1) is described in `fed_bench.rs`.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -18,6 +19,7 @@ use mfp_core::{ChannelId, EntropySource, Frame, MerkleSg, State, encoding, ratch
 use mfp_runtime::{AgentHandle, DeliveredMessage, Runtime, RuntimeConfig, SystemEntropy};
 use serde_json::{Value, json};
 
+mod fed_bench;
 mod persist_floor;
 mod server_bench;
 
@@ -693,6 +695,9 @@ fn main() {
             );
         }
         report.insert("server_subprocess_64".into(), Value::Object(server));
+    }
+    if opts.wants("federation") {
+        report.insert("federation".into(), fed_bench::run(opts.quick, runs));
     }
     report.insert("peak_rss_kib".into(), json!(rss_kib("VmHWM:")));
 

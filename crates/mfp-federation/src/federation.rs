@@ -22,7 +22,7 @@
 //! slow or dead peer can hold up; beyond them a send waits or fails with
 //! `Error::PeerUnavailable`, as the runtime's `backpressure` says.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -148,11 +148,11 @@ pub enum FederationError {
     ShutDown,
 }
 
-/// Work for one peer's task (in order).
+/// Work for one peer's task (in order). Resync passes are requested apart, through
+/// [`Peer::request_resync`].
 enum Work {
     Up,
     Event(Event),
-    Resync(ChannelId),
 }
 
 /// Sending state of one channel.
@@ -213,6 +213,21 @@ struct Peer {
     resuming: Mutex<HashMap<ChannelId, (u64, usize)>>,
     closes: Mutex<Vec<ChannelId>>,
     work: mpsc::Sender<Work>,
+    /// Channels waiting for a resync pass, at most one entry each (one pass hands over
+    /// everything waiting in the channel's log), and the wake-up of the peer's task for
+    /// them. Apart from `work` so that a request is never lost when that queue is full.
+    resyncs: Mutex<HashSet<ChannelId>>,
+    resync_wake: tokio::sync::Notify,
+}
+
+impl Peer {
+    /// Asks the peer's task for a resync pass of `channel`.
+    fn request_resync(&self, channel: ChannelId) {
+        if self.resyncs.lock().insert(channel) {
+            // A stored permit if the task is busy: it finds the request when it looks next.
+            self.resync_wake.notify_one();
+        }
+    }
 }
 
 struct Shared {
@@ -278,6 +293,8 @@ impl Federation {
                 resuming: Mutex::new(HashMap::new()),
                 closes: Mutex::new(Vec::new()),
                 work: tx,
+                resyncs: Mutex::new(HashSet::new()),
+                resync_wake: tokio::sync::Notify::new(),
             });
             queues.push((Arc::clone(&peer), rx));
             peers.insert(p.peer.runtime, peer);
@@ -563,7 +580,7 @@ impl OutboundSlot for Slot {
             // (a resync pass is queued, in case the running one has already looked).
             st.stalled = true;
             drop(chans);
-            let _ = peer.work.try_send(Work::Resync(message.channel));
+            peer.request_resync(message.channel);
             return;
         }
         let sent = peer.handle.with_session(|s| s.send_data(message.channel, message.wire.to_vec()));
@@ -572,7 +589,7 @@ impl OutboundSlot for Slot {
         } else {
             st.stalled = true;
             drop(chans);
-            let _ = peer.work.try_send(Work::Resync(message.channel));
+            peer.request_resync(message.channel);
         }
     }
 }
@@ -593,6 +610,14 @@ impl Transport for FedTransport {
         p.breaker.record(true, now);
         if len > p.max_bytes {
             return Err(TransportError::Down("the message is larger than the peer's in-flight byte limit".into()));
+        }
+        if len > crate::session::MAX_WIRE {
+            // Refused before sealing: the session would refuse it, and the channel would
+            // keep it in its log, first in line, forever.
+            return Err(TransportError::Down(format!(
+                "a message of {len} wire bytes is larger than one link frame carries ({} bytes); send a smaller payload",
+                crate::session::MAX_WIRE
+            )));
         }
         let m = Arc::clone(&p.msgs).try_acquire_owned().map_err(|_| TransportError::Busy)?;
         let n = u32::try_from(len).map_err(|_| TransportError::Busy)?;
@@ -624,11 +649,19 @@ impl Transport for FedTransport {
 // ---- one peer's task --------------------------------------------------------------------
 
 async fn peer_task(shared: Arc<Shared>, peer: Arc<Peer>, mut rx: mpsc::Receiver<Work>) {
-    while let Some(work) = rx.recv().await {
-        match work {
-            Work::Up => on_up(&shared, &peer),
-            Work::Resync(channel) => resync(&shared, &peer, channel, None).await,
-            Work::Event(ev) => on_event(&shared, &peer, ev).await,
+    loop {
+        tokio::select! {
+            work = rx.recv() => match work {
+                Some(Work::Up) => on_up(&shared, &peer),
+                Some(Work::Event(ev)) => on_event(&shared, &peer, ev).await,
+                None => return,
+            },
+            () = peer.resync_wake.notified() => {
+                let channels: Vec<ChannelId> = peer.resyncs.lock().drain().collect();
+                for channel in channels {
+                    resync(&shared, &peer, channel, None).await;
+                }
+            }
         }
     }
 }

@@ -345,3 +345,98 @@ async fn a_dead_peer_opens_its_breaker_and_sends_fail_at_once() {
     fed_a.shutdown().await;
     rt_a.shutdown_async().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_channels_sending_into_a_full_session_lose_no_message() {
+    // A session that queues two messages at most: nearly every send finds it full, its
+    // channel waits for a resync pass, and the requests for those passes far outnumber
+    // what the peer's work queue holds. Every message must still go out.
+    let unlimited = |node: &Node| {
+        let cfg = RuntimeConfig { max_message_rate: 0, ..node.config() };
+        Runtime::builder(cfg).tokio_handle(tokio::runtime::Handle::current()).build().unwrap()
+    };
+    let rt_a = unlimited(&A);
+    let rt_b = unlimited(&B);
+    let (h_alice, mut inbox_a) = recorder();
+    let _alice = rt_a.bind_named("alice", h_alice).unwrap();
+    let (h_bob, _inbox_b) = recorder();
+    let bob = rt_b.bind_named("bob", h_bob).unwrap();
+    let fed_a = Federation::start(&rt_a, A.key(), FederationConfig::new(net(8), vec![B.peer(None)])).await.unwrap();
+    let mut net_b = net(9);
+    net_b.session.max_queued_messages = 2;
+    let fed_b = Federation::start(&rt_b, B.key(), FederationConfig::new(net_b, vec![A.peer(fed_a.local_addr())]))
+        .await
+        .unwrap();
+    fed_b.wait_up(&A.runtime_id()).await.unwrap();
+    let (channels, senders_per_channel, per_sender) = (32usize, 2usize, 100usize);
+    let mut chans = Vec::new();
+    for _ in 0..channels {
+        chans.push(fed_b.open_channel(bob.id(), A.runtime_id(), Target::Name("alice".into()), 4).await.unwrap());
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for &ch in &chans {
+        for _ in 0..senders_per_channel {
+            let bob = bob.clone();
+            tasks.spawn(async move {
+                for i in 0..per_sender {
+                    bob.send_async(ch, &[i as u8; 256]).await.unwrap();
+                }
+            });
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let per_channel = senders_per_channel * per_sender;
+    let got = recv_n(&mut inbox_a, channels * per_channel).await;
+    for &ch in &chans {
+        let steps: Vec<u64> = got.iter().filter(|m| m.channel == ch).map(|m| m.step).collect();
+        assert_eq!(steps, (0..per_channel as u64).collect::<Vec<_>>(), "channel {ch:?}: every step once, in order");
+    }
+    for &ch in &chans {
+        all_acked(&rt_b, &A.runtime_id(), ch).await;
+    }
+    fed_a.shutdown().await;
+    fed_b.shutdown().await;
+    rt_a.shutdown_async().await;
+    rt_b.shutdown_async().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_larger_than_a_link_frame_is_refused_before_sealing() {
+    // One byte more than a link frame carries at the channel's depth: the send fails at
+    // once, nothing is sealed, and the channel goes on carrying messages that fit.
+    let reject = |node: &Node| {
+        let cfg = RuntimeConfig {
+            backpressure: mfp_runtime::Backpressure::Reject,
+            max_payload_size: 1 << 20,
+            ..node.config()
+        };
+        Runtime::builder(cfg).tokio_handle(tokio::runtime::Handle::current()).build().unwrap()
+    };
+    let rt_a = reject(&A);
+    let rt_b = reject(&B);
+    let (h_alice, mut inbox_a) = recorder();
+    let _alice = rt_a.bind_named("alice", h_alice).unwrap();
+    let (h_bob, _inbox_b) = recorder();
+    let bob = rt_b.bind_named("bob", h_bob).unwrap();
+    let fed_a = Federation::start(&rt_a, A.key(), FederationConfig::new(net(10), vec![B.peer(None)])).await.unwrap();
+    let fed_b = Federation::start(&rt_b, B.key(), FederationConfig::new(net(11), vec![A.peer(fed_a.local_addr())]))
+        .await
+        .unwrap();
+    fed_b.wait_up(&A.runtime_id()).await.unwrap();
+    let ch = fed_b.open_channel(bob.id(), A.runtime_id(), Target::Name("alice".into()), 4).await.unwrap();
+    let fits = mfp_federation::session::max_payload(4);
+    let too_large = bob.send_async(ch, &vec![1u8; fits + 1]).await;
+    assert!(matches!(too_large, Err(mfp_runtime::Error::PeerUnavailable { .. })), "{too_large:?}");
+    let r = bob.send_async(ch, &vec![2u8; fits]).await.unwrap();
+    assert_eq!(r.step, 0, "the refused message used no step of the chain");
+    bob.send_async(ch, b"after").await.unwrap();
+    let got = recv_n(&mut inbox_a, 2).await;
+    assert_eq!(got[0].payload.len(), fits);
+    assert_eq!(got[1].payload, b"after");
+    fed_a.shutdown().await;
+    fed_b.shutdown().await;
+    rt_a.shutdown_async().await;
+    rt_b.shutdown_async().await;
+}
