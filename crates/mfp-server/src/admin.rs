@@ -56,7 +56,7 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         Ok(()) => {
             let compat = s.federation.read().as_ref().and_then(|f| f.compat_prometheus());
             if let Some(text) = compat {
-                // Before the terminating `# EOF` line, when the encoder wrote one.
+                // Before a terminating `# EOF` line (OpenMetrics), else at the end.
                 let at = out.rfind("# EOF").unwrap_or(out.len());
                 out.insert_str(at, &text);
             }

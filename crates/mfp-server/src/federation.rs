@@ -283,20 +283,20 @@ async fn start_compat(
         ids.push(RuntimeId::derive(deployment_id.as_bytes(), instance_id.as_bytes()));
         peers.push(peer);
     }
-    let mut config = CompatNetConfig::default();
     // pymfp listens on transport.host:port whenever peers are configured.
-    config.listen = match cfg.federation_listen {
-        Some(a) => Some(a),
+    let listen = match cfg.federation_listen {
+        Some(a) => a,
         None => {
             let addr = format!("{}:{}", bracket(&cfg.transport.host), cfg.transport.port.value);
-            Some(addr.parse().map_err(|_| {
+            addr.parse().map_err(|_| {
                 FedStartError::Compat(format!(
                     "transport.host {:?} is not an IP address: set federation.listen to ip:port",
                     cfg.transport.host
                 ))
-            })?)
+            })?
         }
     };
+    let config = CompatNetConfig { listen: Some(listen), ..CompatNetConfig::default() };
     let net =
         CompatNetwork::start(mfp.runtime(), peers, config).await.map_err(|e| FedStartError::Compat(e.to_string()))?;
     if let Some(a) = net.local_addr() {

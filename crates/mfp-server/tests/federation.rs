@@ -449,3 +449,85 @@ fn federation_config_errors_have_locations() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A peer pinned with the wrong key never gets a link: the listener counts a failed
+/// handshake, no link is up on either side, and both servers stay ready.
+#[test]
+fn a_wrongly_pinned_peer_gets_no_link() {
+    let dir = temp_dir("wrongkey");
+    let (ka, kb, kx) = (dir.join("a.key"), dir.join("b.key"), dir.join("x.key"));
+    let (_pa, pb, px) = (identity(&ka), identity(&kb), identity(&kx));
+    let config_a = format!(
+        "runtime:\n  deployment_id: fedtest\n  instance_id: a\nadmin:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\nfederation:\n  listen: \"127.0.0.1:0\"\n  identity_key: \"{}\"\n  peers:\n    - runtime_id: fedtest/b\n      public_key: \"{pb}\"\n",
+        ka.display()
+    );
+    let mut a = Server::start(&dir.join("a.yaml"), &config_a);
+    a.find_or_wait("INFO mfp_server::server: ready");
+    let a_admin = a.addr("admin listener bound");
+    let a_fed = a.addr("federation listener bound");
+    // b pins x's key for a.
+    let config_b = format!(
+        "runtime:\n  deployment_id: fedtest\n  instance_id: b\nadmin:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\nfederation:\n  identity_key: \"{}\"\n  peers:\n    - runtime_id: fedtest/a\n      endpoint: \"{a_fed}\"\n      public_key: \"{px}\"\n  channels:\n    - agent: echo\n      peer: fedtest/a\n      remote_agent: echo\n",
+        kb.display()
+    );
+    let mut b = Server::start(&dir.join("b.yaml"), &config_b);
+    b.find_or_wait("INFO mfp_server::server: ready");
+    let b_admin = b.addr("admin listener bound");
+    let ma = metrics_until(&a_admin, |m| metric(m, "mfp_federation_handshake_failures_total") >= 1);
+    assert_eq!(metric(&ma, "mfp_federation_links_up"), 0, "{ma}");
+    assert_eq!(metric(&ma, "mfp_federation_handshakes_total"), 0, "{ma}");
+    let (_, mb) = http(&b_admin, "GET", "/metrics", &[], "");
+    assert_eq!(metric(&mb, "mfp_federation_links_up"), 0, "{mb}");
+    assert_eq!(metric(&mb, "mfp_federation_channels_opened_total"), 0, "{mb}");
+    assert_eq!(http(&a_admin, "GET", "/readyz", &[], "").0, 200);
+    assert_eq!(http(&b_admin, "GET", "/readyz", &[], "").0, 200);
+    drop(b);
+    drop(a);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A pymfp compat peer: the server warns once that it is unauthenticated, establishes the
+/// agreed channel (the agent sees it with the peer runtime), exports the compat counters,
+/// and stays ready while the peer is unreachable. A ceremonial bootstrap is refused at
+/// start with a clear error.
+#[test]
+fn a_pymfp_compat_peer_is_set_up_and_warned_about() {
+    let dir = temp_dir("compat");
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let channel_id = "0123456789abcdef0123456789abcdef";
+    let remote_agent = "ab".repeat(32);
+    let config = |bootstrap: &str| {
+        format!(
+            "runtime:\n  deployment_id: prod\n  instance_id: rust\nadmin:\n  port: 0\nhttp:\n  port: 0\nagents:\n  - name: driver\n    type: webhook\n    url: \"http://127.0.0.1:9/unused\"\n    token: \"{TOKEN}\"\nfederation:\n  listen: \"127.0.0.1:0\"\n  peers:\n    - runtime_id: prod/py\n      endpoint: \"{closed}\"\n      bootstrap: {bootstrap}\n      channels:\n        - id: \"{channel_id}\"\n          agent: driver\n          remote_agent: \"{remote_agent}\"\n          depth: 4\n"
+        )
+    };
+    let mut s = Server::start(&dir.join("c.yaml"), &config("deterministic"));
+    s.find_or_wait("INFO mfp_server::server: ready");
+    let admin = s.addr("admin listener bound");
+    let http_addr = s.addr("http listener bound");
+    assert_eq!(s.log().matches("pymfp compat peer: UNAUTHENTICATED").count(), 1, "{}", s.log());
+    let (status, out) = http(
+        &http_addr,
+        "POST",
+        "/agents/driver",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        r#"{"jsonrpc":"2.0","id":1,"method":"channels"}"#,
+    );
+    assert_eq!(status, 200, "{out}");
+    let py = mfp_core::RuntimeId::derive(b"prod", b"py").to_string();
+    assert!(out.contains(channel_id) && out.contains(&remote_agent) && out.contains(&py), "{out}");
+    let (_, m) = http(&admin, "GET", "/metrics", &[], "");
+    assert!(m.contains("\nmfp_compat_peers 1\n"), "{m}");
+    assert_eq!(metric(&m, "mfp_federation_peers"), 1, "{m}");
+    assert_eq!(metric(&m, "mfp_federation_links_up"), 0, "{m}");
+    assert_eq!(http(&admin, "GET", "/readyz", &[], "").0, 200);
+    s.signal(rustix::process::Signal::TERM);
+    assert!(s.wait_exit().success(), "{}", s.log());
+    drop(s);
+
+    let mut s = Server::start(&dir.join("c2.yaml"), &config("ceremonial"));
+    let status = s.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", s.log());
+    assert!(s.log().contains("peer prod/py: bootstrap: ceremonial is not supported by the server yet"), "{}", s.log());
+    std::fs::remove_dir_all(&dir).ok();
+}
