@@ -531,3 +531,37 @@ fn a_pymfp_compat_peer_is_set_up_and_warned_about() {
     assert!(s.log().contains("peer prod/py: bootstrap: ceremonial is not supported by the server yet"), "{}", s.log());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The example pair in examples/server/ works as its comments say (keys generated, public
+/// keys pasted, paths and the port adjusted for a test): b's driver hears its three lines
+/// back from a's echo and b stops by itself.
+#[test]
+fn the_example_pair_runs() {
+    let dir = temp_dir("example");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/server");
+    let (ka, kb) = (dir.join("a.key"), dir.join("b.key"));
+    let (pa, pb) = (identity(&ka), identity(&kb));
+    let read = |f: &str| std::fs::read_to_string(examples.join(f)).unwrap();
+    let a_yaml = read("federation-a.yaml")
+        .replace("B_PUBLIC_KEY", &pb)
+        .replace("../../target/mfp-fed/a.key", &ka.display().to_string())
+        .replace("../../target/mfp-fed/a.db", &dir.join("a.db").display().to_string())
+        .replace("127.0.0.1:9880", "127.0.0.1:0");
+    let mut a = Server::start(&dir.join("a.yaml"), &a_yaml);
+    a.find_or_wait("INFO mfp_server::server: ready");
+    let a_fed = a.addr("federation listener bound");
+    let b_yaml = read("federation-b.yaml")
+        .replace("A_PUBLIC_KEY", &pa)
+        .replace("../../target/mfp-fed/b.key", &kb.display().to_string())
+        .replace("../../target/mfp-fed/b.db", &dir.join("b.db").display().to_string())
+        .replace("agents/fed_driver.py", &examples.join("agents/fed_driver.py").display().to_string())
+        .replace("127.0.0.1:9880", &a_fed);
+    let mut b = Server::start(&dir.join("b.yaml"), &b_yaml);
+    b.wait_for("driver heard (step 2): and back again.");
+    assert!(b.wait_exit().success(), "{}", b.log());
+    for (step, line) in [(0, "Hello from runtime b!"), (1, "Across two processes,")] {
+        assert!(b.log().contains(&format!("driver heard (step {step}): {line}")), "{}", b.log());
+    }
+    drop(a);
+    std::fs::remove_dir_all(&dir).ok();
+}
