@@ -917,6 +917,9 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
             }
         },
     };
+    if federation_listen.is_some() && raw.federation.peers.is_empty() {
+        warnings.push("federation.listen is set but federation.peers is empty: nothing listens (a peer must be configured, with its pinned key, to be accepted)".into());
+    }
     let identity_key = raw.federation.identity_key.as_ref().map(|k| resolve(base, &k.value));
     if let (Some(k), Some(path)) = (&raw.federation.identity_key, &identity_key)
         && !path.is_file()
@@ -1577,6 +1580,14 @@ mod tests {
         let v = parse(text, Path::new("dir/c.yaml")).unwrap();
         let AgentKind::Subprocess(s) = &v.agents[0].kind else { panic!("not a subprocess") };
         assert_eq!(s.cwd, Path::new("dir"));
+    }
+
+    #[test]
+    fn federation_listen_without_peers_warns() {
+        let v = p("federation:\n  listen: \"127.0.0.1:0\"\n").unwrap();
+        assert_eq!(v.federation_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert!(v.warnings.iter().any(|w| w.contains("nothing listens")), "{:?}", v.warnings);
+        assert!(!p("").unwrap().warnings.iter().any(|w| w.contains("nothing listens")));
     }
 
     #[test]
