@@ -917,6 +917,14 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
             }
         },
     };
+    if federation_listen.is_none()
+        && let Some(p) = raw.federation.peers.iter().find(|p| p.public_key.is_some() && p.endpoint.is_none())
+    {
+        problems.push(problem_at(
+            &p.runtime_id,
+            "this native peer has no endpoint and federation.listen is not set: no link could ever come up (give the peer an endpoint, or listen)",
+        ));
+    }
     if federation_listen.is_some() && raw.federation.peers.is_empty() {
         warnings.push("federation.listen is set but federation.peers is empty: nothing listens (a peer must be configured, with its pinned key, to be accepted)".into());
     }

@@ -438,6 +438,10 @@ fn federation_config_errors_have_locations() {
             "check.yaml:12:15: accept is for native peers",
         ),
         (
+            native("", "").replace("      endpoint: \"127.0.0.1:1\"\n", ""),
+            "check.yaml:11:19: this native peer has no endpoint and federation.listen is not set",
+        ),
+        (
             native("", "").replace("runtime_id: d/p", "runtime_id: d/i"),
             "check.yaml:11:19: a peer cannot be this runtime itself",
         ),
