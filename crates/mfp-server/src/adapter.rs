@@ -128,6 +128,16 @@ pub(crate) struct Stats {
     pub(crate) storage_failures: u64,
 }
 
+/// Counters of cross-runtime channels (the runtime's `remote_*` metrics).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RemoteStats {
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) rejected: u64,
+    pub(crate) rotations: u64,
+}
+
 struct ToSink(Sink, Arc<RwLock<HashMap<mfp_runtime::AgentId, String>>>);
 
 impl Mfp {
@@ -145,6 +155,23 @@ impl Mfp {
         let restored = !detached.is_empty();
         let names = detached.into_iter().filter_map(|(id, n)| n.map(|n| (id, n))).collect();
         Ok(Self { runtime, names: RwLock::new(names), restored })
+    }
+
+    /// The runtime (for its federation).
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Counters of cross-runtime channels, for `/metrics`.
+    pub(crate) fn remote_stats(&self) -> RemoteStats {
+        let m = self.runtime.metrics();
+        RemoteStats {
+            sent: m.remote_sent.get(),
+            received: m.remote_received.get(),
+            duplicates: m.remote_duplicates.get(),
+            rejected: m.remote_rejected.get(),
+            rotations: m.remote_rotations.get(),
+        }
     }
 
     /// Whether the runtime was restored from storage.
@@ -331,6 +358,9 @@ pub(crate) struct ChannelView {
     pub(crate) peer_name: Option<String>,
     pub(crate) status: &'static str,
     pub(crate) depth: usize,
+    /// For a cross-runtime channel, the peer runtime's id (64 hex digits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) peer_runtime: Option<String>,
 }
 
 /// The agent's status.
@@ -345,6 +375,21 @@ pub(crate) struct StatusView {
 }
 
 impl AgentRef {
+    /// The agent's id.
+    pub(crate) fn id(&self) -> mfp_runtime::AgentId {
+        self.handle.id()
+    }
+
+    /// How many of the agent's channels (any status) lead to an agent of `peer`.
+    pub(crate) fn channels_with_runtime(&self, peer: &mfp_core::RuntimeId) -> Result<usize, mfp_runtime::Error> {
+        Ok(self.list_channels()?.iter().filter(|c| c.peer_runtime.as_ref() == Some(peer)).count())
+    }
+
+    /// Whether the agent has the channel `id`.
+    pub(crate) fn has_channel(&self, id: &ChannelId) -> Result<bool, mfp_runtime::Error> {
+        Ok(self.list_channels()?.iter().any(|c| c.channel_id == *id))
+    }
+
     /// The agent's channels; none (rather than an error) while it is bound without any.
     fn list_channels(&self) -> Result<Vec<mfp_runtime::ChannelInfo>, mfp_runtime::Error> {
         match self.handle.channels() {
@@ -395,6 +440,7 @@ impl AgentRef {
                 peer_name: names.get(&c.peer).cloned(),
                 status: c.status.as_str(),
                 depth: c.depth,
+                peer_runtime: c.peer_runtime.map(|r| r.to_string()),
             })
             .collect())
     }

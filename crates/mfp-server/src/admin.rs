@@ -23,6 +23,8 @@ use crate::agents::Counters;
 pub(crate) struct AdminState {
     pub(crate) ready: AtomicBool,
     pub(crate) registry: Registry,
+    /// pymfp compat peers add their own counters (`mfp_compat_*`) to `/metrics`.
+    pub(crate) federation: FedSlot,
 }
 
 /// The admin routes.
@@ -52,6 +54,12 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     let mut out = String::new();
     match prometheus_client::encoding::prometheus_text::encode(&mut out, &s.registry) {
         Ok(()) => {
+            let compat = s.federation.read().as_ref().and_then(|f| f.compat_prometheus());
+            if let Some(text) = compat {
+                // Before a terminating `# EOF` line (OpenMetrics), else at the end.
+                let at = out.rfind("# EOF").unwrap_or(out.len());
+                out.insert_str(at, &text);
+            }
             (StatusCode::OK, [(header::CONTENT_TYPE, prometheus_client::encoding::prometheus_text::CONTENT_TYPE)], out)
         }
         Err(_) => (
@@ -66,7 +74,12 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
 pub(crate) struct MetricsCollector {
     pub(crate) mfp: std::sync::OnceLock<Arc<Mfp>>,
     pub(crate) counters: Arc<Counters>,
+    /// The federation, while it runs.
+    pub(crate) federation: FedSlot,
 }
+
+/// The running federation, shared by the collector and `/metrics`.
+pub(crate) type FedSlot = Arc<parking_lot::RwLock<Option<Arc<crate::federation::Running>>>>;
 
 impl std::fmt::Debug for MetricsCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,6 +168,48 @@ impl Collector for MetricsCollector {
         )?;
         histogram(&mut enc, "mfp_pipeline_duration_seconds", "Send latency, accept to queued.", &s.send_latency)?;
         histogram(&mut enc, "mfp_message_size_bytes", "Payload sizes.", &s.message_size)?;
+        // Cross-runtime channels (native and pymfp peers alike).
+        let r = mfp.remote_stats();
+        counter(&mut enc, "mfp_remote_messages_sent", "Messages sealed for agents of peer runtimes.", r.sent)?;
+        counter(
+            &mut enc,
+            "mfp_remote_messages_received",
+            "Messages from peer runtimes validated, decoded and delivered.",
+            r.received,
+        )?;
+        counter(
+            &mut enc,
+            "mfp_remote_messages_rejected",
+            "Messages from peer runtimes refused (malformed, wrong peer or step, failed validation or decoding).",
+            r.rejected,
+        )?;
+        counter(
+            &mut enc,
+            "mfp_remote_messages_duplicate",
+            "Messages from peer runtimes received again (a resend after a reconnect) and dropped.",
+            r.duplicates,
+        )?;
+        counter(&mut enc, "mfp_remote_rotations", "Rotations of cross-runtime chains.", r.rotations)?;
+        let fed = self.federation.read().as_ref().map(|f| f.stats());
+        if let Some(f) = fed {
+            gauge(&mut enc, "mfp_federation_peers", "Configured peer runtimes.", f.peers)?;
+            gauge(&mut enc, "mfp_federation_links_up", "Peer runtimes with a link up now.", f.links_up)?;
+            counter(&mut enc, "mfp_federation_handshakes", "Authenticated handshakes completed.", f.handshakes)?;
+            counter(
+                &mut enc,
+                "mfp_federation_handshake_failures",
+                "Handshakes refused (unknown runtime, key mismatch, replay, malformed).",
+                f.handshake_failures,
+            )?;
+            counter(&mut enc, "mfp_federation_received_bytes", "Bytes read from federation links.", f.bytes_in)?;
+            counter(&mut enc, "mfp_federation_sent_bytes", "Bytes written to federation links.", f.bytes_out)?;
+            counter(
+                &mut enc,
+                "mfp_federation_channels_opened",
+                "Channels of federation.channels opened by this process.",
+                f.channels_opened,
+            )?;
+        }
         Ok(())
     }
 }

@@ -271,20 +271,69 @@ fn default_depth() -> Spanned<i64> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct FederationSection {
+    /// Ours: where native peers connect (`host:port`); none: this side only dials.
+    pub(crate) listen: Option<Spanned<String>>,
+    /// Ours: the runtime's identity key file (`mfp-server keygen --identity`).
+    pub(crate) identity_key: Option<Spanned<String>>,
+    /// pymfp: the peers.
     pub(crate) peers: Vec<PeerEntry>,
+    /// Ours: cross-runtime channels with native peers opened at start.
+    pub(crate) channels: Vec<FedChannelEntry>,
 }
 
 /// One entry of `federation.peers`: pymfp style (`runtime_id` "deployment/instance",
-/// `endpoint`, `bootstrap`) or native (with `public_key`, a pinned X25519 key in hex).
+/// `endpoint`, `bootstrap`) or native (with `public_key`, a pinned X25519 key).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PeerEntry {
     pub(crate) runtime_id: Spanned<String>,
-    pub(crate) endpoint: Spanned<String>,
+    /// Where to dial the peer; a native peer without one is waited for.
+    #[serde(default)]
+    pub(crate) endpoint: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) bootstrap: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) public_key: Option<Spanned<String>>,
+    /// Native: messages in flight (sent, not acknowledged) to this peer at most.
+    #[serde(default)]
+    pub(crate) max_in_flight_messages: Option<Spanned<u64>>,
+    /// Native: wire bytes in flight to this peer at most.
+    #[serde(default)]
+    pub(crate) max_in_flight_bytes: Option<Spanned<u64>>,
+    /// Native: the local agents (by name) this peer may open channels with; absent: any.
+    #[serde(default)]
+    pub(crate) accept: Option<Spanned<Vec<Spanned<String>>>>,
+    /// pymfp: the channels agreed with this peer in configuration.
+    #[serde(default)]
+    pub(crate) channels: Option<Vec<CompatChannelEntry>>,
+}
+
+/// One channel agreed with a pymfp peer (pymfp cannot agree on channels on the wire).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CompatChannelEntry {
+    /// The channel id both sides use, 32 hex digits.
+    pub(crate) id: Spanned<String>,
+    /// The local agent (by name).
+    pub(crate) agent: Spanned<String>,
+    /// The pymfp agent's id, 64 hex digits.
+    pub(crate) remote_agent: Spanned<String>,
+    #[serde(default = "default_depth")]
+    pub(crate) depth: Spanned<i64>,
+}
+
+/// One entry of `federation.channels`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FedChannelEntry {
+    /// The local agent (by name).
+    pub(crate) agent: Spanned<String>,
+    /// The native peer's `runtime_id`, as written under `federation.peers`.
+    pub(crate) peer: Spanned<String>,
+    /// The peer's agent, by name.
+    pub(crate) remote_agent: Spanned<String>,
+    #[serde(default = "default_depth")]
+    pub(crate) depth: Spanned<i64>,
 }
 
 /// `logging:`
@@ -501,17 +550,53 @@ pub(crate) struct ChannelSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PeerKind {
     /// pymfp compat: unauthenticated.
-    Pymfp { deployment_id: String, instance_id: String, bootstrap: String },
+    Pymfp { deployment_id: String, instance_id: String, bootstrap: String, channels: Vec<CompatChannelSpec> },
     /// Native: a pinned public key.
-    Native { runtime_id: String, public_key: [u8; 32] },
+    Native {
+        /// The name the configuration gives it.
+        runtime_id: String,
+        /// Its identity.
+        id: mfp_core::RuntimeId,
+        public_key: [u8; 32],
+        max_in_flight_messages: usize,
+        max_in_flight_bytes: usize,
+        /// Local agents it may open channels with; `None`: any.
+        accept: Option<Vec<String>>,
+    },
+}
+
+/// A channel agreed with a pymfp peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CompatChannelSpec {
+    pub(crate) id: mfp_core::ChannelId,
+    pub(crate) agent: String,
+    pub(crate) remote_agent: mfp_core::AgentId,
+    pub(crate) depth: usize,
 }
 
 /// A validated peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PeerSpec {
-    pub(crate) endpoint: String,
+    /// Where to dial it; `None`: wait for it (native peers only).
+    pub(crate) endpoint: Option<String>,
     pub(crate) kind: PeerKind,
 }
+
+/// A cross-runtime channel opened at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FedChannelSpec {
+    pub(crate) agent: String,
+    pub(crate) peer: mfp_core::RuntimeId,
+    /// The peer's name in the configuration (for logs).
+    pub(crate) peer_name: String,
+    pub(crate) remote_agent: String,
+    pub(crate) depth: usize,
+}
+
+/// Default messages in flight per native peer.
+pub(crate) const DEFAULT_IN_FLIGHT_MESSAGES: u64 = 1024;
+/// Default wire bytes in flight per native peer.
+pub(crate) const DEFAULT_IN_FLIGHT_BYTES: u64 = 16 << 20;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -528,6 +613,12 @@ pub(crate) struct Validated {
     pub(crate) agents: Vec<AgentSpec>,
     pub(crate) channels: Vec<ChannelSpec>,
     pub(crate) peers: Vec<PeerSpec>,
+    /// `federation.listen`, resolved (native peers; pymfp peers fall back to `transport:`).
+    pub(crate) federation_listen: Option<std::net::SocketAddr>,
+    /// `federation.identity_key`, resolved against the configuration's directory.
+    pub(crate) identity_key: Option<PathBuf>,
+    /// `federation.channels`.
+    pub(crate) fed_channels: Vec<FedChannelSpec>,
     pub(crate) storage_path: Option<PathBuf>,
     pub(crate) key_file: Option<PathBuf>,
     pub(crate) log_format: LogFormat,
@@ -787,9 +878,122 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
 
     // Peers.
     let mut peers = Vec::new();
+    let mut peer_names: HashMap<String, mfp_core::RuntimeId> = HashMap::new();
+    let mut peer_ids: HashMap<mfp_core::RuntimeId, ()> = HashMap::new();
+    let own = mfp_core::RuntimeId::derive(raw.runtime.deployment_id.as_bytes(), raw.runtime.instance_id.as_bytes());
     for p in &raw.federation.peers {
-        if let Some(peer) = validate_peer(p, &mut problems) {
-            peers.push(peer);
+        if let Some(peer) = validate_peer(p, &names, &mut problems) {
+            let id = match &peer.kind {
+                PeerKind::Native { id, .. } => *id,
+                PeerKind::Pymfp { deployment_id, instance_id, .. } => {
+                    mfp_core::RuntimeId::derive(deployment_id.as_bytes(), instance_id.as_bytes())
+                }
+            };
+            if id == own {
+                problems.push(problem_at(&p.runtime_id, "a peer cannot be this runtime itself"));
+            } else if peer_ids.insert(id, ()).is_some() {
+                problems.push(problem_at(&p.runtime_id, "this peer runtime is configured twice"));
+            } else {
+                peer_names.insert(p.runtime_id.value.clone(), id);
+                peers.push(peer);
+            }
+        }
+    }
+    let native = raw.federation.peers.iter().find(|p| p.public_key.is_some());
+    let compat = raw.federation.peers.iter().find(|p| p.public_key.is_none());
+    if let (Some(_), Some(c)) = (native, compat) {
+        problems.push(problem_at(
+            &c.runtime_id,
+            "native peers (with public_key) and pymfp peers cannot be mixed in one server yet: run the pymfp peers from a second server",
+        ));
+    }
+    let federation_listen = match &raw.federation.listen {
+        None => None,
+        Some(l) => match l.value.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                problems.push(problem_at(l, "federation.listen must be ip:port (e.g. 0.0.0.0:9880, or 127.0.0.1:0)"));
+                None
+            }
+        },
+    };
+    if federation_listen.is_none()
+        && let Some(p) = raw.federation.peers.iter().find(|p| p.public_key.is_some() && p.endpoint.is_none())
+    {
+        problems.push(problem_at(
+            &p.runtime_id,
+            "this native peer has no endpoint and federation.listen is not set: no link could ever come up (give the peer an endpoint, or listen)",
+        ));
+    }
+    if federation_listen.is_some() && raw.federation.peers.is_empty() {
+        warnings.push("federation.listen is set but federation.peers is empty: nothing listens (a peer must be configured, with its pinned key, to be accepted)".into());
+    }
+    let identity_key = raw.federation.identity_key.as_ref().map(|k| resolve(base, &k.value));
+    if let (Some(k), Some(path)) = (&raw.federation.identity_key, &identity_key)
+        && !path.is_file()
+    {
+        problems.push(problem_at(
+            k,
+            format!(
+                "federation.identity_key {} does not exist or is not a file (create it with mfp-server keygen --identity FILE)",
+                path.display()
+            ),
+        ));
+    }
+    if let Some(n) = native
+        && raw.federation.identity_key.is_none()
+    {
+        problems.push(problem_at(
+            &n.runtime_id,
+            "a native peer needs federation.identity_key (create one with mfp-server keygen --identity FILE)",
+        ));
+    }
+    let mut fed_channels = Vec::new();
+    for c in &raw.federation.channels {
+        let mut ok = true;
+        if !names.contains_key(&c.agent.value) {
+            problems.push(problem_at(
+                &c.agent,
+                format!("federation channel names agent {:?}, which is not defined under agents:", c.agent.value),
+            ));
+            ok = false;
+        }
+        let peer = match peer_names.get(&c.peer.value) {
+            Some(id)
+                if raw
+                    .federation
+                    .peers
+                    .iter()
+                    .any(|p| p.runtime_id.value == c.peer.value && p.public_key.is_some()) =>
+            {
+                Some(*id)
+            }
+            Some(_) => {
+                problems.push(problem_at(&c.peer, "federation.channels are for native peers; a pymfp peer's channels are listed under its own channels:"));
+                None
+            }
+            None => {
+                problems.push(problem_at(
+                    &c.peer,
+                    format!("peer {:?} is not a runtime_id under federation.peers", c.peer.value),
+                ));
+                None
+            }
+        };
+        let remote = &c.remote_agent.value;
+        if remote.is_empty() || remote.len() > 64 {
+            problems.push(problem_at(&c.remote_agent, "remote_agent is the peer's agent name: 1 to 64 bytes"));
+            ok = false;
+        }
+        let depth = int_in(&mut problems, &c.depth, "federation channel depth", 2, 32);
+        if let (true, Some(peer), Some(depth)) = (ok, peer, depth) {
+            fed_channels.push(FedChannelSpec {
+                agent: c.agent.value.clone(),
+                peer,
+                peer_name: c.peer.value.clone(),
+                remote_agent: remote.clone(),
+                depth: depth as usize,
+            });
         }
     }
     if !peers.is_empty() && (raw.runtime.deployment_id.is_empty() || raw.runtime.instance_id.is_empty()) {
@@ -869,6 +1073,9 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
             agents,
             channels,
             peers,
+            federation_listen,
+            identity_key,
+            fed_channels,
             storage_path,
             key_file,
             log_format,
@@ -1127,34 +1334,108 @@ fn loc<T>(s: &Spanned<T>) -> (u64, u64) {
     (s.referenced.line(), s.referenced.column())
 }
 
-fn validate_peer(p: &PeerEntry, problems: &mut Vec<Problem>) -> Option<PeerSpec> {
-    let endpoint = p.endpoint.value.clone();
-    let port_ok =
-        endpoint.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-    if !port_ok {
-        problems.push(problem_at(&p.endpoint, "endpoint must be host:port"));
-        return None;
-    }
+fn validate_peer(p: &PeerEntry, agents: &HashMap<String, ()>, problems: &mut Vec<Problem>) -> Option<PeerSpec> {
+    let endpoint = match &p.endpoint {
+        Some(e) => {
+            let ok = e
+                .value
+                .rsplit_once(':')
+                .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                problems.push(problem_at(e, "endpoint must be host:port"));
+                return None;
+            }
+            Some(e.value.clone())
+        }
+        None if p.public_key.is_none() => {
+            problems.push(problem_at(&p.runtime_id, "a pymfp peer needs endpoint: host:port"));
+            return None;
+        }
+        None => None,
+    };
     if let Some(key) = &p.public_key {
+        let digits = key.value.trim();
+        let digits = digits.strip_prefix("mfp-x25519:").unwrap_or(digits);
         let mut bytes = [0u8; 32];
-        if hex::decode_to_slice(&key.value, &mut bytes).is_err() {
-            problems.push(problem_at(key, "public_key must be 64 hex digits"));
+        if hex::decode_to_slice(digits, &mut bytes).is_err() {
+            problems.push(problem_at(key, "public_key must be mfp-x25519:<64 hex digits> (what mfp-server identity prints) or the 64 hex digits alone"));
             return None;
         }
         if let Some(b) = &p.bootstrap {
             problems.push(problem_at(b, "bootstrap is for pymfp peers; a peer with public_key is native"));
             return None;
         }
-        if p.runtime_id.value.is_empty() {
-            problems.push(problem_at(&p.runtime_id, "runtime_id must not be empty"));
+        if let Some(c) = p.channels.as_ref().and_then(|c| c.first()) {
+            problems.push(problem_at(
+                &c.id,
+                "a native peer's channels are agreed on the wire: list them under federation.channels",
+            ));
             return None;
         }
+        let id = match native_runtime_id(&p.runtime_id.value) {
+            Some(id) => id,
+            None => {
+                problems.push(problem_at(
+                    &p.runtime_id,
+                    "a native peer's runtime_id is \"deployment_id/instance_id\" (its runtime section) or its 64-hex-digit runtime id",
+                ));
+                return None;
+            }
+        };
+        let max_in_flight_messages = match &p.max_in_flight_messages {
+            Some(m) => int_in(problems, m, "max_in_flight_messages", 1, 1 << 20)?,
+            None => DEFAULT_IN_FLIGHT_MESSAGES,
+        };
+        let max_in_flight_bytes = match &p.max_in_flight_bytes {
+            Some(m) => int_in(problems, m, "max_in_flight_bytes", 65_536, 1 << 30)?,
+            None => DEFAULT_IN_FLIGHT_BYTES,
+        };
+        let accept = match &p.accept {
+            None => None,
+            Some(list) => {
+                let mut out = Vec::new();
+                for n in &list.value {
+                    if !agents.contains_key(&n.value) {
+                        problems.push(problem_at(
+                            n,
+                            format!("accept names agent {:?}, which is not defined under agents:", n.value),
+                        ));
+                        return None;
+                    }
+                    out.push(n.value.clone());
+                }
+                Some(out)
+            }
+        };
         return Some(PeerSpec {
             endpoint,
-            kind: PeerKind::Native { runtime_id: p.runtime_id.value.clone(), public_key: bytes },
+            kind: PeerKind::Native {
+                runtime_id: p.runtime_id.value.clone(),
+                id,
+                public_key: bytes,
+                max_in_flight_messages: max_in_flight_messages as usize,
+                max_in_flight_bytes: max_in_flight_bytes as usize,
+                accept,
+            },
         });
     }
-    let Some((deployment_id, instance_id)) = p.runtime_id.value.split_once('/') else {
+    for (v, what) in [
+        (p.max_in_flight_messages.as_ref().map(loc), "max_in_flight_messages"),
+        (p.max_in_flight_bytes.as_ref().map(loc), "max_in_flight_bytes"),
+        (p.accept.as_ref().map(loc), "accept"),
+    ] {
+        if let Some((line, column)) = v {
+            problems.push(Problem {
+                line,
+                column,
+                message: format!("{what} is for native peers (with public_key); a pymfp peer has none"),
+            });
+            return None;
+        }
+    }
+    let Some((deployment_id, instance_id)) =
+        p.runtime_id.value.split_once('/').filter(|(d, i)| !d.is_empty() && !i.is_empty())
+    else {
         problems.push(problem_at(&p.runtime_id, "a pymfp peer's runtime_id is \"deployment_id/instance_id\""));
         return None;
     };
@@ -1165,14 +1446,50 @@ fn validate_peer(p: &PeerEntry, problems: &mut Vec<Problem>) -> Option<PeerSpec>
         }
         return None;
     }
+    let mut channels = Vec::new();
+    for c in p.channels.iter().flatten() {
+        let Ok(id) = c.id.value.trim().parse::<mfp_core::ChannelId>() else {
+            problems.push(problem_at(&c.id, "a pymfp channel's id is 32 hex digits, the same on both sides"));
+            return None;
+        };
+        if !agents.contains_key(&c.agent.value) {
+            problems.push(problem_at(
+                &c.agent,
+                format!("channel names agent {:?}, which is not defined under agents:", c.agent.value),
+            ));
+            return None;
+        }
+        let Ok(remote_agent) = c.remote_agent.value.trim().parse::<mfp_core::AgentId>() else {
+            problems.push(problem_at(&c.remote_agent, "remote_agent is the pymfp agent's id: 64 hex digits"));
+            return None;
+        };
+        let depth = int_in(problems, &c.depth, "channel depth", 2, 32)?;
+        if channels.iter().any(|x: &CompatChannelSpec| x.id == id) {
+            problems.push(problem_at(&c.id, "this channel id is listed twice"));
+            return None;
+        }
+        channels.push(CompatChannelSpec { id, agent: c.agent.value.clone(), remote_agent, depth: depth as usize });
+    }
     Some(PeerSpec {
         endpoint,
         kind: PeerKind::Pymfp {
             deployment_id: deployment_id.into(),
             instance_id: instance_id.into(),
             bootstrap: bootstrap.into(),
+            channels,
         },
     })
+}
+
+/// A native peer's runtime id: `deployment/instance` (derived as the peer derives its own)
+/// or 64 hex digits.
+fn native_runtime_id(text: &str) -> Option<mfp_core::RuntimeId> {
+    if let Some((d, i)) = text.split_once('/').filter(|(d, i)| !d.is_empty() && !i.is_empty()) {
+        return Some(mfp_core::RuntimeId::derive(d.as_bytes(), i.as_bytes()));
+    }
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text, &mut bytes).ok()?;
+    Some(mfp_core::RuntimeId::from_bytes(bytes))
 }
 
 /// Names used more than once in a list (for channel pair counting).
@@ -1274,12 +1591,30 @@ mod tests {
     }
 
     #[test]
+    fn federation_listen_without_peers_warns() {
+        let v = p("federation:\n  listen: \"127.0.0.1:0\"\n").unwrap();
+        assert_eq!(v.federation_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert!(v.warnings.iter().any(|w| w.contains("nothing listens")), "{:?}", v.warnings);
+        assert!(!p("").unwrap().warnings.iter().any(|w| w.contains("nothing listens")));
+    }
+
+    #[test]
     fn peers_pymfp_and_native() {
-        let v = p("runtime:\n  deployment_id: d\n  instance_id: i\nfederation:\n  peers:\n    - runtime_id: prod/b\n      endpoint: 10.0.0.2:9876\n    - runtime_id: other\n      endpoint: h:1\n      public_key: \"0000000000000000000000000000000000000000000000000000000000000001\"\n").unwrap();
+        let v = p("runtime:\n  deployment_id: d\n  instance_id: i\nfederation:\n  peers:\n    - runtime_id: prod/b\n      endpoint: 10.0.0.2:9876\n").unwrap();
         assert!(
-            matches!(&v.peers[0].kind, PeerKind::Pymfp { deployment_id, instance_id, bootstrap } if deployment_id == "prod" && instance_id == "b" && bootstrap == "deterministic")
+            matches!(&v.peers[0].kind, PeerKind::Pymfp { deployment_id, instance_id, bootstrap, channels } if deployment_id == "prod" && instance_id == "b" && bootstrap == "deterministic" && channels.is_empty())
         );
-        assert!(matches!(&v.peers[1].kind, PeerKind::Native { public_key, .. } if public_key[31] == 1));
+        let key = std::env::temp_dir().join(format!("mfp-cfg-idkey-{}", std::process::id()));
+        std::fs::write(&key, "x").unwrap();
+        let text = format!(
+            "runtime:\n  deployment_id: d\n  instance_id: i\nfederation:\n  identity_key: {}\n  peers:\n    - runtime_id: prod/other\n      endpoint: h:1\n      public_key: \"mfp-x25519:0000000000000000000000000000000000000000000000000000000000000001\"\n",
+            key.display()
+        );
+        let v = p(&text).unwrap();
+        std::fs::remove_file(&key).ok();
+        assert!(
+            matches!(&v.peers[0].kind, PeerKind::Native { public_key, id, accept: None, max_in_flight_messages: 1024, .. } if public_key[31] == 1 && *id == mfp_core::RuntimeId::derive(b"prod", b"other"))
+        );
         let e = errors("federation:\n  peers:\n    - runtime_id: prod/b\n      endpoint: nohost\n");
         assert!(e.contains("test.yaml:4:") && e.contains("host:port"), "{e}");
     }
@@ -1325,11 +1660,12 @@ mod tests {
         assert_eq!(
             v.peers[1],
             PeerSpec {
-                endpoint: "partner.example.com:9876".into(),
+                endpoint: Some("partner.example.com:9876".into()),
                 kind: PeerKind::Pymfp {
                     deployment_id: "partner-org".into(),
                     instance_id: "gateway".into(),
-                    bootstrap: "ceremonial".into()
+                    bootstrap: "ceremonial".into(),
+                    channels: Vec::new(),
                 }
             }
         );
@@ -1341,7 +1677,7 @@ mod tests {
             let v = fixture(file).unwrap();
             assert_eq!(v.runtime.instance_id, me.as_bytes());
             assert!(
-                matches!(&v.peers[0].kind, PeerKind::Pymfp { deployment_id, instance_id, bootstrap } if deployment_id == "prod" && instance_id == peer && bootstrap == "deterministic")
+                matches!(&v.peers[0].kind, PeerKind::Pymfp { deployment_id, instance_id, bootstrap, .. } if deployment_id == "prod" && instance_id == peer && bootstrap == "deterministic")
             );
         }
     }

@@ -5,6 +5,7 @@ mod adapter;
 mod admin;
 mod agents;
 mod config;
+mod federation;
 mod inbox;
 mod keygen;
 mod mcp;
@@ -54,12 +55,23 @@ enum Cmd {
         /// The YAML configuration file.
         file: PathBuf,
     },
-    /// Generates a storage master key file (64 hex digits, mode 0600; never overwrites).
-    /// A runtime identity key will come with federation.
+    /// Generates a storage master key file (`--out FILE`: 64 hex digits, mode 0600), or a
+    /// runtime identity key for federation (`--identity FILE`: mode 0600, prints the public
+    /// half for peers to pin). Never overwrites a file.
     Keygen {
-        /// Where to write the key.
+        /// Where to write a storage master key.
+        #[arg(long, short, conflicts_with = "identity", required_unless_present = "identity")]
+        out: Option<PathBuf>,
+        /// Where to write a runtime identity key (federation).
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
+    /// Prints the public half of a runtime identity key (`mfp-x25519:<hex>`), what peers pin
+    /// as their `public_key`. Never prints the secret.
+    Identity {
+        /// The identity key file (`mfp-server keygen --identity`).
         #[arg(long, short)]
-        out: PathBuf,
+        key: PathBuf,
     },
     /// Serves one mcp agent over stdin and stdout: what an MCP host launches. Runs the
     /// runtime of the configuration itself (every agent, no listeners); do not run it while a
@@ -103,11 +115,10 @@ fn main() -> ExitCode {
                     eprintln!("{}: warning: {w}", file.display());
                 }
                 for p in &v.peers {
-                    if matches!(p.kind, config::PeerKind::Pymfp { .. }) {
+                    if let config::PeerKind::Pymfp { deployment_id, instance_id, .. } = &p.kind {
                         eprintln!(
-                            "{}: warning: peer {} is pymfp-style: unauthenticated, and not connected (federation is not built yet)",
+                            "{}: warning: peer {deployment_id}/{instance_id} is a pymfp compat peer: UNAUTHENTICATED, and unsafe when both sides send at once (see docs/interop.md)",
                             file.display(),
-                            p.endpoint
                         );
                     }
                 }
@@ -132,9 +143,37 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Cmd::Keygen { out }) => match keygen::keygen(&out) {
+        Some(Cmd::Keygen { out: Some(out), identity: None }) => match keygen::keygen(&out) {
             Ok(()) => {
                 println!("wrote a storage master key to {} (mode 0600); keep a copy somewhere safe", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Cmd::Keygen { identity: Some(path), .. }) => match keygen::identity_keygen(&path) {
+            Ok(public) => {
+                eprintln!(
+                    "wrote a runtime identity key to {} (mode 0600); set federation.identity_key to it, and give peers this public key to pin:",
+                    path.display()
+                );
+                println!("{public}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Cmd::Keygen { out: None, identity: None }) => {
+            eprintln!("error: keygen needs --out FILE (storage master key) or --identity FILE (runtime identity key)");
+            ExitCode::from(2)
+        }
+        Some(Cmd::Identity { key }) => match keygen::identity_public(&key) {
+            Ok(public) => {
+                println!("{public}");
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use crate::adapter::{AgentRef, KeySource, Mfp};
 use crate::admin::{AdminState, MetricsCollector};
 use crate::agents::{self, Counters, Ended, Groups, Shared};
-use crate::config::{AgentKind, PeerKind, TokenSource, Validated};
+use crate::config::{AgentKind, TokenSource, Validated};
 use crate::inbox::Inbox;
 use crate::mcp::McpAgent;
 use crate::webhook::{self, Caller};
@@ -116,28 +116,17 @@ pub(crate) async fn run(cfg: Validated, mode: Mode) -> Result<(), RunError> {
     for w in &cfg.warnings {
         tracing::warn!("{}: {w}", cfg.file.display());
     }
-    for p in &cfg.peers {
-        match &p.kind {
-            PeerKind::Pymfp { deployment_id, instance_id, bootstrap } => tracing::warn!(
-                peer = %format!("{deployment_id}/{instance_id}"), endpoint = %p.endpoint, %bootstrap,
-                "PEER NOT CONNECTED: federation is not built yet; this pymfp-style peer would be an unauthenticated link"
-            ),
-            PeerKind::Native { runtime_id, .. } => tracing::warn!(
-                peer = %runtime_id, endpoint = %p.endpoint,
-                "PEER NOT CONNECTED: federation is not built yet; /readyz does not wait for peers"
-            ),
-        }
-    }
-    if !cfg.peers.is_empty() {
-        tracing::warn!(host = %cfg.transport.host, port = cfg.transport.port.value, "transport: nothing listens for federation yet");
-    }
-
     let counters = Arc::new(Counters::default());
     let groups = Arc::new(Groups::default());
-    let collector = Arc::new(MetricsCollector { mfp: std::sync::OnceLock::new(), counters: Arc::clone(&counters) });
+    let fed_slot: crate::admin::FedSlot = Arc::default();
+    let collector = Arc::new(MetricsCollector {
+        mfp: std::sync::OnceLock::new(),
+        counters: Arc::clone(&counters),
+        federation: Arc::clone(&fed_slot),
+    });
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(Arc::clone(&collector)));
-    let admin_state = Arc::new(AdminState { ready: false.into(), registry });
+    let admin_state = Arc::new(AdminState { ready: false.into(), registry, federation: Arc::clone(&fed_slot) });
 
     // Listeners first: a port in use stops the start before anything else happens.
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
@@ -177,10 +166,6 @@ pub(crate) async fn run(cfg: Validated, mode: Mode) -> Result<(), RunError> {
         addrs.insert("mcp".into(), local.to_string().into());
         Some(l)
     };
-    if let Some(p) = &port_file {
-        write_port_file(p, &serde_json::Value::Object(addrs))
-            .map_err(|e| RunError::Other(format!("--port-file {}: {e}", p.display())))?;
-    }
 
     // The runtime, on its storage.
     if let Some(parent) = cfg.storage_path.as_deref().and_then(Path::parent)
@@ -251,6 +236,21 @@ pub(crate) async fn run(cfg: Validated, mode: Mode) -> Result<(), RunError> {
     }
     let created = mfp.ensure_channels(&cfg.channels, &refs)?;
     tracing::info!(agents = refs.len(), channels_created = created, "agents and channels set up");
+
+    // Federation, once the agents exist (a peer may open a channel with one at once).
+    // /readyz does not wait for peers: a peer being down is not this server being unready.
+    let federation = crate::federation::start(&cfg, &mfp, &refs).await.map_err(|e| RunError::Other(e.to_string()))?;
+    let federation = federation.map(Arc::new);
+    if let Some(f) = &federation {
+        if let Some(a) = f.local_addr().filter(|_| listen) {
+            addrs.insert("federation".into(), a.to_string().into());
+        }
+        *collector.federation.write() = Some(Arc::clone(f));
+    }
+    if let Some(p) = &port_file {
+        write_port_file(p, &serde_json::Value::Object(addrs))
+            .map_err(|e| RunError::Other(format!("--port-file {}: {e}", p.display())))?;
+    }
 
     let mut subprocesses: JoinSet<Ended> = JoinSet::new();
     let mut others = JoinSet::new();
@@ -436,6 +436,29 @@ pub(crate) async fn run(cfg: Validated, mode: Mode) -> Result<(), RunError> {
     }
     let _ = stop_tx.send(true);
     while subprocesses.join_next().await.is_some() {}
+    if let Some(mut f) = federation {
+        collector.federation.write().take();
+        // A scrape may hold it for a moment.
+        let mut tries = 0;
+        loop {
+            match Arc::try_unwrap(f) {
+                Ok(running) => {
+                    running.shutdown().await;
+                    tracing::info!("federation links closed");
+                    break;
+                }
+                Err(back) if tries < 100 => {
+                    f = back;
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(_) => {
+                    tracing::warn!("federation still in use at shutdown; its links are dropped");
+                    break;
+                }
+            }
+        }
+    }
     mfp.shutdown().await;
     others.abort_all();
     if let Some(t) = http_task {

@@ -1,0 +1,310 @@
+//! The server's federation: native peers over authenticated links
+//! ([`mfp_federation::federation::Federation`]) or pymfp compat peers
+//! ([`mfp_federation::compat_net::CompatNetwork`]), started after the runtime and its agents.
+//!
+//! A runtime takes one transport, so one server runs either native peers or pymfp peers
+//! (the configuration refuses a mix). The cross-runtime channels of `federation.channels`
+//! are opened by a task once each peer's link is up, retried with backoff; a channel the
+//! runtime restored from storage is not opened again.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mfp_core::RuntimeId;
+use mfp_federation::compat::{Bootstrap, CompatChannel, CompatPeer};
+use mfp_federation::compat_net::{CompatNetConfig, CompatNetwork};
+use mfp_federation::control::Target;
+use mfp_federation::federation::{AcceptPolicy, FederatedPeer, Federation, FederationConfig};
+use mfp_federation::net::{NetConfig, PeerConfig};
+use mfp_federation::{IdentityKey, PublicKey};
+
+use crate::adapter::{AgentRef, Mfp};
+use crate::config::{FedChannelSpec, PeerKind, Validated};
+
+/// First delay before opening a configured channel again after a failure.
+const RETRY_INITIAL: Duration = Duration::from_millis(200);
+/// Largest delay between attempts.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Why the federation could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum FedStartError {
+    /// The identity key file could not be loaded.
+    #[error("federation.identity_key {path}: {reason}")]
+    Identity { path: String, reason: String },
+    /// The native federation did not start.
+    #[error("federation: {0} (check federation.listen and the peers)")]
+    Native(String),
+    /// The pymfp compat network did not start.
+    #[error("federation (pymfp peers): {0}")]
+    Compat(String),
+}
+
+/// Counters read at each scrape.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FedStats {
+    pub(crate) peers: u64,
+    pub(crate) links_up: u64,
+    pub(crate) handshakes: u64,
+    pub(crate) handshake_failures: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) channels_opened: u64,
+}
+
+/// The running federation.
+pub(crate) enum Running {
+    /// Native peers.
+    Native {
+        fed: Arc<Federation>,
+        peers: Vec<RuntimeId>,
+        opener: Option<tokio::task::JoinHandle<()>>,
+        opened: Arc<std::sync::atomic::AtomicU64>,
+    },
+    /// pymfp compat peers.
+    Compat { net: CompatNetwork, peers: Vec<RuntimeId> },
+}
+
+impl Running {
+    /// Where the federation listens, if it does.
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Running::Native { fed, .. } => fed.local_addr(),
+            Running::Compat { net, .. } => net.local_addr(),
+        }
+    }
+
+    /// Counters now.
+    pub(crate) fn stats(&self) -> FedStats {
+        match self {
+            Running::Native { fed, peers, opened, .. } => {
+                let n = fed.net_stats().unwrap_or_default();
+                FedStats {
+                    peers: peers.len() as u64,
+                    links_up: peers.iter().filter(|p| fed.is_up(p)).count() as u64,
+                    handshakes: n.handshakes_ok,
+                    handshake_failures: n.handshakes_failed,
+                    bytes_in: n.bytes_in,
+                    bytes_out: n.bytes_out,
+                    channels_opened: opened.load(std::sync::atomic::Ordering::Relaxed),
+                }
+            }
+            Running::Compat { net, peers } => FedStats {
+                peers: peers.len() as u64,
+                links_up: peers.iter().filter(|p| net.is_up(p)).count() as u64,
+                ..FedStats::default()
+            },
+        }
+    }
+
+    /// The compat network's own Prometheus text (pymfp peers only).
+    pub(crate) fn compat_prometheus(&self) -> Option<String> {
+        match self {
+            Running::Compat { net, .. } => Some(net.stats().prometheus()),
+            Running::Native { .. } => None,
+        }
+    }
+
+    /// Closes the links (native: a Close message to each peer) and stops the tasks.
+    pub(crate) async fn shutdown(self) {
+        match self {
+            Running::Native { fed, opener, .. } => {
+                if let Some(t) = opener {
+                    t.abort();
+                    let _ = t.await;
+                }
+                match Arc::try_unwrap(fed) {
+                    Ok(fed) => fed.shutdown().await,
+                    Err(_) => tracing::warn!("federation still in use at shutdown; its links are dropped"),
+                }
+            }
+            Running::Compat { net, .. } => net.shutdown().await,
+        }
+    }
+}
+
+/// Starts the federation of `cfg` on `mfp`'s runtime; `None` when no peer is configured.
+pub(crate) async fn start(
+    cfg: &Validated,
+    mfp: &Mfp,
+    agents: &HashMap<String, AgentRef>,
+) -> Result<Option<Running>, FedStartError> {
+    if cfg.peers.is_empty() {
+        return Ok(None);
+    }
+    if cfg.peers.iter().any(|p| matches!(p.kind, PeerKind::Native { .. })) {
+        start_native(cfg, mfp, agents).await.map(Some)
+    } else {
+        start_compat(cfg, mfp, agents).await.map(Some)
+    }
+}
+
+async fn start_native(
+    cfg: &Validated,
+    mfp: &Mfp,
+    agents: &HashMap<String, AgentRef>,
+) -> Result<Running, FedStartError> {
+    let Some(path) = &cfg.identity_key else {
+        return Err(FedStartError::Native("a native peer needs federation.identity_key".into()));
+    };
+    let identity = IdentityKey::load(path)
+        .map_err(|e| FedStartError::Identity { path: path.display().to_string(), reason: e.to_string() })?;
+    tracing::info!(public_key = %identity.public(), "federation identity (peers pin this key)");
+    let mut net = NetConfig::default();
+    net.listen = cfg.federation_listen;
+    let mut peers = Vec::new();
+    let mut ids = Vec::new();
+    for p in &cfg.peers {
+        let PeerKind::Native { runtime_id, id, public_key, max_in_flight_messages, max_in_flight_bytes, accept } =
+            &p.kind
+        else {
+            continue;
+        };
+        let mut fp = FederatedPeer::new(PeerConfig {
+            runtime: *id,
+            endpoint: p.endpoint.clone(),
+            key: PublicKey::from_bytes(*public_key),
+        });
+        fp.max_in_flight_messages = *max_in_flight_messages;
+        fp.max_in_flight_bytes = *max_in_flight_bytes;
+        fp.accept = match accept {
+            None => AcceptPolicy::Any,
+            Some(list) if list.is_empty() => AcceptPolicy::Nobody,
+            Some(list) => AcceptPolicy::Named(list.clone()),
+        };
+        tracing::info!(peer = %runtime_id, runtime = %id.short(), endpoint = p.endpoint.as_deref().unwrap_or("(waits for it to dial)"), "federation peer");
+        peers.push(fp);
+        ids.push(*id);
+    }
+    let fed = Federation::start(mfp.runtime(), identity, FederationConfig::new(net, peers))
+        .await
+        .map_err(|e| FedStartError::Native(e.to_string()))?;
+    if let Some(a) = fed.local_addr() {
+        tracing::info!(addr = %a, "federation listener bound");
+    }
+    let fed = Arc::new(fed);
+    let opened = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // The configured channels the runtime does not have yet (restored ones are counted
+    // per local agent and peer runtime).
+    let mut existing: HashMap<(String, RuntimeId), usize> = HashMap::new();
+    let mut wanted: Vec<(FedChannelSpec, mfp_core::AgentId)> = Vec::new();
+    for c in &cfg.fed_channels {
+        let Some(agent) = agents.get(&c.agent) else { continue };
+        let key = (c.agent.clone(), c.peer);
+        if !existing.contains_key(&key) {
+            let n = agent
+                .channels_with_runtime(&c.peer)
+                .map_err(|e| FedStartError::Native(format!("agent {}: channels: {e}", c.agent)))?;
+            existing.insert(key.clone(), n);
+        }
+        if let Some(n) = existing.get_mut(&key)
+            && *n > 0
+        {
+            *n -= 1;
+            tracing::info!(agent = %c.agent, peer = %c.peer_name, remote_agent = %c.remote_agent, "federation channel restored from storage");
+            continue;
+        }
+        wanted.push((c.clone(), agent.id()));
+    }
+    let opener =
+        (!wanted.is_empty()).then(|| tokio::spawn(open_channels(Arc::clone(&fed), wanted, Arc::clone(&opened))));
+    Ok(Running::Native { fed, peers: ids, opener, opened })
+}
+
+/// Opens each wanted channel once its peer's link is up; a failure is retried with backoff.
+async fn open_channels(
+    fed: Arc<Federation>,
+    wanted: Vec<(FedChannelSpec, mfp_core::AgentId)>,
+    opened: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    for (c, local) in wanted {
+        let fed = Arc::clone(&fed);
+        let opened = Arc::clone(&opened);
+        set.spawn(async move {
+            let mut delay = RETRY_INITIAL;
+            loop {
+                if fed.wait_up(&c.peer).await.is_err() {
+                    return;
+                }
+                match fed.open_channel(local, c.peer, Target::Name(c.remote_agent.clone()), c.depth).await {
+                    Ok(id) => {
+                        opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!(agent = %c.agent, peer = %c.peer_name, remote_agent = %c.remote_agent, channel = %id.short(), depth = c.depth, "federation channel opened");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(agent = %c.agent, peer = %c.peer_name, remote_agent = %c.remote_agent, error = %e, retry_in_ms = delay.as_millis() as u64, "federation channel not opened yet");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(RETRY_MAX);
+                    }
+                }
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+async fn start_compat(
+    cfg: &Validated,
+    mfp: &Mfp,
+    agents: &HashMap<String, AgentRef>,
+) -> Result<Running, FedStartError> {
+    let mut peers = Vec::new();
+    let mut ids = Vec::new();
+    for p in &cfg.peers {
+        let PeerKind::Pymfp { deployment_id, instance_id, bootstrap, channels } = &p.kind else { continue };
+        let name = format!("{deployment_id}/{instance_id}");
+        if bootstrap != "deterministic" {
+            return Err(FedStartError::Compat(format!(
+                "peer {name}: bootstrap: {bootstrap} is not supported by the server yet (its keys cannot be configured here); use deterministic, or connect through the library (docs/interop.md)"
+            )));
+        }
+        let endpoint = p.endpoint.clone().unwrap_or_default();
+        let mut peer = CompatPeer::new(&name, &endpoint, Bootstrap::Deterministic)
+            .map_err(|e| FedStartError::Compat(e.to_string()))?;
+        for c in channels {
+            let Some(agent) = agents.get(&c.agent) else { continue };
+            // A channel restored from storage is kept as it is.
+            if agent.has_channel(&c.id).map_err(|e| FedStartError::Compat(format!("agent {}: {e}", c.agent)))? {
+                continue;
+            }
+            peer.add_channel(CompatChannel {
+                id: c.id,
+                depth: c.depth,
+                local_agent: agent.id(),
+                remote_agent: c.remote_agent,
+            })
+            .map_err(|e| FedStartError::Compat(e.to_string()))?;
+        }
+        ids.push(RuntimeId::derive(deployment_id.as_bytes(), instance_id.as_bytes()));
+        peers.push(peer);
+    }
+    // pymfp listens on transport.host:port whenever peers are configured.
+    let listen = match cfg.federation_listen {
+        Some(a) => a,
+        None => {
+            let addr = format!("{}:{}", bracket(&cfg.transport.host), cfg.transport.port.value);
+            addr.parse().map_err(|_| {
+                FedStartError::Compat(format!(
+                    "transport.host {:?} is not an IP address: set federation.listen to ip:port",
+                    cfg.transport.host
+                ))
+            })?
+        }
+    };
+    let config = CompatNetConfig { listen: Some(listen), ..CompatNetConfig::default() };
+    let net =
+        CompatNetwork::start(mfp.runtime(), peers, config).await.map_err(|e| FedStartError::Compat(e.to_string()))?;
+    if let Some(a) = net.local_addr() {
+        tracing::warn!(addr = %a, "listening for pymfp peers: UNAUTHENTICATED (see docs/interop.md)");
+    }
+    Ok(Running::Compat { net, peers: ids })
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() }
+}

@@ -1,0 +1,571 @@
+//! Two `mfp-server` processes federated over 127.0.0.1 with native (authenticated) peers:
+//! identity keys from `mfp-server keygen --identity`, a cross-runtime channel from
+//! configuration, messages crossing both ways and counted in `/metrics` on both sides, a
+//! restart that keeps the channel (restored from storage, not opened again); and a
+//! configuration error for each federation setting. Every wait is bounded; the servers
+//! are stopped when a test ends, whatever happens.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Longest any single wait in these tests may take.
+const WAIT: Duration = Duration::from_secs(60);
+const BIN: &str = env!("CARGO_BIN_EXE_mfp-server");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mfp-server-fed-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Server {
+    child: Child,
+    lines: Receiver<String>,
+    all: Arc<Mutex<Vec<String>>>,
+    eof: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Server {
+    fn start(file: &Path, config: &str) -> Server {
+        std::fs::write(file, config).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(file)
+            .env_remove("MFP_LOG_LEVEL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = channel();
+        let all = Arc::new(Mutex::new(Vec::new()));
+        let all2 = Arc::clone(&all);
+        let stderr = child.stderr.take().unwrap();
+        let eof = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let eof2 = Arc::clone(&eof);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                all2.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+            eof2.store(true, std::sync::atomic::Ordering::Release);
+        });
+        Server { child, lines: rx, all, eof }
+    }
+
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no log line with {needle:?} in {WAIT:?}; log:\n{}", self.log())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("server ended before logging {needle:?}; log:\n{}", self.log())
+                }
+            }
+        }
+    }
+
+    fn find_or_wait(&mut self, needle: &str) -> String {
+        let seen = self.all.lock().unwrap().iter().find(|l| l.contains(needle)).cloned();
+        match seen {
+            Some(l) => l,
+            None => self.wait_for(needle),
+        }
+    }
+
+    fn log(&self) -> String {
+        self.all.lock().unwrap().join("\n")
+    }
+
+    /// The address logged as `addr=` on the first line containing `needle`.
+    fn addr(&mut self, needle: &str) -> String {
+        let line = self.find_or_wait(needle);
+        line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_string()
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                while !self.eof.load(std::sync::atomic::Ordering::Acquire) {
+                    assert!(Instant::now() < deadline, "the server's stderr did not end; log:\n{}", self.log());
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                return s;
+            }
+            assert!(Instant::now() < deadline, "server did not exit; log:\n{}", self.log());
+            // Polling a child's exit status: std offers no wait with a timeout.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal(rustix::process::Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 request; returns (status, body).
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Scrapes `/metrics` until `done` holds (bounded); returns the last body.
+fn metrics_until(admin: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = http(admin, "GET", "/metrics", &[], "");
+        assert_eq!(status, 200);
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "metrics never reached the expected values:\n{body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads one HTTP request from a test webhook connection; returns its body.
+fn read_body(c: &mut TcpStream) -> Option<String> {
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if c.read(&mut byte).ok()? != 1 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))?;
+    let mut body = vec![0u8; len];
+    c.read_exact(&mut body).ok()?;
+    Some(String::from_utf8_lossy(&body).to_string())
+}
+
+/// A webhook receiver: every delivery's body goes to the returned channel (answered 200).
+fn hook() -> (String, Receiver<String>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let Some(body) = read_body(&mut c) else { continue };
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if tx.send(body).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// `mfp-server keygen --identity FILE`; returns the printed public key.
+fn identity(path: &Path) -> String {
+    let out = Command::new(BIN).args(["keygen", "--identity"]).arg(path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(public.starts_with("mfp-x25519:"), "{public}");
+    public
+}
+
+const TOKEN: &str = "federation-token-0123456789";
+
+/// Runtime a (listens; builtin echo) and runtime b (dials a; a webhook driver with a
+/// configured channel to a's echo). Messages b → a are echoed a → b.
+#[test]
+fn two_servers_federate_with_a_configured_channel() {
+    let dir = temp_dir("two");
+    let (ka, kb) = (dir.join("a.key"), dir.join("b.key"));
+    let (pa, pb) = (identity(&ka), identity(&kb));
+    // `identity` prints the same public half; keygen never overwrites.
+    let out = Command::new(BIN).args(["identity", "--key"]).arg(&ka).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), pa);
+    let again = Command::new(BIN).args(["keygen", "--identity"]).arg(&ka).output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+
+    let config_a = format!(
+        "runtime:\n  deployment_id: fedtest\n  instance_id: a\nstorage:\n  path: \"{}\"\nadmin:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\nfederation:\n  listen: \"127.0.0.1:0\"\n  identity_key: \"{}\"\n  peers:\n    - runtime_id: fedtest/b\n      public_key: \"{pb}\"\n      accept: [echo]\n",
+        dir.join("a.db").display(),
+        ka.display()
+    );
+    let mut a = Server::start(&dir.join("a.yaml"), &config_a);
+    a.find_or_wait("INFO mfp_server::server: ready");
+    let a_admin = a.addr("admin listener bound");
+    let a_fed = a.addr("federation listener bound");
+    assert_eq!(http(&a_admin, "GET", "/readyz", &[], "").0, 200, "ready without its peer");
+
+    let (hook_addr, deliveries) = hook();
+    let config_b = format!(
+        "runtime:\n  deployment_id: fedtest\n  instance_id: b\nstorage:\n  path: \"{}\"\nadmin:\n  port: 0\nhttp:\n  port: 0\nagents:\n  - name: driver\n    type: webhook\n    url: \"http://{hook_addr}/in\"\n    token: \"{TOKEN}\"\nfederation:\n  identity_key: \"{}\"\n  peers:\n    - runtime_id: fedtest/a\n      endpoint: \"{a_fed}\"\n      public_key: \"{pa}\"\n      max_in_flight_messages: 64\n  channels:\n    - agent: driver\n      peer: fedtest/a\n      remote_agent: echo\n      depth: 4\n",
+        dir.join("b.db").display(),
+        kb.display()
+    );
+    let file_b = dir.join("b.yaml");
+    let mut b = Server::start(&file_b, &config_b);
+    b.find_or_wait("federation channel opened");
+    let b_admin = b.addr("admin listener bound");
+    let b_http = b.addr("http listener bound");
+    let auth = format!("Bearer {TOKEN}");
+    let rpc = |addr: &str, body: &str| {
+        let (status, reply) = http(addr, "POST", "/agents/driver", &[("Authorization", &auth)], body);
+        assert_eq!(status, 200, "{reply}");
+        reply
+    };
+    // The driver sees the channel with the peer runtime.
+    let a_id = {
+        let out = rpc(&b_http, r#"{"jsonrpc":"2.0","id":1,"method":"channels"}"#);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let list = v["result"].as_array().unwrap();
+        assert_eq!(list.len(), 1, "{out}");
+        assert!(list[0]["peer_runtime"].as_str().is_some_and(|r| r.len() == 64), "{out}");
+        (list[0]["channel"].as_str().unwrap().to_string(), list[0]["peer_runtime"].as_str().unwrap().to_string())
+    };
+    let (channel_id, peer_runtime) = a_id;
+
+    const N: usize = 5;
+    let send = |payload: &str| {
+        rpc(
+            &b_http,
+            &format!(
+                r#"{{"jsonrpc":"2.0","id":2,"method":"send","params":{{"channel":"{channel_id}","payload":"{payload}"}}}}"#
+            ),
+        )
+    };
+    for i in 0..N {
+        let r = send(&format!("hello-{i}"));
+        assert!(r.contains(&format!("\"step\":{i}")), "{r}");
+    }
+    // Each comes back from a's echo, in order.
+    for i in 0..N {
+        let body = deliveries.recv_timeout(WAIT).expect("an echo from runtime a");
+        assert!(body.contains(&format!(r#""payload":"hello-{i}""#)) && body.contains(&channel_id), "{body}");
+    }
+    let done = |body: &str| {
+        metric(body, "mfp_remote_messages_sent_total") == N as u64
+            && metric(body, "mfp_remote_messages_received_total") == N as u64
+    };
+    let ma = metrics_until(&a_admin, done);
+    let mb = metrics_until(&b_admin, done);
+    for m in [&ma, &mb] {
+        assert_eq!(metric(m, "mfp_federation_links_up"), 1, "{m}");
+        assert_eq!(metric(m, "mfp_federation_peers"), 1, "{m}");
+        assert!(metric(m, "mfp_federation_handshakes_total") >= 1, "{m}");
+        assert_eq!(metric(m, "mfp_remote_messages_rejected_total"), 0, "{m}");
+        assert!(metric(m, "mfp_federation_sent_bytes_total") > 0, "{m}");
+    }
+    assert_eq!(metric(&mb, "mfp_federation_channels_opened_total"), 1, "{mb}");
+    assert_eq!(metric(&ma, "mfp_federation_channels_opened_total"), 0, "{ma}");
+
+    // b stops gracefully (its links are closed) and starts again on its storage: the
+    // channel is restored, not opened again, and messages cross again.
+    b.signal(rustix::process::Signal::TERM);
+    assert!(b.wait_exit().success(), "{}", b.log());
+    assert!(b.log().contains("federation links closed"), "{}", b.log());
+    drop(b);
+    let mut b = Server::start(&file_b, &config_b);
+    b.find_or_wait("federation channel restored from storage");
+    b.find_or_wait("INFO mfp_server::server: ready");
+    let b_http = b.addr("http listener bound");
+    let out = http(
+        &b_http,
+        "POST",
+        "/agents/driver",
+        &[("Authorization", &auth)],
+        r#"{"jsonrpc":"2.0","id":1,"method":"channels"}"#,
+    )
+    .1;
+    assert!(out.contains(&channel_id) && out.contains(&peer_runtime), "{out}");
+    let r = http(
+        &b_http,
+        "POST",
+        "/agents/driver",
+        &[("Authorization", &auth)],
+        &format!(
+            r#"{{"jsonrpc":"2.0","id":3,"method":"send","params":{{"channel":"{channel_id}","payload":"after-restart"}}}}"#
+        ),
+    );
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert!(r.1.contains(&format!("\"step\":{N}")), "the channel goes on where it was: {}", r.1);
+    let body = deliveries.recv_timeout(WAIT).expect("an echo after the restart");
+    assert!(body.contains(r#""payload":"after-restart""#), "{body}");
+    assert!(!b.log().contains("federation channel opened"), "{}", b.log());
+    drop(b);
+    drop(a);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `check-config` on `yaml`: (exit code, stderr).
+fn check(dir: &Path, yaml: &str) -> (Option<i32>, String) {
+    let file = dir.join("check.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(BIN).arg("check-config").arg(&file).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+/// Every federation setting refuses a bad value with its line and column.
+#[test]
+fn federation_config_errors_have_locations() {
+    let dir = temp_dir("cfg");
+    let key = dir.join("id.key");
+    let public = identity(&key);
+    let k = key.display().to_string();
+    let head = "runtime:\n  deployment_id: d\n  instance_id: i\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\n";
+    let native = |extra_peer: &str, rest: &str| {
+        format!(
+            "{head}federation:\n  identity_key: \"{k}\"\n  peers:\n    - runtime_id: d/p\n      endpoint: \"127.0.0.1:1\"\n      public_key: \"{public}\"\n{extra_peer}{rest}"
+        )
+    };
+    // The valid base passes.
+    let (code, err) = check(&dir, &native("", ""));
+    assert_eq!(code, Some(0), "{err}");
+    let cases: Vec<(String, &str)> = vec![
+        (format!("{head}federation:\n  listen: nowhere\n"), "check.yaml:9:11: federation.listen must be ip:port"),
+        (
+            format!("{head}federation:\n  identity_key: \"{}\"\n", dir.join("missing").display()),
+            "check.yaml:9:17: federation.identity_key",
+        ),
+        (
+            format!(
+                "{head}federation:\n  peers:\n    - runtime_id: d/p\n      endpoint: \"127.0.0.1:1\"\n      public_key: \"{public}\"\n"
+            ),
+            "check.yaml:10:19: a native peer needs federation.identity_key",
+        ),
+        (native("", "").replace(&public, "mfp-x25519:12"), "check.yaml:13:19: public_key must be"),
+        (
+            native("", "").replace("runtime_id: d/p", "runtime_id: nameonly"),
+            "check.yaml:11:19: a native peer's runtime_id",
+        ),
+        (native("      max_in_flight_messages: 0\n", ""), "check.yaml:14:31: max_in_flight_messages must be between"),
+        (native("      max_in_flight_bytes: 10\n", ""), "check.yaml:14:28: max_in_flight_bytes must be between"),
+        (native("      accept: [echo, ghost]\n", ""), "check.yaml:14:22: accept names agent \"ghost\""),
+        (
+            native("", "  channels:\n    - agent: ghost\n      peer: d/p\n      remote_agent: echo\n"),
+            "check.yaml:15:14: federation channel names agent \"ghost\"",
+        ),
+        (
+            native("", "  channels:\n    - agent: echo\n      peer: d/nobody\n      remote_agent: echo\n"),
+            "check.yaml:16:13: peer \"d/nobody\" is not a runtime_id under federation.peers",
+        ),
+        (
+            native(
+                "",
+                &format!(
+                    "  channels:\n    - agent: echo\n      peer: d/p\n      remote_agent: \"{}\"\n",
+                    "x".repeat(65)
+                ),
+            ),
+            "check.yaml:17:21: remote_agent is the peer's agent name",
+        ),
+        (
+            native("", "  channels:\n    - agent: echo\n      peer: d/p\n      remote_agent: echo\n      depth: 1\n"),
+            "check.yaml:18:14: federation channel depth must be between 2 and 32",
+        ),
+        (
+            native("", "    - runtime_id: d/q\n      endpoint: \"127.0.0.1:2\"\n"),
+            "check.yaml:14:19: native peers (with public_key) and pymfp peers cannot be mixed",
+        ),
+        (
+            format!(
+                "{head}federation:\n  peers:\n    - runtime_id: d/q\n      endpoint: \"127.0.0.1:2\"\n      channels:\n        - id: \"zz\"\n          agent: echo\n          remote_agent: \"{}\"\n",
+                "ab".repeat(32)
+            ),
+            "check.yaml:13:15: a pymfp channel's id is 32 hex digits",
+        ),
+        (
+            format!(
+                "{head}federation:\n  peers:\n    - runtime_id: d/q\n      endpoint: \"127.0.0.1:2\"\n      channels:\n        - id: \"{}\"\n          agent: echo\n          remote_agent: \"nothex\"\n",
+                "ab".repeat(16)
+            ),
+            "check.yaml:15:25: remote_agent is the pymfp agent's id",
+        ),
+        (
+            format!(
+                "{head}federation:\n  peers:\n    - runtime_id: d/q\n      endpoint: \"127.0.0.1:2\"\n      accept: [echo]\n"
+            ),
+            "check.yaml:12:15: accept is for native peers",
+        ),
+        (
+            native("", "").replace("      endpoint: \"127.0.0.1:1\"\n", ""),
+            "check.yaml:11:19: this native peer has no endpoint and federation.listen is not set",
+        ),
+        (
+            native("", "").replace("runtime_id: d/p", "runtime_id: d/i"),
+            "check.yaml:11:19: a peer cannot be this runtime itself",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let (code, err) = check(&dir, &yaml);
+        assert_eq!(code, Some(1), "accepted:\n{yaml}");
+        assert!(err.contains(want), "wanted {want:?}, got:\n{err}\nfor:\n{yaml}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A peer pinned with the wrong key never gets a link: the listener counts a failed
+/// handshake, no link is up on either side, and both servers stay ready.
+#[test]
+fn a_wrongly_pinned_peer_gets_no_link() {
+    let dir = temp_dir("wrongkey");
+    let (ka, kb, kx) = (dir.join("a.key"), dir.join("b.key"), dir.join("x.key"));
+    let (_pa, pb, px) = (identity(&ka), identity(&kb), identity(&kx));
+    let config_a = format!(
+        "runtime:\n  deployment_id: fedtest\n  instance_id: a\nadmin:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\nfederation:\n  listen: \"127.0.0.1:0\"\n  identity_key: \"{}\"\n  peers:\n    - runtime_id: fedtest/b\n      public_key: \"{pb}\"\n",
+        ka.display()
+    );
+    let mut a = Server::start(&dir.join("a.yaml"), &config_a);
+    a.find_or_wait("INFO mfp_server::server: ready");
+    let a_admin = a.addr("admin listener bound");
+    let a_fed = a.addr("federation listener bound");
+    // b pins x's key for a.
+    let config_b = format!(
+        "runtime:\n  deployment_id: fedtest\n  instance_id: b\nadmin:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\nfederation:\n  identity_key: \"{}\"\n  peers:\n    - runtime_id: fedtest/a\n      endpoint: \"{a_fed}\"\n      public_key: \"{px}\"\n  channels:\n    - agent: echo\n      peer: fedtest/a\n      remote_agent: echo\n",
+        kb.display()
+    );
+    let mut b = Server::start(&dir.join("b.yaml"), &config_b);
+    b.find_or_wait("INFO mfp_server::server: ready");
+    let b_admin = b.addr("admin listener bound");
+    let ma = metrics_until(&a_admin, |m| metric(m, "mfp_federation_handshake_failures_total") >= 1);
+    assert_eq!(metric(&ma, "mfp_federation_links_up"), 0, "{ma}");
+    assert_eq!(metric(&ma, "mfp_federation_handshakes_total"), 0, "{ma}");
+    let (_, mb) = http(&b_admin, "GET", "/metrics", &[], "");
+    assert_eq!(metric(&mb, "mfp_federation_links_up"), 0, "{mb}");
+    assert_eq!(metric(&mb, "mfp_federation_channels_opened_total"), 0, "{mb}");
+    assert_eq!(http(&a_admin, "GET", "/readyz", &[], "").0, 200);
+    assert_eq!(http(&b_admin, "GET", "/readyz", &[], "").0, 200);
+    drop(b);
+    drop(a);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A pymfp compat peer: the server warns once that it is unauthenticated, establishes the
+/// agreed channel (the agent sees it with the peer runtime), exports the compat counters,
+/// and stays ready while the peer is unreachable. A ceremonial bootstrap is refused at
+/// start with a clear error.
+#[test]
+fn a_pymfp_compat_peer_is_set_up_and_warned_about() {
+    let dir = temp_dir("compat");
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let channel_id = "0123456789abcdef0123456789abcdef";
+    let remote_agent = "ab".repeat(32);
+    let config = |bootstrap: &str| {
+        format!(
+            "runtime:\n  deployment_id: prod\n  instance_id: rust\nadmin:\n  port: 0\nhttp:\n  port: 0\nagents:\n  - name: driver\n    type: webhook\n    url: \"http://127.0.0.1:9/unused\"\n    token: \"{TOKEN}\"\nfederation:\n  listen: \"127.0.0.1:0\"\n  peers:\n    - runtime_id: prod/py\n      endpoint: \"{closed}\"\n      bootstrap: {bootstrap}\n      channels:\n        - id: \"{channel_id}\"\n          agent: driver\n          remote_agent: \"{remote_agent}\"\n          depth: 4\n"
+        )
+    };
+    let mut s = Server::start(&dir.join("c.yaml"), &config("deterministic"));
+    s.find_or_wait("INFO mfp_server::server: ready");
+    let admin = s.addr("admin listener bound");
+    let http_addr = s.addr("http listener bound");
+    assert_eq!(s.log().matches("pymfp compat peer: UNAUTHENTICATED").count(), 1, "{}", s.log());
+    let (status, out) = http(
+        &http_addr,
+        "POST",
+        "/agents/driver",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        r#"{"jsonrpc":"2.0","id":1,"method":"channels"}"#,
+    );
+    assert_eq!(status, 200, "{out}");
+    let py = mfp_core::RuntimeId::derive(b"prod", b"py").to_string();
+    assert!(out.contains(channel_id) && out.contains(&remote_agent) && out.contains(&py), "{out}");
+    let (_, m) = http(&admin, "GET", "/metrics", &[], "");
+    assert!(m.contains("\nmfp_compat_peers 1\n"), "{m}");
+    assert_eq!(metric(&m, "mfp_federation_peers"), 1, "{m}");
+    assert_eq!(metric(&m, "mfp_federation_links_up"), 0, "{m}");
+    assert_eq!(http(&admin, "GET", "/readyz", &[], "").0, 200);
+    s.signal(rustix::process::Signal::TERM);
+    assert!(s.wait_exit().success(), "{}", s.log());
+    drop(s);
+
+    let mut s = Server::start(&dir.join("c2.yaml"), &config("ceremonial"));
+    let status = s.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", s.log());
+    assert!(s.log().contains("peer prod/py: bootstrap: ceremonial is not supported by the server yet"), "{}", s.log());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The example pair in examples/server/ works as its comments say (keys generated, public
+/// keys pasted, paths and the port adjusted for a test): b's driver hears its three lines
+/// back from a's echo and b stops by itself.
+#[test]
+fn the_example_pair_runs() {
+    let dir = temp_dir("example");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/server");
+    let (ka, kb) = (dir.join("a.key"), dir.join("b.key"));
+    let (pa, pb) = (identity(&ka), identity(&kb));
+    let read = |f: &str| std::fs::read_to_string(examples.join(f)).unwrap();
+    let a_yaml = read("federation-a.yaml")
+        .replace("B_PUBLIC_KEY", &pb)
+        .replace("../../target/mfp-fed/a.key", &ka.display().to_string())
+        .replace("../../target/mfp-fed/a.db", &dir.join("a.db").display().to_string())
+        .replace("127.0.0.1:9880", "127.0.0.1:0");
+    let mut a = Server::start(&dir.join("a.yaml"), &a_yaml);
+    a.find_or_wait("INFO mfp_server::server: ready");
+    let a_fed = a.addr("federation listener bound");
+    let b_yaml = read("federation-b.yaml")
+        .replace("A_PUBLIC_KEY", &pa)
+        .replace("../../target/mfp-fed/b.key", &kb.display().to_string())
+        .replace("../../target/mfp-fed/b.db", &dir.join("b.db").display().to_string())
+        .replace("agents/fed_driver.py", &examples.join("agents/fed_driver.py").display().to_string())
+        .replace("127.0.0.1:9880", &a_fed);
+    let mut b = Server::start(&dir.join("b.yaml"), &b_yaml);
+    b.wait_for("driver heard (step 2): and back again.");
+    assert!(b.wait_exit().success(), "{}", b.log());
+    for (step, line) in [(0, "Hello from runtime b!"), (1, "Across two processes,")] {
+        assert!(b.log().contains(&format!("driver heard (step {step}): {line}")), "{}", b.log());
+    }
+    drop(a);
+    std::fs::remove_dir_all(&dir).ok();
+}
