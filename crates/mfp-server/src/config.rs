@@ -306,6 +306,14 @@ pub(crate) struct PeerEntry {
     /// pymfp: the channels agreed with this peer in configuration.
     #[serde(default)]
     pub(crate) channels: Option<Vec<CompatChannelEntry>>,
+    /// pymfp, ceremonial bootstrap: this runtime's X25519 key file (as written by
+    /// `mfp-server keygen --identity`).
+    #[serde(default)]
+    pub(crate) ceremonial_key: Option<Spanned<String>>,
+    /// pymfp, ceremonial bootstrap: the peer's X25519 public key (64 hex digits, or
+    /// `mfp-x25519:` and 64 hex digits).
+    #[serde(default)]
+    pub(crate) peer_public_key: Option<Spanned<String>>,
 }
 
 /// One channel agreed with a pymfp peer (pymfp cannot agree on channels on the wire).
@@ -550,7 +558,16 @@ pub(crate) struct ChannelSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PeerKind {
     /// pymfp compat: unauthenticated.
-    Pymfp { deployment_id: String, instance_id: String, bootstrap: String, channels: Vec<CompatChannelSpec> },
+    Pymfp {
+        deployment_id: String,
+        instance_id: String,
+        bootstrap: String,
+        channels: Vec<CompatChannelSpec>,
+        /// Ceremonial bootstrap: this runtime's key file (resolved) and the peer's public
+        /// key (checked). pymfp's own YAML has neither: such a peer loads, and the server
+        /// refuses to start it until both are given.
+        ceremonial: Option<(PathBuf, [u8; 32])>,
+    },
     /// Native: a pinned public key.
     Native {
         /// The name the configuration gives it.
@@ -882,7 +899,7 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
     let mut peer_ids: HashMap<mfp_core::RuntimeId, ()> = HashMap::new();
     let own = mfp_core::RuntimeId::derive(raw.runtime.deployment_id.as_bytes(), raw.runtime.instance_id.as_bytes());
     for p in &raw.federation.peers {
-        if let Some(peer) = validate_peer(p, &names, &mut problems) {
+        if let Some(peer) = validate_peer(p, &names, base, &mut problems) {
             let id = match &peer.kind {
                 PeerKind::Native { id, .. } => *id,
                 PeerKind::Pymfp { deployment_id, instance_id, .. } => {
@@ -1334,7 +1351,12 @@ fn loc<T>(s: &Spanned<T>) -> (u64, u64) {
     (s.referenced.line(), s.referenced.column())
 }
 
-fn validate_peer(p: &PeerEntry, agents: &HashMap<String, ()>, problems: &mut Vec<Problem>) -> Option<PeerSpec> {
+fn validate_peer(
+    p: &PeerEntry,
+    agents: &HashMap<String, ()>,
+    base: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<PeerSpec> {
     let endpoint = match &p.endpoint {
         Some(e) => {
             let ok = e
@@ -1363,6 +1385,13 @@ fn validate_peer(p: &PeerEntry, agents: &HashMap<String, ()>, problems: &mut Vec
         }
         if let Some(b) = &p.bootstrap {
             problems.push(problem_at(b, "bootstrap is for pymfp peers; a peer with public_key is native"));
+            return None;
+        }
+        if let Some(k) = p.ceremonial_key.as_ref().or(p.peer_public_key.as_ref()) {
+            problems.push(problem_at(
+                k,
+                "ceremonial_key and peer_public_key are for pymfp peers; a peer with public_key is native",
+            ));
             return None;
         }
         if let Some(c) = p.channels.as_ref().and_then(|c| c.first()) {
@@ -1470,6 +1499,37 @@ fn validate_peer(p: &PeerEntry, agents: &HashMap<String, ()>, problems: &mut Vec
         }
         channels.push(CompatChannelSpec { id, agent: c.agent.value.clone(), remote_agent, depth: depth as usize });
     }
+    let ceremonial = match (&p.ceremonial_key, &p.peer_public_key) {
+        (None, None) => None,
+        (Some(k), Some(pk)) => {
+            if bootstrap != "ceremonial" {
+                problems.push(problem_at(k, "ceremonial_key and peer_public_key need bootstrap: ceremonial"));
+                return None;
+            }
+            let path = resolve(base, &k.value);
+            if !path.is_file() {
+                problems.push(problem_at(
+                    k,
+                    format!(
+                        "ceremonial_key {} does not exist or is not a file (create it with mfp-server keygen --identity FILE)",
+                        path.display()
+                    ),
+                ));
+                return None;
+            }
+            let text = pk.value.trim();
+            let hex_part = text.strip_prefix("mfp-x25519:").unwrap_or(text);
+            let Some(bytes) = hex::decode(hex_part).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()) else {
+                problems.push(problem_at(pk, "peer_public_key is 64 hex digits (optionally after mfp-x25519:)"));
+                return None;
+            };
+            Some((path, bytes))
+        }
+        (Some(k), None) | (None, Some(k)) => {
+            problems.push(problem_at(k, "a ceremonial bootstrap needs both ceremonial_key and peer_public_key"));
+            return None;
+        }
+    };
     Some(PeerSpec {
         endpoint,
         kind: PeerKind::Pymfp {
@@ -1477,6 +1537,7 @@ fn validate_peer(p: &PeerEntry, agents: &HashMap<String, ()>, problems: &mut Vec
             instance_id: instance_id.into(),
             bootstrap: bootstrap.into(),
             channels,
+            ceremonial,
         },
     })
 }
@@ -1599,10 +1660,39 @@ mod tests {
     }
 
     #[test]
+    fn a_pymfp_peer_takes_ceremonial_keys() {
+        let dir = std::env::temp_dir().join(format!("mfp-server-ceremonial-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("x25519.key");
+        std::fs::write(&key, "placeholder").unwrap();
+        let peer = |extra: &str, boot: &str| {
+            format!(
+                "runtime:\n  deployment_id: d\n  instance_id: i\nfederation:\n  peers:\n    - runtime_id: prod/b\n      endpoint: h:1\n      bootstrap: {boot}\n{extra}"
+            )
+        };
+        let pk = "mfp-x25519:".to_string() + &"ab".repeat(32);
+        let both = format!("      ceremonial_key: {}\n      peer_public_key: \"{pk}\"\n", key.display());
+        let v = p(&peer(&both, "ceremonial")).unwrap();
+        assert!(
+            matches!(&v.peers[0].kind, PeerKind::Pymfp { ceremonial: Some((path, bytes)), .. } if *path == key && *bytes == [0xab; 32])
+        );
+        // pymfp's own YAML: ceremonial without keys still loads (the server refuses to start it).
+        assert!(matches!(&p(&peer("", "ceremonial")).unwrap().peers[0].kind, PeerKind::Pymfp { ceremonial: None, .. }));
+        assert!(errors(&peer(&both, "deterministic")).contains("need bootstrap: ceremonial"));
+        let only_key = format!("      ceremonial_key: {}\n", key.display());
+        assert!(errors(&peer(&only_key, "ceremonial")).contains("needs both ceremonial_key and peer_public_key"));
+        let bad = format!("      ceremonial_key: {}\n      peer_public_key: \"zz\"\n", key.display());
+        assert!(errors(&peer(&bad, "ceremonial")).contains("64 hex digits"));
+        let missing = "      ceremonial_key: /nonexistent/key\n      peer_public_key: \"00\"\n";
+        assert!(errors(&peer(missing, "ceremonial")).contains("does not exist"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn peers_pymfp_and_native() {
         let v = p("runtime:\n  deployment_id: d\n  instance_id: i\nfederation:\n  peers:\n    - runtime_id: prod/b\n      endpoint: 10.0.0.2:9876\n").unwrap();
         assert!(
-            matches!(&v.peers[0].kind, PeerKind::Pymfp { deployment_id, instance_id, bootstrap, channels } if deployment_id == "prod" && instance_id == "b" && bootstrap == "deterministic" && channels.is_empty())
+            matches!(&v.peers[0].kind, PeerKind::Pymfp { deployment_id, instance_id, bootstrap, channels, .. } if deployment_id == "prod" && instance_id == "b" && bootstrap == "deterministic" && channels.is_empty())
         );
         let key = std::env::temp_dir().join(format!("mfp-cfg-idkey-{}", std::process::id()));
         std::fs::write(&key, "x").unwrap();
@@ -1666,6 +1756,7 @@ mod tests {
                     instance_id: "gateway".into(),
                     bootstrap: "ceremonial".into(),
                     channels: Vec::new(),
+                    ceremonial: None,
                 }
             }
         );

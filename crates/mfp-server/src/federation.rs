@@ -256,16 +256,27 @@ async fn start_compat(
     let mut peers = Vec::new();
     let mut ids = Vec::new();
     for p in &cfg.peers {
-        let PeerKind::Pymfp { deployment_id, instance_id, bootstrap, channels } = &p.kind else { continue };
+        let PeerKind::Pymfp { deployment_id, instance_id, bootstrap, channels, ceremonial } = &p.kind else {
+            continue;
+        };
         let name = format!("{deployment_id}/{instance_id}");
-        if bootstrap != "deterministic" {
-            return Err(FedStartError::Compat(format!(
-                "peer {name}: bootstrap: {bootstrap} is not supported by the server yet (its keys cannot be configured here); use deterministic, or connect through the library (docs/interop.md)"
-            )));
-        }
+        let boot = match (bootstrap.as_str(), ceremonial) {
+            ("ceremonial", Some((key_file, peer_public))) => {
+                let local_secret = mfp_federation::IdentityKey::load(key_file).map_err(|e| {
+                    FedStartError::Compat(format!("peer {name}: ceremonial_key {}: {e}", key_file.display()))
+                })?;
+                Bootstrap::Ceremonial { local_secret, peer_public: mfp_federation::PublicKey::from_bytes(*peer_public) }
+            }
+            ("ceremonial", None) => {
+                return Err(FedStartError::Compat(format!(
+                    "peer {name}: bootstrap: ceremonial needs this runtime's X25519 key (ceremonial_key: FILE, made with \
+                     mfp-server keygen --identity FILE) and the peer's public key (peer_public_key: HEX) in its peer entry"
+                )));
+            }
+            _ => Bootstrap::Deterministic,
+        };
         let endpoint = p.endpoint.clone().unwrap_or_default();
-        let mut peer = CompatPeer::new(&name, &endpoint, Bootstrap::Deterministic)
-            .map_err(|e| FedStartError::Compat(e.to_string()))?;
+        let mut peer = CompatPeer::new(&name, &endpoint, boot).map_err(|e| FedStartError::Compat(e.to_string()))?;
         for c in channels {
             let Some(agent) = agents.get(&c.agent) else { continue };
             // A channel restored from storage is kept as it is.
