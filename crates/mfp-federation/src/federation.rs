@@ -232,6 +232,7 @@ impl Peer {
 
 struct Shared {
     local: RuntimeId,
+    timestamps: crate::net::TimestampView,
     rotate_after_messages: u64,
     rotate_after: Duration,
     runtime: RemoteHandle,
@@ -272,7 +273,15 @@ impl Federation {
     ) -> Result<Federation, FederationError> {
         let local = runtime.identity();
         let peer_cfgs: Vec<PeerConfig> = cfg.peers.iter().map(|p| p.peer.clone()).collect();
-        let (net, mut events) = Network::start(identity, local, peer_cfgs, cfg.net).await?;
+        // Replay protection of handshake message 1 across restarts: the greatest timestamps
+        // accepted before, from storage.
+        let mut net_cfg = cfg.net;
+        for row in runtime.remote_handle().peers()? {
+            let ts = crate::handshake::Timestamp { secs: row.handshake_secs, nanos: row.handshake_nanos };
+            net_cfg.handshake_timestamps.push((row.runtime, ts));
+        }
+        let (net, mut events) = Network::start(identity, local, peer_cfgs, net_cfg).await?;
+        let timestamps = net.timestamps();
         let mut peers = HashMap::new();
         let mut queues = Vec::new();
         for p in &cfg.peers {
@@ -301,6 +310,7 @@ impl Federation {
         }
         let shared = Arc::new(Shared {
             local,
+            timestamps,
             rotate_after_messages: cfg.rotate_after_messages,
             rotate_after: cfg.rotate_after,
             runtime: runtime.remote_handle(),
@@ -372,6 +382,13 @@ impl Federation {
     pub async fn wait_up(&self, peer: &RuntimeId) -> Result<(), FederationError> {
         let p = self.shared.peers.get(peer).ok_or_else(|| FederationError::UnknownPeer(peer.short()))?;
         p.handle.up().await.map_err(FederationError::from)
+    }
+
+    /// The greatest handshake timestamp accepted from each peer (seeded from storage at
+    /// start, stored again after each handshake this side answered).
+    #[must_use]
+    pub fn handshake_timestamps(&self) -> Vec<(RuntimeId, crate::handshake::Timestamp)> {
+        self.net.as_ref().map(Network::handshake_timestamps).unwrap_or_default()
     }
 
     /// The network's counters.
@@ -652,7 +669,10 @@ async fn peer_task(shared: Arc<Shared>, peer: Arc<Peer>, mut rx: mpsc::Receiver<
     loop {
         tokio::select! {
             work = rx.recv() => match work {
-                Some(Work::Up) => on_up(&shared, &peer),
+                Some(Work::Up) => {
+                    on_up(&shared, &peer);
+                    remember_handshake(&shared, &peer).await;
+                }
                 Some(Work::Event(ev)) => on_event(&shared, &peer, ev).await,
                 None => return,
             },
@@ -663,6 +683,17 @@ async fn peer_task(shared: Arc<Shared>, peer: Arc<Peer>, mut rx: mpsc::Receiver<
                 }
             }
         }
+    }
+}
+
+/// Stores the greatest handshake timestamp accepted from the peer (when this side answered
+/// its message 1), so a recorded message 1 stays refused after a restart.
+async fn remember_handshake(shared: &Shared, peer: &Peer) {
+    let Some(ts) = shared.timestamps.greatest(&peer.runtime) else { return };
+    let row =
+        mfp_runtime::storage::PeerRow { runtime: peer.runtime, handshake_secs: ts.secs, handshake_nanos: ts.nanos };
+    if let Err(e) = shared.runtime.record_peer_async(row).await {
+        tracing::warn!(target: "mfp::federation", peer = %peer.runtime.short(), error = %e, "the peer's handshake timestamp was not stored");
     }
 }
 

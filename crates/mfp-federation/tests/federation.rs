@@ -440,3 +440,50 @@ async fn a_payload_larger_than_a_link_frame_is_refused_before_sealing() {
     rt_a.shutdown_async().await;
     rt_b.shutdown_async().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_remembers_handshake_timestamps_across_a_restart() {
+    let store_a = MemoryStorage::new();
+    let stored = {
+        let rt_a = runtime(&A, Some(store_a.clone()));
+        let (h, _i) = recorder();
+        let _alice = rt_a.bind_named("alice", h).unwrap();
+        let fed_a =
+            Federation::start(&rt_a, A.key(), FederationConfig::new(net(11), vec![B.peer(None)])).await.unwrap();
+        let rt_b = runtime(&B, None);
+        let fed_b = Federation::start(&rt_b, B.key(), FederationConfig::new(net(12), vec![A.peer(fed_a.local_addr())]))
+            .await
+            .unwrap();
+        fed_a.wait_up(&B.runtime_id()).await.unwrap();
+        // A answered B's message 1: the timestamp it accepted goes to A's storage.
+        let row = tokio::time::timeout(BOUND, async {
+            loop {
+                if let Some(r) = rt_a.remote_handle().peers().unwrap().into_iter().find(|r| r.runtime == B.runtime_id())
+                {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the timestamp was not stored");
+        assert!(row.handshake_secs > 1_700_000_000, "a wall-clock timestamp");
+        fed_b.shutdown().await;
+        fed_a.shutdown().await;
+        rt_b.shutdown_async().await;
+        rt_a.shutdown_async().await;
+        row
+    };
+    let snap = mfp_runtime::storage::Storage::load(&store_a).unwrap().unwrap();
+    assert_eq!(snap.peers, vec![stored]);
+    // Restarted from storage, the listener starts from that timestamp: a recorded message 1
+    // (which carries at most it) stays refused.
+    let rt_a = runtime(&A, Some(store_a));
+    let fed_a = Federation::start(&rt_a, A.key(), FederationConfig::new(net(13), vec![B.peer(None)])).await.unwrap();
+    let seeded = fed_a.handshake_timestamps();
+    assert_eq!(seeded.len(), 1);
+    assert_eq!(seeded[0].0, B.runtime_id());
+    assert_eq!((seeded[0].1.secs, seeded[0].1.nanos), (stored.handshake_secs, stored.handshake_nanos));
+    fed_a.shutdown().await;
+    rt_a.shutdown_async().await;
+}

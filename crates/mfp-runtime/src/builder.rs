@@ -165,6 +165,7 @@ impl RuntimeBuilder {
             audit: self.audit,
             storage: self.storage,
             transport: std::sync::OnceLock::new(),
+            peers: Mutex::new(HashMap::default()),
             acks: Mutex::new(Vec::new()),
             detached: Mutex::new(HashMap::default()),
             workers: Mutex::new(Vec::new()),
@@ -258,6 +259,7 @@ impl Inner {
             );
         }
         self.restore_remote(snap.remote_channels, snap.outbound, &agents, &mut channels)?;
+        self.peers.lock().extend(snap.peers.into_iter().map(|p| (p.runtime, p)));
         let mut redelivered = 0usize;
         for (id, rows) in pending {
             let Some(rec) = agents.get(&id) else {

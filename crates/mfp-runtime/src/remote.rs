@@ -446,6 +446,31 @@ impl RemoteHandle {
         self.runtime()?.rotate_outbound(channel, secret)
     }
 
+    /// The peer runtimes this runtime stored (federation's handshake timestamps, read back
+    /// at the next start).
+    pub fn peers(&self) -> Result<Vec<crate::storage::PeerRow>> {
+        let inner = self.runtime()?;
+        let mut out: Vec<_> = inner.peers.lock().values().copied().collect();
+        out.sort_unstable_by_key(|p| p.runtime);
+        Ok(out)
+    }
+
+    /// Stores a peer runtime's row (with storage: committed before this returns; a row
+    /// older than the stored one — an earlier timestamp — is ignored).
+    pub async fn record_peer_async(&self, row: crate::storage::PeerRow) -> Result<()> {
+        let inner = self.runtime()?;
+        let newer =
+            inner.peers.lock().get(&row.runtime).is_none_or(|old| {
+                (old.handshake_secs, old.handshake_nanos) < (row.handshake_secs, row.handshake_nanos)
+            });
+        if !newer {
+            return Ok(());
+        }
+        inner.settle_async(inner.submit(vec![crate::storage::StorageOp::PutPeer(row)])).await?;
+        inner.peers.lock().insert(row.runtime, row);
+        Ok(())
+    }
+
     /// Resolves a local agent by name (for a peer's channel request naming one).
     pub fn agent_named(&self, name: &str) -> Result<AgentId> {
         let inner = self.runtime()?;

@@ -167,6 +167,8 @@ pub(crate) struct Inner {
     /// What carries messages of cross-runtime channels (attached once, see
     /// [`Runtime::attach_transport`]).
     pub(crate) transport: std::sync::OnceLock<Arc<dyn crate::remote::Transport>>,
+    /// Peer runtimes as stored (federation's handshake timestamps).
+    pub(crate) peers: Mutex<HashMap<RuntimeId, crate::storage::PeerRow, IdHash>>,
     /// Handled messages whose removal from the durable inbox is not submitted yet (see
     /// `pipeline.rs`, "Removals").
     pub(crate) acks: Mutex<Vec<(ChannelId, u64)>>,

@@ -222,6 +222,17 @@ impl core::fmt::Debug for OutboundRow {
     }
 }
 
+/// A peer runtime, as federation remembers it across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerRow {
+    /// The peer runtime.
+    pub runtime: RuntimeId,
+    /// The greatest handshake timestamp accepted from it: seconds since the Unix epoch…
+    pub handshake_secs: u64,
+    /// …and nanoseconds within the second (below 10⁹).
+    pub handshake_nanos: u32,
+}
+
 /// One change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -309,6 +320,8 @@ pub enum StorageOp {
         /// First step not acknowledged.
         next: u64,
     },
+    /// Insert or replace a peer runtime's row.
+    PutPeer(PeerRow),
 }
 
 /// Everything needed to restart a runtime.
@@ -330,6 +343,8 @@ pub struct Snapshot {
     /// The outbound log: unacknowledged messages of open cross-runtime channels, per
     /// channel by step.
     pub outbound: Vec<OutboundRow>,
+    /// Peer runtimes, by runtime id.
+    pub peers: Vec<PeerRow>,
 }
 
 /// Completion of one [`Storage::apply`].
@@ -424,6 +439,7 @@ struct MemoryState {
     deliveries: BTreeMap<(ChannelId, u64), (u64, DeliveryRow)>,
     remote: BTreeMap<ChannelId, RemoteChannelRow>,
     outbound: BTreeMap<(ChannelId, u64), OutboundRow>,
+    peers: BTreeMap<RuntimeId, PeerRow>,
     delivery_seq: u64,
     fail_next: usize,
 }
@@ -464,6 +480,7 @@ impl Storage for MemoryStorage {
                 .filter(|o| s.remote.get(&o.channel).is_some_and(|c| c.status != ChannelStatus::Closed))
                 .cloned()
                 .collect(),
+            peers: s.peers.values().copied().collect(),
         }))
     }
 
@@ -540,6 +557,9 @@ impl Storage for MemoryStorage {
                     if let Some(c) = s.remote.get_mut(&id) {
                         c.rx_rotation = secret;
                     }
+                }
+                StorageOp::PutPeer(p) => {
+                    s.peers.insert(p.runtime, p);
                 }
                 StorageOp::PutOutbound(o) => {
                     s.outbound.insert((o.channel, o.step), o);

@@ -46,4 +46,13 @@ CREATE TABLE remote_outbound (
     PRIMARY KEY (channel_id, step)
 ) WITHOUT ROWID;
 
+-- Peer runtimes: the greatest handshake timestamp accepted from each, so a recorded
+-- handshake message 1 stays refused across restarts (not secret: stored in clear).
+CREATE TABLE peers (
+    runtime_id      BLOB    PRIMARY KEY CHECK (length(runtime_id) = 32),
+    handshake_secs  INTEGER NOT NULL CHECK (handshake_secs >= 0),
+    handshake_nanos INTEGER NOT NULL CHECK (handshake_nanos BETWEEN 0 AND 999999999),
+    updated_at      INTEGER NOT NULL
+) WITHOUT ROWID;
+
 UPDATE mfp_schema SET version = 3 WHERE id = 1;

@@ -6,7 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use mfp_core::bilateral::BilateralState;
 use mfp_core::{AgentId, BilateralId, ChannelId, MAX_FRAME_DEPTH, MIN_FRAME_DEPTH, MessageId, RuntimeId, State};
 use mfp_runtime::storage::{
-    AgentRow, ChannelRow, DeliveryRow, MetaRow, OutboundRow, RemoteChannelRow, Snapshot, StorageError, StorageOp,
+    AgentRow, ChannelRow, DeliveryRow, MetaRow, OutboundRow, PeerRow, RemoteChannelRow, Snapshot, StorageError,
+    StorageOp,
 };
 use mfp_runtime::{AgentState, ChannelStatus};
 use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqliteRow};
@@ -521,6 +522,18 @@ pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut 
                 vec![value, Val::Int(now), blob(id.as_bytes())],
             ));
         }
+        WriteOp::Runtime(StorageOp::PutPeer(p)) => out.push(Stmt::new(
+            "store peer runtime",
+            "INSERT INTO peers (runtime_id, handshake_secs, handshake_nanos, updated_at) VALUES (?, ?, ?, ?) ON \
+             CONFLICT (runtime_id) DO UPDATE SET handshake_secs = excluded.handshake_secs, handshake_nanos = \
+             excluded.handshake_nanos, updated_at = excluded.updated_at",
+            vec![
+                blob(p.runtime.as_bytes()),
+                Val::Int(range(p.handshake_secs, "peers", "handshake_secs")?),
+                Val::Int(i64::from(p.handshake_nanos)),
+                Val::Int(now),
+            ],
+        )),
         WriteOp::Runtime(StorageOp::PutOutbound(o)) => {
             if o.wire.len() > MAX_WIRE_LEN {
                 return Err(corrupt(REMOTE_OUTBOUND, "wire", "wire message too large to store"));
@@ -708,6 +721,7 @@ fn op_name(op: &StorageOp) -> &'static str {
         StorageOp::AdvanceRemoteTx { .. } => "AdvanceRemoteTx",
         StorageOp::AdvanceRemoteRx { .. } => "AdvanceRemoteRx",
         StorageOp::RemoteRotation { .. } => "RemoteRotation",
+        StorageOp::PutPeer(_) => "PutPeer",
         StorageOp::PutOutbound(_) => "PutOutbound",
         StorageOp::AckOutbound { .. } => "AckOutbound",
         _ => "unknown",
@@ -878,7 +892,48 @@ pub(crate) async fn read_snapshot(
     let deliveries = read_inbox(conn, cipher, &known_agents).await?;
     let remote_channels = read_remote_channels(conn, cipher, &known_agents).await?;
     let outbound = read_outbound_log(conn, cipher).await?;
-    Ok(meta.map(|meta| Snapshot { meta: Some(meta), agents, channels, sg, deliveries, remote_channels, outbound }))
+    let peers = read_peers(conn).await?;
+    Ok(meta.map(|meta| Snapshot {
+        meta: Some(meta),
+        agents,
+        channels,
+        sg,
+        deliveries,
+        remote_channels,
+        outbound,
+        peers,
+    }))
+}
+
+/// Most peer rows a load reads (a federation has a handful of peers); more means a damaged
+/// or edited store.
+const MAX_PEER_ROWS: usize = 1 << 16;
+
+/// Reads the peer runtimes, validating every row.
+async fn read_peers(conn: &mut SqliteConnection) -> Result<Vec<PeerRow>, StorageError> {
+    if !has_table(conn, "peers").await? {
+        return Ok(Vec::new());
+    }
+    let rows = fetch_all(
+        conn,
+        "read peers",
+        "SELECT runtime_id, handshake_secs, handshake_nanos FROM peers ORDER BY runtime_id LIMIT 65537",
+    )
+    .await?;
+    if rows.len() > MAX_PEER_ROWS {
+        return Err(corrupt("peers", "runtime_id", "more peer rows than a federation has"));
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let runtime = RuntimeId::from_bytes(get_fixed(row, "peers", "runtime_id")?);
+        let handshake_secs = get_u64(row, "peers", "handshake_secs")?;
+        let handshake_nanos = get_u32(row, "peers", "handshake_nanos")?;
+        if handshake_nanos >= 1_000_000_000 {
+            return Err(corrupt("peers", "handshake_nanos", "not below 10^9"));
+        }
+        out.push(PeerRow { runtime, handshake_secs, handshake_nanos });
+    }
+    Ok(out)
 }
 
 /// Whether the database has table `name` (our constants only). A database of an older

@@ -410,6 +410,7 @@ async fn read_on(conn: &mut SqliteConnection, key: Option<&[u8]>) -> Result<Pymf
             deliveries: Vec::new(),
             remote_channels: Vec::new(),
             outbound: Vec::new(),
+            peers: Vec::new(),
         },
         bilateral,
         schema_version,

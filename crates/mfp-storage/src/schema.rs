@@ -48,11 +48,12 @@ const DATA_TABLES: &[&str] = &[
     "inbox",
     "remote_channels",
     "remote_outbound",
+    "peers",
 ];
 /// Tables added by schema version 2 (a version-1 database is migrated when opened).
 const V2_TABLES: &[&str] = &["inbox"];
-/// Tables added by schema version 3 (cross-runtime channels and their outbound log).
-const V3_TABLES: &[&str] = &["remote_channels", "remote_outbound"];
+/// Tables added by schema version 3 (cross-runtime channels, their outbound log, peers).
+const V3_TABLES: &[&str] = &["remote_channels", "remote_outbound", "peers"];
 /// sqlx's migration bookkeeping table.
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
 /// Tables that identify a pymfp database.

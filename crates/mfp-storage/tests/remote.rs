@@ -422,6 +422,29 @@ fn round_trip_of_every_operation() {
 }
 
 #[test]
+fn peers_round_trip_and_a_later_row_replaces_the_earlier() {
+    let dir = TempDir::new("remote-peers");
+    let path = dir.file("p.db");
+    let k = key(3);
+    let storage = remote_db(&path, &k);
+    let row = |n: u8, secs: u64, nanos: u32| mfp_runtime::storage::PeerRow {
+        runtime: peer(n),
+        handshake_secs: secs,
+        handshake_nanos: nanos,
+    };
+    storage.apply(vec![StorageOp::PutPeer(row(1, 1_800_000_000, 5)), StorageOp::PutPeer(row(0, 7, 0))]).wait().unwrap();
+    storage.apply(vec![StorageOp::PutPeer(row(1, 1_800_000_001, 999_999_999))]).wait().unwrap();
+    let s = storage.load().unwrap().unwrap();
+    let mut want = vec![row(0, 7, 0), row(1, 1_800_000_001, 999_999_999)];
+    want.sort_unstable_by_key(|r| r.runtime);
+    assert_eq!(s.peers, want);
+    // An out-of-range timestamp is refused as a value the store cannot hold, not stored.
+    assert!(storage.apply(vec![StorageOp::PutPeer(row(2, u64::MAX, 0))]).wait().is_err());
+    storage.close().unwrap();
+    assert_eq!(inspect(&path, &k).unwrap().snapshot.unwrap().peers, want);
+}
+
+#[test]
 fn ack_outbound_removes_everything_below_next_on_that_channel_only() {
     let dir = TempDir::new("remote-ack");
     let path = dir.file("a.db");

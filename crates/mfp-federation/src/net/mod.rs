@@ -407,6 +407,12 @@ impl Network {
         out
     }
 
+    /// A cheap handle that reads the greatest handshake timestamps later (for whoever
+    /// persists them while the network runs).
+    pub(crate) fn timestamps(&self) -> TimestampView {
+        TimestampView(Arc::clone(&self.shared))
+    }
+
     /// Raises the greatest handshake timestamp accepted from `runtime` to `ts` (never
     /// lowers it). Returns whether `runtime` is a configured peer.
     pub fn seed_handshake_timestamp(&self, runtime: &RuntimeId, ts: Timestamp) -> bool {
@@ -439,6 +445,18 @@ impl Drop for Network {
     /// aborts them (no Close is sent).
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
+    }
+}
+
+/// Reads the greatest handshake timestamp accepted from a peer (see
+/// [`Network::handshake_timestamps`]).
+#[derive(Clone)]
+pub(crate) struct TimestampView(Arc<Shared>);
+
+impl TimestampView {
+    /// The greatest handshake timestamp accepted from `runtime`, if any.
+    pub(crate) fn greatest(&self, runtime: &RuntimeId) -> Option<Timestamp> {
+        self.0.table.lock().greatest_timestamp(runtime)
     }
 }
 
