@@ -114,7 +114,8 @@ fn a_schema_1_database_migrates_and_delivers() {
     };
     raw_exec(
         &path,
-        "DROP TABLE inbox; DROP TABLE remote_outbound; DROP TABLE remote_channels; UPDATE mfp_schema SET version = 1; \
+        "DROP TABLE inbox; DROP TABLE peers; DROP TABLE remote_outbound; DROP TABLE remote_channels; UPDATE mfp_schema \
+         SET version = 1; \
          DELETE FROM _sqlx_migrations WHERE version >= 2",
     );
     let old = inspect(&path, &k).unwrap();

@@ -822,7 +822,8 @@ fn a_schema_2_database_migrates_keeping_its_rows() {
     storage.close().unwrap();
     raw_exec(
         &path,
-        "DROP TABLE remote_outbound; DROP TABLE remote_channels; UPDATE mfp_schema SET version = 2; DELETE FROM \
+        "DROP TABLE peers; DROP TABLE remote_outbound; DROP TABLE remote_channels; UPDATE mfp_schema SET version = 2; \
+         DELETE FROM \
          _sqlx_migrations WHERE version = 3",
     );
     assert_eq!(schema_of(&path), v2_schema);
