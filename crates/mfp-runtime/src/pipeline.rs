@@ -96,10 +96,7 @@ impl Inner {
             return Err(Error::HookRejected(reason));
         }
         let depth = usize::from(channel.depth);
-        let idem = opts
-            .idempotency_key
-            .as_ref()
-            .map(|k| (sha256(&[sender.id.as_bytes(), &(k.len() as u64).to_be_bytes(), k]), sha256(&[payload])));
+        let idem = Self::idempotency(sender, opts, payload);
 
         // Entropy for one send; on the stack for the usual depths (no 4 KiB memset).
         let need = 32 + BLOCK_SIZE * depth;
@@ -114,23 +111,11 @@ impl Inner {
 
         let mut ch = channel.inner.lock();
         // ACCEPT
-        match ch.status {
-            ChannelStatus::Active => {}
-            ChannelStatus::Quarantined => return Err(Error::ChannelQuarantined(channel.id)),
-            ChannelStatus::Closed => return Err(Error::ChannelClosed(channel.id)),
-        }
-        if recipient.state() == AgentState::Quarantined {
+        if recipient.state() == AgentState::Quarantined && ch.status == ChannelStatus::Active {
             return Err(Error::ChannelQuarantined(channel.id));
         }
-        if let (Some((key, digest)), Some(d)) = (&idem, ch.dedup.as_mut()) {
-            match d.lookup(key, digest, self.clock.now(), self.config.dedup_ttl) {
-                DedupHit::Miss => {}
-                DedupHit::Same(r) => {
-                    self.shared.metrics.duplicates_suppressed.inc();
-                    return Ok(r);
-                }
-                DedupHit::Conflict => return Err(Error::IdempotencyConflict),
-            }
+        if let Some(r) = self.accept_locked(&mut ch, &channel.id, idem.as_ref())? {
+            return Ok(r);
         }
         // The outbound half (FRAME → ENCODE), then the inbound half (VALIDATE → DECODE) of
         // the same message, in one go: both ends are local.
@@ -241,15 +226,7 @@ impl Inner {
         ch.step = next_step;
         ch.validation_failures = 0;
         let receipt = Receipt { message_id, channel: channel.id, step, correlation_id };
-        if let Some((key, digest)) = idem {
-            ch.dedup.get_or_insert_with(|| Box::new(Dedup::default())).record(
-                key,
-                digest,
-                receipt,
-                self.clock.now(),
-                self.config.dedup_window,
-            );
-        }
+        self.remember_idempotent(&mut ch, idem, receipt);
         if !self.persisting() {
             let mut sg = self.sg.lock();
             let inner = &mut *ch;
@@ -259,27 +236,105 @@ impl Inner {
         }
         drop(ch);
 
+        self.sent(sender, &ctx, &receipt, started, None);
+        Ok(receipt)
+    }
+
+    // ---- shared by the local and the cross-runtime send ---------------------------------
+
+    /// The idempotency key's digest and the payload's, when the send has a key.
+    #[inline]
+    pub(crate) fn idempotency(
+        sender: &AgentRecord,
+        opts: &SendOptions,
+        payload: &[u8],
+    ) -> Option<([u8; 32], [u8; 32])> {
+        opts.idempotency_key
+            .as_ref()
+            .map(|k| (sha256(&[sender.id.as_bytes(), &(k.len() as u64).to_be_bytes(), k]), sha256(&[payload])))
+    }
+
+    /// ACCEPT under the channel's lock: its status, then the idempotency window.
+    /// `Ok(Some(receipt))`: a retry answered from the window.
+    #[inline]
+    pub(crate) fn accept_locked(
+        &self,
+        ch: &mut ChannelInner,
+        channel: &ChannelId,
+        idem: Option<&([u8; 32], [u8; 32])>,
+    ) -> Result<Option<Receipt>> {
+        match ch.status {
+            ChannelStatus::Active => {}
+            ChannelStatus::Quarantined => return Err(Error::ChannelQuarantined(*channel)),
+            ChannelStatus::Closed => return Err(Error::ChannelClosed(*channel)),
+        }
+        if let (Some((key, digest)), Some(d)) = (idem, ch.dedup.as_mut()) {
+            match d.lookup(key, digest, self.clock.now(), self.config.dedup_ttl) {
+                DedupHit::Miss => {}
+                DedupHit::Same(r) => {
+                    self.shared.metrics.duplicates_suppressed.inc();
+                    return Ok(Some(r));
+                }
+                DedupHit::Conflict => return Err(Error::IdempotencyConflict),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Remembers an idempotent send's receipt (under the channel's lock).
+    #[inline]
+    pub(crate) fn remember_idempotent(
+        &self,
+        ch: &mut ChannelInner,
+        idem: Option<([u8; 32], [u8; 32])>,
+        receipt: Receipt,
+    ) {
+        if let Some((key, digest)) = idem {
+            ch.dedup.get_or_insert_with(|| Box::new(Dedup::default())).record(
+                key,
+                digest,
+                receipt,
+                self.clock.now(),
+                self.config.dedup_window,
+            );
+        }
+    }
+
+    /// After a send: the rate window, counters, the `after_send` hook, the audit event.
+    #[inline]
+    pub(crate) fn sent(
+        &self,
+        sender: &AgentRecord,
+        ctx: &SendContext<'_>,
+        receipt: &Receipt,
+        started: Instant,
+        peer_agent: Option<mfp_core::AgentId>,
+    ) {
         if self.config.max_message_rate > 0 {
             // The window counts sends from when they went out, not from when the caller
             // started (which may be up to `pipeline_timeout` earlier after a wait).
             sender.rate.lock().record(self.clock.now(), self.config.max_message_rate);
         }
         sender.messages_sent.fetch_add(1, Ordering::Relaxed);
-        self.shared.metrics.messages_sent.inc();
-        self.shared.metrics.message_size.observe_size(payload.len());
-        self.shared.metrics.send_latency.observe_duration(started.elapsed());
+        let m = &self.shared.metrics;
+        m.messages_sent.inc();
+        if peer_agent.is_some() {
+            m.remote_sent.inc();
+        }
+        m.message_size.observe_size(ctx.payload.len());
+        m.send_latency.observe_duration(started.elapsed());
         if let Some(h) = &self.hooks {
-            h.after_send(&ctx, &receipt);
+            h.after_send(ctx, receipt);
         }
         if self.audit.is_some() || tracing::enabled!(target: "mfp::audit", tracing::Level::INFO) {
             let mut ev = AuditEvent::new(AuditEventType::MessageSent);
-            ev.channel = Some(channel.id);
+            ev.channel = Some(receipt.channel);
             ev.agent = Some(sender.id);
-            ev.step = Some(step);
-            ev.correlation_id = Some(correlation_id);
+            ev.peer = peer_agent;
+            ev.step = Some(receipt.step);
+            ev.correlation_id = Some(receipt.correlation_id);
             self.event(ev);
         }
-        Ok(receipt)
     }
 
     /// The outbound half for a channel between two local agents: FRAME → ENCODE. Draws

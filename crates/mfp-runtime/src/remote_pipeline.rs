@@ -3,17 +3,15 @@
 //! DELIVER), and the outbound log's upkeep.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use mfp_core::crypto::sha256;
 use mfp_core::envelope::{EnvelopeHeader, EnvelopeLimits};
 use mfp_core::{BLOCK_SIZE, ChannelId, ENVELOPE_HEADER_SIZE, RuntimeId, TAG_SIZE};
 
 use crate::admin::Wait;
 use crate::agent::{AgentRecord, Delivery};
 use crate::audit::{AuditEvent, AuditEventType};
-use crate::channel::{ChannelRecord, Dedup, DedupHit};
+use crate::channel::ChannelRecord;
 use crate::config::Backpressure;
 use crate::error::{Error, Result};
 use crate::hooks::SendContext;
@@ -94,27 +92,12 @@ impl Inner {
             self.rejected(sender.id, channel.id, "rejected by hook");
             return Err(Error::HookRejected(reason));
         }
-        let idem = opts
-            .idempotency_key
-            .as_ref()
-            .map(|k| (sha256(&[sender.id.as_bytes(), &(k.len() as u64).to_be_bytes(), k]), sha256(&[payload])));
+        let idem = Self::idempotency(sender, opts, payload);
         let peer = link.end.peer;
         let mut ch = channel.inner.lock();
         // ACCEPT
-        match ch.status {
-            ChannelStatus::Active => {}
-            ChannelStatus::Quarantined => return Err(Error::ChannelQuarantined(channel.id)),
-            ChannelStatus::Closed => return Err(Error::ChannelClosed(channel.id)),
-        }
-        if let (Some((key, digest)), Some(d)) = (&idem, ch.dedup.as_mut()) {
-            match d.lookup(key, digest, self.clock.now(), self.config.dedup_ttl) {
-                DedupHit::Miss => {}
-                DedupHit::Same(r) => {
-                    self.shared.metrics.duplicates_suppressed.inc();
-                    return Ok(r);
-                }
-                DedupHit::Conflict => return Err(Error::IdempotencyConflict),
-            }
+        if let Some(r) = self.accept_locked(&mut ch, &channel.id, idem.as_ref())? {
+            return Ok(r);
         }
         if keep_log && link.log.lock().entries.len() >= MAX_UNACKED {
             return Err(Self::peer_unavailable(
@@ -156,38 +139,10 @@ impl Inner {
         }
         slot.send(msg);
         let receipt = Receipt { message_id, channel: channel.id, step, correlation_id };
-        if let Some((key, digest)) = idem {
-            ch.dedup.get_or_insert_with(|| Box::new(Dedup::default())).record(
-                key,
-                digest,
-                receipt,
-                self.clock.now(),
-                self.config.dedup_window,
-            );
-        }
+        self.remember_idempotent(&mut ch, idem, receipt);
         drop(ch);
 
-        if self.config.max_message_rate > 0 {
-            sender.rate.lock().record(self.clock.now(), self.config.max_message_rate);
-        }
-        sender.messages_sent.fetch_add(1, Ordering::Relaxed);
-        let m = &self.shared.metrics;
-        m.messages_sent.inc();
-        m.remote_sent.inc();
-        m.message_size.observe_size(payload.len());
-        m.send_latency.observe_duration(started.elapsed());
-        if let Some(h) = &self.hooks {
-            h.after_send(&ctx, &receipt);
-        }
-        if self.audit.is_some() || tracing::enabled!(target: "mfp::audit", tracing::Level::INFO) {
-            let mut ev = AuditEvent::new(AuditEventType::MessageSent);
-            ev.channel = Some(channel.id);
-            ev.agent = Some(sender.id);
-            ev.peer = Some(link.end.agent);
-            ev.step = Some(step);
-            ev.correlation_id = Some(correlation_id);
-            self.event(ev);
-        }
+        self.sent(sender, &ctx, &receipt, started, Some(link.end.agent));
         Ok(receipt)
     }
 
