@@ -351,6 +351,15 @@ fn check_run(side: &mut Side, lines: &[String], channel: &mut Option<ChannelId>)
     }
 
     let snapshot = inspect(&side.db, &side.key).expect("the database opens and validates after a kill").snapshot;
+    // A node killed before it printed anything about the channel (b, killed between
+    // storing the channel or a message and its first line) still has it in its store; the
+    // other node's OPENED line may not have been read yet: learn the channel from the store,
+    // so what it holds (its inbox) is checked against the next run.
+    if channel.is_none()
+        && let Some([only]) = snapshot.as_ref().map(|s| s.remote_channels.as_slice())
+    {
+        *channel = Some(only.id);
+    }
     let row = channel.and_then(|c| snapshot.as_ref()?.remote_channels.iter().find(|r| r.id == c).cloned());
     let Some(row) = row else {
         assert!(
