@@ -551,7 +551,8 @@ pub(crate) async fn open_database(config: &StorageConfig) -> Result<Opened, Stor
         .busy_timeout(config.busy_timeout)
         // Overwrite deleted content (old ciphertexts) where that costs no extra I/O.
         .pragma("secure_delete", "FAST")
-        // Statements carry (encrypted) values inline on the fast path: keep them out of logs.
+        // Statements carry (encrypted) values, bound or inline (the rare paths): keep them
+        // out of logs.
         .disable_statement_logging()
         .thread_name(crate::watch::worker_name)
         .connect()
