@@ -292,14 +292,7 @@ impl Inner {
             a: Arc::clone(&lo),
             far: Far::Local(Arc::clone(&hi)),
             depth: u16::try_from(depth).unwrap_or(u16::MAX),
-            inner: parking_lot::Mutex::new(ChannelInner {
-                state: sl0,
-                step: 0,
-                status: ChannelStatus::Active,
-                validation_failures: 0,
-                dedup: None,
-                leaf_hint: usize::MAX,
-            }),
+            inner: ChannelInner::new(sl0, 0, ChannelStatus::Active, 0),
         });
         self.channels.write().insert(id, record);
         // The id is fresh (checked above), so it is not in the lists yet; a self-channel
@@ -519,14 +512,7 @@ impl Inner {
             a: Arc::clone(&rec),
             far: Far::Remote(Box::new(RemoteLink::new(remote, chains, acked))),
             depth: u16::try_from(depth).unwrap_or(u16::MAX),
-            inner: parking_lot::Mutex::new(ChannelInner {
-                state: State::zero(),
-                step: 0,
-                status: ChannelStatus::Active,
-                validation_failures: 0,
-                dedup: None,
-                leaf_hint: usize::MAX,
-            }),
+            inner: ChannelInner::new(State::zero(), 0, ChannelStatus::Active, 0),
         });
         self.channels.write().insert(id, record);
         rec.admin.lock().channels.push(id);

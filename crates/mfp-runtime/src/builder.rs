@@ -247,14 +247,7 @@ impl Inner {
                     a: Arc::clone(a),
                     far: Far::Local(Arc::clone(b)),
                     depth: u16::try_from(row.depth).unwrap_or(u16::MAX),
-                    inner: parking_lot::Mutex::new(ChannelInner {
-                        state: row.state,
-                        step: row.step,
-                        status: row.status,
-                        validation_failures: row.validation_failures,
-                        dedup: None,
-                        leaf_hint: usize::MAX,
-                    }),
+                    inner: ChannelInner::new(row.state, row.step, row.status, row.validation_failures),
                 }),
             );
         }
@@ -366,14 +359,7 @@ impl Inner {
                     a: Arc::clone(a),
                     far: Far::Remote(Box::new(link)),
                     depth: u16::try_from(row.depth).unwrap_or(u16::MAX),
-                    inner: parking_lot::Mutex::new(ChannelInner {
-                        state: mfp_core::State::zero(),
-                        step: 0,
-                        status: row.status,
-                        validation_failures: row.validation_failures,
-                        dedup: None,
-                        leaf_hint: usize::MAX,
-                    }),
+                    inner: ChannelInner::new(mfp_core::State::zero(), 0, row.status, row.validation_failures),
                 }),
             );
         }

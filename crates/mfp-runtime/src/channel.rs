@@ -66,6 +66,15 @@ pub(crate) struct ChannelInner {
     pub(crate) leaf_hint: usize,
 }
 
+impl ChannelInner {
+    /// A channel's mutable part as it starts or is restored: no idempotency window yet, no
+    /// Sg leaf hint. (A cross-runtime channel keeps its chains in its `RemoteLink`; its
+    /// `state` stays zero and its `step` unused.)
+    pub(crate) fn new(state: State, step: u64, status: ChannelStatus, validation_failures: u32) -> Mutex<Self> {
+        Mutex::new(Self { state, step, status, validation_failures, dedup: None, leaf_hint: usize::MAX })
+    }
+}
+
 impl ChannelRecord {
     /// The other end, if `agent` (a local agent) is on this channel.
     pub(crate) fn peer_of(&self, agent: &AgentId) -> Option<PeerRef<'_>> {
