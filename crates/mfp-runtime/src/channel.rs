@@ -54,7 +54,8 @@ impl PeerRef<'_> {
 }
 
 /// The mutable part of a channel, guarded by its lock. The lock is held for the whole
-/// pipeline of one message, which gives per-channel ordering.
+/// pipeline of one message up to its commit, which gives per-channel ordering; with storage,
+/// the commit is awaited outside it (the commit queue keeps the order).
 pub(crate) struct ChannelInner {
     pub(crate) state: State,
     pub(crate) step: u64,
@@ -64,6 +65,8 @@ pub(crate) struct ChannelInner {
     /// Where this channel's leaf was last seen in the Sg tree (a hint; see
     /// `MerkleSg::update_hinted`).
     pub(crate) leaf_hint: usize,
+    /// With storage: messages submitted and not yet settled (see `commit.rs`).
+    pub(crate) commits: Option<Box<crate::commit::Commits>>,
 }
 
 impl ChannelInner {
@@ -71,7 +74,7 @@ impl ChannelInner {
     /// Sg leaf hint. (A cross-runtime channel keeps its chains in its `RemoteLink`; its
     /// `state` stays zero and its `step` unused.)
     pub(crate) fn new(state: State, step: u64, status: ChannelStatus, validation_failures: u32) -> Mutex<Self> {
-        Mutex::new(Self { state, step, status, validation_failures, dedup: None, leaf_hint: usize::MAX })
+        Mutex::new(Self { state, step, status, validation_failures, dedup: None, leaf_hint: usize::MAX, commits: None })
     }
 }
 

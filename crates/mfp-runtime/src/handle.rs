@@ -9,6 +9,8 @@ use tokio::sync::oneshot;
 use crate::agent::{AgentRecord, Outcome};
 use crate::block::Place;
 use crate::error::{Error, Result};
+use crate::hooks::SendContext;
+use crate::pipeline::Submitted;
 use crate::runtime::{Inner, Route, Runtime, WeakInner};
 use crate::types::{AgentState, AgentStatus, ChannelInfo, DeliveredMessage, Receipt, SendOptions};
 
@@ -30,7 +32,9 @@ impl std::fmt::Debug for AgentHandle {
 /// tokio worker that other tasks share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Caller {
-    Blocking,
+    /// A blocking call; `driver`: made (with storage) on the thread that drives a
+    /// current-thread runtime running the delivery workers (see `block::Place::Driver`).
+    Blocking { driver: bool },
     Async,
 }
 
@@ -166,7 +170,12 @@ impl AgentHandle {
         // completes on its first poll; a wait for the rate window or mailbox space parks
         // the thread.
         let inner = self.runtime()?;
-        let mut send = std::pin::pin!(self.send_inner(channel, payload, options, done, Caller::Blocking));
+        // With storage, where we are matters once the batch is submitted (asked before
+        // entering the runtime's context below, which would change the answer).
+        let driver = inner.persisting() && crate::block::place(inner.exec()) == Place::Driver;
+        let submitted = std::sync::atomic::AtomicBool::new(false);
+        let mut send =
+            std::pin::pin!(self.send_inner(channel, payload, options, done, Caller::Blocking { driver }, Some(&submitted)));
         {
             let _g = inner.exec().enter();
             if let Some(done) = crate::block::poll_once(send.as_mut()) {
@@ -176,13 +185,15 @@ impl AgentHandle {
         // It has to wait: where are we? (Asked only now, outside the guard above.)
         match crate::block::place(inner.exec()) {
             // A wait for mailbox space or the rate window needs this very thread; the send
-            // is dropped before it reached the pipeline, so nothing changed.
-            Place::Driver => Err(Error::WouldBlock { operation: "AgentHandle::send" }),
+            // is dropped before it reached the pipeline, so nothing changed. A submitted send
+            // on this thread is the only one queued on its channel (others are refused), so
+            // it waits for nothing but its own commit, which the storage completes.
+            Place::Driver if !submitted.load(std::sync::atomic::Ordering::Relaxed) => Err(Error::WouldBlock { operation: "AgentHandle::send" }),
             Place::MultiThread => tokio::task::block_in_place(|| {
                 let _g = inner.exec().enter();
                 crate::block::block_on(send)
             }),
-            Place::Outside => {
+            Place::Outside | Place::Driver => {
                 let _g = inner.exec().enter();
                 crate::block::block_on(send)
             }
@@ -196,7 +207,7 @@ impl AgentHandle {
         options: &SendOptions,
         done: Option<oneshot::Sender<Outcome>>,
     ) -> Result<(Receipt, AgentId)> {
-        self.send_inner(channel, payload, options, done, Caller::Async).await
+        self.send_inner(channel, payload, options, done, Caller::Async, None).await
     }
 
     async fn send_inner(
@@ -206,6 +217,7 @@ impl AgentHandle {
         options: &SendOptions,
         done: Option<oneshot::Sender<Outcome>>,
         caller: Caller,
+        submitted: Option<&std::sync::atomic::AtomicBool>,
     ) -> Result<(Receipt, AgentId)> {
         let inner = self.runtime()?;
         // Held to the end of the send: a graceful shutdown waits for it.
@@ -261,6 +273,52 @@ impl AgentHandle {
                     }
                 }
             };
+            if inner.persisting() {
+                // Durable: the message waits in the channel's commit queue for its commit,
+                // holding an owned mailbox slot meanwhile.
+                let permit = match inner.try_reserve_owned(&recipient)? {
+                    Some(p) => p,
+                    None => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match tokio::time::timeout(left, recipient.tx.clone().reserve_owned()).await {
+                            Ok(Ok(p)) => p,
+                            Ok(Err(_)) => return Err(Error::AgentNotBound(recipient.id)),
+                            Err(_) => {
+                                inner.shared.metrics.mailbox_full.inc();
+                                return Err(Error::MailboxFull(recipient.id));
+                            }
+                        }
+                    }
+                };
+                let driver = matches!(caller, Caller::Blocking { driver: true });
+                let role = match inner.execute_durable(
+                    &self.record,
+                    &ch,
+                    &recipient,
+                    payload,
+                    options,
+                    (permit, bytes),
+                    done,
+                    driver,
+                )? {
+                    Submitted::Answered(r) => return Ok((r, recipient.id)),
+                    Submitted::Queued(role) => role,
+                };
+                if let Some(s) = submitted {
+                    s.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                return match inner.await_commit(&ch, role).await {
+                    Ok(receipt) => {
+                        let ctx = SendContext { sender: self.record.id, recipient: recipient.id, channel, payload };
+                        inner.sent(&self.record, &ctx, &receipt, started, None);
+                        Ok((receipt, recipient.id))
+                    }
+                    Err(e) => {
+                        inner.rejected(self.record.id, channel, "storage write failed");
+                        Err(e)
+                    }
+                };
+            }
             let permit = match inner.try_reserve(&recipient)? {
                 Some(p) => p,
                 None => {
@@ -275,15 +333,8 @@ impl AgentHandle {
                     }
                 }
             };
-            let run = || inner.execute(&self.record, &ch, &recipient, payload, options, (permit, bytes), done, started);
-            // With storage the pipeline waits for its commit. An async caller on a
-            // multi-threaded tokio runtime tells tokio first, so the worker's other tasks
-            // move elsewhere instead of stalling behind the disk.
-            let on_worker = caller == Caller::Async
-                && inner.persisting()
-                && tokio::runtime::Handle::try_current()
-                    .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            let receipt = if on_worker { tokio::task::block_in_place(run) } else { run() }?;
+            let receipt =
+                inner.execute(&self.record, &ch, &recipient, payload, options, (permit, bytes), done, started)?;
             return Ok((receipt, recipient.id));
         }
     }

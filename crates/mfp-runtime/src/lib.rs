@@ -36,6 +36,7 @@ pub mod audit;
 mod block;
 mod builder;
 mod channel;
+mod commit;
 pub mod clock;
 mod config;
 mod entropy;

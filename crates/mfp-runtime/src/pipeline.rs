@@ -73,21 +73,19 @@ impl Inner {
         Ok(Ok(route))
     }
 
-    /// ACCEPT (locked part) → FRAME → ENCODE → VALIDATE → DECODE → DELIVER → commit.
-    /// The mailbox slot is already reserved, so delivery cannot fail after encoding and no
-    /// (key, nonce) pair is ever used for two different messages.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn execute(
+    /// ACCEPT (locked part) → FRAME → ENCODE → VALIDATE → DECODE of a local send, up to
+    /// the point where the message and the channel's next state exist: the channel's lock
+    /// is held in the returned [`Prepared`], nothing has changed yet.
+    #[inline]
+    fn prepare<'c>(
         &self,
-        sender: &Arc<AgentRecord>,
-        channel: &ChannelRecord,
+        sender: &AgentRecord,
+        channel: &'c ChannelRecord,
         recipient: &AgentRecord,
         payload: &[u8],
         opts: &SendOptions,
-        (permit, bytes): (mpsc::Permit<'_, Delivery>, tokio::sync::SemaphorePermit<'_>),
-        done: Option<oneshot::Sender<Outcome>>,
-        started: Instant,
-    ) -> Result<Receipt> {
+        durable_queue_must_be_empty: bool,
+    ) -> Result<Prepared<'c>> {
         let ctx = SendContext { sender: sender.id, recipient: recipient.id, channel: channel.id, payload };
         if let Some(h) = &self.hooks
             && let Err(reason) = h.before_send(&ctx)
@@ -115,12 +113,16 @@ impl Inner {
             return Err(Error::ChannelQuarantined(channel.id));
         }
         if let Some(r) = self.accept_locked(&mut ch, &channel.id, idem.as_ref())? {
-            return Ok(r);
+            return Ok(Prepared::Answered(r));
+        }
+        if durable_queue_must_be_empty && ch.commits.as_ref().is_some_and(|c| !c.is_empty()) {
+            // A blocking send on the thread that drives the runtime could only wait behind
+            // the commits queued before it, whose owners need this very thread.
+            return Err(Error::WouldBlock { operation: "AgentHandle::send" });
         }
         // The outbound half (FRAME → ENCODE), then the inbound half (VALIDATE → DECODE) of
         // the same message, in one go: both ends are local.
         let mut sealed = self.seal_local(&ch, channel, payload, draw)?;
-        let (message_id, correlation_id, step) = (sealed.message_id, sealed.correlation_id, sealed.step);
         let next = match Self::open_local(&ch, channel, &mut sealed) {
             Ok(next) => next,
             Err(Error::FrameValidation) => {
@@ -149,56 +151,33 @@ impl Inner {
                 return Err(e);
             }
         };
-        let m = sealed.m;
-        let next_step = step.checked_add(1).ok_or(Error::Core(mfp_core::Error::Crypto("channel step exhausted")))?;
+        let next_step =
+            sealed.step.checked_add(1).ok_or(Error::Core(mfp_core::Error::Crypto("channel step exhausted")))?;
+        Ok(Prepared::Ready(Ready { ch, sealed, next, next_step, idem }))
+    }
 
-        // PERSIST: with storage, the advance and the new Sg commit in one transaction
-        // before anything is delivered or acknowledged; if that fails, nothing moves.
-        if self.persisting() {
-            // The new Sg is computed and the batch submitted (a non-blocking enqueue) under
-            // one hold of the `sg` lock, so storage receives batches in Sg order and the
-            // committed Sg is always the root of the committed states; the commit is
-            // awaited after the `sg` lock is released.
-            // The batch is built before the lock is taken; only the root is filled in under it.
-            // Removals of handled messages ride along (see "Removals" below).
-            let acks = self.take_acks();
-            let mut ops = Vec::with_capacity(3 + acks.len());
-            ops.extend(acks.iter().map(|&(channel, step)| StorageOp::AckDelivery { channel, step }));
-            ops.push(StorageOp::AdvanceChannel { id: channel.id, state: next.clone(), step: next_step });
-            // The durable inbox: the message commits with the advance, so a receipt means
-            // the message survives a crash until its handler has returned.
-            ops.push(StorageOp::PutDelivery(DeliveryRow {
-                channel: channel.id,
-                step,
-                recipient: recipient.id,
-                sender: sender.id,
-                message_id,
-                correlation_id: correlation_id.0,
-                payload: m.clone(),
-            }));
-            let ticket = {
-                let mut sg = self.sg.lock();
-                let inner = &mut *ch;
-                if let Err(e) = sg.tree.update_hinted(&channel.id, &next, &mut inner.leaf_hint) {
-                    drop(sg);
-                    self.requeue_acks(acks);
-                    return Err(Error::Core(e.into()));
-                }
-                ops.push(StorageOp::Sg(sg.tree.root()));
-                self.submit(ops)
-            };
-            if let Err(e) = self.settle(ticket) {
-                self.requeue_acks(acks);
-                {
-                    let mut sg = self.sg.lock();
-                    let inner = &mut *ch;
-                    let _ = sg.tree.update_hinted(&channel.id, &inner.state, &mut inner.leaf_hint);
-                    self.resubmit_sg(&mut sg);
-                }
-                self.rejected(sender.id, channel.id, "storage write failed");
-                return Err(e);
-            }
-        }
+    /// A local send without storage: [`Inner::prepare`], then DELIVER and the advance, all
+    /// under the channel's lock. The mailbox slot is already reserved, so delivery cannot
+    /// fail after encoding and no (key, nonce) pair is ever used for two different
+    /// messages.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn execute(
+        &self,
+        sender: &Arc<AgentRecord>,
+        channel: &ChannelRecord,
+        recipient: &AgentRecord,
+        payload: &[u8],
+        opts: &SendOptions,
+        (permit, bytes): (mpsc::Permit<'_, Delivery>, tokio::sync::SemaphorePermit<'_>),
+        done: Option<oneshot::Sender<Outcome>>,
+        started: Instant,
+    ) -> Result<Receipt> {
+        let ready = match self.prepare(sender, channel, recipient, payload, opts, false)? {
+            Prepared::Answered(r) => return Ok(r),
+            Prepared::Ready(ready) => ready,
+        };
+        let Ready { mut ch, sealed, next, next_step, idem } = ready;
+        let Sealed { message_id, correlation_id, step, m, .. } = sealed;
 
         // DELIVER (cannot fail: the slot is reserved)
         // The byte permits now travel with the message; its handler's end returns them.
@@ -218,7 +197,7 @@ impl Inner {
             },
             done,
             token,
-            durable: self.persisting(),
+            durable: false,
         });
 
         // Commit: state, step, Sg — all before the channel lock is released.
@@ -227,7 +206,7 @@ impl Inner {
         ch.validation_failures = 0;
         let receipt = Receipt { message_id, channel: channel.id, step, correlation_id };
         self.remember_idempotent(&mut ch, idem, receipt);
-        if !self.persisting() {
+        {
             let mut sg = self.sg.lock();
             let inner = &mut *ch;
             sg.tree
@@ -236,8 +215,105 @@ impl Inner {
         }
         drop(ch);
 
+        let ctx = SendContext { sender: sender.id, recipient: recipient.id, channel: channel.id, payload };
         self.sent(sender, &ctx, &receipt, started, None);
         Ok(receipt)
+    }
+
+    /// A local send with storage, first part: [`Inner::prepare`], then the batch (the
+    /// advance, the durable inbox row, the new Sg) is submitted and the channel's head moves
+    /// on at once, so the next send on the channel is framed while this one commits. The
+    /// message waits in the channel's commit queue; [`Inner::await_commit`] delivers it
+    /// once its batch committed (in step order) and returns its receipt.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn execute_durable(
+        &self,
+        sender: &AgentRecord,
+        channel: &ChannelRecord,
+        recipient: &Arc<AgentRecord>,
+        payload: &[u8],
+        opts: &SendOptions,
+        (permit, bytes): (mpsc::OwnedPermit<Delivery>, tokio::sync::SemaphorePermit<'_>),
+        done: Option<oneshot::Sender<Outcome>>,
+        on_driver: bool,
+    ) -> Result<Submitted> {
+        let ready = match self.prepare(sender, channel, recipient, payload, opts, on_driver)? {
+            Prepared::Answered(r) => return Ok(Submitted::Answered(r)),
+            Prepared::Ready(ready) => ready,
+        };
+        let Ready { mut ch, sealed, next, next_step, idem } = ready;
+        let Sealed { message_id, correlation_id, step, m, .. } = sealed;
+
+        // PERSIST: the advance and the new Sg commit in one transaction before anything is
+        // delivered or acknowledged. The new Sg is computed and the batch submitted (a
+        // non-blocking enqueue) under one hold of the `sg` lock, so storage receives
+        // batches in Sg order and the committed Sg is always the root of the committed
+        // states. Removals of handled messages ride along (see "Removals" below).
+        let acks = self.take_acks();
+        let mut ops = Vec::with_capacity(3 + acks.len());
+        ops.extend(acks.iter().map(|&(channel, step)| StorageOp::AckDelivery { channel, step }));
+        ops.push(StorageOp::AdvanceChannel { id: channel.id, state: next.clone(), step: next_step });
+        // The durable inbox: the message commits with the advance, so a receipt means the
+        // message survives a crash until its handler has returned.
+        ops.push(StorageOp::PutDelivery(DeliveryRow {
+            channel: channel.id,
+            step,
+            recipient: recipient.id,
+            sender: sender.id,
+            message_id,
+            correlation_id: correlation_id.0,
+            payload: m.clone(),
+        }));
+        let ticket = {
+            let mut sg = self.sg.lock();
+            let inner = &mut *ch;
+            if let Err(e) = sg.tree.update_hinted(&channel.id, &next, &mut inner.leaf_hint) {
+                drop(sg);
+                self.requeue_acks(acks);
+                return Err(Error::Core(e.into()));
+            }
+            ops.push(StorageOp::Sg(sg.tree.root()));
+            self.submit(ops)
+        };
+        let Some(ticket) = ticket else { return Err(Error::Inconsistent { channel: channel.id }) };
+
+        // The byte permits travel with the message; its handler's end returns them (or the
+        // commit queue, if the batch fails).
+        let held = bytes.num_permits();
+        bytes.forget();
+        let token = crate::runtime::InFlight::new(&self.shared, u32::try_from(held).unwrap_or(u32::MAX));
+        let receipt = Receipt { message_id, channel: channel.id, step, correlation_id };
+        let delivery = Delivery {
+            msg: crate::types::DeliveredMessage {
+                payload: m,
+                sender: sender.id,
+                channel: channel.id,
+                message_id,
+                correlation_id,
+                step,
+                redelivered: false,
+                sender_runtime: None,
+            },
+            done,
+            token,
+            durable: true,
+        };
+        // The head moves on: the next send frames from the state after this message.
+        let durable_before = (ch.state.clone(), ch.step);
+        ch.state = next.clone();
+        ch.step = next_step;
+        ch.validation_failures = 0;
+        let queue = ch.commits.get_or_insert_with(|| Box::new(crate::commit::Commits::new(durable_before)));
+        let pending = crate::commit::Pending::new(
+            ticket,
+            (next, next_step),
+            (permit, delivery),
+            Arc::clone(recipient),
+            receipt,
+            idem,
+            acks,
+        );
+        Ok(Submitted::Queued(queue.push(pending)))
     }
 
     // ---- shared by the local and the cross-runtime send ---------------------------------
@@ -443,6 +519,22 @@ impl Inner {
         }
     }
 
+    /// Reserves an owned mailbox slot without waiting (a durable send holds it while its
+    /// message waits for its commit).
+    pub(crate) fn try_reserve_owned(&self, recipient: &AgentRecord) -> Result<Option<mpsc::OwnedPermit<Delivery>>> {
+        match recipient.tx.clone().try_reserve_owned() {
+            Ok(p) => Ok(Some(p)),
+            Err(mpsc::error::TrySendError::Full(_)) => match self.config.backpressure {
+                Backpressure::Reject => {
+                    self.shared.metrics.mailbox_full.inc();
+                    Err(Error::MailboxFull(recipient.id))
+                }
+                Backpressure::Wait => Ok(None),
+            },
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::AgentNotBound(recipient.id)),
+        }
+    }
+
     /// Reserves a mailbox slot without waiting.
     pub(crate) fn try_reserve<'a>(&self, recipient: &'a AgentRecord) -> Result<Option<mpsc::Permit<'a, Delivery>>> {
         match recipient.tx.try_reserve() {
@@ -457,6 +549,31 @@ impl Inner {
             Err(mpsc::error::TrySendError::Closed(())) => Err(Error::AgentNotBound(recipient.id)),
         }
     }
+}
+
+/// What [`Inner::prepare`] leaves: a retry answered from the idempotency window, or a
+/// message ready to deliver with the channel's lock held.
+#[allow(clippy::large_enum_variant)] // returned by value, never stored; no allocation per send
+pub(crate) enum Prepared<'c> {
+    Answered(Receipt),
+    Ready(Ready<'c>),
+}
+
+/// A prepared local message: the channel (locked), the message, the channel's next state.
+pub(crate) struct Ready<'c> {
+    ch: parking_lot::MutexGuard<'c, ChannelInner>,
+    sealed: Sealed,
+    next: mfp_core::State,
+    next_step: u64,
+    idem: Option<([u8; 32], [u8; 32])>,
+}
+
+/// What [`Inner::execute_durable`] leaves.
+pub(crate) enum Submitted {
+    /// A retry answered from the idempotency window: nothing was sent.
+    Answered(Receipt),
+    /// The batch was submitted; the message waits in its channel's commit queue.
+    Queued(crate::commit::Role),
 }
 
 /// A message of a local channel between its two halves: the protocol message's parts

@@ -390,6 +390,27 @@ impl Ticket {
         }
     }
 
+    /// The outcome, if the batch already committed or failed (the ticket is spent then).
+    pub(crate) fn try_result(&mut self) -> Option<Result<(), StorageError>> {
+        match &mut self.0 {
+            TicketInner::Ready(r) => Some(std::mem::replace(r, Err(StorageError::Closed))),
+            TicketInner::Pending(rx) => match rx.try_recv() {
+                Ok(r) => Some(r),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+                Err(oneshot::error::TryRecvError::Closed) => Some(Err(StorageError::Closed)),
+            },
+        }
+    }
+
+    /// [`Ticket::wait_async`] by reference, so a cancelled wait keeps the ticket (spent
+    /// once this returns).
+    pub(crate) async fn wait_mut(&mut self) -> Result<(), StorageError> {
+        match &mut self.0 {
+            TicketInner::Ready(r) => std::mem::replace(r, Err(StorageError::Closed)),
+            TicketInner::Pending(rx) => rx.await.unwrap_or(Err(StorageError::Closed)),
+        }
+    }
+
     /// Waits asynchronously until the batch committed or failed.
     pub async fn wait_async(self) -> Result<(), StorageError> {
         match self.0 {
