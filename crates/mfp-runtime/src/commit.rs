@@ -180,7 +180,8 @@ impl Inner {
                 Err(e)
             }
         };
-        let revert = ch.commits.as_ref().and_then(|c| (c.queue.is_empty() && ch.step != c.durable.1).then(|| c.durable.clone()));
+        let revert =
+            ch.commits.as_ref().and_then(|c| (c.queue.is_empty() && ch.step != c.durable.1).then(|| c.durable.clone()));
         if let Some((state, step)) = revert
             && ch.status != ChannelStatus::Closed
         {
@@ -234,13 +235,21 @@ async fn drain(inner: &Arc<Inner>, channel: &Arc<ChannelRecord>, mine: Option<u6
                 }
                 if (mine.is_none() || result.is_some())
                     && let Some(tx) = front.turn.take()
-                    && tx.send(Turn::Drain).is_ok()
                 {
-                    // The front's sender drains from here on.
-                    return result;
+                    if tx.send(Turn::Drain).is_ok() {
+                        // The front's sender drains from here on.
+                        return result;
+                    }
+                    if mine.is_some() {
+                        // Its sender is gone (cancelled): a thread waits in its place, this
+                        // sender has its answer.
+                        drop(guard);
+                        take_over(inner, channel);
+                        return result;
+                    }
                 }
-                // Our own message is still queued, or the front's sender is gone: wait for
-                // the front's commit here.
+                // Our own message is still queued, or (a thread taking over) the front's
+                // sender is gone: wait for the front's commit here.
                 match std::mem::replace(&mut front.commit, Commit::Awaited) {
                     Commit::Ticket(t) => break t,
                     other => {

@@ -34,7 +34,9 @@ impl std::fmt::Debug for AgentHandle {
 enum Caller {
     /// A blocking call; `driver`: made (with storage) on the thread that drives a
     /// current-thread runtime running the delivery workers (see `block::Place::Driver`).
-    Blocking { driver: bool },
+    Blocking {
+        driver: bool,
+    },
     Async,
 }
 
@@ -174,8 +176,14 @@ impl AgentHandle {
         // entering the runtime's context below, which would change the answer).
         let driver = inner.persisting() && crate::block::place(inner.exec()) == Place::Driver;
         let submitted = std::sync::atomic::AtomicBool::new(false);
-        let mut send =
-            std::pin::pin!(self.send_inner(channel, payload, options, done, Caller::Blocking { driver }, Some(&submitted)));
+        let mut send = std::pin::pin!(self.send_inner(
+            channel,
+            payload,
+            options,
+            done,
+            Caller::Blocking { driver },
+            Some(&submitted)
+        ));
         {
             let _g = inner.exec().enter();
             if let Some(done) = crate::block::poll_once(send.as_mut()) {
@@ -188,7 +196,9 @@ impl AgentHandle {
             // is dropped before it reached the pipeline, so nothing changed. A submitted send
             // on this thread is the only one queued on its channel (others are refused), so
             // it waits for nothing but its own commit, which the storage completes.
-            Place::Driver if !submitted.load(std::sync::atomic::Ordering::Relaxed) => Err(Error::WouldBlock { operation: "AgentHandle::send" }),
+            Place::Driver if !submitted.load(std::sync::atomic::Ordering::Relaxed) => {
+                Err(Error::WouldBlock { operation: "AgentHandle::send" })
+            }
             Place::MultiThread => tokio::task::block_in_place(|| {
                 let _g = inner.exec().enter();
                 crate::block::block_on(send)

@@ -5,6 +5,7 @@
 #[macro_use]
 mod common;
 
+use common::manual_store::ManualStore;
 use common::{Inbox, cfg};
 use mfp_core::{RuntimeId, State};
 use mfp_runtime::storage::{MemoryStorage, Storage, StorageError, StorageOp};
@@ -298,81 +299,6 @@ fn every_submitted_sg_is_the_root_of_the_states_submitted_before_it() {
         "{} of {} submitted Sg values differ from the root of the states before them",
         m.mismatches, m.sg_batches
     );
-}
-
-/// A store whose batches wait until the test completes them, one by one, in submission
-/// order (as the SQLite writer commits them), failing the ones it chooses. The model holds
-/// what was committed.
-#[derive(Clone, Default)]
-struct ManualStore(std::sync::Arc<(std::sync::Mutex<ManualQueue>, std::sync::Condvar)>);
-
-#[derive(Default)]
-struct ManualQueue {
-    pending: std::collections::VecDeque<(Vec<StorageOp>, mfp_runtime::storage::TicketSender)>,
-    states: std::collections::BTreeMap<mfp_core::ChannelId, State>,
-    sg: Option<State>,
-}
-
-impl ManualStore {
-    /// Waits until at least `n` batches are pending.
-    fn wait_pending(&self, n: usize) {
-        let (lock, cv) = &*self.0;
-        let deadline = std::time::Instant::now() + common::WAIT;
-        let mut q = lock.lock().unwrap();
-        while q.pending.len() < n {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            assert!(!left.is_zero(), "expected {n} pending batches, have {}", q.pending.len());
-            q = cv.wait_timeout(q, left).unwrap().0;
-        }
-    }
-
-    /// Commits (or fails) the oldest pending batch.
-    fn complete_next(&self, ok: bool) {
-        self.wait_pending(1);
-        let (ops, done) = self.0.0.lock().unwrap().pending.pop_front().unwrap();
-        if ok {
-            let mut q = self.0.0.lock().unwrap();
-            for op in ops {
-                match op {
-                    StorageOp::PutChannel(c) => {
-                        q.states.insert(c.id, c.state);
-                    }
-                    StorageOp::AdvanceChannel { id, state, .. } => {
-                        q.states.insert(id, state);
-                    }
-                    StorageOp::CloseChannel(id) => {
-                        q.states.remove(&id);
-                    }
-                    StorageOp::Sg(sg) => q.sg = sg,
-                    _ => {}
-                }
-            }
-            drop(q);
-            done.complete(Ok(()));
-        } else {
-            done.complete(Err(StorageError::Backend("injected failure".into())));
-        }
-    }
-
-    /// Whether the committed Sg is the root of the committed channel states.
-    fn consistent(&self) -> bool {
-        let q = self.0.0.lock().unwrap();
-        mfp_core::MerkleSg::from_states(q.states.iter().map(|(c, s)| (*c, s))).unwrap().root() == q.sg
-    }
-}
-
-impl Storage for ManualStore {
-    fn load(&self) -> Result<Option<mfp_runtime::storage::Snapshot>, StorageError> {
-        Ok(None)
-    }
-
-    fn apply(&self, ops: Vec<StorageOp>) -> mfp_runtime::storage::Ticket {
-        let (done, ticket) = mfp_runtime::storage::Ticket::pending();
-        let (lock, cv) = &*self.0;
-        lock.lock().unwrap().pending.push_back((ops, done));
-        cv.notify_all();
-        ticket
-    }
 }
 
 /// Channel A's batch fails after channel B's batch — whose Sg counted A's new state — was

@@ -3,6 +3,8 @@
 //! inbox that can be waited on, a gate that blocks a handler until released, and a
 //! deterministic entropy source.
 
+pub(crate) mod manual_store;
+
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
