@@ -206,6 +206,7 @@ impl Inner {
             handler,
             timeout: self.config.agent_timeout,
             epoch: self.epoch,
+            clock: self.virtual_clock.then(|| Arc::clone(&self.clock)),
         };
         let join = self.exec.spawn(agent::run_worker(ctx, rx, control_rx));
         self.workers.lock().push(join);

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::channel::RateWindow;
+use crate::clock::Clock;
 use crate::handle::AgentHandle;
 use crate::hooks::DeliveryFailure;
 use crate::runtime::{InFlight, Inner};
@@ -293,8 +294,20 @@ impl<F: Future<Output = ()>> Future for CatchUnwind<F> {
 /// `in_handler_since` of a sync handler call the watchdog has reported as timed out.
 const TIMED_OUT_MARK: u64 = u64::MAX;
 
-fn micros_since(epoch: Instant) -> u64 {
-    u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX).max(1)
+fn micros_since(clock: Option<&Arc<dyn Clock>>, epoch: Instant) -> u64 {
+    let elapsed = match clock {
+        Some(c) => c.now().saturating_duration_since(epoch),
+        None => epoch.elapsed(),
+    };
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The watchdog's tick, on the runtime's clock.
+fn tick_sleep(clock: Option<&Arc<dyn Clock>>, tick: Duration) -> crate::clock::Sleep {
+    match clock {
+        Some(c) => c.sleep_until(c.now() + tick),
+        None => Box::pin(tokio::time::sleep(tick)),
+    }
 }
 
 /// What the worker needs besides its record.
@@ -304,7 +317,10 @@ pub(crate) struct WorkerCtx {
     pub(crate) record: Arc<AgentRecord>,
     pub(crate) handler: Handler,
     pub(crate) timeout: Duration,
+    /// The runtime's start on its clock.
     pub(crate) epoch: Instant,
+    /// The runtime's clock when it is not the system's (handler timeouts run on it).
+    pub(crate) clock: Option<Arc<dyn Clock>>,
 }
 
 impl WorkerCtx {
@@ -440,10 +456,22 @@ async fn deliver_async(ctx: &WorkerCtx, f: &Arc<AsyncFn>, d: Delivery) {
     let Delivery { msg, done, token, .. } = d;
     let msg_id = msg.message_id;
     let fut = f(ctx.handle(), msg);
-    let outcome = match tokio::time::timeout(ctx.timeout, CatchUnwind(Box::pin(fut))).await {
-        Ok(Ok(())) => Outcome::Done,
-        Ok(Err(())) => Outcome::Panicked,
-        Err(_) => Outcome::TimedOut,
+    let run = CatchUnwind(Box::pin(fut));
+    let result = match &ctx.clock {
+        None => tokio::time::timeout(ctx.timeout, run).await.ok(),
+        Some(clock) => {
+            let sleep = clock.sleep_until(clock.now() + ctx.timeout);
+            tokio::select! {
+                biased;
+                r = run => Some(r),
+                () = sleep => None,
+            }
+        }
+    };
+    let outcome = match result {
+        Some(Ok(())) => Outcome::Done,
+        Some(Err(())) => Outcome::Panicked,
+        None => Outcome::TimedOut,
     };
     // Bookkeeping (quarantine on timeout, metrics) first, so a waiting sender that learns
     // the outcome sees its effects.
@@ -473,6 +501,7 @@ async fn deliver_sync_batch(
     let record = Arc::clone(&ctx.record);
     let handle = ctx.handle();
     let epoch = ctx.epoch;
+    let clock = ctx.clock.clone();
     let inner = ctx.inner.clone();
     let shared = Arc::clone(&ctx.shared);
     let control = ctx.record.control.subscribe();
@@ -495,7 +524,7 @@ async fn deliver_sync_batch(
             let Delivery { msg, done, token, .. } = d;
             let msg_id = msg.message_id;
             *handling.lock() = Some((msg_id, token));
-            record.in_handler_since.store(micros_since(epoch), Ordering::Release);
+            record.in_handler_since.store(micros_since(clock.as_ref(), epoch), Ordering::Release);
             let res = catch_unwind(AssertUnwindSafe(|| f(&handle, msg)));
             let timed_out = record.in_handler_since.swap(0, Ordering::AcqRel) == TIMED_OUT_MARK;
             let Some((_, token)) = handling.lock().take() else {
@@ -567,12 +596,12 @@ async fn deliver_sync_batch(
                 // Checked at the top of the loop; a closed channel needs no more watching.
                 watching = changed.is_ok();
             }
-            () = tokio::time::sleep(tick) => {
+            () = tick_sleep(ctx.clock.as_ref(), tick) => {
                 let since = ctx.record.in_handler_since.load(Ordering::Acquire);
                 if since == 0 || since == TIMED_OUT_MARK {
                     continue;
                 }
-                let running = Duration::from_micros(micros_since(ctx.epoch).saturating_sub(since));
+                let running = Duration::from_micros(micros_since(ctx.clock.as_ref(), ctx.epoch).saturating_sub(since));
                 let msg_id = current.lock().as_ref().map(|(id, _)| *id);
                 // Mark the call (only if it is still the one we measured) so it is
                 // reported once, and its waiting sender sees the timeout.

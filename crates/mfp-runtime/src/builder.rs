@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
 
 use mfp_core::{AgentId, ChannelId, EntropySource, MIN_FRAME_DEPTH, MerkleSg, RuntimeId};
 use parking_lot::{Mutex, RwLock};
@@ -146,13 +145,16 @@ impl RuntimeBuilder {
                 (rt.handle().clone(), Some(rt))
             }
         };
+        let virtual_clock = self.clock.is_some();
+        let clock: Arc<dyn crate::clock::Clock> = self.clock.unwrap_or_else(|| Arc::new(crate::clock::SystemClock));
         let inner = Arc::new_cyclic(|me| Inner {
             me: me.clone(),
             admin_op: tokio::sync::Mutex::new(()),
             config: self.config,
             identity,
-            epoch: Instant::now(),
-            clock: self.clock.unwrap_or_else(|| Arc::new(crate::clock::SystemClock)),
+            epoch: clock.now(),
+            virtual_clock,
+            clock,
             entropy: Mutex::new(entropy),
             admin: Mutex::new(AdminState { agent_counter: 0, names: HashMap::new() }),
             agents: RwLock::new(HashMap::default()),

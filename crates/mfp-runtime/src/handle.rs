@@ -232,10 +232,11 @@ impl AgentHandle {
         let inner = self.runtime()?;
         // Held to the end of the send: a graceful shutdown waits for it.
         let _sending = inner.enter_send()?;
+        // For the latency metric (real time).
         let started = Instant::now();
-        let deadline = started + inner.config.pipeline_timeout;
-        // The rate window and its wait run on the runtime's clock (virtual in tests).
-        let rate_deadline = inner.clock.now() + inner.config.pipeline_timeout;
+        // Every wait of the send (rate window, mailbox space, the link) ends at one deadline
+        // on the runtime's clock (virtual in tests).
+        let deadline = inner.clock.now() + inner.config.pipeline_timeout;
         loop {
             let now = inner.clock.now();
             let (ch, recipient) = match inner.precheck(&self.record, &channel, payload.len(), now)? {
@@ -258,7 +259,7 @@ impl AgentHandle {
                     return Ok((receipt, peer));
                 }
                 Err(wait) => {
-                    if now + wait > rate_deadline {
+                    if now + wait > deadline {
                         return Err(Error::RateLimited { retry_after: wait });
                     }
                     // Until a deadline from the instant the window was read, so a clock that
@@ -271,34 +272,28 @@ impl AgentHandle {
             let need = recipient.bytes_needed(payload.len());
             let bytes = match inner.try_reserve_bytes(&recipient, need)? {
                 Some(b) => b,
-                None => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match tokio::time::timeout(left, recipient.mailbox_bytes.acquire_many(need)).await {
-                        Ok(Ok(b)) => b,
-                        Ok(Err(_)) => return Err(Error::AgentNotBound(recipient.id)),
-                        Err(_) => {
-                            inner.shared.metrics.mailbox_full.inc();
-                            return Err(Error::MailboxFull(recipient.id));
-                        }
+                None => match inner.timeout_at(deadline, recipient.mailbox_bytes.acquire_many(need)).await {
+                    Some(Ok(b)) => b,
+                    Some(Err(_)) => return Err(Error::AgentNotBound(recipient.id)),
+                    None => {
+                        inner.shared.metrics.mailbox_full.inc();
+                        return Err(Error::MailboxFull(recipient.id));
                     }
-                }
+                },
             };
             if inner.persisting() {
                 // Durable: the message waits in the channel's commit queue for its commit,
                 // holding an owned mailbox slot meanwhile.
                 let permit = match inner.try_reserve_owned(&recipient)? {
                     Some(p) => p,
-                    None => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        match tokio::time::timeout(left, recipient.tx.clone().reserve_owned()).await {
-                            Ok(Ok(p)) => p,
-                            Ok(Err(_)) => return Err(Error::AgentNotBound(recipient.id)),
-                            Err(_) => {
-                                inner.shared.metrics.mailbox_full.inc();
-                                return Err(Error::MailboxFull(recipient.id));
-                            }
+                    None => match inner.timeout_at(deadline, recipient.tx.clone().reserve_owned()).await {
+                        Some(Ok(p)) => p,
+                        Some(Err(_)) => return Err(Error::AgentNotBound(recipient.id)),
+                        None => {
+                            inner.shared.metrics.mailbox_full.inc();
+                            return Err(Error::MailboxFull(recipient.id));
                         }
-                    }
+                    },
                 };
                 let driver = matches!(caller, Caller::Blocking { driver: true });
                 let role = match inner.execute_durable(
@@ -331,17 +326,14 @@ impl AgentHandle {
             }
             let permit = match inner.try_reserve(&recipient)? {
                 Some(p) => p,
-                None => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match tokio::time::timeout(left, recipient.tx.reserve()).await {
-                        Ok(Ok(p)) => p,
-                        Ok(Err(_)) => return Err(Error::AgentNotBound(recipient.id)),
-                        Err(_) => {
-                            inner.shared.metrics.mailbox_full.inc();
-                            return Err(Error::MailboxFull(recipient.id));
-                        }
+                None => match inner.timeout_at(deadline, recipient.tx.reserve()).await {
+                    Some(Ok(p)) => p,
+                    Some(Err(_)) => return Err(Error::AgentNotBound(recipient.id)),
+                    None => {
+                        inner.shared.metrics.mailbox_full.inc();
+                        return Err(Error::MailboxFull(recipient.id));
                     }
-                }
+                },
             };
             let receipt =
                 inner.execute(&self.record, &ch, &recipient, payload, options, (permit, bytes), done, started)?;

@@ -52,11 +52,10 @@ impl Inner {
                     return Err(Self::peer_unavailable(&peer, e));
                 }
                 Err(e) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if self.config.backpressure == Backpressure::Reject || left.is_zero() {
+                    if self.config.backpressure == Backpressure::Reject || self.clock.now() >= deadline {
                         return Err(Self::peer_unavailable(&peer, e));
                     }
-                    if tokio::time::timeout(left, transport.ready(&peer)).await.is_err() {
+                    if self.timeout_at(deadline, transport.ready(&peer)).await.is_none() {
                         return Err(Self::peer_unavailable(&peer, e));
                     }
                 }
@@ -210,7 +209,7 @@ impl Inner {
         }
         // Room in the recipient's mailbox first, so that nothing can fail after the commit.
         let plain_len = (header.payload_len as usize).saturating_sub(TAG_SIZE);
-        let deadline = Instant::now() + self.config.pipeline_timeout;
+        let deadline = self.clock.now() + self.config.pipeline_timeout;
         let (bytes, permit) = self.reserve_mailbox(&recipient, plain_len, deadline, wait).await.map_err(reject)?;
         // VALIDATE → DECODE, at the chain's own step; with an accepted rotation pending,
         // under the rotated chain first (the peer rotates at a step of its choosing).
@@ -367,26 +366,20 @@ impl Inner {
         let bytes = match self.try_reserve_bytes(recipient, need)? {
             Some(b) => b,
             None if no_wait.is_some() => return Err(full(no_wait)),
-            None => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, recipient.mailbox_bytes.acquire_many(need)).await {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(_)) => return Err(Error::AgentNotBound(recipient.id)),
-                    Err(_) => return Err(full(None)),
-                }
-            }
+            None => match self.timeout_at(deadline, recipient.mailbox_bytes.acquire_many(need)).await {
+                Some(Ok(b)) => b,
+                Some(Err(_)) => return Err(Error::AgentNotBound(recipient.id)),
+                None => return Err(full(None)),
+            },
         };
         let permit = match self.try_reserve(recipient)? {
             Some(p) => p,
             None if no_wait.is_some() => return Err(full(no_wait)),
-            None => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, recipient.tx.reserve()).await {
-                    Ok(Ok(p)) => p,
-                    Ok(Err(_)) => return Err(Error::AgentNotBound(recipient.id)),
-                    Err(_) => return Err(full(None)),
-                }
-            }
+            None => match self.timeout_at(deadline, recipient.tx.reserve()).await {
+                Some(Ok(p)) => p,
+                Some(Err(_)) => return Err(Error::AgentNotBound(recipient.id)),
+                None => return Err(full(None)),
+            },
         };
         Ok((bytes, permit))
     }

@@ -146,6 +146,9 @@ pub(crate) struct Inner {
     pub(crate) epoch: Instant,
     /// The time for rate and idempotency windows (see `clock.rs`).
     pub(crate) clock: Arc<dyn crate::clock::Clock>,
+    /// Whether `clock` was passed in (a virtual clock in tests); otherwise it is the
+    /// system clock and waits use tokio's timer directly.
+    pub(crate) virtual_clock: bool,
     pub(crate) entropy: Mutex<Box<dyn EntropySource + Send>>,
     pub(crate) admin: Mutex<AdminState>,
     /// The turn of administrative operations (see `admin.rs`), held across their commit
@@ -303,8 +306,23 @@ impl Inner {
         Ok(guard)
     }
 
-    /// Waits (at most until `deadline`) for the sends that passed their shutdown check.
-    async fn wait_senders(&self, deadline: Option<tokio::time::Instant>) {
+    /// Runs `fut` until `deadline` on the runtime's clock; `None` if the deadline came first.
+    pub(crate) async fn timeout_at<F: std::future::Future>(&self, deadline: Instant, fut: F) -> Option<F::Output> {
+        if self.virtual_clock {
+            let sleep = self.clock.sleep_until(deadline);
+            tokio::select! {
+                biased;
+                v = fut => Some(v),
+                () = sleep => None,
+            }
+        } else {
+            tokio::time::timeout_at(deadline.into(), fut).await.ok()
+        }
+    }
+
+    /// Waits (at most until `deadline`, on the runtime's clock) for the sends that passed
+    /// their shutdown check.
+    async fn wait_senders(&self, deadline: Option<Instant>) {
         while self.shared.sending.0.load(Ordering::SeqCst) > 0 {
             let notified = self.shared.senders_done.notified();
             // Re-check after registering: the last sender may have ended meanwhile.
@@ -313,7 +331,7 @@ impl Inner {
             }
             match deadline {
                 Some(d) => {
-                    if tokio::time::timeout_at(d, notified).await.is_err() {
+                    if self.timeout_at(d, notified).await.is_none() {
                         break;
                     }
                 }
@@ -843,7 +861,7 @@ impl Runtime {
     /// still get a receipt), then lets every worker deliver what is queued — all within
     /// `pipeline_timeout`.
     async fn drain(&self, workers: Vec<tokio::task::JoinHandle<()>>) {
-        let deadline = tokio::time::Instant::now().checked_add(self.inner.config.pipeline_timeout);
+        let deadline = self.inner.clock.now().checked_add(self.inner.config.pipeline_timeout);
         self.inner.wait_senders(deadline).await;
         self.drain_workers();
         let join_all = async {
@@ -853,7 +871,7 @@ impl Runtime {
         };
         match deadline {
             Some(d) => {
-                let _ = tokio::time::timeout_at(d, join_all).await;
+                let _ = self.inner.timeout_at(d, join_all).await;
             }
             None => join_all.await,
         }

@@ -1,0 +1,105 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+//! Timeouts on the runtime's clock: a handler's timeout (sync and async handlers), a wait for
+//! mailbox space and a shutdown's grace period end when a virtual clock gets there. The
+//! timeouts are hours long, so real time cannot be what ends them; the tests only move the
+//! clock.
+
+#[macro_use]
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Gate, Inbox, cfg, gated_pair};
+use mfp_runtime::{AgentState, Backpressure, Error, ManualClock, Runtime, RuntimeConfig};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Moves `clock` on by `step` until `done()` holds; fails after 10 s of real time.
+fn advance_until(clock: &ManualClock, step: Duration, mut done: impl FnMut() -> bool) {
+    let watchdog = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < watchdog, "not done after {:?} on the virtual clock", clock.elapsed());
+        clock.advance(step);
+        thread::yield_now();
+    }
+}
+
+#[test]
+fn a_sync_handler_times_out_when_the_clock_passes_the_agent_timeout() {
+    let clock = ManualClock::new();
+    let config = RuntimeConfig { agent_timeout: HOUR, ..cfg() };
+    let rt = Runtime::builder(config).clock(clock.clone()).build().unwrap();
+    let (gate, inbox) = (Gate::new(), Inbox::new());
+    let (a, b, ch) = gated_pair(&rt, &gate, &inbox);
+    a.send(ch, b"stuck").unwrap();
+    gate.wait_entered(1);
+    assert_eq!(rt.metrics().handler_timeouts.get(), 0);
+    advance_until(&clock, Duration::from_secs(600), || b.state() == AgentState::Quarantined);
+    assert!(clock.elapsed() >= HOUR);
+    assert_eq!(rt.metrics().handler_timeouts.get(), 1);
+    assert_eq!(rt.quarantine_reason(&b.id()).unwrap(), "Agent callable timeout");
+    gate.open();
+    rt.shutdown();
+}
+
+#[test]
+fn an_async_handler_times_out_when_the_clock_passes_the_agent_timeout() {
+    let clock = ManualClock::new();
+    let config = RuntimeConfig { agent_timeout: HOUR, ..cfg() };
+    let rt = Runtime::builder(config).clock(clock.clone()).build().unwrap();
+    let a = rt.bind(|_, _| {}).unwrap();
+    let b = rt.bind_async_fn(|_, _| std::future::pending::<()>()).unwrap();
+    let ch = rt.establish_channel(&a.id(), &b.id()).unwrap();
+    a.send(ch, b"never handled").unwrap();
+    assert_eq!(rt.metrics().handler_timeouts.get(), 0);
+    advance_until(&clock, Duration::from_secs(600), || b.state() == AgentState::Quarantined);
+    assert!(clock.elapsed() >= HOUR);
+    assert_eq!(rt.metrics().handler_timeouts.get(), 1);
+    rt.shutdown();
+}
+
+#[test]
+fn a_wait_for_mailbox_space_ends_on_the_clock() {
+    let clock = ManualClock::new();
+    let config = RuntimeConfig {
+        agent_timeout: 10 * HOUR,
+        pipeline_timeout: HOUR,
+        mailbox_capacity: 1,
+        backpressure: Backpressure::Wait,
+        ..cfg()
+    };
+    let rt = Runtime::builder(config).clock(clock.clone()).build().unwrap();
+    let (gate, inbox) = (Gate::new(), Inbox::new());
+    let (a, _b, ch) = gated_pair(&rt, &gate, &inbox);
+    a.send(ch, b"in the handler").unwrap();
+    gate.wait_entered(1);
+    a.send(ch, b"in the mailbox").unwrap();
+    let third = {
+        let a = a.clone();
+        thread::spawn(move || a.send(ch, b"waits"))
+    };
+    advance_until(&clock, Duration::from_secs(600), || third.is_finished());
+    assert!(clock.elapsed() >= HOUR);
+    assert_err!(third.join().unwrap(), Error::MailboxFull(_));
+    gate.open();
+    assert_eq!(inbox.wait_for(2).len(), 2);
+    rt.shutdown();
+}
+
+#[test]
+fn a_shutdown_waits_for_a_stuck_handler_until_the_clock_ends_its_grace_period() {
+    let clock = ManualClock::new();
+    let config = RuntimeConfig { agent_timeout: 10 * HOUR, pipeline_timeout: HOUR, ..cfg() };
+    let rt = Runtime::builder(config).clock(clock.clone()).build().unwrap();
+    let (gate, inbox) = (Gate::new(), Inbox::new());
+    let (a, _b, ch) = gated_pair(&rt, &gate, &inbox);
+    a.send(ch, b"stuck").unwrap();
+    a.send(ch, b"queued").unwrap();
+    gate.wait_entered(1);
+    let shutdown = thread::spawn(move || rt.shutdown());
+    advance_until(&clock, Duration::from_secs(600), || shutdown.is_finished());
+    assert!(clock.elapsed() >= HOUR, "the shutdown ended before its grace period on the clock");
+    shutdown.join().unwrap();
+    gate.open();
+}
