@@ -180,7 +180,13 @@ fn wait_next(rx: &mut mpsc::Receiver<Delivery>, last: Arrival) -> Option<(Delive
             if spins.is_multiple_of(64) && start.elapsed() >= SPIN {
                 break;
             }
-            std::hint::spin_loop();
+            if spins.is_multiple_of(8) {
+                // Spinning is only free while a core is idle: give way to threads that
+                // have work (e.g. senders, when there are more of them than cores).
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
     }
     crate::block::block_on_timeout(rx.recv(), LINGER).flatten().map(|d| (d, Arrival::Idle))
