@@ -64,8 +64,8 @@ pub struct RuntimeConfig {
     pub max_channels_per_agent: usize,
     /// Agents one runtime may host.
     pub max_agents: usize,
-    /// Bilateral channels to other runtimes. **Not used yet**: accepted for pymfp
-    /// compatibility; federation will enforce it.
+    /// Cross-runtime channels per peer runtime; one more is refused with
+    /// [`crate::Error::ResourceLimit`].
     pub max_bilateral_channels: usize,
     /// Storage size budget in MiB. **Not used**: accepted for pymfp compatibility (which
     /// does not enforce it either); no store caps its size.
