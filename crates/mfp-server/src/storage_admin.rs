@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
-use mfp_runtime::{AgentState, ChannelStatus};
 use mfp_storage::pymfp::{self, PymfpEncryption};
 use mfp_storage::{MasterKey, StorageConfig};
 
@@ -124,40 +123,7 @@ pub(crate) fn run(cmd: StorageCmd) -> Result<(), String> {
 }
 
 fn check(db: &Path, key: &MasterKey) -> Result<(), String> {
-    let found = mfp_storage::inspect(db, key).map_err(|e| format!("{}: {e}", db.display()))?;
-    println!("database: {}", db.display());
-    println!("schema version: {}", found.schema_version);
-    println!("key id: {}", found.key_id.map_or_else(|| "none".into(), hex::encode));
-    println!("bilateral channels: {}", found.federation.bilateral.len());
-    println!("pending outbound messages: {}", found.federation.outbound.len());
-    let Some(snapshot) = found.snapshot else {
-        println!("runtime: none stored\nOK");
-        return Ok(());
-    };
-    if let Some(meta) = &snapshot.meta {
-        println!("runtime: {} (agent counter {})", meta.identity, meta.agent_counter);
-    }
-    let agents = |s: AgentState| snapshot.agents.iter().filter(|a| a.state == s).count();
-    println!(
-        "agents: {} (bound {}, active {}, quarantined {})",
-        snapshot.agents.len(),
-        agents(AgentState::Bound),
-        agents(AgentState::Active),
-        agents(AgentState::Quarantined)
-    );
-    let channels = |s: ChannelStatus| snapshot.channels.iter().filter(|c| c.status == s).count();
-    println!(
-        "channels: {} (active {}, quarantined {})",
-        snapshot.channels.len(),
-        channels(ChannelStatus::Active),
-        channels(ChannelStatus::Quarantined)
-    );
-    let mut tree = mfp_core::MerkleSg::from_states(snapshot.channels.iter().map(|c| (c.id, &c.state)))
-        .map_err(|e| format!("cannot compute Sg: {e}"))?;
-    if tree.root() == snapshot.sg {
-        println!("sg: consistent with the {} channel states\nOK", snapshot.channels.len());
-        Ok(())
-    } else {
-        Err("sg: MISMATCH (the stored Sg is not the Merkle root of the stored channel states)".into())
-    }
+    let report = mfp_storage::check(db, key).map_err(|e| format!("{}: {e}", db.display()))?;
+    print!("{report}");
+    if report.ok { Ok(()) } else { Err(format!("check of {} failed", db.display())) }
 }

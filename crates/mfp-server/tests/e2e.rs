@@ -483,7 +483,12 @@ fn keygen_and_storage_commands() {
     let out = run(&["storage", "check", "--db", &p(&db), "--key-file", &p(&k1)]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && text.contains("agents: 2") && text.contains("channels: 1") && text.ends_with("OK\n"),
+        out.status.success()
+            && text.contains("agents: 2")
+            && text.contains("\nchannels: 1")
+            && text.contains("\ncross-runtime channels: 0 (active 0, quarantined 0)\n")
+            && text.contains("\noutbound log: 0 messages on 0 channels")
+            && text.ends_with("OK\n"),
         "{text}"
     );
     let out = run(&["storage", "rotate-key", "--db", &p(&db), "--old-key-file", &p(&k1), "--new-key-file", &p(&k2)]);

@@ -281,6 +281,7 @@
 
 mod breaker;
 mod cell;
+mod check;
 mod config;
 mod db;
 mod key;
@@ -293,6 +294,7 @@ mod watch;
 mod writer;
 
 pub use breaker::StorageStats;
+pub use check::{CheckReport, check};
 pub use config::{BreakerConfig, Durability, StorageConfig};
 pub use key::{MASTER_KEY_LEN, MasterKey};
 pub use records::{BilateralRecord, BilateralStatus, FederationSnapshot, OutboundRecord, WriteOp};

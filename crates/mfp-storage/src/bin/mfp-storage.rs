@@ -16,10 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mfp_core::MerkleSg;
-use mfp_runtime::{AgentState, ChannelStatus};
 use mfp_storage::pymfp::{self, PymfpEncryption};
-use mfp_storage::{MasterKey, StorageConfig, StorageError, inspect, rotate_master_key};
+use mfp_storage::{MasterKey, StorageConfig, StorageError, rotate_master_key};
 
 /// Operator tool for mfp-storage databases: create keys, check a database, rotate its master
 /// key, import a pymfp 1.0.0 database.
@@ -120,96 +118,9 @@ fn keygen(out: &Path) -> Result<(), Failure> {
 
 fn check(db: &Path, key_file: &Path) -> Result<(), Failure> {
     let key = load_key(key_file)?;
-    let found = inspect(db, &key)?;
-    println!("database: {}", db.display());
-    println!("schema version: {}", found.schema_version);
-    println!("key id: {}", found.key_id.map(hex::encode).unwrap_or_else(|| "none".into()));
-    let Some(snapshot) = found.snapshot else {
-        println!("runtime: none stored");
-        println!("bilateral channels: {}", found.federation.bilateral.len());
-        println!("pending outbound messages: {}", found.federation.outbound.len());
-        println!("OK");
-        return Ok(());
-    };
-    if let Some(meta) = &snapshot.meta {
-        println!("runtime: {} (agent counter {})", meta.identity, meta.agent_counter);
-    }
-    let count_agents = |s: AgentState| snapshot.agents.iter().filter(|a| a.state == s).count();
-    println!(
-        "agents: {} (bound {}, active {}, quarantined {})",
-        snapshot.agents.len(),
-        count_agents(AgentState::Bound),
-        count_agents(AgentState::Active),
-        count_agents(AgentState::Quarantined)
-    );
-    let count_channels = |s: ChannelStatus| snapshot.channels.iter().filter(|c| c.status == s).count();
-    println!(
-        "channels: {} (active {}, quarantined {})",
-        snapshot.channels.len(),
-        count_channels(ChannelStatus::Active),
-        count_channels(ChannelStatus::Quarantined)
-    );
-    println!(
-        "pending deliveries: {} (stored, not yet handled; delivered again, flagged, at the next start)",
-        snapshot.deliveries.len()
-    );
-    let count_remote = |s: ChannelStatus| snapshot.remote_channels.iter().filter(|c| c.status == s).count();
-    println!(
-        "cross-runtime channels: {} (active {}, quarantined {})",
-        snapshot.remote_channels.len(),
-        count_remote(ChannelStatus::Active),
-        count_remote(ChannelStatus::Quarantined)
-    );
-    let logged: std::collections::BTreeSet<_> = snapshot.outbound.iter().map(|o| o.channel).collect();
-    println!(
-        "outbound log: {} messages on {} channels (sealed, not yet acknowledged by the peer; sent again after a \
-         restart)",
-        snapshot.outbound.len(),
-        logged.len()
-    );
-    println!("bilateral channels: {}", found.federation.bilateral.len());
-    println!("pending outbound messages: {}", found.federation.outbound.len());
-    let log_problems = outbound_log_problems(&snapshot);
-    for p in &log_problems {
-        println!("outbound log: MISMATCH ({p})");
-    }
-    let mut tree = MerkleSg::from_states(snapshot.channels.iter().map(|c| (c.id, &c.state)))
-        .map_err(|e| Failure(format!("cannot compute Sg: {e}")))?;
-    let recomputed = tree.root();
-    let sg_ok = recomputed == snapshot.sg;
-    if sg_ok {
-        println!("sg: consistent with the {} channel states", snapshot.channels.len());
-    } else {
-        println!("sg: MISMATCH (stored Sg is not the Merkle root of the stored channel states)");
-    }
-    if sg_ok && log_problems.is_empty() {
-        println!("OK");
-        Ok(())
-    } else {
-        Err(Failure(format!("check of {} failed", db.display())))
-    }
-}
-
-/// Messages of the outbound log that do not agree with their channel: each was sealed on the
-/// channel's outbound chain before its current step, and goes to the channel's peer.
-fn outbound_log_problems(snapshot: &mfp_runtime::storage::Snapshot) -> Vec<String> {
-    let channels: std::collections::BTreeMap<_, _> = snapshot.remote_channels.iter().map(|c| (c.id, c)).collect();
-    let mut problems = Vec::new();
-    for o in &snapshot.outbound {
-        match channels.get(&o.channel) {
-            None => problems.push(format!("channel {}: messages for a channel that is not stored", o.channel)),
-            Some(c) if o.step >= c.tx.step => problems.push(format!(
-                "channel {}: message at step {} is not below the outbound chain's step {}",
-                o.channel, o.step, c.tx.step
-            )),
-            Some(c) if o.peer != c.peer => problems.push(format!(
-                "channel {}: message at step {} is addressed to runtime {}, the channel's peer is {}",
-                o.channel, o.step, o.peer, c.peer
-            )),
-            Some(_) => {}
-        }
-    }
-    problems
+    let report = mfp_storage::check(db, &key)?;
+    print!("{report}");
+    if report.ok { Ok(()) } else { Err(Failure(format!("check of {} failed", db.display()))) }
 }
 
 fn rotate(db: &Path, old_key_file: &Path, new_key_file: &Path) -> Result<(), Failure> {
