@@ -518,8 +518,13 @@ impl Storage for MemoryStorage {
                     s.agents.insert(a.id, a);
                 }
                 StorageOp::DeleteAgent(id) => {
+                    // As the SQLite store: the agent's closed channels go with it (its open
+                    // ones were closed first by the runtime).
                     s.agents.remove(&id);
                     s.deliveries.retain(|_, (_, d)| d.recipient != id);
+                    s.channels
+                        .retain(|_, c| !(c.status == ChannelStatus::Closed && (c.agent_a == id || c.agent_b == id)));
+                    s.remote.retain(|_, c| !(c.status == ChannelStatus::Closed && c.local_agent == id));
                 }
                 StorageOp::PutChannel(c) => {
                     s.channels.insert(c.id, c);
