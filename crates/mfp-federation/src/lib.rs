@@ -43,6 +43,7 @@ pub mod handshake;
 pub mod identity;
 #[cfg(feature = "net")]
 pub mod net;
+pub mod recovery;
 pub mod session;
 
 pub use chains::channel_chains;

@@ -271,6 +271,22 @@ pub enum Event {
         /// The next step the peer will send.
         tx_next: u64,
     },
+    /// The peer's recovery report on a channel (DETECT with state hashes; its sender field
+    /// names the peer).
+    Recovery(crate::recovery::RecoveryReport),
+    /// The peer asks to reset the chains of `channel` from `secret`: reset them, then answer
+    /// with [`Session::accept_reset`].
+    ResetRequested {
+        /// The channel.
+        channel: ChannelId,
+        /// The new secret (the peer derives as the channel's opener).
+        secret: Zeroizing<[u8; 32]>,
+    },
+    /// The peer reset (and stored) its side of a channel this side asked to reset.
+    ResetAccepted {
+        /// The channel.
+        channel: ChannelId,
+    },
     /// The peer asks for a channel: answer with [`Session::accept_channel`] or
     /// [`Session::refuse_channel`].
     ChannelRequested {
@@ -338,6 +354,11 @@ impl fmt::Debug for Event {
                 .field("rx_next", rx_next)
                 .field("tx_next", tx_next)
                 .finish(),
+            Event::Recovery(r) => f.debug_tuple("Recovery").field(r).finish(),
+            Event::ResetRequested { channel, secret: _ } => {
+                f.debug_struct("ResetRequested").field("channel", channel).finish_non_exhaustive()
+            }
+            Event::ResetAccepted { channel } => f.debug_struct("ResetAccepted").field("channel", channel).finish(),
             Event::ChannelRequested { channel, depth, opener, target, secret: _ } => f
                 .debug_struct("ChannelRequested")
                 .field("channel", channel)
@@ -568,6 +589,31 @@ impl Session {
         }
     }
 
+    /// Sends this side's recovery report on a channel (DETECT with state hashes; see
+    /// [`crate::recovery`]).
+    pub fn send_recovery(&mut self, report: crate::recovery::RecoveryReport) {
+        if self.closed.is_none() {
+            self.queue.push_back(Control::Recovery(report));
+        }
+    }
+
+    /// Asks the peer to reset the chains of `channel` from `secret` (32 random bytes the
+    /// caller draws; both chains derive from it as from a channel request's secret, this
+    /// side as the opener). It travels only inside the Noise transport.
+    pub fn request_reset(&mut self, channel: ChannelId, secret: [u8; 32]) {
+        let secret = Zeroizing::new(secret);
+        if self.closed.is_none() {
+            self.queue.push_back(Control::ChannelReset { channel, secret });
+        }
+    }
+
+    /// Tells the peer that its reset of `channel` is done (and stored) on this side.
+    pub fn accept_reset(&mut self, channel: ChannelId) {
+        if self.closed.is_none() {
+            self.queue.push_back(Control::ChannelResetAccept(channel));
+        }
+    }
+
     /// Asks the peer for a channel from `opener` (an agent of this runtime) to `target` (an
     /// agent of the peer) at frame depth `depth`. `secret` is 32 bytes the caller draws
     /// from its entropy; the channel's chains derive from it ([`crate::channel_chains`]),
@@ -712,6 +758,17 @@ impl Session {
             Control::Position { channel, rx_next, tx_next } => {
                 self.events.push_back(Event::Position { channel, rx_next, tx_next });
             }
+            Control::Recovery(report) => {
+                if !mfp_core::crypto::ct_eq(&report.sender, &self.peer.sender_field()) {
+                    self.stats.malformed += 1;
+                    return self.fail(CloseReason::Protocol("recovery report naming another sender"));
+                }
+                self.events.push_back(Event::Recovery(report));
+            }
+            Control::ChannelReset { channel, secret } => {
+                self.events.push_back(Event::ResetRequested { channel, secret });
+            }
+            Control::ChannelResetAccept(channel) => self.events.push_back(Event::ResetAccepted { channel }),
             Control::ChannelOpen { channel, depth, opener, secret, target } => {
                 if usize::from(depth) < MIN_FRAME_DEPTH || depth > self.cfg.max_frame_depth {
                     self.stats.refused_requests += 1;
