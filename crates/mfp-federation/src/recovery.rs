@@ -334,7 +334,10 @@ impl Escalation {
             Escalation::AttemptsExhausted => "recovery attempts exhausted without the resend being acknowledged".into(),
             Escalation::TimedOut => "recovery did not complete in time".into(),
         };
-        format!("federation recovery: {what}; channel suspended: resume it, or reset it with the peer")
+        format!(
+            "federation recovery ({}): {what}; channel suspended: resume it, or reset it with the peer",
+            self.as_str()
+        )
     }
 }
 
