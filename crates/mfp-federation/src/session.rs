@@ -19,11 +19,12 @@
 //! persistence in the same storage transaction as each advance. It seals with
 //! `BilateralState::seal_outbound` and runs VALIDATE and DECODE on the bytes of
 //! [`Event::Data`] itself, so failure counts and quarantine see every inbound message.
-//! After a reconnect it announces each shared channel's positions
-//! ([`Session::announce_position`]) and, on the peer's [`Event::Position`], decides
-//! NEGOTIATE and RESYNC: it resends its log from the peer's `rx_next`, or suspends the
-//! channel when the peer's `rx_next` is above its own `tx_next` (the peer claims messages
-//! never sent) or below its own acknowledged position (the peer lost durable messages).
+//! After a reconnect it sends each shared channel's recovery report
+//! ([`Session::send_recovery`], [`crate::recovery`]: steps and state hashes of both chains)
+//! and, on the peer's [`Event::Recovery`], decides NEGOTIATE and RESYNC: it resends its log
+//! from the peer's `rx_next`, or suspends the channel when the divergence cannot be
+//! repaired. (Bare positions, [`Session::announce_position`] and [`Event::Position`], carry
+//! steps only; the runtime's federation does not use them.)
 //!
 //! The session checks what it can check without state: a data message parses as an MFP1
 //! wire message within the configured limits and names the channel it travels on (on
