@@ -955,11 +955,11 @@ fn on_up(shared: &Shared, peer: &Peer) {
             st.sent_next = pos.acked;
             // A rotation asked for on the previous session is answered on that one or never.
             st.rotating = None;
-            // DETECT: a recovery begins, or the one under way (its resend was not
-            // acknowledged before the link broke) goes on with its attempts and time.
-            if !st.recovery.is_some_and(|r| r.is_open()) {
-                st.recovery = Some(Recovery::begin(now));
-            }
+            // DETECT: a recovery begins with each session. One that was under way when
+            // the link broke ends with it: a runtime killed and restarted (or a link that
+            // breaks) in the middle of a resend is not a divergence, and the new session
+            // resends from the peer's new report anyway.
+            st.recovery = Some(Recovery::begin(now));
         }
     }
     *peer.resuming.lock() = positions.iter().map(|p| (p.channel, (p.rx_next, 0))).collect();

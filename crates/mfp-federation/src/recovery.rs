@@ -553,6 +553,38 @@ mod tests {
         assert!(!format!("{r:?}").contains("170"), "Debug shows no hash bytes");
     }
 
+    fn unhex<const N: usize>(s: &str) -> [u8; N] {
+        let mut out = [0u8; N];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn a_report_carries_pymfps_recovery_message_fields() {
+        // pymfp's `recovery` vector: a state at step 3, its `compute_state_hash`, and the
+        // fields of its `RecoveryMessage` (channel id, step, state hash).
+        let state = mfp_core::bilateral::BilateralState {
+            ratchet: mfp_core::State::from_bytes(unhex(
+                "cffb286331e5b3b9656d8950e7d441e85a1a3e01432f143690f69b3f775bf320",
+            )),
+            prng_seed: mfp_core::State::from_bytes(unhex(
+                "516c3036026f11b72945d107fed6e987430f20d210efed39bc9d9d618f294174",
+            )),
+            step: 3,
+        };
+        let hash = state.state_hash();
+        assert_eq!(hash, unhex::<32>("ddb13c3b62aaf663ba45037ca9bac00b491770b2a60fe293f96ed285b858fabf"));
+        let channel = ChannelId::from_bytes(unhex("a4aa02efdd355541014e879bde4db568"));
+        let point = ChainPoint { step: state.step, hash };
+        let r = RecoveryReport::new(channel, &RuntimeId::from_bytes([1; 32]), 0, point, 3, point, hash);
+        let b = r.to_bytes();
+        assert_eq!(&b[16..32], channel.as_bytes(), "channel_id");
+        assert_eq!(&b[32..40], &3u64.to_be_bytes(), "step");
+        assert_eq!(&b[65..97], &hash, "state_hash");
+    }
+
     #[test]
     fn every_truncation_extension_and_bad_field_is_refused() {
         let b = report((9, 1), 3, (4, 2)).to_bytes();
