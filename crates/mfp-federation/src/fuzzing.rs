@@ -223,12 +223,24 @@ pub fn authenticated_input(data: &[u8]) -> (usize, bool) {
             Event::ChannelRequested { depth, target, .. } => {
                 assert!((2..=cfg.max_frame_depth).contains(&depth) && target.is_valid(), "unchecked request");
             }
+            Event::Recovery(r) => {
+                assert_eq!(
+                    r.sender,
+                    session_peer_field(&session),
+                    "a report naming another sender reached the runtime"
+                );
+                assert!(r.log_from <= r.tx.step, "an unchecked report reached the runtime");
+            }
             Event::Closed(_) => closed = true,
             _ => {}
         }
     }
     assert_eq!(closed, session.is_closed());
     (reached, closed)
+}
+
+fn session_peer_field(session: &Session) -> [u8; 16] {
+    session.peer().sender_field()
 }
 
 /// pymfp compat byte stream: arbitrary bytes (mode byte even) or an XOR mask over genuine

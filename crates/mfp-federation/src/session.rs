@@ -959,6 +959,42 @@ mod tests {
     }
 
     #[test]
+    fn recovery_reports_and_resets_cross_the_session_and_a_foreign_sender_closes_it() {
+        use crate::recovery::{ANSWER_REQUESTED, ChainPoint, RecoveryReport};
+        let now = Instant::now();
+        let ch = ChannelId::from_bytes([1; 16]);
+        let report = |sender: &RuntimeId| {
+            let p = ChainPoint { step: 4, hash: [7; 32] };
+            RecoveryReport::new(ch, sender, ANSWER_REQUESTED, p, 2, p, [7; 32])
+        };
+        let (mut a, mut b) = pair(now);
+        a.send_recovery(report(&a.local()));
+        a.request_reset(ch, [9; 32]);
+        b.accept_reset(ch);
+        transmit(&mut a, &mut b, now);
+        transmit(&mut b, &mut a, now);
+        let at_b: Vec<_> = std::iter::from_fn(|| b.poll_event()).collect();
+        assert_eq!(
+            at_b,
+            vec![
+                Event::Recovery(report(&a.local())),
+                Event::ResetRequested { channel: ch, secret: Zeroizing::new([9; 32]) }
+            ]
+        );
+        assert_eq!(a.poll_event(), Some(Event::ResetAccepted { channel: ch }));
+        assert!(!format!("{:?}", at_b[1]).contains('9'), "Debug shows no secret");
+        // A report that names another runtime as its sender breaks the protocol.
+        let (mut a, mut b) = pair(now);
+        a.send_recovery(report(&RuntimeId::from_bytes([3; 32])));
+        transmit(&mut a, &mut b, now);
+        assert_eq!(
+            std::iter::from_fn(|| b.poll_event()).collect::<Vec<_>>(),
+            vec![Event::Closed(CloseReason::Protocol("recovery report naming another sender"))]
+        );
+        assert_eq!(b.stats().malformed, 1);
+    }
+
+    #[test]
     fn debug_never_shows_secrets_or_payloads() {
         let ev = Event::ChannelRequested {
             channel: ChannelId::from_bytes([1; 16]),
