@@ -16,19 +16,24 @@
 //! | `0x08` | Pong | nonce u64 | 9 |
 //! | `0x09` | Rekey | epoch u64 (the sender's new outgoing key epoch) | 9 |
 //! | `0x0a` | Close | reason u8 | 2 |
-//! | `0x10` | Position | channel id (16) ‖ rx_next u64 ‖ tx_next u64 (DETECT) | 33 |
+//! | `0x10` | Position | channel id (16) ‖ rx_next u64 ‖ tx_next u64 (bare positions) | 33 |
+//! | `0x11` | Recovery | a `RECOVERY`-flagged MFP1 envelope and its body ([`crate::recovery`]) | 178 |
+//! | `0x12` | ChannelReset | channel id (16) ‖ new secret (32) | 49 |
+//! | `0x13` | ChannelResetAccept | channel id (16) | 17 |
 //! | `0x20` | RotateRequest | channel id (16) ‖ pymfp's 104-byte `RekeyRequest` (sender id, receiver id, ephemeral X25519 public key, proposed step) | 121 |
 //! | `0x21` | RotateAccept | channel id (16) ‖ pymfp's 104-byte `RekeyAccept` (same layout, accepted step) | 121 |
 //!
 //! ChannelOpen's target: kind 1 is an agent id (32 bytes), kind 2 an agent name (length
 //! u8 in 1..=64, then that many bytes of UTF-8).
 //!
-//! Reserved: `0x11`–`0x1f` for recovery, `0x22`–`0x2f` for more of MFP bilateral state
+//! Reserved: `0x14`–`0x1f` for recovery, `0x22`–`0x2f` for more of MFP bilateral state
 //! rotation; both are refused today.
 
 use core::fmt;
 
 use mfp_core::bilateral::RekeyMessage;
+
+use crate::recovery::{REPORT_LEN, RecoveryReport, ReportError};
 use mfp_core::{AgentId, ChannelId, ENVELOPE_HEADER_SIZE};
 use zeroize::Zeroizing;
 
@@ -54,10 +59,16 @@ pub mod kind {
     pub const REKEY: u8 = 0x09;
     /// Orderly close of the session.
     pub const CLOSE: u8 = 0x0a;
-    /// A channel's positions (recovery's DETECT).
+    /// A channel's bare positions (steps only).
     pub const POSITION: u8 = 0x10;
-    /// Types reserved for the rest of recovery.
-    pub const RESERVED_RECOVERY: core::ops::RangeInclusive<u8> = 0x11..=0x1f;
+    /// A channel's recovery report (DETECT): a `RECOVERY`-flagged MFP1 envelope.
+    pub const RECOVERY: u8 = 0x11;
+    /// A request to reset a suspended channel's chains from a new secret.
+    pub const CHANNEL_RESET: u8 = 0x12;
+    /// The reset is done (and stored) on the sender's side.
+    pub const CHANNEL_RESET_ACCEPT: u8 = 0x13;
+    /// Types reserved for more of recovery.
+    pub const RESERVED_RECOVERY: core::ops::RangeInclusive<u8> = 0x14..=0x1f;
     /// A request to rotate the sender's outbound chain of a channel.
     pub const ROTATE_REQUEST: u8 = 0x20;
     /// The rotation is accepted (and stored by the acceptor).
@@ -205,6 +216,18 @@ pub enum Control {
         /// The next step the sender will send.
         tx_next: u64,
     },
+    /// The sender's recovery report on a channel (DETECT with state hashes).
+    Recovery(RecoveryReport),
+    /// The sender asks the receiver to reset the chains of
+    /// `channel` from `secret` (the operator's reset; the sender derives as the opener).
+    ChannelReset {
+        /// The channel.
+        channel: ChannelId,
+        /// 32 random bytes: both chains derive from them as from a ChannelOpen's secret.
+        secret: Zeroizing<[u8; 32]>,
+    },
+    /// The receiver of a ChannelReset has reset (and stored) its side.
+    ChannelResetAccept(ChannelId),
     /// The sender asks to rotate its outbound chain of `channel` (PROTOCOL §4.11).
     RotateRequest {
         /// The channel.
@@ -255,6 +278,11 @@ impl fmt::Debug for Control {
                 .field("rx_next", rx_next)
                 .field("tx_next", tx_next)
                 .finish(),
+            Control::Recovery(r) => f.debug_tuple("Recovery").field(r).finish(),
+            Control::ChannelReset { channel, secret: _ } => {
+                f.debug_struct("ChannelReset").field("channel", channel).finish_non_exhaustive()
+            }
+            Control::ChannelResetAccept(c) => f.debug_tuple("ChannelResetAccept").field(c).finish(),
             Control::RotateRequest { channel, message } => {
                 f.debug_struct("RotateRequest").field("channel", channel).field("step", &message.step).finish()
             }
@@ -286,6 +314,9 @@ pub enum ControlError {
     /// A channel request's target is not an agent id or a name of 1..=64 bytes of UTF-8.
     #[error("channel request with a malformed target (kind {0})")]
     Target(u8),
+    /// A recovery report that breaks its layout.
+    #[error(transparent)]
+    Recovery(#[from] ReportError),
 }
 
 fn channel_at(b: &[u8], at: usize) -> Option<ChannelId> {
@@ -374,6 +405,19 @@ impl Control {
                 out.extend_from_slice(&rx_next.to_be_bytes());
                 out.extend_from_slice(&tx_next.to_be_bytes());
             }
+            Control::Recovery(r) => {
+                out.push(kind::RECOVERY);
+                out.extend_from_slice(&r.to_bytes());
+            }
+            Control::ChannelReset { channel, secret } => {
+                out.push(kind::CHANNEL_RESET);
+                out.extend_from_slice(channel.as_bytes());
+                out.extend_from_slice(secret.as_ref());
+            }
+            Control::ChannelResetAccept(c) => {
+                out.push(kind::CHANNEL_RESET_ACCEPT);
+                out.extend_from_slice(c.as_bytes());
+            }
             Control::RotateRequest { channel, message } | Control::RotateAccept { channel, message } => {
                 out.push(if matches!(self, Control::RotateRequest { .. }) {
                     kind::ROTATE_REQUEST
@@ -408,6 +452,9 @@ impl Control {
             Control::Ping(_) | Control::Pong(_) | Control::Rekey(_) => 9,
             Control::Close(_) => 2,
             Control::Position { .. } => 33,
+            Control::Recovery(_) => 1 + REPORT_LEN,
+            Control::ChannelReset { .. } => 49,
+            Control::ChannelResetAccept(_) => 17,
             Control::RotateRequest { .. } | Control::RotateAccept { .. } => ROTATE_LEN,
         }
     }
@@ -462,6 +509,21 @@ impl Control {
                     rx_next: u64_at(b, 17).ok_or(bad)?,
                     tx_next: u64_at(b, 25).ok_or(bad)?,
                 }
+            }
+            kind::RECOVERY => {
+                exact(1 + REPORT_LEN)?;
+                Control::Recovery(RecoveryReport::parse(b.get(1..).ok_or(bad)?)?)
+            }
+            kind::CHANNEL_RESET => {
+                exact(49)?;
+                let channel = channel_at(b, 1).ok_or(bad)?;
+                let mut secret = Zeroizing::new([0u8; 32]);
+                secret.copy_from_slice(b.get(17..49).ok_or(bad)?);
+                Control::ChannelReset { channel, secret }
+            }
+            kind::CHANNEL_RESET_ACCEPT => {
+                exact(17)?;
+                Control::ChannelResetAccept(channel_at(b, 1).ok_or(bad)?)
             }
             kind::ROTATE_REQUEST | kind::ROTATE_ACCEPT => {
                 exact(ROTATE_LEN)?;
@@ -533,6 +595,41 @@ mod tests {
         }
     }
 
+    fn recovery_report() -> RecoveryReport {
+        use crate::recovery::ChainPoint;
+        RecoveryReport::new(
+            ch(4),
+            &mfp_core::RuntimeId::from_bytes([1; 32]),
+            crate::recovery::ANSWER_REQUESTED,
+            ChainPoint { step: 9, hash: [2; 32] },
+            3,
+            ChainPoint { step: 7, hash: [3; 32] },
+            [4; 32],
+        )
+    }
+
+    #[test]
+    fn a_recovery_message_is_its_type_then_a_recovery_flagged_envelope() {
+        let r = recovery_report();
+        let bytes = Control::Recovery(r).encode();
+        assert_eq!(bytes[0], kind::RECOVERY);
+        let header = mfp_core::envelope::EnvelopeHeader::parse(&bytes[1..]).unwrap();
+        assert_eq!(header.flags, mfp_core::envelope::EnvelopeFlags::RECOVERY);
+        assert_eq!((header.channel_id, header.step, header.frame_depth), (ch(4), 9, 0));
+        // Every length but 178 is refused before anything is read; a bad field is named.
+        for n in 1..bytes.len() {
+            assert!(
+                matches!(Control::parse(&bytes[..n]), Err(ControlError::Length { kind: kind::RECOVERY, .. })),
+                "{n}"
+            );
+        }
+        let mut bad = bytes.clone();
+        bad[8] = 3;
+        assert_eq!(Control::parse(&bad), Err(ControlError::Recovery(ReportError::Flags(3))));
+        let shown = format!("{:?}", Control::ChannelReset { channel: ch(1), secret: Zeroizing::new([0x5e; 32]) });
+        assert!(!shown.contains("94") && !shown.contains("5e"), "{shown}");
+    }
+
     #[test]
     fn rotation_messages_carry_pymfps_rekey_layout() {
         let msg = rekey(42);
@@ -569,6 +666,9 @@ mod tests {
             (Control::Rekey(1), 9),
             (Control::Close(0), 2),
             (Control::Position { channel: ch(4), rx_next: 7, tx_next: 9 }, 33),
+            (Control::Recovery(recovery_report()), 178),
+            (Control::ChannelReset { channel: ch(6), secret: Zeroizing::new([0x5e; 32]) }, 49),
+            (Control::ChannelResetAccept(ch(6)), 17),
             (Control::RotateRequest { channel: ch(5), message: rekey(42) }, 121),
             (Control::RotateAccept { channel: ch(5), message: rekey(43) }, 121),
         ];
@@ -581,7 +681,8 @@ mod tests {
             // its length byte announces).
             assert!(Control::parse(&bytes[..len - 1]).is_err(), "{msg:?}");
         }
-        assert_eq!(Control::parse(&[0x11, 0]), Err(ControlError::UnknownType(0x11)));
+        assert_eq!(Control::parse(&[0x14, 0]), Err(ControlError::UnknownType(0x14)));
+        assert_eq!(Control::parse(&[0x1f]), Err(ControlError::UnknownType(0x1f)));
         assert_eq!(Control::parse(&[0x22]), Err(ControlError::UnknownType(0x22)));
         assert!(matches!(Control::parse(&[0x21]), Err(ControlError::Length { .. })));
         assert_eq!(Control::parse(&[]), Err(ControlError::Empty));

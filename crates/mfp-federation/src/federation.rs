@@ -10,10 +10,13 @@
 //! - a Data message from the peer goes to [`RemoteHandle::ingest_async`] (VALIDATE → DECODE
 //!   → commit → DELIVER on the runtime), then is acknowledged: the peer's runtime trims its
 //!   outbound log only once the message is durable here;
-//! - after every (re)connect, both sides announce each shared channel's positions (DETECT);
-//!   each answers by resending its log from the peer's `rx_next` (RESYNC), or suspends the
-//!   channel when the positions cannot be reconciled (NEGOTIATE): the peer expects a step
-//!   this side never sent, or lost messages it had acknowledged;
+//! - after every (re)connect, both sides send a recovery report for each shared active
+//!   channel ([`crate::recovery`]: steps and state hashes of both chains, DETECT); each
+//!   diagnoses the peer's with pymfp's outcomes (NEGOTIATE) and resends its log from the
+//!   peer's `rx_next` (RESYNC), or suspends the channel when the divergence cannot be
+//!   repaired (corruption, a gap beyond the log, steps never sent, attempts or time
+//!   exhausted); [`Federation::resume_channel`] and [`Federation::reset_channel`] are the
+//!   operator's answers;
 //! - [`Federation::open_channel`] asks a peer for a channel between a local agent and one
 //!   of the peer's (by id or name); the peer accepts or refuses with a reason; both derive
 //!   the channel's two chains from a secret the opener drew ([`crate::channel_chains`]).
@@ -24,6 +27,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use mfp_core::{AgentId, ChannelId, EntropySource, MAX_FRAME_DEPTH, MIN_FRAME_DEPTH, RuntimeId};
@@ -38,6 +42,9 @@ use zeroize::Zeroizing;
 use crate::control::{RefuseReason, Target};
 use crate::identity::IdentityKey;
 use crate::net::{NetConfig, NetError, NetEvent, Network, PeerConfig, PeerHandle};
+use crate::recovery::{
+    ANSWER_REQUESTED, ChainPoint, Escalation, LocalPoint, RESEND_REQUEST, Recovery, RecoveryLimits, RecoveryReport,
+};
 use crate::session::Event;
 
 /// Which local agents a peer may open channels with.
@@ -76,7 +83,7 @@ impl FederatedPeer {
 }
 
 /// Configuration of a [`Federation`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct FederationConfig {
     /// The network (listener, limits, timers).
@@ -96,6 +103,26 @@ pub struct FederationConfig {
     /// (pymfp's default: 30 s). It opens after 5 consecutive sends that found the link
     /// down; 3 trials, 2 of which must find the link up, close it.
     pub breaker_cool_down: Duration,
+    /// Limits of a channel's recovery after a reconnect (pymfp's `RecoveryConfig`: 3
+    /// attempts, 30 s; see [`crate::recovery`]).
+    pub recovery: RecoveryLimits,
+    /// The clock recovery times are read from (the system's monotonic clock by default; a
+    /// `ManualClock` in tests).
+    pub clock: Arc<dyn mfp_runtime::Clock>,
+}
+
+impl core::fmt::Debug for FederationConfig {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FederationConfig")
+            .field("net", &self.net)
+            .field("peers", &self.peers)
+            .field("open_timeout", &self.open_timeout)
+            .field("rotate_after_messages", &self.rotate_after_messages)
+            .field("rotate_after", &self.rotate_after)
+            .field("breaker_cool_down", &self.breaker_cool_down)
+            .field("recovery", &self.recovery)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FederationConfig {
@@ -109,6 +136,8 @@ impl FederationConfig {
             rotate_after_messages: 1_000_000,
             rotate_after: Duration::from_secs(86_400),
             breaker_cool_down: Duration::from_secs(30),
+            recovery: RecoveryLimits::default(),
+            clock: Arc::new(mfp_runtime::SystemClock),
         }
     }
 }
@@ -146,6 +175,98 @@ pub enum FederationError {
     /// The federation shut down.
     #[error("the federation has shut down")]
     ShutDown,
+    /// A reset asked for a channel that is not suspended.
+    #[error(
+        "channel {0} is not suspended; only a suspended channel can be reset (quarantine it first if its chains must be re-seeded)"
+    )]
+    NotSuspended(String),
+    /// The peer did not confirm a reset in time; the channel stays suspended here.
+    #[error(
+        "peer runtime {peer} did not confirm the reset of channel {channel} in time; the channel stays suspended here: retry the reset"
+    )]
+    ResetUnanswered {
+        /// The peer.
+        peer: String,
+        /// The channel.
+        channel: String,
+    },
+}
+
+/// Counters of the federation's recovery (per outcome). A suspension is also counted by
+/// the runtime's channel-quarantine metric and recorded as a `quarantine_channel` audit
+/// event whose reason names the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RecoveryStats {
+    /// Reports from peers negotiated.
+    pub negotiations: u64,
+    /// Negotiations that found both directions in step (pymfp's `spurious`).
+    pub in_step: u64,
+    /// Negotiations answered by sending the log again (`local_ahead`).
+    pub resyncs: u64,
+    /// Resyncs acknowledged up to where this side stood (recovery complete).
+    pub completed: u64,
+    /// Suspensions: same step, different state hash.
+    pub corruption: u64,
+    /// Suspensions: a receiver behind what its sender's log holds.
+    pub gap_beyond_log: u64,
+    /// Suspensions: a receiver ahead of its sender.
+    pub never_sent: u64,
+    /// Suspensions: attempts exhausted.
+    pub attempts_exhausted: u64,
+    /// Suspensions: time exhausted.
+    pub timed_out: u64,
+    /// Channels reset (on either side's request).
+    pub resets: u64,
+}
+
+#[derive(Default)]
+struct RecoveryCounters {
+    negotiations: AtomicU64,
+    in_step: AtomicU64,
+    resyncs: AtomicU64,
+    completed: AtomicU64,
+    corruption: AtomicU64,
+    gap_beyond_log: AtomicU64,
+    never_sent: AtomicU64,
+    attempts_exhausted: AtomicU64,
+    timed_out: AtomicU64,
+    resets: AtomicU64,
+}
+
+impl RecoveryCounters {
+    fn escalated(&self, e: Escalation) {
+        let c = match e {
+            Escalation::Corruption(_) => &self.corruption,
+            Escalation::GapBeyondLog(_) => &self.gap_beyond_log,
+            Escalation::NeverSent(_) => &self.never_sent,
+            Escalation::AttemptsExhausted => &self.attempts_exhausted,
+            _ => &self.timed_out,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> RecoveryStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RecoveryStats {
+            negotiations: g(&self.negotiations),
+            in_step: g(&self.in_step),
+            resyncs: g(&self.resyncs),
+            completed: g(&self.completed),
+            corruption: g(&self.corruption),
+            gap_beyond_log: g(&self.gap_beyond_log),
+            never_sent: g(&self.never_sent),
+            attempts_exhausted: g(&self.attempts_exhausted),
+            timed_out: g(&self.timed_out),
+            resets: g(&self.resets),
+        }
+    }
+}
+
+/// A reset this side asked for, waiting for the peer's confirmation.
+struct PendingReset {
+    secret: Zeroizing<[u8; 32]>,
+    reply: oneshot::Sender<Result<usize, FederationError>>,
 }
 
 /// Work for one peer's task (in order). Resync passes are requested apart, through
@@ -174,6 +295,8 @@ struct ChanTx {
     /// After a (re)connect, nothing goes out until the peer's position for the channel
     /// says where to resume (what was in flight when the link broke may have to go first).
     awaiting_position: bool,
+    /// The channel's recovery under way (begun at DETECT, until the resend is acknowledged).
+    recovery: Option<Recovery>,
 }
 
 impl Default for ChanTx {
@@ -185,6 +308,7 @@ impl Default for ChanTx {
             rotating: None,
             last_rotation: None,
             awaiting_position: false,
+            recovery: None,
         }
     }
 }
@@ -238,7 +362,11 @@ struct Shared {
     runtime: RemoteHandle,
     peers: HashMap<RuntimeId, Arc<Peer>>,
     pending: Mutex<HashMap<ChannelId, PendingOpen>>,
+    resets: Mutex<HashMap<ChannelId, PendingReset>>,
     entropy: Mutex<Box<dyn EntropySource + Send>>,
+    recovery: RecoveryLimits,
+    clock: Arc<dyn mfp_runtime::Clock>,
+    counters: RecoveryCounters,
 }
 
 /// A runtime's federation. Dropping it stops its tasks; [`Federation::shutdown`] closes
@@ -316,7 +444,11 @@ impl Federation {
             runtime: runtime.remote_handle(),
             peers,
             pending: Mutex::new(HashMap::new()),
+            resets: Mutex::new(HashMap::new()),
             entropy: Mutex::new(Box::new(crate::OsEntropy::new())),
+            recovery: cfg.recovery,
+            clock: Arc::clone(&cfg.clock),
+            counters: RecoveryCounters::default(),
         });
         // Messages restored from storage count against the in-flight limits.
         for peer in shared.peers.values() {
@@ -334,6 +466,7 @@ impl Federation {
                         rotating: None,
                         last_rotation: None,
                         awaiting_position: true,
+                        recovery: None,
                     },
                 );
             }
@@ -457,6 +590,76 @@ impl Federation {
                 FederationError::Invalid(format!("channel {} is not a federated channel", channel.short()))
             })?;
         request_rotation(&self.shared, &pos.0, *channel, pos.1.tx_next, pos.1.acked)
+    }
+
+    /// The peer and positions of federated channel `channel`.
+    fn channel_peer(
+        &self,
+        channel: &ChannelId,
+    ) -> Result<(Arc<Peer>, mfp_runtime::remote::RemotePosition), FederationError> {
+        self.shared
+            .peers
+            .values()
+            .find_map(|p| {
+                let ps = self.shared.runtime.positions(&p.runtime).ok()?;
+                ps.into_iter().find(|x| x.channel == *channel).map(|x| (Arc::clone(p), x))
+            })
+            .ok_or_else(|| FederationError::Invalid(format!("channel {} is not a federated channel", channel.short())))
+    }
+
+    /// Resumes a suspended channel (the runtime's `restore_channel`): it becomes active and
+    /// both runtimes compare positions again (a recovery report asking for the peer's), so
+    /// that what waits in either log is sent. If the divergence that suspended it is still
+    /// there, the new recovery suspends it again.
+    pub async fn resume_channel(&self, channel: &ChannelId) -> Result<(), FederationError> {
+        self.channel_peer(channel)?;
+        self.shared.runtime.resume_async(channel).await?;
+        Ok(())
+    }
+
+    /// Resets a suspended channel with its peer: both runtimes re-seed both chains from a
+    /// new secret this side draws (the derivation of a channel request, this side as the
+    /// opener, [`crate::channel_chains`]), both at step 0, each discarding its outbound
+    /// log, each in one storage transaction; the channel is active again on both sides.
+    /// Returns how many unacknowledged messages this side discarded: **they are lost** (as
+    /// are those the peer discarded). Refused when the channel is not suspended here or the
+    /// peer is not connected; if the peer does not confirm within the open timeout the
+    /// channel stays suspended here and the reset can be asked again.
+    pub async fn reset_channel(&self, channel: &ChannelId) -> Result<usize, FederationError> {
+        let (peer, pos) = self.channel_peer(channel)?;
+        if pos.status != mfp_runtime::ChannelStatus::Quarantined {
+            return Err(FederationError::NotSuspended(channel.short()));
+        }
+        if !peer.handle.is_up() {
+            return Err(FederationError::PeerDown(peer.runtime.short()));
+        }
+        let mut secret = Zeroizing::new([0u8; 32]);
+        self.shared
+            .entropy
+            .lock()
+            .fill(secret.as_mut())
+            .map_err(|_| FederationError::Invalid("entropy source failed".into()))?;
+        let (reply, answer) = oneshot::channel();
+        let secret_bytes = *secret;
+        self.shared.resets.lock().insert(*channel, PendingReset { secret, reply });
+        if peer.handle.with_session(|s| s.request_reset(*channel, secret_bytes)).is_err() {
+            self.shared.resets.lock().remove(channel);
+            return Err(FederationError::PeerDown(peer.runtime.short()));
+        }
+        match tokio::time::timeout(self.open_timeout, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(FederationError::ShutDown),
+            Err(_) => {
+                self.shared.resets.lock().remove(channel);
+                Err(FederationError::ResetUnanswered { peer: peer.runtime.short(), channel: channel.short() })
+            }
+        }
+    }
+
+    /// The recovery counters.
+    #[must_use]
+    pub fn recovery_stats(&self) -> RecoveryStats {
+        self.shared.counters.snapshot()
     }
 
     /// Closes the links (a Close message to each peer) and stops the tasks.
@@ -661,6 +864,45 @@ impl Transport for FedTransport {
             }
         }
     }
+
+    fn channel_restored(&self, peer: &RuntimeId, channel: &ChannelId) {
+        if let Some(p) = self.0.peers.get(peer) {
+            let now = self.0.clock.now();
+            detect(&self.0, p, *channel, Recovery::begin(now), ANSWER_REQUESTED);
+        }
+    }
+}
+
+/// DETECT on one channel: nothing new goes out until the peer's report says where to
+/// resume; `recovery` is the recovery under way; the report carries `flags`.
+fn detect(shared: &Shared, peer: &Peer, channel: ChannelId, recovery: Recovery, flags: u8) {
+    let Ok(point) = shared.runtime.recovery_point(&channel) else { return };
+    {
+        let mut chans = peer.chans.lock();
+        let st = chans.entry(channel).or_default();
+        st.stalled = true;
+        st.awaiting_position = true;
+        st.sent_next = point.log_from;
+        st.rotating = None;
+        st.recovery = Some(recovery);
+    }
+    peer.resuming.lock().insert(channel, (point.rx_next, 0));
+    send_report(shared, peer, channel, flags);
+}
+
+/// Sends this side's recovery report on `channel`.
+fn send_report(shared: &Shared, peer: &Peer, channel: ChannelId, flags: u8) {
+    let Ok(p) = shared.runtime.recovery_point(&channel) else { return };
+    let report = RecoveryReport::new(
+        channel,
+        &shared.local,
+        flags,
+        ChainPoint { step: p.tx_next, hash: p.tx_hash },
+        p.log_from,
+        ChainPoint { step: p.rx_next, hash: p.rx_hash },
+        p.rx_rotated_hash,
+    );
+    let _ = peer.handle.with_session(|s| s.send_recovery(report));
 }
 
 // ---- one peer's task --------------------------------------------------------------------
@@ -701,8 +943,9 @@ fn on_up(shared: &Shared, peer: &Peer) {
     tracing::info!(target: "mfp::federation", peer = %peer.runtime.short(), "link up");
     let closes: Vec<ChannelId> = std::mem::take(&mut *peer.closes.lock());
     let positions = shared.runtime.positions(&peer.runtime).unwrap_or_default();
+    let now = shared.clock.now();
     {
-        // Until the peer's positions arrive, nothing new goes out on these channels: what
+        // Until the peer's report arrives, nothing new goes out on these channels: what
         // was in flight when the link broke may have to go first.
         let mut chans = peer.chans.lock();
         for pos in &positions {
@@ -712,6 +955,11 @@ fn on_up(shared: &Shared, peer: &Peer) {
             st.sent_next = pos.acked;
             // A rotation asked for on the previous session is answered on that one or never.
             st.rotating = None;
+            // DETECT: a recovery begins with each session. One that was under way when
+            // the link broke ends with it: a runtime killed and restarted (or a link that
+            // breaks) in the middle of a resend is not a divergence, and the new session
+            // resends from the peer's new report anyway.
+            st.recovery = Some(Recovery::begin(now));
         }
     }
     *peer.resuming.lock() = positions.iter().map(|p| (p.channel, (p.rx_next, 0))).collect();
@@ -719,10 +967,11 @@ fn on_up(shared: &Shared, peer: &Peer) {
         for c in closes {
             s.close_channel(c);
         }
-        for pos in &positions {
-            s.announce_position(pos.channel, pos.rx_next, pos.tx_next);
-        }
     });
+    // A suspended channel stays silent until an operator resumes or resets it.
+    for pos in positions.iter().filter(|p| p.status == mfp_runtime::ChannelStatus::Active) {
+        send_report(shared, peer, pos.channel, 0);
+    }
     peer.ready.notify_waiters();
 }
 
@@ -742,11 +991,9 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
                 tracing::warn!(target: "mfp::federation", peer = %peer.runtime.short(), error = %e, "inbound message not taken; asking for a resend");
                 if let Some(header) = wire.get(16..32).and_then(|b| <[u8; 16]>::try_from(b).ok()) {
                     let channel = ChannelId::from_bytes(header);
-                    if let Some(pos) =
-                        rt.positions(&peer.runtime).unwrap_or_default().into_iter().find(|p| p.channel == channel)
-                    {
-                        peer.resuming.lock().insert(channel, (pos.rx_next, 0));
-                        let _ = peer.handle.with_session(|s| s.announce_position(channel, pos.rx_next, pos.tx_next));
+                    if let Ok(point) = rt.recovery_point(&channel) {
+                        peer.resuming.lock().insert(channel, (point.rx_next, 0));
+                        send_report(shared, peer, channel, RESEND_REQUEST);
                     }
                 }
             }
@@ -756,34 +1003,55 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
         },
         Event::Acked { channel, next } => {
             acked(shared, peer, channel, next);
+            let done = peer
+                .chans
+                .lock()
+                .get_mut(&channel)
+                .and_then(|st| st.recovery.as_mut())
+                .is_some_and(|r| r.acknowledged(next));
+            if done {
+                shared.counters.completed.fetch_add(1, Ordering::Relaxed);
+            }
             maybe_rotate(shared, peer, channel);
         }
-        Event::Position { channel, rx_next, tx_next } => {
-            let Some(pos) = rt.positions(&peer.runtime).unwrap_or_default().into_iter().find(|p| p.channel == channel)
-            else {
-                // The peer has a channel this side does not (closed here while the link
-                // was down, or never opened): close it there.
-                let _ = peer.handle.with_session(|s| s.close_channel(channel));
-                return;
-            };
-            // NEGOTIATE: positions that cannot be reconciled suspend the channel.
-            let problem = if rx_next > pos.tx_next {
-                Some("the peer expects messages this runtime never sent (was its state restored from an older copy?)")
-            } else if rx_next < pos.acked {
-                Some("the peer lost messages it had acknowledged")
-            } else if tx_next < pos.rx_next {
-                Some("the peer lost messages it had sent and this runtime received")
-            } else {
-                None
-            };
-            if let Some(reason) = problem {
-                tracing::error!(target: "mfp::federation", peer = %peer.runtime.short(), channel = %channel.short(), reason, "channel positions diverged; channel suspended");
-                let _ = rt.suspend_async(&channel, &format!("federation: {reason}")).await;
+        Event::Position { channel, .. } => {
+            // Bare positions (no state hashes) are not how this federation recovers.
+            tracing::debug!(target: "mfp::federation", peer = %peer.runtime.short(), channel = %channel.short(), "bare position ignored; recovery reports carry positions");
+        }
+        Event::Recovery(report) => on_report(shared, peer, report).await,
+        Event::ResetRequested { channel, secret } => {
+            // The peer derives as the opener of the reset: its chains are (peer → here, here → peer).
+            let (from_peer, to_peer) = crate::channel_chains(&secret, &channel, &peer.runtime, &shared.local);
+            if !rt.positions(&peer.runtime).unwrap_or_default().iter().any(|p| p.channel == channel) {
+                tracing::warn!(target: "mfp::federation", peer = %peer.runtime.short(), channel = %channel.short(), "reset of a channel not shared with this peer ignored");
                 return;
             }
-            // RESYNC: everything from the peer's rx_next goes again.
-            acked(shared, peer, channel, rx_next);
-            resync(shared, peer, channel, Some(rx_next)).await;
+            match rt.reset_chains_async(&channel, to_peer, from_peer).await {
+                Ok(outcome) => {
+                    after_reset(shared, peer, channel, outcome);
+                    // The peer reports first once it has reset its side too.
+                    let _ = peer.handle.with_session(|s| s.accept_reset(channel));
+                }
+                Err(e) => {
+                    tracing::warn!(target: "mfp::federation", channel = %channel.short(), error = %e, "reset asked by the peer failed; not confirmed");
+                }
+            }
+        }
+        Event::ResetAccepted { channel } => {
+            let Some(p) = shared.resets.lock().remove(&channel) else { return };
+            let (to_peer, from_peer) = crate::channel_chains(&p.secret, &channel, &shared.local, &peer.runtime);
+            let r = match rt.reset_chains_async(&channel, to_peer, from_peer).await {
+                Ok(outcome) => {
+                    after_reset(shared, peer, channel, outcome);
+                    send_report(shared, peer, channel, ANSWER_REQUESTED);
+                    Ok(outcome.discarded)
+                }
+                Err(e) => {
+                    tracing::error!(target: "mfp::federation", channel = %channel.short(), error = %e, "the peer reset the channel but this side could not; reset it again");
+                    Err(FederationError::from(e))
+                }
+            };
+            let _ = p.reply.send(r);
         }
         Event::ChannelRequested { channel, depth, opener, target, secret } => {
             let reply = accept_request(shared, peer, channel, usize::from(depth), opener, &target, &secret).await;
@@ -888,6 +1156,95 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
             tracing::info!(target: "mfp::federation", peer = %peer.runtime.short(), reason = %reason, "session closed");
         }
     }
+}
+
+/// The federation's side of a reset: the discarded messages give their in-flight permits
+/// back, and the channel waits for the peer's report (a new recovery) before it sends.
+fn after_reset(shared: &Shared, peer: &Peer, channel: ChannelId, outcome: mfp_runtime::remote::ResetOutcome) {
+    peer.msgs.add_permits(outcome.discarded);
+    peer.bytes.add_permits(outcome.discarded_bytes);
+    peer.ready.notify_waiters();
+    let now = shared.clock.now();
+    {
+        let mut chans = peer.chans.lock();
+        let st = chans.entry(channel).or_default();
+        *st = ChanTx {
+            sent_next: 0,
+            stalled: true,
+            rotated_at: (0, std::time::Instant::now()),
+            rotating: None,
+            last_rotation: None,
+            awaiting_position: true,
+            recovery: Some(Recovery::begin(now)),
+        };
+    }
+    peer.resuming.lock().insert(channel, (0, 0));
+    shared.counters.resets.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(target: "mfp::federation", peer = %peer.runtime.short(), channel = %channel.short(), discarded = outcome.discarded, "channel reset: both chains re-seeded at step 0, unacknowledged messages discarded");
+}
+
+/// NEGOTIATE on the peer's report, then RESYNC, or the suspension of the channel.
+async fn on_report(shared: &Shared, peer: &Peer, report: RecoveryReport) {
+    let rt = &shared.runtime;
+    let channel = report.channel;
+    let point = match rt.recovery_point(&channel) {
+        Ok(p) if rt.positions(&peer.runtime).is_ok_and(|ps| ps.iter().any(|x| x.channel == channel)) => p,
+        _ => {
+            // The peer has a channel this side does not (closed here while the link was
+            // down, or never opened): close it there.
+            let _ = peer.handle.with_session(|s| s.close_channel(channel));
+            return;
+        }
+    };
+    if point.status != mfp_runtime::ChannelStatus::Active {
+        tracing::debug!(target: "mfp::federation", channel = %channel.short(), "recovery report on a suspended channel ignored until it is resumed or reset");
+        return;
+    }
+    let local = LocalPoint {
+        tx: ChainPoint { step: point.tx_next, hash: point.tx_hash },
+        log_from: point.log_from,
+        rx: ChainPoint { step: point.rx_next, hash: point.rx_hash },
+        rx_rotated_hash: point.rx_rotated_hash,
+    };
+    let now = shared.clock.now();
+    let decided = {
+        let mut chans = peer.chans.lock();
+        let st = chans.entry(channel).or_default();
+        if !st.recovery.is_some_and(|r| r.is_open()) {
+            st.recovery = Some(Recovery::begin(now));
+        }
+        let recovery = st.recovery.get_or_insert(Recovery::begin(now));
+        let d = recovery.negotiate(now, &shared.recovery, &local, &report);
+        if d.is_err() {
+            st.recovery = None;
+        }
+        d
+    };
+    shared.counters.negotiations.fetch_add(1, Ordering::Relaxed);
+    let n = match decided {
+        Ok(n) => n,
+        Err(e) => {
+            shared.counters.escalated(e);
+            let reason = e.explain();
+            tracing::error!(target: "mfp::federation", peer = %peer.runtime.short(), channel = %channel.short(), outcome = e.as_str(), "channel diverged beyond repair; suspended");
+            if let Err(err) = rt.suspend_async(&channel, &reason).await {
+                tracing::warn!(target: "mfp::federation", channel = %channel.short(), error = %err, "suspending the channel failed");
+            }
+            return;
+        }
+    };
+    if n.outbound == mfp_core::bilateral::Diagnosis::Spurious {
+        shared.counters.in_step.fetch_add(1, Ordering::Relaxed);
+    } else {
+        shared.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+    }
+    if report.has(ANSWER_REQUESTED) {
+        send_report(shared, peer, channel, 0);
+    }
+    // Everything below the peer's rx_next is durable there (an acknowledgement), then
+    // RESYNC: the log goes again from it.
+    acked(shared, peer, channel, report.rx.step);
+    resync(shared, peer, channel, Some(n.resend_from)).await;
 }
 
 /// 32 random bytes as an X25519 secret.

@@ -121,6 +121,28 @@ pub fn control(data: &[u8]) {
     }
 }
 
+/// Recovery report decoder: arbitrary bytes never panic; whatever parses re-encodes to its
+/// input, has exactly the report's length, the `RECOVERY` flag alone and a log that does
+/// not start beyond its next step; and the same bytes behind the control type parse alike.
+pub fn recovery(data: &[u8]) {
+    use crate::recovery::{REPORT_LEN, RecoveryReport};
+    let parsed = RecoveryReport::parse(data);
+    if let Ok(r) = &parsed {
+        assert_eq!(data.len(), REPORT_LEN);
+        assert_eq!(&r.to_bytes()[..], data, "recovery report did not re-encode to its input");
+        assert!(r.log_from <= r.tx.step);
+        assert_eq!(data.get(6..8), Some(&[0u8, 2][..]), "only the RECOVERY flag");
+    }
+    let mut framed = Vec::with_capacity(data.len() + 1);
+    framed.push(crate::control::kind::RECOVERY);
+    framed.extend_from_slice(data);
+    match Control::parse(&framed) {
+        Ok(Control::Recovery(r)) => assert_eq!(Ok(r), parsed),
+        Ok(other) => panic!("a recovery message parsed as {other:?}"),
+        Err(_) => assert!(parsed.is_err()),
+    }
+}
+
 /// Both ends of a completed handshake between two fixed runtimes, as (initiator,
 /// responder); `None` only if the handshake fails, which it does not.
 #[must_use]
@@ -201,12 +223,24 @@ pub fn authenticated_input(data: &[u8]) -> (usize, bool) {
             Event::ChannelRequested { depth, target, .. } => {
                 assert!((2..=cfg.max_frame_depth).contains(&depth) && target.is_valid(), "unchecked request");
             }
+            Event::Recovery(r) => {
+                assert_eq!(
+                    r.sender,
+                    session_peer_field(&session),
+                    "a report naming another sender reached the runtime"
+                );
+                assert!(r.log_from <= r.tx.step, "an unchecked report reached the runtime");
+            }
             Event::Closed(_) => closed = true,
             _ => {}
         }
     }
     assert_eq!(closed, session.is_closed());
     (reached, closed)
+}
+
+fn session_peer_field(session: &Session) -> [u8; 16] {
+    session.peer().sender_field()
 }
 
 /// pymfp compat byte stream: arbitrary bytes (mode byte even) or an XOR mask over genuine

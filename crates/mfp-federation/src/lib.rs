@@ -14,6 +14,8 @@
 //! - [`session`]: the session state machine, an authenticated pipe between two runtimes:
 //!   opaque MFP1 wire messages per cross-runtime channel, channel agreement, per-channel
 //!   acknowledgements and positions, chain rotation, keepalive, rekeying;
+//! - [`recovery`]: DETECT → NEGOTIATE → RESYNC after a reconnect: the `RECOVERY`-flagged
+//!   report, pymfp's diagnoses bounded by the outbound log, attempt and time limits;
 //! - [`chains`]: the two bilateral chains of a cross-runtime channel
 //!   ([`channel_chains`]), which the runtime owns, seals and opens with;
 //! - `net` (feature `net`, default): the tokio transport — listener with limits, dialer
@@ -43,6 +45,7 @@ pub mod handshake;
 pub mod identity;
 #[cfg(feature = "net")]
 pub mod net;
+pub mod recovery;
 pub mod session;
 
 pub use chains::channel_chains;

@@ -19,11 +19,12 @@
 //! persistence in the same storage transaction as each advance. It seals with
 //! `BilateralState::seal_outbound` and runs VALIDATE and DECODE on the bytes of
 //! [`Event::Data`] itself, so failure counts and quarantine see every inbound message.
-//! After a reconnect it announces each shared channel's positions
-//! ([`Session::announce_position`]) and, on the peer's [`Event::Position`], decides
-//! NEGOTIATE and RESYNC: it resends its log from the peer's `rx_next`, or suspends the
-//! channel when the peer's `rx_next` is above its own `tx_next` (the peer claims messages
-//! never sent) or below its own acknowledged position (the peer lost durable messages).
+//! After a reconnect it sends each shared channel's recovery report
+//! ([`Session::send_recovery`], [`crate::recovery`]: steps and state hashes of both chains)
+//! and, on the peer's [`Event::Recovery`], decides NEGOTIATE and RESYNC: it resends its log
+//! from the peer's `rx_next`, or suspends the channel when the divergence cannot be
+//! repaired. (Bare positions, [`Session::announce_position`] and [`Event::Position`], carry
+//! steps only; the runtime's federation does not use them.)
 //!
 //! The session checks what it can check without state: a data message parses as an MFP1
 //! wire message within the configured limits and names the channel it travels on (on
@@ -271,6 +272,22 @@ pub enum Event {
         /// The next step the peer will send.
         tx_next: u64,
     },
+    /// The peer's recovery report on a channel (DETECT with state hashes; its sender field
+    /// names the peer).
+    Recovery(crate::recovery::RecoveryReport),
+    /// The peer asks to reset the chains of `channel` from `secret`: reset them, then answer
+    /// with [`Session::accept_reset`].
+    ResetRequested {
+        /// The channel.
+        channel: ChannelId,
+        /// The new secret (the peer derives as the channel's opener).
+        secret: Zeroizing<[u8; 32]>,
+    },
+    /// The peer reset (and stored) its side of a channel this side asked to reset.
+    ResetAccepted {
+        /// The channel.
+        channel: ChannelId,
+    },
     /// The peer asks for a channel: answer with [`Session::accept_channel`] or
     /// [`Session::refuse_channel`].
     ChannelRequested {
@@ -338,6 +355,11 @@ impl fmt::Debug for Event {
                 .field("rx_next", rx_next)
                 .field("tx_next", tx_next)
                 .finish(),
+            Event::Recovery(r) => f.debug_tuple("Recovery").field(r).finish(),
+            Event::ResetRequested { channel, secret: _ } => {
+                f.debug_struct("ResetRequested").field("channel", channel).finish_non_exhaustive()
+            }
+            Event::ResetAccepted { channel } => f.debug_struct("ResetAccepted").field("channel", channel).finish(),
             Event::ChannelRequested { channel, depth, opener, target, secret: _ } => f
                 .debug_struct("ChannelRequested")
                 .field("channel", channel)
@@ -568,6 +590,31 @@ impl Session {
         }
     }
 
+    /// Sends this side's recovery report on a channel (DETECT with state hashes; see
+    /// [`crate::recovery`]).
+    pub fn send_recovery(&mut self, report: crate::recovery::RecoveryReport) {
+        if self.closed.is_none() {
+            self.queue.push_back(Control::Recovery(report));
+        }
+    }
+
+    /// Asks the peer to reset the chains of `channel` from `secret` (32 random bytes the
+    /// caller draws; both chains derive from it as from a channel request's secret, this
+    /// side as the opener). It travels only inside the Noise transport.
+    pub fn request_reset(&mut self, channel: ChannelId, secret: [u8; 32]) {
+        let secret = Zeroizing::new(secret);
+        if self.closed.is_none() {
+            self.queue.push_back(Control::ChannelReset { channel, secret });
+        }
+    }
+
+    /// Tells the peer that its reset of `channel` is done (and stored) on this side.
+    pub fn accept_reset(&mut self, channel: ChannelId) {
+        if self.closed.is_none() {
+            self.queue.push_back(Control::ChannelResetAccept(channel));
+        }
+    }
+
     /// Asks the peer for a channel from `opener` (an agent of this runtime) to `target` (an
     /// agent of the peer) at frame depth `depth`. `secret` is 32 bytes the caller draws
     /// from its entropy; the channel's chains derive from it ([`crate::channel_chains`]),
@@ -712,6 +759,17 @@ impl Session {
             Control::Position { channel, rx_next, tx_next } => {
                 self.events.push_back(Event::Position { channel, rx_next, tx_next });
             }
+            Control::Recovery(report) => {
+                if !mfp_core::crypto::ct_eq(&report.sender, &self.peer.sender_field()) {
+                    self.stats.malformed += 1;
+                    return self.fail(CloseReason::Protocol("recovery report naming another sender"));
+                }
+                self.events.push_back(Event::Recovery(report));
+            }
+            Control::ChannelReset { channel, secret } => {
+                self.events.push_back(Event::ResetRequested { channel, secret });
+            }
+            Control::ChannelResetAccept(channel) => self.events.push_back(Event::ResetAccepted { channel }),
             Control::ChannelOpen { channel, depth, opener, secret, target } => {
                 if usize::from(depth) < MIN_FRAME_DEPTH || depth > self.cfg.max_frame_depth {
                     self.stats.refused_requests += 1;
@@ -898,6 +956,42 @@ mod tests {
         a.send_data(ch, good.clone()).unwrap();
         transmit(&mut a, &mut b, now);
         assert_eq!(b.poll_event(), Some(Event::Data { channel: ch, wire: good }));
+    }
+
+    #[test]
+    fn recovery_reports_and_resets_cross_the_session_and_a_foreign_sender_closes_it() {
+        use crate::recovery::{ANSWER_REQUESTED, ChainPoint, RecoveryReport};
+        let now = Instant::now();
+        let ch = ChannelId::from_bytes([1; 16]);
+        let report = |sender: &RuntimeId| {
+            let p = ChainPoint { step: 4, hash: [7; 32] };
+            RecoveryReport::new(ch, sender, ANSWER_REQUESTED, p, 2, p, [7; 32])
+        };
+        let (mut a, mut b) = pair(now);
+        a.send_recovery(report(&a.local()));
+        a.request_reset(ch, [9; 32]);
+        b.accept_reset(ch);
+        transmit(&mut a, &mut b, now);
+        transmit(&mut b, &mut a, now);
+        let at_b: Vec<_> = std::iter::from_fn(|| b.poll_event()).collect();
+        assert_eq!(
+            at_b,
+            vec![
+                Event::Recovery(report(&a.local())),
+                Event::ResetRequested { channel: ch, secret: Zeroizing::new([9; 32]) }
+            ]
+        );
+        assert_eq!(a.poll_event(), Some(Event::ResetAccepted { channel: ch }));
+        assert!(!format!("{:?}", at_b[1]).contains('9'), "Debug shows no secret");
+        // A report that names another runtime as its sender breaks the protocol.
+        let (mut a, mut b) = pair(now);
+        a.send_recovery(report(&RuntimeId::from_bytes([3; 32])));
+        transmit(&mut a, &mut b, now);
+        assert_eq!(
+            std::iter::from_fn(|| b.poll_event()).collect::<Vec<_>>(),
+            vec![Event::Closed(CloseReason::Protocol("recovery report naming another sender"))]
+        );
+        assert_eq!(b.stats().malformed, 1);
     }
 
     #[test]

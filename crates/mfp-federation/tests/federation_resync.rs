@@ -163,8 +163,8 @@ async fn messages_sent_before_the_resync_do_not_quarantine_the_channel() {
     // Before hearing the runtime's position, the test sends what it sealed last (more
     // messages than the validation failure threshold), as a racing sender does.
     sender.send(&link, 5..=10);
-    let rx_next = next(&mut events, "Position", |e| match e {
-        NetEvent::Session { event: Event::Position { channel: c, rx_next, .. }, .. } if *c == channel => Some(*rx_next),
+    let rx_next = next(&mut events, "Recovery", |e| match e {
+        NetEvent::Session { event: Event::Recovery(r), .. } if r.channel == channel => Some(r.rx.step),
         _ => None,
     })
     .await;

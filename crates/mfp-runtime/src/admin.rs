@@ -718,6 +718,9 @@ impl Inner {
             inner.status = ChannelStatus::Active;
             inner.validation_failures = 0;
         }
+        for ch in &reactivate {
+            self.remote_restored(ch);
+        }
         rec.admin.lock().quarantine_reason.clear();
         Self::transition(&rec, to)?;
         let mut ev = AuditEvent::new(AuditEventType::RestoreAgent);
@@ -751,6 +754,15 @@ impl Inner {
         let mut ev = AuditEvent::new(AuditEventType::RestoreChannel);
         ev.channel = Some(*id);
         self.event(ev);
+        self.remote_restored(&ch);
         Ok(())
+    }
+
+    /// Tells the transport that a cross-runtime channel is active again, so that it
+    /// compares positions with the peer (what waits in either log then goes).
+    fn remote_restored(&self, ch: &ChannelRecord) {
+        if let (Some(link), Some(t)) = (ch.remote(), self.transport.get()) {
+            t.channel_restored(&link.end.peer, &ch.id);
+        }
     }
 }

@@ -196,6 +196,58 @@ pub trait Transport: Send + Sync + 'static {
     fn channel_closed(&self, peer: &RuntimeId, channel: &ChannelId) {
         let _ = (peer, channel);
     }
+
+    /// A suspended (quarantined) cross-runtime channel was restored on this side (an
+    /// operator's `Runtime::restore_channel`, or the restore of its agent): the transport
+    /// compares positions with the peer again, so that what waits in either log is sent.
+    fn channel_restored(&self, peer: &RuntimeId, channel: &ChannelId) {
+        let _ = (peer, channel);
+    }
+}
+
+/// Where both chains of a cross-runtime channel stand, with their recovery state hashes
+/// (pymfp's `compute_state_hash`, `SHA-256(R ‖ P)`). `Debug` shows the steps only.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryPoint {
+    /// Step of the next message this side sends.
+    pub tx_next: u64,
+    /// State hash of the outbound chain at `tx_next`.
+    pub tx_hash: [u8; 32],
+    /// First step of the outbound log: every message from it up to `tx_next` can be sent
+    /// again (equal to `tx_next` when the log is empty).
+    pub log_from: u64,
+    /// Step of the next message this side expects.
+    pub rx_next: u64,
+    /// State hash of the inbound chain at `rx_next`.
+    pub rx_hash: [u8; 32],
+    /// State hash of the inbound chain after the rotation the peer asked for and this side
+    /// accepted, not seen in a message yet (`rx_hash` when none is pending): the peer may
+    /// already have applied it to its outbound chain.
+    pub rx_rotated_hash: [u8; 32],
+    /// The channel's status.
+    pub status: ChannelStatus,
+}
+
+impl core::fmt::Debug for RecoveryPoint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RecoveryPoint")
+            .field("tx_next", &self.tx_next)
+            .field("log_from", &self.log_from)
+            .field("rx_next", &self.rx_next)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a reset of a cross-runtime channel discarded from its outbound log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ResetOutcome {
+    /// Sealed messages that were not acknowledged by the peer: they are lost.
+    pub discarded: usize,
+    /// Their wire bytes.
+    pub discarded_bytes: usize,
 }
 
 /// What [`RemoteHandle::ingest`] did with a message.
@@ -410,6 +462,36 @@ impl RemoteHandle {
     pub fn closed_by_peer(&self, channel: &ChannelId) -> Result<()> {
         let inner = self.runtime()?;
         inner.blocking("RemoteHandle::closed_by_peer", |w| inner.close_remote_by_peer(channel, w))
+    }
+
+    /// Where `channel`'s chains stand, with their state hashes (recovery's DETECT).
+    pub fn recovery_point(&self, channel: &ChannelId) -> Result<RecoveryPoint> {
+        self.runtime()?.recovery_point(channel)
+    }
+
+    /// Resumes a suspended channel (`Runtime::restore_channel`): it becomes active, and the
+    /// transport is told ([`Transport::channel_restored`]) so that it compares positions
+    /// with the peer again.
+    pub async fn resume_async(&self, channel: &ChannelId) -> Result<()> {
+        let inner = self.runtime()?;
+        inner.restore_channel(channel, crate::admin::Wait::Yes).await
+    }
+
+    /// Re-seeds both chains of `channel` (the operator's reset, agreed with the peer):
+    /// `tx` and `rx` are the new chains (at step 0, derived from a fresh secret), the
+    /// outbound log is discarded — its messages are lost, the outcome says how many —,
+    /// a pending inbound rotation and the failure count are cleared, and the channel
+    /// becomes active; all in one storage transaction. Meanwhile inbound messages on the
+    /// channel wait and sends on it are refused as on a suspended channel. A closed channel
+    /// is refused.
+    pub async fn reset_chains_async(
+        &self,
+        channel: &ChannelId,
+        tx: BilateralState,
+        rx: BilateralState,
+    ) -> Result<ResetOutcome> {
+        let inner = self.runtime()?;
+        inner.reset_remote(channel, tx, rx, crate::admin::Wait::Yes).await
     }
 
     /// Suspends a channel whose positions cannot be reconciled with the peer's (a gap

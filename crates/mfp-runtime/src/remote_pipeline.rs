@@ -15,7 +15,10 @@ use crate::channel::ChannelRecord;
 use crate::config::Backpressure;
 use crate::error::{Error, Result};
 use crate::hooks::SendContext;
-use crate::remote::{Ingested, MAX_UNACKED, OutboundMessage, OutboundSlot, RemoteLink, RemotePosition, TransportError};
+use crate::remote::{
+    Ingested, MAX_UNACKED, OutboundMessage, OutboundSlot, RecoveryPoint, RemoteLink, RemotePosition, ResetOutcome,
+    TransportError,
+};
 use crate::runtime::{Inner, QuarantineCause};
 use crate::storage::{DeliveryRow, OutboundRow, StorageOp};
 use crate::types::{ChannelStatus, DeliveredMessage, Receipt, SendOptions};
@@ -439,6 +442,121 @@ impl Inner {
         ev.reason = Some("outbound chain rotated".to_string());
         self.event(ev);
         Ok(step)
+    }
+
+    // ---- recovery -------------------------------------------------------------------
+
+    /// Where `channel`'s chains stand, with their state hashes.
+    pub(crate) fn recovery_point(&self, channel: &ChannelId) -> Result<RecoveryPoint> {
+        let ch = self.channel(channel)?;
+        let link = ch.remote().ok_or(Error::WrongPeer { channel: *channel, from: "a peer runtime".into() })?;
+        let status = ch.inner.lock().status;
+        let (tx_next, tx_hash) = {
+            let tx = link.tx.lock();
+            (tx.step, tx.state_hash())
+        };
+        let pending = link.rx_rotation.lock().clone();
+        let (rx_next, rx_hash, rx_rotated_hash) = {
+            let rx = link.rx.lock();
+            let rotated = pending.map_or_else(
+                || rx.state_hash(),
+                |secret| rx.rotate(&secret, &self.identity, &link.end.peer).state_hash(),
+            );
+            (rx.step, rx.state_hash(), rotated)
+        };
+        let log_from = {
+            let log = link.log.lock();
+            log.entries.front().map_or(tx_next, |m| m.step).min(tx_next)
+        };
+        Ok(RecoveryPoint { tx_next, tx_hash, log_from, rx_next, rx_hash, rx_rotated_hash, status })
+    }
+
+    /// Re-seeds both chains of a cross-runtime channel, discards its outbound log and makes
+    /// it active, in one storage transaction (see `RemoteHandle::reset_chains_async`).
+    pub(crate) async fn reset_remote(
+        &self,
+        channel: &ChannelId,
+        tx: mfp_core::bilateral::BilateralState,
+        rx: mfp_core::bilateral::BilateralState,
+        wait: Wait,
+    ) -> Result<ResetOutcome> {
+        if self.is_shut_down() {
+            return Err(Error::ShutDown);
+        }
+        let _turn = self.turn(wait).await?;
+        let ch = self.channel(channel)?;
+        let link = ch.remote().ok_or(Error::WrongPeer { channel: *channel, from: "a peer runtime".into() })?;
+        if link.tx.is_shared() {
+            return Err(Error::Config(crate::error::ConfigError {
+                field: "reset",
+                reason: format!("channel {} shares pymfp's chain, which cannot be reset on the wire", channel.short()),
+            }));
+        }
+        // No inbound message is opened meanwhile.
+        let _ingest = match wait {
+            Wait::Yes => link.ingest_turn.lock().await,
+            Wait::No(operation) => link.ingest_turn.try_lock().map_err(|_| Error::WouldBlock { operation })?,
+        };
+        // Sends hold the channel's lock from ACCEPT to the hand-over: once it is ours no send
+        // is half-way, and with the status set aside none starts until the reset is done.
+        let before = {
+            let mut inner = ch.inner.lock();
+            let before = inner.status;
+            if before == ChannelStatus::Closed {
+                return Err(Error::ChannelClosed(*channel));
+            }
+            inner.status = ChannelStatus::Quarantined;
+            before
+        };
+        let outcome = {
+            let log = link.log.lock();
+            ResetOutcome {
+                discarded: log.entries.len(),
+                discarded_bytes: log.entries.iter().map(|m| m.wire.len()).sum(),
+            }
+        };
+        if self.persisting() {
+            let ops = vec![
+                StorageOp::AdvanceRemoteTx { id: *channel, tx: tx.clone() },
+                StorageOp::AdvanceRemoteRx { id: *channel, rx: rx.clone() },
+                StorageOp::RemoteRotation { id: *channel, secret: None },
+                StorageOp::AckOutbound { channel: *channel, next: u64::MAX },
+                StorageOp::ChannelFailures { id: *channel, count: 0 },
+                StorageOp::ChannelStatus { id: *channel, status: ChannelStatus::Active },
+            ];
+            let ticket = self.submit(ops);
+            let settled = match wait {
+                Wait::Yes => self.settle_async(ticket).await,
+                Wait::No(_) => self.settle(ticket),
+            };
+            if let Err(e) = settled {
+                ch.inner.lock().status = before;
+                return Err(e);
+            }
+        }
+        {
+            let mut inner = ch.inner.lock();
+            *link.tx.lock() = tx;
+            *link.rx.lock() = rx;
+            {
+                let mut log = link.log.lock();
+                log.entries.clear();
+                log.acked = 0;
+            }
+            *link.rx_rotation.lock() = None;
+            inner.status = ChannelStatus::Active;
+            inner.validation_failures = 0;
+        }
+        self.quarantine_causes.lock().remove(channel);
+        let mut ev = AuditEvent::new(AuditEventType::RestoreChannel);
+        ev.channel = Some(*channel);
+        ev.step = Some(0);
+        ev.reason = Some(format!(
+            "reset with the peer runtime: both chains re-seeded at step 0, {} unacknowledged messages discarded",
+            outcome.discarded
+        ));
+        self.event(ev);
+        Ok(outcome)
     }
 
     // ---- the outbound log -----------------------------------------------------------
