@@ -67,7 +67,7 @@ pub(crate) struct Config {
     pub(crate) storage: StorageSection,
     /// pymfp: federation transport (parsed; federation is not built yet).
     pub(crate) transport: TransportSection,
-    /// pymfp: recovery settings (parsed; federation is not built yet).
+    /// pymfp: recovery settings (the native federation's recovery limits).
     pub(crate) recovery: RecoverySection,
     /// pymfp: agents bound at start.
     pub(crate) agents: Vec<AgentEntry>,
@@ -653,6 +653,9 @@ pub(crate) struct Validated {
     pub(crate) mcp_allowed_hosts: Vec<String>,
     /// pymfp's `transport:` values, kept for federation.
     pub(crate) transport: TransportSection,
+    /// `recovery.max_attempts` and `recovery.timeout_seconds`: the limits of a native
+    /// federation's recovery exchange.
+    pub(crate) recovery: mfp_federation::recovery::RecoveryLimits,
     /// Non-fatal findings, to be logged at start and printed by check-config.
     pub(crate) warnings: Vec<String>,
 }
@@ -798,11 +801,18 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
         (&raw.transport.connect_timeout, "transport.connect_timeout"),
         (&raw.transport.read_timeout, "transport.read_timeout"),
         (&raw.transport.write_timeout, "transport.write_timeout"),
-        (&raw.recovery.timeout_seconds, "recovery.timeout_seconds"),
     ] {
         positive_secs(&mut problems, v, what);
     }
-    let _ = int_in(&mut problems, &raw.recovery.max_attempts, "recovery.max_attempts", 1, 1_000_000);
+    let mut recovery = mfp_federation::recovery::RecoveryLimits::default();
+    recovery.max_attempts = int_in(&mut problems, &raw.recovery.max_attempts, "recovery.max_attempts", 1, 1_000_000)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(recovery.max_attempts);
+    recovery.timeout = std::time::Duration::from_millis(positive_secs(
+        &mut problems,
+        &raw.recovery.timeout_seconds,
+        "recovery.timeout_seconds",
+    ));
 
     // Storage.
     let storage_path = (!raw.storage.path.is_empty()).then(|| resolve(base, &raw.storage.path));
@@ -1107,6 +1117,7 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
             mcp_addr,
             mcp_allowed_hosts,
             transport: raw.transport,
+            recovery,
             warnings,
         })
     } else {
@@ -1581,6 +1592,16 @@ mod tests {
         assert_eq!(v.runtime.default_frame_depth, 4);
         assert!(v.storage_path.is_none());
         assert_eq!(v.admin_addr.as_deref(), Some("127.0.0.1:9877"));
+    }
+
+    #[test]
+    fn recovery_limits_reach_the_federation_config() {
+        let d = p("").unwrap().recovery;
+        assert_eq!((d.max_attempts, d.timeout), (3, std::time::Duration::from_secs(30)));
+        let v = p("recovery:\n  max_attempts: 7\n  timeout_seconds: 2.5\n").unwrap().recovery;
+        assert_eq!((v.max_attempts, v.timeout), (7, std::time::Duration::from_millis(2500)));
+        assert!(errors("recovery:\n  max_attempts: 0\n").contains("recovery.max_attempts"));
+        assert!(errors("recovery:\n  timeout_seconds: -1\n").contains("recovery.timeout_seconds"));
     }
 
     #[test]

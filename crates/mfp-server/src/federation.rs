@@ -179,9 +179,10 @@ async fn start_native(
         peers.push(fp);
         ids.push(*id);
     }
-    let fed = Federation::start(mfp.runtime(), identity, FederationConfig::new(net, peers))
-        .await
-        .map_err(|e| FedStartError::Native(e.to_string()))?;
+    let mut fed_cfg = FederationConfig::new(net, peers);
+    fed_cfg.recovery = cfg.recovery;
+    let fed =
+        Federation::start(mfp.runtime(), identity, fed_cfg).await.map_err(|e| FedStartError::Native(e.to_string()))?;
     if let Some(a) = fed.local_addr() {
         tracing::info!(addr = %a, "federation listener bound");
     }
