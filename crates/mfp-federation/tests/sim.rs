@@ -141,9 +141,9 @@ fn run(schedule: &Schedule) -> Outcome {
         }
         assert!(
             sim.now < deadline,
-            "no convergence after the network healed: a {:?} b {:?}, pending {} / {}",
-            sim.a.model.channels,
-            sim.b.model.channels,
+            "no convergence after the network healed: a {} b {}, pending {} / {}",
+            sim.a.model.summary(),
+            sim.b.model.summary(),
             app_a.pending.len(),
             app_b.pending.len()
         );

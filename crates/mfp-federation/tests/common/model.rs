@@ -390,6 +390,31 @@ impl Model {
         }
     }
 
+    /// A short account of the state, for failure messages (no payloads).
+    pub fn summary(&self) -> String {
+        let mut ids: Vec<_> = self.durable.keys().copied().collect();
+        ids.sort();
+        let chans: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                let d = &self.durable[id];
+                let live = self.channels.get(id).map(|c| (c.open, c.tx.step, c.rx.step, c.acked, c.log.len(), c.cursor));
+                format!(
+                    "{:02x}: memory (open, tx, rx, acked, log, cursor) {live:?}, store (tx, rx, acked, log, inbox) {:?}",
+                    id.as_bytes()[0],
+                    (d.tx.step, d.rx.step, d.acked, d.log.len(), d.inbox.len())
+                )
+            })
+            .collect();
+        format!(
+            "[{}] batches waiting {}, removals {}, mailbox {}",
+            chans.join("; "),
+            self.pending.len(),
+            self.removals.len(),
+            self.mailbox.len()
+        )
+    }
+
     /// Receipts the application has not taken yet.
     pub fn take_receipts(&mut self) -> Vec<(ChannelId, u64)> {
         std::mem::take(&mut self.receipts)
