@@ -22,6 +22,11 @@ pub(crate) fn keygen(path: &Path) -> Result<(), String> {
     mfp_storage::MasterKey::generate_file(path).map(|_| ()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The storage master key from `--new-master-key FILE`, if given.
+pub(crate) fn new_master_key(file: Option<&Path>) -> Result<Option<MasterKey>, String> {
+    file.map(|f| MasterKey::from_file(f).map_err(|e| format!("--new-master-key {}: {e}", f.display()))).transpose()
+}
+
 /// Generates a runtime identity key into a new file at `path` (mode 0600; an existing file
 /// is never overwritten), encrypted under `master` if given, and returns its public half
 /// (`mfp-x25519:<hex>`).
@@ -47,11 +52,17 @@ pub(crate) fn identity_public(path: &Path, master: Option<&MasterKey>) -> Result
         .map_err(|e| e.to_string())
 }
 
-/// Writes the identity key in `from` (plain or encrypted) to a new file `to`, encrypted
-/// under `master`; returns its public half. `from` is left as it is.
-pub(crate) fn identity_encrypt(from: &Path, to: &Path, master: &MasterKey) -> Result<String, String> {
+/// Writes the identity key in `from` (plain, or encrypted under `master`) to a new file
+/// `to`, encrypted under `new_master` if given (a master key rotation), else under
+/// `master`; returns its public half. `from` is left as it is.
+pub(crate) fn identity_encrypt(
+    from: &Path,
+    to: &Path,
+    master: &MasterKey,
+    new_master: Option<&MasterKey>,
+) -> Result<String, String> {
     let key = IdentityKey::load_with_master_key(from, Some(master.expose())).map_err(|e| e.to_string())?;
-    save(&key, to, Some(master))?;
+    save(&key, to, Some(new_master.unwrap_or(master)))?;
     Ok(key.public().to_string())
 }
 
@@ -106,10 +117,15 @@ mod tests {
         let plain = dir.join("id.key");
         let p_public = identity_keygen(&plain, None).unwrap();
         let converted = dir.join("id2.sealed");
-        assert_eq!(identity_encrypt(&plain, &converted, &master).unwrap(), p_public);
+        assert_eq!(identity_encrypt(&plain, &converted, &master, None).unwrap(), p_public);
         assert_eq!(identity_public(&converted, Some(&master)).unwrap(), p_public);
         assert_eq!(identity_public(&plain, None).unwrap(), p_public);
-        assert!(identity_encrypt(&plain, &converted, &master).is_err(), "never overwrites");
+        assert!(identity_encrypt(&plain, &converted, &master, None).is_err(), "never overwrites");
+        // A master key rotation: re-encrypted under the new key.
+        let rotated = dir.join("id3.sealed");
+        assert_eq!(identity_encrypt(&converted, &rotated, &master, Some(&wrong)).unwrap(), p_public);
+        assert_eq!(identity_public(&rotated, Some(&wrong)).unwrap(), p_public);
+        assert!(identity_public(&rotated, Some(&master)).is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -95,6 +95,10 @@ enum Cmd {
         /// Write the key, encrypted with the storage master key, to this new file.
         #[arg(long)]
         encrypt_to: Option<PathBuf>,
+        /// With `--encrypt-to`: encrypt under this master key file instead (after a
+        /// rotation of the storage master key; `--master-key` opens the old file).
+        #[arg(long, requires = "encrypt_to")]
+        new_master_key: Option<PathBuf>,
     },
     /// Serves one mcp agent over stdin and stdout: what an MCP host launches. Runs the
     /// runtime of the configuration itself (every agent, no listeners); do not run it while a
@@ -202,14 +206,16 @@ fn main() -> ExitCode {
             eprintln!("error: keygen needs --out FILE (storage master key) or --identity FILE (runtime identity key)");
             ExitCode::from(2)
         }
-        Some(Cmd::Identity { key, master_key, master_key_env, encrypt_to }) => match keygen::master_key(
+        Some(Cmd::Identity { key, master_key, master_key_env, encrypt_to, new_master_key }) => match keygen::master_key(
             master_key.as_deref(),
             master_key_env.as_deref(),
         )
         .and_then(|m| match (&encrypt_to, m) {
-            (Some(to), Some(m)) => keygen::identity_encrypt(&key, to, &m).inspect(|_| {
+            (Some(to), Some(m)) => keygen::new_master_key(new_master_key.as_deref())
+                .and_then(|new| keygen::identity_encrypt(&key, to, &m, new.as_ref()))
+                .inspect(|_| {
                 eprintln!(
-                    "wrote the identity key of {}, encrypted with the storage master key, to {} (mode 0600); point federation.identity_key at it, then remove the plain file",
+                    "wrote the identity key of {}, encrypted with the storage master key, to {} (mode 0600); point federation.identity_key at it, then remove the old file",
                     key.display(),
                     to.display()
                 );
