@@ -139,7 +139,7 @@ pub(crate) async fn start(
     if cfg.peers.iter().any(|p| matches!(p.kind, PeerKind::Native { .. })) {
         start_native(cfg, mfp, agents, master_key).await.map(Some)
     } else {
-        start_compat(cfg, mfp, agents).await.map(Some)
+        start_compat(cfg, mfp, agents, master_key).await.map(Some)
     }
 }
 
@@ -255,6 +255,7 @@ async fn start_compat(
     cfg: &Validated,
     mfp: &Mfp,
     agents: &HashMap<String, AgentRef>,
+    master_key: Option<&mfp_storage::MasterKey>,
 ) -> Result<Running, FedStartError> {
     let mut peers = Vec::new();
     let mut ids = Vec::new();
@@ -265,7 +266,11 @@ async fn start_compat(
         let name = format!("{deployment_id}/{instance_id}");
         let boot = match (bootstrap.as_str(), ceremonial) {
             ("ceremonial", Some((key_file, peer_public))) => {
-                let local_secret = mfp_federation::IdentityKey::load(key_file).map_err(|e| {
+                let local_secret = mfp_federation::IdentityKey::load_with_master_key(
+                    key_file,
+                    master_key.map(mfp_storage::MasterKey::expose),
+                )
+                .map_err(|e| {
                     FedStartError::Compat(format!("peer {name}: ceremonial_key {}: {e}", key_file.display()))
                 })?;
                 Bootstrap::Ceremonial { local_secret, peer_public: mfp_federation::PublicKey::from_bytes(*peer_public) }

@@ -169,12 +169,14 @@ pub struct Side {
     decoder: Decoder,
     /// Crashed: the process restarts then.
     pub down_until: Option<Instant>,
+    /// A session came up and the model has not announced its positions on it yet.
+    connect_pending: bool,
 }
 
 impl Side {
     fn new(mut model: Model) -> Self {
         model.deferred = true;
-        Self { model, session: None, decoder: Decoder::new(codec::MAX_BODY), down_until: None }
+        Self { model, session: None, decoder: Decoder::new(codec::MAX_BODY), down_until: None, connect_pending: false }
     }
 
     pub fn is_down(&self) -> bool {
@@ -184,6 +186,9 @@ impl Side {
     fn tear_down(&mut self) {
         self.session = None;
         self.decoder = Decoder::new(codec::MAX_BODY);
+        self.connect_pending = false;
+        // Nothing goes out on the next session before the peer's position came.
+        self.model.on_disconnect();
     }
 }
 
@@ -334,9 +339,10 @@ impl Sim {
             };
             let (cfg, now) = (self.cfg, self.now);
             let side = self.side(!to_b);
-            let mut session = Session::new(est, cfg, now).expect("valid configuration");
-            side.model.on_connect(&mut session);
-            side.session = Some(session);
+            // The model announces its positions from its event task (`drain_events`): after
+            // a receive whose commit is pending, as the federation's peer task does.
+            side.session = Some(Session::new(est, cfg, now).expect("valid configuration"));
+            side.connect_pending = true;
             if !to_b {
                 self.phase = Phase::Up;
                 self.connects += 1;
@@ -359,8 +365,17 @@ impl Sim {
         for is_a in [true, false] {
             let (side, other) = if is_a { (&mut self.a, &self.b) } else { (&mut self.b, &self.a) };
             let Some(s) = side.session.as_mut() else { continue };
-            // The event task waits while a received message's commit is pending.
+            // The event task waits while a received message's commit is pending; then the
+            // link's coming up, then the session's events, in order.
+            if side.connect_pending && !side.model.receive_pending() {
+                side.connect_pending = false;
+                // A session the faults already broke ends at the next check.
+                if !s.is_closed() {
+                    side.model.on_connect(s);
+                }
+            }
             while !side.model.receive_pending()
+                && !side.connect_pending
                 && let Some(ev) = s.poll_event()
             {
                 if let Event::Acked { channel, next } = &ev {

@@ -263,6 +263,13 @@ impl Model {
         }
     }
 
+    /// The session ended: nothing is handed to the next one before the peer's position.
+    pub fn on_disconnect(&mut self) {
+        for c in self.channels.values_mut() {
+            c.cursor = None;
+        }
+    }
+
     fn send_pending(&self, channel: &ChannelId) -> bool {
         self.pending.iter().flatten().any(|op| matches!(op, Op::Send { channel: c, .. } if c == channel))
     }
