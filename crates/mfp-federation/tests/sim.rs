@@ -55,6 +55,7 @@ struct Outcome {
     duplicates: u64,
     delivered: u64,
     crashes: u64,
+    requests: u64,
     lost_sends: u64,
     lost_receives: u64,
     lost_removals: u64,
@@ -208,6 +209,7 @@ fn run(schedule: &Schedule) -> Outcome {
         duplicates: sa.duplicates + sb.duplicates,
         delivered: sa.delivered + sb.delivered,
         crashes: sim.crashes,
+        requests: sa.requests + sb.requests,
         lost_sends: sa.lost_sends + sb.lost_sends,
         lost_receives: sa.lost_receives + sb.lost_receives,
         lost_removals: sa.lost_removals + sb.lost_removals,
@@ -299,6 +301,10 @@ fn crashes_of_both_sides_fixed_schedule() {
         }
         events.push((t, Action::Crash { a, down_ms: 300 + 400 * (i as u64 % 4) }));
     }
+    // Early ones, while the channels are being agreed.
+    for (t, a) in [(5, false), (120, true), (240, false)] {
+        events.push((t, Action::Crash { a, down_ms: 100 }));
+    }
     events.push((24_000, Action::Partition(5_000)));
     events.push((36_000, Action::Reset));
     let s = Schedule {
@@ -309,10 +315,12 @@ fn crashes_of_both_sides_fixed_schedule() {
     };
     let out = run(&s);
     println!("{out:?}");
-    assert_eq!(out.crashes, 10, "{out:?}");
+    assert_eq!(out.crashes, 13, "{out:?}");
     assert_eq!(out.delivered, 580, "{out:?}");
     // The crashes landed where they matter: sends and receives not committed yet,
     // handlings not committed yet (so messages delivered again, flagged).
     assert!(out.lost_sends > 0 && out.lost_receives > 0 && out.lost_removals > 0, "{out:?}");
     assert!(out.resealed > 0 && out.redelivered > 0 && out.handled_twice > 0, "{out:?}");
+    // A crash came while the channels were being agreed: a request went again.
+    assert!(out.requests > 2, "{out:?}");
 }
