@@ -131,14 +131,15 @@ pub(crate) async fn start(
     cfg: &Validated,
     mfp: &Mfp,
     agents: &HashMap<String, AgentRef>,
+    master_key: Option<&mfp_storage::MasterKey>,
 ) -> Result<Option<Running>, FedStartError> {
     if cfg.peers.is_empty() {
         return Ok(None);
     }
     if cfg.peers.iter().any(|p| matches!(p.kind, PeerKind::Native { .. })) {
-        start_native(cfg, mfp, agents).await.map(Some)
+        start_native(cfg, mfp, agents, master_key).await.map(Some)
     } else {
-        start_compat(cfg, mfp, agents).await.map(Some)
+        start_compat(cfg, mfp, agents, master_key).await.map(Some)
     }
 }
 
@@ -146,11 +147,13 @@ async fn start_native(
     cfg: &Validated,
     mfp: &Mfp,
     agents: &HashMap<String, AgentRef>,
+    master_key: Option<&mfp_storage::MasterKey>,
 ) -> Result<Running, FedStartError> {
     let Some(path) = &cfg.identity_key else {
         return Err(FedStartError::Native("a native peer needs federation.identity_key".into()));
     };
-    let identity = IdentityKey::load(path)
+    // Plain or encrypted with the storage master key (told apart by the file's prefix).
+    let identity = IdentityKey::load_with_master_key(path, master_key.map(mfp_storage::MasterKey::expose))
         .map_err(|e| FedStartError::Identity { path: path.display().to_string(), reason: e.to_string() })?;
     tracing::info!(public_key = %identity.public(), "federation identity (peers pin this key)");
     let mut net = NetConfig::default();
@@ -253,6 +256,7 @@ async fn start_compat(
     cfg: &Validated,
     mfp: &Mfp,
     agents: &HashMap<String, AgentRef>,
+    master_key: Option<&mfp_storage::MasterKey>,
 ) -> Result<Running, FedStartError> {
     let mut peers = Vec::new();
     let mut ids = Vec::new();
@@ -263,7 +267,11 @@ async fn start_compat(
         let name = format!("{deployment_id}/{instance_id}");
         let boot = match (bootstrap.as_str(), ceremonial) {
             ("ceremonial", Some((key_file, peer_public))) => {
-                let local_secret = mfp_federation::IdentityKey::load(key_file).map_err(|e| {
+                let local_secret = mfp_federation::IdentityKey::load_with_master_key(
+                    key_file,
+                    master_key.map(mfp_storage::MasterKey::expose),
+                )
+                .map_err(|e| {
                     FedStartError::Compat(format!("peer {name}: ceremonial_key {}: {e}", key_file.display()))
                 })?;
                 Bootstrap::Ceremonial { local_secret, peer_public: mfp_federation::PublicKey::from_bytes(*peer_public) }

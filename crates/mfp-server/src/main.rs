@@ -57,7 +57,8 @@ enum Cmd {
     },
     /// Generates a storage master key file (`--out FILE`: 64 hex digits, mode 0600), or a
     /// runtime identity key for federation (`--identity FILE`: mode 0600, prints the public
-    /// half for peers to pin). Never overwrites a file.
+    /// half for peers to pin; `--encrypt` with `--master-key FILE` or `--master-key-env VAR`
+    /// encrypts it with the storage master key). Never overwrites a file.
     Keygen {
         /// Where to write a storage master key.
         #[arg(long, short, conflicts_with = "identity", required_unless_present = "identity")]
@@ -65,13 +66,39 @@ enum Cmd {
         /// Where to write a runtime identity key (federation).
         #[arg(long)]
         identity: Option<PathBuf>,
+        /// Encrypt the identity key with the storage master key (`--master-key FILE` or
+        /// `--master-key-env VAR`: the one the server's `storage.master_key_file` or
+        /// `master_key_env` names).
+        #[arg(long, requires = "identity")]
+        encrypt: bool,
+        /// The storage master key file (with `--encrypt`).
+        #[arg(long, requires = "encrypt", conflicts_with = "master_key_env")]
+        master_key: Option<PathBuf>,
+        /// The environment variable holding the storage master key (with `--encrypt`).
+        #[arg(long, requires = "encrypt")]
+        master_key_env: Option<String>,
     },
     /// Prints the public half of a runtime identity key (`mfp-x25519:<hex>`), what peers pin
-    /// as their `public_key`. Never prints the secret.
+    /// as their `public_key`. Never prints the secret. An encrypted key file needs the
+    /// storage master key (`--master-key FILE` or `--master-key-env VAR`); `--encrypt-to
+    /// FILE` writes an encrypted copy of the key (how a plain file is converted).
     Identity {
         /// The identity key file (`mfp-server keygen --identity`).
         #[arg(long, short)]
         key: PathBuf,
+        /// The storage master key file.
+        #[arg(long, conflicts_with = "master_key_env")]
+        master_key: Option<PathBuf>,
+        /// The environment variable holding the storage master key.
+        #[arg(long)]
+        master_key_env: Option<String>,
+        /// Write the key, encrypted with the storage master key, to this new file.
+        #[arg(long)]
+        encrypt_to: Option<PathBuf>,
+        /// With `--encrypt-to`: encrypt under this master key file instead (after a
+        /// rotation of the storage master key; `--master-key` opens the old file).
+        #[arg(long, requires = "encrypt_to")]
+        new_master_key: Option<PathBuf>,
     },
     /// Serves one mcp agent over stdin and stdout: what an MCP host launches. Runs the
     /// runtime of the configuration itself (every agent, no listeners); do not run it while a
@@ -143,7 +170,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Cmd::Keygen { out: Some(out), identity: None }) => match keygen::keygen(&out) {
+        Some(Cmd::Keygen { out: Some(out), identity: None, .. }) => match keygen::keygen(&out) {
             Ok(()) => {
                 println!("wrote a storage master key to {} (mode 0600); keep a copy somewhere safe", out.display());
                 ExitCode::SUCCESS
@@ -153,10 +180,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Cmd::Keygen { identity: Some(path), .. }) => match keygen::identity_keygen(&path) {
-            Ok(public) => {
+        Some(Cmd::Keygen { identity: Some(path), encrypt, master_key, master_key_env, .. }) => match keygen::master_key(
+            master_key.as_deref(),
+            master_key_env.as_deref(),
+        )
+        .and_then(|m| match (encrypt, m) {
+            (true, None) => Err("--encrypt needs the storage master key: --master-key FILE or --master-key-env VAR".into()),
+            (_, m) => keygen::identity_keygen(&path, m.as_ref()).map(|p| (p, m.is_some())),
+        }) {
+            Ok((public, encrypted)) => {
+                let form = if encrypted { "encrypted with the storage master key, " } else { "" };
                 eprintln!(
-                    "wrote a runtime identity key to {} (mode 0600); set federation.identity_key to it, and give peers this public key to pin:",
+                    "wrote a runtime identity key to {} ({form}mode 0600); set federation.identity_key to it, and give peers this public key to pin:",
                     path.display()
                 );
                 println!("{public}");
@@ -167,11 +202,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Cmd::Keygen { out: None, identity: None }) => {
+        Some(Cmd::Keygen { out: None, identity: None, .. }) => {
             eprintln!("error: keygen needs --out FILE (storage master key) or --identity FILE (runtime identity key)");
             ExitCode::from(2)
         }
-        Some(Cmd::Identity { key }) => match keygen::identity_public(&key) {
+        Some(Cmd::Identity { key, master_key, master_key_env, encrypt_to, new_master_key }) => match keygen::master_key(
+            master_key.as_deref(),
+            master_key_env.as_deref(),
+        )
+        .and_then(|m| match (&encrypt_to, m) {
+            (Some(to), Some(m)) => keygen::new_master_key(new_master_key.as_deref())
+                .and_then(|new| keygen::identity_encrypt(&key, to, &m, new.as_ref()))
+                .inspect(|_| {
+                eprintln!(
+                    "wrote the identity key of {}, encrypted with the storage master key, to {} (mode 0600); point federation.identity_key at it, then remove the old file",
+                    key.display(),
+                    to.display()
+                );
+            }),
+            (Some(_), None) => {
+                Err("--encrypt-to needs the storage master key: --master-key FILE or --master-key-env VAR".into())
+            }
+            (None, m) => keygen::identity_public(&key, m.as_ref()),
+        }) {
             Ok(public) => {
                 println!("{public}");
                 ExitCode::SUCCESS

@@ -184,6 +184,8 @@ pub(crate) async fn run(cfg: Validated, mode: Mode) -> Result<(), RunError> {
             Some(crate::adapter::master_key(KeySource::Generated(Path::new(&p)))?)
         }
     };
+    // The master key also opens an encrypted identity key file (federation).
+    let identity_master = key.clone();
     let runtime_config = cfg.runtime.clone();
     let db = cfg.storage_path.clone();
     let mfp = tokio::task::spawn_blocking(move || Mfp::open(runtime_config, db.as_deref().zip(key)))
@@ -239,7 +241,9 @@ pub(crate) async fn run(cfg: Validated, mode: Mode) -> Result<(), RunError> {
 
     // Federation, once the agents exist (a peer may open a channel with one at once).
     // /readyz does not wait for peers: a peer being down is not this server being unready.
-    let federation = crate::federation::start(&cfg, &mfp, &refs).await.map_err(|e| RunError::Other(e.to_string()))?;
+    let federation = crate::federation::start(&cfg, &mfp, &refs, identity_master.as_ref())
+        .await
+        .map_err(|e| RunError::Other(e.to_string()))?;
     let federation = federation.map(Arc::new);
     if let Some(f) = &federation {
         if let Some(a) = f.local_addr().filter(|_| listen) {

@@ -490,6 +490,104 @@ fn a_wrongly_pinned_peer_gets_no_link() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// An identity key encrypted with the storage master key: `keygen --identity --encrypt`
+/// writes it, `identity` needs the master key to print its public half, a plain file
+/// converts with `identity --encrypt-to`; a server whose storage has that master key loads
+/// it and gets a link with a peer that pins it; with another master key it does not
+/// start, and says which file and why (no key material).
+#[test]
+fn an_encrypted_identity_key_is_loaded_with_the_storage_master_key() {
+    let dir = temp_dir("sealed");
+    let (m, other) = (dir.join("master.key"), dir.join("other.key"));
+    for k in [&m, &other] {
+        let out = Command::new(BIN).args(["keygen", "--out"]).arg(k).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let ka = dir.join("a.sealed");
+    let out = Command::new(BIN)
+        .args(["keygen", "--identity"])
+        .arg(&ka)
+        .arg("--encrypt")
+        .arg("--master-key")
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pa = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(pa.starts_with("mfp-x25519:"), "{pa}");
+    assert!(std::fs::read_to_string(&ka).unwrap().starts_with("mfp-x25519-sealed:v1:"));
+    // --encrypt without a master key is refused before anything is written.
+    let out = Command::new(BIN)
+        .args(["keygen", "--identity"])
+        .arg(dir.join("none.sealed"))
+        .arg("--encrypt")
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && !dir.join("none.sealed").exists(), "{}", String::from_utf8_lossy(&out.stderr));
+    // `identity` needs the master key for an encrypted file.
+    let out = Command::new(BIN).args(["identity", "--key"]).arg(&ka).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&ka.display().to_string()) && err.contains("master key"), "{err}");
+    let out = Command::new(BIN).args(["identity", "--key"]).arg(&ka).arg("--master-key").arg(&m).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), pa, "{}", String::from_utf8_lossy(&out.stderr));
+    // A plain file converts; its public half stays.
+    let kb = dir.join("b.key");
+    let pb = identity(&kb);
+    let kb_sealed = dir.join("b.sealed");
+    let out = Command::new(BIN)
+        .args(["identity", "--key"])
+        .arg(&kb)
+        .arg("--master-key")
+        .arg(&m)
+        .arg("--encrypt-to")
+        .arg(&kb_sealed)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), pb, "{}", String::from_utf8_lossy(&out.stderr));
+    let out =
+        Command::new(BIN).args(["identity", "--key"]).arg(&kb_sealed).arg("--master-key").arg(&m).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), pb, "{}", String::from_utf8_lossy(&out.stderr));
+
+    // a: storage under the master key, the encrypted identity.
+    let config_a = |key: &Path, db: &str| {
+        format!(
+            "runtime:\n  deployment_id: fedtest\n  instance_id: a\nstorage:\n  path: \"{}\"\n  master_key_file: \"{}\"\nadmin:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\nfederation:\n  listen: \"127.0.0.1:0\"\n  identity_key: \"{}\"\n  peers:\n    - runtime_id: fedtest/b\n      public_key: \"{pb}\"\n",
+            dir.join(db).display(),
+            key.display(),
+            ka.display()
+        )
+    };
+    let mut a = Server::start(&dir.join("a.yaml"), &config_a(&m, "a.db"));
+    a.find_or_wait("INFO mfp_server::server: ready");
+    assert!(a.find_or_wait("federation identity").contains(&pa), "{}", a.log());
+    let a_admin = a.addr("admin listener bound");
+    let a_fed = a.addr("federation listener bound");
+    // b (no storage, its converted key would need one: the plain file) pins a's key.
+    let config_b = format!(
+        "runtime:\n  deployment_id: fedtest\n  instance_id: b\nadmin:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\nfederation:\n  identity_key: \"{}\"\n  peers:\n    - runtime_id: fedtest/a\n      endpoint: \"{a_fed}\"\n      public_key: \"{pa}\"\n",
+        kb.display()
+    );
+    let mut b = Server::start(&dir.join("b.yaml"), &config_b);
+    b.find_or_wait("INFO mfp_server::server: ready");
+    let ma = metrics_until(&a_admin, |m| metric(m, "mfp_federation_links_up") == 1);
+    assert_eq!(metric(&ma, "mfp_federation_handshake_failures_total"), 0, "{ma}");
+    drop(b);
+    drop(a);
+
+    // Under another master key (a new database), a does not start.
+    let mut a = Server::start(&dir.join("a2.yaml"), &config_a(&other, "a2.db"));
+    let status = a.wait_exit();
+    assert!(!status.success(), "{}", a.log());
+    let log = a.log();
+    assert!(log.contains(&ka.display().to_string()) && log.contains("another storage master key"), "{log}");
+    for k in [&m, &other] {
+        let hex = std::fs::read_to_string(k).unwrap();
+        assert!(!log.contains(hex.trim()), "{log}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// A pymfp compat peer: the server warns once that it is unauthenticated, establishes the
 /// agreed channel (the agent sees it with the peer runtime), exports the compat counters,
 /// and stays ready while the peer is unreachable. A ceremonial bootstrap is refused at

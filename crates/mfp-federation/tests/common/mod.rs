@@ -127,17 +127,24 @@ pub fn settle_models(a: &mut Session, ma: &mut Model, b: &mut Session, mb: &mut 
 // Deterministic simulation
 // ---------------------------------------------------------------------------------------
 
-/// Faults the simulated network applies to each transmission, in per-mille.
+/// Faults the simulated network applies to each transmission, in per-mille, and how slow
+/// each runtime's writer and handlers are.
 #[derive(Debug, Clone, Copy)]
 pub struct Faults {
     pub drop: u64,
     pub duplicate: u64,
     pub reorder: u64,
     pub max_delay_ms: u64,
+    /// Chance (per mille) that a runtime's writer does not commit in a step: what was
+    /// submitted waits, and a crash meanwhile loses it.
+    pub slow_commit: u64,
+    /// Chance (per mille) that a handler does not take its next message in a step.
+    pub slow_handler: u64,
 }
 
 impl Faults {
-    pub const NONE: Faults = Faults { drop: 0, duplicate: 0, reorder: 0, max_delay_ms: 0 };
+    pub const NONE: Faults =
+        Faults { drop: 0, duplicate: 0, reorder: 0, max_delay_ms: 0, slow_commit: 0, slow_handler: 0 };
 }
 
 #[derive(Debug)]
@@ -154,22 +161,34 @@ enum Phase {
     Up,
 }
 
-/// One side of the simulation: its runtime model (which outlives sessions) and the
-/// current session.
+/// One side of the simulation: its runtime model (which outlives sessions; its durable
+/// part outlives crashes) and the current session.
 pub struct Side {
     pub model: Model,
     pub session: Option<Session>,
     decoder: Decoder,
+    /// Crashed: the process restarts then.
+    pub down_until: Option<Instant>,
+    /// A session came up and the model has not announced its positions on it yet.
+    connect_pending: bool,
 }
 
 impl Side {
-    fn new(model: Model) -> Self {
-        Self { model, session: None, decoder: Decoder::new(codec::MAX_BODY) }
+    fn new(mut model: Model) -> Self {
+        model.deferred = true;
+        Self { model, session: None, decoder: Decoder::new(codec::MAX_BODY), down_until: None, connect_pending: false }
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down_until.is_some()
     }
 
     fn tear_down(&mut self) {
         self.session = None;
         self.decoder = Decoder::new(codec::MAX_BODY);
+        self.connect_pending = false;
+        // Nothing goes out on the next session before the peer's position came.
+        self.model.on_disconnect();
     }
 }
 
@@ -191,6 +210,7 @@ pub struct Sim {
     redial_at: Instant,
     pub connects: u64,
     pub handshake_failures: u64,
+    pub crashes: u64,
     pub tampered: u64,
     pub cfg: SessionConfig,
     last_in_order: HashMap<bool, Instant>,
@@ -218,6 +238,7 @@ impl Sim {
             redial_at: start,
             connects: 0,
             handshake_failures: 0,
+            crashes: 0,
             tampered: 0,
             cfg,
             last_in_order: HashMap::new(),
@@ -226,6 +247,17 @@ impl Sim {
 
     pub fn is_up(&self) -> bool {
         matches!(self.phase, Phase::Up)
+    }
+
+    /// Kills one runtime's process: the connection dies with it, its model keeps what it
+    /// committed and loses the rest; it starts again after `down` (virtual time).
+    pub fn crash(&mut self, is_a: bool, down: Duration) {
+        self.disconnect();
+        let until = self.now + down;
+        let side = self.side(is_a);
+        side.model.crash();
+        side.down_until = Some(until);
+        self.crashes += 1;
     }
 
     fn side(&mut self, is_a: bool) -> &mut Side {
@@ -307,9 +339,10 @@ impl Sim {
             };
             let (cfg, now) = (self.cfg, self.now);
             let side = self.side(!to_b);
-            let mut session = Session::new(est, cfg, now).expect("valid configuration");
-            side.model.on_connect(&mut session);
-            side.session = Some(session);
+            // The model announces its positions from its event task (`drain_events`): after
+            // a receive whose commit is pending, as the federation's peer task does.
+            side.session = Some(Session::new(est, cfg, now).expect("valid configuration"));
+            side.connect_pending = true;
             if !to_b {
                 self.phase = Phase::Up;
                 self.connects += 1;
@@ -332,7 +365,19 @@ impl Sim {
         for is_a in [true, false] {
             let (side, other) = if is_a { (&mut self.a, &self.b) } else { (&mut self.b, &self.a) };
             let Some(s) = side.session.as_mut() else { continue };
-            while let Some(ev) = s.poll_event() {
+            // The event task waits while a received message's commit is pending; then the
+            // link's coming up, then the session's events, in order.
+            if side.connect_pending && !side.model.receive_pending() {
+                side.connect_pending = false;
+                // A session the faults already broke ends at the next check.
+                if !s.is_closed() {
+                    side.model.on_connect(s);
+                }
+            }
+            while !side.model.receive_pending()
+                && !side.connect_pending
+                && let Some(ev) = s.poll_event()
+            {
                 if let Event::Acked { channel, next } = &ev {
                     let held = other.model.rx_next(channel);
                     assert!(*next <= held, "acknowledged {next} but the peer holds {held}");
@@ -356,9 +401,31 @@ impl Sim {
         if matches!(self.phase, Phase::Idle) && !self.partitioned {
             next = next.min(self.redial_at);
         }
+        for s in [&self.a, &self.b] {
+            if let Some(t) = s.down_until {
+                next = next.min(t);
+            }
+        }
         // Virtual time always moves forward by at least a millisecond.
         self.now = next.max(self.now + Duration::from_millis(1));
         let now = self.now;
+
+        // Restarts, then each running runtime's writer commits what was submitted in the
+        // previous step (unless it is slow this time).
+        for is_a in [true, false] {
+            let side = self.side(is_a);
+            if side.down_until.is_some_and(|t| now >= t) {
+                side.down_until = None;
+                side.model.restart();
+            }
+        }
+        for is_a in [true, false] {
+            let slow = self.rng.below(1000) < self.faults.slow_commit;
+            let side = self.side(is_a);
+            if !side.is_down() && !slow {
+                side.model.commit(side.session.as_mut());
+            }
+        }
 
         // Deliver due packets of the current connection, in time order.
         self.queue.sort_by_key(|p| p.at);
@@ -388,7 +455,22 @@ impl Sim {
         {
             self.disconnect();
         }
-        if matches!(self.phase, Phase::Idle) && now >= self.redial_at && !self.partitioned {
+        // Handlers take their messages; their removals go to the writer.
+        for is_a in [true, false] {
+            if self.side(is_a).is_down() {
+                continue;
+            }
+            while !self.side(is_a).model.mailbox.is_empty() && self.rng.below(1000) >= self.faults.slow_handler {
+                self.side(is_a).model.handle_one();
+            }
+            self.side(is_a).model.flush_removals();
+        }
+        if matches!(self.phase, Phase::Idle)
+            && now >= self.redial_at
+            && !self.partitioned
+            && !self.a.is_down()
+            && !self.b.is_down()
+        {
             self.dial();
         }
         // Transmit: the models hand their logs to the sessions, the sessions their bytes
@@ -419,27 +501,50 @@ pub fn assert_unique_sealings(models: &[&Model]) -> usize {
     all.len()
 }
 
-/// An application queue per side: payload counters per channel, sealed when the model's
-/// log has room.
+/// An application per side: the sends it means to make, in order, and per channel how
+/// many got a receipt (message `n` of a channel carries `n`). A send counts once its
+/// receipt came (the runtime's commit); one without a receipt when the runtime crashed
+/// is the application's to make again, and it does, first.
 #[derive(Debug, Default)]
 pub struct App {
     pub pending: VecDeque<ChannelId>,
     pub sent: HashMap<ChannelId, u64>,
+    /// Sealed, waiting for their receipts (at most one per channel: the channel's lock).
+    pub in_flight: Vec<ChannelId>,
 }
 
 impl App {
-    /// Seals queued messages into the side's model while its logs have room.
+    fn take_receipts(&mut self, model: &mut Model) {
+        for (channel, step) in model.take_receipts() {
+            let n = self.sent.entry(channel).or_insert(0);
+            assert_eq!(step, *n, "message {n} of {channel:?} got the receipt of step {step}");
+            *n += 1;
+            self.in_flight.retain(|c| *c != channel);
+        }
+    }
+
+    /// Takes the receipts that came, then seals queued messages while the model takes them.
     pub fn flush(&mut self, model: &mut Model) {
-        while let Some(&channel) = self.pending.front() {
-            if !model.can_seal(&channel) {
+        loop {
+            self.take_receipts(model);
+            let Some(&channel) = self.pending.front() else { return };
+            if self.in_flight.contains(&channel) || !model.can_seal(&channel) {
                 return;
             }
             let n = self.sent.get(&channel).copied().unwrap_or(0);
             let mut payload = n.to_be_bytes().to_vec();
             payload.extend_from_slice(&[0x5a; 24]);
             model.seal(channel, &payload);
-            self.sent.insert(channel, n + 1);
+            self.in_flight.push(channel);
             self.pending.pop_front();
+        }
+    }
+
+    /// The runtime crashed: what got no receipt is sent again, before anything else.
+    pub fn on_crash(&mut self, model: &mut Model) {
+        self.take_receipts(model);
+        for channel in self.in_flight.drain(..).rev() {
+            self.pending.push_front(channel);
         }
     }
 }
