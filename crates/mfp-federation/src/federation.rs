@@ -269,13 +269,6 @@ struct PendingReset {
     reply: oneshot::Sender<Result<usize, FederationError>>,
 }
 
-/// Work for one peer's task (in order). Resync passes are requested apart, through
-/// [`Peer::request_resync`].
-enum Work {
-    Up,
-    Event(Event),
-}
-
 /// Sending state of one channel.
 struct ChanTx {
     /// The next step to hand to the session.
@@ -336,10 +329,10 @@ struct Peer {
     /// resend from it arrives.
     resuming: Mutex<HashMap<ChannelId, (u64, usize)>>,
     closes: Mutex<Vec<ChannelId>>,
-    work: mpsc::Sender<Work>,
     /// Channels waiting for a resync pass, at most one entry each (one pass hands over
     /// everything waiting in the channel's log), and the wake-up of the peer's task for
-    /// them. Apart from `work` so that a request is never lost when that queue is full.
+    /// them. Apart from the peer's event queue so that a request is never lost when that
+    /// queue is full.
     resyncs: Mutex<HashSet<ChannelId>>,
     resync_wake: tokio::sync::Notify,
 }
@@ -387,9 +380,6 @@ impl core::fmt::Debug for Federation {
     }
 }
 
-/// Capacity of each peer's work queue: when it is full, the network's reader waits
-/// (backpressure toward the socket), nothing is buffered without bound.
-const WORK_QUEUE: usize = 256;
 
 impl Federation {
     /// Starts the network for `runtime` with its identity key, and attaches the federation
@@ -408,14 +398,17 @@ impl Federation {
             let ts = crate::handshake::Timestamp { secs: row.handshake_secs, nanos: row.handshake_nanos };
             net_cfg.handshake_timestamps.push((row.runtime, ts));
         }
-        let (net, mut events) = Network::start(identity, local, peer_cfgs, net_cfg).await?;
+        // Each peer's link hands its events straight to that peer's task.
+        let (net, mut events) = Network::start_per_peer(identity, local, peer_cfgs, net_cfg).await?;
         let timestamps = net.timestamps();
         let mut peers = HashMap::new();
         let mut queues = Vec::new();
         for p in &cfg.peers {
             let handle =
                 net.peer(&p.peer.runtime).ok_or_else(|| FederationError::UnknownPeer(p.peer.runtime.short()))?;
-            let (tx, rx) = mpsc::channel(WORK_QUEUE);
+            let rx = events
+                .remove(&p.peer.runtime)
+                .ok_or_else(|| FederationError::UnknownPeer(p.peer.runtime.short()))?;
             let max_bytes = p.max_in_flight_bytes.clamp(1, Semaphore::MAX_PERMITS);
             let peer = Arc::new(Peer {
                 runtime: p.peer.runtime,
@@ -429,7 +422,6 @@ impl Federation {
                 chans: Mutex::new(HashMap::new()),
                 resuming: Mutex::new(HashMap::new()),
                 closes: Mutex::new(Vec::new()),
-                work: tx,
                 resyncs: Mutex::new(HashSet::new()),
                 resync_wake: tokio::sync::Notify::new(),
             });
@@ -478,24 +470,6 @@ impl Federation {
         for (peer, rx) in queues {
             tasks.push(tokio::spawn(peer_task(Arc::clone(&shared), peer, rx)));
         }
-        let dispatch = Arc::clone(&shared);
-        tasks.push(tokio::spawn(async move {
-            while let Some(ev) = events.recv().await {
-                let (peer, work) = match ev {
-                    NetEvent::Up { peer } => (peer, Work::Up),
-                    NetEvent::Session { peer, event } => (peer, Work::Event(event)),
-                    NetEvent::Down { peer, reason } => {
-                        tracing::info!(target: "mfp::federation", peer = %peer.short(), reason, "link down");
-                        continue;
-                    }
-                };
-                if let Some(p) = dispatch.peers.get(&peer)
-                    && p.work.send(work).await.is_err()
-                {
-                    break;
-                }
-            }
-        }));
         Ok(Federation { shared, net: Some(net), tasks, open_timeout: cfg.open_timeout })
     }
 
@@ -907,15 +881,18 @@ fn send_report(shared: &Shared, peer: &Peer, channel: ChannelId, flags: u8) {
 
 // ---- one peer's task --------------------------------------------------------------------
 
-async fn peer_task(shared: Arc<Shared>, peer: Arc<Peer>, mut rx: mpsc::Receiver<Work>) {
+async fn peer_task(shared: Arc<Shared>, peer: Arc<Peer>, mut rx: mpsc::Receiver<NetEvent>) {
     loop {
         tokio::select! {
-            work = rx.recv() => match work {
-                Some(Work::Up) => {
+            ev = rx.recv() => match ev {
+                Some(NetEvent::Up { .. }) => {
                     on_up(&shared, &peer);
                     remember_handshake(&shared, &peer).await;
                 }
-                Some(Work::Event(ev)) => on_event(&shared, &peer, ev).await,
+                Some(NetEvent::Session { event, .. }) => on_event(&shared, &peer, event).await,
+                Some(NetEvent::Down { reason, .. }) => {
+                    tracing::info!(target: "mfp::federation", peer = %peer.runtime.short(), reason, "link down");
+                }
                 None => return,
             },
             () = peer.resync_wake.notified() => {

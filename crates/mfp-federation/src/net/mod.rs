@@ -258,7 +258,7 @@ pub(crate) struct Shared {
     table: parking_lot::Mutex<PeerTable>,
     limiter: parking_lot::Mutex<HandshakeLimiter>,
     peers: HashMap<RuntimeId, Arc<link::PeerSlot>>,
-    events: mpsc::Sender<NetEvent>,
+    events: Events,
     shutdown: watch::Receiver<bool>,
     stats: Arc<NetStats>,
     next_conn: core::sync::atomic::AtomicU64,
@@ -276,14 +276,41 @@ impl Shared {
     /// Sends an event, waiting while the channel is full unless the network shuts down
     /// (then it is dropped if there is no room).
     async fn emit(&self, ev: NetEvent) {
+        let Some(events) = self.events.sender(&ev) else { return };
         let mut shutdown = self.shutdown.clone();
         if *shutdown.borrow() {
-            let _ = self.events.try_send(ev);
+            let _ = events.try_send(ev);
             return;
         }
         tokio::select! {
-            _ = self.events.send(ev) => {}
+            _ = events.send(ev) => {}
             _ = shutdown.wait_for(|s| *s) => {}
+        }
+    }
+}
+
+/// Where events go: one channel for all peers, or one per peer (no hop through a
+/// dispatcher between a peer's link and whoever handles its events).
+enum Events {
+    One(mpsc::Sender<NetEvent>),
+    PerPeer(HashMap<RuntimeId, mpsc::Sender<NetEvent>>),
+}
+
+impl Events {
+    fn sender(&self, ev: &NetEvent) -> Option<&mpsc::Sender<NetEvent>> {
+        match self {
+            Events::One(tx) => Some(tx),
+            Events::PerPeer(map) => map.get(ev.peer()),
+        }
+    }
+}
+
+impl NetEvent {
+    /// The peer the event is about.
+    #[must_use]
+    pub fn peer(&self) -> &RuntimeId {
+        match self {
+            NetEvent::Up { peer } | NetEvent::Down { peer, .. } | NetEvent::Session { peer, .. } => peer,
         }
     }
 }
@@ -315,6 +342,38 @@ impl Network {
         peers: Vec<PeerConfig>,
         cfg: NetConfig,
     ) -> Result<(Network, mpsc::Receiver<NetEvent>), NetError> {
+        let (events, rx) = mpsc::channel(cfg.event_capacity.max(1));
+        let net = Self::start_with(identity, local, peers, cfg, Events::One(events)).await?;
+        Ok((net, rx))
+    }
+
+    /// [`Network::start`] with one event channel per peer (each of capacity
+    /// `event_capacity`), so each peer's events can be handled by a task of its own
+    /// without a dispatcher in between.
+    pub async fn start_per_peer(
+        identity: IdentityKey,
+        local: RuntimeId,
+        peers: Vec<PeerConfig>,
+        cfg: NetConfig,
+    ) -> Result<(Network, HashMap<RuntimeId, mpsc::Receiver<NetEvent>>), NetError> {
+        let mut senders = HashMap::new();
+        let mut receivers = HashMap::new();
+        for p in &peers {
+            let (tx, rx) = mpsc::channel(cfg.event_capacity.max(1));
+            senders.insert(p.runtime, tx);
+            receivers.insert(p.runtime, rx);
+        }
+        let net = Self::start_with(identity, local, peers, cfg, Events::PerPeer(senders)).await?;
+        Ok((net, receivers))
+    }
+
+    async fn start_with(
+        identity: IdentityKey,
+        local: RuntimeId,
+        peers: Vec<PeerConfig>,
+        cfg: NetConfig,
+        events: Events,
+    ) -> Result<Network, NetError> {
         cfg.validate()?;
         let mut table = PeerTable::new();
         let mut slots = HashMap::new();
@@ -338,7 +397,6 @@ impl Network {
             None => None,
         };
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
-        let (events, rx) = mpsc::channel(cfg.event_capacity);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let now = std::time::Instant::now();
         let limiter = HandshakeLimiter::new(
@@ -367,7 +425,7 @@ impl Network {
                 tasks.spawn(conn::dialer(shared.clone(), slot.clone()));
             }
         }
-        Ok((Network { shared, local_addr, tasks, shutdown }, rx))
+        Ok(Network { shared, local_addr, tasks, shutdown })
     }
 
     /// The listener's address (with the port the system chose for port 0).
