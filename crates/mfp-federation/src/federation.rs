@@ -380,7 +380,6 @@ impl core::fmt::Debug for Federation {
     }
 }
 
-
 impl Federation {
     /// Starts the network for `runtime` with its identity key, and attaches the federation
     /// as the runtime's transport (once per runtime). Must be called inside a tokio runtime.
@@ -406,9 +405,8 @@ impl Federation {
         for p in &cfg.peers {
             let handle =
                 net.peer(&p.peer.runtime).ok_or_else(|| FederationError::UnknownPeer(p.peer.runtime.short()))?;
-            let rx = events
-                .remove(&p.peer.runtime)
-                .ok_or_else(|| FederationError::UnknownPeer(p.peer.runtime.short()))?;
+            let rx =
+                events.remove(&p.peer.runtime).ok_or_else(|| FederationError::UnknownPeer(p.peer.runtime.short()))?;
             let max_bytes = p.max_in_flight_bytes.clamp(1, Semaphore::MAX_PERMITS);
             let peer = Arc::new(Peer {
                 runtime: p.peer.runtime,

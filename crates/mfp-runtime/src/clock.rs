@@ -47,6 +47,8 @@ struct ManualInner {
     base: Instant,
     offset: Mutex<Duration>,
     moved: tokio::sync::Notify,
+    /// Sleeps created and not yet dropped.
+    sleepers: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for ManualClock {
@@ -63,6 +65,7 @@ impl ManualClock {
             base: Instant::now(),
             offset: Mutex::new(Duration::ZERO),
             moved: tokio::sync::Notify::new(),
+            sleepers: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
 
@@ -73,6 +76,14 @@ impl ManualClock {
             *offset = offset.saturating_add(by);
         }
         self.0.moved.notify_waiters();
+    }
+
+    /// How many sleeps on this clock exist (created by [`Clock::sleep_until`], not yet
+    /// dropped): a test can wait until the code under test waits on the clock before it
+    /// moves the clock.
+    #[must_use]
+    pub fn sleepers(&self) -> usize {
+        self.0.sleepers.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// How far the clock has been advanced since it was created.
@@ -89,7 +100,9 @@ impl Clock for ManualClock {
 
     fn sleep_until(&self, target: Instant) -> Sleep {
         let clock = self.clone();
+        let counted = Sleeper::new(&self.0);
         Box::pin(async move {
+            let _counted = counted;
             loop {
                 let moved = clock.0.moved.notified();
                 let mut moved = std::pin::pin!(moved);
@@ -101,5 +114,21 @@ impl Clock for ManualClock {
                 moved.await;
             }
         })
+    }
+}
+
+/// Counts one sleep of a [`ManualClock`] while it exists.
+struct Sleeper(Arc<ManualInner>);
+
+impl Sleeper {
+    fn new(inner: &Arc<ManualInner>) -> Self {
+        inner.sleepers.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(Arc::clone(inner))
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        self.0.sleepers.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }

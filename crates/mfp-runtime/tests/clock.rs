@@ -15,6 +15,15 @@ use mfp_runtime::{AgentState, Backpressure, Error, ManualClock, Runtime, Runtime
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// Waits (real time, at most 10 s) until `done()` holds, without moving any clock.
+fn wait_until(mut done: impl FnMut() -> bool) {
+    let watchdog = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < watchdog, "the condition never held");
+        thread::yield_now();
+    }
+}
+
 /// Moves `clock` on by `step` until `done()` holds; fails after 10 s of real time.
 fn advance_until(clock: &ManualClock, step: Duration, mut done: impl FnMut() -> bool) {
     let watchdog = Instant::now() + Duration::from_secs(10);
@@ -75,10 +84,14 @@ fn a_wait_for_mailbox_space_ends_on_the_clock() {
     a.send(ch, b"in the handler").unwrap();
     gate.wait_entered(1);
     a.send(ch, b"in the mailbox").unwrap();
+    let before = clock.sleepers();
     let third = {
         let a = a.clone();
         thread::spawn(move || a.send(ch, b"waits"))
     };
+    // Moved only once the third send waits on the clock (else the clock could pass the
+    // handler's timeout before the send computed its deadline).
+    wait_until(|| clock.sleepers() > before);
     advance_until(&clock, Duration::from_secs(600), || third.is_finished());
     assert!(clock.elapsed() >= HOUR);
     assert_err!(third.join().unwrap(), Error::MailboxFull(_));
@@ -97,7 +110,9 @@ fn a_shutdown_waits_for_a_stuck_handler_until_the_clock_ends_its_grace_period() 
     a.send(ch, b"stuck").unwrap();
     a.send(ch, b"queued").unwrap();
     gate.wait_entered(1);
+    let before = clock.sleepers();
     let shutdown = thread::spawn(move || rt.shutdown());
+    wait_until(|| clock.sleepers() > before);
     advance_until(&clock, Duration::from_secs(600), || shutdown.is_finished());
     assert!(clock.elapsed() >= HOUR, "the shutdown ended before its grace period on the clock");
     shutdown.join().unwrap();
