@@ -880,25 +880,184 @@ fn send_report(shared: &Shared, peer: &Peer, channel: ChannelId, flags: u8) {
 // ---- one peer's task --------------------------------------------------------------------
 
 async fn peer_task(shared: Arc<Shared>, peer: Arc<Peer>, mut rx: mpsc::Receiver<NetEvent>) {
+    // With storage, inbound messages of different channels are ingested together (their
+    // commits share transactions); a channel's own messages one after the other, in order.
+    // Every other event waits until the ingests in flight are done, so it sees what they
+    // committed, as when everything ran in turn.
+    let mut ingests = Ingests::new(shared.runtime.persisting());
     loop {
         tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(NetEvent::Up { .. }) => {
-                    on_up(&shared, &peer);
-                    remember_handshake(&shared, &peer).await;
+            ev = rx.recv(), if ingests.has_room() => match ev {
+                Some(NetEvent::Session { event: Event::Data { wire, .. }, .. }) if ingests.concurrent => {
+                    if sent_before_resync(&peer, &wire) {
+                        tracing::debug!(target: "mfp::federation", peer = %peer.runtime.short(), "message sent before the peer resynchronised; dropped (it comes again)");
+                    } else {
+                        ingests.push(&shared, &peer, wire);
+                    }
                 }
-                Some(NetEvent::Session { event, .. }) => on_event(&shared, &peer, event).await,
-                Some(NetEvent::Down { reason, .. }) => {
-                    tracing::info!(target: "mfp::federation", peer = %peer.runtime.short(), reason, "link down");
+                Some(ev) => {
+                    ingests.finish_all(&shared, &peer).await;
+                    match ev {
+                        NetEvent::Up { .. } => {
+                            on_up(&shared, &peer);
+                            remember_handshake(&shared, &peer).await;
+                        }
+                        NetEvent::Session { event, .. } => on_event(&shared, &peer, event).await,
+                        NetEvent::Down { reason, .. } => {
+                            tracing::info!(target: "mfp::federation", peer = %peer.runtime.short(), reason, "link down");
+                        }
+                    }
                 }
-                None => return,
+                None => {
+                    ingests.finish_all(&shared, &peer).await;
+                    return;
+                }
             },
+            (channel, result, wire) = std::future::poll_fn(|cx| ingests.poll_done(cx)), if !ingests.is_idle() => {
+                ingests.done(&shared, &peer, channel, result, &wire);
+            }
             () = peer.resync_wake.notified() => {
                 let channels: Vec<ChannelId> = peer.resyncs.lock().drain().collect();
                 for channel in channels {
                     resync(&shared, &peer, channel, None).await;
                 }
             }
+        }
+    }
+}
+
+/// An ingest in flight: its channel, outcome and wire message.
+type IngestOut = (ChannelId, Result<Ingested, RuntimeError>, Vec<u8>);
+type IngestFuture = std::pin::Pin<Box<dyn std::future::Future<Output = IngestOut> + Send>>;
+
+/// Ingests of one peer's messages in flight on different channels (with storage).
+struct Ingests {
+    concurrent: bool,
+    running: Vec<IngestFuture>,
+    /// Per channel with an ingest running: its messages that arrived since, in order.
+    waiting: HashMap<ChannelId, std::collections::VecDeque<Vec<u8>>>,
+    queued: usize,
+}
+
+/// Channels ingesting at once, and messages queued behind them, at most (beyond, the peer's
+/// event queue fills and the link stops reading: backpressure toward the socket).
+const MAX_INGESTING: usize = 64;
+const MAX_QUEUED_INGESTS: usize = 1024;
+
+impl Ingests {
+    fn new(concurrent: bool) -> Self {
+        Self { concurrent, running: Vec::new(), waiting: HashMap::new(), queued: 0 }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    fn has_room(&self) -> bool {
+        self.running.len() < MAX_INGESTING && self.queued < MAX_QUEUED_INGESTS
+    }
+
+    /// Starts the ingest of `wire`, or queues it behind its channel's running one.
+    fn push(&mut self, shared: &Arc<Shared>, peer: &Arc<Peer>, wire: Vec<u8>) {
+        let channel = wire
+            .get(16..32)
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .map_or(ChannelId::from_bytes([0; 16]), ChannelId::from_bytes);
+        if let Some(q) = self.waiting.get_mut(&channel) {
+            q.push_back(wire);
+            self.queued += 1;
+            return;
+        }
+        self.waiting.insert(channel, std::collections::VecDeque::new());
+        self.start(shared, peer, channel, wire);
+    }
+
+    fn start(&mut self, shared: &Arc<Shared>, peer: &Arc<Peer>, channel: ChannelId, wire: Vec<u8>) {
+        let (shared, peer) = (Arc::clone(shared), Arc::clone(peer));
+        self.running.push(Box::pin(async move {
+            let r = shared.runtime.ingest_async(&peer.runtime, &wire).await;
+            (channel, r, wire)
+        }));
+    }
+
+    /// The next finished ingest.
+    fn poll_done(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<IngestOut> {
+        for i in 0..self.running.len() {
+            if let Some(f) = self.running.get_mut(i)
+                && let std::task::Poll::Ready(out) = f.as_mut().poll(cx)
+            {
+                drop(self.running.swap_remove(i));
+                return std::task::Poll::Ready(out);
+            }
+        }
+        std::task::Poll::Pending
+    }
+
+    /// After an ingest: its acknowledgement (or resend request), then the channel's next.
+    fn done(
+        &mut self,
+        shared: &Arc<Shared>,
+        peer: &Arc<Peer>,
+        channel: ChannelId,
+        result: Result<Ingested, RuntimeError>,
+        wire: &[u8],
+    ) {
+        let refused = ingested(shared, peer, result, wire);
+        let next = match self.waiting.get_mut(&channel) {
+            // After a refusal the peer sends again from where this side stands: what queued
+            // behind it comes again.
+            Some(q) if refused => {
+                self.queued -= q.len();
+                q.clear();
+                None
+            }
+            Some(q) => q.pop_front(),
+            None => None,
+        };
+        match next {
+            Some(wire) => {
+                self.queued -= 1;
+                self.start(shared, peer, channel, wire);
+            }
+            None => {
+                self.waiting.remove(&channel);
+            }
+        }
+    }
+
+    /// Waits for every ingest in flight and queued.
+    async fn finish_all(&mut self, shared: &Arc<Shared>, peer: &Arc<Peer>) {
+        while !self.is_idle() {
+            let (channel, result, wire) = std::future::poll_fn(|cx| self.poll_done(cx)).await;
+            self.done(shared, peer, channel, result, &wire);
+        }
+    }
+}
+
+/// After the ingest of an inbound message: acknowledges it, or (not taken now) asks the
+/// peer to send again from where this side stands. Returns whether it was not taken.
+fn ingested(shared: &Shared, peer: &Peer, result: Result<Ingested, RuntimeError>, wire: &[u8]) -> bool {
+    match result {
+        Ok(Ingested::Delivered { channel, step } | Ingested::Duplicate { channel, step }) => {
+            let _ = peer.handle.with_session(|s| s.ack(channel, step + 1));
+            false
+        }
+        Ok(_) => false,
+        Err(e @ (RuntimeError::MailboxFull(_) | RuntimeError::Storage(_) | RuntimeError::WouldBlock { .. })) => {
+            // Not taken now: ask the peer to send again from where this side stands.
+            tracing::warn!(target: "mfp::federation", peer = %peer.runtime.short(), error = %e, "inbound message not taken; asking for a resend");
+            if let Some(header) = wire.get(16..32).and_then(|b| <[u8; 16]>::try_from(b).ok()) {
+                let channel = ChannelId::from_bytes(header);
+                if let Ok(point) = shared.runtime.recovery_point(&channel) {
+                    peer.resuming.lock().insert(channel, (point.rx_next, 0));
+                    send_report(shared, peer, channel, RESEND_REQUEST);
+                }
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(target: "mfp::federation", peer = %peer.runtime.short(), error = %e, "inbound message refused");
+            false
         }
     }
 }
@@ -956,26 +1115,10 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
         Event::Data { wire, .. } if sent_before_resync(peer, &wire) => {
             tracing::debug!(target: "mfp::federation", peer = %peer.runtime.short(), "message sent before the peer resynchronised; dropped (it comes again)");
         }
-        Event::Data { wire, .. } => match rt.ingest_async(&peer.runtime, &wire).await {
-            Ok(Ingested::Delivered { channel, step } | Ingested::Duplicate { channel, step }) => {
-                let _ = peer.handle.with_session(|s| s.ack(channel, step + 1));
-            }
-            Ok(_) => {}
-            Err(e @ (RuntimeError::MailboxFull(_) | RuntimeError::Storage(_) | RuntimeError::WouldBlock { .. })) => {
-                // Not taken now: ask the peer to send again from where this side stands.
-                tracing::warn!(target: "mfp::federation", peer = %peer.runtime.short(), error = %e, "inbound message not taken; asking for a resend");
-                if let Some(header) = wire.get(16..32).and_then(|b| <[u8; 16]>::try_from(b).ok()) {
-                    let channel = ChannelId::from_bytes(header);
-                    if let Ok(point) = rt.recovery_point(&channel) {
-                        peer.resuming.lock().insert(channel, (point.rx_next, 0));
-                        send_report(shared, peer, channel, RESEND_REQUEST);
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(target: "mfp::federation", peer = %peer.runtime.short(), error = %e, "inbound message refused");
-            }
-        },
+        Event::Data { wire, .. } => {
+            let result = rt.ingest_async(&peer.runtime, &wire).await;
+            ingested(shared, peer, result, &wire);
+        }
         Event::Acked { channel, next } => {
             acked(shared, peer, channel, next);
             let done = peer

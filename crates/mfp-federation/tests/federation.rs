@@ -11,7 +11,7 @@ use mfp_federation::control::{RefuseReason, Target};
 use mfp_federation::federation::{AcceptPolicy, FederatedPeer, Federation, FederationConfig, FederationError};
 use mfp_federation::net::{NetConfig, PeerConfig, SharedEntropy};
 use mfp_federation::session::SessionConfig;
-use mfp_runtime::storage::MemoryStorage;
+use mfp_runtime::storage::{MemoryStorage, Storage};
 use mfp_runtime::{AgentHandle, ChannelId, DeliveredMessage, Runtime, RuntimeConfig};
 use tokio::sync::mpsc;
 
@@ -486,4 +486,107 @@ async fn the_listener_remembers_handshake_timestamps_across_a_restart() {
     assert_eq!((seeded[0].1.secs, seeded[0].1.nanos), (stored.handshake_secs, stored.handshake_nanos));
     fed_a.shutdown().await;
     rt_a.shutdown_async().await;
+}
+
+/// A store that, while held, keeps every batch pending (in order) until released; what it
+/// lets through goes to a `MemoryStorage`.
+#[derive(Clone, Default)]
+struct HeldStore(std::sync::Arc<std::sync::Mutex<HeldQueue>>, MemoryStorage);
+
+#[derive(Default)]
+struct HeldQueue {
+    held: bool,
+    pending: Vec<(Vec<mfp_runtime::storage::StorageOp>, mfp_runtime::storage::TicketSender)>,
+}
+
+impl HeldStore {
+    fn hold(&self) {
+        self.0.lock().unwrap().held = true;
+    }
+
+    /// Pending batches that advance an inbound chain.
+    fn pending_ingests(&self) -> usize {
+        let q = self.0.lock().unwrap();
+        q.pending
+            .iter()
+            .filter(|(ops, _)| {
+                ops.iter().any(|op| matches!(op, mfp_runtime::storage::StorageOp::AdvanceRemoteRx { .. }))
+            })
+            .count()
+    }
+
+    fn release(&self) {
+        let mut q = self.0.lock().unwrap();
+        q.held = false;
+        for (ops, done) in q.pending.drain(..) {
+            done.complete(self.1.apply(ops).wait());
+        }
+    }
+}
+
+impl Storage for HeldStore {
+    fn load(&self) -> Result<Option<mfp_runtime::storage::Snapshot>, mfp_runtime::storage::StorageError> {
+        self.1.load()
+    }
+
+    fn apply(&self, ops: Vec<mfp_runtime::storage::StorageOp>) -> mfp_runtime::storage::Ticket {
+        let mut q = self.0.lock().unwrap();
+        if q.held {
+            let (done, ticket) = mfp_runtime::storage::Ticket::pending();
+            q.pending.push((ops, done));
+            ticket
+        } else {
+            self.1.apply(ops)
+        }
+    }
+}
+
+/// With storage, inbound messages of different channels are ingested together: the second
+/// channel's message is submitted to storage while the first one's commit is still pending
+/// (their commits can share a transaction), and both are delivered once they commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_messages_of_different_channels_commit_together() {
+    let store_a = HeldStore::default();
+    let rt_a = Runtime::builder(A.config())
+        .tokio_handle(tokio::runtime::Handle::current())
+        .storage(store_a.clone())
+        .build()
+        .unwrap();
+    let rt_b = runtime(&B, Some(MemoryStorage::new()));
+    let (h_alice, mut inbox_a) = recorder();
+    let _alice = rt_a.bind_named("alice", h_alice).unwrap();
+    let bob = rt_b.bind_named("bob", |_: &AgentHandle, _| {}).unwrap();
+    let fed_a = Federation::start(&rt_a, A.key(), FederationConfig::new(net(5), vec![B.peer(None)])).await.unwrap();
+    let fed_b = Federation::start(&rt_b, B.key(), FederationConfig::new(net(6), vec![A.peer(fed_a.local_addr())]))
+        .await
+        .unwrap();
+    fed_b.wait_up(&A.runtime_id()).await.unwrap();
+    let ch1 = fed_b.open_channel(bob.id(), A.runtime_id(), Target::Name("alice".into()), 4).await.unwrap();
+    let ch2 = fed_b.open_channel(bob.id(), A.runtime_id(), Target::Name("alice".into()), 4).await.unwrap();
+
+    store_a.hold();
+    bob.send_async(ch1, b"one").await.unwrap();
+    bob.send_async(ch2, b"two").await.unwrap();
+    tokio::time::timeout(BOUND, async {
+        while store_a.pending_ingests() < 2 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the second channel's message waited for the first one's commit");
+    assert!(inbox_a.try_recv().is_err(), "nothing is delivered before its commit");
+    store_a.release();
+    let got = recv_n(&mut inbox_a, 2).await;
+    let mut by_channel: Vec<_> = got.iter().map(|m| (m.channel, m.payload.clone())).collect();
+    by_channel.sort();
+    let mut want = vec![(ch1, b"one".to_vec()), (ch2, b"two".to_vec())];
+    want.sort();
+    assert_eq!(by_channel, want);
+    all_acked(&rt_b, &A.runtime_id(), ch1).await;
+    all_acked(&rt_b, &A.runtime_id(), ch2).await;
+
+    fed_a.shutdown().await;
+    fed_b.shutdown().await;
+    rt_a.shutdown_async().await;
+    rt_b.shutdown_async().await;
 }

@@ -393,6 +393,13 @@ impl RemoteHandle {
         Ok(self.runtime()?.identity)
     }
 
+    /// Whether the runtime has storage (then an ingest waits for its commit, and a
+    /// transport may keep ingests of different channels in flight together).
+    #[must_use]
+    pub fn persisting(&self) -> bool {
+        self.runtime().is_ok_and(|r| r.persisting())
+    }
+
     /// Receives a wire message from `peer`: VALIDATE → DECODE → commit → DELIVER. Waits for
     /// room in the recipient's mailbox (at most `pipeline_timeout`) and, with storage, for
     /// the commit. Errors say why the message was refused; a refused message changed
