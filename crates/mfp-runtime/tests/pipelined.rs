@@ -253,7 +253,7 @@ fn concurrent_senders_with_random_failures_keep_order_and_exactly_once() {
                     continue;
                 }
                 // One batch in 16 fails.
-                let ok = rng.next_u64() % 16 != 0;
+                let ok = !rng.next_u64().is_multiple_of(16);
                 failed += u32::from(!ok);
                 store.complete_next(ok);
             }
