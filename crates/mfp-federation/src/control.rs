@@ -16,6 +16,7 @@
 //! | `0x08` | Pong | nonce u64 | 9 |
 //! | `0x09` | Rekey | epoch u64 (the sender's new outgoing key epoch) | 9 |
 //! | `0x0a` | Close | reason u8 | 2 |
+//! | `0x0b` | ChannelConfirm | channel id (16): the opener stored the channel it was granted | 17 |
 //! | `0x10` | Position | channel id (16) ‖ rx_next u64 ‖ tx_next u64 (bare positions) | 33 |
 //! | `0x11` | Recovery | a `RECOVERY`-flagged MFP1 envelope and its body ([`crate::recovery`]) | 178 |
 //! | `0x12` | ChannelReset | channel id (16) ‖ new secret (32) | 49 |
@@ -59,6 +60,8 @@ pub mod kind {
     pub const REKEY: u8 = 0x09;
     /// Orderly close of the session.
     pub const CLOSE: u8 = 0x0a;
+    /// ChannelConfirm.
+    pub const CHANNEL_CONFIRM: u8 = 0x0b;
     /// A channel's bare positions (steps only).
     pub const POSITION: u8 = 0x10;
     /// A channel's recovery report (DETECT): a `RECOVERY`-flagged MFP1 envelope.
@@ -199,6 +202,8 @@ pub enum Control {
     ChannelRefuse(ChannelId, RefuseReason),
     /// The channel is closed.
     ChannelClose(ChannelId),
+    /// The opener of an accepted channel stored it: the acceptor may send on it.
+    ChannelConfirm(ChannelId),
     /// Keepalive probe.
     Ping(u64),
     /// Keepalive answer.
@@ -268,6 +273,7 @@ impl fmt::Debug for Control {
             }
             Control::ChannelRefuse(c, r) => f.debug_tuple("ChannelRefuse").field(c).field(r).finish(),
             Control::ChannelClose(c) => f.debug_tuple("ChannelClose").field(c).finish(),
+            Control::ChannelConfirm(c) => f.debug_tuple("ChannelConfirm").field(c).finish(),
             Control::Ping(n) => f.debug_tuple("Ping").field(n).finish(),
             Control::Pong(n) => f.debug_tuple("Pong").field(n).finish(),
             Control::Rekey(n) => f.debug_tuple("Rekey").field(n).finish(),
@@ -383,6 +389,10 @@ impl Control {
                 out.push(kind::CHANNEL_CLOSE);
                 out.extend_from_slice(c.as_bytes());
             }
+            Control::ChannelConfirm(c) => {
+                out.push(kind::CHANNEL_CONFIRM);
+                out.extend_from_slice(c.as_bytes());
+            }
             Control::Ping(n) => {
                 out.push(kind::PING);
                 out.extend_from_slice(&n.to_be_bytes());
@@ -448,7 +458,7 @@ impl Control {
             Control::ChannelOpen { target: Target::Name(n), .. } => OPEN_FIXED + 1 + n.len().min(MAX_TARGET_NAME),
             Control::ChannelAccept { .. } => 49,
             Control::ChannelRefuse(..) => 18,
-            Control::ChannelClose(_) => 17,
+            Control::ChannelClose(_) | Control::ChannelConfirm(_) => 17,
             Control::Ping(_) | Control::Pong(_) | Control::Rekey(_) => 9,
             Control::Close(_) => 2,
             Control::Position { .. } => 33,
@@ -493,6 +503,10 @@ impl Control {
             kind::CHANNEL_CLOSE => {
                 exact(17)?;
                 Control::ChannelClose(channel_at(b, 1).ok_or(bad)?)
+            }
+            kind::CHANNEL_CONFIRM => {
+                exact(17)?;
+                Control::ChannelConfirm(channel_at(b, 1).ok_or(bad)?)
             }
             kind::CHANNEL_REFUSE => {
                 exact(18)?;
@@ -661,6 +675,7 @@ mod tests {
             (Control::ChannelAccept { channel: ch(3), acceptor: a }, 49),
             (Control::ChannelRefuse(ch(3), RefuseReason::LimitReached), 18),
             (Control::ChannelClose(ch(3)), 17),
+            (Control::ChannelConfirm(ch(3)), 17),
             (Control::Ping(1), 9),
             (Control::Pong(1), 9),
             (Control::Rekey(1), 9),

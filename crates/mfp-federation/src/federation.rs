@@ -329,6 +329,10 @@ struct Peer {
     /// resend from it arrives.
     resuming: Mutex<HashMap<ChannelId, (u64, usize)>>,
     closes: Mutex<Vec<ChannelId>>,
+    /// Channels this side accepted whose opener has not shown yet that it stored them
+    /// (ChannelConfirm, a report naming them, or a message on them): this side's sends on
+    /// them wait, so that no receipt is given for a channel the opener may not have.
+    unconfirmed: Mutex<HashSet<ChannelId>>,
     /// Channels waiting for a resync pass, at most one entry each (one pass hands over
     /// everything waiting in the channel's log), and the wake-up of the peer's task for
     /// them. Apart from the peer's event queue so that a request is never lost when that
@@ -420,6 +424,7 @@ impl Federation {
                 chans: Mutex::new(HashMap::new()),
                 resuming: Mutex::new(HashMap::new()),
                 closes: Mutex::new(Vec::new()),
+                unconfirmed: Mutex::new(HashSet::new()),
                 resyncs: Mutex::new(HashSet::new()),
                 resync_wake: tokio::sync::Notify::new(),
             });
@@ -787,6 +792,13 @@ impl OutboundSlot for Slot {
 }
 
 impl Transport for FedTransport {
+    fn may_send(&self, peer: &RuntimeId, channel: &ChannelId) -> Result<(), TransportError> {
+        match self.0.peers.get(peer) {
+            Some(p) if p.unconfirmed.lock().contains(channel) => Err(TransportError::Busy),
+            _ => Ok(()),
+        }
+    }
+
     fn reserve(&self, peer: &RuntimeId, len: usize) -> Result<Box<dyn OutboundSlot>, TransportError> {
         let p = self.0.peers.get(peer).ok_or(TransportError::UnknownPeer)?;
         let now = std::time::Instant::now();
@@ -1040,6 +1052,8 @@ fn ingested(shared: &Shared, peer: &Peer, result: Result<Ingested, RuntimeError>
     match result {
         Ok(Ingested::Delivered { channel, step } | Ingested::Duplicate { channel, step }) => {
             let _ = peer.handle.with_session(|s| s.ack(channel, step + 1));
+            // A message on the channel: the peer has it.
+            confirmed(peer, &channel);
             false
         }
         Ok(_) => false,
@@ -1186,6 +1200,8 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
             let r = rt.establish_async(p.local, RemoteEnd::new(peer.runtime, acceptor), channel, p.depth, chains).await;
             if r.is_ok() {
                 peer.chans.lock().entry(channel).or_default();
+                // Stored: the acceptor may send on it now.
+                let _ = peer.handle.with_session(|s| s.confirm_channel(channel));
             } else {
                 // The peer opened it; it must not stay open there alone.
                 let _ = peer.handle.with_session(|s| s.close_channel(channel));
@@ -1197,8 +1213,10 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
                 let _ = p.reply.send(Err(FederationError::Refused { peer: peer.runtime.short(), reason }));
             }
         }
+        Event::ChannelConfirmed { channel } => confirmed(peer, &channel),
         Event::ChannelClosed { channel } => {
             peer.chans.lock().remove(&channel);
+            peer.unconfirmed.lock().remove(&channel);
             match rt.closed_by_peer_async(&channel).await {
                 Ok(()) | Err(RuntimeError::UnknownChannel(_) | RuntimeError::ChannelClosed(_)) => {}
                 Err(e) => {
@@ -1314,6 +1332,8 @@ async fn on_report(shared: &Shared, peer: &Peer, report: RecoveryReport) {
             return;
         }
     };
+    // The peer reports the channel: it has it stored.
+    confirmed(peer, &channel);
     if point.status != mfp_runtime::ChannelStatus::Active {
         tracing::debug!(target: "mfp::federation", channel = %channel.short(), "recovery report on a suspended channel ignored until it is resumed or reset");
         return;
@@ -1563,6 +1583,9 @@ async fn accept_request(
     let (opener_to_acceptor, acceptor_to_opener) =
         crate::channel_chains(secret, &channel, &peer.runtime, &shared.local);
     let chains = Chains::Split { tx: acceptor_to_opener, rx: opener_to_acceptor };
+    // Until the opener confirms it stored the channel, this side does not send on it (a
+    // receipt for a message on a channel the opener might never store would be a lie).
+    let fresh = peer.unconfirmed.lock().insert(channel);
     match rt.establish_async(local, RemoteEnd::new(peer.runtime, opener), channel, depth, chains).await {
         Ok(()) => {
             peer.chans.lock().entry(channel).or_default();
@@ -1576,11 +1599,34 @@ async fn accept_request(
         {
             Ok(local)
         }
-        Err(RuntimeError::ChannelExists(_)) => Err(RefuseReason::Collision),
-        Err(RuntimeError::ResourceLimit { .. }) => Err(RefuseReason::LimitReached),
-        Err(RuntimeError::InvalidDepth { .. }) => Err(RefuseReason::BadDepth),
-        Err(RuntimeError::AgentNotBound(_) | RuntimeError::UnknownAgentName(_)) => Err(RefuseReason::UnknownAgent),
-        Err(_) => Err(RefuseReason::NotAllowed),
+        Err(e) => {
+            if fresh {
+                peer.unconfirmed.lock().remove(&channel);
+            }
+            Err(refusal(e))
+        }
+    }
+}
+
+/// Why a channel request is refused, from the runtime's error.
+fn refusal(e: RuntimeError) -> RefuseReason {
+    match e {
+        RuntimeError::ChannelExists(_) => RefuseReason::Collision,
+        RuntimeError::ResourceLimit { .. } => RefuseReason::LimitReached,
+        RuntimeError::InvalidDepth { .. } => RefuseReason::BadDepth,
+        RuntimeError::AgentNotBound(_) | RuntimeError::UnknownAgentName(_) => RefuseReason::UnknownAgent,
+        _ => RefuseReason::NotAllowed,
+    }
+}
+
+/// The opener of `channel` showed that it stored it: this side may send on it.
+fn confirmed(peer: &Peer, channel: &ChannelId) {
+    let removed = {
+        let mut u = peer.unconfirmed.lock();
+        !u.is_empty() && u.remove(channel)
+    };
+    if removed {
+        peer.ready.notify_waiters();
     }
 }
 

@@ -321,6 +321,11 @@ pub enum Event {
         /// The channel.
         channel: ChannelId,
     },
+    /// The peer, which opened a channel this side accepted, stored it.
+    ChannelConfirmed {
+        /// The channel.
+        channel: ChannelId,
+    },
     /// The peer asks to rotate its outbound chain of `channel` (this side's inbound one):
     /// store the rotation, then answer with [`Session::accept_rotation`].
     RotationRequested {
@@ -374,6 +379,9 @@ impl fmt::Debug for Event {
                 f.debug_struct("ChannelRefused").field("channel", channel).field("reason", reason).finish()
             }
             Event::ChannelClosed { channel } => f.debug_struct("ChannelClosed").field("channel", channel).finish(),
+            Event::ChannelConfirmed { channel } => {
+                f.debug_struct("ChannelConfirmed").field("channel", channel).finish()
+            }
             Event::RotationRequested { channel, message } => f
                 .debug_struct("RotationRequested")
                 .field("channel", channel)
@@ -673,6 +681,14 @@ impl Session {
         }
     }
 
+    /// Tells the peer, which accepted a channel this side opened, that this side stored it
+    /// (the peer holds its own messages on the channel until then).
+    pub fn confirm_channel(&mut self, channel: ChannelId) {
+        if self.closed.is_none() {
+            self.queue.push_back(Control::ChannelConfirm(channel));
+        }
+    }
+
     /// Tells the peer that a channel is closed.
     pub fn close_channel(&mut self, channel: ChannelId) {
         if self.closed.is_none() {
@@ -783,6 +799,7 @@ impl Session {
             }
             Control::ChannelRefuse(channel, reason) => self.events.push_back(Event::ChannelRefused { channel, reason }),
             Control::ChannelClose(channel) => self.events.push_back(Event::ChannelClosed { channel }),
+            Control::ChannelConfirm(channel) => self.events.push_back(Event::ChannelConfirmed { channel }),
             Control::RotateRequest { channel, message } => {
                 self.events.push_back(Event::RotationRequested { channel, message });
             }

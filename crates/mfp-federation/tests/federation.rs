@@ -590,3 +590,70 @@ async fn inbound_messages_of_different_channels_commit_together() {
     rt_a.shutdown_async().await;
     rt_b.shutdown_async().await;
 }
+
+/// The acceptor of a channel does not send on it before the opener confirmed it stored it:
+/// while the opener's commit of the channel is held, the acceptor's send is refused
+/// (`backpressure: reject`; with `wait` it would wait), no receipt given; once the opener
+/// stored the channel and confirmed, the send goes through and arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acceptor_sends_only_once_the_opener_stored_the_channel() {
+    let config_a = RuntimeConfig { backpressure: mfp_runtime::Backpressure::Reject, ..A.config() };
+    let rt_a = Runtime::builder(config_a).tokio_handle(tokio::runtime::Handle::current()).build().unwrap();
+    let store_b = HeldStore::default();
+    let rt_b = Runtime::builder(B.config())
+        .tokio_handle(tokio::runtime::Handle::current())
+        .storage(store_b.clone())
+        .build()
+        .unwrap();
+    let alice = rt_a.bind_named("alice", |_: &AgentHandle, _| {}).unwrap();
+    let (h_bob, mut inbox_b) = recorder();
+    let bob = rt_b.bind_named("bob", h_bob).unwrap();
+    let fed_a = Federation::start(&rt_a, A.key(), FederationConfig::new(net(7), vec![B.peer(None)])).await.unwrap();
+    let fed_b = Federation::start(&rt_b, B.key(), FederationConfig::new(net(8), vec![A.peer(fed_a.local_addr())]))
+        .await
+        .unwrap();
+    fed_b.wait_up(&A.runtime_id()).await.unwrap();
+
+    store_b.hold();
+    let fed_b = std::sync::Arc::new(fed_b);
+    let opening = {
+        let (fed_b, bob_id) = (std::sync::Arc::clone(&fed_b), bob.id());
+        tokio::spawn(async move { fed_b.open_channel(bob_id, A.runtime_id(), Target::Name("alice".into()), 4).await })
+    };
+    // The acceptor has the channel as soon as it accepted.
+    let ch = tokio::time::timeout(BOUND, async {
+        loop {
+            if let Some(c) = alice.channels().ok().and_then(|cs| cs.first().map(|c| c.channel_id)) {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the acceptor never had the channel");
+    let early = alice.send_async(ch, b"early").await;
+    assert!(
+        matches!(early, Err(mfp_runtime::Error::PeerUnavailable { .. })),
+        "a send before the opener stored the channel: {early:?}"
+    );
+    assert!(!opening.is_finished());
+
+    store_b.release();
+    assert_eq!(opening.await.unwrap().unwrap(), ch);
+    tokio::time::timeout(BOUND, async {
+        while alice.send_async(ch, b"after").await.is_err() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the acceptor could not send after the confirmation");
+    let got = recv_n(&mut inbox_b, 1).await;
+    assert_eq!(got[0].payload, b"after");
+
+    fed_a.shutdown().await;
+    if let Ok(fed_b) = std::sync::Arc::try_unwrap(fed_b) {
+        fed_b.shutdown().await;
+    }
+    rt_a.shutdown_async().await;
+    rt_b.shutdown_async().await;
+}

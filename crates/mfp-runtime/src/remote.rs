@@ -181,6 +181,15 @@ pub trait Transport: Send + Sync + 'static {
     /// Reserves room for one message of `len` wire bytes to `peer`.
     fn reserve(&self, peer: &RuntimeId, len: usize) -> std::result::Result<Box<dyn OutboundSlot>, TransportError>;
 
+    /// Whether this side may send on `channel` to `peer` yet. A transport answers
+    /// [`TransportError::Busy`] for a channel not usable yet (e.g. one this side accepted,
+    /// whose opener has not confirmed it stored it); the runtime then waits as for a full
+    /// link (`ready`, at most `pipeline_timeout`) or refuses, as configured. Default: always.
+    fn may_send(&self, peer: &RuntimeId, channel: &ChannelId) -> std::result::Result<(), TransportError> {
+        let _ = (peer, channel);
+        Ok(())
+    }
+
     /// Resolves when `peer` may have room again (the runtime then calls `reserve` again).
     fn ready(&self, peer: &RuntimeId) -> ReadyFuture;
 

@@ -49,7 +49,7 @@ impl Inner {
         let depth = usize::from(channel.depth);
         let len = ENVELOPE_HEADER_SIZE + 2 * BLOCK_SIZE * depth + payload.len() + TAG_SIZE;
         let slot = loop {
-            match transport.reserve(&peer, len) {
+            match transport.may_send(&peer, &channel.id).and_then(|()| transport.reserve(&peer, len)) {
                 Ok(slot) => break slot,
                 Err(e @ (TransportError::UnknownPeer | TransportError::Open)) => {
                     return Err(Self::peer_unavailable(&peer, e));
