@@ -1365,6 +1365,11 @@ async fn on_report(shared: &Shared, peer: &Peer, report: RecoveryReport) {
             shared.counters.escalated(e);
             let reason = e.explain();
             tracing::error!(target: "mfp::federation", peer = %peer.runtime.short(), channel = %channel.short(), outcome = e.as_str(), "channel diverged beyond repair; suspended");
+            if report.has(ANSWER_REQUESTED) {
+                // The peer diagnoses the same divergence from this side's report (a peer
+                // that resumed after this side would otherwise never hear of it).
+                send_report(shared, peer, channel, 0);
+            }
             if let Err(err) = rt.suspend_async(&channel, &reason).await {
                 tracing::warn!(target: "mfp::federation", channel = %channel.short(), error = %err, "suspending the channel failed");
             }

@@ -209,12 +209,12 @@ fn a_blocking_send_on_the_driver_thread_waits_only_for_its_own_commit() {
         // thread runs: refused at once, nothing submitted.
         let a3 = a2.clone();
         let queued = tokio::spawn(async move { a3.send_async(ch, b"queued").await });
-        while store2.pending() == 0 {
+        while store2.pending_sends() == 0 {
             tokio::task::yield_now().await;
         }
         assert_eq!(a2.send(ch, b"refused").unwrap_err(), Error::WouldBlock { operation: "AgentHandle::send" });
-        assert_eq!(store2.pending(), 1);
-        store2.complete_next(true);
+        assert_eq!(store2.pending_sends(), 1, "the refused send submitted a batch");
+        store2.complete_all();
         assert_eq!(queued.await.unwrap().unwrap().step, 1);
         // The delivery workers run on this thread too.
         let deadline = std::time::Instant::now() + common::WAIT;

@@ -78,6 +78,19 @@ impl ManualStore {
         self.0.0.lock().unwrap().pending.len()
     }
 
+    /// Pending batches that advance a channel (sends; not the removals of handled messages
+    /// a delivery worker submits on its own).
+    pub(crate) fn pending_sends(&self) -> usize {
+        self.0
+            .0
+            .lock()
+            .unwrap()
+            .pending
+            .iter()
+            .filter(|(ops, _)| ops.iter().any(|op| matches!(op, StorageOp::AdvanceChannel { .. })))
+            .count()
+    }
+
     /// Completes every pending batch (successfully).
     pub(crate) fn complete_all(&self) {
         while self.pending() > 0 {
