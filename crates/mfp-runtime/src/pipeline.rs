@@ -180,31 +180,13 @@ impl Inner {
         let Sealed { message_id, correlation_id, step, m, .. } = sealed;
 
         // DELIVER (cannot fail: the slot is reserved)
-        // The byte permits now travel with the message; its handler's end returns them.
-        let held = bytes.num_permits();
-        bytes.forget();
-        let token = crate::runtime::InFlight::new(&self.shared, u32::try_from(held).unwrap_or(u32::MAX));
-        permit.send(Delivery {
-            msg: crate::types::DeliveredMessage {
-                payload: m,
-                sender: sender.id,
-                channel: channel.id,
-                message_id,
-                correlation_id,
-                step,
-                redelivered: false,
-                sender_runtime: None,
-            },
-            done,
-            token,
-            durable: false,
-        });
+        let receipt = Receipt { message_id, channel: channel.id, step, correlation_id };
+        permit.send(self.local_delivery(sender, &receipt, m, bytes, done, false));
 
         // Commit: state, step, Sg — all before the channel lock is released.
         ch.state = next;
         ch.step = next_step;
         ch.validation_failures = 0;
-        let receipt = Receipt { message_id, channel: channel.id, step, correlation_id };
         self.remember_idempotent(&mut ch, idem, receipt);
         {
             let mut sg = self.sg.lock();
@@ -277,27 +259,10 @@ impl Inner {
         };
         let Some(ticket) = ticket else { return Err(Error::Inconsistent { channel: channel.id }) };
 
-        // The byte permits travel with the message; its handler's end returns them (or the
-        // commit queue, if the batch fails).
-        let held = bytes.num_permits();
-        bytes.forget();
-        let token = crate::runtime::InFlight::new(&self.shared, u32::try_from(held).unwrap_or(u32::MAX));
+        // The byte permits travel with the message (the commit queue returns them if the
+        // batch fails).
         let receipt = Receipt { message_id, channel: channel.id, step, correlation_id };
-        let delivery = Delivery {
-            msg: crate::types::DeliveredMessage {
-                payload: m,
-                sender: sender.id,
-                channel: channel.id,
-                message_id,
-                correlation_id,
-                step,
-                redelivered: false,
-                sender_runtime: None,
-            },
-            done,
-            token,
-            durable: true,
-        };
+        let delivery = self.local_delivery(sender, &receipt, m, bytes, done, true);
         // The head moves on: the next send frames from the state after this message.
         let durable_before = (ch.state.clone(), ch.step);
         ch.state = next.clone();
@@ -314,6 +279,38 @@ impl Inner {
             acks,
         );
         Ok(Submitted::Queued(queue.push(pending)))
+    }
+
+    /// A local message for the recipient's mailbox. The byte permits of the recipient's
+    /// mailbox now travel with the message: its handler's end returns them.
+    #[inline]
+    fn local_delivery(
+        &self,
+        sender: &AgentRecord,
+        receipt: &Receipt,
+        payload: Vec<u8>,
+        bytes: tokio::sync::SemaphorePermit<'_>,
+        done: Option<oneshot::Sender<Outcome>>,
+        durable: bool,
+    ) -> Delivery {
+        let held = bytes.num_permits();
+        bytes.forget();
+        let token = crate::runtime::InFlight::new(&self.shared, u32::try_from(held).unwrap_or(u32::MAX));
+        Delivery {
+            msg: crate::types::DeliveredMessage {
+                payload,
+                sender: sender.id,
+                channel: receipt.channel,
+                message_id: receipt.message_id,
+                correlation_id: receipt.correlation_id,
+                step: receipt.step,
+                redelivered: false,
+                sender_runtime: None,
+            },
+            done,
+            token,
+            durable,
+        }
     }
 
     // ---- shared by the local and the cross-runtime send ---------------------------------
