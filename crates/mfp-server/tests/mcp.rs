@@ -218,16 +218,7 @@ async fn rmcp_client_over_http() {
     flow(&client, &mut notes).await;
 
     // The other agent's channel, learnt from the other agent: claude cannot use it.
-    let (h2, _) = client_handler();
-    let other = tokio::time::timeout(
-        WAIT,
-        h2.serve(StreamableHttpClientTransport::from_config(
-            StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp/other")).auth_header(OTHER_TOKEN),
-        )),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let (other, _) = http_client(&addr, "other", OTHER_TOKEN).await;
     let theirs = ok(&other, "mfp_channels", json!({})).await;
     let their_channel = theirs["channels"][0]["channel"].as_str().unwrap().to_string();
     let code = tool_error(&client, "mfp_send", json!({"channel": their_channel, "text": "x"})).await;
@@ -241,16 +232,7 @@ async fn rmcp_client_over_http() {
     ok(&client, "mfp_send", json!({"to": "echo", "text": "while away"})).await;
     tokio::time::timeout(WAIT, notes.recv()).await.expect("no inbox notification").unwrap();
     let _ = client.cancel().await;
-    let (h3, mut notes) = client_handler();
-    let client = tokio::time::timeout(
-        WAIT,
-        h3.serve(StreamableHttpClientTransport::from_config(
-            StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp/claude")).auth_header(TOKEN),
-        )),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let (client, mut notes) = http_client(&addr, "claude", TOKEN).await;
     let got = ok(&client, "mfp_receive", json!({})).await;
     assert_eq!(got["messages"][0]["text"], "while away", "{got}");
 
@@ -324,12 +306,13 @@ fn stdio_refuses_a_database_in_use() {
     assert_eq!(post_status(&addr, "/mcp/claude", None, "{}"), 401, "the server stopped serving");
 }
 
-async fn http_client(addr: &str) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+/// rmcp's client on `agent`'s Streamable HTTP endpoint at `addr`, initialised with `token`.
+async fn http_client(addr: &str, agent: &str, token: &str) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
     use rmcp::transport::StreamableHttpClientTransport;
     use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
     let (h, notes) = client_handler();
     let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp/claude")).auth_header(TOKEN),
+        StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp/{agent}")).auth_header(token),
     );
     (tokio::time::timeout(WAIT, h.serve(transport)).await.unwrap().unwrap(), notes)
 }
@@ -345,7 +328,7 @@ async fn a_message_not_taken_survives_a_restart() {
     std::fs::write(&file, format!("storage:\n  path: {}\n{text}", dir.join("mfp.db").display())).unwrap();
 
     let server = Server::run(&file, &[], &[]);
-    let (client, mut notes) = http_client(&mcp_addr(&server)).await;
+    let (client, mut notes) = http_client(&mcp_addr(&server), "claude", TOKEN).await;
     #[allow(deprecated)]
     client.subscribe(rmcp::model::SubscribeRequestParams::new("mfp://inbox")).await.unwrap();
     let receipt = ok(&client, "mfp_send", json!({"to": "echo", "text": "keep me"})).await;
@@ -357,7 +340,7 @@ async fn a_message_not_taken_survives_a_restart() {
     drop(server);
 
     let server = Server::run(&file, &[], &[]);
-    let (client, _) = http_client(&mcp_addr(&server)).await;
+    let (client, _) = http_client(&mcp_addr(&server), "claude", TOKEN).await;
     let got = ok(&client, "mfp_receive", json!({"wait_seconds": 30})).await;
     let msgs = got["messages"].as_array().unwrap();
     assert_eq!(msgs.len(), 1, "{got}");
@@ -369,7 +352,7 @@ async fn a_message_not_taken_survives_a_restart() {
 
     // Taken: a third start has nothing for the host.
     let server = Server::run(&file, &[], &[]);
-    let (client, _) = http_client(&mcp_addr(&server)).await;
+    let (client, _) = http_client(&mcp_addr(&server), "claude", TOKEN).await;
     let got = ok(&client, "mfp_receive", json!({"wait_seconds": 1})).await;
     assert_eq!(got["messages"], json!([]), "returned twice: {got}");
     let _ = client.cancel().await;
