@@ -5,10 +5,10 @@
 //! workspace's `target/` directory, for the tests that run real Python code against ours
 //! (pymfp, the official MCP SDK). The venv is built once and reused while its check passes.
 //!
-//! Tests run in parallel processes: each one that finds the venv missing builds its own in a
-//! temporary directory next to it (`<name>.tmp-<pid>`) and renames that into place. The
-//! first rename wins and the others remove their copy and use the winner's, so no process
-//! ever sees a half-made venv. A broken venv left by an interrupted run is replaced.
+//! Tests run in parallel processes (and threads): each one that finds the venv missing builds
+//! its own in a temporary directory next to it (`<name>.tmp-<pid>-<n>`) and renames that into
+//! place. The first rename wins and the others remove their copy and use the winner's, so no
+//! test ever sees a half-made venv. A broken venv left by an interrupted run is replaced.
 //!
 //! Every failure panics with what failed: these are helpers for tests, which should fail
 //! (never skip) when the Python side cannot be installed.
@@ -28,6 +28,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A Python venv at `<target>/<name>` with pinned packages, made on first use.
 #[derive(Debug, Clone)]
@@ -85,13 +86,19 @@ impl PythonVenv {
             return python;
         }
         let wanted = self.packages.join(" ");
-        let tmp = self.target.join(format!("{}.tmp-{}", self.name, std::process::id()));
+        // One temporary directory per build, also between threads of one process.
+        static BUILDS: AtomicUsize = AtomicUsize::new(0);
+        let n = BUILDS.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.target.join(format!("{}.tmp-{}-{n}", self.name, std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&tmp)
-            .status()
-            .unwrap_or_else(|e| panic!("python3 is needed to make {}: {e}", venv.display()));
+        let mut venv_cmd = Command::new("python3");
+        venv_cmd.args(["-m", "venv"]);
+        if self.packages.is_empty() {
+            // Nothing to install: no need for pip in the venv.
+            venv_cmd.arg("--without-pip");
+        }
+        let status =
+            venv_cmd.arg(&tmp).status().unwrap_or_else(|e| panic!("python3 is needed to make {}: {e}", venv.display()));
         assert!(status.success(), "python3 -m venv {} failed", tmp.display());
         if !self.packages.is_empty() {
             let status = Command::new(tmp.join("bin/python"))
@@ -123,6 +130,30 @@ mod tests {
         let v = PythonVenv::new("/t", "mcp-venv").package("mcp==2.3.0");
         assert_eq!(v.dir(), Path::new("/t/mcp-venv"));
         assert_eq!(v.packages, ["mcp==2.3.0"]);
+    }
+
+    /// Builds run at the same time (threads here, processes in the test suites) each get a
+    /// working venv, the same one, and leave no temporary directory behind.
+    #[test]
+    fn concurrent_builds_agree_on_one_venv() {
+        let target = std::env::temp_dir().join(format!("mfp-testkit-venv-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&target);
+        std::fs::create_dir_all(&target).unwrap();
+        let venv = PythonVenv::new(&target, "plain-venv")
+            .check("import sys; sys.exit(0 if sys.prefix != sys.base_prefix else 1)");
+        let pythons: Vec<PathBuf> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..3).map(|_| s.spawn(|| venv.python())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for p in &pythons {
+            assert_eq!(p, &target.join("plain-venv/bin/python"));
+        }
+        assert!(venv.ok(&pythons[0]), "the venv's python runs inside the venv");
+        let left: Vec<_> = std::fs::read_dir(&target).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [std::ffi::OsString::from("plain-venv")], "temporary directories left behind");
+        // Reused: a second call finds it as it is.
+        assert_eq!(venv.python(), pythons[0]);
+        std::fs::remove_dir_all(&target).unwrap();
     }
 
     #[test]
