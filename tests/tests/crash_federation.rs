@@ -26,17 +26,16 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::ExitStatusExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::*;
 use mfp_core::ChannelId;
 use mfp_runtime::ChannelStatus;
 use mfp_storage::{MasterKey, inspect};
@@ -45,182 +44,7 @@ const NODE: &str = env!("CARGO_BIN_EXE_mfp-fed-node");
 const KILLS: usize = 24;
 /// Bounds on every wait for a node (generous: the machine may be busy with other tests).
 const START_TIMEOUT: Duration = Duration::from_secs(15);
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A fresh directory under the system temp dir, removed on drop (also when a check fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "mfp-crash-federation-{}-{nanos}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// xorshift64*: the kill delays and victims, reproducible from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var("MFP_CRASH_SEED") {
-        Ok(s) => s.parse().expect("MFP_CRASH_SEED must be a u64"),
-        Err(_) => {
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-            (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)) | 1
-        }
-    }
-}
-
-/// A running node; killed and reaped on drop if a check fails before the kill.
-struct Running {
-    role: &'static str,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    /// What it printed so far (read from `lines`).
-    seen: Vec<String>,
-    stderr: Option<JoinHandle<String>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    fn spawn(role: &'static str, db: &Path, key_file: &Path, port: u16) -> Self {
-        let mut child = Command::new(NODE)
-            .arg(role)
-            .arg(db)
-            .arg(key_file)
-            .arg(port.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mfp-fed-node");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        let stdin = child.stdin.take();
-        Self { role, child, stdin, lines, seen: Vec::new(), stderr: Some(stderr) }
-    }
-
-    /// The node's stderr (after it exited).
-    fn stderr(&mut self) -> String {
-        self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default()
-    }
-
-    /// Waits for the node to exit, bounded.
-    fn wait(&mut self, deadline: Instant) -> ExitStatus {
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the node did not exit in time");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    /// Reads what the node printed until `timeout` passes; `false` if its stdout closed.
-    fn pump(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(RecvTimeoutError::Timeout) => return true,
-                Err(RecvTimeoutError::Disconnected) => return false,
-            }
-        }
-    }
-
-    /// Reads lines until one starts with `prefix` (bounded); returns it.
-    fn wait_for(&mut self, prefix: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut checked = 0;
-        loop {
-            if let Some(line) = self.seen[checked..].iter().find(|l| l.starts_with(prefix)) {
-                return line.clone();
-            }
-            checked = self.seen.len();
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(RecvTimeoutError::Timeout) => {
-                    let last = self.seen.last().cloned().unwrap_or_default();
-                    panic!("node {}: no {prefix:?} line within {timeout:?} (last line: {last:?})", self.role)
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.child.kill();
-                    let status = self.wait(Instant::now() + EXIT_TIMEOUT);
-                    let err = self.stderr();
-                    panic!("node {} exited before {prefix:?} ({status}): {err}", self.role);
-                }
-            }
-        }
-    }
-
-    /// SIGKILL, then every line printed in this run.
-    fn kill_and_collect(&mut self) -> Vec<String> {
-        self.child.kill().unwrap(); // SIGKILL on Unix
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => panic!("stdout not closed {EXIT_TIMEOUT:?} after the kill"),
-            }
-        }
-        let status = self.wait(deadline);
-        if status.signal() != Some(9) {
-            panic!("the node ended by itself ({status}) instead of by SIGKILL: {}", self.stderr());
-        }
-        std::mem::take(&mut self.seen)
-    }
-}
 
 /// One of the two nodes and what its runs established.
 struct Side {
@@ -274,7 +98,9 @@ impl Side {
 
     /// Starts the node; for `b`, waits for its `LISTEN` line and returns the port.
     fn start(&mut self, port: u16) -> u16 {
-        let mut p = Running::spawn(self.role, &self.db, &self.key_file, port);
+        let mut cmd = Command::new(NODE);
+        cmd.arg(self.role).arg(&self.db).arg(&self.key_file).arg(port.to_string()).stdin(Stdio::piped());
+        let mut p = Running::spawn(format!("node {}", self.role), &mut cmd);
         let port = if self.role == "b" {
             let line = p.wait_for("LISTEN ", START_TIMEOUT);
             let got: u16 = line["LISTEN ".len()..].parse().unwrap();
@@ -454,7 +280,7 @@ fn undelivered(from: &Side, to: &Side) -> Vec<u64> {
 #[test]
 fn federated_runtimes_killed_at_random_lose_and_double_nothing() {
     let started = Instant::now();
-    let dir = TempDir::new();
+    let dir = TempDir::new("mfp-crash-federation");
     let seed = seed();
     println!("seed {seed} (MFP_CRASH_SEED)");
     let mut rng = Rng(seed);

@@ -27,18 +27,16 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::*;
 use mfp_core::{ChannelId, MerkleSg};
 use mfp_runtime::storage::Snapshot;
 use mfp_runtime::{ChannelStatus, Runtime, RuntimeConfig};
@@ -51,159 +49,10 @@ const PROBES: usize = 4;
 const CHANNELS: usize = 12;
 /// Bounds on every wait for the child (generous: the machine may be busy with other tests).
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A fresh directory under the system temp dir, removed on drop (also when a check fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "mfp-crash-runtime-{}-{nanos}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// xorshift64*: the kill delays, reproducible from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var("MFP_CRASH_SEED") {
-        Ok(s) => s.parse().expect("MFP_CRASH_SEED must be a u64"),
-        Err(_) => {
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-            (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)) | 1
-        }
-    }
-}
-
-/// A running child; killed and reaped on drop if a check fails before the kill.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: Option<JoinHandle<String>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    fn spawn(db: &Path, key_file: &Path, durability: &str) -> Self {
-        let mut child = Command::new(CHILD)
-            .arg(db)
-            .arg(key_file)
-            .arg(durability)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mfp-crash-child");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        Self { child, lines, stderr: Some(stderr) }
-    }
-
-    /// The child's stderr (after it exited).
-    fn stderr(&mut self) -> String {
-        self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default()
-    }
-
-    /// Waits for the child to exit, bounded.
-    fn wait(&mut self, deadline: Instant) -> ExitStatus {
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the child did not exit in time");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    /// Waits for the `READY` line (the first line the child prints).
-    fn ready(&mut self) -> String {
-        match self.lines.recv_timeout(READY_TIMEOUT) {
-            Ok(line) => line,
-            Err(RecvTimeoutError::Timeout) => panic!("no READY within {READY_TIMEOUT:?}"),
-            Err(RecvTimeoutError::Disconnected) => {
-                let _ = self.child.kill();
-                let status = self.wait(Instant::now() + EXIT_TIMEOUT);
-                panic!("the child exited before READY ({status}): {}", self.stderr());
-            }
-        }
-    }
-
-    /// Sends `signal` (`STOP` or `CONT`) to the child.
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill(1)");
-        assert!(status.success(), "kill -{signal} failed: {status}");
-    }
-
-    /// SIGKILL, then every line printed before it.
-    fn kill_and_collect(&mut self) -> Vec<String> {
-        self.child.kill().unwrap(); // SIGKILL on Unix
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        let mut out = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => out.push(line),
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => panic!("stdout not closed {EXIT_TIMEOUT:?} after the kill"),
-            }
-        }
-        let status = self.wait(deadline);
-        if status.signal() != Some(9) {
-            panic!("the child ended by itself ({status}) instead of by SIGKILL: {}", self.stderr());
-        }
-        out
-    }
+/// `mfp-crash-child` on `db`, started (not yet `READY`).
+fn spawn_child(db: &Path, key_file: &Path, durability: &str) -> Running {
+    Running::spawn("mfp-crash-child", Command::new(CHILD).arg(db).arg(key_file).arg(durability).stdin(Stdio::null()))
 }
 
 fn parse_event(line: &str) -> (ChannelId, u64) {
@@ -388,7 +237,7 @@ fn check_run(
 #[test]
 fn runtime_killed_at_random_loses_no_acknowledged_message() {
     let started = Instant::now();
-    let dir = TempDir::new();
+    let dir = TempDir::new("mfp-crash-runtime");
     let db = dir.0.join("runtime.db");
     let key_file = dir.0.join("master.key");
     let key = MasterKey::generate_file(&key_file).unwrap();
@@ -402,8 +251,8 @@ fn runtime_killed_at_random_loses_no_acknowledged_message() {
     let mut probes = 0usize;
     for run in 0..RUNS {
         let durability = if run % 2 == 0 { "normal" } else { "sync" };
-        let mut child = Running::spawn(&db, &key_file, durability);
-        let ready = parse_ready(&child.ready());
+        let mut child = spawn_child(&db, &key_file, durability);
+        let ready = parse_ready(&child.next_line(READY_TIMEOUT, "READY"));
         // Check 4: the run continues exactly where the store stopped (3: the restart accepted
         // the stored Sg, or there would be no READY).
         match &previous {

@@ -3,183 +3,18 @@
 //! its agents are killed when a test ends, whatever happens.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Longest any single wait in these tests may take.
-const WAIT: Duration = Duration::from_secs(60);
+use common::*;
 
 fn agent_py() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agents/agent.py").display().to_string()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mfp-server-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-struct Server {
-    child: Child,
-    lines: Receiver<String>,
-    all: Arc<Mutex<Vec<String>>>,
-    /// Set once the server's stderr reached its end (every line is in `all`).
-    eof: Arc<std::sync::atomic::AtomicBool>,
-    admin: Option<String>,
-}
-
-impl Server {
-    fn start(dir: &Path, config: &str) -> Server {
-        Self::start_with(dir, config, &[])
-    }
-
-    fn start_with(dir: &Path, config: &str, extra: &[&str]) -> Server {
-        Self::start_env(dir, config, extra, &[])
-    }
-
-    fn start_env(dir: &Path, config: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let file = dir.join("config.yaml");
-        std::fs::write(&file, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mfp-server"))
-            .args(["run", "--config"])
-            .arg(&file)
-            .args(extra)
-            .envs(env.iter().copied())
-            .env_remove("MFP_LOG_LEVEL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = channel();
-        let all = Arc::new(Mutex::new(Vec::new()));
-        let all2 = Arc::clone(&all);
-        let stderr = child.stderr.take().unwrap();
-        let eof = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let eof2 = Arc::clone(&eof);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                all2.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-            eof2.store(true, std::sync::atomic::Ordering::Release);
-        });
-        Server { child, lines: rx, all, eof, admin: None }
-    }
-
-    /// Waits for a log line containing `needle`; returns it.
-    fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(needle) => return l,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("no log line with {needle:?} in {WAIT:?}; log:\n{}", self.log())
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("server ended before logging {needle:?}; log:\n{}", self.log())
-                }
-            }
-        }
-    }
-
-    /// A log line containing `needle`, already logged or still to come.
-    fn find_or_wait(&mut self, needle: &str) -> String {
-        let seen = self.all.lock().unwrap().iter().find(|l| l.contains(needle)).cloned();
-        match seen {
-            Some(l) => l,
-            None => self.wait_for(needle),
-        }
-    }
-
-    fn log(&self) -> String {
-        self.all.lock().unwrap().join("\n")
-    }
-
-    /// Waits for the admin listener and remembers its address.
-    fn admin(&mut self) -> String {
-        if self.admin.is_none() {
-            let line = self.find_or_wait("admin listener bound");
-            let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-            self.admin = Some(addr);
-        }
-        self.admin.clone().unwrap()
-    }
-
-    fn signal(&self, sig: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
-        rustix::process::kill_process(pid, sig).unwrap();
-    }
-
-    /// Waits for the process to exit and for the rest of its log (bounded).
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                while !self.eof.load(std::sync::atomic::Ordering::Acquire) {
-                    assert!(Instant::now() < deadline, "the server's stderr did not end; log:\n{}", self.log());
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                return s;
-            }
-            assert!(Instant::now() < deadline, "server did not exit; log:\n{}", self.log());
-            // Polling a child's exit status: std offers no wait with a timeout.
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    /// Stops the server the way an operator would, so that it stops its agents too (they
-    /// live in their own process groups); kills it if that takes too long.
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.signal(rustix::process::Signal::TERM);
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A minimal HTTP/1.1 request; returns (status, body).
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
-
-fn metric(body: &str, name: &str) -> u64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 fn subprocess(name: &str, env: &[(&str, &str)]) -> String {
@@ -195,7 +30,7 @@ fn subprocess(name: &str, env: &[(&str, &str)]) -> String {
 /// status 0, and a second run continues the same channel where the first stopped.
 #[test]
 fn demo_conversation_and_restart_continues() {
-    let dir = temp_dir("demo");
+    let dir = temp_dir("e2e", "demo");
     let agents = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/server/agents");
     let demo =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/server/demo.yaml")).unwrap();
@@ -204,7 +39,7 @@ fn demo_conversation_and_restart_continues() {
         .replace("agents/alice.py", &agents.join("alice.py").display().to_string())
         .replace("agents/bob.py", &agents.join("bob.py").display().to_string());
     for (run, first_step) in [(1, 0), (2, 6)] {
-        let mut s = Server::start(&dir, &config);
+        let mut s = Server::start(&dir.join("config.yaml"), &config);
         s.wait_for(&format!("alice says (step {first_step}): Hello Bob!"));
         s.wait_for(&format!("alice heard (step {}): Bye, Alice!", first_step + 5));
         let status = s.wait_exit();
@@ -220,14 +55,15 @@ fn demo_conversation_and_restart_continues() {
 /// drains and exits 0 even with an agent that ignores the end of its stdin.
 #[test]
 fn readiness_metrics_and_sigterm() {
-    let dir = temp_dir("metrics");
+    let dir = temp_dir("e2e", "metrics");
     let config = format!(
         "storage:\n  path: \"{}\"\nadmin:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\n{}channels:\n  - agents: [client, echo]\n",
         dir.join("m.db").display(),
         subprocess("client", &[("MODE", "client"), ("TO", "echo"), ("COUNT", "5"), ("LINGER", "1")])
     );
     let port_file = dir.join("ports.json");
-    let mut s = Server::start_with(&dir, &config, &["--port-file", &port_file.display().to_string()]);
+    let mut s =
+        Server::start_with(&dir.join("config.yaml"), &config, &["--port-file", &port_file.display().to_string()], &[]);
     let admin = s.admin();
     s.find_or_wait("INFO mfp_server::server: ready");
     // Written before the server is ready.
@@ -238,19 +74,11 @@ fn readiness_metrics_and_sigterm() {
     s.wait_for("client got msg-4");
     // 5 sends by the client, 5 echoes. The runtime counts a send just after handing the
     // message over, so the last count may trail the delivery by a moment.
-    let deadline = Instant::now() + WAIT;
-    let body = loop {
-        let (status, body) = http(&admin, "GET", "/metrics", &[], "");
-        assert_eq!(status, 200);
-        if metric(&body, "mfp_messages_sent_total") == 10
-            && metric(&body, "mfp_server_deliveries_total") == 10
+    let body = metrics_until(&admin, |body| {
+        metric(body, "mfp_messages_sent_total") == 10
+            && metric(body, "mfp_server_deliveries_total") == 10
             && body.contains("mfp_message_size_bytes_count 10")
-        {
-            break body;
-        }
-        assert!(Instant::now() < deadline, "{body}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    });
     assert!(body.contains("# TYPE mfp_pipeline_duration_seconds histogram"), "{body}");
     assert_eq!(metric(&body, "mfp_active_agents"), 2);
     assert_eq!(metric(&body, "mfp_active_channels"), 1);
@@ -270,13 +98,13 @@ fn readiness_metrics_and_sigterm() {
 /// while it was down; sends come through the webhook HTTP endpoint with a bearer token.
 #[test]
 fn killed_agent_is_restarted_and_gets_its_messages() {
-    let dir = temp_dir("restart");
+    let dir = temp_dir("e2e", "restart");
     let token = "test-token-0123456789";
     let config = format!(
         "admin:\n  port: 0\nhttp:\n  port: 0\nagents:\n  - name: driver\n    type: webhook\n    url: \"http://127.0.0.1:9/unused\"\n    token: \"{token}\"\n{}channels:\n  - agents: [driver, victim]\n",
         subprocess("victim", &[("MODE", "recorder")])
     );
-    let mut s = Server::start(&dir, &config);
+    let s = Server::start(&dir.join("config.yaml"), &config);
     let http_addr = s.find_or_wait("http listener bound").split("addr=").nth(1).unwrap().trim().to_string();
     let admin = s.admin();
     s.find_or_wait("INFO mfp_server::server: ready");
@@ -320,7 +148,7 @@ fn killed_agent_is_restarted_and_gets_its_messages() {
 /// answers are contained while the other agents keep working.
 #[test]
 fn bad_agents_are_contained() {
-    let dir = temp_dir("bad");
+    let dir = temp_dir("e2e", "bad");
     let hang = TcpListener::bind("127.0.0.1:0").unwrap();
     let hang_addr = hang.local_addr().unwrap();
     // Accept connections and never answer (kept open until the test ends).
@@ -339,7 +167,7 @@ fn bad_agents_are_contained() {
         subprocess("client", &[("MODE", "client"), ("TO", "echo"), ("COUNT", "3")]),
         subprocess("hooker", &[("MODE", "client"), ("TO", "hook"), ("COUNT", "1")]),
     );
-    let mut s = Server::start(&dir, &config);
+    let mut s = Server::start(&dir.join("config.yaml"), &config);
     let admin = s.admin();
     s.find_or_wait("INFO mfp_server::server: ready");
     s.find_or_wait("garbage agent ok: codes=[-32700, -32600, -32601, -32602] state=bound");
@@ -359,10 +187,10 @@ fn bad_agents_are_contained() {
 /// A port in use stops the start with a clear error and status 1.
 #[test]
 fn port_in_use_is_a_clear_error() {
-    let dir = temp_dir("port");
+    let dir = temp_dir("e2e", "port");
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let mut s = Server::start(&dir, &format!("admin:\n  port: {port}\n"));
+    let mut s = Server::start(&dir.join("config.yaml"), &format!("admin:\n  port: {port}\n"));
     let status = s.wait_exit();
     assert_eq!(status.code(), Some(1), "{}", s.log());
     let log = s.log();
@@ -383,7 +211,7 @@ fn check_config_exit_codes() {
             Command::new(env!("CARGO_BIN_EXE_mfp-server")).arg("check-config").arg(fixtures.join(f)).output().unwrap();
         assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let dir = temp_dir("check");
+    let dir = temp_dir("e2e", "check");
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, "agents:\n  - name: a\n    typo: 1\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_mfp-server")).arg("check-config").arg(&bad).output().unwrap();
@@ -400,12 +228,12 @@ fn check_config_exit_codes() {
 /// process groups.
 #[test]
 fn second_signal_exits_at_once() {
-    let dir = temp_dir("second");
+    let dir = temp_dir("e2e", "second");
     let config = format!(
         "admin:\n  port: 0\nserver:\n  drain_timeout_seconds: 30\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\n{}channels:\n  - agents: [client, echo]\n",
         subprocess("client", &[("MODE", "client"), ("TO", "echo"), ("COUNT", "1"), ("LINGER", "1")])
     );
-    let mut s = Server::start(&dir, &config);
+    let mut s = Server::start(&dir.join("config.yaml"), &config);
     let started = s.find_or_wait("agent started agent=client");
     let pid: i32 = started.split("pid=").nth(1).unwrap().trim().parse().unwrap();
     s.find_or_wait("client got msg-0");
@@ -432,23 +260,19 @@ fn second_signal_exits_at_once() {
 /// gets the message again; the other agents keep working.
 #[test]
 fn stuck_agent_is_restarted() {
-    let dir = temp_dir("stuck");
+    let dir = temp_dir("e2e", "stuck");
     let config = format!(
         "admin:\n  port: 0\nlimits:\n  delivery_timeout_seconds: 0.5\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\n{}{}{}channels:\n  - agents: [sender, deaf]\n  - agents: [client, echo]\n",
         subprocess("deaf", &[("MODE", "deaf")]),
         subprocess("sender", &[("MODE", "client"), ("TO", "deaf"), ("COUNT", "1")]),
         subprocess("client", &[("MODE", "client"), ("TO", "echo"), ("COUNT", "2")]),
     );
-    let mut s = Server::start(&dir, &config);
+    let s = Server::start(&dir.join("config.yaml"), &config);
     let admin = s.admin();
     s.find_or_wait("did not answer deliver in time");
     s.find_or_wait("client got msg-1");
     // Restarted: a second deaf process started, and gets the message again.
-    let deadline = Instant::now() + WAIT;
-    while s.log().lines().filter(|l| l.contains("agent started agent=deaf")).count() < 2 {
-        assert!(Instant::now() < deadline, "{}", s.log());
-        let _ = s.lines.recv_timeout(Duration::from_millis(100));
-    }
+    s.wait_count("agent started agent=deaf", 2);
     let (_, metrics) = http(&admin, "GET", "/metrics", &[], "");
     assert!(metric(&metrics, "mfp_server_agent_restarts_total") >= 1, "{metrics}");
     assert_eq!(http(&admin, "GET", "/readyz", &[], "").0, 200);
@@ -459,7 +283,7 @@ fn stuck_agent_is_restarted() {
 /// (the old key stops working), and the server restarts on the new key.
 #[test]
 fn keygen_and_storage_commands() {
-    let dir = temp_dir("storage");
+    let dir = temp_dir("e2e", "storage");
     let bin = env!("CARGO_BIN_EXE_mfp-server");
     let run = |args: &[&str]| Command::new(bin).args(args).output().unwrap();
     let (db, k1, k2) = (dir.join("s.db"), dir.join("k1"), dir.join("k2"));
@@ -474,7 +298,7 @@ fn keygen_and_storage_commands() {
             p(key)
         )
     };
-    let mut s = Server::start(&dir, &config(&k1));
+    let mut s = Server::start(&dir.join("config.yaml"), &config(&k1));
     s.find_or_wait("INFO mfp_server::server: ready");
     s.signal(rustix::process::Signal::TERM);
     assert!(s.wait_exit().success(), "{}", s.log());
@@ -496,36 +320,23 @@ fn keygen_and_storage_commands() {
     assert_eq!(run(&["storage", "check", "--db", &p(&db), "--key-file", &p(&k1)]).status.code(), Some(1));
     assert!(run(&["storage", "check", "--db", &p(&db), "--key-file", &p(&k2)]).status.success());
 
-    let mut s = Server::start(&dir, &config(&k2));
+    let s = Server::start(&dir.join("config.yaml"), &config(&k2));
     s.find_or_wait("runtime restored from storage");
     s.find_or_wait("channels_created=0");
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// Reads one HTTP request (head and Content-Length body) from a test webhook connection.
-fn read_request(c: &mut TcpStream) -> String {
-    c.set_read_timeout(Some(WAIT)).unwrap();
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        assert_eq!(c.read(&mut byte).unwrap(), 1, "connection closed mid-request");
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).to_string();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
-        .unwrap();
-    let mut body = vec![0u8; len];
-    c.read_exact(&mut body).unwrap();
-    format!("{head}{}", String::from_utf8_lossy(&body))
+/// One HTTP request (head and Content-Length body) from a test webhook connection.
+fn whole_request(c: &mut TcpStream) -> String {
+    let (head, body) = read_request(c).expect("connection closed mid-request");
+    format!("{head}{body}")
 }
 
 /// A webhook agent gets its messages by POST (a failed attempt is retried), and an
 /// oversized send to the HTTP endpoint is refused without harm; logs can be JSON.
 #[test]
 fn webhook_delivery_retry_and_body_limit() {
-    let dir = temp_dir("webhook");
+    let dir = temp_dir("e2e", "webhook");
     let hook = TcpListener::bind("127.0.0.1:0").unwrap();
     let hook_addr = hook.local_addr().unwrap();
     let token = "another-token-0123456789";
@@ -533,14 +344,14 @@ fn webhook_delivery_retry_and_body_limit() {
         "logging:\n  format: json\nadmin:\n  port: 0\nhttp:\n  port: 0\n  max_body_bytes: 1024\nagents:\n  - name: hook\n    type: webhook\n    url: \"http://{hook_addr}/in\"\n    token: \"{token}\"\n    retries: 2\n{}channels:\n  - agents: [client, hook]\n",
         subprocess("client", &[("MODE", "client"), ("TO", "hook"), ("COUNT", "1")]),
     );
-    let mut s = Server::start(&dir, &config);
+    let s = Server::start(&dir.join("config.yaml"), &config);
     // First attempt: answer 500; the retry: 200.
     let (mut c, _) = hook.accept().unwrap();
-    let first = read_request(&mut c);
+    let first = whole_request(&mut c);
     c.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
     drop(c);
     let (mut c, _) = hook.accept().unwrap();
-    let second = read_request(&mut c);
+    let second = whole_request(&mut c);
     c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
     drop(c);
     for req in [&first, &second] {
@@ -594,22 +405,22 @@ fn webhook_delivery_retry_and_body_limit() {
 /// error naming the variable, and nothing is started.
 #[test]
 fn master_key_from_the_environment() {
-    let dir = temp_dir("envkey");
+    let dir = temp_dir("e2e", "envkey");
     let config = format!(
         "storage:\n  path: \"{}\"\n  master_key_env: MFP_TEST_MASTER_KEY\nadmin:\n  port: 0\nagents:\n  - name: a\n    type: builtin\n    builtin: log\n",
         dir.join("e.db").display()
     );
     let key = "7f".repeat(32);
-    let mut s = Server::start_env(&dir, &config, &[], &[("MFP_TEST_MASTER_KEY", &key)]);
+    let mut s = Server::start_with(&dir.join("config.yaml"), &config, &[], &[("MFP_TEST_MASTER_KEY", &key)]);
     s.find_or_wait("INFO mfp_server::server: ready");
     s.signal(rustix::process::Signal::TERM);
     assert!(s.wait_exit().success(), "{}", s.log());
     drop(s);
     let other = "01".repeat(32);
-    let mut s = Server::start_env(&dir, &config, &[], &[("MFP_TEST_MASTER_KEY", &other)]);
+    let mut s = Server::start_with(&dir.join("config.yaml"), &config, &[], &[("MFP_TEST_MASTER_KEY", &other)]);
     assert_eq!(s.wait_exit().code(), Some(1), "{}", s.log());
     assert!(!s.log().contains(&other) && !s.log().contains(&key), "a key in the log");
-    let mut s = Server::start_env(&dir, &config, &[], &[]);
+    let mut s = Server::start(&dir.join("config.yaml"), &config);
     assert_eq!(s.wait_exit().code(), Some(1));
     assert!(s.log().contains("MFP_TEST_MASTER_KEY"), "{}", s.log());
     std::fs::remove_dir_all(&dir).ok();
@@ -619,7 +430,7 @@ fn master_key_from_the_environment() {
 /// the agent's stdout to its end before it lets go of the process.
 #[test]
 fn requests_written_just_before_exit_are_carried_out() {
-    let dir = temp_dir("last-words");
+    let dir = temp_dir("e2e", "last-words");
     let script = dir.join("burst.py");
     std::fs::write(
         &script,
@@ -634,19 +445,11 @@ fn requests_written_just_before_exit_are_carried_out() {
         "admin:\n  port: 0\nagents:\n  - name: sink\n    type: builtin\n    builtin: log\n  - name: burst\n    type: subprocess\n    command: [\"python3\", \"{}\"]\nchannels:\n  - agents: [burst, sink]\n",
         script.display()
     );
-    let mut s = Server::start(&dir, &config);
+    let mut s = Server::start(&dir.join("config.yaml"), &config);
     let admin = s.admin();
     s.find_or_wait("agent finished (exit status 0) agent=burst");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (status, body) = http(&admin, "GET", "/metrics", &[], "");
-        assert_eq!(status, 200);
-        if metric(&body, "mfp_messages_sent_total") == 300 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not every request of the exited agent was carried out:\n{body}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Every request of the exited agent is carried out.
+    metrics_until(&admin, |body| metric(body, "mfp_messages_sent_total") == 300);
     s.signal(rustix::process::Signal::TERM);
     assert!(s.wait_exit().success(), "{}", s.log());
     std::fs::remove_dir_all(&dir).ok();
@@ -693,9 +496,9 @@ fn deaf_pid(s: &mut Server) -> rustix::process::Pid {
 /// `redelivered`.
 #[test]
 fn unanswered_messages_survive_a_server_kill() {
-    let dir = temp_dir("durable-kill");
+    let dir = temp_dir("e2e", "durable-kill");
     let token = "test-token-0123456789";
-    let mut s = Server::start(&dir, &durable_config(&dir, token, "deaf", 10));
+    let mut s = Server::start(&dir.join("config.yaml"), &durable_config(&dir, token, "deaf", 10));
     s.find_or_wait("INFO mfp_server::server: ready");
     let deaf = deaf_pid(&mut s);
     for p in ["d0", "d1", "d2"] {
@@ -706,7 +509,7 @@ fn unanswered_messages_survive_a_server_kill() {
     // The agent lives in its own process group: the killed server could not stop it.
     let _ = rustix::process::kill_process(deaf, rustix::process::Signal::KILL);
 
-    let mut s = Server::start(&dir, &durable_config(&dir, token, "recorder", 10));
+    let s = Server::start(&dir.join("config.yaml"), &durable_config(&dir, token, "recorder", 10));
     for p in ["d0", "d1", "d2"] {
         let line = s.wait_for(&format!(" got {p}"));
         assert!(line.contains(&format!("got {p} redelivered")), "{line}\n{}", s.log());
@@ -719,9 +522,9 @@ fn unanswered_messages_survive_a_server_kill() {
 /// stays stored, and comes back after the restart, flagged `redelivered`.
 #[test]
 fn unanswered_message_survives_a_graceful_stop() {
-    let dir = temp_dir("durable-stop");
+    let dir = temp_dir("e2e", "durable-stop");
     let token = "test-token-0123456789";
-    let mut s = Server::start(&dir, &durable_config(&dir, token, "deaf", 1));
+    let mut s = Server::start(&dir.join("config.yaml"), &durable_config(&dir, token, "deaf", 1));
     s.find_or_wait("INFO mfp_server::server: ready");
     deaf_pid(&mut s);
     driver_send(&mut s, token, "g0");
@@ -731,7 +534,7 @@ fn unanswered_message_survives_a_graceful_stop() {
     assert!(status.success(), "{status:?}\n{}", s.log());
     assert!(s.log().contains("stay stored"), "{}", s.log());
 
-    let mut s = Server::start(&dir, &durable_config(&dir, token, "recorder", 1));
+    let mut s = Server::start(&dir.join("config.yaml"), &durable_config(&dir, token, "recorder", 1));
     for p in ["g0", "g1"] {
         let line = s.wait_for(&format!(" got {p}"));
         assert!(line.contains(&format!("got {p} redelivered")), "{line}\n{}", s.log());
@@ -739,7 +542,7 @@ fn unanswered_message_survives_a_graceful_stop() {
     // Answered now: a third start has nothing to deliver again.
     s.signal(rustix::process::Signal::TERM);
     assert!(s.wait_exit().success(), "{}", s.log());
-    let mut s = Server::start(&dir, &durable_config(&dir, token, "recorder", 1));
+    let mut s = Server::start(&dir.join("config.yaml"), &durable_config(&dir, token, "recorder", 1));
     s.find_or_wait("INFO mfp_server::server: ready");
     let id = driver_send(&mut s, token, "g2");
     assert_eq!(id.len(), 32);

@@ -6,193 +6,15 @@
 //! are stopped when a test ends, whatever happens.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod common;
 
-/// Longest any single wait in these tests may take.
-const WAIT: Duration = Duration::from_secs(60);
-const BIN: &str = env!("CARGO_BIN_EXE_mfp-server");
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::sync::mpsc::{Receiver, channel};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mfp-server-fed-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-struct Server {
-    child: Child,
-    lines: Receiver<String>,
-    all: Arc<Mutex<Vec<String>>>,
-    eof: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Server {
-    fn start(file: &Path, config: &str) -> Server {
-        std::fs::write(file, config).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(file)
-            .env_remove("MFP_LOG_LEVEL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = channel();
-        let all = Arc::new(Mutex::new(Vec::new()));
-        let all2 = Arc::clone(&all);
-        let stderr = child.stderr.take().unwrap();
-        let eof = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let eof2 = Arc::clone(&eof);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                all2.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-            eof2.store(true, std::sync::atomic::Ordering::Release);
-        });
-        Server { child, lines: rx, all, eof }
-    }
-
-    fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(needle) => return l,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("no log line with {needle:?} in {WAIT:?}; log:\n{}", self.log())
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("server ended before logging {needle:?}; log:\n{}", self.log())
-                }
-            }
-        }
-    }
-
-    fn find_or_wait(&mut self, needle: &str) -> String {
-        let seen = self.all.lock().unwrap().iter().find(|l| l.contains(needle)).cloned();
-        match seen {
-            Some(l) => l,
-            None => self.wait_for(needle),
-        }
-    }
-
-    fn log(&self) -> String {
-        self.all.lock().unwrap().join("\n")
-    }
-
-    /// The address logged as `addr=` on the first line containing `needle`.
-    fn addr(&mut self, needle: &str) -> String {
-        let line = self.find_or_wait(needle);
-        line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_string()
-    }
-
-    fn signal(&self, sig: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
-        rustix::process::kill_process(pid, sig).unwrap();
-    }
-
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                while !self.eof.load(std::sync::atomic::Ordering::Acquire) {
-                    assert!(Instant::now() < deadline, "the server's stderr did not end; log:\n{}", self.log());
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                return s;
-            }
-            assert!(Instant::now() < deadline, "server did not exit; log:\n{}", self.log());
-            // Polling a child's exit status: std offers no wait with a timeout.
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.signal(rustix::process::Signal::TERM);
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A minimal HTTP/1.1 request; returns (status, body).
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
-
-fn metric(body: &str, name: &str) -> u64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// Scrapes `/metrics` until `done` holds (bounded); returns the last body.
-fn metrics_until(admin: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (status, body) = http(admin, "GET", "/metrics", &[], "");
-        assert_eq!(status, 200);
-        if done(&body) {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "metrics never reached the expected values:\n{body}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Reads one HTTP request from a test webhook connection; returns its body.
-fn read_body(c: &mut TcpStream) -> Option<String> {
-    c.set_read_timeout(Some(WAIT)).unwrap();
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if c.read(&mut byte).ok()? != 1 {
-            return None;
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).to_string();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))?;
-    let mut body = vec![0u8; len];
-    c.read_exact(&mut body).ok()?;
-    Some(String::from_utf8_lossy(&body).to_string())
-}
+use common::*;
 
 /// A webhook receiver: every delivery's body goes to the returned channel (answered 200).
 fn hook() -> (String, Receiver<String>) {
@@ -202,7 +24,7 @@ fn hook() -> (String, Receiver<String>) {
     std::thread::spawn(move || {
         for c in l.incoming() {
             let Ok(mut c) = c else { return };
-            let Some(body) = read_body(&mut c) else { continue };
+            let Some((_, body)) = read_request(&mut c) else { continue };
             let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             if tx.send(body).is_err() {
                 return;
@@ -227,7 +49,7 @@ const TOKEN: &str = "federation-token-0123456789";
 /// configured channel to a's echo). Messages b → a are echoed a → b.
 #[test]
 fn two_servers_federate_with_a_configured_channel() {
-    let dir = temp_dir("two");
+    let dir = temp_dir("fed", "two");
     let (ka, kb) = (dir.join("a.key"), dir.join("b.key"));
     let (pa, pb) = (identity(&ka), identity(&kb));
     // `identity` prints the same public half; keygen never overwrites.
@@ -241,7 +63,7 @@ fn two_servers_federate_with_a_configured_channel() {
         dir.join("a.db").display(),
         ka.display()
     );
-    let mut a = Server::start(&dir.join("a.yaml"), &config_a);
+    let a = Server::start(&dir.join("a.yaml"), &config_a);
     a.find_or_wait("INFO mfp_server::server: ready");
     let a_admin = a.addr("admin listener bound");
     let a_fed = a.addr("federation listener bound");
@@ -315,7 +137,7 @@ fn two_servers_federate_with_a_configured_channel() {
     assert!(b.wait_exit().success(), "{}", b.log());
     assert!(b.log().contains("federation links closed"), "{}", b.log());
     drop(b);
-    let mut b = Server::start(&file_b, &config_b);
+    let b = Server::start(&file_b, &config_b);
     b.find_or_wait("federation channel restored from storage");
     b.find_or_wait("INFO mfp_server::server: ready");
     let b_http = b.addr("http listener bound");
@@ -358,7 +180,7 @@ fn check(dir: &Path, yaml: &str) -> (Option<i32>, String) {
 /// Every federation setting refuses a bad value with its line and column.
 #[test]
 fn federation_config_errors_have_locations() {
-    let dir = temp_dir("cfg");
+    let dir = temp_dir("fed", "cfg");
     let key = dir.join("id.key");
     let public = identity(&key);
     let k = key.display().to_string();
@@ -458,14 +280,14 @@ fn federation_config_errors_have_locations() {
 /// handshake, no link is up on either side, and both servers stay ready.
 #[test]
 fn a_wrongly_pinned_peer_gets_no_link() {
-    let dir = temp_dir("wrongkey");
+    let dir = temp_dir("fed", "wrongkey");
     let (ka, kb, kx) = (dir.join("a.key"), dir.join("b.key"), dir.join("x.key"));
     let (_pa, pb, px) = (identity(&ka), identity(&kb), identity(&kx));
     let config_a = format!(
         "runtime:\n  deployment_id: fedtest\n  instance_id: a\nadmin:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\nfederation:\n  listen: \"127.0.0.1:0\"\n  identity_key: \"{}\"\n  peers:\n    - runtime_id: fedtest/b\n      public_key: \"{pb}\"\n",
         ka.display()
     );
-    let mut a = Server::start(&dir.join("a.yaml"), &config_a);
+    let a = Server::start(&dir.join("a.yaml"), &config_a);
     a.find_or_wait("INFO mfp_server::server: ready");
     let a_admin = a.addr("admin listener bound");
     let a_fed = a.addr("federation listener bound");
@@ -474,7 +296,7 @@ fn a_wrongly_pinned_peer_gets_no_link() {
         "runtime:\n  deployment_id: fedtest\n  instance_id: b\nadmin:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\nfederation:\n  identity_key: \"{}\"\n  peers:\n    - runtime_id: fedtest/a\n      endpoint: \"{a_fed}\"\n      public_key: \"{px}\"\n  channels:\n    - agent: echo\n      peer: fedtest/a\n      remote_agent: echo\n",
         kb.display()
     );
-    let mut b = Server::start(&dir.join("b.yaml"), &config_b);
+    let b = Server::start(&dir.join("b.yaml"), &config_b);
     b.find_or_wait("INFO mfp_server::server: ready");
     let b_admin = b.addr("admin listener bound");
     let ma = metrics_until(&a_admin, |m| metric(m, "mfp_federation_handshake_failures_total") >= 1);
@@ -497,7 +319,7 @@ fn a_wrongly_pinned_peer_gets_no_link() {
 /// start, and says which file and why (no key material).
 #[test]
 fn an_encrypted_identity_key_is_loaded_with_the_storage_master_key() {
-    let dir = temp_dir("sealed");
+    let dir = temp_dir("fed", "sealed");
     let (m, other) = (dir.join("master.key"), dir.join("other.key"));
     for k in [&m, &other] {
         let out = Command::new(BIN).args(["keygen", "--out"]).arg(k).output().unwrap();
@@ -558,7 +380,7 @@ fn an_encrypted_identity_key_is_loaded_with_the_storage_master_key() {
             ka.display()
         )
     };
-    let mut a = Server::start(&dir.join("a.yaml"), &config_a(&m, "a.db"));
+    let a = Server::start(&dir.join("a.yaml"), &config_a(&m, "a.db"));
     a.find_or_wait("INFO mfp_server::server: ready");
     assert!(a.find_or_wait("federation identity").contains(&pa), "{}", a.log());
     let a_admin = a.addr("admin listener bound");
@@ -568,7 +390,7 @@ fn an_encrypted_identity_key_is_loaded_with_the_storage_master_key() {
         "runtime:\n  deployment_id: fedtest\n  instance_id: b\nadmin:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\nfederation:\n  identity_key: \"{}\"\n  peers:\n    - runtime_id: fedtest/a\n      endpoint: \"{a_fed}\"\n      public_key: \"{pa}\"\n",
         kb.display()
     );
-    let mut b = Server::start(&dir.join("b.yaml"), &config_b);
+    let b = Server::start(&dir.join("b.yaml"), &config_b);
     b.find_or_wait("INFO mfp_server::server: ready");
     let ma = metrics_until(&a_admin, |m| metric(m, "mfp_federation_links_up") == 1);
     assert_eq!(metric(&ma, "mfp_federation_handshake_failures_total"), 0, "{ma}");
@@ -594,7 +416,7 @@ fn an_encrypted_identity_key_is_loaded_with_the_storage_master_key() {
 /// start with a clear error.
 #[test]
 fn a_pymfp_compat_peer_is_set_up_and_warned_about() {
-    let dir = temp_dir("compat");
+    let dir = temp_dir("fed", "compat");
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let channel_id = "0123456789abcdef0123456789abcdef";
     let remote_agent = "ab".repeat(32);
@@ -642,7 +464,7 @@ fn a_pymfp_compat_peer_is_set_up_and_warned_about() {
 /// back from a's echo and b stops by itself.
 #[test]
 fn the_example_pair_runs() {
-    let dir = temp_dir("example");
+    let dir = temp_dir("fed", "example");
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/server");
     let (ka, kb) = (dir.join("a.key"), dir.join("b.key"));
     let (pa, pb) = (identity(&ka), identity(&kb));
@@ -652,7 +474,7 @@ fn the_example_pair_runs() {
         .replace("../../target/mfp-fed/a.key", &ka.display().to_string())
         .replace("../../target/mfp-fed/a.db", &dir.join("a.db").display().to_string())
         .replace("127.0.0.1:9880", "127.0.0.1:0");
-    let mut a = Server::start(&dir.join("a.yaml"), &a_yaml);
+    let a = Server::start(&dir.join("a.yaml"), &a_yaml);
     a.find_or_wait("INFO mfp_server::server: ready");
     let a_fed = a.addr("federation listener bound");
     let b_yaml = read("federation-b.yaml")

@@ -5,30 +5,20 @@
 //! Every wait is bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use rmcp::model::{CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation};
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Value, json};
 
-/// Longest any single wait in these tests may take.
-const WAIT: Duration = Duration::from_secs(60);
+use common::*;
+
 const TOKEN: &str = "claude-token-0123456789abcdef";
 const OTHER_TOKEN: &str = "other-token-0123456789abcdef";
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mfp-server-mcp-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Two mcp agents (`claude`, `other`), an echo agent, a channel claude–echo.
 fn config(dir: &Path) -> PathBuf {
@@ -40,95 +30,18 @@ fn config(dir: &Path) -> PathBuf {
     file
 }
 
-/// The server (`run`), killed with SIGTERM (then SIGKILL) when dropped.
-struct Server {
-    child: Child,
-    lines: Receiver<String>,
-    all: Arc<Mutex<Vec<String>>>,
+/// The MCP listener's address, from its log line.
+fn mcp_addr(server: &Server) -> String {
+    server.addr("mcp listener bound")
 }
 
-impl Server {
-    fn start(file: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mfp-server"))
-            .args(["run", "--config"])
-            .arg(file)
-            .env_remove("MFP_LOG_LEVEL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = channel();
-        let all = Arc::new(Mutex::new(Vec::new()));
-        let all2 = Arc::clone(&all);
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                all2.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        Server { child, lines: rx, all }
-    }
-
-    fn wait_for(&self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) if l.contains(needle) => return l,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                    panic!("no log line with {needle:?}; log:\n{}", self.log())
-                }
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        self.all.lock().unwrap().join("\n")
-    }
-
-    /// The MCP listener's address, from its log line.
-    fn mcp_addr(&self) -> String {
-        let line = self.wait_for("mcp listener bound");
-        line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_string()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                // Polling a child's exit status: std offers no wait with a timeout.
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A minimal HTTP/1.1 POST; returns the status.
+/// A minimal HTTP/1.1 POST of a JSON-RPC body to an MCP endpoint; returns the status.
 fn post_status(addr: &str, path: &str, auth: Option<&str>, body: &str) -> u16 {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut headers = vec![("Content-Type", "application/json"), ("Accept", "application/json, text/event-stream")];
     if let Some(a) = auth {
-        req.push_str(&format!("Authorization: {a}\r\n"));
+        headers.push(("Authorization", a));
     }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.split_whitespace().nth(1).unwrap().parse().unwrap()
+    http(addr, "POST", path, &headers, body).0
 }
 
 /// The client side: counts `notifications/resources/updated`.
@@ -269,9 +182,9 @@ async fn rmcp_client_over_http() {
     use rmcp::transport::StreamableHttpClientTransport;
     use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 
-    let dir = temp_dir("http");
-    let server = Server::start(&config(&dir));
-    let addr = server.mcp_addr();
+    let dir = temp_dir("mcp", "http");
+    let server = Server::run(&config(&dir), &[], &[]);
+    let addr = mcp_addr(&server);
     let url = format!("http://{addr}/mcp/claude");
 
     // Wrong, missing or another agent's token: 401, nothing reachable.
@@ -305,16 +218,7 @@ async fn rmcp_client_over_http() {
     flow(&client, &mut notes).await;
 
     // The other agent's channel, learnt from the other agent: claude cannot use it.
-    let (h2, _) = client_handler();
-    let other = tokio::time::timeout(
-        WAIT,
-        h2.serve(StreamableHttpClientTransport::from_config(
-            StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp/other")).auth_header(OTHER_TOKEN),
-        )),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let (other, _) = http_client(&addr, "other", OTHER_TOKEN).await;
     let theirs = ok(&other, "mfp_channels", json!({})).await;
     let their_channel = theirs["channels"][0]["channel"].as_str().unwrap().to_string();
     let code = tool_error(&client, "mfp_send", json!({"channel": their_channel, "text": "x"})).await;
@@ -328,16 +232,7 @@ async fn rmcp_client_over_http() {
     ok(&client, "mfp_send", json!({"to": "echo", "text": "while away"})).await;
     tokio::time::timeout(WAIT, notes.recv()).await.expect("no inbox notification").unwrap();
     let _ = client.cancel().await;
-    let (h3, mut notes) = client_handler();
-    let client = tokio::time::timeout(
-        WAIT,
-        h3.serve(StreamableHttpClientTransport::from_config(
-            StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp/claude")).auth_header(TOKEN),
-        )),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let (client, mut notes) = http_client(&addr, "claude", TOKEN).await;
     let got = ok(&client, "mfp_receive", json!({})).await;
     assert_eq!(got["messages"][0]["text"], "while away", "{got}");
 
@@ -348,8 +243,7 @@ async fn rmcp_client_over_http() {
     ok(&client, "mfp_send", json!({"to": "echo", "text": "left behind"})).await;
     tokio::time::timeout(WAIT, notes.recv()).await.expect("no inbox notification").unwrap();
     let _ = client.cancel().await;
-    let pid = rustix::process::Pid::from_raw(i32::try_from(server.child.id()).unwrap()).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    server.signal(rustix::process::Signal::TERM);
     server.wait_for("stopped");
     let log = server.log();
     assert!(log.contains("messages=1") && log.contains("inboxes are lost"), "{log}");
@@ -361,9 +255,9 @@ async fn rmcp_client_over_http() {
 async fn rmcp_client_over_stdio() {
     use rmcp::transport::TokioChildProcess;
 
-    let dir = temp_dir("stdio");
+    let dir = temp_dir("mcp", "stdio");
     let file = config(&dir);
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mfp-server"));
+    let mut cmd = tokio::process::Command::new(BIN);
     cmd.args(["mcp", "--agent", "claude", "--config"]).arg(&file).env_remove("MFP_LOG_LEVEL");
     let (transport, _stderr) = TokioChildProcess::builder(cmd).stderr(Stdio::null()).spawn().unwrap();
     let (h, mut notes) = client_handler();
@@ -374,9 +268,9 @@ async fn rmcp_client_over_stdio() {
 
 #[test]
 fn stdio_refuses_an_agent_that_is_not_mcp() {
-    let dir = temp_dir("notmcp");
+    let dir = temp_dir("mcp", "notmcp");
     let file = config(&dir);
-    let out = Command::new(env!("CARGO_BIN_EXE_mfp-server"))
+    let out = Command::new(BIN)
         .args(["mcp", "--agent", "echo", "--config"])
         .arg(&file)
         .stdin(Stdio::null())
@@ -392,13 +286,13 @@ fn stdio_refuses_an_agent_that_is_not_mcp() {
 /// the storage lock refuses it, clearly, and the server is unaffected.
 #[test]
 fn stdio_refuses_a_database_in_use() {
-    let dir = temp_dir("lock");
+    let dir = temp_dir("mcp", "lock");
     let file = config(&dir);
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, format!("storage:\n  path: {}\n{text}", dir.join("mfp.db").display())).unwrap();
-    let server = Server::start(&file);
+    let server = Server::run(&file, &[], &[]);
     server.wait_for("ready");
-    let out = Command::new(env!("CARGO_BIN_EXE_mfp-server"))
+    let out = Command::new(BIN)
         .args(["mcp", "--agent", "claude", "--config"])
         .arg(&file)
         .stdin(Stdio::null())
@@ -408,25 +302,17 @@ fn stdio_refuses_a_database_in_use() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("mfp.db") && err.contains("in use") && err.contains("/mcp/<agent>"), "{err}");
     assert!(out.stdout.is_empty(), "stdout carries only MCP");
-    let addr = server.mcp_addr_seen();
+    let addr = mcp_addr(&server);
     assert_eq!(post_status(&addr, "/mcp/claude", None, "{}"), 401, "the server stopped serving");
 }
 
-impl Server {
-    /// The MCP address from a log line already seen.
-    fn mcp_addr_seen(&self) -> String {
-        let all = self.log();
-        let line = all.lines().find(|l| l.contains("mcp listener bound")).unwrap().to_string();
-        line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_string()
-    }
-}
-
-async fn http_client(addr: &str) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+/// rmcp's client on `agent`'s Streamable HTTP endpoint at `addr`, initialised with `token`.
+async fn http_client(addr: &str, agent: &str, token: &str) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
     use rmcp::transport::StreamableHttpClientTransport;
     use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
     let (h, notes) = client_handler();
     let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp/claude")).auth_header(TOKEN),
+        StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp/{agent}")).auth_header(token),
     );
     (tokio::time::timeout(WAIT, h.serve(transport)).await.unwrap().unwrap(), notes)
 }
@@ -436,26 +322,25 @@ async fn http_client(addr: &str) -> (Client, tokio::sync::mpsc::UnboundedReceive
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_not_taken_survives_a_restart() {
-    let dir = temp_dir("durable");
+    let dir = temp_dir("mcp", "durable");
     let file = config(&dir);
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, format!("storage:\n  path: {}\n{text}", dir.join("mfp.db").display())).unwrap();
 
-    let server = Server::start(&file);
-    let (client, mut notes) = http_client(&server.mcp_addr()).await;
+    let server = Server::run(&file, &[], &[]);
+    let (client, mut notes) = http_client(&mcp_addr(&server), "claude", TOKEN).await;
     #[allow(deprecated)]
     client.subscribe(rmcp::model::SubscribeRequestParams::new("mfp://inbox")).await.unwrap();
     let receipt = ok(&client, "mfp_send", json!({"to": "echo", "text": "keep me"})).await;
     tokio::time::timeout(WAIT, notes.recv()).await.expect("no inbox notification").unwrap();
     let _ = client.cancel().await;
-    let pid = rustix::process::Pid::from_raw(i32::try_from(server.child.id()).unwrap()).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    server.signal(rustix::process::Signal::TERM);
     server.wait_for("stopped");
     assert!(server.log().contains("stay stored"), "{}", server.log());
     drop(server);
 
-    let server = Server::start(&file);
-    let (client, _) = http_client(&server.mcp_addr()).await;
+    let server = Server::run(&file, &[], &[]);
+    let (client, _) = http_client(&mcp_addr(&server), "claude", TOKEN).await;
     let got = ok(&client, "mfp_receive", json!({"wait_seconds": 30})).await;
     let msgs = got["messages"].as_array().unwrap();
     assert_eq!(msgs.len(), 1, "{got}");
@@ -466,8 +351,8 @@ async fn a_message_not_taken_survives_a_restart() {
     drop(server);
 
     // Taken: a third start has nothing for the host.
-    let server = Server::start(&file);
-    let (client, _) = http_client(&server.mcp_addr()).await;
+    let server = Server::run(&file, &[], &[]);
+    let (client, _) = http_client(&mcp_addr(&server), "claude", TOKEN).await;
     let got = ok(&client, "mfp_receive", json!({"wait_seconds": 1})).await;
     assert_eq!(got["messages"], json!([]), "returned twice: {got}");
     let _ = client.cancel().await;

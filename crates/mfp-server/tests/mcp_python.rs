@@ -5,62 +5,28 @@
 //! 127.0.0.1 only.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::channel;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::{Server, temp_dir};
 
 /// The SDK version the script is written against.
 const MCP_SDK: &str = "2.3.0";
 /// Longest the script may run.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target")
-}
-
-/// `target/mcp-venv/bin/python` with the MCP SDK, creating the venv if needed. Tests run
-/// in parallel processes: each builds in its own temporary directory and renames it into
-/// place; the first rename wins, the others use it (a venv built in place could be seen
-/// half-made by another process).
+/// `target/mcp-venv/bin/python` with the MCP SDK, installed from PyPI if needed.
 fn mcp_python() -> PathBuf {
-    let venv = target_dir().join("mcp-venv");
-    let python = venv.join("bin/python");
-    let ok = |py: &Path| {
-        Command::new(py)
-            .args(["-c", &format!("import importlib.metadata as m, sys; import mcp; sys.exit(0 if m.version('mcp') == '{MCP_SDK}' else 1)")])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if ok(&python) {
-        return python;
-    }
-    let tmp = target_dir().join(format!("mcp-venv.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let status = Command::new("python3").args(["-m", "venv"]).arg(&tmp).status().expect("python3 is needed");
-    assert!(status.success(), "python3 -m venv {} failed", tmp.display());
-    let status = Command::new(tmp.join("bin/python"))
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", &format!("mcp=={MCP_SDK}")])
-        .status()
-        .expect("pip");
-    assert!(status.success(), "pip install mcp=={MCP_SDK} failed (network? see pip's output above)");
-    if !ok(&python) {
-        // A broken venv from an interrupted run is in the way: replace it.
-        let _ = std::fs::remove_dir_all(&venv);
-    }
-    if std::fs::rename(&tmp, &venv).is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    assert!(ok(&python), "mcp {MCP_SDK} not importable after installation");
-    python
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mfp-server-mcp-py-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    mfp_testkit::PythonVenv::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"), "mcp-venv")
+        .package(&format!("mcp=={MCP_SDK}"))
+        .check(&format!(
+            "import importlib.metadata as m, sys; import mcp; sys.exit(0 if m.version('mcp') == '{MCP_SDK}' else 1)"
+        ))
+        .python()
 }
 
 const TOKEN: &str = "python-token-0123456789abcdef";
@@ -113,61 +79,18 @@ fn assert_flow(out: &Output) {
 
 #[test]
 fn python_sdk_over_stdio() {
-    let dir = temp_dir("stdio");
+    let dir = temp_dir("mcp-py", "stdio");
     let file = config(&dir);
     let out = script(&["stdio", env!("CARGO_BIN_EXE_mfp-server"), file.to_str().unwrap(), "claude"]);
     assert_flow(&out);
 }
 
-/// The server, stopped with SIGTERM (then SIGKILL) when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(p) = rustix::process::Pid::from_raw(i32::try_from(self.0.id()).unwrap()) {
-            let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
-            // Polling a child's exit status: std offers no wait with a timeout.
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn python_sdk_over_http() {
-    let dir = temp_dir("http");
+    let dir = temp_dir("mcp-py", "http");
     let file = config(&dir);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mfp-server"))
-        .args(["run", "--config"])
-        .arg(&file)
-        .env_remove("MFP_LOG_LEVEL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let _server = Server(child);
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let addr = loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("no mcp listener line");
-        if line.contains("mcp listener bound") {
-            break line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let server = Server::run(&file, &[], &[]);
+    let addr = server.addr("mcp listener bound");
     let url = format!("http://{addr}/mcp/claude");
     let out = script(&["http", &url, TOKEN]);
     assert_flow(&out);

@@ -20,44 +20,12 @@ const PYMFP_MASTER: [u8; 32] = [
     0xc8, 0x67, 0xf0, 0x3b, 0x8e, 0x21, 0xd9, 0x74, 0x06, 0xbb, 0x4c, 0xe5, 0x90,
 ];
 
-/// The workspace's target dir (from CARGO_MANIFEST_DIR).
-fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target")
-}
-
-/// `target/pymfp-venv/bin/python`, creating the venv and installing pymfp 1.0.0 if needed.
-/// Tests run in parallel processes: each builds in its own temporary directory and renames
-/// it into place; the first rename wins, the others use it.
+/// `target/pymfp-venv/bin/python`, with pymfp 1.0.0 installed from PyPI if needed.
 fn pymfp_python() -> PathBuf {
-    let venv = target_dir().join("pymfp-venv");
-    let python = venv.join("bin/python");
-    let ok = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import mfp, sys; sys.exit(0 if mfp.__version__ == '1.0.0' else 1)"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if ok(&python) {
-        return python;
-    }
-    let tmp = target_dir().join(format!("pymfp-venv.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let status = Command::new("python3").args(["-m", "venv"]).arg(&tmp).status().expect("python3 is needed");
-    assert!(status.success(), "python3 -m venv failed");
-    let status = Command::new(tmp.join("bin/python"))
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "pymfp==1.0.0"])
-        .status()
-        .expect("pip");
-    assert!(status.success(), "pip install pymfp==1.0.0 failed");
-    if !ok(&python) {
-        // A broken venv from an interrupted run is in the way: replace it.
-        let _ = std::fs::remove_dir_all(&venv);
-    }
-    if std::fs::rename(&tmp, &venv).is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    assert!(ok(&python), "pymfp 1.0.0 not importable after installation");
-    python
+    mfp_testkit::PythonVenv::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"), "pymfp-venv")
+        .package("pymfp==1.0.0")
+        .check("import mfp, sys; sys.exit(0 if mfp.__version__ == '1.0.0' else 1)")
+        .python()
 }
 
 fn hexv(v: &Value) -> Vec<u8> {

@@ -20,42 +20,14 @@ pub const CHANNEL: [u8; 16] = *b"interop-channel!";
 pub const DEPTH: usize = 4;
 pub const RUST_AGENT: [u8; 32] = [0x5a; 32];
 
-// ---- pymfp in a venv (the same steps as mfp-storage's pymfp import test) ---------------
+// ---- pymfp in a venv ---------------------------------------------------------------------
 
-pub fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target")
-}
-
-pub fn pymfp_ok(python: &Path) -> bool {
-    Command::new(python)
-        .args(["-c", "import mfp, sys; sys.exit(0 if mfp.__version__ == '1.0.0' else 1)"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// `target/pymfp-venv-compat/bin/python`, creating the venv and installing pymfp 1.0.0 from
-/// PyPI if needed. Tests run in parallel processes: each builds in its own temporary
-/// directory and renames it into place; the first rename wins, the others use it.
+/// `target/pymfp-venv-compat/bin/python`, with pymfp 1.0.0 installed from PyPI if needed.
 pub fn pymfp_python() -> PathBuf {
-    let venv = target_dir().join("pymfp-venv-compat");
-    let python = venv.join("bin/python");
-    if pymfp_ok(&python) {
-        return python;
-    }
-    let tmp = target_dir().join(format!("pymfp-venv-compat.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let status = Command::new("python3").args(["-m", "venv"]).arg(&tmp).status().expect("python3 is needed");
-    assert!(status.success(), "python3 -m venv failed");
-    let status = Command::new(tmp.join("bin/python"))
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "pymfp==1.0.0"])
-        .status()
-        .expect("pip");
-    assert!(status.success(), "pip install pymfp==1.0.0 failed");
-    if std::fs::rename(&tmp, &venv).is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    assert!(pymfp_ok(&python), "pymfp 1.0.0 not importable after installation");
-    python
+    mfp_testkit::PythonVenv::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"), "pymfp-venv-compat")
+        .package("pymfp==1.0.0")
+        .check("import mfp, sys; sys.exit(0 if mfp.__version__ == '1.0.0' else 1)")
+        .python()
 }
 
 // ---- the two sides ----------------------------------------------------------------------
