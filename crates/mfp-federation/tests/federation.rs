@@ -5,63 +5,21 @@
 use std::time::Duration;
 
 use mfp_core::RuntimeId;
-use mfp_core::testing::SplitMix64;
-use mfp_federation::IdentityKey;
 use mfp_federation::control::{RefuseReason, Target};
-use mfp_federation::federation::{AcceptPolicy, FederatedPeer, Federation, FederationConfig, FederationError};
-use mfp_federation::net::{NetConfig, PeerConfig, SharedEntropy};
-use mfp_federation::session::SessionConfig;
+use mfp_federation::federation::{AcceptPolicy, Federation, FederationConfig, FederationError};
 use mfp_runtime::storage::{MemoryStorage, Storage};
-use mfp_runtime::{AgentHandle, ChannelId, DeliveredMessage, Runtime, RuntimeConfig};
-use tokio::sync::mpsc;
+use mfp_runtime::{AgentHandle, ChannelId, Runtime, RuntimeConfig};
 
-const BOUND: Duration = Duration::from_secs(15);
+mod fed_support;
 
-struct Node {
-    name: &'static [u8],
-    seed: u64,
-}
+use fed_support::{BOUND, Node, net as net_on, recorder, recv_n};
 
-impl Node {
-    fn runtime_id(&self) -> RuntimeId {
-        RuntimeId::derive(b"federation-tests", self.name)
-    }
-    fn key(&self) -> IdentityKey {
-        IdentityKey::generate(&mut SplitMix64(self.seed)).unwrap()
-    }
-    fn config(&self) -> RuntimeConfig {
-        RuntimeConfig {
-            deployment_id: b"federation-tests".to_vec(),
-            instance_id: self.name.to_vec(),
-            pipeline_timeout: Duration::from_secs(5),
-            ..RuntimeConfig::default()
-        }
-    }
-    fn peer(&self, endpoint: Option<std::net::SocketAddr>) -> FederatedPeer {
-        FederatedPeer::new(PeerConfig {
-            runtime: self.runtime_id(),
-            endpoint: endpoint.map(|a| a.to_string()),
-            key: self.key().public(),
-        })
-    }
-}
+const A: Node = Node { deployment: b"federation-tests", name: b"a", seed: 21 };
+const B: Node = Node { deployment: b"federation-tests", name: b"b", seed: 22 };
 
-const A: Node = Node { name: b"a", seed: 21 };
-const B: Node = Node { name: b"b", seed: 22 };
-
-fn net(seed: u64) -> NetConfig {
-    let mut c = NetConfig::default();
-    c.listen = Some("127.0.0.1:0".parse().unwrap());
-    c.session = SessionConfig {
-        keepalive: Duration::from_millis(200),
-        idle_timeout: Duration::from_secs(2),
-        ..SessionConfig::default()
-    };
-    c.dial_backoff_initial = Duration::from_millis(20);
-    c.dial_backoff_max = Duration::from_millis(200);
-    c.shutdown_timeout = Duration::from_secs(1);
-    c.entropy = SharedEntropy::new(SplitMix64(seed));
-    c
+/// Every runtime here listens.
+fn net(seed: u64) -> mfp_federation::net::NetConfig {
+    net_on(seed, true)
 }
 
 fn runtime(node: &Node, storage: Option<MemoryStorage>) -> Runtime {
@@ -70,24 +28,6 @@ fn runtime(node: &Node, storage: Option<MemoryStorage>) -> Runtime {
         b = b.storage(s);
     }
     b.build().unwrap()
-}
-
-fn recorder()
--> (impl Fn(&AgentHandle, DeliveredMessage) + Send + Sync + 'static, mpsc::UnboundedReceiver<DeliveredMessage>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (move |_: &AgentHandle, m| drop(tx.send(m)), rx)
-}
-
-async fn recv_n(rx: &mut mpsc::UnboundedReceiver<DeliveredMessage>, n: usize) -> Vec<DeliveredMessage> {
-    let mut out = Vec::with_capacity(n);
-    tokio::time::timeout(BOUND, async {
-        while out.len() < n {
-            out.push(rx.recv().await.expect("handler gone"));
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("received {} of {n} messages", out.len()));
-    out
 }
 
 /// Waits until `rt` has every message of `channel` acknowledged by the peer.

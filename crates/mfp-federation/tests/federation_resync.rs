@@ -17,13 +17,15 @@ use mfp_core::testing::SplitMix64;
 use mfp_core::{AgentId, ChannelId, RuntimeId};
 use mfp_federation::control::Target;
 use mfp_federation::federation::{FederatedPeer, Federation, FederationConfig};
-use mfp_federation::net::{NetConfig, NetEvent, Network, PeerConfig, PeerHandle, SharedEntropy};
-use mfp_federation::session::{Event, SessionConfig};
+use mfp_federation::net::{NetEvent, Network, PeerConfig, PeerHandle};
+use mfp_federation::session::Event;
 use mfp_federation::{IdentityKey, channel_chains};
 use mfp_runtime::{AgentHandle, ChannelStatus, DeliveredMessage, Runtime, RuntimeConfig};
 use tokio::sync::mpsc;
 
-const BOUND: Duration = Duration::from_secs(15);
+mod fed_support;
+
+use fed_support::{BOUND, net};
 const DEPTH: usize = 4;
 
 fn runtime_id(name: &[u8]) -> RuntimeId {
@@ -32,23 +34,6 @@ fn runtime_id(name: &[u8]) -> RuntimeId {
 
 fn key(seed: u64) -> IdentityKey {
     IdentityKey::generate(&mut SplitMix64(seed)).unwrap()
-}
-
-fn net(seed: u64, listen: bool) -> NetConfig {
-    let mut c = NetConfig::default();
-    if listen {
-        c.listen = Some("127.0.0.1:0".parse().unwrap());
-    }
-    c.session = SessionConfig {
-        keepalive: Duration::from_millis(200),
-        idle_timeout: Duration::from_secs(2),
-        ..SessionConfig::default()
-    };
-    c.dial_backoff_initial = Duration::from_millis(20);
-    c.dial_backoff_max = Duration::from_millis(200);
-    c.shutdown_timeout = Duration::from_secs(1);
-    c.entropy = SharedEntropy::new(SplitMix64(seed));
-    c
 }
 
 /// The next session event of the test's network that `pick` accepts (others skipped).

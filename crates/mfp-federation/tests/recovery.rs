@@ -7,61 +7,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mfp_core::RuntimeId;
-use mfp_core::testing::SplitMix64;
-use mfp_federation::IdentityKey;
 use mfp_federation::control::Target;
-use mfp_federation::federation::{FederatedPeer, Federation, FederationConfig, FederationError};
-use mfp_federation::net::{NetConfig, PeerConfig, SharedEntropy};
-use mfp_federation::session::SessionConfig;
+use mfp_federation::federation::{Federation, FederationConfig, FederationError};
 use mfp_runtime::audit::{AuditEvent, AuditEventType, AuditSink};
 use mfp_runtime::storage::{MemoryStorage, Storage, StorageOp};
-use mfp_runtime::{AgentHandle, ChannelId, ChannelStatus, DeliveredMessage, ManualClock, Runtime, RuntimeConfig};
+use mfp_runtime::{AgentHandle, ChannelId, ChannelStatus, DeliveredMessage, ManualClock, Runtime};
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
 
-const BOUND: Duration = Duration::from_secs(15);
+mod fed_support;
 
-struct Node {
-    name: &'static [u8],
-    seed: u64,
-}
+use fed_support::{BOUND, Inbox, Node, net, recorder, recv_n, until};
 
-impl Node {
-    fn runtime_id(&self) -> RuntimeId {
-        RuntimeId::derive(b"recovery-tests", self.name)
-    }
-    fn key(&self) -> IdentityKey {
-        IdentityKey::generate(&mut SplitMix64(self.seed)).unwrap()
-    }
-    fn peer(&self, endpoint: Option<std::net::SocketAddr>) -> FederatedPeer {
-        FederatedPeer::new(PeerConfig {
-            runtime: self.runtime_id(),
-            endpoint: endpoint.map(|a| a.to_string()),
-            key: self.key().public(),
-        })
-    }
-}
-
-const A: Node = Node { name: b"a", seed: 31 };
-const B: Node = Node { name: b"b", seed: 32 };
-
-fn net(seed: u64, listen: bool) -> NetConfig {
-    let mut c = NetConfig::default();
-    if listen {
-        c.listen = Some("127.0.0.1:0".parse().unwrap());
-    }
-    c.session = SessionConfig {
-        keepalive: Duration::from_millis(200),
-        idle_timeout: Duration::from_secs(2),
-        ..SessionConfig::default()
-    };
-    c.dial_backoff_initial = Duration::from_millis(20);
-    c.dial_backoff_max = Duration::from_millis(200);
-    c.shutdown_timeout = Duration::from_secs(1);
-    c.entropy = SharedEntropy::new(SplitMix64(seed));
-    c
-}
+const A: Node = Node { deployment: b"recovery-tests", name: b"a", seed: 31 };
+const B: Node = Node { deployment: b"recovery-tests", name: b"b", seed: 32 };
 
 /// Audit events, kept.
 #[derive(Clone, Default)]
@@ -85,48 +43,12 @@ impl Audit {
 }
 
 fn runtime(node: &Node, storage: Option<MemoryStorage>, audit: &Audit) -> Runtime {
-    let mut b = Runtime::builder(RuntimeConfig {
-        deployment_id: b"recovery-tests".to_vec(),
-        instance_id: node.name.to_vec(),
-        pipeline_timeout: Duration::from_secs(5),
-        ..RuntimeConfig::default()
-    })
-    .tokio_handle(tokio::runtime::Handle::current())
-    .audit_sink(audit.clone());
+    let mut b =
+        Runtime::builder(node.config()).tokio_handle(tokio::runtime::Handle::current()).audit_sink(audit.clone());
     if let Some(s) = storage {
         b = b.storage(s);
     }
     b.build().unwrap()
-}
-
-type Inbox = mpsc::UnboundedReceiver<DeliveredMessage>;
-
-fn recorder() -> (impl Fn(&AgentHandle, DeliveredMessage) + Send + Sync + 'static, Inbox) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (move |_: &AgentHandle, m| drop(tx.send(m)), rx)
-}
-
-async fn recv_n(rx: &mut Inbox, n: usize) -> Vec<DeliveredMessage> {
-    let mut out = Vec::with_capacity(n);
-    tokio::time::timeout(BOUND, async {
-        while out.len() < n {
-            out.push(rx.recv().await.expect("handler gone"));
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("received {} of {n} messages", out.len()));
-    out
-}
-
-/// Waits (bounded) until `cond` holds, polling.
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    tokio::time::timeout(BOUND, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{what}: not in time"));
 }
 
 fn position(rt: &Runtime, peer: &Node, ch: ChannelId) -> mfp_runtime::remote::RemotePosition {
@@ -295,9 +217,12 @@ async fn corrupted(store_a: &MemoryStorage, store_b: &MemoryStorage) -> Corrupte
 
     let (rt_a, fed_a, alice, inbox_a, audit_a) = restart_a(store_a, p.fed_b.local_addr()).await;
     let ch = p.ch;
+    // Suspended, and the audit events written (they follow the status change).
     until("both sides suspended", || {
         rt_a.channel_info(&ch).unwrap().status == ChannelStatus::Quarantined
             && p.rt_b.channel_info(&ch).unwrap().status == ChannelStatus::Quarantined
+            && !audit_a.quarantines(ch).is_empty()
+            && !p.audit_b.quarantines(ch).is_empty()
     })
     .await;
     let Pair { rt_b, fed_b, bob, inbox_b, audit_b, .. } = p;
@@ -346,6 +271,12 @@ async fn a_reset_reseeds_both_chains_at_step_zero_and_messages_flow_again() {
     let mut c = corrupted(&store_a, &store_b).await;
     let ch = c.ch;
     let before = c.rt_a.remote_handle().recovery_point(&ch).unwrap();
+    // What arrived before the reset (B may have taken one of A's resends while A was
+    // down) is not what this test looks at.
+    for (rt, inbox) in [(&c.rt_a, &mut c.inbox_a), (&c.rt_b, &mut c.inbox_b)] {
+        assert!(rt.wait_idle_async(BOUND).await);
+        while inbox.try_recv().is_ok() {}
+    }
 
     // A reset of an active channel is refused; of this suspended one, it returns the
     // messages A's log discarded.
