@@ -66,6 +66,17 @@ pub(crate) struct CellCipher {
     storage_key: Zeroizing<[u8; 32]>,
     key_id: [u8; 8],
     nonces: Nonces,
+    /// Keys of the cells rewritten with every message (a channel's state, the Sg), by
+    /// their derivation input: each is derived once instead of for every write. Bounded.
+    hot_keys: std::sync::Mutex<std::collections::HashMap<Vec<u8>, std::sync::Arc<Aes256GcmKey>>>,
+}
+
+/// Most derived keys kept (the cache is emptied when full).
+const HOT_KEYS: usize = 4096;
+
+/// Cells whose rows are rewritten with every message: their keys are kept.
+fn hot(cell: &Cell<'_>) -> bool {
+    matches!((cell.table, cell.column), ("channels", "local_state") | ("remote_channels", _) | ("sg_cache", _))
 }
 
 /// Nonces from the OS generator, drawn 4 KiB at a time (one system call per 341 cells
@@ -103,7 +114,12 @@ impl CellCipher {
     /// The cipher of `master` for a database with `salt`.
     pub(crate) fn new(master: &MasterKey, salt: &[u8]) -> Self {
         let storage_key = Zeroizing::new(mfp_core::crypto::hmac_sha256(master.expose(), &[STORAGE_KEY_LABEL, salt]));
-        Self { storage_key, key_id: master.key_id(), nonces: Nonces::new() }
+        Self {
+            storage_key,
+            key_id: master.key_id(),
+            nonces: Nonces::new(),
+            hot_keys: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
     }
 
     /// The id of the master key this cipher writes with.
@@ -119,13 +135,29 @@ impl CellCipher {
         h
     }
 
-    fn aead_key(&self, cell: &Cell<'_>) -> Result<Aes256GcmKey, StorageError> {
+    fn aead_key(&self, cell: &Cell<'_>) -> Result<std::sync::Arc<Aes256GcmKey>, StorageError> {
         let mut msg = Vec::with_capacity(4 + cell.table.len() + cell.column.len() + cell.row_id.len());
         push_lp(&mut msg, cell.table.as_bytes())?;
         push_lp(&mut msg, cell.column.as_bytes())?;
         msg.extend_from_slice(cell.row_id);
-        let key = Zeroizing::new(mfp_core::crypto::hmac_sha256(&self.storage_key[..], &[&msg]));
-        Aes256GcmKey::new(&key).map_err(|_| StorageError::Backend("AES-256-GCM key setup failed".into()))
+        let cached = hot(cell).then(|| self.hot_keys.lock().ok()).flatten();
+        if let Some(key) = cached.as_ref().and_then(|c| c.get(&msg)) {
+            return Ok(std::sync::Arc::clone(key));
+        }
+        drop(cached);
+        let raw = Zeroizing::new(mfp_core::crypto::hmac_sha256(&self.storage_key[..], &[&msg]));
+        let key = std::sync::Arc::new(
+            Aes256GcmKey::new(&raw).map_err(|_| StorageError::Backend("AES-256-GCM key setup failed".into()))?,
+        );
+        if hot(cell)
+            && let Ok(mut c) = self.hot_keys.lock()
+        {
+            if c.len() >= HOT_KEYS {
+                c.clear();
+            }
+            c.insert(msg, std::sync::Arc::clone(&key));
+        }
+        Ok(key)
     }
 
     fn aad(header: &[u8], cell: &Cell<'_>) -> Result<Vec<u8>, StorageError> {
@@ -198,6 +230,25 @@ mod tests {
 
     fn cipher(k: u8) -> CellCipher {
         CellCipher::new(&MasterKey::from_bytes(&[k; 32]).unwrap(), &[9u8; 32])
+    }
+
+    #[test]
+    fn kept_keys_are_the_derived_ones() {
+        let (writer, reader) = (cipher(1), cipher(1));
+        for row in [b"row-1".as_slice(), b"row-2", b"row-1"] {
+            for (table, column) in [("channels", "local_state"), ("sg_cache", "sg_value"), ("inbox", "payload")] {
+                let cell = Cell::new(table, column, row, b"ctx");
+                // Sealed twice by one cipher (the second time with a kept key, for the hot
+                // cells), opened by another that derives afresh.
+                for _ in 0..2 {
+                    let sealed = writer.seal(cell, b"same").unwrap();
+                    assert_eq!(&reader.open(cell, &sealed).unwrap()[..], b"same");
+                }
+            }
+        }
+        // Another row is another key, kept or not.
+        let sealed = writer.seal(Cell::new("channels", "local_state", b"row-1", b"ctx"), b"x").unwrap();
+        assert!(reader.open(Cell::new("channels", "local_state", b"row-2", b"ctx"), &sealed).is_err());
     }
 
     #[test]
