@@ -183,21 +183,7 @@ async fn a_reconnect_resends_what_was_not_acknowledged_exactly_once() {
 
 /// A pair whose channel A restarts with a corrupted inbound chain (same step, other
 /// state), 7 of alice's messages unacknowledged in A's log (B could not commit them).
-struct Corrupted {
-    rt_a: Runtime,
-    fed_a: Federation,
-    alice: AgentHandle,
-    inbox_a: Inbox,
-    audit_a: Audit,
-    rt_b: Runtime,
-    fed_b: Federation,
-    bob: AgentHandle,
-    inbox_b: Inbox,
-    audit_b: Audit,
-    ch: ChannelId,
-}
-
-async fn corrupted(store_a: &MemoryStorage, store_b: &MemoryStorage) -> Corrupted {
+async fn corrupted(store_a: &MemoryStorage, store_b: &MemoryStorage) -> Pair {
     let mut p = pair(store_a, store_b).await;
     exchange(&mut p, store_a, "first", 5).await;
     store_b.fail_next(usize::MAX);
@@ -226,7 +212,7 @@ async fn corrupted(store_a: &MemoryStorage, store_b: &MemoryStorage) -> Corrupte
     })
     .await;
     let Pair { rt_b, fed_b, bob, inbox_b, audit_b, .. } = p;
-    Corrupted { rt_a, fed_a, alice, inbox_a, audit_a, rt_b, fed_b, bob, inbox_b, audit_b, ch }
+    Pair { rt_a, fed_a, alice, inbox_a, audit_a, rt_b, fed_b, bob, inbox_b, audit_b, ch }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
