@@ -41,7 +41,7 @@ use zeroize::Zeroizing;
 
 use crate::control::{RefuseReason, Target};
 use crate::identity::IdentityKey;
-use crate::net::{NetConfig, NetError, NetEvent, Network, PeerConfig, PeerHandle};
+use crate::net::{InlineEvents, NetConfig, NetError, NetEvent, Network, PeerConfig, PeerHandle};
 use crate::recovery::{
     ANSWER_REQUESTED, ChainPoint, Escalation, LocalPoint, RESEND_REQUEST, Recovery, RecoveryLimits, RecoveryReport,
 };
@@ -339,9 +339,19 @@ struct Peer {
     /// queue is full.
     resyncs: Mutex<HashSet<ChannelId>>,
     resync_wake: tokio::sync::Notify,
+    /// What the link's task handles itself (without storage), and the count of events
+    /// queued for this peer's task that it has not handled yet.
+    inline: Option<Arc<Inline>>,
 }
 
 impl Peer {
+    /// The peer's task handled one event taken from its queue.
+    fn event_done(&self) {
+        if let Some(inline) = &self.inline {
+            inline.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// Asks the peer's task for a resync pass of `channel`.
     fn request_resync(&self, channel: ChannelId) {
         if self.resyncs.lock().insert(channel) {
@@ -401,8 +411,17 @@ impl Federation {
             let ts = crate::handshake::Timestamp { secs: row.handshake_secs, nanos: row.handshake_nanos };
             net_cfg.handshake_timestamps.push((row.runtime, ts));
         }
-        // Each peer's link hands its events straight to that peer's task.
-        let (net, mut events) = Network::start_per_peer(identity, local, peer_cfgs, net_cfg).await?;
+        // Each peer's link hands its events straight to that peer's task. Without storage
+        // the link's own task takes inbound messages and acknowledgements while that task
+        // has nothing queued (no hop between tasks); with storage an ingest waits for its
+        // commit, which the link's task must not do.
+        let inline: HashMap<RuntimeId, Arc<Inline>> = if runtime.remote_handle().persisting() {
+            HashMap::new()
+        } else {
+            cfg.peers.iter().map(|p| (p.peer.runtime, Arc::new(Inline::new(p.peer.runtime)))).collect()
+        };
+        let hooks = inline.iter().map(|(r, i)| (*r, Arc::clone(i) as Arc<dyn InlineEvents>)).collect();
+        let (net, mut events) = Network::start_per_peer_inline(identity, local, peer_cfgs, net_cfg, hooks).await?;
         let timestamps = net.timestamps();
         let mut peers = HashMap::new();
         let mut queues = Vec::new();
@@ -427,6 +446,7 @@ impl Federation {
                 unconfirmed: Mutex::new(HashSet::new()),
                 resyncs: Mutex::new(HashSet::new()),
                 resync_wake: tokio::sync::Notify::new(),
+                inline: inline.get(&p.peer.runtime).cloned(),
             });
             queues.push((Arc::clone(&peer), rx));
             peers.insert(p.peer.runtime, peer);
@@ -469,6 +489,9 @@ impl Federation {
             forget(&peer.bytes, held.1);
         }
         runtime.attach_transport(Arc::new(FedTransport(Arc::clone(&shared))))?;
+        for i in inline.values() {
+            let _ = i.shared.set(Arc::downgrade(&shared));
+        }
         let mut tasks = Vec::new();
         for (peer, rx) in queues {
             tasks.push(tokio::spawn(peer_task(Arc::clone(&shared), peer, rx)));
@@ -889,6 +912,78 @@ fn send_report(shared: &Shared, peer: &Peer, channel: ChannelId, flags: u8) {
     let _ = peer.handle.with_session(|s| s.send_recovery(report));
 }
 
+// ---- on the link's task -----------------------------------------------------------------
+
+/// Takes a peer's inbound messages and acknowledgements on its link's task (without
+/// storage), while the peer's task has no event of the peer queued or under way: handled
+/// there, in the order they came, they cost no hop to another task. Anything else, and
+/// everything behind a queued event, goes to the peer's task.
+struct Inline {
+    peer: RuntimeId,
+    /// Set once the federation's shared state exists (events before that are queued).
+    shared: std::sync::OnceLock<std::sync::Weak<Shared>>,
+    /// Held while deciding (and handling inline), so that a link being replaced and its
+    /// successor cannot overtake each other's queued events.
+    order: Mutex<()>,
+    /// Events queued for the peer's task and not handled yet.
+    queued: std::sync::atomic::AtomicUsize,
+}
+
+impl Inline {
+    fn new(peer: RuntimeId) -> Self {
+        Self {
+            peer,
+            shared: std::sync::OnceLock::new(),
+            order: Mutex::new(()),
+            queued: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Handles `event` if it can be now; gives it back otherwise.
+    fn handle(shared: &Shared, peer: &Peer, event: NetEvent) -> Option<NetEvent> {
+        match event {
+            NetEvent::Session { event: Event::Data { channel, wire }, peer: from } => {
+                if sent_before_resync(peer, &wire) {
+                    tracing::debug!(target: "mfp::federation", peer = %peer.runtime.short(), "message sent before the peer resynchronised; dropped (it comes again)");
+                    return None;
+                }
+                match shared.runtime.try_ingest(&peer.runtime, &wire) {
+                    // It has to wait (a full mailbox, an ingest of the channel under way):
+                    // the peer's task waits for it.
+                    Err(RuntimeError::WouldBlock { .. }) => {
+                        Some(NetEvent::Session { peer: from, event: Event::Data { channel, wire } })
+                    }
+                    result => {
+                        ingested(shared, peer, result, &wire);
+                        None
+                    }
+                }
+            }
+            NetEvent::Session { event: Event::Acked { channel, next }, .. } => {
+                on_acked(shared, peer, channel, next);
+                None
+            }
+            other => Some(other),
+        }
+    }
+}
+
+impl InlineEvents for Inline {
+    fn offer(&self, event: NetEvent) -> Option<NetEvent> {
+        let _order = self.order.lock();
+        let rest = if self.queued.load(Ordering::Acquire) == 0
+            && let Some(shared) = self.shared.get().and_then(std::sync::Weak::upgrade)
+            && let Some(peer) = shared.peers.get(&self.peer)
+        {
+            Self::handle(&shared, peer, event)?
+        } else {
+            event
+        };
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        Some(rest)
+    }
+}
+
 // ---- one peer's task --------------------------------------------------------------------
 
 async fn peer_task(shared: Arc<Shared>, peer: Arc<Peer>, mut rx: mpsc::Receiver<NetEvent>) {
@@ -919,6 +1014,7 @@ async fn peer_task(shared: Arc<Shared>, peer: Arc<Peer>, mut rx: mpsc::Receiver<
                             tracing::info!(target: "mfp::federation", peer = %peer.runtime.short(), reason, "link down");
                         }
                     }
+                    peer.event_done();
                 }
                 None => {
                     ingests.finish_all(&shared, &peer).await;
@@ -1133,19 +1229,7 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
             let result = rt.ingest_async(&peer.runtime, &wire).await;
             ingested(shared, peer, result, &wire);
         }
-        Event::Acked { channel, next } => {
-            acked(shared, peer, channel, next);
-            let done = peer
-                .chans
-                .lock()
-                .get_mut(&channel)
-                .and_then(|st| st.recovery.as_mut())
-                .is_some_and(|r| r.acknowledged(next));
-            if done {
-                shared.counters.completed.fetch_add(1, Ordering::Relaxed);
-            }
-            maybe_rotate(shared, peer, channel);
-        }
+        Event::Acked { channel, next } => on_acked(shared, peer, channel, next),
         Event::Position { channel, .. } => {
             // Bare positions (no state hashes) are not how this federation recovers.
             tracing::debug!(target: "mfp::federation", peer = %peer.runtime.short(), channel = %channel.short(), "bare position ignored; recovery reports carry positions");
@@ -1476,6 +1560,17 @@ fn sent_before_resync(peer: &Peer, wire: &[u8]) -> bool {
         resuming.remove(&header.channel_id);
     }
     false
+}
+
+/// The peer acknowledged every message of `channel` below `next`.
+fn on_acked(shared: &Shared, peer: &Peer, channel: ChannelId, next: u64) {
+    acked(shared, peer, channel, next);
+    let done =
+        peer.chans.lock().get_mut(&channel).and_then(|st| st.recovery.as_mut()).is_some_and(|r| r.acknowledged(next));
+    if done {
+        shared.counters.completed.fetch_add(1, Ordering::Relaxed);
+    }
+    maybe_rotate(shared, peer, channel);
 }
 
 /// Messages sent before a resync dropped at most per channel and window: the runtime keeps

@@ -597,3 +597,67 @@ async fn the_acceptor_sends_only_once_the_opener_stored_the_channel() {
     rt_a.shutdown_async().await;
     rt_b.shutdown_async().await;
 }
+
+/// Without storage, the link's task ingests a message itself when it can at once; one that
+/// must wait for room in a full mailbox goes to the peer's task, and every message behind
+/// it follows it there: none overtakes it (which the runtime would refuse as a step out of
+/// order, counting a validation failure against the channel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_behind_one_that_waits_for_a_full_mailbox_keep_their_order() {
+    let rt_a = Runtime::builder(RuntimeConfig { mailbox_capacity: 2, ..A.config() })
+        .tokio_handle(tokio::runtime::Handle::current())
+        .build()
+        .unwrap();
+    let rt_b = runtime(&B, None);
+    // Alice's handler holds each message until the test lets it go.
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+    let gate_rx = std::sync::Mutex::new(gate_rx);
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let _alice = rt_a
+        .bind_named("alice", move |_: &AgentHandle, m: mfp_runtime::DeliveredMessage| {
+            let _ = gate_rx.lock().unwrap().recv_timeout(BOUND);
+            let _ = seen_tx.send(m);
+        })
+        .unwrap();
+    let bob = rt_b.bind_named("bob", |_: &AgentHandle, _| {}).unwrap();
+    let fed_a = Federation::start(&rt_a, A.key(), FederationConfig::new(net(31), vec![B.peer(None)])).await.unwrap();
+    let fed_b = Federation::start(&rt_b, B.key(), FederationConfig::new(net(32), vec![A.peer(fed_a.local_addr())]))
+        .await
+        .unwrap();
+    fed_b.wait_up(&A.runtime_id()).await.unwrap();
+    let ch = fed_b.open_channel(bob.id(), A.runtime_id(), Target::Name("alice".into()), 4).await.unwrap();
+
+    let n = 40usize;
+    for i in 0..n {
+        bob.send_async(ch, format!("m{i}").as_bytes()).await.unwrap();
+    }
+    // The mailbox (2) and the handler (1) hold three; the rest wait on A's side.
+    fed_support::until("alice's mailbox to fill", || rt_a.metrics().remote_received.get() >= 3).await;
+    assert!(rt_a.metrics().remote_received.get() < n as u64, "the mailbox bound held nothing back");
+    for _ in 0..n {
+        gate_tx.send(()).unwrap();
+    }
+    let mut got = Vec::new();
+    tokio::time::timeout(BOUND, async {
+        while got.len() < n {
+            got.push(seen.recv().await.unwrap());
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("received {} of {n}", got.len()));
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.payload, format!("m{i}").as_bytes());
+        assert_eq!(m.step, i as u64);
+        assert!(!m.redelivered);
+    }
+    let m = rt_a.metrics();
+    assert_eq!(m.remote_rejected.get(), 0, "a message overtook one waiting for the mailbox");
+    assert_eq!(m.validation_failures.get(), 0);
+    assert_eq!(m.remote_received.get(), n as u64);
+    all_acked(&rt_b, &A.runtime_id(), ch).await;
+
+    fed_a.shutdown().await;
+    fed_b.shutdown().await;
+    rt_a.shutdown_async().await;
+    rt_b.shutdown_async().await;
+}

@@ -418,6 +418,23 @@ impl RemoteHandle {
         inner.ingest(peer, wire, crate::admin::Wait::Yes).await
     }
 
+    /// [`RemoteHandle::ingest_async`] when it can finish at once, for a transport that
+    /// handles messages on its I/O task: without storage (nothing to wait for on disk), with
+    /// room in the recipient's mailbox, and no other ingest of the channel under way.
+    /// Otherwise it fails with [`Error::WouldBlock`] and has changed nothing: hand the
+    /// message to [`RemoteHandle::ingest_async`] (behind any other message of its peer
+    /// that is waiting) to wait for what it needs. Never blocks or waits.
+    pub fn try_ingest(&self, peer: &RuntimeId, wire: &[u8]) -> Result<Ingested> {
+        const OPERATION: &str = "RemoteHandle::try_ingest";
+        let inner = self.runtime()?;
+        if inner.persisting() {
+            return Err(Error::WouldBlock { operation: OPERATION });
+        }
+        // Without storage and with `Wait::No`, every step either finishes or fails at once.
+        crate::block::poll_once(inner.ingest(peer, wire, crate::admin::Wait::No(OPERATION)))
+            .unwrap_or(Err(Error::WouldBlock { operation: OPERATION }))
+    }
+
     /// Blocking [`RemoteHandle::ingest_async`].
     pub fn ingest(&self, peer: &RuntimeId, wire: &[u8]) -> Result<Ingested> {
         let inner = self.runtime()?;

@@ -213,7 +213,11 @@ impl Inner {
         // Room in the recipient's mailbox first, so that nothing can fail after the commit.
         let plain_len = (header.payload_len as usize).saturating_sub(TAG_SIZE);
         let deadline = self.clock.now() + self.config.pipeline_timeout;
-        let (bytes, permit) = self.reserve_mailbox(&recipient, plain_len, deadline, wait).await.map_err(reject)?;
+        // Not counted as a refusal when the caller could not wait: it tries again, waiting.
+        let (bytes, permit) = self
+            .reserve_mailbox(&recipient, plain_len, deadline, wait)
+            .await
+            .map_err(|e| if matches!(e, Error::WouldBlock { .. }) { e } else { reject(e) })?;
         // VALIDATE → DECODE, at the chain's own step; with an accepted rotation pending,
         // under the rotated chain first (the peer rotates at a step of its choosing).
         let pending = link.rx_rotation.lock().clone();

@@ -276,6 +276,13 @@ impl Shared {
     /// Sends an event, waiting while the channel is full unless the network shuts down
     /// (then it is dropped if there is no room).
     async fn emit(&self, ev: NetEvent) {
+        let ev = match self.events.inline(&ev) {
+            Some(inline) => match inline.offer(ev) {
+                Some(ev) => ev,
+                None => return,
+            },
+            None => ev,
+        };
         let Some(events) = self.events.sender(&ev) else { return };
         let mut shutdown = self.shutdown.clone();
         if *shutdown.borrow() {
@@ -290,19 +297,43 @@ impl Shared {
 }
 
 /// Where events go: one channel for all peers, or one per peer (no hop through a
-/// dispatcher between a peer's link and whoever handles its events).
+/// dispatcher between a peer's link and whoever handles its events), each possibly offered
+/// first to an [`InlineEvents`] on the link's own task.
 enum Events {
     One(mpsc::Sender<NetEvent>),
-    PerPeer(HashMap<RuntimeId, mpsc::Sender<NetEvent>>),
+    PerPeer(HashMap<RuntimeId, (mpsc::Sender<NetEvent>, Option<SharedInline>)>),
 }
+
+type SharedInline = Arc<dyn InlineEvents>;
 
 impl Events {
     fn sender(&self, ev: &NetEvent) -> Option<&mpsc::Sender<NetEvent>> {
         match self {
             Events::One(tx) => Some(tx),
-            Events::PerPeer(map) => map.get(ev.peer()),
+            Events::PerPeer(map) => map.get(ev.peer()).map(|(tx, _)| tx),
         }
     }
+
+    fn inline(&self, ev: &NetEvent) -> Option<&SharedInline> {
+        match self {
+            Events::One(_) => None,
+            Events::PerPeer(map) => map.get(ev.peer()).and_then(|(_, inline)| inline.as_ref()),
+        }
+    }
+}
+
+/// Handles a peer's events on the task of its link, before they are queued: an event
+/// handled there costs no hop to another task (the latency of a round trip between agents
+/// of two runtimes is mostly such hops). See [`Network::start_per_peer_inline`].
+///
+/// [`Self::offer`] runs on the link's I/O task, outside every lock of the network, once
+/// per event and in the order the session produced them: it must not block or wait (the
+/// link reads and writes nothing meanwhile). It may call [`PeerHandle::with_session`].
+pub trait InlineEvents: Send + Sync {
+    /// Handles `event` now and returns `None`, or returns it to be queued on the peer's
+    /// event channel. An implementation that queues an event must queue every later one
+    /// too until its receiver has handled the queued ones, if their order matters to it.
+    fn offer(&self, event: NetEvent) -> Option<NetEvent>;
 }
 
 impl NetEvent {
@@ -356,11 +387,23 @@ impl Network {
         peers: Vec<PeerConfig>,
         cfg: NetConfig,
     ) -> Result<(Network, HashMap<RuntimeId, mpsc::Receiver<NetEvent>>), NetError> {
+        Self::start_per_peer_inline(identity, local, peers, cfg, HashMap::new()).await
+    }
+
+    /// [`Network::start_per_peer`], each peer's events offered first to its entry of
+    /// `inline` (if it has one) on the link's own task; only those it returns are queued.
+    pub async fn start_per_peer_inline(
+        identity: IdentityKey,
+        local: RuntimeId,
+        peers: Vec<PeerConfig>,
+        cfg: NetConfig,
+        mut inline: HashMap<RuntimeId, Arc<dyn InlineEvents>>,
+    ) -> Result<(Network, HashMap<RuntimeId, mpsc::Receiver<NetEvent>>), NetError> {
         let mut senders = HashMap::new();
         let mut receivers = HashMap::new();
         for p in &peers {
             let (tx, rx) = mpsc::channel(cfg.event_capacity.max(1));
-            senders.insert(p.runtime, tx);
+            senders.insert(p.runtime, (tx, inline.remove(&p.runtime)));
             receivers.insert(p.runtime, rx);
         }
         let net = Self::start_with(identity, local, peers, cfg, Events::PerPeer(senders)).await?;
