@@ -166,6 +166,9 @@ async fn a_restarted_runtime_resumes_from_storage_with_nothing_lost_or_doubled()
         let bob = rt_b.attach_named("bob", h_bob).unwrap();
         let fed_b =
             Federation::start(&rt_b, B.key(), FederationConfig::new(net(7), vec![A.peer(addr_a)])).await.unwrap();
+        // Sends before the link is up wait for it, but only until the peer's circuit breaker
+        // opens (five failed attempts): on a loaded machine the handshake can take longer.
+        fed_b.wait_up(&A.runtime_id()).await.unwrap();
         for i in total / 2..total {
             bob.send_async(ch, &(i as u32).to_be_bytes()).await.unwrap();
         }
