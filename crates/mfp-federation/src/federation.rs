@@ -1519,11 +1519,8 @@ fn request_rotation(
 
 /// Rotates `channel`'s outbound chain when its count or age says so (pymfp's triggers).
 fn maybe_rotate(shared: &Shared, peer: &Peer, channel: ChannelId) {
-    let Some((tx_next, acked)) = shared
-        .runtime
-        .positions(&peer.runtime)
-        .ok()
-        .and_then(|ps| ps.into_iter().find(|p| p.channel == channel).map(|p| (p.tx_next, p.acked)))
+    let Some((tx_next, acked)) =
+        shared.runtime.position(&channel).ok().filter(|p| p.remote.peer == peer.runtime).map(|p| (p.tx_next, p.acked))
     else {
         return;
     };
@@ -1580,13 +1577,10 @@ const MAX_EARLY: usize = 65_536;
 /// The peer holds every message of `channel` below `next`: the runtime trims its log, and
 /// the in-flight permits those messages held come back.
 fn acked(shared: &Shared, peer: &Peer, channel: ChannelId, next: u64) {
-    let rt = &shared.runtime;
-    let Ok(unacked) = rt.unacknowledged(&channel, 0) else { return };
-    let done: Vec<&OutboundMessage> = unacked.iter().filter(|m| m.step < next).collect();
-    match rt.acknowledge(&channel, next) {
-        Ok(()) => {
-            peer.msgs.add_permits(done.len());
-            peer.bytes.add_permits(done.iter().map(|m| m.wire.len()).sum());
+    match shared.runtime.acknowledge(&channel, next) {
+        Ok(done) => {
+            peer.msgs.add_permits(done.messages);
+            peer.bytes.add_permits(done.bytes);
             peer.ready.notify_waiters();
         }
         Err(e) => {

@@ -259,6 +259,16 @@ pub struct ResetOutcome {
     pub discarded_bytes: usize,
 }
 
+/// What an acknowledgement took out of a channel's outbound log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Acknowledged {
+    /// Messages acknowledged by it (none if it acknowledged nothing new).
+    pub messages: usize,
+    /// Their wire bytes.
+    pub bytes: usize,
+}
+
 /// What [`RemoteHandle::ingest`] did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -442,8 +452,9 @@ impl RemoteHandle {
     }
 
     /// The peer confirmed every message of `channel` below step `next`: they leave the
-    /// outbound log (and storage, without waiting for the commit).
-    pub fn acknowledge(&self, channel: &ChannelId, next: u64) -> Result<()> {
+    /// outbound log (and storage, without waiting for the commit). Says how many left
+    /// (none when `next` was acknowledged before).
+    pub fn acknowledge(&self, channel: &ChannelId, next: u64) -> Result<Acknowledged> {
         self.runtime()?.acknowledge(channel, next)
     }
 
@@ -451,6 +462,11 @@ impl RemoteHandle {
     /// again after a reconnect).
     pub fn unacknowledged(&self, channel: &ChannelId, from: u64) -> Result<Vec<OutboundMessage>> {
         self.runtime()?.unacknowledged(channel, from)
+    }
+
+    /// The position of one cross-runtime channel (without looking at the others).
+    pub fn position(&self, channel: &ChannelId) -> Result<RemotePosition> {
+        self.runtime()?.position(channel)
     }
 
     /// Positions of the open cross-runtime channels with `peer`.

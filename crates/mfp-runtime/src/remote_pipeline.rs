@@ -16,8 +16,8 @@ use crate::config::Backpressure;
 use crate::error::{Error, Result};
 use crate::hooks::SendContext;
 use crate::remote::{
-    Ingested, MAX_UNACKED, OutboundMessage, OutboundSlot, RecoveryPoint, RemoteLink, RemotePosition, ResetOutcome,
-    TransportError,
+    Acknowledged, Ingested, MAX_UNACKED, OutboundMessage, OutboundSlot, RecoveryPoint, RemoteLink, RemotePosition,
+    ResetOutcome, TransportError,
 };
 use crate::runtime::{Inner, QuarantineCause};
 use crate::storage::{DeliveryRow, OutboundRow, StorageOp};
@@ -566,27 +566,31 @@ impl Inner {
     // ---- the outbound log -----------------------------------------------------------
 
     /// The peer acknowledged every message of `channel` below `next`.
-    pub(crate) fn acknowledge(&self, channel: &ChannelId, next: u64) -> Result<()> {
+    pub(crate) fn acknowledge(&self, channel: &ChannelId, next: u64) -> Result<Acknowledged> {
         let ch = self.channel(channel)?;
         let link = ch.remote().ok_or(Error::WrongPeer { channel: *channel, from: "a peer runtime".into() })?;
         let sent = link.tx.lock().step;
         if next > sent {
             return Err(Error::StepMismatch { channel: *channel, expected: sent, got: next });
         }
+        let mut trimmed = Acknowledged::default();
         {
             let mut log = link.log.lock();
             if next <= log.acked {
-                return Ok(());
+                return Ok(trimmed);
             }
             while log.entries.front().is_some_and(|m| m.step < next) {
-                log.entries.pop_front();
+                if let Some(m) = log.entries.pop_front() {
+                    trimmed.messages += 1;
+                    trimmed.bytes += m.wire.len();
+                }
             }
             log.acked = next;
         }
         if !link.tx.is_shared() {
             drop(self.submit(vec![StorageOp::AckOutbound { channel: *channel, next }]));
         }
-        Ok(())
+        Ok(trimmed)
     }
 
     /// Unacknowledged messages of `channel` from step `from` on.
@@ -595,6 +599,21 @@ impl Inner {
         let link = ch.remote().ok_or(Error::WrongPeer { channel: *channel, from: "a peer runtime".into() })?;
         let log = link.log.lock();
         Ok(log.entries.iter().filter(|m| m.step >= from).cloned().collect())
+    }
+
+    /// The position of one cross-runtime channel.
+    pub(crate) fn position(&self, channel: &ChannelId) -> Result<RemotePosition> {
+        let ch = self.channel(channel)?;
+        Self::position_of(&ch).ok_or(Error::WrongPeer { channel: *channel, from: "a peer runtime".into() })
+    }
+
+    fn position_of(c: &ChannelRecord) -> Option<RemotePosition> {
+        let link = c.remote()?;
+        let status = c.inner.lock().status;
+        let tx_next = link.tx.lock().step;
+        let rx_next = link.rx.lock().step;
+        let acked = link.log.lock().acked;
+        Some(RemotePosition { channel: c.id, local_agent: c.a.id, remote: link.end, tx_next, rx_next, acked, status })
     }
 
     /// Positions of the open cross-runtime channels with `peer`.
@@ -606,24 +625,6 @@ impl Inner {
             .filter(|c| c.remote().is_some_and(|l| l.end.peer == *peer))
             .cloned()
             .collect();
-        channels
-            .iter()
-            .filter_map(|c| {
-                let link = c.remote()?;
-                let status = c.inner.lock().status;
-                let tx_next = link.tx.lock().step;
-                let rx_next = link.rx.lock().step;
-                let acked = link.log.lock().acked;
-                Some(RemotePosition {
-                    channel: c.id,
-                    local_agent: c.a.id,
-                    remote: link.end,
-                    tx_next,
-                    rx_next,
-                    acked,
-                    status,
-                })
-            })
-            .collect()
+        channels.iter().filter_map(|c| Self::position_of(c)).collect()
     }
 }

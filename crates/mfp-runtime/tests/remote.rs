@@ -279,15 +279,18 @@ fn acknowledgements_trim_the_outbound_log() {
     let sent = a.wire.take();
     let h = a.rt.remote_handle();
     assert_eq!(h.unacknowledged(&ch, 0).unwrap(), sent);
-    h.acknowledge(&ch, 3).unwrap();
+    let done = h.acknowledge(&ch, 3).unwrap();
+    assert_eq!(done.messages, 3);
+    assert_eq!(done.bytes, sent[..3].iter().map(|m| m.wire.len()).sum::<usize>());
     assert_eq!(h.unacknowledged(&ch, 0).unwrap(), sent[3..].to_vec());
     // Acknowledging less again changes nothing; more than was sent is refused.
-    h.acknowledge(&ch, 1).unwrap();
+    assert_eq!(h.acknowledge(&ch, 1).unwrap().messages, 0);
     assert_eq!(h.unacknowledged(&ch, 0).unwrap().len(), 2);
     assert!(matches!(h.acknowledge(&ch, 6).unwrap_err(), Error::StepMismatch { expected: 5, got: 6, .. }));
     let pos = h.positions(&b.rt.identity()).unwrap();
     assert_eq!(pos.len(), 1);
     assert_eq!((pos[0].tx_next, pos[0].rx_next, pos[0].acked), (5, 0, 3));
+    assert_eq!(h.position(&ch).unwrap(), pos[0]);
 }
 
 #[test]
