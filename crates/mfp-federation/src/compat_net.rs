@@ -1,6 +1,8 @@
 //! The tokio transport of pymfp compat peers (feature `compat-net`): plain TCP, raw `MFP1`
 //! envelopes back to back, one shared chain per peer as both the tx and the rx chain of
-//! every agreed channel, attached to an [`mfp_runtime::Runtime`] as its [`Transport`].
+//! every agreed channel, attached to an [`mfp_runtime::Runtime`] as the [`Transport`] of
+//! those peers (native peers of the same runtime may have the federation's, feature
+//! `runtime`).
 //!
 //! **Unauthenticated and unsafe** (see [`crate::compat`] and `docs/interop.md`): a warning
 //! is logged for every compat peer at start (target `mfp::federation::compat`), and
@@ -349,9 +351,10 @@ impl core::fmt::Debug for CompatNetwork {
 impl CompatNetwork {
     /// Starts the compat transport of `runtime` for `peers`: derives each peer's shared
     /// chain, opens the agreed channels on it, binds the listener, attaches itself as the
-    /// runtime's transport and starts one outbound task per peer. Must run inside a tokio
-    /// runtime. If opening a channel fails, the transport stays attached to the runtime
-    /// (a runtime has one) but carries nothing: start again with a new runtime.
+    /// runtime's transport for these peers and starts one outbound task per peer. Must run
+    /// inside a tokio runtime. If opening a channel fails, the transport stays attached to
+    /// the runtime for these peers (a peer has one) but carries nothing: start again with
+    /// a new runtime.
     pub async fn start(
         runtime: &Runtime,
         peers: Vec<CompatPeer>,
@@ -390,7 +393,9 @@ impl CompatNetwork {
             receivers.push(rx);
         }
         let shared = Arc::new(Shared { peers: outs, stats: Arc::clone(&stats), counted: watch::channel(0).0 });
-        runtime.attach_transport(Arc::new(CompatTransport(Arc::clone(&shared))))?;
+        // For these peers only: native peers may have the federation's transport.
+        let ids: Vec<RuntimeId> = shared.peers.iter().map(|p| p.runtime).collect();
+        runtime.attach_transport_for(&ids, Arc::new(CompatTransport(Arc::clone(&shared))))?;
         let handle = runtime.remote_handle();
         for (p, chain) in peers.iter().zip(&chains) {
             let bootstrap = match p.bootstrap() {

@@ -3,7 +3,8 @@
 //! position exchange that keep both runtimes' channels in step.
 //!
 //! [`Federation::start`] opens the network for a [`Runtime`] and attaches itself as the
-//! runtime's transport. From then on:
+//! runtime's transport for the configured peers (a `CompatNetwork`, feature `compat-net`,
+//! may carry other peers' channels on the same runtime). From then on:
 //!
 //! - a send on a cross-runtime channel (sealed by the runtime with the channel's outbound
 //!   chain and committed with its outbound-log row) goes out as a Data message;
@@ -396,7 +397,8 @@ impl core::fmt::Debug for Federation {
 
 impl Federation {
     /// Starts the network for `runtime` with its identity key, and attaches the federation
-    /// as the runtime's transport (once per runtime). Must be called inside a tokio runtime.
+    /// as the runtime's transport for the configured peers (fails if one of them has a
+    /// transport already). Must be called inside a tokio runtime.
     pub async fn start(
         runtime: &Runtime,
         identity: IdentityKey,
@@ -488,7 +490,10 @@ impl Federation {
             forget(&peer.msgs, held.0);
             forget(&peer.bytes, held.1);
         }
-        runtime.attach_transport(Arc::new(FedTransport(Arc::clone(&shared))))?;
+        // For the configured peers only: pymfp peers may have a transport of their own
+        // (`CompatNetwork`).
+        let ids: Vec<RuntimeId> = shared.peers.keys().copied().collect();
+        runtime.attach_transport_for(&ids, Arc::new(FedTransport(Arc::clone(&shared))))?;
         for i in inline.values() {
             let _ = i.shared.set(Arc::downgrade(&shared));
         }

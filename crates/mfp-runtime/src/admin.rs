@@ -415,7 +415,7 @@ impl Inner {
                 Self::transition(r, AgentState::Bound)?;
             }
         }
-        if tell_peer && let Some(t) = self.transport.get() {
+        if tell_peer && let Some(t) = self.transport.get(&link.end.peer) {
             t.channel_closed(&link.end.peer, &id);
         }
         let mut ev = AuditEvent::new(AuditEventType::ChannelClosed);
@@ -761,7 +761,9 @@ impl Inner {
     /// Tells the transport that a cross-runtime channel is active again, so that it
     /// compares positions with the peer (what waits in either log then goes).
     fn remote_restored(&self, ch: &ChannelRecord) {
-        if let (Some(link), Some(t)) = (ch.remote(), self.transport.get()) {
+        if let Some(link) = ch.remote()
+            && let Some(t) = self.transport.get(&link.end.peer)
+        {
             t.channel_restored(&link.end.peer, &ch.id);
         }
     }

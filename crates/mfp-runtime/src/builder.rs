@@ -166,7 +166,7 @@ impl RuntimeBuilder {
             hooks: self.hooks,
             audit: self.audit,
             storage: self.storage,
-            transport: std::sync::OnceLock::new(),
+            transport: crate::remote::Transports::default(),
             peers: Mutex::new(HashMap::default()),
             acks: Mutex::new(Vec::new()),
             detached: Mutex::new(HashMap::default()),

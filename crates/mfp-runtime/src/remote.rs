@@ -259,6 +259,54 @@ pub struct ResetOutcome {
     pub discarded_bytes: usize,
 }
 
+/// The transports attached to a runtime: one for every peer, or one per peer.
+#[derive(Default)]
+pub(crate) struct Transports(parking_lot::RwLock<TransportTable>);
+
+#[derive(Default)]
+struct TransportTable {
+    every: Option<Arc<dyn Transport>>,
+    by_peer: std::collections::HashMap<RuntimeId, Arc<dyn Transport>>,
+}
+
+impl Transports {
+    /// The transport that carries messages to `peer`.
+    pub(crate) fn get(&self, peer: &RuntimeId) -> Option<Arc<dyn Transport>> {
+        let t = self.0.read();
+        t.by_peer.get(peer).or(t.every.as_ref()).cloned()
+    }
+
+    /// Attaches `transport` for `peers` (`None`: every peer). `Err` (why) changes nothing.
+    pub(crate) fn attach(
+        &self,
+        peers: Option<&[RuntimeId]>,
+        transport: Arc<dyn Transport>,
+    ) -> std::result::Result<(), String> {
+        let mut t = self.0.write();
+        if t.every.is_some() {
+            return Err("a transport for every peer runtime is attached to this runtime already".into());
+        }
+        match peers {
+            None if !t.by_peer.is_empty() => {
+                Err("a transport is attached to this runtime already (for some peer runtimes)".into())
+            }
+            None => {
+                t.every = Some(transport);
+                Ok(())
+            }
+            Some(peers) => {
+                if let Some(p) = peers.iter().find(|p| t.by_peer.contains_key(p)) {
+                    return Err(format!("peer runtime {} has a transport already", p.short()));
+                }
+                for p in peers {
+                    t.by_peer.insert(*p, Arc::clone(&transport));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// What an acknowledgement took out of a channel's outbound log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

@@ -44,8 +44,8 @@ impl Inner {
         on_async: bool,
     ) -> Result<Receipt> {
         let link = channel.remote().ok_or(Error::Inconsistent { channel: channel.id })?;
-        let transport = Arc::clone(self.transport.get().ok_or(Error::NoTransport(channel.id))?);
         let peer = link.end.peer;
+        let transport = self.transport.get(&peer).ok_or(Error::NoTransport(channel.id))?;
         let depth = usize::from(channel.depth);
         let len = ENVELOPE_HEADER_SIZE + 2 * BLOCK_SIZE * depth + payload.len() + TAG_SIZE;
         let slot = loop {

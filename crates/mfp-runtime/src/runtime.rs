@@ -169,7 +169,7 @@ pub(crate) struct Inner {
     pub(crate) storage: Option<Arc<dyn Storage>>,
     /// What carries messages of cross-runtime channels (attached once, see
     /// [`Runtime::attach_transport`]).
-    pub(crate) transport: std::sync::OnceLock<Arc<dyn crate::remote::Transport>>,
+    pub(crate) transport: crate::remote::Transports,
     /// Peer runtimes as stored (federation's handshake timestamps).
     pub(crate) peers: Mutex<HashMap<RuntimeId, crate::storage::PeerRow, IdHash>>,
     /// Handled messages whose removal from the durable inbox is not submitted yet (see
@@ -459,16 +459,27 @@ impl Runtime {
         self.inner.identity
     }
 
-    /// Attaches the transport that carries messages of cross-runtime channels (see
-    /// [`crate::remote`]). Once per runtime: a second call fails with
-    /// [`Error::Config`] and changes nothing.
+    /// Attaches the transport that carries messages of cross-runtime channels with every
+    /// peer runtime (see [`crate::remote`]). Fails with [`Error::Config`], changing
+    /// nothing, when a transport is attached already.
     pub fn attach_transport(&self, transport: Arc<dyn crate::remote::Transport>) -> Result<()> {
-        self.inner.transport.set(transport).map_err(|_| {
-            Error::Config(crate::error::ConfigError {
-                field: "transport",
-                reason: "a transport is already attached to this runtime".to_string(),
-            })
-        })
+        self.inner.transport.attach(None, transport).map_err(Self::transport_taken)
+    }
+
+    /// Attaches the transport that carries messages of cross-runtime channels with the
+    /// peer runtimes `peers` (e.g. one for native peers, another for pymfp ones). Fails
+    /// with [`Error::Config`], changing nothing, when one of them has a transport already
+    /// or one is attached for every peer.
+    pub fn attach_transport_for(
+        &self,
+        peers: &[mfp_core::RuntimeId],
+        transport: Arc<dyn crate::remote::Transport>,
+    ) -> Result<()> {
+        self.inner.transport.attach(Some(peers), transport).map_err(Self::transport_taken)
+    }
+
+    fn transport_taken(reason: String) -> Error {
+        Error::Config(crate::error::ConfigError { field: "transport", reason })
     }
 
     /// The handle a transport drives this runtime with (inbound messages,

@@ -571,3 +571,48 @@ fn an_accepted_rotation_survives_a_restart_of_the_receiver() {
     assert!(matches!(rt_b.remote_handle().ingest(&a.rt.identity(), &m.wire).unwrap(), Ingested::Delivered { .. }));
     assert_eq!(inbox.wait_for(1)[0].payload, b"rotated");
 }
+
+/// One runtime, two peers, each reached through its own transport: every message goes
+/// to the transport of its channel's peer, closes too; a peer takes one transport only.
+#[test]
+fn each_peer_runtime_is_reached_through_its_own_transport() {
+    let rt = Runtime::new(config(b"hub")).unwrap();
+    let (to_b, to_c) = (Loopback::new(), Loopback::new());
+    let b = side(b"b", None);
+    let c = side(b"c", None);
+    rt.attach_transport_for(&[b.rt.identity()], Arc::new(to_b.clone())).unwrap();
+    rt.attach_transport_for(&[c.rt.identity()], Arc::new(to_c.clone())).unwrap();
+    // A peer has one transport; one for every peer cannot join per-peer ones.
+    assert!(matches!(
+        rt.attach_transport_for(&[b.rt.identity()], Arc::new(Loopback::new())).unwrap_err(),
+        Error::Config(_)
+    ));
+    assert!(matches!(rt.attach_transport(Arc::new(Loopback::new())).unwrap_err(), Error::Config(_)));
+
+    let inbox = Inbox::new();
+    let hub = rt.bind_named("agent", inbox.handler()).unwrap();
+    let h = rt.remote_handle();
+    let open = |peer: &Side, id: [u8; 16]| {
+        let ch = ChannelId::from_bytes(id);
+        let (tx, rx) = (chain(3, &rt.identity(), &peer.rt.identity()), chain(4, &peer.rt.identity(), &rt.identity()));
+        h.establish(hub.id(), RemoteEnd::new(peer.rt.identity(), peer.agent.id()), ch, 4, Chains::Split { tx, rx })
+            .unwrap();
+        ch
+    };
+    let (ch_b, ch_c) = (open(&b, [1; 16]), open(&c, [2; 16]));
+    hub.send(ch_b, b"for b").unwrap();
+    hub.send(ch_c, b"for c").unwrap();
+    hub.send(ch_c, b"for c again").unwrap();
+    let (at_b, at_c) = (to_b.take(), to_c.take());
+    assert_eq!(at_b.iter().map(|m| (m.peer, m.channel)).collect::<Vec<_>>(), vec![(b.rt.identity(), ch_b)]);
+    assert_eq!(at_c.iter().map(|m| (m.peer, m.channel)).collect::<Vec<_>>(), vec![(c.rt.identity(), ch_c); 2]);
+    rt.close_channel(&ch_c).unwrap();
+    assert!(to_b.0.closed.lock().unwrap().is_empty());
+    assert_eq!(*to_c.0.closed.lock().unwrap(), vec![ch_c]);
+
+    // A runtime with one transport for every peer takes no per-peer one.
+    assert!(matches!(
+        b.rt.attach_transport_for(&[c.rt.identity()], Arc::new(Loopback::new())).unwrap_err(),
+        Error::Config(_)
+    ));
+}
