@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
 
 mod compat_common;
+mod fed_support;
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -273,6 +274,86 @@ async fn unreachable_peers_garbage_and_strangers() {
     assert_eq!(rust.rt.metrics().remote_received.get(), 0);
     net.shutdown().await;
     rust.rt.shutdown();
+}
+
+/// One runtime with a pymfp peer (compat transport) and a native peer (the federation) at
+/// once: each peer's channel goes through its own transport, and messages flow on both
+/// together — pymfp's in, and the native peer's both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_has_a_pymfp_peer_and_a_native_peer_at_once() {
+    use mfp_federation::control::Target;
+    use mfp_federation::federation::{Federation, FederationConfig};
+
+    let mut rust = rust_runtime();
+    let (dep, inst) = RUST_RUNTIME.split_once('/').unwrap();
+    let us = fed_support::Node { deployment: dep.as_bytes(), name: inst.as_bytes(), seed: 61 };
+    assert_eq!(us.runtime_id(), rust_id());
+    let native = fed_support::Node { deployment: dep.as_bytes(), name: b"native-node", seed: 62 };
+    let rt_b = Runtime::builder(native.config()).tokio_handle(tokio::runtime::Handle::current()).build().unwrap();
+    let (h_bob, mut inbox_b) = fed_support::recorder();
+    let bob = rt_b.bind_named("bob", h_bob).unwrap();
+
+    // The pymfp peer sends N messages; the native peer is federated meanwhile.
+    let agent_hex = hex::encode(rust.agent.id().as_bytes());
+    let mut py = PyPeer::start_with(&agent_hex, None, &["send", "--count", &N.to_string()]).await;
+    let compat = rust.connect(&py, NOBODY, Bootstrap::Deterministic, true).await;
+    let fed = Federation::start(
+        &rust.rt,
+        us.key(),
+        FederationConfig::new(fed_support::net(63, true), vec![native.peer(None)]),
+    )
+    .await
+    .unwrap();
+    let fed_b = Federation::start(
+        &rt_b,
+        native.key(),
+        FederationConfig::new(fed_support::net(64, false), vec![us.peer(fed.local_addr())]),
+    )
+    .await
+    .unwrap();
+    fed_b.wait_up(&rust_id()).await.unwrap();
+    let ch_b = fed_b.open_channel(bob.id(), rust_id(), Target::Id(rust.agent.id()), DEPTH).await.unwrap();
+    py.go(compat.local_addr().unwrap().port()).await;
+    let n_native = 50usize;
+    for i in 0..n_native {
+        bob.send_async(ch_b, format!("from bob {i}").as_bytes()).await.unwrap();
+        rust.agent.send_async(ch_b, format!("to bob {i}").as_bytes()).await.unwrap();
+    }
+
+    let (mut from_py, mut from_bob) = (Vec::new(), Vec::new());
+    while from_py.len() < N || from_bob.len() < n_native {
+        let d = rust.next().await;
+        if d.sender_runtime == Some(pymfp_id()) {
+            from_py.push(d);
+        } else {
+            assert_eq!(d.sender_runtime, Some(native.runtime_id()));
+            from_bob.push(d);
+        }
+    }
+    for (i, d) in from_py.iter().enumerate() {
+        assert_eq!(d.step, i as u64);
+        check(d, py.agent, &payload(i));
+    }
+    for (i, d) in from_bob.iter().enumerate() {
+        assert_eq!((d.channel, d.step, d.sender), (ch_b, i as u64, bob.id()));
+        assert_eq!(d.payload, format!("from bob {i}").as_bytes());
+    }
+    for (i, d) in fed_support::recv_n(&mut inbox_b, n_native).await.iter().enumerate() {
+        assert_eq!(d.payload, format!("to bob {i}").as_bytes());
+        assert_eq!(d.sender_runtime, Some(rust_id()));
+    }
+    let done = py.done().await;
+    assert_eq!(done["step"].as_u64(), Some(N as u64));
+    // Nothing of the native channel went through the compat transport.
+    let s = compat.stats();
+    assert_eq!((s.delivered, s.sent, s.refused()), (N as u64, 0, 0));
+    assert_eq!(rust.rt.metrics().remote_received.get(), (N + n_native) as u64);
+
+    fed_b.shutdown().await;
+    fed.shutdown().await;
+    compat.shutdown().await;
+    rt_b.shutdown_async().await;
+    rust.rt.shutdown_async().await;
 }
 
 /// At start, one warning per compat peer, saying it is unauthenticated; no key in the log.
