@@ -926,14 +926,6 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
             }
         }
     }
-    let native = raw.federation.peers.iter().find(|p| p.public_key.is_some());
-    let compat = raw.federation.peers.iter().find(|p| p.public_key.is_none());
-    if let (Some(_), Some(c)) = (native, compat) {
-        problems.push(problem_at(
-            &c.runtime_id,
-            "native peers (with public_key) and pymfp peers cannot be mixed in one server yet: run the pymfp peers from a second server",
-        ));
-    }
     let federation_listen = match &raw.federation.listen {
         None => None,
         Some(l) => match l.value.parse::<std::net::SocketAddr>() {
@@ -955,6 +947,7 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
     if federation_listen.is_some() && raw.federation.peers.is_empty() {
         warnings.push("federation.listen is set but federation.peers is empty: nothing listens (a peer must be configured, with its pinned key, to be accepted)".into());
     }
+    let native = raw.federation.peers.iter().find(|p| p.public_key.is_some());
     let identity_key = raw.federation.identity_key.as_ref().map(|k| resolve(base, &k.value));
     if let (Some(k), Some(path)) = (&raw.federation.identity_key, &identity_key)
         && !path.is_file()

@@ -1,11 +1,12 @@
 //! The server's federation: native peers over authenticated links
-//! ([`mfp_federation::federation::Federation`]) or pymfp compat peers
+//! ([`mfp_federation::federation::Federation`]) and pymfp compat peers
 //! ([`mfp_federation::compat_net::CompatNetwork`]), started after the runtime and its agents.
 //!
-//! A runtime takes one transport, so one server runs either native peers or pymfp peers
-//! (the configuration refuses a mix). The cross-runtime channels of `federation.channels`
-//! are opened by a task once each peer's link is up, retried with backoff; a channel the
-//! runtime restored from storage is not opened again.
+//! Each kind is the runtime's transport for its own peers, so one server may have both:
+//! the native listener is `federation.listen`; the pymfp one is `transport.host:port`
+//! (pymfp's) — or `federation.listen` when there are only pymfp peers. The cross-runtime
+//! channels of `federation.channels` are opened by a task once each peer's link is up,
+//! retried with backoff; a channel the runtime restored from storage is not opened again.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,73 +56,82 @@ pub(crate) struct FedStats {
     pub(crate) channels_opened: u64,
 }
 
-/// The running federation.
-pub(crate) enum Running {
-    /// Native peers.
-    Native {
-        fed: Arc<Federation>,
-        peers: Vec<RuntimeId>,
-        opener: Option<tokio::task::JoinHandle<()>>,
-        opened: Arc<std::sync::atomic::AtomicU64>,
-    },
-    /// pymfp compat peers.
-    Compat { net: CompatNetwork, peers: Vec<RuntimeId> },
+/// The running federation: native peers, pymfp peers, or both.
+pub(crate) struct Running {
+    native: Option<Native>,
+    compat: Option<Compat>,
+}
+
+/// Native peers.
+struct Native {
+    fed: Arc<Federation>,
+    peers: Vec<RuntimeId>,
+    opener: Option<tokio::task::JoinHandle<()>>,
+    opened: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// pymfp compat peers.
+struct Compat {
+    net: CompatNetwork,
+    peers: Vec<RuntimeId>,
 }
 
 impl Running {
-    /// Where the federation listens, if it does.
+    /// Where the federation listens, if it does: the native listener when there are native
+    /// peers, else the pymfp one.
     pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
-        match self {
-            Running::Native { fed, .. } => fed.local_addr(),
-            Running::Compat { net, .. } => net.local_addr(),
+        match (&self.native, &self.compat) {
+            (Some(n), _) => n.fed.local_addr(),
+            (None, Some(c)) => c.net.local_addr(),
+            (None, None) => None,
         }
     }
 
-    /// Counters now.
+    /// Where the pymfp listener is when there are native peers too (then it is not
+    /// [`Self::local_addr`]).
+    pub(crate) fn pymfp_addr(&self) -> Option<SocketAddr> {
+        self.native.as_ref().and(self.compat.as_ref()).and_then(|c| c.net.local_addr())
+    }
+
+    /// Counters now (both kinds of peers added up).
     pub(crate) fn stats(&self) -> FedStats {
-        match self {
-            Running::Native { fed, peers, opened, .. } => {
-                let n = fed.net_stats().unwrap_or_default();
-                FedStats {
-                    peers: peers.len() as u64,
-                    links_up: peers.iter().filter(|p| fed.is_up(p)).count() as u64,
-                    handshakes: n.handshakes_ok,
-                    handshake_failures: n.handshakes_failed,
-                    bytes_in: n.bytes_in,
-                    bytes_out: n.bytes_out,
-                    channels_opened: opened.load(std::sync::atomic::Ordering::Relaxed),
-                }
-            }
-            Running::Compat { net, peers } => FedStats {
-                peers: peers.len() as u64,
-                links_up: peers.iter().filter(|p| net.is_up(p)).count() as u64,
-                ..FedStats::default()
-            },
+        let mut s = FedStats::default();
+        if let Some(Native { fed, peers, opened, .. }) = &self.native {
+            let n = fed.net_stats().unwrap_or_default();
+            s.peers += peers.len() as u64;
+            s.links_up += peers.iter().filter(|p| fed.is_up(p)).count() as u64;
+            s.handshakes = n.handshakes_ok;
+            s.handshake_failures = n.handshakes_failed;
+            s.bytes_in = n.bytes_in;
+            s.bytes_out = n.bytes_out;
+            s.channels_opened = opened.load(std::sync::atomic::Ordering::Relaxed);
         }
+        if let Some(Compat { net, peers }) = &self.compat {
+            s.peers += peers.len() as u64;
+            s.links_up += peers.iter().filter(|p| net.is_up(p)).count() as u64;
+        }
+        s
     }
 
     /// The compat network's own Prometheus text (pymfp peers only).
     pub(crate) fn compat_prometheus(&self) -> Option<String> {
-        match self {
-            Running::Compat { net, .. } => Some(net.stats().prometheus()),
-            Running::Native { .. } => None,
-        }
+        self.compat.as_ref().map(|c| c.net.stats().prometheus())
     }
 
     /// Closes the links (native: a Close message to each peer) and stops the tasks.
     pub(crate) async fn shutdown(self) {
-        match self {
-            Running::Native { fed, opener, .. } => {
-                if let Some(t) = opener {
-                    t.abort();
-                    let _ = t.await;
-                }
-                match Arc::try_unwrap(fed) {
-                    Ok(fed) => fed.shutdown().await,
-                    Err(_) => tracing::warn!("federation still in use at shutdown; its links are dropped"),
-                }
+        if let Some(Native { fed, opener, .. }) = self.native {
+            if let Some(t) = opener {
+                t.abort();
+                let _ = t.await;
             }
-            Running::Compat { net, .. } => net.shutdown().await,
+            match Arc::try_unwrap(fed) {
+                Ok(fed) => fed.shutdown().await,
+                Err(_) => tracing::warn!("federation still in use at shutdown; its links are dropped"),
+            }
+        }
+        if let Some(c) = self.compat {
+            c.net.shutdown().await;
         }
     }
 }
@@ -136,11 +146,24 @@ pub(crate) async fn start(
     if cfg.peers.is_empty() {
         return Ok(None);
     }
-    if cfg.peers.iter().any(|p| matches!(p.kind, PeerKind::Native { .. })) {
-        start_native(cfg, mfp, agents, master_key).await.map(Some)
+    let has_native = cfg.peers.iter().any(|p| matches!(p.kind, PeerKind::Native { .. }));
+    let has_pymfp = cfg.peers.iter().any(|p| matches!(p.kind, PeerKind::Pymfp { .. }));
+    let native = if has_native { Some(start_native(cfg, mfp, agents, master_key).await?) } else { None };
+    let compat = if has_pymfp {
+        match start_compat(cfg, mfp, agents, master_key, has_native).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                // The native side stops cleanly before the error is reported.
+                if let Some(n) = native {
+                    Running { native: Some(n), compat: None }.shutdown().await;
+                }
+                return Err(e);
+            }
+        }
     } else {
-        start_compat(cfg, mfp, agents, master_key).await.map(Some)
-    }
+        None
+    };
+    Ok(Some(Running { native, compat }))
 }
 
 async fn start_native(
@@ -148,7 +171,7 @@ async fn start_native(
     mfp: &Mfp,
     agents: &HashMap<String, AgentRef>,
     master_key: Option<&mfp_storage::MasterKey>,
-) -> Result<Running, FedStartError> {
+) -> Result<Native, FedStartError> {
     let Some(path) = &cfg.identity_key else {
         return Err(FedStartError::Native("a native peer needs federation.identity_key".into()));
     };
@@ -215,7 +238,7 @@ async fn start_native(
     }
     let opener =
         (!wanted.is_empty()).then(|| tokio::spawn(open_channels(Arc::clone(&fed), wanted, Arc::clone(&opened))));
-    Ok(Running::Native { fed, peers: ids, opener, opened })
+    Ok(Native { fed, peers: ids, opener, opened })
 }
 
 /// Opens each wanted channel once its peer's link is up; a failure is retried with backoff.
@@ -257,7 +280,8 @@ async fn start_compat(
     mfp: &Mfp,
     agents: &HashMap<String, AgentRef>,
     master_key: Option<&mfp_storage::MasterKey>,
-) -> Result<Running, FedStartError> {
+    with_native: bool,
+) -> Result<Compat, FedStartError> {
     let mut peers = Vec::new();
     let mut ids = Vec::new();
     for p in &cfg.peers {
@@ -303,14 +327,16 @@ async fn start_compat(
         ids.push(RuntimeId::derive(deployment_id.as_bytes(), instance_id.as_bytes()));
         peers.push(peer);
     }
-    // pymfp listens on transport.host:port whenever peers are configured.
+    // pymfp listens on transport.host:port whenever peers are configured; federation.listen
+    // is the native listener when there are native peers too.
     let listen = match cfg.federation_listen {
-        Some(a) => a,
-        None => {
+        Some(a) if !with_native => a,
+        _ => {
             let addr = format!("{}:{}", bracket(&cfg.transport.host), cfg.transport.port.value);
             addr.parse().map_err(|_| {
                 FedStartError::Compat(format!(
-                    "transport.host {:?} is not an IP address: set federation.listen to ip:port",
+                    "transport.host {:?} is not an IP address: set it to one (the pymfp peers' listener), or, \
+                     with pymfp peers only, federation.listen to ip:port",
                     cfg.transport.host
                 ))
             })?
@@ -322,7 +348,7 @@ async fn start_compat(
     if let Some(a) = net.local_addr() {
         tracing::warn!(addr = %a, "listening for pymfp peers: UNAUTHENTICATED (see docs/interop.md)");
     }
-    Ok(Running::Compat { net, peers: ids })
+    Ok(Compat { net, peers: ids })
 }
 
 fn bracket(host: &str) -> String {

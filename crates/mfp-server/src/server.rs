@@ -249,6 +249,9 @@ pub(crate) async fn run(cfg: Validated, mode: Mode) -> Result<(), RunError> {
         if let Some(a) = f.local_addr().filter(|_| listen) {
             addrs.insert("federation".into(), a.to_string().into());
         }
+        if let Some(a) = f.pymfp_addr().filter(|_| listen) {
+            addrs.insert("federation_pymfp".into(), a.to_string().into());
+        }
         *collector.federation.write() = Some(Arc::clone(f));
     }
     if let Some(p) = &port_file {

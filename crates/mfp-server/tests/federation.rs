@@ -236,10 +236,6 @@ fn federation_config_errors_have_locations() {
             "check.yaml:18:14: federation channel depth must be between 2 and 32",
         ),
         (
-            native("", "    - runtime_id: d/q\n      endpoint: \"127.0.0.1:2\"\n"),
-            "check.yaml:14:19: native peers (with public_key) and pymfp peers cannot be mixed",
-        ),
-        (
             format!(
                 "{head}federation:\n  peers:\n    - runtime_id: d/q\n      endpoint: \"127.0.0.1:2\"\n      channels:\n        - id: \"zz\"\n          agent: echo\n          remote_agent: \"{}\"\n",
                 "ab".repeat(32)
@@ -456,6 +452,75 @@ fn a_pymfp_compat_peer_is_set_up_and_warned_about() {
     // the error says which two entries to add.
     let log = s.log();
     assert!(log.contains("peer prod/py: bootstrap: ceremonial needs") && log.contains("ceremonial_key"), "{log}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// One server with a native peer (another server) and a pymfp peer (not running): both
+/// are set up, each kind on its own listener, and the native channel carries messages.
+#[test]
+fn a_server_has_native_and_pymfp_peers_at_once() {
+    let dir = temp_dir("fed", "mixed");
+    let (ka, kb) = (dir.join("a.key"), dir.join("b.key"));
+    let (pa, pb) = (identity(&ka), identity(&kb));
+    let config_a = format!(
+        "runtime:\n  deployment_id: fedtest\n  instance_id: a\nadmin:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\nfederation:\n  listen: \"127.0.0.1:0\"\n  identity_key: \"{}\"\n  peers:\n    - runtime_id: fedtest/b\n      public_key: \"{pb}\"\n",
+        ka.display()
+    );
+    let a = Server::start(&dir.join("a.yaml"), &config_a);
+    a.find_or_wait("INFO mfp_server::server: ready");
+    let a_fed = a.addr("federation listener bound");
+
+    let (hook_addr, deliveries) = hook();
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let pymfp_channel = "0123456789abcdef0123456789abcdef";
+    // transport.port takes no 0 (pymfp's schema): a port free a moment ago.
+    let free = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config_b = format!(
+        "runtime:\n  deployment_id: fedtest\n  instance_id: b\nadmin:\n  port: 0\nhttp:\n  port: 0\ntransport:\n  host: 127.0.0.1\n  port: {free}\nagents:\n  - name: driver\n    type: webhook\n    url: \"http://{hook_addr}/in\"\n    token: \"{TOKEN}\"\nfederation:\n  identity_key: \"{}\"\n  peers:\n    - runtime_id: fedtest/a\n      endpoint: \"{a_fed}\"\n      public_key: \"{pa}\"\n    - runtime_id: fedtest/py\n      endpoint: \"{closed}\"\n      channels:\n        - id: \"{pymfp_channel}\"\n          agent: driver\n          remote_agent: \"{}\"\n          depth: 4\n  channels:\n    - agent: driver\n      peer: fedtest/a\n      remote_agent: echo\n      depth: 4\n",
+        kb.display(),
+        "ab".repeat(32)
+    );
+    let b = Server::start(&dir.join("b.yaml"), &config_b);
+    b.find_or_wait("federation channel opened");
+    assert_eq!(b.log().matches("pymfp compat peer: UNAUTHENTICATED").count(), 1, "{}", b.log());
+    assert!(b.log().contains("listening for pymfp peers"), "{}", b.log());
+    assert!(b.log().contains(&format!("127.0.0.1:{free}")), "the pymfp listener is transport.host:port: {}", b.log());
+    let b_admin = b.addr("admin listener bound");
+    let b_http = b.addr("http listener bound");
+    let auth = format!("Bearer {TOKEN}");
+    let rpc = |body: &str| {
+        let (status, reply) = http(&b_http, "POST", "/agents/driver", &[("Authorization", &auth)], body);
+        assert_eq!(status, 200, "{reply}");
+        serde_json::from_str::<serde_json::Value>(&reply).unwrap()
+    };
+    let list = rpc(r#"{"jsonrpc":"2.0","id":1,"method":"channels"}"#)["result"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 2, "{list:?}");
+    let py = mfp_core::RuntimeId::derive(b"fedtest", b"py").to_string();
+    let a_id = mfp_core::RuntimeId::derive(b"fedtest", b"a").to_string();
+    assert!(list.iter().any(|c| c["channel"] == pymfp_channel && c["peer_runtime"] == py.as_str()), "{list:?}");
+    let native = list.iter().find(|c| c["peer_runtime"] == a_id.as_str()).expect("the native channel");
+    let channel_id = native["channel"].as_str().unwrap().to_string();
+    for i in 0..3 {
+        let r = rpc(&format!(
+            r#"{{"jsonrpc":"2.0","id":2,"method":"send","params":{{"channel":"{channel_id}","payload":"mixed-{i}"}}}}"#
+        ));
+        assert_eq!(r["result"]["step"], i, "{r}");
+    }
+    for i in 0..3 {
+        let body = deliveries.recv_timeout(WAIT).expect("an echo from runtime a");
+        assert!(body.contains(&format!(r#""payload":"mixed-{i}""#)), "{body}");
+    }
+    // The pymfp peer is down: a send on its channel fails and changes nothing else.
+    let r = rpc(&format!(
+        r#"{{"jsonrpc":"2.0","id":3,"method":"send","params":{{"channel":"{pymfp_channel}","payload":"nobody"}}}}"#
+    ));
+    assert!(r["error"].is_object(), "{r}");
+    let m = metrics_until(&b_admin, |m| metric(m, "mfp_remote_messages_received_total") == 3);
+    assert_eq!(metric(&m, "mfp_federation_peers"), 2, "{m}");
+    assert_eq!(metric(&m, "mfp_federation_links_up"), 1, "{m}");
+    assert!(m.contains("\nmfp_compat_peers 1\n"), "{m}");
+    drop(b);
+    drop(a);
     std::fs::remove_dir_all(&dir).ok();
 }
 
