@@ -316,12 +316,21 @@ pub(crate) struct RemoteLink {
     pub(crate) rx: ChainCell,
     /// Sealed messages not acknowledged yet (empty when the transport does not acknowledge).
     pub(crate) log: Mutex<OutboundLog>,
+    /// The outbound turn: whatever changes the outbound chain (a durable send from its
+    /// seal to its hand-over, a rotation, a reset, a close) holds it, across its commit
+    /// wait, so none of them can come between a send's seal and its settle. Taken before
+    /// `ingest_turn` and the channel's lock.
+    pub(crate) send_turn: Arc<tokio::sync::Mutex<()>>,
     /// One inbound message at a time per channel, across its commit wait.
     pub(crate) ingest_turn: tokio::sync::Mutex<()>,
     /// An accepted rotation of the inbound chain not seen in a message yet (its X25519
     /// secret). Read and written under `ingest_turn`.
     pub(crate) rx_rotation: Mutex<Option<mfp_core::State>>,
 }
+
+/// A held outbound turn of a cross-runtime channel (owned, so that a cancelled send's
+/// hand-over can finish on a thread of its own).
+pub(crate) type OutboundTurn = tokio::sync::OwnedMutexGuard<()>;
 
 /// The in-memory outbound log of one channel.
 #[derive(Default)]
@@ -346,6 +355,7 @@ impl RemoteLink {
             tx,
             rx,
             log: Mutex::new(OutboundLog { entries: VecDeque::new(), acked }),
+            send_turn: Arc::new(tokio::sync::Mutex::new(())),
             ingest_turn: tokio::sync::Mutex::new(()),
             rx_rotation: Mutex::new(None),
         }
@@ -353,6 +363,18 @@ impl RemoteLink {
 }
 
 impl RemoteLink {
+    /// Takes the channel's outbound turn (see `send_turn`): waits for it, or (a blocking
+    /// call on the thread that drives the runtime, see [`crate::admin::Wait::No`]) fails at
+    /// once if it is taken.
+    pub(crate) async fn outbound_turn(&self, wait: crate::admin::Wait) -> Result<OutboundTurn> {
+        match wait {
+            crate::admin::Wait::Yes => Ok(Arc::clone(&self.send_turn).lock_owned().await),
+            crate::admin::Wait::No(operation) => {
+                Arc::clone(&self.send_turn).try_lock_owned().map_err(|_| Error::WouldBlock { operation })
+            }
+        }
+    }
+
     /// Forgets the secrets of a closed channel's own chains and its log (a shared chain
     /// lives on for its other channels).
     pub(crate) fn wipe(&self) {
@@ -537,11 +559,18 @@ impl RemoteHandle {
 
     /// Rotates `channel`'s outbound chain now (the peer accepted the rotation with
     /// [`RemoteHandle::accept_rotation_async`] on its side): the next message is sealed under
-    /// `chain.rotate(secret)`. Returns the step the rotated chain starts at. Waits for the
-    /// commit while holding the channel's lock (as a send does): call it from a thread that
-    /// may block (`tokio::task::spawn_blocking` from async code).
+    /// `chain.rotate(secret)`. Returns the step the rotated chain starts at. A send whose
+    /// commit is pending settles first, on the chain it was sealed with; the rotation is
+    /// committed before this returns.
+    pub async fn rotate_outbound_async(&self, channel: &ChannelId, secret: &mfp_core::State) -> Result<u64> {
+        let inner = self.runtime()?;
+        inner.rotate_outbound(channel, secret, crate::admin::Wait::Yes).await
+    }
+
+    /// Blocking [`RemoteHandle::rotate_outbound_async`].
     pub fn rotate_outbound(&self, channel: &ChannelId, secret: &mfp_core::State) -> Result<u64> {
-        self.runtime()?.rotate_outbound(channel, secret)
+        let inner = self.runtime()?;
+        inner.blocking("RemoteHandle::rotate_outbound", |w| inner.rotate_outbound(channel, secret, w))
     }
 
     /// The peer runtimes this runtime stored (federation's handshake timestamps, read back

@@ -3,7 +3,10 @@
 //! DELIVER), and the outbound log's upkeep.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+use mfp_core::bilateral::BilateralState;
 
 use mfp_core::envelope::{EnvelopeHeader, EnvelopeLimits};
 use mfp_core::{BLOCK_SIZE, ChannelId, ENVELOPE_HEADER_SIZE, RuntimeId, TAG_SIZE};
@@ -16,11 +19,11 @@ use crate::config::Backpressure;
 use crate::error::{Error, Result};
 use crate::hooks::SendContext;
 use crate::remote::{
-    Ingested, MAX_UNACKED, OutboundMessage, OutboundSlot, RecoveryPoint, RemoteLink, RemotePosition, ResetOutcome,
-    TransportError,
+    Ingested, MAX_UNACKED, OutboundMessage, OutboundSlot, OutboundTurn, RecoveryPoint, RemoteLink, RemotePosition,
+    ResetOutcome, TransportError,
 };
 use crate::runtime::{Inner, QuarantineCause};
-use crate::storage::{DeliveryRow, OutboundRow, StorageOp};
+use crate::storage::{DeliveryRow, OutboundRow, StorageError, StorageOp, Ticket};
 use crate::types::{ChannelStatus, DeliveredMessage, Receipt, SendOptions};
 
 impl Inner {
@@ -32,16 +35,22 @@ impl Inner {
 
     /// Sends on a cross-runtime channel: reserves room in the transport (waiting as
     /// configured, until `deadline`), then seals, commits and hands the message over.
+    ///
+    /// With storage, the send takes the channel's outbound turn (`RemoteLink::send_turn`)
+    /// before ACCEPT and holds it to the hand-over; the channel's lock is held only while
+    /// the message is sealed and its batch submitted, and the commit is awaited as a
+    /// future (a blocking caller drives this future on its own thread). `submitted` is set
+    /// once the batch went to storage (see `AgentHandle::send`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn send_remote(
-        &self,
+        self: &Arc<Self>,
         sender: &Arc<AgentRecord>,
         channel: &Arc<ChannelRecord>,
         payload: &[u8],
         opts: &SendOptions,
         deadline: Instant,
         started: Instant,
-        on_async: bool,
+        submitted: Option<&AtomicBool>,
     ) -> Result<Receipt> {
         let link = channel.remote().ok_or(Error::Inconsistent { channel: channel.id })?;
         let transport = Arc::clone(self.transport.get().ok_or(Error::NoTransport(channel.id))?);
@@ -65,28 +74,6 @@ impl Inner {
             }
         };
         let keep_log = transport.acknowledges(&peer) && !link.tx.is_shared();
-        let run = || self.execute_remote(sender, channel, link, payload, opts, slot, keep_log, started);
-        let on_worker = on_async
-            && self.persisting()
-            && tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if on_worker { tokio::task::block_in_place(run) } else { run() }
-    }
-
-    /// ACCEPT → FRAME → ENCODE (pymfp's cross-runtime message on the channel's outbound
-    /// chain) → commit of the chain's advance with the outbound log row → transport.
-    #[allow(clippy::too_many_arguments)]
-    fn execute_remote(
-        &self,
-        sender: &Arc<AgentRecord>,
-        channel: &ChannelRecord,
-        link: &RemoteLink,
-        payload: &[u8],
-        opts: &SendOptions,
-        slot: Box<dyn OutboundSlot>,
-        keep_log: bool,
-        started: Instant,
-    ) -> Result<Receipt> {
         let ctx = SendContext { sender: sender.id, recipient: link.end.agent, channel: channel.id, payload };
         if let Some(h) = &self.hooks
             && let Err(reason) = h.before_send(&ctx)
@@ -94,12 +81,60 @@ impl Inner {
             self.rejected(sender.id, channel.id, "rejected by hook");
             return Err(Error::HookRejected(reason));
         }
+        // A durable send waits for the turn as a future; a blocking caller on the thread
+        // that drives the runtime sees it pending before anything was submitted and is
+        // refused (`WouldBlock`), so it never waits behind a task of its own thread.
+        let turn =
+            if self.persisting() && !link.tx.is_shared() { Some(link.outbound_turn(Wait::Yes).await?) } else { None };
+        match self.execute_remote(sender, channel, link, payload, opts, slot, keep_log, turn)? {
+            Sealed::Replayed(receipt) => Ok(receipt),
+            Sealed::Sent(receipt) => {
+                self.sent(sender, &ctx, &receipt, started, Some(link.end.agent));
+                Ok(receipt)
+            }
+            Sealed::Submitted(handover) => {
+                if let Some(s) = submitted {
+                    s.store(true, Ordering::Relaxed);
+                }
+                match handover.settle().await {
+                    Ok(receipt) => {
+                        self.sent(sender, &ctx, &receipt, started, Some(link.end.agent));
+                        Ok(receipt)
+                    }
+                    Err(e) => {
+                        self.rejected(sender.id, channel.id, "storage write failed");
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// ACCEPT → FRAME → ENCODE (pymfp's cross-runtime message on the channel's outbound
+    /// chain), under the channel's lock. Without storage (or on a shared chain, kept in
+    /// memory only) the chain moves on and the message goes to the transport in the same
+    /// hold. With storage, the chain's advance and the outbound log row are submitted as
+    /// one batch and the lock is released: the returned [`Handover`] awaits the commit and
+    /// then moves the chain and hands the message over; `turn` (the channel's outbound
+    /// turn) is held until then.
+    #[allow(clippy::too_many_arguments)]
+    fn execute_remote(
+        self: &Arc<Self>,
+        sender: &Arc<AgentRecord>,
+        channel: &Arc<ChannelRecord>,
+        link: &RemoteLink,
+        payload: &[u8],
+        opts: &SendOptions,
+        slot: Box<dyn OutboundSlot>,
+        keep_log: bool,
+        turn: Option<OutboundTurn>,
+    ) -> Result<Sealed> {
         let idem = Self::idempotency(sender, opts, payload);
         let peer = link.end.peer;
         let mut ch = channel.inner.lock();
         // ACCEPT
         if let Some(r) = self.accept_locked(&mut ch, &channel.id, idem.as_ref())? {
-            return Ok(r);
+            return Ok(Sealed::Replayed(r));
         }
         if keep_log && link.log.lock().entries.len() >= MAX_UNACKED {
             return Err(Self::peer_unavailable(
@@ -112,26 +147,29 @@ impl Inner {
         let step = tx.step;
         let out = tx.seal_outbound(&self.identity, &channel.id, usize::from(channel.depth), payload)?;
         let (message_id, correlation_id) = crate::remote::remote_ids(&channel.id, &self.identity, step);
-        // PERSIST: the advance and the sealed message commit together, before the message
-        // leaves or the sender hears of it.
-        if self.persisting() && !link.tx.is_shared() {
+        let receipt = Receipt { message_id, channel: channel.id, step, correlation_id };
+        if let Some(turn) = turn {
+            // PERSIST: the advance and the sealed message commit together, before the
+            // message leaves or the sender hears of it. The chain stays where it is until
+            // then; the outbound turn keeps everything else that would move it away.
+            drop(tx);
+            drop(ch);
             let acks = self.take_acks();
             let mut ops = Vec::with_capacity(2 + acks.len());
             ops.extend(acks.iter().map(|&(channel, step)| StorageOp::AckDelivery { channel, step }));
             ops.push(StorageOp::AdvanceRemoteTx { id: channel.id, tx: out.next.clone() });
+            let wire: Arc<[u8]> = Arc::from(out.wire);
             if keep_log {
-                ops.push(StorageOp::PutOutbound(OutboundRow {
-                    channel: channel.id,
-                    step,
-                    peer,
-                    wire: out.wire.clone(),
-                }));
+                ops.push(StorageOp::PutOutbound(OutboundRow { channel: channel.id, step, peer, wire: wire.to_vec() }));
             }
-            if let Err(e) = self.settle(self.submit(ops)) {
-                self.requeue_acks(acks);
-                self.rejected(sender.id, channel.id, "storage write failed");
-                return Err(e);
-            }
+            let ticket = self.submit(ops);
+            let msg = OutboundMessage { peer, channel: channel.id, step, wire };
+            return Ok(Sealed::Submitted(Handover {
+                inner: Arc::clone(self),
+                channel: Arc::clone(channel),
+                ticket,
+                sealed: Some(SealedSend { next: out.next, msg, slot, receipt, idem, acks, keep_log, _turn: turn }),
+            }));
         }
         *tx = out.next;
         drop(tx);
@@ -140,11 +178,34 @@ impl Inner {
             link.log.lock().entries.push_back(msg.clone());
         }
         slot.send(msg);
-        let receipt = Receipt { message_id, channel: channel.id, step, correlation_id };
         self.remember_idempotent(&mut ch, idem, receipt);
         drop(ch);
+        Ok(Sealed::Sent(receipt))
+    }
 
-        self.sent(sender, &ctx, &receipt, started, Some(link.end.agent));
+    /// The end of a durable cross-runtime send whose batch completed with `outcome`:
+    /// committed, the chain moves on, the message enters the outbound log and goes to the
+    /// transport; failed, nothing moved and the reserved slot is released. Either way the
+    /// outbound turn is released on return.
+    fn hand_over(
+        &self,
+        channel: &ChannelRecord,
+        sealed: SealedSend,
+        outcome: std::result::Result<(), StorageError>,
+    ) -> Result<Receipt> {
+        let SealedSend { next, msg, slot, receipt, idem, acks, keep_log, _turn } = sealed;
+        if let Err(e) = outcome.or_else(|e| self.storage_failed(e)) {
+            self.requeue_acks(acks);
+            return Err(e);
+        }
+        let link = channel.remote().ok_or(Error::Inconsistent { channel: channel.id })?;
+        let mut ch = channel.inner.lock();
+        *link.tx.lock() = next;
+        if keep_log {
+            link.log.lock().entries.push_back(msg.clone());
+        }
+        slot.send(msg);
+        self.remember_idempotent(&mut ch, idem, receipt);
         Ok(receipt)
     }
 
@@ -415,26 +476,40 @@ impl Inner {
         })
     }
 
-    /// Rotates the outbound chain at its current step (under the channel's lock, as a send).
-    pub(crate) fn rotate_outbound(&self, channel: &ChannelId, secret: &mfp_core::State) -> Result<u64> {
+    /// Rotates the outbound chain at its current step. Takes the channel's outbound turn,
+    /// so it comes after a send whose commit is pending (that send settles on the chain it
+    /// sealed with) and before the next one.
+    pub(crate) async fn rotate_outbound(
+        &self,
+        channel: &ChannelId,
+        secret: &mfp_core::State,
+        wait: Wait,
+    ) -> Result<u64> {
         let ch = self.channel(channel)?;
         let link = ch.remote().ok_or(Error::WrongPeer { channel: *channel, from: "a peer runtime".into() })?;
         if link.tx.is_shared() {
             return Err(Self::no_rotation(channel));
         }
-        let status = ch.inner.lock();
-        if status.status == ChannelStatus::Closed {
-            return Err(Error::ChannelClosed(*channel));
-        }
-        let mut tx = link.tx.lock();
-        let rotated = tx.rotate(secret, &self.identity, &link.end.peer);
+        let _turn = link.outbound_turn(wait).await?;
+        let rotated = {
+            let status = ch.inner.lock();
+            if status.status == ChannelStatus::Closed {
+                return Err(Error::ChannelClosed(*channel));
+            }
+            link.tx.lock().rotate(secret, &self.identity, &link.end.peer)
+        };
         let step = rotated.step;
         if self.persisting() {
-            self.settle(self.submit(vec![StorageOp::AdvanceRemoteTx { id: *channel, tx: rotated.clone() }]))?;
+            let ticket = self.submit(vec![StorageOp::AdvanceRemoteTx { id: *channel, tx: rotated.clone() }]);
+            match wait {
+                Wait::Yes => self.settle_async(ticket).await?,
+                Wait::No(_) => self.settle(ticket)?,
+            }
         }
-        *tx = rotated;
-        drop(tx);
-        drop(status);
+        {
+            let _status = ch.inner.lock();
+            *link.tx.lock() = rotated;
+        }
         self.shared.metrics.remote_rotations.inc();
         let mut ev = AuditEvent::new(AuditEventType::KeyRotation);
         ev.channel = Some(*channel);
@@ -492,6 +567,7 @@ impl Inner {
                 reason: format!("channel {} shares pymfp's chain, which cannot be reset on the wire", channel.short()),
             }));
         }
+        let _send = link.outbound_turn(wait).await?;
         // No inbound message is opened meanwhile.
         let _ingest = match wait {
             Wait::Yes => link.ingest_turn.lock().await,
@@ -621,5 +697,83 @@ impl Inner {
                 })
             })
             .collect()
+    }
+}
+
+/// What [`Inner::execute_remote`] did.
+enum Sealed {
+    /// An idempotent retry, answered from the window (nothing sent).
+    Replayed(Receipt),
+    /// Sent without storage: the chain moved on and the message went to the transport.
+    Sent(Receipt),
+    /// Sealed and submitted: the commit is still to be awaited.
+    Submitted(Handover),
+}
+
+/// A durable cross-runtime message between its seal and its hand-over.
+struct SealedSend {
+    /// The outbound chain after the message.
+    next: BilateralState,
+    msg: OutboundMessage,
+    slot: Box<dyn OutboundSlot>,
+    receipt: Receipt,
+    idem: Option<([u8; 32], [u8; 32])>,
+    /// Removals of handled messages that rode in the batch (put back if it fails).
+    acks: Vec<(ChannelId, u64)>,
+    keep_log: bool,
+    /// The channel's outbound turn, released once the message is settled.
+    _turn: OutboundTurn,
+}
+
+/// A submitted durable cross-runtime send, waiting for its commit. Dropped before the
+/// commit is known (a cancelled async send), it finishes on a thread of its own: the batch
+/// may commit, and then the message must be handed over and the chain moved on, or the
+/// next send would seal a second message under the same (key, nonce) pair.
+struct Handover {
+    inner: Arc<Inner>,
+    channel: Arc<ChannelRecord>,
+    ticket: Option<Ticket>,
+    sealed: Option<SealedSend>,
+}
+
+impl Handover {
+    /// Awaits the commit (a future: no thread is blocked), then settles the message.
+    async fn settle(mut self) -> Result<Receipt> {
+        let outcome = match self.ticket.as_mut() {
+            Some(t) => t.wait_mut().await,
+            None => Ok(()),
+        };
+        self.ticket = None;
+        let sealed = self.sealed.take().ok_or(Error::Inconsistent { channel: self.channel.id })?;
+        self.inner.hand_over(&self.channel, sealed, outcome)
+    }
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        let Some(sealed) = self.sealed.take() else { return };
+        let ticket = self.ticket.take();
+        let (inner, channel) = (Arc::clone(&self.inner), Arc::clone(&self.channel));
+        let work = Arc::new(parking_lot::Mutex::new(Some((ticket, sealed))));
+        let finish = {
+            let work = Arc::clone(&work);
+            move || {
+                if let Some((ticket, sealed)) = work.lock().take() {
+                    let outcome = ticket.map_or(Ok(()), Ticket::wait);
+                    // Its sender is gone; the outcome was counted (a failed write) or the
+                    // message went out.
+                    drop(inner.hand_over(&channel, sealed, outcome));
+                }
+            }
+        };
+        let spawned = std::thread::Builder::new().name("mfp-commit".into()).spawn(finish);
+        if spawned.is_err()
+            && let Some((ticket, sealed)) = work.lock().take()
+        {
+            // No thread to be had: settle here (the commit is under way; this waits for it).
+            tracing::warn!(target: "mfp::runtime", channel = %self.channel.id.short(), "no thread for a cancelled send's commit; settling inline");
+            let outcome = ticket.map_or(Ok(()), Ticket::wait);
+            drop(self.inner.hand_over(&self.channel, sealed, outcome));
+        }
     }
 }
