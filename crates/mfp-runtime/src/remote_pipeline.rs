@@ -164,12 +164,12 @@ impl Inner {
             }
             let ticket = self.submit(ops);
             let msg = OutboundMessage { peer, channel: channel.id, step, wire };
-            return Ok(Sealed::Submitted(Handover {
+            return Ok(Sealed::Submitted(Box::new(Handover {
                 inner: Arc::clone(self),
                 channel: Arc::clone(channel),
                 ticket,
                 sealed: Some(SealedSend { next: out.next, msg, slot, receipt, idem, acks, keep_log, _turn: turn }),
-            }));
+            })));
         }
         *tx = out.next;
         drop(tx);
@@ -707,7 +707,7 @@ enum Sealed {
     /// Sent without storage: the chain moved on and the message went to the transport.
     Sent(Receipt),
     /// Sealed and submitted: the commit is still to be awaited.
-    Submitted(Handover),
+    Submitted(Box<Handover>),
 }
 
 /// A durable cross-runtime message between its seal and its hand-over.
@@ -738,7 +738,7 @@ struct Handover {
 
 impl Handover {
     /// Awaits the commit (a future: no thread is blocked), then settles the message.
-    async fn settle(mut self) -> Result<Receipt> {
+    async fn settle(mut self: Box<Self>) -> Result<Receipt> {
         let outcome = match self.ticket.as_mut() {
             Some(t) => t.wait_mut().await,
             None => Ok(()),
