@@ -252,8 +252,10 @@ impl AgentHandle {
                             ),
                         }));
                     }
-                    let receipt =
-                        inner.send_remote(&self.record, &ch, payload, options, deadline, started, submitted).await?;
+                    let driver = matches!(caller, Caller::Blocking { driver: true });
+                    let receipt = inner
+                        .send_remote(&self.record, &ch, payload, options, deadline, started, submitted, driver)
+                        .await?;
                     let peer = ch.remote().map_or(ch.a.id, |l| l.end.agent);
                     return Ok((receipt, peer));
                 }

@@ -316,11 +316,17 @@ pub(crate) struct RemoteLink {
     pub(crate) rx: ChainCell,
     /// Sealed messages not acknowledged yet (empty when the transport does not acknowledge).
     pub(crate) log: Mutex<OutboundLog>,
-    /// The outbound turn: whatever changes the outbound chain (a durable send from its
-    /// seal to its hand-over, a rotation, a reset, a close) holds it, across its commit
-    /// wait, so none of them can come between a send's seal and its settle. Taken before
-    /// `ingest_turn` and the channel's lock.
+    /// The outbound turn. A durable send holds it while it seals and submits (not across
+    /// its commit); a rotation, a reset or a close holds it from before it looks at the
+    /// chain to its end, once the sends in flight are settled (`out` empty). So nothing
+    /// comes between a send's seal and its settle. Taken before `ingest_turn` and the
+    /// channel's lock.
     pub(crate) send_turn: Arc<tokio::sync::Mutex<()>>,
+    /// Durable sends submitted and not yet settled (see `remote_pipeline.rs`). Its lock
+    /// comes after the channel's and before the chains'.
+    pub(crate) out: Mutex<crate::remote_pipeline::OutQueue>,
+    /// Signalled when `out` runs empty.
+    pub(crate) drained: tokio::sync::Notify,
     /// One inbound message at a time per channel, across its commit wait.
     pub(crate) ingest_turn: tokio::sync::Mutex<()>,
     /// An accepted rotation of the inbound chain not seen in a message yet (its X25519
@@ -356,6 +362,8 @@ impl RemoteLink {
             rx,
             log: Mutex::new(OutboundLog { entries: VecDeque::new(), acked }),
             send_turn: Arc::new(tokio::sync::Mutex::new(())),
+            out: Mutex::new(crate::remote_pipeline::OutQueue::default()),
+            drained: tokio::sync::Notify::new(),
             ingest_turn: tokio::sync::Mutex::new(()),
             rx_rotation: Mutex::new(None),
         }
@@ -363,14 +371,33 @@ impl RemoteLink {
 }
 
 impl RemoteLink {
-    /// Takes the channel's outbound turn (see `send_turn`): waits for it, or (a blocking
-    /// call on the thread that drives the runtime, see [`crate::admin::Wait::No`]) fails at
-    /// once if it is taken.
+    /// Takes the channel's outbound turn for a send (see `send_turn`).
+    pub(crate) async fn seal_turn(&self) -> OutboundTurn {
+        Arc::clone(&self.send_turn).lock_owned().await
+    }
+
+    /// Takes the channel's outbound turn for something other than a send (a rotation, a
+    /// reset, a close), then waits until every send in flight is settled: the chain is
+    /// then the one the peer sees, and no send seals until the turn is released. A blocking
+    /// call on the thread that drives the runtime (see [`crate::admin::Wait::No`]) fails at
+    /// once instead of waiting.
     pub(crate) async fn outbound_turn(&self, wait: crate::admin::Wait) -> Result<OutboundTurn> {
-        match wait {
-            crate::admin::Wait::Yes => Ok(Arc::clone(&self.send_turn).lock_owned().await),
+        let turn = match wait {
+            crate::admin::Wait::Yes => Arc::clone(&self.send_turn).lock_owned().await,
             crate::admin::Wait::No(operation) => {
-                Arc::clone(&self.send_turn).try_lock_owned().map_err(|_| Error::WouldBlock { operation })
+                Arc::clone(&self.send_turn).try_lock_owned().map_err(|_| Error::WouldBlock { operation })?
+            }
+        };
+        loop {
+            let drained = self.drained.notified();
+            let mut drained = std::pin::pin!(drained);
+            drained.as_mut().enable();
+            if self.out.lock().is_empty() {
+                return Ok(turn);
+            }
+            match wait {
+                crate::admin::Wait::Yes => drained.await,
+                crate::admin::Wait::No(operation) => return Err(Error::WouldBlock { operation }),
             }
         }
     }

@@ -2,6 +2,7 @@
 //! (ACCEPT → FRAME → ENCODE → commit → transport) and inbound (VALIDATE → DECODE → commit →
 //! DELIVER), and the outbound log's upkeep.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -25,6 +26,7 @@ use crate::remote::{
 use crate::runtime::{Inner, QuarantineCause};
 use crate::storage::{DeliveryRow, OutboundRow, StorageError, StorageOp, Ticket};
 use crate::types::{ChannelStatus, DeliveredMessage, Receipt, SendOptions};
+use tokio::sync::oneshot;
 
 impl Inner {
     fn peer_unavailable(peer: &RuntimeId, reason: impl std::fmt::Display) -> Error {
@@ -51,6 +53,7 @@ impl Inner {
         deadline: Instant,
         started: Instant,
         submitted: Option<&AtomicBool>,
+        driver: bool,
     ) -> Result<Receipt> {
         let link = channel.remote().ok_or(Error::Inconsistent { channel: channel.id })?;
         let transport = Arc::clone(self.transport.get().ok_or(Error::NoTransport(channel.id))?);
@@ -84,9 +87,8 @@ impl Inner {
         // A durable send waits for the turn as a future; a blocking caller on the thread
         // that drives the runtime sees it pending before anything was submitted and is
         // refused (`WouldBlock`), so it never waits behind a task of its own thread.
-        let turn =
-            if self.persisting() && !link.tx.is_shared() { Some(link.outbound_turn(Wait::Yes).await?) } else { None };
-        match self.execute_remote(sender, channel, link, payload, opts, slot, keep_log, turn)? {
+        let turn = if self.persisting() && !link.tx.is_shared() { Some(link.seal_turn().await) } else { None };
+        match self.execute_remote(sender, channel, link, payload, opts, slot, keep_log, turn, driver)? {
             Sealed::Replayed(receipt) => Ok(receipt),
             Sealed::Sent(receipt) => {
                 self.sent(sender, &ctx, &receipt, started, Some(link.end.agent));
@@ -113,10 +115,11 @@ impl Inner {
     /// ACCEPT → FRAME → ENCODE (pymfp's cross-runtime message on the channel's outbound
     /// chain), under the channel's lock. Without storage (or on a shared chain, kept in
     /// memory only) the chain moves on and the message goes to the transport in the same
-    /// hold. With storage, the chain's advance and the outbound log row are submitted as
-    /// one batch and the lock is released: the returned [`Handover`] awaits the commit and
-    /// then moves the chain and hands the message over; `turn` (the channel's outbound
-    /// turn) is held until then.
+    /// hold. With storage (`turn` held), the message is sealed at the channel's head, its
+    /// batch (the chain's advance and the outbound log row) submitted and the message
+    /// queued (see [`OutQueue`]); the returned [`Handover`] awaits the commit and the
+    /// message's settling. `driver`: a blocking call on the thread that drives the
+    /// runtime, which may not wait behind queued sends (their tasks need this thread).
     #[allow(clippy::too_many_arguments)]
     fn execute_remote(
         self: &Arc<Self>,
@@ -128,6 +131,7 @@ impl Inner {
         slot: Box<dyn OutboundSlot>,
         keep_log: bool,
         turn: Option<OutboundTurn>,
+        driver: bool,
     ) -> Result<Sealed> {
         let idem = Self::idempotency(sender, opts, payload);
         let peer = link.end.peer;
@@ -136,11 +140,70 @@ impl Inner {
         if let Some(r) = self.accept_locked(&mut ch, &channel.id, idem.as_ref())? {
             return Ok(Sealed::Replayed(r));
         }
-        if keep_log && link.log.lock().entries.len() >= MAX_UNACKED {
-            return Err(Self::peer_unavailable(
-                &peer,
-                format!("{MAX_UNACKED} messages of this channel are not acknowledged yet"),
-            ));
+        if turn.is_some() {
+            let mut q = link.out.lock();
+            if driver && !q.is_empty() {
+                return Err(Error::WouldBlock { operation: "AgentHandle::send" });
+            }
+            if keep_log && link.log.lock().entries.len() + q.queue.len() >= MAX_UNACKED {
+                return Err(Self::peer_unavailable(
+                    &peer,
+                    format!("{MAX_UNACKED} messages of this channel are not acknowledged yet"),
+                ));
+            }
+            // FRAME → ENCODE at the head (the chain after the last message submitted).
+            let depth = usize::from(channel.depth);
+            let (step, out) = match &q.head {
+                Some(head) => (head.step, head.seal_outbound(&self.identity, &channel.id, depth, payload)?),
+                None => {
+                    let tx = link.tx.lock();
+                    (tx.step, tx.seal_outbound(&self.identity, &channel.id, depth, payload)?)
+                }
+            };
+            let (message_id, correlation_id) = crate::remote::remote_ids(&channel.id, &self.identity, step);
+            let receipt = Receipt { message_id, channel: channel.id, step, correlation_id };
+            // PERSIST: the advance and the sealed message commit together, before the
+            // message leaves or the sender hears of it. Submitted under the lock, so a
+            // channel's batches reach storage in step order.
+            let acks = self.take_acks();
+            let mut ops = Vec::with_capacity(2 + acks.len());
+            ops.extend(acks.iter().map(|&(channel, step)| StorageOp::AckDelivery { channel, step }));
+            ops.push(StorageOp::AdvanceRemoteTx { id: channel.id, tx: out.next.clone() });
+            let wire: Arc<[u8]> = Arc::from(out.wire);
+            if q.repair {
+                // A compensation is not known to have committed: this batch repeats it
+                // for its own step (the chain's advance is absolute anyway).
+                ops.push(StorageOp::TruncateOutbound { channel: channel.id, from: step });
+            }
+            if keep_log {
+                ops.push(StorageOp::PutOutbound(OutboundRow { channel: channel.id, step, peer, wire: wire.to_vec() }));
+            }
+            let ticket = self.submit(ops);
+            let seq = q.next_seq;
+            q.next_seq += 1;
+            let (done, answer) = oneshot::channel();
+            q.head = Some(out.next.clone());
+            let repairs = q.repair;
+            q.queue.push_back(OutPending {
+                seq,
+                outcome: None,
+                next: out.next,
+                msg: OutboundMessage { peer, channel: channel.id, step, wire },
+                slot,
+                receipt,
+                idem,
+                acks,
+                keep_log,
+                repairs,
+                done: Some(done),
+            });
+            return Ok(Sealed::Submitted(Box::new(Handover {
+                inner: Arc::clone(self),
+                channel: Arc::clone(channel),
+                seq,
+                ticket,
+                answer: Some(answer),
+            })));
         }
         // FRAME → ENCODE
         let mut tx = link.tx.lock();
@@ -148,29 +211,6 @@ impl Inner {
         let out = tx.seal_outbound(&self.identity, &channel.id, usize::from(channel.depth), payload)?;
         let (message_id, correlation_id) = crate::remote::remote_ids(&channel.id, &self.identity, step);
         let receipt = Receipt { message_id, channel: channel.id, step, correlation_id };
-        if let Some(turn) = turn {
-            // PERSIST: the advance and the sealed message commit together, before the
-            // message leaves or the sender hears of it. The chain stays where it is until
-            // then; the outbound turn keeps everything else that would move it away.
-            drop(tx);
-            drop(ch);
-            let acks = self.take_acks();
-            let mut ops = Vec::with_capacity(2 + acks.len());
-            ops.extend(acks.iter().map(|&(channel, step)| StorageOp::AckDelivery { channel, step }));
-            ops.push(StorageOp::AdvanceRemoteTx { id: channel.id, tx: out.next.clone() });
-            let wire: Arc<[u8]> = Arc::from(out.wire);
-            if keep_log {
-                ops.push(StorageOp::PutOutbound(OutboundRow { channel: channel.id, step, peer, wire: wire.to_vec() }));
-            }
-            let ticket = self.submit(ops);
-            let msg = OutboundMessage { peer, channel: channel.id, step, wire };
-            return Ok(Sealed::Submitted(Box::new(Handover {
-                inner: Arc::clone(self),
-                channel: Arc::clone(channel),
-                ticket,
-                sealed: Some(SealedSend { next: out.next, msg, slot, receipt, idem, acks, keep_log, _turn: turn }),
-            })));
-        }
         *tx = out.next;
         drop(tx);
         let msg = OutboundMessage { peer, channel: channel.id, step, wire: Arc::from(out.wire) };
@@ -183,30 +223,74 @@ impl Inner {
         Ok(Sealed::Sent(receipt))
     }
 
-    /// The end of a durable cross-runtime send whose batch completed with `outcome`:
-    /// committed, the chain moves on, the message enters the outbound log and goes to the
-    /// transport; failed, nothing moved and the reserved slot is released. Either way the
-    /// outbound turn is released on return.
-    fn hand_over(
-        &self,
-        channel: &ChannelRecord,
-        sealed: SealedSend,
-        outcome: std::result::Result<(), StorageError>,
-    ) -> Result<Receipt> {
-        let SealedSend { next, msg, slot, receipt, idem, acks, keep_log, _turn } = sealed;
-        if let Err(e) = outcome.or_else(|e| self.storage_failed(e)) {
-            self.requeue_acks(acks);
-            return Err(e);
-        }
-        let link = channel.remote().ok_or(Error::Inconsistent { channel: channel.id })?;
+    /// The commit of the queued message `seq` of `channel` is known: records it and
+    /// settles the queue's front (see [`OutQueue`]).
+    fn commit_known(&self, channel: &ChannelRecord, seq: u64, outcome: std::result::Result<(), StorageError>) {
+        let Some(link) = channel.remote() else { return };
         let mut ch = channel.inner.lock();
-        *link.tx.lock() = next;
-        if keep_log {
-            link.log.lock().entries.push_back(msg.clone());
+        let mut q = link.out.lock();
+        // Queued messages have consecutive numbers; one that is gone was failed already.
+        let index = q.queue.front().and_then(|f| seq.checked_sub(f.seq)).and_then(|i| usize::try_from(i).ok());
+        if let Some(p) = index.and_then(|i| q.queue.get_mut(i)).filter(|p| p.seq == seq) {
+            p.outcome = Some(outcome);
         }
-        slot.send(msg);
-        self.remember_idempotent(&mut ch, idem, receipt);
-        Ok(receipt)
+        while q.queue.front().is_some_and(|p| p.outcome.is_some()) {
+            let Some(mut p) = q.queue.pop_front() else { break };
+            let outcome = p.outcome.take().unwrap_or(Err(StorageError::Closed));
+            let done = p.done.take();
+            match outcome.or_else(|e| self.storage_failed(e)) {
+                Ok(()) => {
+                    // Committed: the chain moves on, the message enters the log and goes
+                    // to the transport (in step order), its sender gets the receipt.
+                    *link.tx.lock() = p.next;
+                    if p.repairs {
+                        q.repair = false;
+                    }
+                    if p.keep_log {
+                        link.log.lock().entries.push_back(p.msg.clone());
+                    }
+                    p.slot.send(p.msg);
+                    self.remember_idempotent(&mut ch, p.idem, p.receipt);
+                    if let Some(d) = done {
+                        // The sender may be gone (cancelled): the message was still sent.
+                        let _ = d.send(Ok(p.receipt));
+                    }
+                }
+                Err(e) => {
+                    self.requeue_acks(p.acks);
+                    if let Some(d) = done {
+                        let _ = d.send(Err(e));
+                    }
+                    // The peer must see contiguous steps: every later message of the
+                    // channel fails too (none was handed over), and storage goes back to
+                    // the chain before the failed one, behind their batches.
+                    let from = p.receipt.step;
+                    for later in q.queue.drain(..) {
+                        self.requeue_acks(later.acks);
+                        if let Some(d) = later.done {
+                            let _ = d.send(Err(Error::Storage(StorageError::Backend(format!(
+                                "an earlier message of channel {} (step {from}) failed to commit; nothing from it on was sent",
+                                channel.id.short()
+                            )))));
+                        }
+                    }
+                    q.head = None;
+                    let back = link.tx.lock().clone();
+                    // Not waited for; until a batch of the channel is known to have
+                    // committed after it, every batch repeats the truncation (`repair`),
+                    // so a failed compensation is made good by the next send.
+                    q.repair = true;
+                    drop(self.submit(vec![
+                        StorageOp::AdvanceRemoteTx { id: channel.id, tx: back },
+                        StorageOp::TruncateOutbound { channel: channel.id, from },
+                    ]));
+                }
+            }
+        }
+        if q.queue.is_empty() {
+            q.head = None;
+            link.drained.notify_waiters();
+        }
     }
 
     // ---- inbound half ---------------------------------------------------------------
@@ -706,12 +790,61 @@ enum Sealed {
     Replayed(Receipt),
     /// Sent without storage: the chain moved on and the message went to the transport.
     Sent(Receipt),
-    /// Sealed and submitted: the commit is still to be awaited.
+    /// Sealed, submitted and queued: the commit is still to be awaited.
     Submitted(Box<Handover>),
 }
 
-/// A durable cross-runtime message between its seal and its hand-over.
-struct SealedSend {
+/// The durable sends of a cross-runtime channel that were submitted and not yet settled.
+///
+/// A durable send seals its message at the *head* (the chain after the last message
+/// submitted), submits its batch (the chain's advance with the outbound log row), moves
+/// the head on and queues the message, all under the channel's lock and its outbound turn;
+/// then it releases both and awaits its commit as a future. The next send of the channel
+/// is sealed while this one commits, so a channel's sends share transactions.
+///
+/// Queued messages are settled strictly in step order, by whichever party learns of a
+/// commit that makes the front's known (the front's sender, or a later sender whose commit
+/// came first): committed, the chain (`RemoteLink::tx`, what the peer can have seen) moves
+/// on, the message enters the outbound log and is handed to the transport, and its sender
+/// gets the receipt. So the transport is handed a channel's steps contiguously and in
+/// order.
+///
+/// A failed batch fails its message and every later queued one: they were sealed on top of
+/// it, and the peer must not see a gap. None of them was handed over. The head goes back
+/// to the chain (the state before the failed message) and a compensating batch, submitted
+/// behind theirs (some may still commit), puts storage back: the chain's state before the
+/// failed step and the outbound log without it and what follows. The next send seals at
+/// the failed step again; its ciphertext never left the process, so no (key, nonce) pair
+/// anyone saw is reused.
+///
+/// A sender whose future is dropped after it submitted (a cancelled async send) leaves a
+/// thread to wait for its commit in its place, so the queue never stalls. Whatever else
+/// moves the chain (a rotation, a reset, a close) takes the outbound turn and waits until
+/// the queue is empty (`RemoteLink::outbound_turn`).
+#[derive(Default)]
+pub(crate) struct OutQueue {
+    /// The chain after the last message submitted; `None` when nothing is queued (the
+    /// head is then the chain itself).
+    head: Option<BilateralState>,
+    queue: VecDeque<OutPending>,
+    /// Number of the next message queued (a step can be queued again after a failure).
+    next_seq: u64,
+    /// A compensation was submitted and no batch after it is known to have committed.
+    repair: bool,
+}
+
+impl OutQueue {
+    /// Whether no send is in flight.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+/// A durable cross-runtime message submitted and not yet settled.
+struct OutPending {
+    seq: u64,
+    /// Its commit's outcome, once its sender (or a thread in its place) saw it.
+    outcome: Option<std::result::Result<(), StorageError>>,
     /// The outbound chain after the message.
     next: BilateralState,
     msg: OutboundMessage,
@@ -721,59 +854,62 @@ struct SealedSend {
     /// Removals of handled messages that rode in the batch (put back if it fails).
     acks: Vec<(ChannelId, u64)>,
     keep_log: bool,
-    /// The channel's outbound turn, released once the message is settled.
-    _turn: OutboundTurn,
+    /// Its batch repeats a compensation's truncation.
+    repairs: bool,
+    /// Where its sender waits for the outcome.
+    done: Option<oneshot::Sender<Result<Receipt>>>,
 }
 
-/// A submitted durable cross-runtime send, waiting for its commit. Dropped before the
-/// commit is known (a cancelled async send), it finishes on a thread of its own: the batch
-/// may commit, and then the message must be handed over and the chain moved on, or the
-/// next send would seal a second message under the same (key, nonce) pair.
+/// A queued durable cross-runtime send, waiting for its commit and then for its settling.
+/// Dropped before its commit is known (a cancelled async send), a thread waits for the
+/// commit in its place: the batch may commit, and then the message must be handed over and
+/// the chain moved on, or the queue would stall.
 struct Handover {
     inner: Arc<Inner>,
     channel: Arc<ChannelRecord>,
+    seq: u64,
     ticket: Option<Ticket>,
-    sealed: Option<SealedSend>,
+    answer: Option<oneshot::Receiver<Result<Receipt>>>,
 }
 
 impl Handover {
-    /// Awaits the commit (a future: no thread is blocked), then settles the message.
+    /// Awaits the commit (a future: no thread is blocked), settles what it can, then
+    /// awaits this message's outcome.
     async fn settle(mut self: Box<Self>) -> Result<Receipt> {
         let outcome = match self.ticket.as_mut() {
             Some(t) => t.wait_mut().await,
             None => Ok(()),
         };
         self.ticket = None;
-        let sealed = self.sealed.take().ok_or(Error::Inconsistent { channel: self.channel.id })?;
-        self.inner.hand_over(&self.channel, sealed, outcome)
+        self.inner.commit_known(&self.channel, self.seq, outcome);
+        let inconsistent = Error::Inconsistent { channel: self.channel.id };
+        match self.answer.take() {
+            Some(rx) => rx.await.unwrap_or(Err(inconsistent)),
+            None => Err(inconsistent),
+        }
     }
 }
 
 impl Drop for Handover {
     fn drop(&mut self) {
-        let Some(sealed) = self.sealed.take() else { return };
-        let ticket = self.ticket.take();
-        let (inner, channel) = (Arc::clone(&self.inner), Arc::clone(&self.channel));
-        let work = Arc::new(parking_lot::Mutex::new(Some((ticket, sealed))));
+        let Some(ticket) = self.ticket.take() else { return };
+        let (inner, channel, seq) = (Arc::clone(&self.inner), Arc::clone(&self.channel), self.seq);
+        let work = Arc::new(parking_lot::Mutex::new(Some(ticket)));
         let finish = {
             let work = Arc::clone(&work);
             move || {
-                if let Some((ticket, sealed)) = work.lock().take() {
-                    let outcome = ticket.map_or(Ok(()), Ticket::wait);
-                    // Its sender is gone; the outcome was counted (a failed write) or the
-                    // message went out.
-                    drop(inner.hand_over(&channel, sealed, outcome));
+                if let Some(ticket) = work.lock().take() {
+                    inner.commit_known(&channel, seq, ticket.wait());
                 }
             }
         };
         let spawned = std::thread::Builder::new().name("mfp-commit".into()).spawn(finish);
         if spawned.is_err()
-            && let Some((ticket, sealed)) = work.lock().take()
+            && let Some(ticket) = work.lock().take()
         {
-            // No thread to be had: settle here (the commit is under way; this waits for it).
+            // No thread to be had: wait here (the commit is under way).
             tracing::warn!(target: "mfp::runtime", channel = %self.channel.id.short(), "no thread for a cancelled send's commit; settling inline");
-            let outcome = ticket.map_or(Ok(()), Ticket::wait);
-            drop(self.inner.hand_over(&self.channel, sealed, outcome));
+            self.inner.commit_known(&self.channel, self.seq, ticket.wait());
         }
     }
 }

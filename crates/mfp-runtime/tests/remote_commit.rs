@@ -420,3 +420,240 @@ async fn a_blocking_remote_send_on_the_driver_is_refused_behind_a_pending_send()
     assert!(!dog.fired());
     agree(&store, &a, &ch);
 }
+
+// ---- pipelined sends --------------------------------------------------------------------
+
+/// Yields until every task in `tasks` finished (or the watchdog fired).
+async fn all_finished<T>(tasks: &[tokio::task::JoinHandle<T>], dog: &Watchdog) {
+    while !tasks.iter().all(tokio::task::JoinHandle::is_finished) && !dog.fired() {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Sends `payloads` on `ch`, each from its own task.
+fn spawn_sends(
+    agent: &AgentHandle,
+    ch: ChannelId,
+    payloads: impl IntoIterator<Item = Vec<u8>>,
+) -> Vec<tokio::task::JoinHandle<Result<mfp_runtime::Receipt, mfp_runtime::Error>>> {
+    payloads
+        .into_iter()
+        .map(|p| {
+            let agent = agent.clone();
+            tokio::spawn(async move { agent.send_async(ch, &p).await })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn several_sends_of_one_channel_are_in_flight_and_handed_over_in_step_order() {
+    let store = ManualStore::default();
+    let (a, b, ch) = pair(&store);
+    let dog = Watchdog::start(&store);
+    let sends = spawn_sends(&a.agent, ch, (0..4u8).map(|i| vec![i]));
+    held(&store, 4, &dog).await;
+    assert!(!dog.fired(), "a channel's sends were not in flight together");
+    assert_eq!(store.pending(), 4);
+    // The second commit seen first: nothing leaves before the first is settled.
+    store.complete_nth(1, true);
+    tokio::task::yield_now().await;
+    assert!(a.wire.sent().is_empty(), "a message left before an earlier one of its channel");
+    store.complete_next(true);
+    held_sent(&a.wire, 2, &dog).await;
+    assert_eq!(a.wire.sent().iter().map(|m| m.step).collect::<Vec<_>>(), [0, 1]);
+    store.complete_all();
+    all_finished(&sends, &dog).await;
+    let mut steps = Vec::new();
+    for s in sends {
+        steps.push(s.await.unwrap().unwrap().step);
+    }
+    assert_eq!(steps, [0, 1, 2, 3], "each send has its own step, in send order");
+    let sent = a.wire.sent();
+    assert_eq!(sent.iter().map(|m| m.step).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    assert_eq!(store.outbound_of(&ch), [0, 1, 2, 3]);
+    agree(&store, &a, &ch);
+    let hb = b.rt.remote_handle();
+    for m in &sent {
+        assert!(matches!(hb.ingest_async(&a.rt.identity(), &m.wire).await.unwrap(), Ingested::Delivered { .. }));
+    }
+}
+
+/// Yields until `n` messages were handed over (or the watchdog fired).
+async fn held_sent(wire: &Recorder, n: usize, dog: &Watchdog) {
+    while wire.sent().len() < n && !dog.fired() {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_batch_in_the_middle_fails_it_and_every_later_one() {
+    let store = ManualStore::default();
+    let (a, b, ch) = pair(&store);
+    let dog = Watchdog::start(&store);
+    let sends = spawn_sends(&a.agent, ch, (0..4u8).map(|i| vec![i]));
+    held(&store, 4, &dog).await;
+    assert!(!dog.fired(), "a channel's sends were not in flight together");
+    store.complete_next(true); // step 0
+    store.complete_next(false); // step 1 fails
+    // Steps 2 and 3 commit in storage, but they were sealed on top of step 1.
+    store.complete_next(true);
+    store.complete_next(true);
+    all_finished(&sends, &dog).await;
+    let mut results = Vec::new();
+    for s in sends {
+        results.push(s.await.unwrap());
+    }
+    assert_eq!(results[0].as_ref().unwrap().step, 0);
+    for r in &results[1..] {
+        assert!(matches!(r, Err(mfp_runtime::Error::Storage(_))), "{r:?}");
+    }
+    assert_eq!(a.wire.sent().iter().map(|m| m.step).collect::<Vec<_>>(), [0], "nothing after the failure left");
+    // The compensating batch puts storage back.
+    assert_eq!(store.pending(), 1);
+    assert_eq!(store.outbound_of(&ch), [0, 2, 3], "before the compensation");
+    store.complete_next(true);
+    assert_eq!(store.outbound_of(&ch), [0]);
+    agree(&store, &a, &ch);
+    // The next send reuses the failed step, and the peer sees contiguous steps.
+    store.set_auto(true);
+    assert_eq!(a.agent.send_async(ch, b"again").await.unwrap().step, 1);
+    let sent = a.wire.sent();
+    assert_eq!(sent.iter().map(|m| m.step).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(store.outbound_of(&ch), [0, 1]);
+    agree(&store, &a, &ch);
+    let hb = b.rt.remote_handle();
+    for m in &sent {
+        assert!(matches!(hb.ingest_async(&a.rt.identity(), &m.wire).await.unwrap(), Ingested::Delivered { .. }));
+    }
+    let inbox = b.inbox.clone();
+    let got = tokio::task::spawn_blocking(move || inbox.wait_for(2)).await.unwrap();
+    assert_eq!(got.iter().map(|m| m.payload.clone()).collect::<Vec<_>>(), [vec![0u8], b"again".to_vec()]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_compensation_is_made_good_by_the_next_send() {
+    let store = ManualStore::default();
+    let (a, _b, ch) = pair(&store);
+    let dog = Watchdog::start(&store);
+    let sends = spawn_sends(&a.agent, ch, (0..3u8).map(|i| vec![i]));
+    held(&store, 3, &dog).await;
+    store.complete_next(false); // step 0 fails
+    store.complete_next(true); // steps 1 and 2 commit in storage
+    store.complete_next(true);
+    all_finished(&sends, &dog).await;
+    assert!(!dog.fired());
+    for s in sends {
+        assert!(s.await.unwrap().is_err());
+    }
+    store.complete_next(false); // the compensation fails too
+    assert_eq!(store.outbound_of(&ch), [1, 2]);
+    store.set_auto(true);
+    assert_eq!(a.agent.send_async(ch, b"repairs").await.unwrap().step, 0);
+    assert_eq!(store.outbound_of(&ch), [0], "the next send's batch removed what was taken back");
+    agree(&store, &a, &ch);
+}
+
+/// SplitMix64, for a reproducible schedule.
+struct Mix(u64);
+
+impl Mix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Many senders on one channel, batches failing at random (compensations too): every
+/// message that got a receipt is handed to the transport exactly once, the transport sees
+/// the channel's steps contiguously and in order, a failed send's message never leaves, and
+/// storage ends where memory is.
+#[tokio::test(flavor = "current_thread")]
+async fn random_commit_failures_keep_the_hand_over_contiguous_and_exactly_once() {
+    for seed in 1..=6u64 {
+        let store = ManualStore::default();
+        let (a, b, ch) = pair(&store);
+        let dog = Watchdog::start(&store);
+        let mut rng = Mix(seed);
+        let (senders, per_sender) = (6u8, 20u8);
+        let tasks: Vec<_> = (0..senders)
+            .map(|t| {
+                let agent = a.agent.clone();
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    for i in 0..per_sender {
+                        out.push((vec![t, i], agent.send_async(ch, &[t, i]).await));
+                    }
+                    out
+                })
+            })
+            .collect();
+        let mut most_in_flight = 0;
+        while !tasks.iter().all(tokio::task::JoinHandle::is_finished) && !dog.fired() {
+            most_in_flight = most_in_flight.max(store.pending());
+            if store.pending() > 0 && rng.next().is_multiple_of(3) {
+                store.complete_next(!rng.next().is_multiple_of(5));
+            } else {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert!(!dog.fired(), "seed {seed}: the sends stalled");
+        assert!(most_in_flight > 1, "seed {seed}: the channel's sends never shared the store's queue");
+        let mut ok = Vec::new();
+        let mut failed = 0;
+        for t in tasks {
+            for (payload, r) in t.await.unwrap() {
+                match r {
+                    Ok(receipt) => ok.push((receipt, payload)),
+                    Err(mfp_runtime::Error::Storage(_)) => failed += 1,
+                    Err(e) => panic!("seed {seed}: unexpected error {e:?}"),
+                }
+            }
+        }
+        assert!(failed > 0 && !ok.is_empty(), "seed {seed}: the schedule should mix outcomes");
+        // What is left (compensations) commits; then one more send, which also makes good
+        // a compensation that failed.
+        store.set_auto(true);
+        store.complete_all();
+        let last = a.agent.send_async(ch, b"last").await.unwrap();
+        ok.push((last, b"last".to_vec()));
+        ok.sort_by_key(|(r, _)| r.step);
+        let sent = a.wire.sent();
+        assert_eq!(
+            sent.iter().map(|m| m.step).collect::<Vec<_>>(),
+            (0..sent.len() as u64).collect::<Vec<_>>(),
+            "seed {seed}: steps handed over contiguously, in order, once each"
+        );
+        assert_eq!(
+            ok.iter().map(|(r, _)| r.step).collect::<Vec<_>>(),
+            sent.iter().map(|m| m.step).collect::<Vec<_>>(),
+            "seed {seed}: exactly the receipted messages were handed over"
+        );
+        assert_eq!(store.outbound_of(&ch), (0..sent.len() as u64).collect::<Vec<_>>(), "seed {seed}");
+        agree(&store, &a, &ch);
+        // The peer opens every one of them, in order, with the receipted payloads.
+        let hb = b.rt.remote_handle();
+        for m in &sent {
+            let r = hb.ingest_async(&a.rt.identity(), &m.wire).await;
+            assert!(matches!(r, Ok(Ingested::Delivered { .. })), "seed {seed}: {r:?}");
+        }
+        let inbox = b.inbox.clone();
+        let n = sent.len();
+        let got = tokio::task::spawn_blocking(move || inbox.wait_for(n)).await.unwrap();
+        for (m, (receipt, payload)) in got.iter().zip(&ok) {
+            assert_eq!(&m.payload, payload, "seed {seed}");
+            assert_eq!(m.message_id, receipt.message_id, "seed {seed}");
+        }
+        // Each sender's messages keep their order.
+        for t in 0..senders {
+            let mine: Vec<u8> = got
+                .iter()
+                .filter(|m| m.payload.first() == Some(&t) && m.payload.len() == 2)
+                .map(|m| m.payload[1])
+                .collect();
+            assert!(mine.windows(2).all(|w| w[0] < w[1]), "seed {seed}: sender {t} out of order");
+        }
+    }
+}

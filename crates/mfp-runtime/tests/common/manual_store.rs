@@ -49,6 +49,9 @@ fn commit(q: &mut ManualQueue, ops: Vec<StorageOp>) {
             StorageOp::AckOutbound { channel, next } => {
                 q.outbound.retain(|(c, s)| *c != channel || *s >= next);
             }
+            StorageOp::TruncateOutbound { channel, from } => {
+                q.outbound.retain(|(c, s)| *c != channel || *s < from);
+            }
             StorageOp::Sg(sg) => q.sg = sg,
             _ => {}
         }
