@@ -651,14 +651,14 @@ impl Inner {
                 reason: format!("channel {} shares pymfp's chain, which cannot be reset on the wire", channel.short()),
             }));
         }
+        // Every send in flight is settled, and none seals until the reset is done.
         let _send = link.outbound_turn(wait).await?;
         // No inbound message is opened meanwhile.
         let _ingest = match wait {
             Wait::Yes => link.ingest_turn.lock().await,
             Wait::No(operation) => link.ingest_turn.try_lock().map_err(|_| Error::WouldBlock { operation })?,
         };
-        // Sends hold the channel's lock from ACCEPT to the hand-over: once it is ours no send
-        // is half-way, and with the status set aside none starts until the reset is done.
+        // With the status set aside, sends waiting for the turn are refused after it.
         let before = {
             let mut inner = ch.inner.lock();
             let before = inner.status;
