@@ -657,3 +657,29 @@ async fn random_commit_failures_keep_the_hand_over_contiguous_and_exactly_once()
         }
     }
 }
+
+/// The blocking rotation on the thread that drives a current-thread runtime: refused at
+/// once while a send of the channel is queued (its task needs this thread to settle), and
+/// done once the channel is idle.
+#[tokio::test(flavor = "current_thread")]
+async fn a_blocking_rotation_on_the_driver_is_refused_while_sends_are_queued() {
+    let store = ManualStore::default();
+    let (a, _b, ch) = pair(&store);
+    let dog = Watchdog::start(&store);
+    let secret = State::from_bytes([0x44; 32]);
+    let ha = a.rt.remote_handle();
+    let send = a.agent.send_async(ch, b"queued");
+    tokio::pin!(send);
+    assert!(poll_once(send.as_mut()).await.is_pending());
+    let err = ha.rotate_outbound(&ch, &secret).unwrap_err();
+    assert!(matches!(err, mfp_runtime::Error::WouldBlock { .. }), "{err:?}");
+    assert_eq!(store.pending(), 1, "the refused rotation submitted nothing");
+    store.complete_next(true);
+    assert_eq!(send.await.unwrap().step, 0);
+    let s = store.clone();
+    let completer = std::thread::spawn(move || s.complete_next(true));
+    assert_eq!(ha.rotate_outbound(&ch, &secret).unwrap(), 1);
+    completer.join().unwrap();
+    assert!(!dog.fired());
+    agree(&store, &a, &ch);
+}
