@@ -334,8 +334,7 @@ pub(crate) struct RemoteLink {
     pub(crate) rx_rotation: Mutex<Option<mfp_core::State>>,
 }
 
-/// A held outbound turn of a cross-runtime channel (owned, so that a cancelled send's
-/// hand-over can finish on a thread of its own).
+/// A held outbound turn of a cross-runtime channel (see `RemoteLink::send_turn`).
 pub(crate) type OutboundTurn = tokio::sync::OwnedMutexGuard<()>;
 
 /// The in-memory outbound log of one channel.

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use mfp_core::bilateral::BilateralState;
-
 use mfp_core::envelope::{EnvelopeHeader, EnvelopeLimits};
 use mfp_core::{BLOCK_SIZE, ChannelId, ENVELOPE_HEADER_SIZE, RuntimeId, TAG_SIZE};
+use tokio::sync::oneshot;
 
 use crate::admin::Wait;
 use crate::agent::{AgentRecord, Delivery};
@@ -26,7 +26,6 @@ use crate::remote::{
 use crate::runtime::{Inner, QuarantineCause};
 use crate::storage::{DeliveryRow, OutboundRow, StorageError, StorageOp, Ticket};
 use crate::types::{ChannelStatus, DeliveredMessage, Receipt, SendOptions};
-use tokio::sync::oneshot;
 
 impl Inner {
     fn peer_unavailable(peer: &RuntimeId, reason: impl std::fmt::Display) -> Error {
@@ -39,10 +38,11 @@ impl Inner {
     /// configured, until `deadline`), then seals, commits and hands the message over.
     ///
     /// With storage, the send takes the channel's outbound turn (`RemoteLink::send_turn`)
-    /// before ACCEPT and holds it to the hand-over; the channel's lock is held only while
-    /// the message is sealed and its batch submitted, and the commit is awaited as a
-    /// future (a blocking caller drives this future on its own thread). `submitted` is set
-    /// once the batch went to storage (see `AgentHandle::send`).
+    /// and its lock while it passes ACCEPT, seals and submits, then releases both and
+    /// awaits its commit and its turn to be handed over (in step order, see [`OutQueue`])
+    /// as a future; a blocking caller drives this future on its own thread. `submitted` is
+    /// set once the batch went to storage (see `AgentHandle::send`); `driver`: a blocking
+    /// call on the thread that drives the runtime (see `block::Place::Driver`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn send_remote(
         self: &Arc<Self>,
