@@ -572,7 +572,16 @@ impl Mix {
 /// storage ends where memory is.
 #[tokio::test(flavor = "current_thread")]
 async fn random_commit_failures_keep_the_hand_over_contiguous_and_exactly_once() {
-    for seed in 1..=6u64 {
+    random_commit_failures(1..=6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_commit_failures_on_two_workers() {
+    random_commit_failures(7..=12).await;
+}
+
+async fn random_commit_failures(seeds: std::ops::RangeInclusive<u64>) {
+    for seed in seeds {
         let store = ManualStore::default();
         let (a, b, ch) = pair(&store);
         let dog = Watchdog::start(&store);
