@@ -169,7 +169,7 @@ impl Inner {
         }
         let chans = rec.admin.lock().channels.clone();
         for c in chans {
-            self.close_one(&c).await?;
+            self.close_one(&c, wait).await?;
         }
         if self.persisting() {
             self.settle_async(self.submit(vec![StorageOp::DeleteAgent(*id)])).await?;
@@ -317,7 +317,7 @@ impl Inner {
 
     pub(crate) async fn close_channel(&self, id: &ChannelId, wait: Wait) -> Result<()> {
         let _turn = self.turn(wait).await?;
-        self.close_one(id).await
+        self.close_one(id, wait).await
     }
 
     /// Closes a channel; the caller holds the turn.
@@ -326,10 +326,10 @@ impl Inner {
     /// storage it leaves the Sg tree when the batch is submitted and closes once the batch
     /// committed; a send on it in between fails (its Sg update finds no leaf) before it
     /// changes anything.
-    async fn close_one(&self, id: &ChannelId) -> Result<()> {
+    async fn close_one(&self, id: &ChannelId, wait: Wait) -> Result<()> {
         let rec = self.channel(id)?;
         if rec.remote().is_some() {
-            return self.close_remote_one(&rec, true).await;
+            return self.close_remote_one(&rec, true, wait).await;
         }
         let mut ops = Vec::new();
         if self.persisting() {
@@ -386,10 +386,12 @@ impl Inner {
     }
 
     /// Closes a cross-runtime channel; the caller holds the turn. `tell_peer`: whether the
-    /// transport is told to close it on the peer too (not when the peer closed it).
-    async fn close_remote_one(&self, rec: &Arc<ChannelRecord>, tell_peer: bool) -> Result<()> {
+    /// transport is told to close it on the peer too (not when the peer closed it). Takes
+    /// the channel's outbound turn: a send whose commit is pending is settled first.
+    async fn close_remote_one(&self, rec: &Arc<ChannelRecord>, tell_peer: bool, wait: Wait) -> Result<()> {
         let id = rec.id;
         let Some(link) = rec.remote() else { return Err(Error::Inconsistent { channel: id }) };
+        let _send = link.outbound_turn(wait).await?;
         if self.persisting() && !link.tx.is_shared() {
             let mut ops = vec![StorageOp::CloseChannel(id)];
             let r = &rec.a;
@@ -432,7 +434,7 @@ impl Inner {
         if rec.remote().is_none() {
             return Err(Error::WrongPeer { channel: *id, from: "a peer runtime".into() });
         }
-        self.close_remote_one(&rec, false).await
+        self.close_remote_one(&rec, false, wait).await
     }
 
     /// Opens a cross-runtime channel both runtimes agreed on.

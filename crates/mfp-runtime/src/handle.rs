@@ -252,9 +252,10 @@ impl AgentHandle {
                             ),
                         }));
                     }
-                    let on_async = caller == Caller::Async;
-                    let receipt =
-                        inner.send_remote(&self.record, &ch, payload, options, deadline, started, on_async).await?;
+                    let driver = matches!(caller, Caller::Blocking { driver: true });
+                    let receipt = inner
+                        .send_remote(&self.record, &ch, payload, options, deadline, started, submitted, driver)
+                        .await?;
                     let peer = ch.remote().map_or(ch.a.id, |l| l.end.agent);
                     return Ok((receipt, peer));
                 }

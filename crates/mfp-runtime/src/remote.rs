@@ -374,12 +374,26 @@ pub(crate) struct RemoteLink {
     pub(crate) rx: ChainCell,
     /// Sealed messages not acknowledged yet (empty when the transport does not acknowledge).
     pub(crate) log: Mutex<OutboundLog>,
+    /// The outbound turn. A durable send holds it while it seals and submits (not across
+    /// its commit); a rotation, a reset or a close holds it from before it looks at the
+    /// chain to its end, once the sends in flight are settled (`out` empty). So nothing
+    /// comes between a send's seal and its settle. Taken before `ingest_turn` and the
+    /// channel's lock.
+    pub(crate) send_turn: Arc<tokio::sync::Mutex<()>>,
+    /// Durable sends submitted and not yet settled (see `remote_pipeline.rs`). Its lock
+    /// comes after the channel's and before the chains'.
+    pub(crate) out: Mutex<crate::remote_pipeline::OutQueue>,
+    /// Signalled when `out` runs empty.
+    pub(crate) drained: tokio::sync::Notify,
     /// One inbound message at a time per channel, across its commit wait.
     pub(crate) ingest_turn: tokio::sync::Mutex<()>,
     /// An accepted rotation of the inbound chain not seen in a message yet (its X25519
     /// secret). Read and written under `ingest_turn`.
     pub(crate) rx_rotation: Mutex<Option<mfp_core::State>>,
 }
+
+/// A held outbound turn of a cross-runtime channel (see `RemoteLink::send_turn`).
+pub(crate) type OutboundTurn = tokio::sync::OwnedMutexGuard<()>;
 
 /// The in-memory outbound log of one channel.
 #[derive(Default)]
@@ -404,6 +418,9 @@ impl RemoteLink {
             tx,
             rx,
             log: Mutex::new(OutboundLog { entries: VecDeque::new(), acked }),
+            send_turn: Arc::new(tokio::sync::Mutex::new(())),
+            out: Mutex::new(crate::remote_pipeline::OutQueue::default()),
+            drained: tokio::sync::Notify::new(),
             ingest_turn: tokio::sync::Mutex::new(()),
             rx_rotation: Mutex::new(None),
         }
@@ -411,6 +428,37 @@ impl RemoteLink {
 }
 
 impl RemoteLink {
+    /// Takes the channel's outbound turn for a send (see `send_turn`).
+    pub(crate) async fn seal_turn(&self) -> OutboundTurn {
+        Arc::clone(&self.send_turn).lock_owned().await
+    }
+
+    /// Takes the channel's outbound turn for something other than a send (a rotation, a
+    /// reset, a close), then waits until every send in flight is settled: the chain is
+    /// then the one the peer sees, and no send seals until the turn is released. A blocking
+    /// call on the thread that drives the runtime (see [`crate::admin::Wait::No`]) fails at
+    /// once instead of waiting.
+    pub(crate) async fn outbound_turn(&self, wait: crate::admin::Wait) -> Result<OutboundTurn> {
+        let turn = match wait {
+            crate::admin::Wait::Yes => Arc::clone(&self.send_turn).lock_owned().await,
+            crate::admin::Wait::No(operation) => {
+                Arc::clone(&self.send_turn).try_lock_owned().map_err(|_| Error::WouldBlock { operation })?
+            }
+        };
+        loop {
+            let drained = self.drained.notified();
+            let mut drained = std::pin::pin!(drained);
+            drained.as_mut().enable();
+            if self.out.lock().is_empty() {
+                return Ok(turn);
+            }
+            match wait {
+                crate::admin::Wait::Yes => drained.await,
+                crate::admin::Wait::No(operation) => return Err(Error::WouldBlock { operation }),
+            }
+        }
+    }
+
     /// Forgets the secrets of a closed channel's own chains and its log (a shared chain
     /// lives on for its other channels).
     pub(crate) fn wipe(&self) {
@@ -618,11 +666,18 @@ impl RemoteHandle {
 
     /// Rotates `channel`'s outbound chain now (the peer accepted the rotation with
     /// [`RemoteHandle::accept_rotation_async`] on its side): the next message is sealed under
-    /// `chain.rotate(secret)`. Returns the step the rotated chain starts at. Waits for the
-    /// commit while holding the channel's lock (as a send does): call it from a thread that
-    /// may block (`tokio::task::spawn_blocking` from async code).
+    /// `chain.rotate(secret)`. Returns the step the rotated chain starts at. A send whose
+    /// commit is pending settles first, on the chain it was sealed with; the rotation is
+    /// committed before this returns.
+    pub async fn rotate_outbound_async(&self, channel: &ChannelId, secret: &mfp_core::State) -> Result<u64> {
+        let inner = self.runtime()?;
+        inner.rotate_outbound(channel, secret, crate::admin::Wait::Yes).await
+    }
+
+    /// Blocking [`RemoteHandle::rotate_outbound_async`].
     pub fn rotate_outbound(&self, channel: &ChannelId, secret: &mfp_core::State) -> Result<u64> {
-        self.runtime()?.rotate_outbound(channel, secret)
+        let inner = self.runtime()?;
+        inner.blocking("RemoteHandle::rotate_outbound", |w| inner.rotate_outbound(channel, secret, w))
     }
 
     /// The peer runtimes this runtime stored (federation's handshake timestamps, read back

@@ -322,6 +322,17 @@ pub enum StorageOp {
     },
     /// Insert or replace a peer runtime's row.
     PutPeer(PeerRow),
+    /// Every message of `channel` from step `from` on leaves the outbound log: the runtime
+    /// takes back messages that were never handed to the transport (their batches may
+    /// have committed after an earlier one of the channel failed), with the chain's
+    /// [`StorageOp::AdvanceRemoteTx`] back to `from` in the same batch. (Removing what is
+    /// not stored is not an error.)
+    TruncateOutbound {
+        /// Channel.
+        channel: ChannelId,
+        /// First step removed.
+        from: u64,
+    },
 }
 
 /// Everything needed to restart a runtime.
@@ -592,6 +603,9 @@ impl Storage for MemoryStorage {
                 }
                 StorageOp::AckOutbound { channel, next } => {
                     s.outbound.retain(|(ch, step), _| *ch != channel || *step >= next);
+                }
+                StorageOp::TruncateOutbound { channel, from } => {
+                    s.outbound.retain(|(ch, step), _| *ch != channel || *step < from);
                 }
                 StorageOp::Sg(sg) => s.sg = sg,
                 StorageOp::PutDelivery(d) => {

@@ -569,6 +569,16 @@ pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut 
                 vec![blob(channel.as_bytes())],
             )),
         },
+        WriteOp::Runtime(StorageOp::TruncateOutbound { channel, from }) => {
+            // A step beyond every storable one: nothing is stored from there on.
+            if let Ok(from) = i64::try_from(*from) {
+                out.push(Stmt::new(
+                    "remove outbound-log messages taken back",
+                    "DELETE FROM remote_outbound WHERE channel_id = ? AND step >= ?",
+                    vec![blob(channel.as_bytes()), Val::Int(from)],
+                ));
+            }
+        }
         WriteOp::Runtime(other) => {
             return Err(StorageError::Backend(format!("unsupported storage operation: {}", op_name(other))));
         }
@@ -724,6 +734,7 @@ fn op_name(op: &StorageOp) -> &'static str {
         StorageOp::PutPeer(_) => "PutPeer",
         StorageOp::PutOutbound(_) => "PutOutbound",
         StorageOp::AckOutbound { .. } => "AckOutbound",
+        StorageOp::TruncateOutbound { .. } => "TruncateOutbound",
         _ => "unknown",
     }
 }

@@ -240,6 +240,8 @@
 //!   MemoryStorage does only for `CloseChannel`);
 //! * `PutOutbound` on a closed cross-runtime channel does nothing (a closed channel's log
 //!   stays empty); `load` returns the log of open channels only;
+//! * `TruncateOutbound { from }` above `i64::MAX` removes nothing (no stored step is that
+//!   large);
 //! * `AckOutbound { next }` above `i64::MAX` removes the channel's whole log (every stored
 //!   step is below it), as in MemoryStorage;
 //! * agent names must be unique among agents that are not terminated;

@@ -152,6 +152,7 @@ enum Gen {
     Rx { ch: u8, seed: u64, step: u64 },
     Out { ch: u8, step: u64, peer: u8, len: usize },
     Ack { ch: u8, next: u64 },
+    Truncate { ch: u8, from: u64 },
     Status { ch: u8, quarantined: bool },
     Failures { ch: u8, count: u32 },
     Close { ch: u8 },
@@ -174,6 +175,7 @@ fn gen_op() -> impl Strategy<Value = Gen> {
         2 => (ch.clone(), any::<u64>(), step.clone()).prop_map(|(ch, seed, step)| Gen::Rx { ch, seed, step }),
         6 => (ch.clone(), step.clone(), 0u8..2, 0usize..300).prop_map(|(ch, step, peer, len)| Gen::Out { ch, step, peer, len }),
         3 => (ch.clone(), prop_oneof![4 => 0u64..14, 1 => Just(u64::MAX), 1 => Just(1u64 << 63)]).prop_map(|(ch, next)| Gen::Ack { ch, next }),
+        1 => (ch.clone(), prop_oneof![4 => 0u64..14, 1 => Just(u64::MAX)]).prop_map(|(ch, from)| Gen::Truncate { ch, from }),
         1 => (ch.clone(), any::<bool>()).prop_map(|(ch, quarantined)| Gen::Status { ch, quarantined }),
         1 => (ch.clone(), any::<u32>()).prop_map(|(ch, count)| Gen::Failures { ch, count }),
         1 => ch.clone().prop_map(|ch| Gen::Close { ch }),
@@ -261,6 +263,9 @@ fn build(batches: &[Vec<Gen>]) -> Vec<Vec<StorageOp>> {
                     }
                 }
                 Gen::Ack { ch, next } => ops.push(StorageOp::AckOutbound { channel: remote_id(ch), next }),
+                Gen::Truncate { ch, from } => {
+                    ops.push(StorageOp::TruncateOutbound { channel: remote_id(ch), from });
+                }
                 Gen::Status { ch, quarantined } => {
                     if state_of(&ch) != Some(Known::Closed) {
                         let status = if quarantined { ChannelStatus::Quarantined } else { ChannelStatus::Active };
@@ -488,6 +493,49 @@ fn ack_outbound_removes_everything_below_next_on_that_channel_only() {
     ack(1, 1 << 63).unwrap();
     assert!(steps(1).is_empty());
     assert_eq!(raw_count(&path, "SELECT count(*) FROM remote_outbound"), 0);
+}
+
+#[test]
+fn truncate_outbound_removes_from_a_step_on_on_that_channel_only() {
+    let dir = TempDir::new("remote-truncate");
+    let path = dir.file("t.db");
+    let storage = SqliteStorage::open(config(&path, &key(1))).unwrap();
+    storage.apply(setup_ops()).wait().unwrap();
+    storage
+        .apply(vec![
+            StorageOp::PutRemoteChannel(remote_row(1, 1, ChannelStatus::Active)),
+            StorageOp::PutRemoteChannel(remote_row(2, 2, ChannelStatus::Active)),
+        ])
+        .wait()
+        .unwrap();
+    let mut ops: Vec<StorageOp> = (0..6).map(|s| outbound(1, s)).collect();
+    ops.extend((0..3).map(|s| outbound(2, s)));
+    storage.apply(ops).wait().unwrap();
+    let steps = |ch: u8| -> Vec<u64> {
+        storage
+            .load()
+            .unwrap()
+            .unwrap()
+            .outbound
+            .iter()
+            .filter(|o| o.channel == remote_id(ch))
+            .map(|o| o.step)
+            .collect()
+    };
+    let truncate =
+        |ch: u8, from: u64| storage.apply(vec![StorageOp::TruncateOutbound { channel: remote_id(ch), from }]).wait();
+    truncate(1, 4).unwrap();
+    assert_eq!(steps(1), [0, 1, 2, 3]);
+    assert_eq!(steps(2), [0, 1, 2], "another channel's log is untouched");
+    truncate(1, 9).unwrap();
+    truncate(1, u64::MAX).unwrap();
+    assert_eq!(steps(1), [0, 1, 2, 3], "removing what is not stored changes nothing");
+    // Taken back and written again in one batch, as the runtime does after a failure.
+    storage.apply(vec![StorageOp::TruncateOutbound { channel: remote_id(1), from: 2 }, outbound(1, 2)]).wait().unwrap();
+    assert_eq!(steps(1), [0, 1, 2]);
+    truncate(3, 0).unwrap();
+    truncate(2, 0).unwrap();
+    assert!(steps(2).is_empty());
 }
 
 #[test]

@@ -14,6 +14,10 @@ pub(crate) struct ManualQueue {
     pub(crate) pending: std::collections::VecDeque<(Vec<StorageOp>, mfp_runtime::storage::TicketSender)>,
     states: std::collections::BTreeMap<mfp_core::ChannelId, State>,
     sg: Option<State>,
+    /// Cross-runtime channels: the committed outbound chain.
+    remote_tx: std::collections::BTreeMap<mfp_core::ChannelId, mfp_core::bilateral::BilateralState>,
+    /// Cross-runtime channels: the committed outbound log (channel, step).
+    outbound: std::collections::BTreeSet<(mfp_core::ChannelId, u64)>,
     /// Commit every batch at once (for setting up).
     auto: bool,
 }
@@ -30,6 +34,23 @@ fn commit(q: &mut ManualQueue, ops: Vec<StorageOp>) {
             }
             StorageOp::CloseChannel(id) => {
                 q.states.remove(&id);
+                q.remote_tx.remove(&id);
+                q.outbound.retain(|(c, _)| *c != id);
+            }
+            StorageOp::PutRemoteChannel(r) => {
+                q.remote_tx.insert(r.id, r.tx);
+            }
+            StorageOp::AdvanceRemoteTx { id, tx } => {
+                q.remote_tx.insert(id, tx);
+            }
+            StorageOp::PutOutbound(row) => {
+                q.outbound.insert((row.channel, row.step));
+            }
+            StorageOp::AckOutbound { channel, next } => {
+                q.outbound.retain(|(c, s)| *c != channel || *s >= next);
+            }
+            StorageOp::TruncateOutbound { channel, from } => {
+                q.outbound.retain(|(c, s)| *c != channel || *s < from);
             }
             StorageOp::Sg(sg) => q.sg = sg,
             _ => {}
@@ -101,6 +122,16 @@ impl ManualStore {
     /// The committed state of a channel.
     pub(crate) fn state_of(&self, id: &mfp_core::ChannelId) -> Option<State> {
         self.0.0.lock().unwrap().states.get(id).cloned()
+    }
+
+    /// The committed outbound chain of a cross-runtime channel.
+    pub(crate) fn remote_tx_of(&self, id: &mfp_core::ChannelId) -> Option<mfp_core::bilateral::BilateralState> {
+        self.0.0.lock().unwrap().remote_tx.get(id).cloned()
+    }
+
+    /// The steps of a cross-runtime channel's committed outbound log.
+    pub(crate) fn outbound_of(&self, id: &mfp_core::ChannelId) -> Vec<u64> {
+        self.0.0.lock().unwrap().outbound.iter().filter(|(c, _)| c == id).map(|(_, s)| *s).collect()
     }
 
     /// Whether the committed Sg is the root of the committed channel states.
