@@ -60,6 +60,8 @@ fn remote_row(n: u8, local: u8, status: ChannelStatus) -> RemoteChannelRow {
         rx: chain(0x22, u64::from(n), 0),
         validation_failures: 0,
         rx_rotation: None,
+        reset: None,
+        unconfirmed: false,
     }
 }
 
@@ -242,6 +244,8 @@ fn build(batches: &[Vec<Gen>]) -> Vec<Vec<StorageOp>> {
                         rx: chain(0x22, seed, rx_step),
                         validation_failures: failures,
                         rx_rotation: (seed % 3 == 0 && status != ChannelStatus::Closed).then(|| secret(0x66, seed)),
+                        reset: (seed % 2 == 0).then(|| [seed as u8; 16]),
+                        unconfirmed: seed % 5 == 0,
                     }));
                 }
                 Gen::Tx { ch, seed, step } => {
