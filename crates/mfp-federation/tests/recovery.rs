@@ -371,3 +371,56 @@ async fn a_channel_suspended_by_a_transient_condition_resumes_and_flows() {
     rt_a.shutdown_async().await;
     rt_b.shutdown_async().await;
 }
+
+/// A peer refuses a reset of a channel it has closed, or never had, with a reason the
+/// requester gets at once (not a timeout); the channel stays suspended on the requester.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_of_a_channel_closed_or_unknown_on_the_peer_is_refused_with_the_reason() {
+    let (store_a, store_b) = (MemoryStorage::new(), MemoryStorage::new());
+    let c = pair(&store_a, &store_b).await;
+    let ch = c.ch;
+    // B closes its end without telling A; A suspends its end and asks for a reset.
+    c.rt_b.remote_handle().closed_by_peer_async(&ch).await.unwrap();
+    c.rt_a.quarantine_channel_async(&ch, "test").await.unwrap();
+    let refused = c.fed_a.reset_channel(&ch).await;
+    assert!(
+        matches!(
+            refused,
+            Err(FederationError::ResetRefused { reason: mfp_federation::control::ResetRefusal::Closed, .. })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(c.rt_a.channel_info(&ch).unwrap().status, ChannelStatus::Quarantined);
+
+    // A channel B never had (stored on A only).
+    let unknown = ChannelId::from_bytes([0x3c; 16]);
+    let (tx, rx) = mfp_federation::channel_chains(&[0x77; 32], &unknown, &A.runtime_id(), &B.runtime_id());
+    c.rt_a
+        .remote_handle()
+        .establish_async(
+            c.alice.id(),
+            mfp_runtime::remote::RemoteEnd::new(B.runtime_id(), c.bob.id()),
+            unknown,
+            4,
+            mfp_runtime::remote::Chains::Split { tx, rx },
+        )
+        .await
+        .unwrap();
+    c.rt_a.quarantine_channel_async(&unknown, "test").await.unwrap();
+    let refused = c.fed_a.reset_channel(&unknown).await;
+    assert!(
+        matches!(
+            refused,
+            Err(FederationError::ResetRefused { reason: mfp_federation::control::ResetRefusal::UnknownChannel, .. })
+        ),
+        "{refused:?}"
+    );
+    let text = refused.unwrap_err().to_string();
+    assert!(text.contains("refused the reset") && text.contains("no such channel"), "{text}");
+    assert_eq!(c.fed_a.recovery_stats().resets + c.fed_b.recovery_stats().resets, 0);
+
+    c.fed_a.shutdown().await;
+    c.fed_b.shutdown().await;
+    c.rt_a.shutdown_async().await;
+    c.rt_b.shutdown_async().await;
+}
