@@ -245,7 +245,7 @@ fn build(batches: &[Vec<Gen>]) -> Vec<Vec<StorageOp>> {
                         rx: chain(0x22, seed, rx_step),
                         validation_failures: failures,
                         rx_rotation: (seed % 3 == 0 && status != ChannelStatus::Closed).then(|| secret(0x66, seed)),
-                        reset: (seed % 2 == 0).then(|| [seed as u8; 16]),
+                        reset: (seed % 2 == 0).then_some([seed as u8; 16]),
                         unconfirmed: seed % 5 == 0,
                     }));
                 }
