@@ -172,6 +172,9 @@ pub enum ResetRefusal {
     /// The peer could not reset its side (its storage failed, it is shutting down): the
     /// reset may be asked again.
     Failed,
+    /// The peer asked to reset the same channel at the same time, and its request wins
+    /// (the smaller runtime id's does): this side resets with the peer's secret instead.
+    Crossed,
     /// A reason this version does not know.
     Other(u8),
 }
@@ -184,6 +187,7 @@ impl ResetRefusal {
             ResetRefusal::UnknownChannel => 1,
             ResetRefusal::Closed => 2,
             ResetRefusal::Failed => 3,
+            ResetRefusal::Crossed => 4,
             ResetRefusal::Other(b) => b,
         }
     }
@@ -195,6 +199,7 @@ impl ResetRefusal {
             1 => ResetRefusal::UnknownChannel,
             2 => ResetRefusal::Closed,
             3 => ResetRefusal::Failed,
+            4 => ResetRefusal::Crossed,
             b => ResetRefusal::Other(b),
         }
     }
@@ -206,6 +211,7 @@ impl fmt::Display for ResetRefusal {
             ResetRefusal::UnknownChannel => f.write_str("the peer has no such channel with this runtime"),
             ResetRefusal::Closed => f.write_str("the channel is closed on the peer"),
             ResetRefusal::Failed => f.write_str("the peer could not reset its side"),
+            ResetRefusal::Crossed => f.write_str("the peer asked for a reset of the channel at the same time"),
             ResetRefusal::Other(b) => write!(f, "reason {b}"),
         }
     }

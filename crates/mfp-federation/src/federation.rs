@@ -1181,6 +1181,13 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
                 let _ = peer.handle.with_session(|s| s.refuse_reset(channel, reason));
                 return;
             }
+            // Both sides asked at once, each request crossing the other on the link: the
+            // request of the runtime with the smaller id wins on both sides, so that both
+            // end on one secret. This side's stands: refuse the peer's (it accepts ours).
+            if shared.local < peer.runtime && shared.resets.lock().contains_key(&channel) {
+                let _ = peer.handle.with_session(|s| s.refuse_reset(channel, ResetRefusal::Crossed));
+                return;
+            }
             // The peer derives as the opener of the reset: its chains are (peer → here, here → peer).
             let (from_peer, to_peer) = crate::channel_chains(&secret, &channel, &peer.runtime, &shared.local);
             let reset = crate::reset_id(&secret, &channel);
@@ -1189,6 +1196,12 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
                     after_reset(shared, peer, channel, outcome);
                     // The peer reports first once it has reset its side too.
                     let _ = peer.handle.with_session(|s| s.accept_reset(channel));
+                    // A reset this side asked for meanwhile lost to the peer's: the channel
+                    // is reset, which is what its caller asked for (the peer refuses that
+                    // request; its refusal then finds nothing waiting).
+                    if let Some(mine) = shared.resets.lock().remove(&channel) {
+                        let _ = mine.reply.send(Ok(outcome.discarded));
+                    }
                 }
                 Err(e) => {
                     let reason = match e {

@@ -424,3 +424,33 @@ async fn a_reset_of_a_channel_closed_or_unknown_on_the_peer_is_refused_with_the_
     c.rt_a.shutdown_async().await;
     c.rt_b.shutdown_async().await;
 }
+
+/// Both operators reset the same channel at once (each request crosses the other on the
+/// link): the request of the runtime with the smaller id wins on both sides, so both end on
+/// one secret and messages flow again; both calls succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossed_resets_end_on_one_secret() {
+    let (store_a, store_b) = (MemoryStorage::new(), MemoryStorage::new());
+    let mut c = pair(&store_a, &store_b).await;
+    let ch = c.ch;
+    for round in 0..3 {
+        c.rt_a.quarantine_channel_async(&ch, "test").await.unwrap();
+        c.rt_b.quarantine_channel_async(&ch, "test").await.unwrap();
+        let (ra, rb) = tokio::join!(c.fed_a.reset_channel(&ch), c.fed_b.reset_channel(&ch));
+        assert!(ra.is_ok() && rb.is_ok(), "round {round}: {ra:?} {rb:?}");
+        let (pa, pb) =
+            (c.rt_a.remote_handle().recovery_point(&ch).unwrap(), c.rt_b.remote_handle().recovery_point(&ch).unwrap());
+        assert_eq!(pa.tx_hash, pb.rx_hash, "round {round}: both ends of A → B agree");
+        assert_eq!(pa.rx_hash, pb.tx_hash, "round {round}: both ends of B → A agree");
+        let text = format!("round {round}");
+        c.alice.send_async(ch, text.as_bytes()).await.unwrap();
+        c.bob.send_async(ch, text.as_bytes()).await.unwrap();
+        assert_eq!(texts(&recv_n(&mut c.inbox_b, 1).await), [text.clone()]);
+        assert_eq!(texts(&recv_n(&mut c.inbox_a, 1).await), [text]);
+    }
+
+    c.fed_a.shutdown().await;
+    c.fed_b.shutdown().await;
+    c.rt_a.shutdown_async().await;
+    c.rt_b.shutdown_async().await;
+}
