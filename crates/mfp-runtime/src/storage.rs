@@ -118,7 +118,8 @@ pub struct MetaRow {
 pub struct DeliveryRow {
     /// The channel it was sent on.
     pub channel: ChannelId,
-    /// The channel step it was sent at (unique per channel).
+    /// The channel step it was sent at (unique per channel, but for a cross-runtime
+    /// channel's messages from before and after a reset, which differ by message id).
     pub step: u64,
     /// The receiving agent.
     pub recipient: AgentId,
