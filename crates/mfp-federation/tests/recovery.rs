@@ -445,8 +445,8 @@ async fn crossed_resets_end_on_one_secret() {
         let text = format!("round {round}");
         c.alice.send_async(ch, text.as_bytes()).await.unwrap();
         c.bob.send_async(ch, text.as_bytes()).await.unwrap();
-        assert_eq!(texts(&recv_n(&mut c.inbox_b, 1).await), [text.clone()]);
-        assert_eq!(texts(&recv_n(&mut c.inbox_a, 1).await), [text]);
+        assert_eq!(texts(&recv_n(&mut c.inbox_b, 1).await), [text.as_str()]);
+        assert_eq!(texts(&recv_n(&mut c.inbox_a, 1).await), [text.as_str()]);
     }
 
     c.fed_a.shutdown().await;
