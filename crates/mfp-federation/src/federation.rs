@@ -1196,10 +1196,14 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
                     after_reset(shared, peer, channel, outcome);
                     // The peer reports first once it has reset its side too.
                     let _ = peer.handle.with_session(|s| s.accept_reset(channel));
-                    // A reset this side asked for meanwhile lost to the peer's: the channel
-                    // is reset, which is what its caller asked for (the peer refuses that
-                    // request; its refusal then finds nothing waiting).
-                    if let Some(mine) = shared.resets.lock().remove(&channel) {
+                    // A reset this side (the larger id) asked for meanwhile lost to the
+                    // peer's: the channel is reset, which is what its caller asked for (the
+                    // peer refuses that request; its refusal then finds nothing waiting).
+                    // The smaller id's own request still stands: the peer applies it and
+                    // answers, and this side resets once more, onto its own secret.
+                    if shared.local > peer.runtime
+                        && let Some(mine) = shared.resets.lock().remove(&channel)
+                    {
                         let _ = mine.reply.send(Ok(outcome.discarded));
                     }
                 }
@@ -1233,11 +1237,15 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
         }
         Event::ResetRefused { channel, reason } => {
             let Some(p) = shared.resets.lock().remove(&channel) else { return };
-            let _ = p.reply.send(Err(FederationError::ResetRefused {
-                peer: peer.runtime.short(),
-                channel: channel.short(),
-                reason,
-            }));
+            let r = if reason == ResetRefusal::Crossed && shared.local > peer.runtime {
+                // The peer's crossing request won, and this side applied it before this
+                // refusal came (it came first on the link): the channel is reset, and this
+                // call discarded nothing more.
+                Ok(0)
+            } else {
+                Err(FederationError::ResetRefused { peer: peer.runtime.short(), channel: channel.short(), reason })
+            };
+            let _ = p.reply.send(r);
         }
         Event::ChannelRequested { channel, depth, opener, target, secret } => {
             let reply = accept_request(shared, peer, channel, usize::from(depth), opener, &target, &secret).await;
