@@ -428,7 +428,10 @@ async fn a_reset_of_a_channel_closed_or_unknown_on_the_peer_is_refused_with_the_
 /// A store that, while held, keeps every batch pending (in order) until released; what it
 /// lets through goes to a `MemoryStorage`.
 #[derive(Clone, Default)]
-struct HeldStore(Arc<Mutex<(bool, Vec<(Vec<StorageOp>, mfp_runtime::storage::TicketSender)>)>>, MemoryStorage);
+struct HeldStore(Arc<Mutex<Held>>, MemoryStorage);
+
+/// Whether batches are held, and those held (with what completes each).
+type Held = (bool, Vec<(Vec<StorageOp>, mfp_runtime::storage::TicketSender)>);
 
 impl HeldStore {
     fn hold(&self) {
