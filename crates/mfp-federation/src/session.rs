@@ -1019,6 +1019,12 @@ mod tests {
             ]
         );
         assert_eq!(a.poll_event(), Some(Event::ResetAccepted { channel: ch }));
+        b.refuse_reset(ch, crate::control::ResetRefusal::Closed);
+        transmit(&mut b, &mut a, now);
+        assert_eq!(
+            a.poll_event(),
+            Some(Event::ResetRefused { channel: ch, reason: crate::control::ResetRefusal::Closed })
+        );
         assert!(!format!("{:?}", at_b[1]).contains('9'), "Debug shows no secret");
         // A report that names another runtime as its sender breaks the protocol.
         let (mut a, mut b) = pair(now);
