@@ -44,6 +44,19 @@ pub fn channel_chains(
     (chain(secret, channel, opener, acceptor), chain(secret, channel, acceptor, opener))
 }
 
+/// The id of a reset of `channel` from `secret` (the 32 bytes of its ChannelReset):
+/// `SHA-256("mfp-channel-reset-id" ‖ channel ‖ secret)`, its first 16 bytes. Both runtimes
+/// derive it; the runtime mixes it into the ids of the messages after the reset
+/// (`RemoteHandle::reset_chains_async`), so that they differ from those before it. A new
+/// secret for every reset gives every reset its own id; the id tells nothing of the secret.
+#[must_use]
+pub fn reset_id(secret: &[u8; 32], channel: &ChannelId) -> [u8; 16] {
+    let d = mfp_core::crypto::sha256(&[b"mfp-channel-reset-id", channel.as_bytes(), secret]);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(d.get(..16).unwrap_or(&[0; 16]));
+    id
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,13 +21,14 @@
 //! | `0x11` | Recovery | a `RECOVERY`-flagged MFP1 envelope and its body ([`crate::recovery`]) | 178 |
 //! | `0x12` | ChannelReset | channel id (16) ‖ new secret (32) | 49 |
 //! | `0x13` | ChannelResetAccept | channel id (16) | 17 |
+//! | `0x14` | ChannelResetRefuse | channel id (16) ‖ reason u8 | 18 |
 //! | `0x20` | RotateRequest | channel id (16) ‖ pymfp's 104-byte `RekeyRequest` (sender id, receiver id, ephemeral X25519 public key, proposed step) | 121 |
 //! | `0x21` | RotateAccept | channel id (16) ‖ pymfp's 104-byte `RekeyAccept` (same layout, accepted step) | 121 |
 //!
 //! ChannelOpen's target: kind 1 is an agent id (32 bytes), kind 2 an agent name (length
 //! u8 in 1..=64, then that many bytes of UTF-8).
 //!
-//! Reserved: `0x14`–`0x1f` for recovery, `0x22`–`0x2f` for more of MFP bilateral state
+//! Reserved: `0x15`–`0x1f` for recovery, `0x22`–`0x2f` for more of MFP bilateral state
 //! rotation; both are refused today.
 
 use core::fmt;
@@ -70,8 +71,10 @@ pub mod kind {
     pub const CHANNEL_RESET: u8 = 0x12;
     /// The reset is done (and stored) on the sender's side.
     pub const CHANNEL_RESET_ACCEPT: u8 = 0x13;
+    /// The receiver of a ChannelReset refuses it (the channel is unknown or closed there).
+    pub const CHANNEL_RESET_REFUSE: u8 = 0x14;
     /// Types reserved for more of recovery.
-    pub const RESERVED_RECOVERY: core::ops::RangeInclusive<u8> = 0x14..=0x1f;
+    pub const RESERVED_RECOVERY: core::ops::RangeInclusive<u8> = 0x15..=0x1f;
     /// A request to rotate the sender's outbound chain of a channel.
     pub const ROTATE_REQUEST: u8 = 0x20;
     /// The rotation is accepted (and stored by the acceptor).
@@ -158,6 +161,62 @@ impl RefuseReason {
     }
 }
 
+/// Why a reset was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ResetRefusal {
+    /// The peer has no such channel with this runtime (never had, or removed it).
+    UnknownChannel,
+    /// The channel is closed on the peer.
+    Closed,
+    /// The peer could not reset its side (its storage failed, it is shutting down): the
+    /// reset may be asked again.
+    Failed,
+    /// The peer asked to reset the same channel at the same time, and its request wins
+    /// (the smaller runtime id's does): this side resets with the peer's secret instead.
+    Crossed,
+    /// A reason this version does not know.
+    Other(u8),
+}
+
+impl ResetRefusal {
+    /// The reason byte.
+    #[must_use]
+    pub const fn to_byte(self) -> u8 {
+        match self {
+            ResetRefusal::UnknownChannel => 1,
+            ResetRefusal::Closed => 2,
+            ResetRefusal::Failed => 3,
+            ResetRefusal::Crossed => 4,
+            ResetRefusal::Other(b) => b,
+        }
+    }
+
+    /// The reason for a byte.
+    #[must_use]
+    pub const fn from_byte(b: u8) -> Self {
+        match b {
+            1 => ResetRefusal::UnknownChannel,
+            2 => ResetRefusal::Closed,
+            3 => ResetRefusal::Failed,
+            4 => ResetRefusal::Crossed,
+            b => ResetRefusal::Other(b),
+        }
+    }
+}
+
+impl fmt::Display for ResetRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResetRefusal::UnknownChannel => f.write_str("the peer has no such channel with this runtime"),
+            ResetRefusal::Closed => f.write_str("the channel is closed on the peer"),
+            ResetRefusal::Failed => f.write_str("the peer could not reset its side"),
+            ResetRefusal::Crossed => f.write_str("the peer asked for a reset of the channel at the same time"),
+            ResetRefusal::Other(b) => write!(f, "reason {b}"),
+        }
+    }
+}
+
 /// One control message. `Debug` shows a Data message's length, never its bytes, and
 /// never a channel secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -233,6 +292,8 @@ pub enum Control {
     },
     /// The receiver of a ChannelReset has reset (and stored) its side.
     ChannelResetAccept(ChannelId),
+    /// The receiver of a ChannelReset refuses it; nothing changed on its side.
+    ChannelResetRefuse(ChannelId, ResetRefusal),
     /// The sender asks to rotate its outbound chain of `channel` (PROTOCOL §4.11).
     RotateRequest {
         /// The channel.
@@ -289,6 +350,7 @@ impl fmt::Debug for Control {
                 f.debug_struct("ChannelReset").field("channel", channel).finish_non_exhaustive()
             }
             Control::ChannelResetAccept(c) => f.debug_tuple("ChannelResetAccept").field(c).finish(),
+            Control::ChannelResetRefuse(c, r) => f.debug_tuple("ChannelResetRefuse").field(c).field(r).finish(),
             Control::RotateRequest { channel, message } => {
                 f.debug_struct("RotateRequest").field("channel", channel).field("step", &message.step).finish()
             }
@@ -428,6 +490,11 @@ impl Control {
                 out.push(kind::CHANNEL_RESET_ACCEPT);
                 out.extend_from_slice(c.as_bytes());
             }
+            Control::ChannelResetRefuse(c, r) => {
+                out.push(kind::CHANNEL_RESET_REFUSE);
+                out.extend_from_slice(c.as_bytes());
+                out.push(r.to_byte());
+            }
             Control::RotateRequest { channel, message } | Control::RotateAccept { channel, message } => {
                 out.push(if matches!(self, Control::RotateRequest { .. }) {
                     kind::ROTATE_REQUEST
@@ -465,6 +532,7 @@ impl Control {
             Control::Recovery(_) => 1 + REPORT_LEN,
             Control::ChannelReset { .. } => 49,
             Control::ChannelResetAccept(_) => 17,
+            Control::ChannelResetRefuse(..) => 18,
             Control::RotateRequest { .. } | Control::RotateAccept { .. } => ROTATE_LEN,
         }
     }
@@ -538,6 +606,13 @@ impl Control {
             kind::CHANNEL_RESET_ACCEPT => {
                 exact(17)?;
                 Control::ChannelResetAccept(channel_at(b, 1).ok_or(bad)?)
+            }
+            kind::CHANNEL_RESET_REFUSE => {
+                exact(18)?;
+                Control::ChannelResetRefuse(
+                    channel_at(b, 1).ok_or(bad)?,
+                    ResetRefusal::from_byte(*b.get(17).ok_or(bad)?),
+                )
             }
             kind::ROTATE_REQUEST | kind::ROTATE_ACCEPT => {
                 exact(ROTATE_LEN)?;
@@ -684,6 +759,7 @@ mod tests {
             (Control::Recovery(recovery_report()), 178),
             (Control::ChannelReset { channel: ch(6), secret: Zeroizing::new([0x5e; 32]) }, 49),
             (Control::ChannelResetAccept(ch(6)), 17),
+            (Control::ChannelResetRefuse(ch(6), ResetRefusal::Closed), 18),
             (Control::RotateRequest { channel: ch(5), message: rekey(42) }, 121),
             (Control::RotateAccept { channel: ch(5), message: rekey(43) }, 121),
         ];
@@ -696,7 +772,7 @@ mod tests {
             // its length byte announces).
             assert!(Control::parse(&bytes[..len - 1]).is_err(), "{msg:?}");
         }
-        assert_eq!(Control::parse(&[0x14, 0]), Err(ControlError::UnknownType(0x14)));
+        assert_eq!(Control::parse(&[0x15, 0]), Err(ControlError::UnknownType(0x15)));
         assert_eq!(Control::parse(&[0x1f]), Err(ControlError::UnknownType(0x1f)));
         assert_eq!(Control::parse(&[0x22]), Err(ControlError::UnknownType(0x22)));
         assert!(matches!(Control::parse(&[0x21]), Err(ControlError::Length { .. })));

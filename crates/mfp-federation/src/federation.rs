@@ -40,7 +40,7 @@ use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use zeroize::Zeroizing;
 
-use crate::control::{RefuseReason, Target};
+use crate::control::{RefuseReason, ResetRefusal, Target};
 use crate::identity::IdentityKey;
 use crate::net::{InlineEvents, NetConfig, NetError, NetEvent, Network, PeerConfig, PeerHandle};
 use crate::recovery::{
@@ -190,6 +190,19 @@ pub enum FederationError {
         peer: String,
         /// The channel.
         channel: String,
+    },
+    /// The peer refused the reset; nothing changed on either side, the channel stays
+    /// suspended here.
+    #[error(
+        "peer runtime {peer} refused the reset of channel {channel}: {reason}; the channel stays suspended here (close it if the peer no longer has it, or retry the reset)"
+    )]
+    ResetRefused {
+        /// The peer.
+        peer: String,
+        /// The channel.
+        channel: String,
+        /// Why.
+        reason: crate::control::ResetRefusal,
     },
 }
 
@@ -471,6 +484,10 @@ impl Federation {
         for peer in shared.peers.values() {
             let mut held = (0usize, 0usize);
             for pos in shared.runtime.positions(&peer.runtime)? {
+                // Accepted before a restart and not confirmed by the opener yet: still wait.
+                if pos.unconfirmed {
+                    peer.unconfirmed.lock().insert(pos.channel);
+                }
                 let unacked = shared.runtime.unacknowledged(&pos.channel, 0)?;
                 held.0 += unacked.len();
                 held.1 += unacked.iter().map(|m| m.wire.len()).sum::<usize>();
@@ -1154,7 +1171,7 @@ fn ingested(shared: &Shared, peer: &Peer, result: Result<Ingested, RuntimeError>
         Ok(Ingested::Delivered { channel, step } | Ingested::Duplicate { channel, step }) => {
             let _ = peer.handle.with_session(|s| s.ack(channel, step + 1));
             // A message on the channel: the peer has it.
-            confirmed(peer, &channel);
+            confirmed(shared, peer, &channel);
             false
         }
         Ok(_) => false,
@@ -1241,27 +1258,60 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
         }
         Event::Recovery(report) => on_report(shared, peer, report).await,
         Event::ResetRequested { channel, secret } => {
-            // The peer derives as the opener of the reset: its chains are (peer → here, here → peer).
-            let (from_peer, to_peer) = crate::channel_chains(&secret, &channel, &peer.runtime, &shared.local);
+            // Only a channel this runtime shares with the peer and has open can be reset; a
+            // suspended or an active one is (active: the peer may have reset before, its
+            // answer lost with the link, and asks again — both end on the newer secret).
             if !rt.positions(&peer.runtime).unwrap_or_default().iter().any(|p| p.channel == channel) {
-                tracing::warn!(target: "mfp::federation", peer = %peer.runtime.short(), channel = %channel.short(), "reset of a channel not shared with this peer ignored");
+                let reason = match rt.recovery_point(&channel) {
+                    Err(RuntimeError::ChannelClosed(_)) => ResetRefusal::Closed,
+                    _ => ResetRefusal::UnknownChannel,
+                };
+                tracing::warn!(target: "mfp::federation", peer = %peer.runtime.short(), channel = %channel.short(), reason = %reason, "reset refused");
+                let _ = peer.handle.with_session(|s| s.refuse_reset(channel, reason));
                 return;
             }
-            match rt.reset_chains_async(&channel, to_peer, from_peer).await {
+            // Both sides asked at once, each request crossing the other on the link: the
+            // request of the runtime with the smaller id wins on both sides, so that both
+            // end on one secret. This side's stands: refuse the peer's (it accepts ours).
+            if shared.local < peer.runtime && shared.resets.lock().contains_key(&channel) {
+                let _ = peer.handle.with_session(|s| s.refuse_reset(channel, ResetRefusal::Crossed));
+                return;
+            }
+            // The peer derives as the opener of the reset: its chains are (peer → here, here → peer).
+            let (from_peer, to_peer) = crate::channel_chains(&secret, &channel, &peer.runtime, &shared.local);
+            let reset = crate::reset_id(&secret, &channel);
+            match rt.reset_chains_async(&channel, to_peer, from_peer, reset).await {
                 Ok(outcome) => {
                     after_reset(shared, peer, channel, outcome);
                     // The peer reports first once it has reset its side too.
                     let _ = peer.handle.with_session(|s| s.accept_reset(channel));
+                    // A reset this side (the larger id) asked for meanwhile lost to the
+                    // peer's: the channel is reset, which is what its caller asked for (the
+                    // peer refuses that request; its refusal then finds nothing waiting).
+                    // The smaller id's own request still stands: the peer applies it and
+                    // answers, and this side resets once more, onto its own secret.
+                    if shared.local > peer.runtime
+                        && let Some(mine) = shared.resets.lock().remove(&channel)
+                    {
+                        let _ = mine.reply.send(Ok(outcome.discarded));
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!(target: "mfp::federation", channel = %channel.short(), error = %e, "reset asked by the peer failed; not confirmed");
+                    let reason = match e {
+                        RuntimeError::ChannelClosed(_) => ResetRefusal::Closed,
+                        RuntimeError::UnknownChannel(_) => ResetRefusal::UnknownChannel,
+                        _ => ResetRefusal::Failed,
+                    };
+                    tracing::warn!(target: "mfp::federation", channel = %channel.short(), error = %e, "reset asked by the peer failed; refused");
+                    let _ = peer.handle.with_session(|s| s.refuse_reset(channel, reason));
                 }
             }
         }
         Event::ResetAccepted { channel } => {
             let Some(p) = shared.resets.lock().remove(&channel) else { return };
             let (to_peer, from_peer) = crate::channel_chains(&p.secret, &channel, &shared.local, &peer.runtime);
-            let r = match rt.reset_chains_async(&channel, to_peer, from_peer).await {
+            let reset = crate::reset_id(&p.secret, &channel);
+            let r = match rt.reset_chains_async(&channel, to_peer, from_peer, reset).await {
                 Ok(outcome) => {
                     after_reset(shared, peer, channel, outcome);
                     send_report(shared, peer, channel, ANSWER_REQUESTED);
@@ -1271,6 +1321,18 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
                     tracing::error!(target: "mfp::federation", channel = %channel.short(), error = %e, "the peer reset the channel but this side could not; reset it again");
                     Err(FederationError::from(e))
                 }
+            };
+            let _ = p.reply.send(r);
+        }
+        Event::ResetRefused { channel, reason } => {
+            let Some(p) = shared.resets.lock().remove(&channel) else { return };
+            let r = if reason == ResetRefusal::Crossed && shared.local > peer.runtime {
+                // The peer's crossing request won, and this side applied it before this
+                // refusal came (it came first on the link): the channel is reset, and this
+                // call discarded nothing more.
+                Ok(0)
+            } else {
+                Err(FederationError::ResetRefused { peer: peer.runtime.short(), channel: channel.short(), reason })
             };
             let _ = p.reply.send(r);
         }
@@ -1302,7 +1364,7 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
                 let _ = p.reply.send(Err(FederationError::Refused { peer: peer.runtime.short(), reason }));
             }
         }
-        Event::ChannelConfirmed { channel } => confirmed(peer, &channel),
+        Event::ChannelConfirmed { channel } => confirmed(shared, peer, &channel),
         Event::ChannelClosed { channel } => {
             peer.chans.lock().remove(&channel);
             peer.unconfirmed.lock().remove(&channel);
@@ -1355,10 +1417,8 @@ async fn on_event(shared: &Shared, peer: &Peer, ev: Event) {
                 return;
             }
             let rotated = match mfp_core::crypto::x25519_shared(&secret, &message.ephemeral_public) {
-                Ok(ss) => {
-                    let handle = shared.runtime.clone();
-                    tokio::task::spawn_blocking(move || handle.rotate_outbound(&channel, &ss)).await.ok()
-                }
+                // Waits (as a future) for the channel's sends in flight to settle first.
+                Ok(ss) => Some(shared.runtime.rotate_outbound_async(&channel, &ss).await),
                 Err(_) => None,
             };
             let mut chans = peer.chans.lock();
@@ -1422,7 +1482,7 @@ async fn on_report(shared: &Shared, peer: &Peer, report: RecoveryReport) {
         }
     };
     // The peer reports the channel: it has it stored.
-    confirmed(peer, &channel);
+    confirmed(shared, peer, &channel);
     if point.status != mfp_runtime::ChannelStatus::Active {
         tracing::debug!(target: "mfp::federation", channel = %channel.short(), "recovery report on a suspended channel ignored until it is resumed or reset");
         return;
@@ -1685,7 +1745,9 @@ async fn accept_request(
     // Until the opener confirms it stored the channel, this side does not send on it (a
     // receipt for a message on a channel the opener might never store would be a lie).
     let fresh = peer.unconfirmed.lock().insert(channel);
-    match rt.establish_async(local, RemoteEnd::new(peer.runtime, opener), channel, depth, chains).await {
+    // Stored unconfirmed in the same transaction as the channel, so that a restart before
+    // the confirmation still waits for it.
+    match rt.establish_accepted_async(local, RemoteEnd::new(peer.runtime, opener), channel, depth, chains).await {
         Ok(()) => {
             peer.chans.lock().entry(channel).or_default();
             Ok(local)
@@ -1718,13 +1780,17 @@ fn refusal(e: RuntimeError) -> RefuseReason {
     }
 }
 
-/// The opener of `channel` showed that it stored it: this side may send on it.
-fn confirmed(peer: &Peer, channel: &ChannelId) {
+/// The opener of `channel` showed that it stored it: this side may send on it (and the
+/// stored mark is cleared).
+fn confirmed(shared: &Shared, peer: &Peer, channel: &ChannelId) {
     let removed = {
         let mut u = peer.unconfirmed.lock();
         !u.is_empty() && u.remove(channel)
     };
     if removed {
+        if let Err(e) = shared.runtime.opener_confirmed(channel) {
+            tracing::debug!(target: "mfp::federation", channel = %channel.short(), error = %e, "confirmation of a channel not stored");
+        }
         peer.ready.notify_waiters();
     }
 }

@@ -48,7 +48,7 @@ pub mod net;
 pub mod recovery;
 pub mod session;
 
-pub use chains::channel_chains;
+pub use chains::{channel_chains, reset_id};
 pub use identity::{IdentityError, IdentityKey, PublicKey};
 
 /// Entropy from the operating system's random number generator.

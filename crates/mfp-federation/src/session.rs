@@ -288,6 +288,13 @@ pub enum Event {
         /// The channel.
         channel: ChannelId,
     },
+    /// The peer refused to reset a channel this side asked to reset (nothing changed there).
+    ResetRefused {
+        /// The channel.
+        channel: ChannelId,
+        /// Why.
+        reason: crate::control::ResetRefusal,
+    },
     /// The peer asks for a channel: answer with [`Session::accept_channel`] or
     /// [`Session::refuse_channel`].
     ChannelRequested {
@@ -365,6 +372,9 @@ impl fmt::Debug for Event {
                 f.debug_struct("ResetRequested").field("channel", channel).finish_non_exhaustive()
             }
             Event::ResetAccepted { channel } => f.debug_struct("ResetAccepted").field("channel", channel).finish(),
+            Event::ResetRefused { channel, reason } => {
+                f.debug_struct("ResetRefused").field("channel", channel).field("reason", reason).finish()
+            }
             Event::ChannelRequested { channel, depth, opener, target, secret: _ } => f
                 .debug_struct("ChannelRequested")
                 .field("channel", channel)
@@ -623,6 +633,13 @@ impl Session {
         }
     }
 
+    /// Tells the peer that this side refuses its reset of `channel` (nothing changed here).
+    pub fn refuse_reset(&mut self, channel: ChannelId, reason: crate::control::ResetRefusal) {
+        if self.closed.is_none() {
+            self.queue.push_back(Control::ChannelResetRefuse(channel, reason));
+        }
+    }
+
     /// Asks the peer for a channel from `opener` (an agent of this runtime) to `target` (an
     /// agent of the peer) at frame depth `depth`. `secret` is 32 bytes the caller draws
     /// from its entropy; the channel's chains derive from it ([`crate::channel_chains`]),
@@ -786,6 +803,9 @@ impl Session {
                 self.events.push_back(Event::ResetRequested { channel, secret });
             }
             Control::ChannelResetAccept(channel) => self.events.push_back(Event::ResetAccepted { channel }),
+            Control::ChannelResetRefuse(channel, reason) => {
+                self.events.push_back(Event::ResetRefused { channel, reason });
+            }
             Control::ChannelOpen { channel, depth, opener, secret, target } => {
                 if usize::from(depth) < MIN_FRAME_DEPTH || depth > self.cfg.max_frame_depth {
                     self.stats.refused_requests += 1;
@@ -999,6 +1019,12 @@ mod tests {
             ]
         );
         assert_eq!(a.poll_event(), Some(Event::ResetAccepted { channel: ch }));
+        b.refuse_reset(ch, crate::control::ResetRefusal::Closed);
+        transmit(&mut b, &mut a, now);
+        assert_eq!(
+            a.poll_event(),
+            Some(Event::ResetRefused { channel: ch, reason: crate::control::ResetRefusal::Closed })
+        );
         assert!(!format!("{:?}", at_b[1]).contains('9'), "Debug shows no secret");
         // A report that names another runtime as its sender breaks the protocol.
         let (mut a, mut b) = pair(now);

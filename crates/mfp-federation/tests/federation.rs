@@ -664,3 +664,95 @@ async fn messages_behind_one_that_waits_for_a_full_mailbox_keep_their_order() {
     rt_a.shutdown_async().await;
     rt_b.shutdown_async().await;
 }
+
+/// The acceptor's wait for the opener's confirmation survives a restart of the acceptor
+/// (from its SQLite file): accepted, then killed before the opener's ChannelConfirm came,
+/// the acceptor comes back with the channel still unconfirmed (stored so in the same
+/// transaction as the channel), and it is confirmed — in memory and on disk — by the
+/// opener's recovery report after the reconnect; then the acceptor's sends go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acceptor_restarted_before_the_confirmation_still_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("acceptor.db");
+    let key = mfp_storage::MasterKey::from_bytes(&core::array::from_fn::<u8, 32, _>(|i| 0x80 | i as u8)).unwrap();
+    let sqlite = || mfp_storage::SqliteStorage::open(mfp_storage::StorageConfig::new(&db, key.clone())).unwrap();
+    let config_a = RuntimeConfig { backpressure: mfp_runtime::Backpressure::Reject, ..A.config() };
+
+    // B (the opener) listens; A (the acceptor, on SQLite) dials it, before and after its restart.
+    let store_b = HeldStore::default();
+    let rt_b = Runtime::builder(B.config())
+        .tokio_handle(tokio::runtime::Handle::current())
+        .storage(store_b.clone())
+        .build()
+        .unwrap();
+    let (h_bob, mut inbox_b) = recorder();
+    let bob = rt_b.bind_named("bob", h_bob).unwrap();
+    let fed_b = Federation::start(&rt_b, B.key(), FederationConfig::new(net(11), vec![A.peer(None)])).await.unwrap();
+    let b_addr = fed_b.local_addr();
+    let rt_a = Runtime::builder(config_a.clone())
+        .tokio_handle(tokio::runtime::Handle::current())
+        .storage(sqlite())
+        .build()
+        .unwrap();
+    let alice = rt_a.bind_named("alice", |_: &AgentHandle, _| {}).unwrap();
+    let fed_a = Federation::start(&rt_a, A.key(), FederationConfig::new(net(12), vec![B.peer(b_addr)])).await.unwrap();
+    fed_b.wait_up(&A.runtime_id()).await.unwrap();
+
+    // B's commit of the channel is held: A accepted, B has not confirmed.
+    store_b.hold();
+    let fed_b = std::sync::Arc::new(fed_b);
+    let opening = {
+        let (fed_b, bob_id) = (std::sync::Arc::clone(&fed_b), bob.id());
+        tokio::spawn(async move { fed_b.open_channel(bob_id, A.runtime_id(), Target::Name("alice".into()), 4).await })
+    };
+    let ch = tokio::time::timeout(BOUND, async {
+        loop {
+            if let Some(c) = alice.channels().ok().and_then(|cs| cs.first().map(|c| c.channel_id)) {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the acceptor never had the channel");
+    assert!(matches!(alice.send_async(ch, b"early").await, Err(mfp_runtime::Error::PeerUnavailable { .. })));
+
+    // A stops before the confirmation; B then stores the channel (its confirmation finds
+    // no link).
+    fed_a.shutdown().await;
+    rt_a.shutdown_async().await;
+    drop((alice, rt_a));
+    store_b.release();
+    assert_eq!(opening.await.unwrap().unwrap(), ch);
+    let stored = mfp_storage::inspect(&db, &key).unwrap().snapshot.unwrap();
+    let row = stored.remote_channels.iter().find(|r| r.id == ch).unwrap();
+    assert!(row.unconfirmed, "the acceptor's wait for the confirmation is stored with the channel");
+
+    // Restarted, A still waits for the confirmation…
+    let rt_a =
+        Runtime::builder(config_a).tokio_handle(tokio::runtime::Handle::current()).storage(sqlite()).build().unwrap();
+    let alice = rt_a.attach_named("alice", |_: &AgentHandle, _| {}).unwrap();
+    let pos = rt_a.remote_handle().positions(&B.runtime_id()).unwrap();
+    assert!(pos.iter().any(|p| p.channel == ch && p.unconfirmed), "restored unconfirmed: {pos:?}");
+    // …which B's recovery report after the reconnect gives: then A's sends go through.
+    let fed_a = Federation::start(&rt_a, A.key(), FederationConfig::new(net(13), vec![B.peer(b_addr)])).await.unwrap();
+    tokio::time::timeout(BOUND, async {
+        while alice.send_async(ch, b"after").await.is_err() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the acceptor could not send after the confirmation");
+    assert_eq!(recv_n(&mut inbox_b, 1).await[0].payload, b"after");
+    assert!(!rt_a.remote_handle().positions(&B.runtime_id()).unwrap().iter().any(|p| p.unconfirmed));
+
+    fed_a.shutdown().await;
+    rt_a.shutdown_async().await;
+    drop((alice, rt_a));
+    let stored = mfp_storage::inspect(&db, &key).unwrap().snapshot.unwrap();
+    assert!(!stored.remote_channels.iter().any(|r| r.unconfirmed), "the confirmation is stored too");
+    if let Ok(fed_b) = std::sync::Arc::try_unwrap(fed_b) {
+        fed_b.shutdown().await;
+    }
+    rt_b.shutdown_async().await;
+}

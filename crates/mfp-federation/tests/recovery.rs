@@ -371,3 +371,197 @@ async fn a_channel_suspended_by_a_transient_condition_resumes_and_flows() {
     rt_a.shutdown_async().await;
     rt_b.shutdown_async().await;
 }
+
+/// A peer refuses a reset of a channel it has closed, or never had, with a reason the
+/// requester gets at once (not a timeout); the channel stays suspended on the requester.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_of_a_channel_closed_or_unknown_on_the_peer_is_refused_with_the_reason() {
+    let (store_a, store_b) = (MemoryStorage::new(), MemoryStorage::new());
+    let c = pair(&store_a, &store_b).await;
+    let ch = c.ch;
+    // B closes its end without telling A; A suspends its end and asks for a reset.
+    c.rt_b.remote_handle().closed_by_peer_async(&ch).await.unwrap();
+    c.rt_a.quarantine_channel_async(&ch, "test").await.unwrap();
+    let refused = c.fed_a.reset_channel(&ch).await;
+    assert!(
+        matches!(
+            refused,
+            Err(FederationError::ResetRefused { reason: mfp_federation::control::ResetRefusal::Closed, .. })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(c.rt_a.channel_info(&ch).unwrap().status, ChannelStatus::Quarantined);
+
+    // A channel B never had (stored on A only).
+    let unknown = ChannelId::from_bytes([0x3c; 16]);
+    let (tx, rx) = mfp_federation::channel_chains(&[0x77; 32], &unknown, &A.runtime_id(), &B.runtime_id());
+    c.rt_a
+        .remote_handle()
+        .establish_async(
+            c.alice.id(),
+            mfp_runtime::remote::RemoteEnd::new(B.runtime_id(), c.bob.id()),
+            unknown,
+            4,
+            mfp_runtime::remote::Chains::Split { tx, rx },
+        )
+        .await
+        .unwrap();
+    c.rt_a.quarantine_channel_async(&unknown, "test").await.unwrap();
+    let refused = c.fed_a.reset_channel(&unknown).await;
+    assert!(
+        matches!(
+            refused,
+            Err(FederationError::ResetRefused { reason: mfp_federation::control::ResetRefusal::UnknownChannel, .. })
+        ),
+        "{refused:?}"
+    );
+    let text = refused.unwrap_err().to_string();
+    assert!(text.contains("refused the reset") && text.contains("no such channel"), "{text}");
+    assert_eq!(c.fed_a.recovery_stats().resets + c.fed_b.recovery_stats().resets, 0);
+
+    c.fed_a.shutdown().await;
+    c.fed_b.shutdown().await;
+    c.rt_a.shutdown_async().await;
+    c.rt_b.shutdown_async().await;
+}
+
+/// A store that, while held, keeps every batch pending (in order) until released; what it
+/// lets through goes to a `MemoryStorage`.
+#[derive(Clone, Default)]
+struct HeldStore(Arc<Mutex<Held>>, MemoryStorage);
+
+/// Whether batches are held, and those held (with what completes each).
+type Held = (bool, Vec<(Vec<StorageOp>, mfp_runtime::storage::TicketSender)>);
+
+impl HeldStore {
+    fn hold(&self) {
+        self.0.lock().0 = true;
+    }
+
+    /// Pending batches of a reset.
+    fn pending_resets(&self) -> usize {
+        self.0
+            .lock()
+            .1
+            .iter()
+            .filter(|(ops, _)| ops.iter().any(|op| matches!(op, StorageOp::RemoteReset { .. })))
+            .count()
+    }
+
+    fn release(&self) {
+        let mut q = self.0.lock();
+        q.0 = false;
+        for (ops, done) in q.1.drain(..) {
+            done.complete(self.1.apply(ops).wait());
+        }
+    }
+}
+
+impl Storage for HeldStore {
+    fn load(&self) -> Result<Option<mfp_runtime::storage::Snapshot>, mfp_runtime::storage::StorageError> {
+        self.1.load()
+    }
+
+    fn apply(&self, ops: Vec<StorageOp>) -> mfp_runtime::storage::Ticket {
+        let mut q = self.0.lock();
+        if q.0 {
+            let (done, ticket) = mfp_runtime::storage::Ticket::pending();
+            q.1.push((ops, done));
+            ticket
+        } else {
+            self.1.apply(ops)
+        }
+    }
+}
+
+/// Waits (at most `BOUND`) until `store` holds `n` batches of a reset.
+async fn resets_held(store: &HeldStore, n: usize) {
+    tokio::time::timeout(BOUND, async {
+        while store.pending_resets() < n {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the reset never reached the store");
+}
+
+/// Both operators reset the same channel at once, each request crossing the other on the
+/// link (made certain by holding both stores: each side is still suspended, its reset of
+/// the peer's request waiting for its commit, when its own request leaves). The request of
+/// the runtime with the smaller id wins on both sides: both end on one secret and messages
+/// flow again; both calls succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossed_resets_end_on_one_secret() {
+    // The larger id asks first: the smaller one has applied it when its own request leaves.
+    crossed_resets(false).await;
+    // The smaller id asks first: the larger one has applied it when its own request leaves,
+    // and the smaller one refuses that request as crossed.
+    crossed_resets(true).await;
+}
+
+async fn crossed_resets(smaller_first: bool) {
+    let (store_a, store_b) = (HeldStore::default(), HeldStore::default());
+    let build = |node: &Node, store: &HeldStore| {
+        Runtime::builder(node.config())
+            .tokio_handle(tokio::runtime::Handle::current())
+            .storage(store.clone())
+            .build()
+            .unwrap()
+    };
+    let (rt_a, rt_b) = (build(&A, &store_a), build(&B, &store_b));
+    let (h, mut inbox_a) = recorder();
+    let alice = rt_a.bind_named("alice", h).unwrap();
+    let (h, mut inbox_b) = recorder();
+    let bob = rt_b.bind_named("bob", h).unwrap();
+    let fed_b =
+        Federation::start(&rt_b, B.key(), FederationConfig::new(net(2, true), vec![A.peer(None)])).await.unwrap();
+    let fed_a =
+        Federation::start(&rt_a, A.key(), FederationConfig::new(net(1, false), vec![B.peer(fed_b.local_addr())]))
+            .await
+            .unwrap();
+    fed_a.wait_up(&B.runtime_id()).await.unwrap();
+    let ch = fed_a.open_channel(alice.id(), B.runtime_id(), Target::Name("bob".into()), 4).await.unwrap();
+    rt_a.quarantine_channel_async(&ch, "test").await.unwrap();
+    rt_b.quarantine_channel_async(&ch, "test").await.unwrap();
+
+    // One asks; the other asks while it is resetting from that request (its commit held,
+    // so still suspended), and the first gets that request while its own is under way.
+    let (fed_a, fed_b) = (Arc::new(fed_a), Arc::new(fed_b));
+    let a_first = (A.runtime_id() < B.runtime_id()) == smaller_first;
+    let (first, second, second_store) = if a_first {
+        (Arc::clone(&fed_a), Arc::clone(&fed_b), &store_b)
+    } else {
+        (Arc::clone(&fed_b), Arc::clone(&fed_a), &store_a)
+    };
+    store_a.hold();
+    store_b.hold();
+    let first_call = tokio::spawn(async move { first.reset_channel(&ch).await });
+    resets_held(second_store, 1).await;
+    // Polled once, the second call checks that the channel is suspended and queues its
+    // request on the link before its first wait; only then do the commits go through (so
+    // on each side the peer's request arrives before its answer to this side's).
+    let mut second_call = Box::pin(async move { second.reset_channel(&ch).await });
+    let pending = second_call.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+    assert!(pending.is_pending(), "the second call returned before any answer: {pending:?}");
+    store_a.release();
+    store_b.release();
+    let (r1, r2) = (first_call.await.unwrap(), second_call.await);
+    assert!(r1.is_ok() && r2.is_ok(), "smaller first: {smaller_first}: {r1:?} {r2:?}");
+
+    let (pa, pb) =
+        (rt_a.remote_handle().recovery_point(&ch).unwrap(), rt_b.remote_handle().recovery_point(&ch).unwrap());
+    assert_eq!(pa.tx_hash, pb.rx_hash, "both ends of A → B agree");
+    assert_eq!(pa.rx_hash, pb.tx_hash, "both ends of B → A agree");
+    alice.send_async(ch, b"to bob").await.unwrap();
+    bob.send_async(ch, b"to alice").await.unwrap();
+    assert_eq!(texts(&recv_n(&mut inbox_b, 1).await), ["to bob"]);
+    assert_eq!(texts(&recv_n(&mut inbox_a, 1).await), ["to alice"]);
+
+    for fed in [fed_a, fed_b] {
+        if let Ok(fed) = Arc::try_unwrap(fed) {
+            fed.shutdown().await;
+        }
+    }
+    rt_a.shutdown_async().await;
+    rt_b.shutdown_async().await;
+}

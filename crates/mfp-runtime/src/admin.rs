@@ -447,6 +447,22 @@ impl Inner {
         chains: Chains,
         wait: Wait,
     ) -> Result<()> {
+        self.establish_remote_marked(local, remote, id, depth, chains, false, wait).await
+    }
+
+    /// [`Inner::establish_remote`], the channel stored `unconfirmed` (accepted here, its
+    /// opener's confirmation awaited) in the same transaction when so asked.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn establish_remote_marked(
+        &self,
+        local: AgentId,
+        remote: RemoteEnd,
+        id: ChannelId,
+        depth: usize,
+        chains: Chains,
+        unconfirmed: bool,
+        wait: Wait,
+    ) -> Result<()> {
         if self.is_shut_down() {
             return Err(Error::ShutDown);
         }
@@ -500,6 +516,8 @@ impl Inner {
                 rx: rx.clone(),
                 validation_failures: 0,
                 rx_rotation: None,
+                reset: None,
+                unconfirmed,
             })];
             if rec.state() == AgentState::Bound {
                 ops.push(StorageOp::PutAgent(Self::agent_row(&rec, AgentState::Active, "")));
@@ -510,10 +528,12 @@ impl Inner {
             Chains::Split { tx, .. } => tx.step,
             Chains::Shared(s) => s.step(),
         };
+        let link = RemoteLink::new(remote, chains, acked);
+        link.unconfirmed.store(unconfirmed, std::sync::atomic::Ordering::Release);
         let record = Arc::new(ChannelRecord {
             id,
             a: Arc::clone(&rec),
-            far: Far::Remote(Box::new(RemoteLink::new(remote, chains, acked))),
+            far: Far::Remote(Box::new(link)),
             depth: u16::try_from(depth).unwrap_or(u16::MAX),
             inner: ChannelInner::new(State::zero(), 0, ChannelStatus::Active, 0),
         });

@@ -347,6 +347,8 @@ impl Inner {
                 acked,
             );
             *link.rx_rotation.lock() = row.rx_rotation;
+            *link.reset.lock() = row.reset;
+            link.unconfirmed.store(row.unconfirmed, std::sync::atomic::Ordering::Release);
             link.log.lock().entries.extend(log.into_iter().map(|o| OutboundMessage {
                 peer: o.peer,
                 channel: o.channel,

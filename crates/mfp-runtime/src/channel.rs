@@ -151,6 +151,13 @@ impl Dedup {
         }
     }
 
+    /// Forgets the entries whose receipt `gone` selects.
+    pub(crate) fn forget(&mut self, gone: impl Fn(&Receipt) -> bool) {
+        self.entries.retain(|_, e| !gone(&e.receipt));
+        let entries = &self.entries;
+        self.order.retain(|k| entries.contains_key(k));
+    }
+
     pub(crate) fn record(&mut self, key: [u8; 32], digest: [u8; 32], receipt: Receipt, now: Instant, window: usize) {
         while self.order.len() >= window {
             if let Some(k) = self.order.pop_front() {

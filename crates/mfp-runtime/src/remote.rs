@@ -365,6 +365,10 @@ pub struct RemotePosition {
     pub acked: u64,
     /// The channel's status.
     pub status: ChannelStatus,
+    /// This runtime accepted the channel and its opener has not confirmed yet that it
+    /// stored it (restored from storage at a start; see
+    /// [`RemoteHandle::establish_accepted_async`]).
+    pub unconfirmed: bool,
 }
 
 /// The remote part of a channel record.
@@ -390,6 +394,13 @@ pub(crate) struct RemoteLink {
     /// An accepted rotation of the inbound chain not seen in a message yet (its X25519
     /// secret). Read and written under `ingest_turn`.
     pub(crate) rx_rotation: Mutex<Option<mfp_core::State>>,
+    /// The id of the channel's latest reset (see [`remote_ids`]). Written by a reset only,
+    /// under the channel's lock with the channel set aside, so no send or ingest reads it
+    /// meanwhile.
+    pub(crate) reset: Mutex<Option<[u8; 16]>>,
+    /// Accepted by this runtime and not confirmed by the opener yet (kept for the
+    /// transport, which does not send on it until then; persisted with the channel).
+    pub(crate) unconfirmed: std::sync::atomic::AtomicBool,
 }
 
 /// A held outbound turn of a cross-runtime channel (see `RemoteLink::send_turn`).
@@ -423,7 +434,15 @@ impl RemoteLink {
             drained: tokio::sync::Notify::new(),
             ingest_turn: tokio::sync::Mutex::new(()),
             rx_rotation: Mutex::new(None),
+            reset: Mutex::new(None),
+            unconfirmed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The message id and correlation id of the message at `step` of `sender`'s outbound
+    /// chain on `channel`, under the channel's latest reset.
+    pub(crate) fn ids(&self, channel: &ChannelId, sender: &RuntimeId, step: u64) -> (MessageId, CorrelationId) {
+        remote_ids(channel, sender, self.reset.lock().as_ref(), step)
     }
 }
 
@@ -477,8 +496,23 @@ impl RemoteLink {
 /// The message id and correlation id of the message at `step` of `sender`'s outbound chain
 /// on `channel`: both runtimes compute the same (the ids are not on the wire), so a
 /// receipt and its delivery carry the same message id.
-pub(crate) fn remote_ids(channel: &ChannelId, sender: &RuntimeId, step: u64) -> (MessageId, CorrelationId) {
-    let d = sha256(&[b"mfp-remote-message-id", channel.as_bytes(), sender.as_bytes(), &step.to_be_bytes()]);
+///
+/// A reset starts both chains again at step 0; `reset` (the id of the channel's latest
+/// reset, which both runtimes derive from the reset's secret) makes the ids after it
+/// differ from those before. Without a reset the ids are what they always were
+/// (`SHA-256("mfp-remote-message-id" ‖ channel ‖ sender ‖ u64be(step))`), so stored
+/// receipts and deliveries keep their ids across an upgrade.
+pub(crate) fn remote_ids(
+    channel: &ChannelId,
+    sender: &RuntimeId,
+    reset: Option<&[u8; 16]>,
+    step: u64,
+) -> (MessageId, CorrelationId) {
+    let step_be = step.to_be_bytes();
+    let d = match reset {
+        None => sha256(&[b"mfp-remote-message-id", channel.as_bytes(), sender.as_bytes(), &step_be]),
+        Some(r) => sha256(&[b"mfp-remote-message-id-after-reset", channel.as_bytes(), sender.as_bytes(), r, &step_be]),
+    };
     let mut id = [0u8; 16];
     id.copy_from_slice(d.get(..16).unwrap_or(&[0; 16]));
     let mut corr = [0u8; 8];
@@ -597,6 +631,33 @@ impl RemoteHandle {
         inner.blocking("RemoteHandle::establish", |w| inner.establish_remote(local, remote, channel, depth, chains, w))
     }
 
+    /// Opens a cross-runtime channel this runtime accepted at the peer's request, as
+    /// [`RemoteHandle::establish_async`] does, but marked *unconfirmed* in the same storage
+    /// transaction: the peer (the opener) has not shown yet that it stored the channel, so
+    /// the transport must not send on it until [`RemoteHandle::opener_confirmed`]. The mark
+    /// is persisted with the channel and comes back in [`RemotePosition::unconfirmed`]
+    /// after a restart.
+    pub async fn establish_accepted_async(
+        &self,
+        local: AgentId,
+        remote: RemoteEnd,
+        channel: ChannelId,
+        depth: usize,
+        chains: Chains,
+    ) -> Result<()> {
+        let inner = self.runtime()?;
+        inner.establish_remote_marked(local, remote, channel, depth, chains, true, crate::admin::Wait::Yes).await
+    }
+
+    /// The opener of `channel` (accepted here with
+    /// [`RemoteHandle::establish_accepted_async`]) showed that it stored it: the mark is
+    /// cleared, in memory at once and in storage without waiting (should the clearing be
+    /// lost in a crash, the channel waits for the opener's next confirmation — a recovery
+    /// report after the reconnect). Returns whether the channel was unconfirmed.
+    pub fn opener_confirmed(&self, channel: &ChannelId) -> Result<bool> {
+        self.runtime()?.confirm_remote(channel)
+    }
+
     /// The peer closed `channel`: close it here without telling the peer back.
     pub async fn closed_by_peer_async(&self, channel: &ChannelId) -> Result<()> {
         let inner = self.runtime()?;
@@ -629,14 +690,22 @@ impl RemoteHandle {
     /// becomes active; all in one storage transaction. Meanwhile inbound messages on the
     /// channel wait and sends on it are refused as on a suspended channel. A closed channel
     /// is refused.
+    ///
+    /// `reset` identifies this reset: both runtimes must pass the same value, and a
+    /// different one for every reset of the channel (derive it from the reset's secret).
+    /// It is mixed into the ids of every message after the reset, so that they do not
+    /// repeat the ids of before (the steps start again at 0). The idempotency window
+    /// forgets the receipts of the discarded messages: a send retried with the same key
+    /// after the reset is sent again, under a new message id.
     pub async fn reset_chains_async(
         &self,
         channel: &ChannelId,
         tx: BilateralState,
         rx: BilateralState,
+        reset: [u8; 16],
     ) -> Result<ResetOutcome> {
         let inner = self.runtime()?;
-        inner.reset_remote(channel, tx, rx, crate::admin::Wait::Yes).await
+        inner.reset_remote(channel, tx, rx, reset, crate::admin::Wait::Yes).await
     }
 
     /// Suspends a channel whose positions cannot be reconciled with the peer's (a gap

@@ -160,7 +160,7 @@ impl Inner {
                     (tx.step, tx.seal_outbound(&self.identity, &channel.id, depth, payload)?)
                 }
             };
-            let (message_id, correlation_id) = crate::remote::remote_ids(&channel.id, &self.identity, step);
+            let (message_id, correlation_id) = link.ids(&channel.id, &self.identity, step);
             let receipt = Receipt { message_id, channel: channel.id, step, correlation_id };
             // PERSIST: the advance and the sealed message commit together, before the
             // message leaves or the sender hears of it. Submitted under the lock, so a
@@ -209,7 +209,7 @@ impl Inner {
         let mut tx = link.tx.lock();
         let step = tx.step;
         let out = tx.seal_outbound(&self.identity, &channel.id, usize::from(channel.depth), payload)?;
-        let (message_id, correlation_id) = crate::remote::remote_ids(&channel.id, &self.identity, step);
+        let (message_id, correlation_id) = link.ids(&channel.id, &self.identity, step);
         let receipt = Receipt { message_id, channel: channel.id, step, correlation_id };
         *tx = out.next;
         drop(tx);
@@ -385,7 +385,7 @@ impl Inner {
             let e = Error::StepMismatch { channel: channel.id, expected: step, got: header.step };
             return Err(self.inbound_failure(&channel, e));
         }
-        let (message_id, correlation_id) = crate::remote::remote_ids(&channel.id, peer, step);
+        let (message_id, correlation_id) = link.ids(&channel.id, peer, step);
         let durable = self.persisting() && !link.rx.is_shared();
         if durable {
             let acks = self.take_acks();
@@ -641,6 +641,7 @@ impl Inner {
         channel: &ChannelId,
         tx: mfp_core::bilateral::BilateralState,
         rx: mfp_core::bilateral::BilateralState,
+        reset: [u8; 16],
         wait: Wait,
     ) -> Result<ResetOutcome> {
         if self.is_shut_down() {
@@ -672,18 +673,23 @@ impl Inner {
             inner.status = ChannelStatus::Quarantined;
             before
         };
-        let outcome = {
+        // The ids of the discarded messages: their receipts leave the idempotency window.
+        let (outcome, discarded_ids) = {
             let log = link.log.lock();
-            ResetOutcome {
+            let ids: std::collections::HashSet<mfp_core::MessageId> =
+                log.entries.iter().map(|m| link.ids(channel, &self.identity, m.step).0).collect();
+            let outcome = ResetOutcome {
                 discarded: log.entries.len(),
                 discarded_bytes: log.entries.iter().map(|m| m.wire.len()).sum(),
-            }
+            };
+            (outcome, ids)
         };
         if self.persisting() {
             let ops = vec![
                 StorageOp::AdvanceRemoteTx { id: *channel, tx: tx.clone() },
                 StorageOp::AdvanceRemoteRx { id: *channel, rx: rx.clone() },
                 StorageOp::RemoteRotation { id: *channel, secret: None },
+                StorageOp::RemoteReset { id: *channel, reset },
                 StorageOp::AckOutbound { channel: *channel, next: u64::MAX },
                 StorageOp::ChannelFailures { id: *channel, count: 0 },
                 StorageOp::ChannelStatus { id: *channel, status: ChannelStatus::Active },
@@ -708,6 +714,13 @@ impl Inner {
                 log.acked = 0;
             }
             *link.rx_rotation.lock() = None;
+            *link.reset.lock() = Some(reset);
+            // A retry of a discarded send must not be answered with the receipt of a
+            // message the peer will never get: it is sent again. Receipts of messages the
+            // peer acknowledged stay (those messages were delivered).
+            if let Some(d) = inner.dedup.as_mut() {
+                d.forget(|r| discarded_ids.contains(&r.message_id));
+            }
             inner.status = ChannelStatus::Active;
             inner.validation_failures = 0;
         }
@@ -721,6 +734,18 @@ impl Inner {
         ));
         self.event(ev);
         Ok(outcome)
+    }
+
+    /// The opener confirmed a channel this side accepted: the mark is cleared (stored
+    /// without waiting). Whether it was set.
+    pub(crate) fn confirm_remote(&self, channel: &ChannelId) -> Result<bool> {
+        let ch = self.channel(channel)?;
+        let link = ch.remote().ok_or(Error::WrongPeer { channel: *channel, from: "a peer runtime".into() })?;
+        let was = link.unconfirmed.swap(false, std::sync::atomic::Ordering::AcqRel);
+        if was && !link.tx.is_shared() {
+            drop(self.submit(vec![StorageOp::RemoteUnconfirmed { id: *channel, unconfirmed: false }]));
+        }
+        Ok(was)
     }
 
     // ---- the outbound log -----------------------------------------------------------
@@ -773,7 +798,17 @@ impl Inner {
         let tx_next = link.tx.lock().step;
         let rx_next = link.rx.lock().step;
         let acked = link.log.lock().acked;
-        Some(RemotePosition { channel: c.id, local_agent: c.a.id, remote: link.end, tx_next, rx_next, acked, status })
+        let unconfirmed = link.unconfirmed.load(std::sync::atomic::Ordering::Acquire);
+        Some(RemotePosition {
+            channel: c.id,
+            local_agent: c.a.id,
+            remote: link.end,
+            tx_next,
+            rx_next,
+            acked,
+            status,
+            unconfirmed,
+        })
     }
 
     /// Positions of the open cross-runtime channels with `peer`.

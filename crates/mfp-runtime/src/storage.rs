@@ -118,7 +118,8 @@ pub struct MetaRow {
 pub struct DeliveryRow {
     /// The channel it was sent on.
     pub channel: ChannelId,
-    /// The channel step it was sent at (unique per channel).
+    /// The channel step it was sent at (unique per channel, but for a cross-runtime
+    /// channel's messages from before and after a reset, which differ by message id).
     pub step: u64,
     /// The receiving agent.
     pub recipient: AgentId,
@@ -175,6 +176,13 @@ pub struct RemoteChannelRow {
     /// encrypts it at rest). The first inbound message sealed under the rotated chain
     /// makes it the chain and clears this.
     pub rx_rotation: Option<State>,
+    /// The id of the channel's latest reset with its peer (`None` if it was never reset),
+    /// mixed into the id of every message after it, so that message ids do not repeat
+    /// when a reset starts the steps again at 0. Not secret.
+    pub reset: Option<[u8; 16]>,
+    /// This runtime accepted the channel and the peer (its opener) has not shown yet that
+    /// it stored it: nothing is sent on it until then.
+    pub unconfirmed: bool,
 }
 
 impl core::fmt::Debug for RemoteChannelRow {
@@ -189,6 +197,8 @@ impl core::fmt::Debug for RemoteChannelRow {
             .field("tx_step", &self.tx.step)
             .field("rx_step", &self.rx.step)
             .field("rx_rotation_pending", &self.rx_rotation.is_some())
+            .field("reset", &self.reset.is_some())
+            .field("unconfirmed", &self.unconfirmed)
             .finish_non_exhaustive()
     }
 }
@@ -275,7 +285,10 @@ pub enum StorageOp {
     /// A message was queued for its recipient (same batch as its channel advance).
     PutDelivery(DeliveryRow),
     /// The recipient's handler returned for the message sent on `channel` at `step`: it
-    /// leaves the inbox. (Removing a message that is not stored is not an error.)
+    /// leaves the inbox. Two messages of a cross-runtime channel may share a step (one
+    /// from before a reset of the channel, one from after); the one stored first goes
+    /// (its recipient handles them in the order they were stored). (Removing a message
+    /// that is not stored is not an error.)
     AckDelivery {
         /// Channel.
         channel: ChannelId,
@@ -333,6 +346,22 @@ pub enum StorageOp {
         /// First step removed.
         from: u64,
     },
+    /// A cross-runtime channel was reset with its peer (same batch as its new chains):
+    /// the id of the reset, mixed into the ids of the messages after it.
+    RemoteReset {
+        /// Channel.
+        id: ChannelId,
+        /// The reset's id (both runtimes derive the same).
+        reset: [u8; 16],
+    },
+    /// Whether a cross-runtime channel this runtime accepted still waits for its opener's
+    /// confirmation that it stored the channel.
+    RemoteUnconfirmed {
+        /// Channel.
+        id: ChannelId,
+        /// `false` once confirmed.
+        unconfirmed: bool,
+    },
 }
 
 /// Everything needed to restart a runtime.
@@ -347,7 +376,7 @@ pub struct Snapshot {
     /// The Sg cache.
     pub sg: Option<State>,
     /// Messages delivered but not yet handled, in the order they were stored (so per
-    /// channel by step).
+    /// channel by step, within each reset of a cross-runtime channel).
     pub deliveries: Vec<DeliveryRow>,
     /// Cross-runtime channels not closed.
     pub remote_channels: Vec<RemoteChannelRow>,
@@ -467,8 +496,9 @@ struct MemoryState {
     agents: BTreeMap<AgentId, AgentRow>,
     channels: BTreeMap<ChannelId, ChannelRow>,
     sg: Option<State>,
-    /// Pending deliveries by (channel, step), with the order they were stored in.
-    deliveries: BTreeMap<(ChannelId, u64), (u64, DeliveryRow)>,
+    /// Pending deliveries by (channel, step, the order they were stored in): a reset
+    /// channel may hold two of one step (see [`StorageOp::AckDelivery`]).
+    deliveries: BTreeMap<(ChannelId, u64, u64), DeliveryRow>,
     remote: BTreeMap<ChannelId, RemoteChannelRow>,
     outbound: BTreeMap<(ChannelId, u64), OutboundRow>,
     peers: BTreeMap<RuntimeId, PeerRow>,
@@ -501,8 +531,8 @@ impl Storage for MemoryStorage {
             channels: s.channels.values().filter(|c| c.status != ChannelStatus::Closed).cloned().collect(),
             sg: s.sg.clone(),
             deliveries: {
-                let mut d: Vec<&(u64, DeliveryRow)> = s.deliveries.values().collect();
-                d.sort_unstable_by_key(|(seq, _)| *seq);
+                let mut d: Vec<(&(ChannelId, u64, u64), &DeliveryRow)> = s.deliveries.iter().collect();
+                d.sort_unstable_by_key(|((_, _, seq), _)| *seq);
                 d.into_iter().map(|(_, row)| row.clone()).collect()
             },
             remote_channels: s.remote.values().filter(|c| c.status != ChannelStatus::Closed).cloned().collect(),
@@ -532,7 +562,7 @@ impl Storage for MemoryStorage {
                     // As the SQLite store: the agent's closed channels go with it (its open
                     // ones were closed first by the runtime).
                     s.agents.remove(&id);
-                    s.deliveries.retain(|_, (_, d)| d.recipient != id);
+                    s.deliveries.retain(|_, d| d.recipient != id);
                     s.channels
                         .retain(|_, c| !(c.status == ChannelStatus::Closed && (c.agent_a == id || c.agent_b == id)));
                     s.remote.retain(|_, c| !(c.status == ChannelStatus::Closed && c.local_agent == id));
@@ -609,12 +639,36 @@ impl Storage for MemoryStorage {
                 }
                 StorageOp::Sg(sg) => s.sg = sg,
                 StorageOp::PutDelivery(d) => {
-                    let seq = s.delivery_seq;
-                    s.delivery_seq += 1;
-                    s.deliveries.insert((d.channel, d.step), (seq, d));
+                    // The same message again replaces itself; another of the same step (a
+                    // reset channel's) is kept beside it.
+                    let same = s
+                        .deliveries
+                        .range((d.channel, d.step, 0)..=(d.channel, d.step, u64::MAX))
+                        .find(|(_, old)| old.message_id == d.message_id)
+                        .map(|(k, _)| *k);
+                    let key = same.unwrap_or_else(|| {
+                        let seq = s.delivery_seq;
+                        s.delivery_seq += 1;
+                        (d.channel, d.step, seq)
+                    });
+                    s.deliveries.insert(key, d);
                 }
                 StorageOp::AckDelivery { channel, step } => {
-                    s.deliveries.remove(&(channel, step));
+                    let oldest =
+                        s.deliveries.range((channel, step, 0)..=(channel, step, u64::MAX)).next().map(|(k, _)| *k);
+                    if let Some(k) = oldest {
+                        s.deliveries.remove(&k);
+                    }
+                }
+                StorageOp::RemoteReset { id, reset } => {
+                    if let Some(c) = s.remote.get_mut(&id) {
+                        c.reset = Some(reset);
+                    }
+                }
+                StorageOp::RemoteUnconfirmed { id, unconfirmed } => {
+                    if let Some(c) = s.remote.get_mut(&id) {
+                        c.unconfirmed = unconfirmed;
+                    }
                 }
             }
         }

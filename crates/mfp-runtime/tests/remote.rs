@@ -616,3 +616,124 @@ fn each_peer_runtime_is_reached_through_its_own_transport() {
         Error::Config(_)
     ));
 }
+
+// ---- resets -----------------------------------------------------------------------------
+
+/// Resets `ch` on both sides as two runtimes agreeing on a reset do: new chains at step 0
+/// (labels `la`, `lb`), the same reset id on both.
+fn reset_both(a: &Side, b: &Side, ch: ChannelId, la: u8, lb: u8, reset: [u8; 16]) -> (usize, usize) {
+    let (ia, ib) = (a.rt.identity(), b.rt.identity());
+    let (a_to_b, b_to_a) = (chain(la, &ia, &ib), chain(lb, &ib, &ia));
+    let (ha, hb) = (a.rt.remote_handle(), b.rt.remote_handle());
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
+        let da = ha.reset_chains_async(&ch, a_to_b.clone(), b_to_a.clone(), reset).await.unwrap();
+        let db = hb.reset_chains_async(&ch, b_to_a, a_to_b, reset).await.unwrap();
+        (da.discarded, db.discarded)
+    })
+}
+
+#[test]
+fn message_ids_do_not_repeat_after_a_reset_and_stay_what_they_were_before_any() {
+    let a = side(b"a", None);
+    let b = side(b"b", None);
+    let ch = join(&a, &b, 4);
+    let before = a.agent.send(ch, b"before").unwrap();
+    carry(&a, &b);
+    // Before any reset, the ids are those of every earlier version.
+    let d = mfp_core::crypto::sha256(&[
+        b"mfp-remote-message-id",
+        ch.as_bytes(),
+        a.rt.identity().as_bytes(),
+        &0u64.to_be_bytes(),
+    ]);
+    assert_eq!(before.message_id.as_bytes()[..], d[..16]);
+    assert_eq!(before.correlation_id.0[..], d[16..24]);
+
+    let mut seen = vec![before.message_id];
+    for (round, reset) in [[0xa1u8; 16], [0xa2; 16]].into_iter().enumerate() {
+        reset_both(&a, &b, ch, 10 + round as u8, 20 + round as u8, reset);
+        let after = a.agent.send(ch, b"after").unwrap();
+        assert_eq!(after.step, 0, "a reset starts the steps again");
+        assert!(!seen.contains(&after.message_id), "round {round}: a message id repeats across resets");
+        assert_ne!(after.correlation_id, before.correlation_id);
+        seen.push(after.message_id);
+        assert!(matches!(carry(&a, &b)[0], Ok(Ingested::Delivered { step: 0, .. })));
+        // Both runtimes derive the same id: the receipt's is the delivery's.
+        let got = b.inbox.wait_for(round + 2);
+        assert_eq!(got[round + 1].message_id, after.message_id);
+        assert_eq!(got[round + 1].correlation_id, after.correlation_id);
+    }
+}
+
+#[test]
+fn an_unhandled_message_from_before_a_reset_and_one_of_the_same_step_after_it_are_both_kept() {
+    let store_b = MemoryStorage::new();
+    let a = side(b"a", None);
+    // B's handler holds each message until the test lets it go.
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+    let gate_rx = Mutex::new(gate_rx);
+    let inbox = Inbox::new();
+    let rt_b = Runtime::builder(config(b"b")).storage(store_b.clone()).build().unwrap();
+    let wire_b = Loopback::new();
+    rt_b.attach_transport(Arc::new(wire_b.clone())).unwrap();
+    let seen = inbox.clone();
+    let agent_b = rt_b
+        .bind_named("agent", move |_, m| {
+            seen.push(m);
+            let _ = gate_rx.lock().unwrap().recv_timeout(Duration::from_secs(10));
+        })
+        .unwrap();
+    let b = Side { rt: rt_b, wire: wire_b, agent: agent_b, inbox };
+    let ch = join(&a, &b, 4);
+
+    let old = a.agent.send(ch, b"old").unwrap();
+    carry(&a, &b);
+    // The handler has the old message and has not returned: it is still in the inbox.
+    b.inbox.wait_for(1);
+    reset_both(&a, &b, ch, 30, 31, [0xb1; 16]);
+    let new = a.agent.send(ch, b"new").unwrap();
+    assert_eq!((old.step, new.step), (0, 0));
+    assert!(matches!(carry(&a, &b)[0], Ok(Ingested::Delivered { step: 0, .. })));
+
+    // Both are stored: the old one was not overwritten by the new one of the same step.
+    let stored = store_b.load().unwrap().unwrap().deliveries;
+    let stored: Vec<(&[u8], mfp_core::MessageId)> = stored.iter().map(|d| (&d.payload[..], d.message_id)).collect();
+    assert_eq!(stored, [(&b"old"[..], old.message_id), (&b"new"[..], new.message_id)]);
+
+    // The handler returns for the old one: its removal takes the old one, not the new one.
+    gate_tx.send(()).unwrap();
+    let got = b.inbox.wait_for(2);
+    assert_eq!((got[1].payload.as_slice(), got[1].message_id), (&b"new"[..], new.message_id));
+    gate_tx.send(()).unwrap();
+    b.rt.shutdown();
+    // Both handled: nothing is left to deliver again.
+    assert!(store_b.load().unwrap().unwrap().deliveries.is_empty());
+}
+
+#[test]
+fn a_retried_send_whose_message_a_reset_discarded_is_sent_again() {
+    let a = side(b"a", None);
+    let b = side(b"b", None);
+    let ch = join(&a, &b, 4);
+    let key = |k: &str| mfp_runtime::SendOptions::idempotent(k.as_bytes().to_vec());
+    // Delivered and acknowledged: its receipt stays true after the reset.
+    let delivered = a.agent.send_with(ch, b"delivered", &key("k1")).unwrap();
+    carry(&a, &b);
+    a.rt.remote_handle().acknowledge(&ch, 1).unwrap();
+    // Never acknowledged: the reset discards it.
+    let lost = a.agent.send_with(ch, b"lost", &key("k2")).unwrap();
+    assert_eq!(a.wire.take().len(), 1);
+    let (discarded, _) = reset_both(&a, &b, ch, 40, 41, [0xc1; 16]);
+    assert_eq!(discarded, 1);
+
+    // The retry of the delivered message is answered from the window, nothing is sent.
+    assert_eq!(a.agent.send_with(ch, b"delivered", &key("k1")).unwrap(), delivered);
+    assert!(a.wire.take().is_empty());
+    // The retry of the discarded one is a new message, under the new chains.
+    let again = a.agent.send_with(ch, b"lost", &key("k2")).unwrap();
+    assert_ne!(again.message_id, lost.message_id);
+    assert_eq!(again.step, 0);
+    assert!(matches!(carry(&a, &b)[..], [Ok(Ingested::Delivered { step: 0, .. })]));
+    let got = b.inbox.wait_for(2);
+    assert_eq!((got[1].payload.as_slice(), got[1].message_id), (&b"lost"[..], again.message_id));
+}

@@ -290,7 +290,7 @@ async fn a_reset_requested_during_a_send_commit_applies_after_it() {
     let (new_tx, new_rx) = (chain(11, &ia, &ib), chain(12, &ib, &ia));
     let ha = a.rt.remote_handle();
     let send = a.agent.send_async(ch, b"before the reset");
-    let reset = ha.reset_chains_async(&ch, new_tx.clone(), new_rx);
+    let reset = ha.reset_chains_async(&ch, new_tx.clone(), new_rx, [0x5e; 16]);
     let drive = async {
         held(&store, 1, &dog).await;
         tokio::task::yield_now().await;

@@ -472,9 +472,9 @@ pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut 
             out.push(Stmt::new(
                 "store delivered message",
                 "INSERT INTO inbox (channel_id, recipient, step, message_id, correlation_id, sender, payload, \
-                 created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id, step) DO UPDATE SET recipient = \
-                 excluded.recipient, message_id = excluded.message_id, correlation_id = excluded.correlation_id, \
-                 sender = excluded.sender, payload = excluded.payload",
+                 created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id, step, message_id) DO UPDATE SET \
+                 recipient = excluded.recipient, correlation_id = excluded.correlation_id, sender = excluded.sender, \
+                 payload = excluded.payload",
                 vec![
                     blob(d.channel.as_bytes()),
                     blob(d.recipient.as_bytes()),
@@ -487,10 +487,22 @@ pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut 
                 ],
             ));
         }
+        // A reset cross-runtime channel may hold two messages of one step: the one stored
+        // first is the one handled first.
         WriteOp::Runtime(StorageOp::AckDelivery { channel, step }) => out.push(Stmt::new(
             "remove handled message",
-            "DELETE FROM inbox WHERE channel_id = ? AND step = ?",
+            "DELETE FROM inbox WHERE id = (SELECT min(id) FROM inbox WHERE channel_id = ? AND step = ?)",
             vec![blob(channel.as_bytes()), Val::Int(range(*step, "inbox", "step")?)],
+        )),
+        WriteOp::Runtime(StorageOp::RemoteReset { id, reset }) => out.push(Stmt::new(
+            "store the reset id of a cross-runtime channel",
+            "UPDATE remote_channels SET reset_id = ?, updated_at = ? WHERE channel_id = ? AND status <> 'closed'",
+            vec![blob(reset), Val::Int(now), blob(id.as_bytes())],
+        )),
+        WriteOp::Runtime(StorageOp::RemoteUnconfirmed { id, unconfirmed }) => out.push(Stmt::new(
+            "store the confirmation of a cross-runtime channel",
+            "UPDATE remote_channels SET unconfirmed = ?, updated_at = ? WHERE channel_id = ? AND status <> 'closed'",
+            vec![Val::Int(i64::from(*unconfirmed)), Val::Int(now), blob(id.as_bytes())],
         )),
         WriteOp::Runtime(StorageOp::PutRemoteChannel(c)) => put_remote_channel(cipher, c, now, out)?,
         WriteOp::Runtime(StorageOp::AdvanceRemoteTx { id, tx }) => {
@@ -662,13 +674,14 @@ fn put_remote_channel(
         "store cross-runtime channel",
         "INSERT INTO remote_channels (channel_id, local_agent, peer_runtime, remote_agent, depth, status, tx_step, \
          tx_ratchet, tx_prng_seed, rx_step, rx_ratchet, rx_prng_seed, validation_failure_count, rx_rotation, \
-         created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id) DO \
-         UPDATE SET \
+         reset_id, unconfirmed, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (channel_id) DO UPDATE SET \
          local_agent = excluded.local_agent, peer_runtime = excluded.peer_runtime, remote_agent = \
          excluded.remote_agent, depth = excluded.depth, status = excluded.status, tx_step = excluded.tx_step, \
          tx_ratchet = excluded.tx_ratchet, tx_prng_seed = excluded.tx_prng_seed, rx_step = excluded.rx_step, \
          rx_ratchet = excluded.rx_ratchet, rx_prng_seed = excluded.rx_prng_seed, validation_failure_count = \
-         excluded.validation_failure_count, rx_rotation = excluded.rx_rotation, updated_at = excluded.updated_at",
+         excluded.validation_failure_count, rx_rotation = excluded.rx_rotation, reset_id = excluded.reset_id, \
+         unconfirmed = excluded.unconfirmed, updated_at = excluded.updated_at",
         vec![
             blob(c.id.as_bytes()),
             blob(c.local_agent.as_bytes()),
@@ -684,6 +697,8 @@ fn put_remote_channel(
             rx_seed,
             Val::Int(i64::from(c.validation_failures)),
             rx_rotation,
+            c.reset.as_ref().map_or(Val::Null, |r| blob(r)),
+            Val::Int(i64::from(c.unconfirmed && !wipe)),
             Val::Int(now),
             Val::Int(now),
         ],
@@ -732,6 +747,8 @@ fn op_name(op: &StorageOp) -> &'static str {
         StorageOp::AdvanceRemoteRx { .. } => "AdvanceRemoteRx",
         StorageOp::RemoteRotation { .. } => "RemoteRotation",
         StorageOp::PutPeer(_) => "PutPeer",
+        StorageOp::RemoteReset { .. } => "RemoteReset",
+        StorageOp::RemoteUnconfirmed { .. } => "RemoteUnconfirmed",
         StorageOp::PutOutbound(_) => "PutOutbound",
         StorageOp::AckOutbound { .. } => "AckOutbound",
         StorageOp::TruncateOutbound { .. } => "TruncateOutbound",
@@ -960,6 +977,23 @@ async fn has_table(conn: &mut SqliteConnection, name: &'static str) -> Result<bo
     Ok(n > 0)
 }
 
+/// Whether table `table` has column `column` (our constants only): columns added by later
+/// versions are missing from an older database read without migrating.
+async fn has_column(
+    conn: &mut SqliteConnection,
+    table: &'static str,
+    column: &'static str,
+) -> Result<bool, StorageError> {
+    let row = sqlx::query("SELECT count(*) FROM pragma_table_info(?) WHERE name = ?")
+        .bind(table)
+        .bind(column)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| sql_error("read the table's columns", &e))?;
+    let n: i64 = row.try_get(0).map_err(|e| StorageError::Corrupt(format!("{table}: {e}")))?;
+    Ok(n > 0)
+}
+
 async fn has_inbox(conn: &mut SqliteConnection) -> Result<bool, StorageError> {
     has_table(conn, "inbox").await
 }
@@ -998,14 +1032,17 @@ async fn read_remote_channels(
         return Ok(Vec::new());
     }
     let t = REMOTE_CHANNELS;
-    let rows = fetch_all(
-        conn,
-        "read remote_channels",
+    let sql = if has_column(conn, REMOTE_CHANNELS, "reset_id").await? {
         "SELECT channel_id, local_agent, peer_runtime, remote_agent, depth, status, tx_step, tx_ratchet, \
-         tx_prng_seed, rx_step, rx_ratchet, rx_prng_seed, validation_failure_count, rx_rotation FROM remote_channels \
-         WHERE status <> 'closed' ORDER BY channel_id",
-    )
-    .await?;
+             tx_prng_seed, rx_step, rx_ratchet, rx_prng_seed, validation_failure_count, rx_rotation, reset_id, \
+             unconfirmed FROM remote_channels WHERE status <> 'closed' ORDER BY channel_id"
+    } else {
+        // Version 3, read without migrating (`inspect`): never reset, all confirmed.
+        "SELECT channel_id, local_agent, peer_runtime, remote_agent, depth, status, tx_step, tx_ratchet, \
+             tx_prng_seed, rx_step, rx_ratchet, rx_prng_seed, validation_failure_count, rx_rotation, NULL AS \
+             reset_id, 0 AS unconfirmed FROM remote_channels WHERE status <> 'closed' ORDER BY channel_id"
+    };
+    let rows = fetch_all(conn, "read remote_channels", sql).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
         let id = ChannelId::from_bytes(get_fixed(row, t, "channel_id")?);
@@ -1042,6 +1079,16 @@ fn remote_channel(
         Some(b) => Some(open_state(cipher, rotation_cell(id.as_bytes()), &b)?),
         None => None,
     };
+    let reset: Option<Vec<u8>> = get(row, t, "reset_id")?;
+    let reset = match reset {
+        None => None,
+        Some(b) => Some(<[u8; 16]>::try_from(b.as_slice()).map_err(|_| corrupt(t, "reset_id", "not 16 bytes"))?),
+    };
+    let unconfirmed = match get::<i64>(row, t, "unconfirmed")? {
+        0 => false,
+        1 => true,
+        _ => return Err(corrupt(t, "unconfirmed", "neither 0 nor 1")),
+    };
     Ok(RemoteChannelRow {
         id,
         local_agent,
@@ -1053,6 +1100,8 @@ fn remote_channel(
         rx,
         validation_failures,
         rx_rotation,
+        reset,
+        unconfirmed,
     })
 }
 

@@ -119,7 +119,7 @@
 //!
 //! `Decrypt` is returned only by the pymfp importer (pymfp's cells carry no key check).
 //!
-//! ## Schema (version 3)
+//! ## Schema (version 4)
 //!
 //! | table | columns |
 //! |---|---|
@@ -131,15 +131,24 @@
 //! | `sg_cache` | `id` = 1, `sg_value` (encrypted), `updated_at` |
 //! | `bilateral_channels` | `bilateral_id` (32) PK, `runtime_id_local`, `runtime_id_peer` (32), `ratchet_state`, `shared_prng_seed` (encrypted), `step` ≥ 0, `status` ∈ {active, recovery, suspended}, `created_at`, `updated_at` |
 //! | `pending_outbound` | `id` ≥ 0 PK, `bilateral_id` → `bilateral_channels` (cascade), `channel_id` (16), `step` ≥ 0, `wire` (encrypted), `created_at` |
-//! | `inbox` (version 2) | `id` PK (storage order), `channel_id` (16; no reference, so a message outlives its closed channel's row), `recipient` → `agents` (cascade), `step` ≥ 0, `message_id` (16), `correlation_id` (8), `sender` (32; no reference: it may be an agent of a peer runtime), `payload` (encrypted), `created_at`; unique (`channel_id`, `step`); index (`recipient`, `id`) |
-//! | `remote_channels` (version 3) | `channel_id` (16) PK, `local_agent` → `agents`, `peer_runtime` (32), `remote_agent` (32; no reference), `depth` ∈ 2..=256, `status` ∈ {active, quarantined, closed}, `tx_step`, `rx_step` ≥ 0, `tx_ratchet`, `tx_prng_seed`, `rx_ratchet`, `rx_prng_seed` (encrypted; all four NULL exactly when closed), `validation_failure_count` ∈ 0..=u32::MAX, `created_at`, `updated_at`; indexes (`local_agent`), (`peer_runtime`) |
+//! | `inbox` (version 2) | `id` PK (storage order), `channel_id` (16; no reference, so a message outlives its closed channel's row), `recipient` → `agents` (cascade), `step` ≥ 0, `message_id` (16), `correlation_id` (8), `sender` (32; no reference: it may be an agent of a peer runtime), `payload` (encrypted), `created_at`; unique (`channel_id`, `step`, `message_id`) (version 4; (`channel_id`, `step`) before); index (`recipient`, `id`) |
+//! | `remote_channels` (version 3) | `channel_id` (16) PK, `local_agent` → `agents`, `peer_runtime` (32), `remote_agent` (32; no reference), `depth` ∈ 2..=256, `status` ∈ {active, quarantined, closed}, `tx_step`, `rx_step` ≥ 0, `tx_ratchet`, `tx_prng_seed`, `rx_ratchet`, `rx_prng_seed` (encrypted; all four NULL exactly when closed), `validation_failure_count` ∈ 0..=u32::MAX, `rx_rotation` (encrypted, NULL when none), `reset_id` (16 bytes or NULL; version 4), `unconfirmed` ∈ {0, 1} (version 4), `created_at`, `updated_at`; indexes (`local_agent`), (`peer_runtime`) |
 //! | `remote_outbound` (version 3) | (`channel_id` → `remote_channels` (cascade), `step` ≥ 0) PK, `peer_runtime` (32), `wire` (encrypted), `created_at`; `WITHOUT ROWID` |
 //!
 //! Version 2 (migration `0002_inbox.sql`) adds only the `inbox`: the runtime's durable
 //! delivery. Version 3 (`0003_remote_channels.sql`) adds only `remote_channels` and
 //! `remote_outbound`: cross-runtime channels (a local agent, an agent of a peer runtime, one
 //! bilateral chain per direction) and their outbound log (messages sealed and not yet
-//! acknowledged by the peer). An older database is migrated when opened for writing;
+//! acknowledged by the peer). Version 4 (`0004_reset_and_confirmation.sql`) adds two
+//! columns to `remote_channels` — `reset_id`, the id of the channel's latest reset (mixed
+//! into the ids of the messages after it; NULL for a channel never reset, whose ids stay
+//! what they were), and `unconfirmed`, set while this runtime accepted the channel and its
+//! opener has not confirmed storing it — and rebuilds the `inbox` (rows and ids kept) so
+//! that it is unique by (`channel_id`, `step`, `message_id`): a reset channel starts its
+//! steps at 0 again, and a message from before the reset that is not handled yet stays
+//! beside the one of the same step after it; `AckDelivery` removes the one stored first
+//! (the lowest `id`), which is the one its recipient handles first. Rows of version 3 keep
+//! their values (never reset, confirmed). An older database is migrated when opened for writing;
 //! read-only [`inspect`] reads it as it is (no pending deliveries, no cross-runtime
 //! channels). `bilateral_channels` and `pending_outbound` (version 1, pymfp's layout) are
 //! what `import-pymfp` fills and [`SqliteStorage::apply_ops`] writes; the runtime's

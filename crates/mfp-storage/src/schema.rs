@@ -23,7 +23,7 @@ pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// `PRAGMA application_id` of our databases: ASCII "MFPS".
 pub(crate) const APPLICATION_ID: i64 = 0x4D46_5053;
 /// The schema version this build writes (`mfp_schema.version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Every table of our schema.
 const OUR_TABLES: &[&str] = &[

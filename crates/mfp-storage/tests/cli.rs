@@ -141,6 +141,8 @@ fn check_counts_cross_runtime_channels_and_compares_the_log_with_them() {
             rx: chain(u64::from(n) + 10, 0),
             validation_failures: 0,
             rx_rotation: None,
+            reset: None,
+            unconfirmed: false,
         })
     };
     let logged = |n: u8, step: u64, to: RuntimeId| {

@@ -1,6 +1,7 @@
-//! Cross-runtime channels and their outbound log (schema version 3): the same results as
-//! `MemoryStorage` for the same operations, encrypted at rest and bound to their rows, covered
-//! by key rotation, validated on load, and databases of schema version 2 migrate to it.
+//! Cross-runtime channels and their outbound log (schema versions 3 and 4): the same results
+//! as `MemoryStorage` for the same operations, encrypted at rest and bound to their rows,
+//! covered by key rotation, validated on load, and databases of schema versions 2 and 3
+//! migrate.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -60,6 +61,8 @@ fn remote_row(n: u8, local: u8, status: ChannelStatus) -> RemoteChannelRow {
         rx: chain(0x22, u64::from(n), 0),
         validation_failures: 0,
         rx_rotation: None,
+        reset: None,
+        unconfirmed: false,
     }
 }
 
@@ -244,6 +247,8 @@ fn build(batches: &[Vec<Gen>]) -> Vec<Vec<StorageOp>> {
                         rx: chain(0x22, seed, rx_step),
                         validation_failures: failures,
                         rx_rotation: (seed % 3 == 0 && status != ChannelStatus::Closed).then(|| secret(0x66, seed)),
+                        reset: (seed % 2 == 0).then_some([seed as u8; 16]),
+                        unconfirmed: seed % 5 == 0,
                     }));
                 }
                 Gen::Tx { ch, seed, step } => {
@@ -822,11 +827,22 @@ fn schema_of(path: &Path) -> Vec<(String, String, Option<String>)> {
 /// A database of schema version 2 made by the migrations of that version (copies of the
 /// first two migration files, run by sqlx's migrator): the schema only, no keys or data.
 fn schema_2_reference(dir: &TempDir) -> std::path::PathBuf {
-    let migrations = dir.file("migrations-v2");
+    schema_reference(dir, 2)
+}
+
+/// A database made by the first `version` embedded migrations only (no rows, no keys).
+fn schema_reference(dir: &TempDir, version: usize) -> std::path::PathBuf {
+    let files: [(&str, &str); 3] = [
+        ("0001_initial.sql", include_str!("../migrations/0001_initial.sql")),
+        ("0002_inbox.sql", include_str!("../migrations/0002_inbox.sql")),
+        ("0003_remote_channels.sql", include_str!("../migrations/0003_remote_channels.sql")),
+    ];
+    let migrations = dir.file(&format!("migrations-v{version}"));
     std::fs::create_dir_all(&migrations).unwrap();
-    std::fs::write(migrations.join("0001_initial.sql"), include_str!("../migrations/0001_initial.sql")).unwrap();
-    std::fs::write(migrations.join("0002_inbox.sql"), include_str!("../migrations/0002_inbox.sql")).unwrap();
-    let path = dir.file("reference-v2.db");
+    for (name, text) in files.iter().take(version) {
+        std::fs::write(migrations.join(name), text).unwrap();
+    }
+    let path = dir.file(&format!("reference-v{version}.db"));
     let p = path.clone();
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
@@ -834,7 +850,7 @@ fn schema_2_reference(dir: &TempDir) -> std::path::PathBuf {
             let mut conn =
                 sqlx::sqlite::SqliteConnectOptions::new().filename(&p).create_if_missing(true).connect().await.unwrap();
             let migrator = sqlx::migrate::Migrator::new(migrations.as_path()).await.unwrap();
-            assert_eq!(migrator.iter().count(), 2);
+            assert_eq!(migrator.iter().count(), version);
             migrator.run(&mut conn).await.unwrap();
             sqlx::Connection::close(conn).await.unwrap();
         });
@@ -842,6 +858,19 @@ fn schema_2_reference(dir: &TempDir) -> std::path::PathBuf {
     .join()
     .unwrap();
     path
+}
+
+/// Statements that give the inbox back its shape of versions 2 and 3 (one message per
+/// channel and step), keeping its rows and ids.
+fn inbox_before_version_4() -> String {
+    let v2 = include_str!("../migrations/0002_inbox.sql");
+    // The CREATE TABLE and CREATE INDEX of version 2, without its version update.
+    let create = &v2[v2.find("CREATE TABLE inbox").unwrap()..v2.find("UPDATE mfp_schema").unwrap()];
+    format!(
+        "DROP INDEX inbox_recipient; ALTER TABLE inbox RENAME TO inbox_v4; {create} INSERT INTO inbox (id, channel_id, \
+         recipient, step, message_id, correlation_id, sender, payload, created_at) SELECT id, channel_id, recipient, \
+         step, message_id, correlation_id, sender, payload, created_at FROM inbox_v4; DROP TABLE inbox_v4;"
+    )
 }
 
 #[test]
@@ -861,18 +890,20 @@ fn a_schema_2_database_migrates_keeping_its_rows() {
     fresh.close().unwrap();
     assert_eq!(inspect(&reference, &k).unwrap().schema_version, SCHEMA_VERSION);
 
-    // A schema-2 database with rows: what this build writes, with version 3 taken out again.
-    // Its schema is exactly the one the version-2 migrations make.
+    // A schema-2 database with rows: what this build writes, with versions 3 and 4 taken out
+    // again. Its schema is exactly the one the version-2 migrations make.
     let path = dir.file("v2.db");
     let storage = SqliteStorage::open(config(&path, &k)).unwrap();
     storage.apply(setup_ops()).wait().unwrap();
     storage.apply(vec![advance(10, 1), delivery(10, 0, 1, 2, b"kept"), StorageOp::Sg(Some(state(5)))]).wait().unwrap();
     storage.close().unwrap();
-    raw_exec(
+    raw_sql(
         &path,
-        "DROP TABLE peers; DROP TABLE remote_outbound; DROP TABLE remote_channels; UPDATE mfp_schema SET version = 2; \
-         DELETE FROM \
-         _sqlx_migrations WHERE version = 3",
+        format!(
+            "{} DROP TABLE peers; DROP TABLE remote_outbound; DROP TABLE remote_channels; UPDATE mfp_schema SET \
+             version = 2; DELETE FROM _sqlx_migrations WHERE version >= 3",
+            inbox_before_version_4()
+        ),
     );
     assert_eq!(schema_of(&path), v2_schema);
     let old = inspect(&path, &k).unwrap();
@@ -898,6 +929,95 @@ fn a_schema_2_database_migrates_keeping_its_rows() {
     assert_eq!(new.deliveries[1].sender, remote_agent(1));
     assert_eq!(log_of(&new), vec![(remote_id(1), 0)]);
     assert_eq!(new.remote_channels[0].tx.step, 1);
+}
+
+#[test]
+fn a_schema_3_database_migrates_keeping_its_rows_never_reset_and_confirmed() {
+    let dir = TempDir::new("remote-v3");
+    let k = key(4);
+    let reference = schema_reference(&dir, 3);
+    let v3_schema = schema_of(&reference);
+
+    // A schema-3 database with rows: what this build writes, with version 4 taken out again.
+    let path = dir.file("v3.db");
+    let storage = SqliteStorage::open(config(&path, &k)).unwrap();
+    storage.apply(setup_ops()).wait().unwrap();
+    storage.apply(vec![StorageOp::PutRemoteChannel(remote_row(1, 1, ChannelStatus::Active))]).wait().unwrap();
+    storage.apply(vec![tx(1, 1), outbound(1, 0)]).wait().unwrap();
+    storage.apply(vec![rx(1, 1), remote_delivery(1, 0, 1, b"before the upgrade")]).wait().unwrap();
+    storage.close().unwrap();
+    raw_sql(
+        &path,
+        format!(
+            "{} ALTER TABLE remote_channels DROP COLUMN unconfirmed; ALTER TABLE remote_channels DROP COLUMN \
+             reset_id; UPDATE mfp_schema SET version = 3; DELETE FROM _sqlx_migrations WHERE version = 4",
+            inbox_before_version_4()
+        ),
+    );
+    assert_eq!(schema_of(&path), v3_schema, "exactly the schema of the version-3 migrations");
+    let old = inspect(&path, &k).unwrap();
+    assert_eq!(old.schema_version, 3);
+    let old = old.snapshot.unwrap();
+    assert_eq!((old.remote_channels[0].reset, old.remote_channels[0].unconfirmed), (None, false));
+
+    // Opened by this build: migrated, every row kept; a channel of version 3 was never
+    // reset and counts as confirmed.
+    let storage = SqliteStorage::open(config(&path, &k)).unwrap();
+    assert_eq!(storage.load().unwrap().unwrap(), old);
+    // The new columns and the inbox's new key work.
+    let reset = [0x5a; 16];
+    storage.apply(vec![StorageOp::RemoteReset { id: remote_id(1), reset }]).wait().unwrap();
+    storage.apply(vec![StorageOp::RemoteUnconfirmed { id: remote_id(1), unconfirmed: true }]).wait().unwrap();
+    let after_reset = StorageOp::PutDelivery(DeliveryRow {
+        message_id: MessageId::from_bytes([0x77; 16]),
+        payload: b"after the reset".to_vec(),
+        ..match remote_delivery(1, 0, 1, b"") {
+            StorageOp::PutDelivery(d) => d,
+            _ => unreachable!(),
+        }
+    });
+    storage.apply(vec![after_reset]).wait().unwrap();
+    storage.close().unwrap();
+    let new = inspect(&path, &k).unwrap();
+    assert_eq!(new.schema_version, SCHEMA_VERSION);
+    let new = new.snapshot.unwrap();
+    assert_eq!((&new.agents, &new.channels, &new.outbound), (&old.agents, &old.channels, &old.outbound));
+    assert_eq!((new.remote_channels[0].reset, new.remote_channels[0].unconfirmed), (Some(reset), true));
+    let payloads: Vec<&[u8]> = new.deliveries.iter().map(|d| &d.payload[..]).collect();
+    assert_eq!(payloads, [&b"before the upgrade"[..], &b"after the reset"[..]]);
+}
+
+/// A reset channel's step 0 from before the reset, not handled yet, and its step 0 from
+/// after: both stay in the inbox, the same message stored again replaces itself, and a
+/// removal takes the one stored first (the one its recipient handles first).
+#[test]
+fn the_inbox_keeps_two_messages_of_one_step_and_removes_the_older_first() {
+    let dir = TempDir::new("remote-inbox-reset");
+    let k = key(5);
+    let sqlite = SqliteStorage::open(config(&dir.file("i.db"), &k)).unwrap();
+    let memory = MemoryStorage::new();
+    let with_id = |id: u8, payload: &[u8]| {
+        let StorageOp::PutDelivery(d) = remote_delivery(1, 0, 1, payload) else { unreachable!() };
+        StorageOp::PutDelivery(DeliveryRow { message_id: MessageId::from_bytes([id; 16]), ..d })
+    };
+    let payloads = |store: &dyn Storage| -> Vec<Vec<u8>> {
+        store.load().unwrap().unwrap().deliveries.iter().map(|d| d.payload.clone()).collect()
+    };
+    let stores: [&dyn Storage; 2] = [&sqlite, &memory];
+    for store in stores {
+        store.apply(setup_ops()).wait().unwrap();
+        store.apply(vec![StorageOp::PutRemoteChannel(remote_row(1, 1, ChannelStatus::Active))]).wait().unwrap();
+        store.apply(vec![with_id(1, b"old")]).wait().unwrap();
+        store.apply(vec![with_id(2, b"new")]).wait().unwrap();
+        // The same message again (same id) stays one message.
+        store.apply(vec![with_id(2, b"new")]).wait().unwrap();
+        assert_eq!(payloads(store), [b"old".to_vec(), b"new".to_vec()]);
+        store.apply(vec![StorageOp::AckDelivery { channel: remote_id(1), step: 0 }]).wait().unwrap();
+        assert_eq!(payloads(store), [b"new".to_vec()], "the one stored first leaves first");
+        store.apply(vec![StorageOp::AckDelivery { channel: remote_id(1), step: 0 }]).wait().unwrap();
+        assert!(payloads(store).is_empty());
+    }
+    sqlite.close().unwrap();
 }
 
 #[test]
