@@ -25,10 +25,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
 
     // Two runtimes with stable identities.
-    let config = |instance: &str| RuntimeConfig {
-        deployment_id: b"example".to_vec(),
-        instance_id: instance.as_bytes().to_vec(),
-        ..RuntimeConfig::default()
+    let config = |instance: &str| {
+        let mut c = RuntimeConfig::default();
+        c.deployment_id = b"example".to_vec();
+        c.instance_id = instance.as_bytes().to_vec();
+        c
     };
     let handle = tokio::runtime::Handle::current();
     let paris = Runtime::builder(config("paris")).tokio_handle(handle.clone()).build()?;

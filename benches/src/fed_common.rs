@@ -39,15 +39,14 @@ pub fn key(instance: &[u8]) -> Result<IdentityKey, IdentityError> {
 /// A runtime configuration for `instance` with no rate limit and room for 64 KiB payloads.
 #[must_use]
 pub fn runtime_config(instance: &[u8]) -> RuntimeConfig {
-    RuntimeConfig {
-        deployment_id: DEPLOYMENT.to_vec(),
-        instance_id: instance.to_vec(),
-        max_message_rate: 0,
-        max_payload_size: 2 << 20,
-        mailbox_capacity: 4096,
-        pipeline_timeout: Duration::from_secs(60),
-        ..RuntimeConfig::default()
-    }
+    let mut c = RuntimeConfig::default();
+    c.deployment_id = DEPLOYMENT.to_vec();
+    c.instance_id = instance.to_vec();
+    c.max_message_rate = 0;
+    c.max_payload_size = 2 << 20;
+    c.mailbox_capacity = 4096;
+    c.pipeline_timeout = Duration::from_secs(60);
+    c
 }
 
 /// The federation configuration of `instance`: it pins the other runtime, which it dials

@@ -282,10 +282,11 @@ fn runtime_killed_at_random_loses_no_acknowledged_message() {
     // channel continues at its stored step.
     let before = previous.unwrap();
     let storage = SqliteStorage::open(StorageConfig::new(&db, key.clone()).durability(Durability::Normal)).unwrap();
-    let config = RuntimeConfig {
-        deployment_id: b"mfp-crash-test".to_vec(),
-        instance_id: b"child".to_vec(),
-        ..RuntimeConfig::default()
+    let config = {
+        let mut c = RuntimeConfig::default();
+        c.deployment_id = b"mfp-crash-test".to_vec();
+        c.instance_id = b"child".to_vec();
+        c
     };
     let rt = Runtime::builder(config).storage(storage).build().expect("restore after the last kill");
     let got = Arc::new(Mutex::new(Vec::new()));

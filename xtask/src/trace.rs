@@ -39,7 +39,12 @@ type Inbox = Arc<Mutex<HashMap<String, Vec<DeliveredMessage>>>>;
 pub(crate) fn runtime_trace_intra(v: &Value, sec: &mut Section) -> Result<(), String> {
     let runtime_id = RuntimeId::from_slice(&hx(v, "runtime_id")?).map_err(|e| e.to_string())?;
     let events = list(v, "events")?;
-    let config = RuntimeConfig { identity: Some(runtime_id), max_frame_depth: 256, ..RuntimeConfig::default() };
+    let config = {
+        let mut c = RuntimeConfig::default();
+        c.identity = Some(runtime_id);
+        c.max_frame_depth = 256;
+        c
+    };
     let rt = Runtime::builder(config)
         .entropy(mfp_core::ReplayEntropy::new(recorded_entropy(events)?))
         .build()

@@ -165,7 +165,11 @@ fn rt_side(
     ch: ChannelId,
     depth: usize,
 ) -> Result<RtSide, String> {
-    let config = RuntimeConfig { identity: Some(me), ..RuntimeConfig::default() };
+    let config = {
+        let mut c = RuntimeConfig::default();
+        c.identity = Some(me);
+        c
+    };
     let rt = Runtime::builder(config).build().map_err(|e| e.to_string())?;
     let carrier = Carrier::default();
     rt.attach_transport(Arc::new(carrier.clone())).map_err(|e| e.to_string())?;

@@ -70,15 +70,14 @@ fn iterations(size: usize, quick: bool) -> usize {
 }
 
 fn config() -> RuntimeConfig {
-    RuntimeConfig {
-        max_message_rate: 0,
-        max_payload_size: 2 << 20,
-        max_channels_per_agent: 2_000_000,
-        max_agents: 100_000,
-        mailbox_capacity: 4096,
-        pipeline_timeout: Duration::from_secs(60),
-        ..RuntimeConfig::default()
-    }
+    let mut c = RuntimeConfig::default();
+    c.max_message_rate = 0;
+    c.max_payload_size = 2 << 20;
+    c.max_channels_per_agent = 2_000_000;
+    c.max_agents = 100_000;
+    c.mailbox_capacity = 4096;
+    c.pipeline_timeout = Duration::from_secs(60);
+    c
 }
 
 fn rss_kib(field: &str) -> Option<u64> {

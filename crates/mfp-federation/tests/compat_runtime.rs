@@ -31,8 +31,12 @@ fn rust_runtime() -> Rust {
 
 fn rust_runtime_with(base: RuntimeConfig) -> Rust {
     let (dep, inst) = RUST_RUNTIME.split_once('/').unwrap();
-    let config =
-        RuntimeConfig { deployment_id: dep.as_bytes().to_vec(), instance_id: inst.as_bytes().to_vec(), ..base };
+    let config = {
+        let mut c = base;
+        c.deployment_id = dep.as_bytes().to_vec();
+        c.instance_id = inst.as_bytes().to_vec();
+        c
+    };
     let rt = Runtime::new(config).unwrap();
     assert_eq!(rt.identity(), rust_id());
     let (tx, inbox) = mpsc::unbounded_channel();
@@ -229,9 +233,10 @@ async fn unreachable_peers_garbage_and_strangers() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     // A send waits for the link at most this long.
-    let rust = rust_runtime_with(RuntimeConfig {
-        pipeline_timeout: std::time::Duration::from_millis(200),
-        ..RuntimeConfig::default()
+    let rust = rust_runtime_with({
+        let mut c = RuntimeConfig::default();
+        c.pipeline_timeout = std::time::Duration::from_millis(200);
+        c
     });
     let mut peer = CompatPeer::new(PYMFP_RUNTIME, &format!("127.0.0.1:{NOBODY}"), Bootstrap::Deterministic).unwrap();
     let ch = ChannelId::from_bytes(CHANNEL);

@@ -8,7 +8,7 @@ use mfp_core::RuntimeId;
 use mfp_federation::control::{RefuseReason, Target};
 use mfp_federation::federation::{AcceptPolicy, Federation, FederationConfig, FederationError};
 use mfp_runtime::storage::{MemoryStorage, Storage};
-use mfp_runtime::{AgentHandle, ChannelId, Runtime, RuntimeConfig};
+use mfp_runtime::{AgentHandle, ChannelId, Runtime};
 
 mod fed_support;
 
@@ -295,7 +295,11 @@ async fn many_channels_sending_into_a_full_session_lose_no_message() {
     // channel waits for a resync pass, and the requests for those passes far outnumber
     // what the peer's work queue holds. Every message must still go out.
     let unlimited = |node: &Node| {
-        let cfg = RuntimeConfig { max_message_rate: 0, ..node.config() };
+        let cfg = {
+            let mut c = node.config();
+            c.max_message_rate = 0;
+            c
+        };
         Runtime::builder(cfg).tokio_handle(tokio::runtime::Handle::current()).build().unwrap()
     };
     let rt_a = unlimited(&A);
@@ -350,10 +354,11 @@ async fn a_payload_larger_than_a_link_frame_is_refused_before_sealing() {
     // One byte more than a link frame carries at the channel's depth: the send fails at
     // once, nothing is sealed, and the channel goes on carrying messages that fit.
     let reject = |node: &Node| {
-        let cfg = RuntimeConfig {
-            backpressure: mfp_runtime::Backpressure::Reject,
-            max_payload_size: 1 << 20,
-            ..node.config()
+        let cfg = {
+            let mut c = node.config();
+            c.backpressure = mfp_runtime::Backpressure::Reject;
+            c.max_payload_size = 1 << 20;
+            c
         };
         Runtime::builder(cfg).tokio_handle(tokio::runtime::Handle::current()).build().unwrap()
     };
@@ -540,7 +545,11 @@ async fn inbound_messages_of_different_channels_commit_together() {
 /// stored the channel and confirmed, the send goes through and arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_acceptor_sends_only_once_the_opener_stored_the_channel() {
-    let config_a = RuntimeConfig { backpressure: mfp_runtime::Backpressure::Reject, ..A.config() };
+    let config_a = {
+        let mut c = A.config();
+        c.backpressure = mfp_runtime::Backpressure::Reject;
+        c
+    };
     let rt_a = Runtime::builder(config_a).tokio_handle(tokio::runtime::Handle::current()).build().unwrap();
     let store_b = HeldStore::default();
     let rt_b = Runtime::builder(B.config())
@@ -607,10 +616,14 @@ async fn the_acceptor_sends_only_once_the_opener_stored_the_channel() {
 /// order, counting a validation failure against the channel).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_behind_one_that_waits_for_a_full_mailbox_keep_their_order() {
-    let rt_a = Runtime::builder(RuntimeConfig { mailbox_capacity: 2, ..A.config() })
-        .tokio_handle(tokio::runtime::Handle::current())
-        .build()
-        .unwrap();
+    let rt_a = Runtime::builder({
+        let mut c = A.config();
+        c.mailbox_capacity = 2;
+        c
+    })
+    .tokio_handle(tokio::runtime::Handle::current())
+    .build()
+    .unwrap();
     let rt_b = runtime(&B, None);
     // Alice's handler holds each message until the test lets it go.
     let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
@@ -676,7 +689,11 @@ async fn an_acceptor_restarted_before_the_confirmation_still_waits_for_it() {
     let db = dir.path().join("acceptor.db");
     let key = mfp_storage::MasterKey::from_bytes(&core::array::from_fn::<u8, 32, _>(|i| 0x80 | i as u8)).unwrap();
     let sqlite = || mfp_storage::SqliteStorage::open(mfp_storage::StorageConfig::new(&db, key.clone())).unwrap();
-    let config_a = RuntimeConfig { backpressure: mfp_runtime::Backpressure::Reject, ..A.config() };
+    let config_a = {
+        let mut c = A.config();
+        c.backpressure = mfp_runtime::Backpressure::Reject;
+        c
+    };
 
     // B (the opener) listens; A (the acceptor, on SQLite) dials it, before and after its restart.
     let store_b = HeldStore::default();

@@ -95,10 +95,11 @@ async fn messages_sent_before_the_resync_do_not_quarantine_the_channel() {
     let (my_key, their_public) = (key(41), key(42).public());
 
     // The runtime under test listens; its agent bob records what it gets.
-    let rt = Runtime::builder(RuntimeConfig {
-        deployment_id: b"federation-resync-tests".to_vec(),
-        instance_id: b"runtime".to_vec(),
-        ..RuntimeConfig::default()
+    let rt = Runtime::builder({
+        let mut c = RuntimeConfig::default();
+        c.deployment_id = b"federation-resync-tests".to_vec();
+        c.instance_id = b"runtime".to_vec();
+        c
     })
     .tokio_handle(tokio::runtime::Handle::current())
     .build()

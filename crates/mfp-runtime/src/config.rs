@@ -39,6 +39,7 @@ pub enum Backpressure {
 /// The first block of fields are pymfp 1.0.0's, with its defaults. Call
 /// [`RuntimeConfig::validate`] (the runtime does so on construction) to check ranges.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RuntimeConfig {
     /// Deployment id; with `instance_id` it derives the runtime identity
     /// `SHA256(deployment_id ‖ instance_id)`. Empty ⇒ a random identity.

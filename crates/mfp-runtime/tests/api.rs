@@ -14,7 +14,10 @@ use mfp_runtime::storage::MemoryStorage;
 use mfp_runtime::{AgentHandle, AgentState, DeliveredMessage, Error, Runtime, RuntimeConfig};
 
 fn persistent_cfg() -> RuntimeConfig {
-    RuntimeConfig { deployment_id: b"dep".to_vec(), instance_id: b"api".to_vec(), ..cfg() }
+    let mut c = cfg();
+    c.deployment_id = b"dep".to_vec();
+    c.instance_id = b"api".to_vec();
+    c
 }
 
 #[test]

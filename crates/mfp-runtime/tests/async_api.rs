@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{Gate, Inbox, WAIT, cfg, gated_pair};
 use mfp_runtime::{
-    AgentHandle, AgentState, AsyncHandler, Backpressure, DeliveredMessage, Error, Runtime, RuntimeConfig,
-    mfp_send_async,
+    AgentHandle, AgentState, AsyncHandler, Backpressure, DeliveredMessage, Error, Runtime, mfp_send_async,
 };
 use tokio::sync::mpsc;
 
@@ -207,7 +206,11 @@ async fn shutdown_async_delivers_what_is_queued_then_refuses_sends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_and_wait_async_reports_handler_outcomes() {
     common::quiet_intentional_panics();
-    let config = RuntimeConfig { agent_timeout: Duration::from_millis(100), ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.agent_timeout = Duration::from_millis(100);
+        c
+    };
     let rt = Runtime::new(config).unwrap();
     let s = rt.bind(|_, _| {}).unwrap();
     let ok = rt.bind_async_fn(|_, _| async {}).unwrap();
@@ -237,12 +240,13 @@ async fn send_and_wait_async_reports_handler_outcomes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_async_waits_for_mailbox_space_then_gives_up() {
-    let config = RuntimeConfig {
-        mailbox_capacity: 1,
-        backpressure: Backpressure::Wait,
-        pipeline_timeout: Duration::from_millis(100),
-        agent_timeout: Duration::from_secs(3),
-        ..cfg()
+    let config = {
+        let mut c = cfg();
+        c.mailbox_capacity = 1;
+        c.backpressure = Backpressure::Wait;
+        c.pipeline_timeout = Duration::from_millis(100);
+        c.agent_timeout = Duration::from_secs(3);
+        c
     };
     let rt = Runtime::new(config).unwrap();
     let (gate, inbox) = (Gate::new(), Inbox::new());
@@ -264,7 +268,12 @@ async fn send_async_waits_for_mailbox_space_then_gives_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_async_senders_keep_per_channel_order() {
-    let config = RuntimeConfig { max_message_rate: 0, pipeline_timeout: Duration::from_secs(2), ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.max_message_rate = 0;
+        c.pipeline_timeout = Duration::from_secs(2);
+        c
+    };
     let rt = Runtime::new(config).unwrap();
     let inbox = Inbox::new();
     let sink = rt.bind(inbox.handler()).unwrap();

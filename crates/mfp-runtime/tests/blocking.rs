@@ -33,7 +33,11 @@ fn build(store: Store, config: RuntimeConfig) -> Runtime {
 }
 
 fn one_slot() -> RuntimeConfig {
-    RuntimeConfig { mailbox_capacity: 1, backpressure: Backpressure::Wait, max_message_rate: 0, ..cfg() }
+    let mut c = cfg();
+    c.mailbox_capacity = 1;
+    c.backpressure = Backpressure::Wait;
+    c.max_message_rate = 0;
+    c
 }
 
 /// Every blocking administrative call, in order; each must succeed.
@@ -191,8 +195,12 @@ fn a_blocking_admin_call_behind_a_pending_async_one_fails_at_once_on_a_current_t
 #[test]
 fn a_rate_limit_quarantine_does_not_wait_for_the_disk() {
     let store = PendingStorage::new();
-    let config =
-        RuntimeConfig { max_message_rate: 3, rate_limit_action: mfp_runtime::RateLimitAction::Quarantine, ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.max_message_rate = 3;
+        c.rate_limit_action = mfp_runtime::RateLimitAction::Quarantine;
+        c
+    };
     let rt = Arc::new(Runtime::builder(config).storage(store.clone()).build().unwrap());
     let a = rt.bind(|_, _| {}).unwrap();
     let b = rt.bind(|_, _| {}).unwrap();

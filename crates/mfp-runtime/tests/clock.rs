@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Gate, Inbox, cfg, gated_pair};
-use mfp_runtime::{AgentState, Backpressure, Error, ManualClock, Runtime, RuntimeConfig};
+use mfp_runtime::{AgentState, Backpressure, Error, ManualClock, Runtime};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -27,7 +27,11 @@ fn wait_until(mut done: impl FnMut() -> bool) {
 #[test]
 fn a_sync_handler_times_out_when_the_clock_passes_the_agent_timeout() {
     let clock = ManualClock::new();
-    let config = RuntimeConfig { agent_timeout: HOUR, ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.agent_timeout = HOUR;
+        c
+    };
     let rt = Runtime::builder(config).clock(clock.clone()).build().unwrap();
     let (gate, inbox) = (Gate::new(), Inbox::new());
     let (a, b, ch) = gated_pair(&rt, &gate, &inbox);
@@ -48,7 +52,11 @@ fn a_sync_handler_times_out_when_the_clock_passes_the_agent_timeout() {
 #[test]
 fn an_async_handler_times_out_when_the_clock_passes_the_agent_timeout() {
     let clock = ManualClock::new();
-    let config = RuntimeConfig { agent_timeout: HOUR, ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.agent_timeout = HOUR;
+        c
+    };
     let rt = Runtime::builder(config).clock(clock.clone()).build().unwrap();
     let a = rt.bind(|_, _| {}).unwrap();
     let b = rt.bind_async_fn(|_, _| std::future::pending::<()>()).unwrap();
@@ -68,12 +76,13 @@ fn an_async_handler_times_out_when_the_clock_passes_the_agent_timeout() {
 #[test]
 fn a_wait_for_mailbox_space_ends_on_the_clock() {
     let clock = ManualClock::new();
-    let config = RuntimeConfig {
-        agent_timeout: 10 * HOUR,
-        pipeline_timeout: HOUR,
-        mailbox_capacity: 1,
-        backpressure: Backpressure::Wait,
-        ..cfg()
+    let config = {
+        let mut c = cfg();
+        c.agent_timeout = 10 * HOUR;
+        c.pipeline_timeout = HOUR;
+        c.mailbox_capacity = 1;
+        c.backpressure = Backpressure::Wait;
+        c
     };
     let rt = Runtime::builder(config).clock(clock.clone()).build().unwrap();
     let (gate, inbox) = (Gate::new(), Inbox::new());
@@ -101,7 +110,12 @@ fn a_wait_for_mailbox_space_ends_on_the_clock() {
 #[test]
 fn a_shutdown_waits_for_a_stuck_handler_until_the_clock_ends_its_grace_period() {
     let clock = ManualClock::new();
-    let config = RuntimeConfig { agent_timeout: 10 * HOUR, pipeline_timeout: HOUR, ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.agent_timeout = 10 * HOUR;
+        c.pipeline_timeout = HOUR;
+        c
+    };
     let rt = Runtime::builder(config).clock(clock.clone()).build().unwrap();
     let (gate, inbox) = (Gate::new(), Inbox::new());
     let (a, _b, ch) = gated_pair(&rt, &gate, &inbox);

@@ -11,7 +11,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 
 use common::{Inbox, WAIT, cfg};
-use mfp_runtime::{AgentHandle, DeliveredMessage, Error, Receipt, Runtime, RuntimeConfig};
+use mfp_runtime::{AgentHandle, DeliveredMessage, Error, Receipt, Runtime};
 
 fn n_of(m: &DeliveredMessage) -> u32 {
     u32::from_be_bytes(m.payload.as_slice().try_into().unwrap())
@@ -111,7 +111,12 @@ fn assert_increasing(msgs: &[&DeliveredMessage]) {
 fn per_channel_order_holds_under_concurrent_senders() {
     const N: u32 = 500;
     const M: u32 = 300;
-    let config = RuntimeConfig { max_message_rate: 0, pipeline_timeout: std::time::Duration::from_secs(2), ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.max_message_rate = 0;
+        c.pipeline_timeout = std::time::Duration::from_secs(2);
+        c
+    };
     let rt = Runtime::new(config).unwrap();
     let r_inbox = Inbox::new();
     let x_inbox = Inbox::new();
@@ -177,7 +182,12 @@ fn per_channel_order_holds_under_concurrent_senders() {
 fn one_sender_on_many_threads_gets_contiguous_steps() {
     const THREADS: usize = 4;
     const PER: usize = 100;
-    let config = RuntimeConfig { max_message_rate: 0, pipeline_timeout: std::time::Duration::from_secs(2), ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.max_message_rate = 0;
+        c.pipeline_timeout = std::time::Duration::from_secs(2);
+        c
+    };
     let rt = Runtime::new(config).unwrap();
     let inbox = Inbox::new();
     let a = rt.bind(|_, _| {}).unwrap();
@@ -201,7 +211,11 @@ fn one_sender_on_many_threads_gets_contiguous_steps() {
 /// cleanly; nothing is delivered without a receipt.
 #[test]
 fn sends_racing_a_channel_close_are_all_or_nothing() {
-    let config = RuntimeConfig { max_message_rate: 0, ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.max_message_rate = 0;
+        c
+    };
     let rt = Runtime::new(config).unwrap();
     let inbox = Inbox::new();
     let a = rt.bind(|_, _| {}).unwrap();

@@ -18,7 +18,10 @@ use mfp_runtime::storage::{DeliveryRow, MemoryStorage, Storage, StorageOp};
 use mfp_runtime::{Error, Runtime, RuntimeConfig};
 
 fn persistent_cfg() -> RuntimeConfig {
-    RuntimeConfig { deployment_id: b"dep".to_vec(), instance_id: b"inst".to_vec(), ..cfg() }
+    let mut c = cfg();
+    c.deployment_id = b"dep".to_vec();
+    c.instance_id = b"inst".to_vec();
+    c
 }
 
 /// A copy of `store` as a crash would leave it: everything committed so far.
@@ -105,7 +108,11 @@ fn unhandled_messages_are_delivered_again_after_a_restart_flagged() {
 #[test]
 fn restore_refuses_more_pending_messages_than_twice_the_mailbox() {
     let store = MemoryStorage::new();
-    let config = RuntimeConfig { mailbox_capacity: 2, ..persistent_cfg() };
+    let config = {
+        let mut c = persistent_cfg();
+        c.mailbox_capacity = 2;
+        c
+    };
     let (alice, bob, ch) = {
         let rt = Runtime::builder(config.clone()).storage(store.clone()).build().unwrap();
         let alice = rt.bind_named("alice", |_, _| {}).unwrap().id();

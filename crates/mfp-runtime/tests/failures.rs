@@ -23,7 +23,10 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn timeout_cfg() -> RuntimeConfig {
-    RuntimeConfig { agent_timeout: Duration::from_millis(100), pipeline_timeout: Duration::from_millis(300), ..cfg() }
+    let mut c = cfg();
+    c.agent_timeout = Duration::from_millis(100);
+    c.pipeline_timeout = Duration::from_millis(300);
+    c
 }
 
 /// A sender `s` with channels to `victim` and to a well-behaved `bystander`.

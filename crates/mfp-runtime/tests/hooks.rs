@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{Inbox, WAIT, cfg};
 use mfp_runtime::audit::{AuditEvent, AuditEventType, AuditSink};
 use mfp_runtime::hooks::{DeliveryFailure, Hooks, SendContext};
-use mfp_runtime::{AgentId, ChannelId, Error, MessageId, Receipt, Runtime, RuntimeConfig};
+use mfp_runtime::{AgentId, ChannelId, Error, MessageId, Receipt, Runtime};
 
 #[derive(Default)]
 struct Seen {
@@ -93,7 +93,11 @@ fn before_send_can_refuse_and_after_send_sees_every_receipt() {
 fn on_delivery_failure_hears_of_panics_and_timeouts() {
     common::quiet_intentional_panics();
     let guard = Guard::default();
-    let config = RuntimeConfig { agent_timeout: Duration::from_millis(100), ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.agent_timeout = Duration::from_millis(100);
+        c
+    };
     let rt = Runtime::builder(config).hooks(guard.clone()).build().unwrap();
     let s = rt.bind(|_, _| {}).unwrap();
     let panicky = rt.bind(|_, _| panic!("handler exploded on purpose")).unwrap();
@@ -192,7 +196,12 @@ fn audit_sink_gets_lifecycle_and_message_events_without_payloads() {
 fn audit_records_delivery_failures_and_automatic_quarantines() {
     common::quiet_intentional_panics();
     let sink = Collect::default();
-    let config = RuntimeConfig { agent_timeout: Duration::from_millis(100), max_message_rate: 2, ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.agent_timeout = Duration::from_millis(100);
+        c.max_message_rate = 2;
+        c
+    };
     let rt = Runtime::builder(config).audit_sink(sink.clone()).build().unwrap();
     let s = rt.bind(|_, _| {}).unwrap();
     let panicky = rt.bind(|_, _| panic!("handler exploded on purpose")).unwrap();

@@ -216,7 +216,12 @@ fn sends_after_unbind_fail_and_the_peer_falls_back_to_bound() {
 
 #[test]
 fn unbind_delivers_what_is_queued() {
-    let rt = Runtime::new(RuntimeConfig { agent_timeout: Duration::from_secs(3), ..cfg() }).unwrap();
+    let rt = Runtime::new({
+        let mut c = cfg();
+        c.agent_timeout = Duration::from_secs(3);
+        c
+    })
+    .unwrap();
     let (gate, inbox) = (Gate::new(), Inbox::new());
     let (a, b, ch) = gated_pair(&rt, &gate, &inbox);
     for p in [b"m0", b"m1", b"m2"] {
@@ -234,7 +239,12 @@ fn unbind_delivers_what_is_queued() {
 
 #[test]
 fn terminate_drops_what_is_queued_and_waiting_senders_learn_it() {
-    let rt = Runtime::new(RuntimeConfig { agent_timeout: Duration::from_secs(3), ..cfg() }).unwrap();
+    let rt = Runtime::new({
+        let mut c = cfg();
+        c.agent_timeout = Duration::from_secs(3);
+        c
+    })
+    .unwrap();
     let (gate, inbox) = (Gate::new(), Inbox::new());
     let (a, b, ch) = gated_pair(&rt, &gate, &inbox);
     a.send(ch, b"m0").unwrap();
@@ -265,7 +275,12 @@ fn terminate_drops_what_is_queued_and_waiting_senders_learn_it() {
 
 #[test]
 fn a_quarantined_recipient_holds_its_mail_until_restored() {
-    let rt = Runtime::new(RuntimeConfig { agent_timeout: Duration::from_secs(3), ..cfg() }).unwrap();
+    let rt = Runtime::new({
+        let mut c = cfg();
+        c.agent_timeout = Duration::from_secs(3);
+        c
+    })
+    .unwrap();
     let (gate, inbox) = (Gate::new(), Inbox::new());
     let (a, b, ch) = gated_pair(&rt, &gate, &inbox);
     a.send(ch, b"m0").unwrap();

@@ -25,7 +25,10 @@ fn pair(rt: &Runtime, inbox: &Inbox) -> (AgentHandle, AgentHandle, ChannelId) {
 // ---- rate limiting -----------------------------------------------------------------
 
 fn rate_cfg(action: RateLimitAction) -> RuntimeConfig {
-    RuntimeConfig { max_message_rate: 3, rate_limit_action: action, ..cfg() }
+    let mut c = cfg();
+    c.max_message_rate = 3;
+    c.rate_limit_action = action;
+    c
 }
 
 #[test]
@@ -84,7 +87,11 @@ fn rate_limit_reject_refuses_but_keeps_the_sender_active() {
 
 #[test]
 fn rate_limit_wait_gives_up_at_once_when_the_wait_exceeds_the_pipeline_timeout() {
-    let config = RuntimeConfig { pipeline_timeout: Duration::from_millis(100), ..rate_cfg(RateLimitAction::Wait) };
+    let config = {
+        let mut c = rate_cfg(RateLimitAction::Wait);
+        c.pipeline_timeout = Duration::from_millis(100);
+        c
+    };
     let rt = Runtime::new(config).unwrap();
     let inbox = Inbox::new();
     let (a, _b, ch) = pair(&rt, &inbox);
@@ -104,7 +111,11 @@ fn rate_limit_wait_gives_up_at_once_when_the_wait_exceeds_the_pipeline_timeout()
 #[test]
 fn rate_limit_wait_delays_until_the_window_frees() {
     let clock = ManualClock::new();
-    let config = RuntimeConfig { pipeline_timeout: Duration::from_millis(900), ..rate_cfg(RateLimitAction::Wait) };
+    let config = {
+        let mut c = rate_cfg(RateLimitAction::Wait);
+        c.pipeline_timeout = Duration::from_millis(900);
+        c
+    };
     let rt = Runtime::builder(config).clock(clock.clone()).build().unwrap();
     let inbox = Inbox::new();
     let (a, _b, ch) = pair(&rt, &inbox);
@@ -144,7 +155,11 @@ fn rate_limit_wait_delays_until_the_window_frees() {
 
 #[test]
 fn rate_limit_zero_means_unlimited() {
-    let config = RuntimeConfig { max_message_rate: 0, ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.max_message_rate = 0;
+        c
+    };
     let rt = Runtime::new(config).unwrap();
     let inbox = Inbox::new();
     let (a, _b, ch) = pair(&rt, &inbox);
@@ -157,14 +172,13 @@ fn rate_limit_zero_means_unlimited() {
 // ---- backpressure ------------------------------------------------------------------
 
 fn bp_cfg(policy: Backpressure, pipeline_ms: u64) -> RuntimeConfig {
-    RuntimeConfig {
-        mailbox_capacity: 1,
-        backpressure: policy,
-        pipeline_timeout: Duration::from_millis(pipeline_ms),
-        // Longer than the gate can block, so the slow handler is never quarantined.
-        agent_timeout: Duration::from_secs(3),
-        ..cfg()
-    }
+    let mut c = cfg();
+    c.mailbox_capacity = 1;
+    c.backpressure = policy;
+    c.pipeline_timeout = Duration::from_millis(pipeline_ms);
+    // Longer than the gate can block, so the slow handler is never quarantined.
+    c.agent_timeout = Duration::from_secs(3);
+    c
 }
 
 #[test]
@@ -267,7 +281,11 @@ fn a_full_mailbox_does_not_block_other_recipients() {
 
 #[test]
 fn payload_too_large_is_refused_without_quarantine() {
-    let config = RuntimeConfig { max_payload_size: 10, ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.max_payload_size = 10;
+        c
+    };
     let rt = Runtime::new(config).unwrap();
     let inbox = Inbox::new();
     let (a, _b, ch) = pair(&rt, &inbox);
@@ -285,7 +303,11 @@ fn payload_too_large_is_refused_without_quarantine() {
 
 #[test]
 fn max_payload_size_zero_means_no_configured_limit() {
-    let config = RuntimeConfig { max_payload_size: 0, ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.max_payload_size = 0;
+        c
+    };
     let rt = Runtime::new(config).unwrap();
     let inbox = Inbox::new();
     let (a, _b, ch) = pair(&rt, &inbox);
@@ -296,7 +318,11 @@ fn max_payload_size_zero_means_no_configured_limit() {
 
 #[test]
 fn frame_depth_must_be_in_range() {
-    let config = RuntimeConfig { max_frame_depth: 8, ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.max_frame_depth = 8;
+        c
+    };
     let rt = Runtime::new(config).unwrap();
     let inbox = Inbox::new();
     let a = rt.bind(|_, _| {}).unwrap();
@@ -328,7 +354,11 @@ fn frame_depth_must_be_in_range() {
 
 #[test]
 fn max_channels_per_agent_is_enforced() {
-    let config = RuntimeConfig { max_channels_per_agent: 2, ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.max_channels_per_agent = 2;
+        c
+    };
     let rt = Runtime::new(config).unwrap();
     let a = rt.bind(|_, _| {}).unwrap();
     let peers: Vec<AgentHandle> = (0..3).map(|_| rt.bind(|_, _| {}).unwrap()).collect();
@@ -349,7 +379,11 @@ fn max_channels_per_agent_is_enforced() {
 
 #[test]
 fn max_agents_is_enforced() {
-    let config = RuntimeConfig { max_agents: 2, ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.max_agents = 2;
+        c
+    };
     let rt = Runtime::new(config).unwrap();
     let a = rt.bind(|_, _| {}).unwrap();
     rt.bind_named("b", |_, _| {}).unwrap();
@@ -404,14 +438,13 @@ fn senders_must_be_on_the_channel_and_the_channel_must_exist() {
 // ---- the mailbox byte bound --------------------------------------------------------
 
 fn byte_cfg(policy: Backpressure) -> RuntimeConfig {
-    RuntimeConfig {
-        mailbox_capacity: 1000,
-        mailbox_max_bytes: 10_000,
-        backpressure: policy,
-        pipeline_timeout: Duration::from_millis(300),
-        agent_timeout: Duration::from_secs(3),
-        ..cfg()
-    }
+    let mut c = cfg();
+    c.mailbox_capacity = 1000;
+    c.mailbox_max_bytes = 10_000;
+    c.backpressure = policy;
+    c.pipeline_timeout = Duration::from_millis(300);
+    c.agent_timeout = Duration::from_secs(3);
+    c
 }
 
 #[test]
@@ -441,7 +474,12 @@ fn the_mailbox_byte_bound_rejects_like_the_message_bound() {
 
 #[test]
 fn the_mailbox_byte_bound_makes_senders_wait_and_lets_one_oversized_message_through() {
-    let rt = Runtime::new(RuntimeConfig { max_payload_size: 50_000, ..byte_cfg(Backpressure::Wait) }).unwrap();
+    let rt = Runtime::new({
+        let mut c = byte_cfg(Backpressure::Wait);
+        c.max_payload_size = 50_000;
+        c
+    })
+    .unwrap();
     let (gate, inbox) = (Gate::new(), Inbox::new());
     let (a, _b, ch) = gated_pair(&rt, &gate, &inbox);
     // Larger than the whole bound: accepted when the mailbox is empty (it takes it all).
@@ -465,7 +503,12 @@ fn the_mailbox_byte_bound_makes_senders_wait_and_lets_one_oversized_message_thro
 #[test]
 fn idempotency_keys_expire_after_the_ttl_on_a_virtual_clock() {
     let clock = ManualClock::new();
-    let config = RuntimeConfig { dedup_ttl: Duration::from_secs(300), max_message_rate: 0, ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.dedup_ttl = Duration::from_secs(300);
+        c.max_message_rate = 0;
+        c
+    };
     let rt = Runtime::builder(config).clock(clock.clone()).build().unwrap();
     let inbox = Inbox::new();
     let (a, _b, ch) = pair(&rt, &inbox);

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use common::{Inbox, WAIT, cfg, counter_entropy};
 use mfp_core::EntropySource;
 use mfp_runtime::{
-    AgentId, ChannelId, ChannelStatus, DeliveredMessage, Error, ErrorCode, Receipt, Runtime, RuntimeConfig, RuntimeId,
-    SendOptions, mfp_send,
+    AgentId, ChannelId, ChannelStatus, DeliveredMessage, Error, ErrorCode, Receipt, Runtime, RuntimeId, SendOptions,
+    mfp_send,
 };
 
 #[test]
@@ -215,7 +215,12 @@ fn idempotency_keys_are_scoped_to_sender_and_channel() {
 
 #[test]
 fn idempotency_window_forgets_old_keys() {
-    let rt = Runtime::new(RuntimeConfig { dedup_window: 2, ..cfg() }).unwrap();
+    let rt = Runtime::new({
+        let mut c = cfg();
+        c.dedup_window = 2;
+        c
+    })
+    .unwrap();
     let inbox = Inbox::new();
     let a = rt.bind(|_, _| {}).unwrap();
     let b = rt.bind(inbox.handler()).unwrap();
@@ -294,7 +299,11 @@ struct Trace {
 }
 
 fn traced_run(seed: u64) -> Trace {
-    let config = RuntimeConfig { identity: Some(RuntimeId::from_bytes([0x42; 32])), ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.identity = Some(RuntimeId::from_bytes([0x42; 32]));
+        c
+    };
     let rt = Runtime::builder(config).entropy(counter_entropy(seed)).build().unwrap();
     let inbox = Inbox::new();
     let a = rt.bind(|_, _| {}).unwrap();
@@ -347,7 +356,12 @@ fn deterministic_entropy_reproduces_ids_and_receipts() {
 
 #[test]
 fn identity_comes_from_deployment_and_instance_ids() {
-    let config = RuntimeConfig { deployment_id: b"prod".to_vec(), instance_id: b"node-1".to_vec(), ..cfg() };
+    let config = {
+        let mut c = cfg();
+        c.deployment_id = b"prod".to_vec();
+        c.instance_id = b"node-1".to_vec();
+        c
+    };
     let rt = Runtime::new(config).unwrap();
     assert_eq!(rt.identity(), RuntimeId::derive(b"prod", b"node-1"));
     assert_eq!(rt.protocol_version(), 1);
@@ -359,7 +373,11 @@ fn identity_comes_from_deployment_and_instance_ids() {
 
 #[test]
 fn invalid_configuration_is_refused() {
-    let bad = RuntimeConfig { mailbox_capacity: 0, ..cfg() };
+    let bad = {
+        let mut c = cfg();
+        c.mailbox_capacity = 0;
+        c
+    };
     match Runtime::new(bad) {
         Err(Error::Config(e)) => assert_eq!(e.field, "mailbox_capacity"),
         other => panic!("expected a config error, got {other:?}"),

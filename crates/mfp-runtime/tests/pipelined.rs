@@ -13,7 +13,10 @@ use common::{Inbox, cfg};
 use mfp_runtime::{AgentHandle, ChannelId, Error, Runtime, RuntimeConfig};
 
 fn persistent_cfg() -> RuntimeConfig {
-    RuntimeConfig { deployment_id: b"dep".to_vec(), instance_id: b"inst".to_vec(), ..cfg() }
+    let mut c = cfg();
+    c.deployment_id = b"dep".to_vec();
+    c.instance_id = b"inst".to_vec();
+    c
 }
 
 /// A runtime on a manual store, two agents and a channel between them (committed at

@@ -73,7 +73,10 @@ impl Loopback {
 }
 
 fn config(name: &[u8]) -> RuntimeConfig {
-    RuntimeConfig { deployment_id: b"remote-test".to_vec(), instance_id: name.to_vec(), ..cfg() }
+    let mut c = cfg();
+    c.deployment_id = b"remote-test".to_vec();
+    c.instance_id = name.to_vec();
+    c
 }
 
 fn chain(label: u8, a: &RuntimeId, b: &RuntimeId) -> BilateralState {
@@ -321,7 +324,12 @@ fn a_busy_link_refuses_or_delays_the_send_as_configured() {
 #[test]
 fn reject_backpressure_fails_at_once() {
     let mk = |name: &[u8]| {
-        let rt = Runtime::new(RuntimeConfig { backpressure: Backpressure::Reject, ..config(name) }).unwrap();
+        let rt = Runtime::new({
+            let mut c = config(name);
+            c.backpressure = Backpressure::Reject;
+            c
+        })
+        .unwrap();
         let wire = Loopback::new();
         rt.attach_transport(Arc::new(wire.clone())).unwrap();
         let inbox = Inbox::new();
@@ -376,7 +384,12 @@ fn without_a_transport_a_cross_runtime_send_fails_clearly() {
 
 #[test]
 fn max_bilateral_channels_bounds_the_channels_per_peer() {
-    let rt = Runtime::new(RuntimeConfig { max_bilateral_channels: 2, ..config(b"limited") }).unwrap();
+    let rt = Runtime::new({
+        let mut c = config(b"limited");
+        c.max_bilateral_channels = 2;
+        c
+    })
+    .unwrap();
     let agent = rt.bind(|_, _| {}).unwrap();
     let peer = RuntimeId::derive(b"x", b"y");
     let open = |i: u8| {

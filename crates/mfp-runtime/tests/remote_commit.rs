@@ -68,7 +68,10 @@ impl Recorder {
 }
 
 fn config(name: &[u8]) -> RuntimeConfig {
-    RuntimeConfig { deployment_id: b"remote-commit-test".to_vec(), instance_id: name.to_vec(), ..cfg() }
+    let mut c = cfg();
+    c.deployment_id = b"remote-commit-test".to_vec();
+    c.instance_id = name.to_vec();
+    c
 }
 
 fn chain(label: u8, a: &RuntimeId, b: &RuntimeId) -> BilateralState {
@@ -600,9 +603,16 @@ async fn random_commit_failures(seeds: std::ops::RangeInclusive<u64>) {
             })
             .collect();
         let mut most_in_flight = 0;
+        // Rounds since the number of pending batches last changed: a batch is completed
+        // once another joined it, or once none has for a while (the senders' tasks run on
+        // other threads, so the first may otherwise be completed before any other comes).
+        let (mut quiet, mut last) = (0u32, 0usize);
         while !tasks.iter().all(tokio::task::JoinHandle::is_finished) && !dog.fired() {
-            most_in_flight = most_in_flight.max(store.pending());
-            if store.pending() > 0 && rng.next().is_multiple_of(3) {
+            let pending = store.pending();
+            most_in_flight = most_in_flight.max(pending);
+            quiet = if pending == last { quiet + 1 } else { 0 };
+            last = pending;
+            if pending > 0 && (pending > 1 || quiet > 1_000) && rng.next().is_multiple_of(3) {
                 store.complete_next(!rng.next().is_multiple_of(5));
             } else {
                 tokio::task::yield_now().await;

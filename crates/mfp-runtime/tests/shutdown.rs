@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Gate, WAIT, cfg};
-use mfp_runtime::{ChannelId, Error, Runtime, RuntimeConfig};
+use mfp_runtime::{ChannelId, Error, Runtime};
 
 /// Four sender threads on four channels, shut down mid-stream: every message that got a
 /// receipt reaches its handler, and nothing stays in flight. Every other round persists
@@ -19,12 +19,13 @@ use mfp_runtime::{ChannelId, Error, Runtime, RuntimeConfig};
 fn graceful_shutdown_delivers_every_acknowledged_message() {
     const SENDERS: usize = 4;
     for round in 0..12 {
-        let config = RuntimeConfig {
-            max_message_rate: 0,
-            pipeline_timeout: WAIT * 4,
-            deployment_id: b"shutdown".to_vec(),
-            instance_id: b"test".to_vec(),
-            ..cfg()
+        let config = {
+            let mut c = cfg();
+            c.max_message_rate = 0;
+            c.pipeline_timeout = WAIT * 4;
+            c.deployment_id = b"shutdown".to_vec();
+            c.instance_id = b"test".to_vec();
+            c
         };
         let mut builder = Runtime::builder(config);
         if round % 2 == 1 {

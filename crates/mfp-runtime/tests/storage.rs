@@ -12,7 +12,10 @@ use mfp_runtime::storage::{MemoryStorage, Storage, StorageError, StorageOp};
 use mfp_runtime::{AgentState, ChannelStatus, Error, Runtime, RuntimeConfig};
 
 fn persistent_cfg() -> RuntimeConfig {
-    RuntimeConfig { deployment_id: b"dep".to_vec(), instance_id: b"inst".to_vec(), ..cfg() }
+    let mut c = cfg();
+    c.deployment_id = b"dep".to_vec();
+    c.instance_id = b"inst".to_vec();
+    c
 }
 
 #[test]
@@ -90,7 +93,11 @@ fn a_failed_write_fails_the_send_and_moves_nothing() {
 #[test]
 fn fail_open_keeps_sending_and_counts_failures() {
     let store = MemoryStorage::new();
-    let config = RuntimeConfig { storage_fail_open: true, ..persistent_cfg() };
+    let config = {
+        let mut c = persistent_cfg();
+        c.storage_fail_open = true;
+        c
+    };
     let rt = Runtime::builder(config).storage(store.clone()).build().unwrap();
     let alice = rt.bind(|_, _| {}).unwrap();
     let bob = rt.bind(|_, _| {}).unwrap();
@@ -154,7 +161,11 @@ fn a_damaged_store_is_refused_with_a_typed_error() {
     let err = Runtime::builder(persistent_cfg()).storage(store.clone()).build().unwrap_err();
     assert!(matches!(err, Error::Storage(StorageError::Corrupt(_))), "{err:?}");
     // A configuration naming another runtime is refused as well.
-    let other = RuntimeConfig { instance_id: b"other".to_vec(), ..persistent_cfg() };
+    let other = {
+        let mut c = persistent_cfg();
+        c.instance_id = b"other".to_vec();
+        c
+    };
     assert!(matches!(Runtime::builder(other).storage(store).build(), Err(Error::Config(_))));
 }
 
@@ -253,10 +264,14 @@ fn every_submitted_sg_is_the_root_of_the_states_submitted_before_it() {
     const MESSAGES: usize = 1500;
     let store = SgOrderChecker::default();
     let rt = std::sync::Arc::new(
-        Runtime::builder(RuntimeConfig { max_message_rate: 0, ..persistent_cfg() })
-            .storage(store.clone())
-            .build()
-            .unwrap(),
+        Runtime::builder({
+            let mut c = persistent_cfg();
+            c.max_message_rate = 0;
+            c
+        })
+        .storage(store.clone())
+        .build()
+        .unwrap(),
     );
     let bob = rt.bind_named("bob", |_, _| {}).unwrap();
     let mut senders = Vec::new();

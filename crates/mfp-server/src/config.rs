@@ -739,10 +739,11 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
 fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
-    let mut runtime = mfp_runtime::RuntimeConfig {
-        deployment_id: raw.runtime.deployment_id.as_bytes().to_vec(),
-        instance_id: raw.runtime.instance_id.as_bytes().to_vec(),
-        ..mfp_runtime::RuntimeConfig::default()
+    let mut runtime = {
+        let mut c = mfp_runtime::RuntimeConfig::default();
+        c.deployment_id = raw.runtime.deployment_id.as_bytes().to_vec();
+        c.instance_id = raw.runtime.instance_id.as_bytes().to_vec();
+        c
     };
     if let Some(d) = int_in(&mut problems, &raw.runtime.default_frame_depth, "runtime.default_frame_depth", 2, 32) {
         runtime.default_frame_depth = d as usize;

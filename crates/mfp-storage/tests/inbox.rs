@@ -84,12 +84,11 @@ fn a_message_leaves_the_inbox_with_its_recipient_not_with_its_channel() {
 }
 
 fn runtime_config() -> RuntimeConfig {
-    RuntimeConfig {
-        deployment_id: b"dep".to_vec(),
-        instance_id: b"inbox".to_vec(),
-        max_message_rate: 0,
-        ..RuntimeConfig::default()
-    }
+    let mut c = RuntimeConfig::default();
+    c.deployment_id = b"dep".to_vec();
+    c.instance_id = b"inbox".to_vec();
+    c.max_message_rate = 0;
+    c
 }
 
 #[test]

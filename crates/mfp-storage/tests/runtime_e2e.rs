@@ -12,7 +12,10 @@ use mfp_runtime::{AgentState, Runtime, RuntimeConfig};
 use mfp_storage::{SqliteStorage, inspect};
 
 fn cfg() -> RuntimeConfig {
-    RuntimeConfig { deployment_id: b"dep".to_vec(), instance_id: b"e2e".to_vec(), ..RuntimeConfig::default() }
+    let mut c = RuntimeConfig::default();
+    c.deployment_id = b"dep".to_vec();
+    c.instance_id = b"e2e".to_vec();
+    c
 }
 
 fn wait_for(inbox: &Arc<Mutex<Vec<Vec<u8>>>>, n: usize) -> Vec<Vec<u8>> {

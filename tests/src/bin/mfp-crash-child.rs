@@ -52,13 +52,12 @@ fn payload(step: u64) -> Vec<u8> {
 }
 
 fn runtime_config() -> RuntimeConfig {
-    RuntimeConfig {
-        deployment_id: b"mfp-crash-test".to_vec(),
-        instance_id: b"child".to_vec(),
-        // Sends as fast as it can: no rate limit (the default would quarantine alice).
-        max_message_rate: 0,
-        ..RuntimeConfig::default()
-    }
+    let mut c = RuntimeConfig::default();
+    c.deployment_id = b"mfp-crash-test".to_vec();
+    c.instance_id = b"child".to_vec();
+    // Sends as fast as it can: no rate limit (the default would quarantine alice).
+    c.max_message_rate = 0;
+    c
 }
 
 /// Bob's handler: reports its start, checks the payload against the step and reports that

@@ -103,13 +103,12 @@ impl Role {
 }
 
 fn runtime_config(role: Role) -> RuntimeConfig {
-    RuntimeConfig {
-        deployment_id: DEPLOYMENT.to_vec(),
-        instance_id: role.name().to_vec(),
-        // Sends as fast as it can: no rate limit (the default would quarantine the agent).
-        max_message_rate: 0,
-        ..RuntimeConfig::default()
-    }
+    let mut c = RuntimeConfig::default();
+    c.deployment_id = DEPLOYMENT.to_vec();
+    c.instance_id = role.name().to_vec();
+    // Sends as fast as it can: no rate limit (the default would quarantine the agent).
+    c.max_message_rate = 0;
+    c
 }
 
 /// Short timers, so that a killed peer is noticed and redialled quickly.

@@ -35,12 +35,11 @@ impl Node {
 
     /// The runtime's configuration (its identity; sends wait at most 5 s).
     pub(crate) fn config(&self) -> RuntimeConfig {
-        RuntimeConfig {
-            deployment_id: self.deployment.to_vec(),
-            instance_id: self.name.to_vec(),
-            pipeline_timeout: Duration::from_secs(5),
-            ..RuntimeConfig::default()
-        }
+        let mut c = RuntimeConfig::default();
+        c.deployment_id = self.deployment.to_vec();
+        c.instance_id = self.name.to_vec();
+        c.pipeline_timeout = Duration::from_secs(5);
+        c
     }
 
     /// This runtime as another's peer, dialled at `endpoint` (or waited for).

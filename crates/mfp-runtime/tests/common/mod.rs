@@ -13,11 +13,10 @@ use mfp_runtime::{AgentHandle, ChannelId, DeliveredMessage, Runtime, RuntimeConf
 
 /// A configuration with short timeouts, so a failing test fails fast.
 pub(crate) fn cfg() -> RuntimeConfig {
-    RuntimeConfig {
-        agent_timeout: Duration::from_millis(200),
-        pipeline_timeout: Duration::from_millis(300),
-        ..RuntimeConfig::default()
-    }
+    let mut c = RuntimeConfig::default();
+    c.agent_timeout = Duration::from_millis(200);
+    c.pipeline_timeout = Duration::from_millis(300);
+    c
 }
 
 /// Upper bound for waiting on something that should happen within milliseconds.
