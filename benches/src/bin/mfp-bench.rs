@@ -594,7 +594,7 @@ fn main() {
                 ] {
                     let rate = median(
                         (0..runs)
-                            .map(|_| persist_floor::floor_once_with(driver, durability, n, batch, batch.min(4)))
+                            .map(|_| persist_floor::floor_once(driver, durability, n, batch, batch.min(4)))
                             .collect(),
                     );
                     println!(

@@ -52,14 +52,10 @@ const REMOVE: &str = "DELETE FROM inbox WHERE channel_id = ? AND step = ?;";
 const SG: &str = "INSERT INTO sg_cache (id, sg_value, updated_at) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET \
                   sg_value = excluded.sg_value, updated_at = excluded.updated_at;";
 
-/// Writes `n` messages' rows in transactions of `batch` messages and returns rows-per-second
-/// (messages per second). `channels` channels take turns, as that many senders would.
-pub(crate) fn floor_once(durability: Durability, n: usize, batch: usize, channels: usize) -> f64 {
-    floor_once_with(Driver::Sqlx, durability, n, batch, channels)
-}
-
-/// [`floor_once`] written by `driver`.
-pub(crate) fn floor_once_with(driver: Driver, durability: Durability, n: usize, batch: usize, channels: usize) -> f64 {
+/// Writes `n` messages' rows in transactions of `batch` messages with `driver` and returns
+/// rows-per-second (messages per second). `channels` channels take turns, as that many
+/// senders would.
+pub(crate) fn floor_once(driver: Driver, durability: Durability, n: usize, batch: usize, channels: usize) -> f64 {
     let scratch = Scratch::new(&format!("floor-{batch}"));
     let path = scratch.0.join("floor.db");
     // Let the storage layer create the schema and the channels, so the rows are the real ones.

@@ -401,19 +401,18 @@ impl Writer {
                 }
             }
         }
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            write_fast(conn, stmts).map_err(|(what, e)| {
-                // A statement before COMMIT, or COMMIT, failed: the transaction may be open.
-                let rolled_back = roll_back(conn);
-                (what, e, rolled_back)
-            })
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match write_fast(conn, stmts) {
+            Ok(()) => Fast::Committed,
+            // A statement before COMMIT, or COMMIT, failed: the transaction may be open.
+            Err((what, e)) => match roll_back(conn) {
+                Err(r) => Fast::Failed(db::rusqlite_error("transaction: rollback", &r)),
+                Ok(()) if db::is_rusqlite_constraint(&e) => Fast::NotTaken,
+                Ok(()) => Fast::Failed(db::rusqlite_error(&format!("transaction: {what}"), &e)),
+            },
         }));
         stmts.clear();
         match outcome {
-            Ok(Ok(())) => Fast::Committed,
-            Ok(Err((_, _, Err(r)))) => Fast::Failed(db::rusqlite_error("transaction: rollback", &r)),
-            Ok(Err((_, e, Ok(())))) if db::is_rusqlite_constraint(&e) => Fast::NotTaken,
-            Ok(Err((what, e, Ok(())))) => Fast::Failed(db::rusqlite_error(&format!("transaction: {what}"), &e)),
+            Ok(fast) => fast,
             Err(_) => {
                 tracing::error!("the storage writer's fast path panicked; every later transaction takes the slow path");
                 self.fast = None;
