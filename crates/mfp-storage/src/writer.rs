@@ -538,6 +538,10 @@ fn write_fast(conn: &rusqlite::Connection, stmts: &[Stmt]) -> Result<(), (&'stat
             .and_then(|mut s| s.execute(rusqlite::params_from_iter(&stmt.args)))
             .map_err(|e| (stmt.what, e))?;
     }
+    #[cfg(test)]
+    if tests::PANIC_BEFORE_COMMIT.with(std::cell::Cell::take) {
+        panic!("a panic in the fast path, with its transaction open (injected by a test)");
+    }
     run_cached(conn, "COMMIT").map_err(|e| ("commit", e))
 }
 
@@ -588,6 +592,67 @@ mod tests {
     use mfp_runtime::storage::{StorageOp, Ticket};
 
     use super::{Pending, WriteOp, superseded};
+
+    thread_local! {
+        /// Makes the next fast transaction of this thread panic before its COMMIT.
+        pub(super) static PANIC_BEFORE_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn a_panic_in_the_fast_path_fails_its_group_and_later_groups_take_the_slow_path() {
+        use std::sync::Arc;
+
+        use mfp_core::RuntimeId;
+        use mfp_runtime::storage::{MetaRow, StorageError};
+
+        use crate::breaker::Breaker;
+        use crate::{MasterKey, StorageConfig, schema};
+
+        let dir = std::env::temp_dir().join(format!("mfp-storage-fast-panic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = StorageConfig::new(dir.join("p.db"), MasterKey::generate().unwrap());
+        let meta = |counter| {
+            let row = MetaRow {
+                identity: RuntimeId::from_bytes([3; 32]),
+                deployment_id: vec![1],
+                instance_id: vec![2],
+                agent_counter: counter,
+            };
+            vec![WriteOp::Runtime(StorageOp::Meta(row))]
+        };
+        async fn commit(writer: &mut super::Writer, ops: Vec<WriteOp>) -> Result<(), StorageError> {
+            let (done, ticket) = Ticket::pending();
+            writer.commit_group(vec![Pending { ops, done }]).await;
+            ticket.wait()
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async {
+            let opened = schema::open_database(&config).await.unwrap();
+            let mut writer = super::Writer {
+                conn: opened.conn,
+                fast: Some(schema::open_fast(&config).unwrap()),
+                cipher: opened.cipher,
+                breaker: Arc::new(Breaker::new(config.breaker)),
+                max_batches: 64,
+                stmts: Vec::new(),
+            };
+            PANIC_BEFORE_COMMIT.with(|p| p.set(true));
+            let failed = commit(&mut writer, meta(1)).await;
+            assert!(matches!(&failed, Err(StorageError::Backend(m)) if m.contains("fast path")), "{failed:?}");
+            assert!(writer.fast.is_none(), "the fast connection is dropped");
+            assert_eq!(
+                writer.load().await.unwrap().and_then(|s| s.meta),
+                None,
+                "nothing of the failed group was written"
+            );
+            // The slow path can write: the dropped connection's open transaction is gone.
+            commit(&mut writer, meta(7)).await.unwrap();
+            assert_eq!(writer.load().await.unwrap().and_then(|s| s.meta).map(|m| m.agent_counter), Some(7));
+            sqlx::Connection::close(writer.conn).await.unwrap();
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn batch(ops: Vec<StorageOp>) -> Pending {
         let (done, _ticket) = Ticket::pending();
