@@ -601,8 +601,12 @@ pub(crate) fn open_fast(config: &StorageConfig) -> Result<rusqlite::Connection, 
     let path = config.path.as_path();
     let context = format!("open {} for the writer's fast path", path.display());
     let fail = |e: rusqlite::Error| db::rusqlite_error(&context, &e);
-    // No SQLITE_OPEN_CREATE: the file exists (open_database made it).
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // No SQLITE_OPEN_CREATE: the file exists (open_database made it). The path is read the
+    // way sqlx reads it (SQLITE_OPEN_URI, a private cache), so both open the same file.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_PRIVATE_CACHE;
     let conn = rusqlite::Connection::open_with_flags(path, flags).map_err(fail)?;
     conn.busy_timeout(config.busy_timeout).map_err(fail)?;
     conn.pragma_update(None, "synchronous", synchronous_pragma(config.durability)).map_err(fail)?;
