@@ -4,8 +4,8 @@
 //! and latency at several payload sizes on 1 and 1,000 channels and with 2 concurrent
 //! senders, async sends, Sg update and send cost at growing channel counts, the time to
 //! establish channels and the memory per channel. Every figure is the median of several
-//! runs. Messages through the standalone server and subprocess agents (`server`). Durable sends are measured beside a raw-SQLite floor (the same rows written by sqlx
-//! with no runtime around them). Prints a table and writes JSON (`--json PATH`); `--only
+//! runs. Messages through the standalone server and subprocess agents (`server`). Durable sends are measured beside raw-SQLite floors (the same rows written by sqlx,
+//! and by rusqlite, with no runtime around them). Prints a table and writes JSON (`--json PATH`); `--only
 //! floor,send,async,persist,fanout,scale,server,federation` runs some sections; `federation`
 //! (two runtimes in separate processes over 127.0.0.1) is described in `fed_bench.rs`.
 #![forbid(unsafe_code)]
@@ -581,15 +581,30 @@ fn main() {
             [("normal", mfp_storage::Durability::Normal), ("sync", mfp_storage::Durability::Sync)]
         {
             let base = if opts.quick { 600 } else { 3_000 };
+            // Two floors: written by sqlx (one query per transaction) and by rusqlite on the
+            // calling thread (cached statements), the way the storage writer's fast path writes.
             let mut floors = serde_json::Map::new();
+            let mut rusqlite_floors = serde_json::Map::new();
             for batch in [1usize, 4, 64] {
                 let n = base * batch.min(8);
-                let rate =
-                    median((0..runs).map(|_| persist_floor::floor_once(durability, n, batch, batch.min(4))).collect());
-                println!("raw SQLite floor ({label:<6}), transactions of {batch:>2} messages  {rate:>10.0} msg/s");
-                floors.insert(batch.to_string(), json!({"msgs_per_s": rate}));
+                for (driver, map, name) in [
+                    (persist_floor::Driver::Sqlx, &mut floors, "sqlx"),
+                    (persist_floor::Driver::Rusqlite, &mut rusqlite_floors, "rusqlite"),
+                ] {
+                    let rate = median(
+                        (0..runs)
+                            .map(|_| persist_floor::floor_once(driver, durability, n, batch, batch.min(4)))
+                            .collect(),
+                    );
+                    println!(
+                        "raw SQLite floor ({label:<6}, {name:<8}), transactions of {batch:>2} messages  {rate:>10.0} msg/s"
+                    );
+                    map.insert(batch.to_string(), json!({"msgs_per_s": rate}));
+                }
             }
             let floor_of = |batch: usize| floors[&batch.to_string()]["msgs_per_s"].as_f64().unwrap_or(f64::NAN);
+            let rusqlite_floor_of =
+                |batch: usize| rusqlite_floors[&batch.to_string()]["msgs_per_s"].as_f64().unwrap_or(f64::NAN);
             let mut rows: Vec<(String, (f64, f64), usize)> = Vec::new();
             let by_rate = |v: Vec<(f64, f64)>| {
                 let mut v = v;
@@ -610,16 +625,19 @@ fn main() {
             let mut m = serde_json::Map::new();
             for (name, (rate, per_msg), batch) in rows {
                 let of_floor = rate / floor_of(batch);
+                let of_rusqlite_floor = rate / rusqlite_floor_of(batch);
                 println!(
-                    "persistent send ({label:<6}), {name:<40} 64 B  {rate:>10.0} msg/s  {:>5.1}% of the batch-{batch} floor  {per_msg:.2} transactions/msg",
+                    "persistent send ({label:<6}), {name:<40} 64 B  {rate:>10.0} msg/s  {:>5.1}% of the batch-{batch} floor ({:>5.1}% of rusqlite's)  {per_msg:.2} transactions/msg",
                     of_floor * 100.0,
+                    of_rusqlite_floor * 100.0,
                 );
                 m.insert(
                     name,
-                    json!({"msgs_per_s": rate, "floor_batch": batch, "ratio_to_floor": of_floor, "ratio_to_in_memory": rate / mem_rate, "transactions_per_msg": per_msg}),
+                    json!({"msgs_per_s": rate, "floor_batch": batch, "ratio_to_floor": of_floor, "ratio_to_rusqlite_floor": of_rusqlite_floor, "ratio_to_in_memory": rate / mem_rate, "transactions_per_msg": per_msg}),
                 );
             }
             m.insert("raw_sqlite_floor".into(), Value::Object(floors));
+            m.insert("raw_sqlite_floor_rusqlite".into(), Value::Object(rusqlite_floors));
             persist.insert(label.into(), Value::Object(m));
         }
         report.insert("persistent_send_64".into(), Value::Object(persist));

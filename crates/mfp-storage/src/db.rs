@@ -10,8 +10,8 @@ use mfp_runtime::storage::{
     StorageOp,
 };
 use mfp_runtime::{AgentState, ChannelStatus};
-use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqliteRow};
-use sqlx::{Arguments, Decode, Row, Sqlite, Type};
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::{Decode, Row, Sqlite, Type};
 use zeroize::Zeroizing;
 
 use crate::cell::{Cell, CellCipher};
@@ -78,6 +78,53 @@ fn is_schema_damage(e: &sqlx::Error) -> bool {
 /// Whether the error is a constraint violation (a problem of one batch, not of the backend).
 pub(crate) fn is_constraint(e: &sqlx::Error) -> bool {
     sqlite_code(e) == Some(19)
+}
+
+/// The primary SQLite result code of a rusqlite error (the writer's fast path).
+pub(crate) fn rusqlite_code(e: &rusqlite::Error) -> Option<i32> {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => Some(f.extended_code & 0xff),
+        _ => None,
+    }
+}
+
+/// [`sql_error`] for the rusqlite connection of the writer's fast path: the same
+/// classification (damage is `Corrupt`, the rest `Backend`) and the same message shape,
+/// `context: (code: N) SQLite's message`. SQLite's messages name tables, columns and
+/// constraints, never a bound value.
+pub(crate) fn rusqlite_error(context: &str, e: &rusqlite::Error) -> StorageError {
+    let shown = match e {
+        rusqlite::Error::SqliteFailure(f, msg) => {
+            format!(
+                "{context}: (code: {}) {}",
+                f.extended_code,
+                msg.as_deref().map_or_else(|| f.to_string(), str::to_owned)
+            )
+        }
+        other => format!("{context}: {other}"),
+    };
+    let message = match e {
+        rusqlite::Error::SqliteFailure(_, Some(m)) => m.as_str(),
+        _ => "",
+    };
+    match rusqlite_code(e) {
+        // SQLITE_CORRUPT, SQLITE_NOTADB
+        Some(11 | 26) => StorageError::Corrupt(shown),
+        // SQLITE_ERROR
+        Some(1)
+            if message.contains("no such table")
+                || message.contains("no such column")
+                || message.contains("malformed") =>
+        {
+            StorageError::Corrupt(format!("{shown} (the schema is damaged)"))
+        }
+        _ => StorageError::Backend(shown),
+    }
+}
+
+/// [`is_constraint`] for the fast path's rusqlite connection.
+pub(crate) fn is_rusqlite_constraint(e: &rusqlite::Error) -> bool {
+    rusqlite_code(e) == Some(19)
 }
 
 /// `table.column: what`.
@@ -224,10 +271,10 @@ fn open_state(cipher: &CellCipher, cell: Cell<'_>, blob: &[u8]) -> Result<State,
 // ---------------------------------------------------------------------------------------------
 //
 // Every operation becomes a list of statements with `?` placeholders and typed arguments. They
-// run either one by one (the slow path, one round trip to SQLite's worker each), or — on the
-// fast path — concatenated into one query for a whole transaction with every argument bound
-// in order (sqlx binds the placeholders of a multi-statement query across its statements).
-// No input ever becomes SQL syntax: the SQL texts are the constants below.
+// run either on the writer's rusqlite connection, on the writer thread itself (the fast path:
+// each text prepared once and cached, see `Writer::try_fast`), or one by one through sqlx
+// (the slow path, one round trip to SQLite's worker thread each). No input ever becomes SQL
+// syntax: the SQL texts are the constants below.
 
 /// An argument of a statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +283,19 @@ pub(crate) enum Val {
     Blob(Vec<u8>),
     Text(String),
     Null,
+}
+
+/// Binds without copying (the fast path).
+impl rusqlite::ToSql for Val {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self {
+            Val::Int(i) => ValueRef::Integer(*i),
+            Val::Blob(b) => ValueRef::Blob(b),
+            Val::Text(t) => ValueRef::Text(t.as_bytes()),
+            Val::Null => ValueRef::Null,
+        }))
+    }
 }
 
 /// One statement of a batch.
@@ -252,23 +312,6 @@ pub(crate) struct Stmt {
 impl Stmt {
     fn new(what: &'static str, sql: &'static str, args: Vec<Val>) -> Self {
         Self { what, sql, args }
-    }
-
-    /// Appends the statement's SQL (and `;`) to `sql` and its arguments to `args`, for a
-    /// query of several statements (see `Writer::try_fast`).
-    pub(crate) fn append_to(&self, sql: &mut String, args: &mut SqliteArguments) -> Result<(), StorageError> {
-        sql.push_str(self.sql);
-        sql.push(';');
-        for a in &self.args {
-            let added = match a {
-                Val::Int(i) => args.add(*i),
-                Val::Blob(b) => args.add(b.clone()),
-                Val::Text(t) => args.add(t.clone()),
-                Val::Null => args.add(Option::<Vec<u8>>::None),
-            };
-            added.map_err(|e| StorageError::Backend(format!("{}: cannot bind an argument: {e}", self.what)))?;
-        }
-        Ok(())
     }
 
     /// The number of `?` placeholders of the SQL text (each statement has exactly its
@@ -1519,22 +1562,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn appending_binds_every_argument_in_order() {
+    fn values_bind_on_the_fast_connection_as_they_are() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (a, b, c, d)").unwrap();
         let stmt = Stmt::new(
             "test",
             "INSERT INTO t (a, b, c, d) VALUES (?, ?, ?, ?)",
             vec![Val::Int(-5), Val::Blob(vec![0x00, 0xff]), Val::Text("it's ?".into()), Val::Null],
         );
         assert_eq!(stmt.placeholders(), stmt.args.len());
-        let mut sql = String::from("BEGIN;");
-        let mut args = SqliteArguments::default();
-        stmt.append_to(&mut sql, &mut args).unwrap();
-        stmt.append_to(&mut sql, &mut args).unwrap();
-        assert_eq!(
-            sql,
-            "BEGIN;INSERT INTO t (a, b, c, d) VALUES (?, ?, ?, ?);INSERT INTO t (a, b, c, d) VALUES (?, ?, ?, ?);"
+        conn.prepare(stmt.sql).unwrap().execute(rusqlite::params_from_iter(&stmt.args)).unwrap();
+        let row = conn
+            .query_row("SELECT a, b, c, d IS NULL, typeof(a), typeof(b), typeof(c) FROM t", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, bool>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                ))
+            })
+            .unwrap();
+        assert_eq!(row, (-5, vec![0x00, 0xff], "it's ?".into(), true, "integer".into(), "blob".into(), "text".into()));
+    }
+
+    #[test]
+    fn the_fast_statement_cache_holds_every_statement_text() {
+        // Every SQL text of `statements` is passed to a `Stmt::new` call of this file (which
+        // counts the calls of the rotation and of this test too: an upper bound). Beside
+        // them the fast path prepares BEGIN IMMEDIATE, COMMIT and ROLLBACK.
+        let texts = include_str!("db.rs").matches("Stmt::new(").count();
+        assert!(texts + 3 <= crate::schema::FAST_STATEMENT_CACHE, "{texts} statement texts");
+    }
+
+    #[test]
+    fn fast_path_errors_are_classified_like_sqlx_ones() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "PRAGMA foreign_keys = ON; CREATE TABLE p (id INTEGER PRIMARY KEY); CREATE TABLE c (p REFERENCES p (id))",
+        )
+        .unwrap();
+        let e = conn.execute("INSERT INTO c (p) VALUES (?)", [7]).unwrap_err();
+        assert!(is_rusqlite_constraint(&e), "{e}");
+        let mapped = rusqlite_error("store channel", &e);
+        assert!(
+            matches!(&mapped, StorageError::Backend(m) if m.starts_with("store channel: (code: 787) FOREIGN KEY")),
+            "{mapped:?}"
         );
-        assert_eq!(args.len(), 8);
+        let e = conn.execute("UPDATE missing SET x = ?", [7]).unwrap_err();
+        assert!(!is_rusqlite_constraint(&e));
+        assert!(
+            matches!(rusqlite_error("advance channel", &e), StorageError::Corrupt(m) if m.contains("no such table: missing"))
+        );
     }
 
     #[test]

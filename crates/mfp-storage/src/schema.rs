@@ -542,6 +542,8 @@ pub(crate) async fn open_database(config: &StorageConfig) -> Result<Opened, Stor
         Durability::Sync => SqliteSynchronous::Full,
         Durability::Normal => SqliteSynchronous::Normal,
     };
+    // Every per-connection setting here is repeated by `open_fast` for the writer's second
+    // connection: keep the two in step.
     let mut conn = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(matches!(state, FileState::Missing))
@@ -550,7 +552,7 @@ pub(crate) async fn open_database(config: &StorageConfig) -> Result<Opened, Stor
         .foreign_keys(true)
         .busy_timeout(config.busy_timeout)
         // Overwrite deleted content (old ciphertexts) where that costs no extra I/O.
-        .pragma("secure_delete", "FAST")
+        .pragma("secure_delete", SECURE_DELETE)
         // Statements carry (encrypted) values, bound or inline (the rare paths): keep them
         // out of logs.
         .disable_statement_logging()
@@ -570,6 +572,56 @@ pub(crate) async fn open_database(config: &StorageConfig) -> Result<Opened, Stor
             Err(e)
         }
     }
+}
+
+/// `PRAGMA secure_delete` of both of the writer's connections: overwrite deleted content (old
+/// ciphertexts) where that costs no extra I/O.
+const SECURE_DELETE: &str = "FAST";
+
+/// `PRAGMA synchronous` for a durability (`FULL` is 2, `NORMAL` 1 when read back).
+pub(crate) const fn synchronous_pragma(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Sync => "FULL",
+        Durability::Normal => "NORMAL",
+    }
+}
+
+/// Room in the fast connection's statement cache: every statement text of
+/// [`db::statements`] (about 30) plus `BEGIN IMMEDIATE`, `COMMIT` and `ROLLBACK`, with margin,
+/// so that no statement of the fast path is ever parsed twice.
+pub(crate) const FAST_STATEMENT_CACHE: usize = 64;
+
+/// Opens the writer's second connection, for its fast path (see `crate::writer`): rusqlite,
+/// driven on the writer thread itself, to the database that [`open_database`] has opened,
+/// validated and migrated. It gets the per-connection settings of the sqlx connection —
+/// `synchronous` for `config.durability`, `foreign_keys`, `busy_timeout`, `secure_delete` —
+/// and checks that the file is in WAL mode (a setting of the file, made by `open_database`).
+pub(crate) fn open_fast(config: &StorageConfig) -> Result<rusqlite::Connection, StorageError> {
+    use rusqlite::OpenFlags;
+    let path = config.path.as_path();
+    let context = format!("open {} for the writer's fast path", path.display());
+    let fail = |e: rusqlite::Error| db::rusqlite_error(&context, &e);
+    // No SQLITE_OPEN_CREATE: the file exists (open_database made it). The path is read the
+    // way sqlx reads it (SQLITE_OPEN_URI, a private cache), so both open the same file.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_PRIVATE_CACHE;
+    let conn = rusqlite::Connection::open_with_flags(path, flags).map_err(fail)?;
+    conn.busy_timeout(config.busy_timeout).map_err(fail)?;
+    conn.pragma_update(None, "synchronous", synchronous_pragma(config.durability)).map_err(fail)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(fail)?;
+    conn.pragma_update(None, "secure_delete", SECURE_DELETE).map_err(fail)?;
+    let mode: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0)).map_err(fail)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StorageError::Backend(format!(
+            "{}: the database is in journal mode {mode:?}, not WAL, on the writer's second connection (another \
+             process changed it?); close every other connection to it and open it again",
+            path.display()
+        )));
+    }
+    conn.set_prepared_statement_cache_capacity(FAST_STATEMENT_CACHE);
+    Ok(conn)
 }
 
 async fn initialise(conn: &mut SqliteConnection, master: &MasterKey) -> Result<CellCipher, StorageError> {
@@ -606,4 +658,43 @@ async fn initialise(conn: &mut SqliteConnection, master: &MasterKey) -> Result<C
     };
     tx.commit().await.map_err(|e| sql_error("commit", &e))?;
     Ok(cipher)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_fast_connection_gets_the_settings_of_the_configuration() {
+        let dir = std::env::temp_dir().join(format!("mfp-storage-fast-settings-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fast.db");
+        let key = MasterKey::generate().unwrap();
+        // Not created by the fast connection: open_database makes the file.
+        assert!(open_fast(&StorageConfig::new(&path, key.clone())).is_err());
+        crate::SqliteStorage::open(StorageConfig::new(&path, key.clone())).unwrap().close().unwrap();
+        for (durability, level) in [(Durability::Sync, 2), (Durability::Normal, 1)] {
+            let config =
+                StorageConfig::new(&path, key.clone()).durability(durability).busy_timeout(Duration::from_millis(1234));
+            let conn = open_fast(&config).unwrap();
+            let get = |pragma: &str| conn.pragma_query_value(None, pragma, |r| r.get::<_, i64>(0)).unwrap();
+            // FULL is 2, NORMAL 1.
+            assert_eq!(get("synchronous"), level, "{durability:?}");
+            assert_eq!(get("foreign_keys"), 1);
+            assert_eq!(get("busy_timeout"), 1234);
+            // FAST is 2.
+            assert_eq!(get("secure_delete"), 2);
+            let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+            assert_eq!(mode, "wal");
+        }
+        // The default durability is Sync.
+        let conn = open_fast(&StorageConfig::new(&path, key)).unwrap();
+        assert_eq!(conn.pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0)).unwrap(), 2);
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -1,5 +1,14 @@
-//! The writer: one OS thread owning a current-thread tokio runtime and the only read-write
-//! connection, fed by an unbounded channel.
+//! The writer: one OS thread owning a current-thread tokio runtime and the store's two
+//! read-write connections, fed by an unbounded channel.
+//!
+//! The two connections, both used only from this thread, so never writing at once:
+//! - a rusqlite connection, driven on this thread itself, for the fast path (below) — the
+//!   transaction of almost every group, with no hand-off to another thread;
+//! - an sqlx connection (SQLite behind it runs on a worker thread of sqlx's, watched by
+//!   [`crate::watch`]) for everything else: opening, validating and migrating the file, the
+//!   slow path with its savepoints, loads, key rotation.
+//!
+//! Both have the same per-connection settings (see `schema::open_fast`).
 //!
 //! Each round takes every `Apply` request queued at that moment (up to
 //! `max_batches_per_commit`) — everything that arrived while the previous transaction was
@@ -24,13 +33,13 @@ use std::time::{Duration, Instant};
 use mfp_core::MerkleSg;
 use mfp_runtime::storage::{Snapshot, StorageError, TicketSender};
 use sqlx::Connection;
-use sqlx::sqlite::{SqliteArguments, SqliteConnection};
+use sqlx::sqlite::SqliteConnection;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::breaker::Breaker;
 use crate::cell::CellCipher;
 use crate::config::StorageConfig;
-use crate::db::{self, ApplyError, get_fixed, sql_error, unix_now};
+use crate::db::{self, ApplyError, Stmt, get_fixed, sql_error, unix_now};
 use crate::key::MasterKey;
 use crate::records::{FederationSnapshot, WriteOp};
 use crate::{schema, watch};
@@ -97,14 +106,32 @@ pub(crate) fn spawn(
                 }
             };
             let info = OpenInfo { key_id: opened.cipher.key_id(), created: opened.created };
+            // The second connection, once the file is validated, migrated and initialised.
+            let fast = match schema::open_fast(&config) {
+                Ok(fast) => fast,
+                Err(e) => {
+                    rt.block_on(async {
+                        tokio::select! {
+                            _ = opened.conn.close() => {},
+                            () = watch::crashed(token) => {},
+                        }
+                    });
+                    watch::leave(token);
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
             let writer = Writer {
                 conn: opened.conn,
+                fast: Some(fast),
                 cipher: opened.cipher,
                 breaker,
                 max_batches: config.max_batches_per_commit.max(1),
+                stmts: Vec::new(),
             };
             if ready_tx.send(Ok(info)).is_err() {
                 // The caller gave up waiting.
+                drop(writer.fast);
                 rt.block_on(async {
                     tokio::select! {
                         _ = writer.conn.close() => {},
@@ -158,14 +185,8 @@ pub(crate) fn spawn(
 /// Longest a round of nothing but inbox removals waits for company (see the module docs).
 pub(crate) const REMOVAL_DELAY: Duration = Duration::from_millis(5);
 
-/// Most statements in one query of the fast path. sqlx caches a prepared statement per
-/// distinct query text (100 texts per connection), so the common shapes of a transaction —
-/// a send's advance, inbox entry and Sg, with or without removals — are parsed once; a long
-/// transaction is cut into queries of at most this many statements (at batch boundaries),
-/// which bounds the memory of that cache.
-const MAX_STATEMENTS_PER_QUERY: usize = 32;
-
-/// How long the writer keeps polling a query it is waiting for before it parks.
+/// How long the writer, its queue empty, keeps polling it before it parks (so that a sender
+/// need not wake it for the next batch).
 const SPIN: Duration = Duration::from_micros(SPIN_MICROS);
 const SPIN_MICROS: u64 = 100;
 
@@ -214,10 +235,16 @@ impl Pending {
 }
 
 struct Writer {
+    /// The sqlx connection: the slow path, reads, rotation (see the module docs).
     conn: SqliteConnection,
+    /// The fast path's connection; `None` after it panicked (then every group takes the slow
+    /// path, see [`Writer::try_fast`]).
+    fast: Option<rusqlite::Connection>,
     cipher: CellCipher,
     breaker: Arc<Breaker>,
     max_batches: usize,
+    /// The statements of the group being committed (kept for their allocation).
+    stmts: Vec<Stmt>,
 }
 
 impl Writer {
@@ -294,7 +321,12 @@ impl Writer {
         while let Ok(req) = rx.try_recv() {
             fail_request(req, &StorageError::Closed);
         }
-        let closed = self.conn.close().await.map_err(|e| sql_error("close", &e));
+        // The fast connection first: the last connection to close checkpoints the log.
+        let fast_closed = match self.fast.take().map(rusqlite::Connection::close) {
+            Some(Err((_, e))) => Err(db::rusqlite_error("close the fast-path connection", &e)),
+            _ => Ok(()),
+        };
+        let closed = self.conn.close().await.map_err(|e| sql_error("close", &e)).and(fast_closed);
         if let Some(reply) = close_reply {
             let _ = reply.send(closed);
         } else if let Err(e) = closed {
@@ -337,7 +369,7 @@ impl Writer {
     /// One transaction for the whole group. `Err` means nothing of the group was applied.
     async fn try_commit(&mut self, group: &[Pending]) -> Result<Vec<Result<(), StorageError>>, StorageError> {
         let now = unix_now();
-        match self.try_fast(group, now).await {
+        match self.try_fast(group, now) {
             Fast::Committed => return Ok(group.iter().map(|_| Ok(())).collect()),
             Fast::Failed(e) => return Err(e),
             Fast::NotTaken => {}
@@ -346,55 +378,51 @@ impl Writer {
     }
 
     /// The fast path: the whole transaction — `BEGIN IMMEDIATE`, every statement of every
-    /// batch, `COMMIT` — as one query with bound parameters (several for a long transaction,
-    /// see [`MAX_STATEMENTS_PER_QUERY`]), so one round trip to SQLite's worker thread instead
-    /// of one per statement, and a prepared statement that sqlx caches for the next
-    /// transaction of the same shape. Writes that a later write of the same transaction
+    /// batch, `COMMIT` — on the rusqlite connection, on this thread, with bound parameters
+    /// and statements prepared once (the connection caches every statement text, see
+    /// `schema::FAST_STATEMENT_CACHE`). Writes that a later write of the same transaction
     /// replaces are left out (see [`superseded`]): the transaction commits whole or not at
     /// all, so nobody could see them. When a batch cannot be written (a constraint or a
     /// value out of range) the transaction is rolled back and the group goes to the slow
-    /// path, which isolates that batch.
-    async fn try_fast(&mut self, group: &[Pending], now: i64) -> Fast {
+    /// path, which isolates that batch; any other failure fails the group.
+    ///
+    /// A panic in here (a bug, in rusqlite or ours) is caught: the group fails, the fast
+    /// connection is dropped (closing it rolls back a transaction it left open), and every
+    /// later group takes the slow path on the sqlx connection.
+    fn try_fast(&mut self, group: &[Pending], now: i64) -> Fast {
+        let Some(conn) = self.fast.as_ref() else { return Fast::NotTaken };
         let skip = superseded(group);
-        let mut queries: Vec<(String, SqliteArguments, usize)> = Vec::new();
-        let mut sql = String::from("BEGIN IMMEDIATE;");
-        let mut args = SqliteArguments::default();
-        let mut count = 0usize;
-        let mut stmts = Vec::new();
+        let stmts = &mut self.stmts;
+        stmts.clear();
         for (b, p) in group.iter().enumerate() {
-            stmts.clear();
             for (i, op) in p.ops.iter().enumerate() {
-                if skip.contains(&(b, i)) {
-                    continue;
-                }
-                if db::statements(&self.cipher, op, now, &mut stmts).is_err() {
+                if !skip.contains(&(b, i)) && db::statements(&self.cipher, op, now, stmts).is_err() {
                     return Fast::NotTaken;
                 }
             }
-            if count > 0 && count + stmts.len() > MAX_STATEMENTS_PER_QUERY {
-                queries.push((std::mem::take(&mut sql), std::mem::take(&mut args), count));
-                count = 0;
-            }
-            for stmt in &stmts {
-                if stmt.append_to(&mut sql, &mut args).is_err() {
-                    return Fast::NotTaken;
-                }
-            }
-            count += stmts.len();
         }
-        sql.push_str("COMMIT;");
-        queries.push((sql, args, count));
-        for (sql, args, count) in queries {
-            let q = sqlx::query_with(sqlx::AssertSqlSafe(sql), args).persistent(count <= MAX_STATEMENTS_PER_QUERY);
-            if let Err(e) = (Spin { fut: Box::pin(q.execute(&mut self.conn)), until: None }).await {
-                // A statement before COMMIT failed: the transaction is still open.
-                if let Err(r) = sqlx::raw_sql("ROLLBACK").execute(&mut self.conn).await {
-                    tracing::debug!(error = %r, "rollback after a failed fast-path transaction");
-                }
-                return if db::is_constraint(&e) { Fast::NotTaken } else { Fast::Failed(sql_error("transaction", &e)) };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match write_fast(conn, stmts) {
+            Ok(()) => Fast::Committed,
+            // A statement before COMMIT, or COMMIT, failed: the transaction may be open.
+            Err((what, e)) => match roll_back(conn) {
+                Err(r) => Fast::Failed(db::rusqlite_error("transaction: rollback", &r)),
+                Ok(()) if db::is_rusqlite_constraint(&e) => Fast::NotTaken,
+                Ok(()) => Fast::Failed(db::rusqlite_error(&format!("transaction: {what}"), &e)),
+            },
+        }));
+        stmts.clear();
+        match outcome {
+            Ok(fast) => fast,
+            Err(_) => {
+                tracing::error!("the storage writer's fast path panicked; every later transaction takes the slow path");
+                self.fast = None;
+                Fast::Failed(StorageError::Backend(
+                    "the storage writer's fast path failed unexpectedly (a bug; the panic is logged): this group \
+                     was not written; later ones are written through the slow path"
+                        .into(),
+                ))
             }
         }
-        Fast::Committed
     }
 
     /// The slow path: bound parameters, and a savepoint per batch when there are several.
@@ -499,6 +527,34 @@ fn superseded(group: &[Pending]) -> std::collections::HashSet<(usize, usize)> {
     skip
 }
 
+/// Runs one transaction of `stmts` on the fast connection. On `Err` (what failed, and why) the
+/// transaction may still be open: see [`roll_back`].
+fn write_fast(conn: &rusqlite::Connection, stmts: &[Stmt]) -> Result<(), (&'static str, rusqlite::Error)> {
+    // A transaction left open by an earlier failure whose rollback failed too.
+    roll_back(conn).map_err(|e| ("rollback of an earlier transaction", e))?;
+    run_cached(conn, "BEGIN IMMEDIATE").map_err(|e| ("begin", e))?;
+    for stmt in stmts {
+        conn.prepare_cached(stmt.sql)
+            .and_then(|mut s| s.execute(rusqlite::params_from_iter(&stmt.args)))
+            .map_err(|e| (stmt.what, e))?;
+    }
+    #[cfg(test)]
+    if tests::PANIC_BEFORE_COMMIT.with(std::cell::Cell::take) {
+        panic!("a panic in the fast path, with its transaction open (injected by a test)");
+    }
+    run_cached(conn, "COMMIT").map_err(|e| ("commit", e))
+}
+
+/// Rolls back the fast connection's open transaction, if it has one (SQLite itself rolls
+/// back after some errors: a full disk, an I/O error).
+fn roll_back(conn: &rusqlite::Connection) -> Result<(), rusqlite::Error> {
+    if conn.is_autocommit() { Ok(()) } else { run_cached(conn, "ROLLBACK") }
+}
+
+fn run_cached(conn: &rusqlite::Connection, sql: &str) -> Result<(), rusqlite::Error> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 fn fail_request(req: Request, e: &StorageError) {
     match req {
         Request::Apply { done, .. } => done.complete(Err(e.clone())),
@@ -536,6 +592,67 @@ mod tests {
     use mfp_runtime::storage::{StorageOp, Ticket};
 
     use super::{Pending, WriteOp, superseded};
+
+    thread_local! {
+        /// Makes the next fast transaction of this thread panic before its COMMIT.
+        pub(super) static PANIC_BEFORE_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn a_panic_in_the_fast_path_fails_its_group_and_later_groups_take_the_slow_path() {
+        use std::sync::Arc;
+
+        use mfp_core::RuntimeId;
+        use mfp_runtime::storage::{MetaRow, StorageError};
+
+        use crate::breaker::Breaker;
+        use crate::{MasterKey, StorageConfig, schema};
+
+        let dir = std::env::temp_dir().join(format!("mfp-storage-fast-panic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = StorageConfig::new(dir.join("p.db"), MasterKey::generate().unwrap());
+        let meta = |counter| {
+            let row = MetaRow {
+                identity: RuntimeId::from_bytes([3; 32]),
+                deployment_id: vec![1],
+                instance_id: vec![2],
+                agent_counter: counter,
+            };
+            vec![WriteOp::Runtime(StorageOp::Meta(row))]
+        };
+        async fn commit(writer: &mut super::Writer, ops: Vec<WriteOp>) -> Result<(), StorageError> {
+            let (done, ticket) = Ticket::pending();
+            writer.commit_group(vec![Pending { ops, done }]).await;
+            ticket.wait()
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async {
+            let opened = schema::open_database(&config).await.unwrap();
+            let mut writer = super::Writer {
+                conn: opened.conn,
+                fast: Some(schema::open_fast(&config).unwrap()),
+                cipher: opened.cipher,
+                breaker: Arc::new(Breaker::new(config.breaker)),
+                max_batches: 64,
+                stmts: Vec::new(),
+            };
+            PANIC_BEFORE_COMMIT.with(|p| p.set(true));
+            let failed = commit(&mut writer, meta(1)).await;
+            assert!(matches!(&failed, Err(StorageError::Backend(m)) if m.contains("fast path")), "{failed:?}");
+            assert!(writer.fast.is_none(), "the fast connection is dropped");
+            assert_eq!(
+                writer.load().await.unwrap().and_then(|s| s.meta),
+                None,
+                "nothing of the failed group was written"
+            );
+            // The slow path can write: the dropped connection's open transaction is gone.
+            commit(&mut writer, meta(7)).await.unwrap();
+            assert_eq!(writer.load().await.unwrap().and_then(|s| s.meta).map(|m| m.agent_counter), Some(7));
+            sqlx::Connection::close(writer.conn).await.unwrap();
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn batch(ops: Vec<StorageOp>) -> Pending {
         let (done, _ticket) = Ticket::pending();

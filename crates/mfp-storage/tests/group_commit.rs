@@ -105,6 +105,9 @@ fn a_failing_batch_in_a_group_fails_alone_and_leaves_nothing() {
     }
     let stats = storage.stats();
     assert_eq!((stats.batches_committed, stats.batches_failed), (1 + 52, 8));
+    // A constraint fails its batch, not the transaction: the fast path rolls back and the
+    // slow path isolates the batch.
+    assert_eq!(stats.failed_transactions, 0, "{stats:?}");
     assert!(stats.commits < 50, "{stats:?}");
     let s = storage.load().unwrap().unwrap();
     assert_eq!(s.agents.len(), 3, "no agent of a failed batch was stored");

@@ -105,6 +105,46 @@ fn every_op_kind_matches_memory_storage() {
 }
 
 #[test]
+fn a_group_of_every_op_kind_is_read_back_exactly() {
+    // Queued without waiting for each other, the batches share transactions: the writer's
+    // fast path writes them, leaving out the writes a later one of the same group replaces.
+    let dir = TempDir::new("group-roundtrip");
+    let path = dir.file("g.db");
+    let k = key(7);
+    let memory = MemoryStorage::new();
+    let sqlite = SqliteStorage::open(config(&path, &k)).unwrap();
+    let mut all = batches();
+    // Delivered messages, some of them handled, on a channel that stays open.
+    let messages = vec![
+        vec![advance(11, 3), delivery(11, 3, 2, 3, b"first"), StorageOp::Sg(Some(state(200)))],
+        vec![advance(11, 4), delivery(11, 4, 3, 2, &[0u8, 0xff, 7]), StorageOp::Sg(Some(state(201)))],
+        vec![StorageOp::AckDelivery { channel: channel_id(11), step: 3 }],
+        vec![advance(11, 5), delivery(11, 5, 2, 3, &[0x42; 300]), StorageOp::Sg(Some(state(202)))],
+    ];
+    all.splice(9..9, messages);
+    let count = all.len() as u64;
+    let tickets: Vec<_> = all
+        .into_iter()
+        .map(|batch| {
+            memory.apply(batch.clone()).wait().unwrap();
+            sqlite.apply(batch)
+        })
+        .collect();
+    for (i, t) in tickets.into_iter().enumerate() {
+        t.wait().unwrap_or_else(|e| panic!("batch {i}: {e}"));
+    }
+    let stats = sqlite.stats();
+    assert_eq!((stats.batches_committed, stats.batches_failed), (count, 0));
+    assert!(stats.commits < count, "the batches shared transactions: {stats:?}");
+    let expected = memory.load().unwrap();
+    let deliveries = &expected.as_ref().unwrap().deliveries;
+    assert_eq!(deliveries.iter().map(|d| d.step).collect::<Vec<_>>(), vec![4, 5], "the test's own premise");
+    assert_eq!(sqlite.load().unwrap(), expected);
+    sqlite.close().unwrap();
+    assert_eq!(inspect(&path, &k).unwrap().snapshot, expected);
+}
+
+#[test]
 fn awkward_text_round_trips() {
     let dir = TempDir::new("text");
     let path = dir.file("t.db");
