@@ -138,6 +138,10 @@ fn markdown(m: &Value, p: Option<&Value>) -> String {
                 "| raw SQLite floor, `{durability}`, transactions of {floor} messages (msg/s) | {} | | | |\n",
                 fmt(num(m, &["persistent_send_64", durability, "raw_sqlite_floor", floor, "msgs_per_s"]), "")
             ));
+            out.push_str(&format!(
+                "| raw SQLite floor through rusqlite (as the writer writes), `{durability}`, transactions of {floor} messages (msg/s) | {} | | | |\n",
+                fmt(num(m, &["persistent_send_64", durability, "raw_sqlite_floor_rusqlite", floor, "msgs_per_s"]), "")
+            ));
         }
         for (label, key) in [
             ("1 blocking sender", "1_blocking_senders"),
@@ -147,10 +151,11 @@ fn markdown(m: &Value, p: Option<&Value>) -> String {
             let row = |k: &str| num(m, &["persistent_send_64", durability, key, k]);
             let rate = row("msgs_per_s");
             out.push_str(&format!(
-                "| persistent send (SQLite, encrypted), `{durability}`, {label}, 64 B (msg/s; share of its floor, batch {}) | {} ({}) | {} | {} | |\n",
+                "| persistent send (SQLite, encrypted), `{durability}`, {label}, 64 B (msg/s; share of its floor, batch {}: sqlx / rusqlite) | {} ({} / {}) | {} | {} | |\n",
                 fmt(row("floor_batch"), ""),
                 fmt(rate, ""),
                 fmt(row("ratio_to_floor").map(|r| r * 100.0), "%"),
+                fmt(row("ratio_to_rusqlite_floor").map(|r| r * 100.0), "%"),
                 fmt(psql, ""),
                 fmt(ratio(rate, psql), "×")
             ));
