@@ -16,8 +16,11 @@
 //!   channel.
 //!
 //! The transport (the `mfp-federation` crate, or a test's in-process loopback) implements
-//! [`Transport`] and drives the runtime through a [`RemoteHandle`]: [`RemoteHandle::ingest`]
-//! for inbound messages, [`RemoteHandle::acknowledge`] when the peer confirms messages,
+//! [`Transport`], is attached with [`crate::Runtime::attach_transport`] (every peer) or
+//! [`crate::Runtime::attach_transport_for`] (some peers: several transports may serve one
+//! runtime, one per peer), and drives the runtime through a [`RemoteHandle`]:
+//! [`RemoteHandle::ingest`] for inbound messages ([`RemoteHandle::try_ingest`] on an I/O
+//! task, when it can finish at once), [`RemoteHandle::acknowledge`] when the peer confirms messages,
 //! [`RemoteHandle::unacknowledged`] to send the log again after a reconnect,
 //! [`RemoteHandle::positions`] for the position exchange, [`RemoteHandle::establish`] once
 //! both runtimes agreed on a channel.
