@@ -184,9 +184,15 @@ fn check_run(side: &mut Side, lines: &[String], channel: &mut Option<ChannelId>)
     // A node killed before it printed anything about the channel (b, killed between
     // storing the channel or a message and its first line) still has it in its store; the
     // other node's OPENED line may not have been read yet: learn the channel from the store,
-    // so what it holds (its inbox) is checked against the next run.
+    // so what it holds (its inbox) is checked against the next run. Only a channel that
+    // carried a message: b may also hold channels a asked for but never learnt were
+    // accepted (a was killed, or its request timed out, before the answer came; a then
+    // opened another), and nothing is ever sent on those.
     if channel.is_none()
-        && let Some([only]) = snapshot.as_ref().map(|s| s.remote_channels.as_slice())
+        && let Some([only]) = snapshot
+            .as_ref()
+            .map(|s| s.remote_channels.iter().filter(|r| r.tx.step > 0 || r.rx.step > 0).collect::<Vec<_>>())
+            .as_deref()
     {
         *channel = Some(only.id);
     }
