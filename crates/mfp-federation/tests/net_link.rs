@@ -21,12 +21,16 @@ fn down_reason(ev: &NetEvent) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_comes_up_outlives_the_idle_timeout_and_closes_on_shutdown() {
-    let mut p = Pair::up(cfg(1)).await;
+    // The listener's idle timeout is 1.5 s, fifteen keepalive periods: the session
+    // survives a stall of the process of more than a second.
+    let mut c = cfg(1);
+    c.session.idle_timeout = Duration::from_millis(1500);
+    let mut p = Pair::up(c).await;
     let (l, h) = p.handles();
     assert_eq!(l.runtime(), p.high.runtime);
     assert_eq!(p.ln.local_runtime(), p.low.runtime);
-    // Three idle timeouts (500 ms) pass: keepalives every 100 ms keep the session.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Three idle timeouts pass: keepalives every 100 ms keep the session.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     p.assert_alive().await;
     assert_eq!(l.stats().sessions, 1);
     assert_eq!(p.ln.stats().snapshot().sessions_active, 1);

@@ -62,6 +62,15 @@ fn restart_restores_identity_agents_channels_and_steps() {
     assert_eq!(store.load().unwrap().unwrap().channels[0].step, 4);
 }
 
+/// Waits (bounded) until every handled message's removal from the stored inbox is written.
+fn wait_inbox_written(store: &MemoryStorage) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !store.load().unwrap().unwrap().deliveries.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the inbox removals were not written within 10 s");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn a_failed_write_fails_the_send_and_moves_nothing() {
     let store = MemoryStorage::new();
@@ -71,6 +80,11 @@ fn a_failed_write_fails_the_send_and_moves_nothing() {
     let bob = rt.bind(inbox.handler()).unwrap();
     let ch = rt.establish_channel(&alice.id(), &bob.id()).unwrap();
     assert_eq!(alice.send(ch, b"one").unwrap().step, 0);
+    // The removal of a handled message from the inbox is a batch of its own, submitted
+    // after the handler returned: it must be written before the failure is armed, or it
+    // takes the failure meant for the next send.
+    inbox.wait_for(1);
+    wait_inbox_written(&store);
     store.fail_next(1);
     let err = alice.send(ch, b"lost").unwrap_err();
     assert!(matches!(err, Error::Storage(StorageError::Backend(_))), "{err:?}");
@@ -80,7 +94,8 @@ fn a_failed_write_fails_the_send_and_moves_nothing() {
     let got = inbox.wait_for(2);
     assert_eq!(got.iter().map(|m| m.payload.clone()).collect::<Vec<_>>(), vec![b"one".to_vec(), b"two".to_vec()]);
     assert_eq!(store.load().unwrap().unwrap().channels[0].step, 2);
-    // Administrative operations fail closed too.
+    // Administrative operations fail closed too (once the removal of "two" is written).
+    wait_inbox_written(&store);
     store.fail_next(1);
     assert!(matches!(rt.establish_channel(&alice.id(), &bob.id()), Err(Error::Storage(_))));
     assert_eq!(rt.channel_count(), 1);

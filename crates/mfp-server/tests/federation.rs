@@ -141,6 +141,9 @@ fn two_servers_federate_with_a_configured_channel() {
     b.find_or_wait("federation channel restored from storage");
     b.find_or_wait("INFO mfp_server::server: ready");
     let b_http = b.addr("http listener bound");
+    // The link first: a send that keeps finding it down while it is redialled counts
+    // toward the peer's circuit breaker, which a loaded machine let open.
+    metrics_until(&b.addr("admin listener bound"), |m| metric(m, "mfp_federation_links_up") == 1);
     let out = http(
         &b_http,
         "POST",

@@ -28,8 +28,11 @@ fn crash_once(durability: &str) {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut acked = 0u64;
     let start = Instant::now();
-    // Let it commit for a while, then kill it without warning.
-    while start.elapsed() < Duration::from_millis(400) {
+    // Let it commit for a while (at least 400 ms, and until it acknowledged more than ten
+    // batches: on a loaded machine its start alone may take longer), then kill it without
+    // warning.
+    while acked <= 10 || start.elapsed() < Duration::from_millis(400) {
+        assert!(start.elapsed() < Duration::from_secs(60), "the child acknowledged {acked} batches in 60 s");
         match lines.next() {
             Some(Ok(line)) => {
                 if let Some(step) = line.strip_prefix("ACK ") {

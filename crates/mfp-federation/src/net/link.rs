@@ -221,8 +221,8 @@ impl PeerSlot {
                 Ok(done) => done,
                 Err(e) => {
                     st.carry = Some(carry);
-                    drop(st);
                     self.set_down();
+                    drop(st);
                     return Err((InstallError::Handshake(e), events));
                 }
             },
@@ -238,16 +238,19 @@ impl PeerSlot {
             Err(refused) => {
                 let (why, carry) = *refused;
                 st.carry = Some(carry);
-                drop(st);
                 self.set_down();
+                drop(st);
                 return Err((InstallError::Session(why), events));
             }
         }
-        drop(st);
+        // Counted and announced under the lock, as the replacement and the release that
+        // undo them are: a concurrent install replacing this session must find it counted
+        // (the count saturates at 0), and a release's Down must not land after this Up.
         self.up.send_replace(true);
         NetStats::inc(&shared.stats.sessions_established);
         NetStats::inc(&shared.stats.sessions_active);
         NetStats::inc(&self.counters.sessions);
+        drop(st);
         events.push(NetEvent::Up { peer: self.runtime });
         Ok(Installed { conn, wake, first_out, events })
     }
@@ -270,9 +273,9 @@ impl PeerSlot {
         if let Some(session) = st.session.take() {
             st.carry = Some(glue::retire(session));
         }
-        drop(st);
         NetStats::dec(&shared.stats.sessions_active);
         self.set_down();
+        drop(st);
         true
     }
 }

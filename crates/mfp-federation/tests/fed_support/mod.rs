@@ -52,8 +52,11 @@ impl Node {
     }
 }
 
-/// A network configuration with short keepalive, idle and backoff times, deterministic
-/// entropy from `seed`, listening on 127.0.0.1 (port 0) if `listen`.
+/// A network configuration with short keepalive and backoff times, deterministic entropy
+/// from `seed`, listening on 127.0.0.1 (port 0) if `listen`. The idle timeout is long
+/// (10 s): both runtimes share the test's process, and a stall of it on a loaded machine
+/// must not take the link down (the senders would then open the peer's breaker); these
+/// tests take links down by shutting a side down.
 pub(crate) fn net(seed: u64, listen: bool) -> NetConfig {
     let mut c = NetConfig::default();
     if listen {
@@ -61,7 +64,7 @@ pub(crate) fn net(seed: u64, listen: bool) -> NetConfig {
     }
     c.session = SessionConfig {
         keepalive: Duration::from_millis(200),
-        idle_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(10),
         ..SessionConfig::default()
     };
     c.dial_backoff_initial = Duration::from_millis(20);
