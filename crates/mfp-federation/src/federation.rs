@@ -734,11 +734,25 @@ const BREAKER_TRIALS: u32 = 3;
 /// Successful trials that close it.
 const BREAKER_SUCCESSES: u32 = 2;
 
+/// Failures of a closed breaker closer together than this count once: a send waiting for
+/// the link tries again every few milliseconds, and a reconnect of a few hundred
+/// milliseconds must not open the breaker by itself (five failures take four seconds).
+const BREAKER_FAILURE_SPACING: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, Copy)]
 enum BreakerState {
-    Closed { failures: u32 },
-    Open { until: std::time::Instant },
-    HalfOpen { trials: u32, successes: u32 },
+    /// `last`: when the latest failure counted.
+    Closed {
+        failures: u32,
+        last: Option<std::time::Instant>,
+    },
+    Open {
+        until: std::time::Instant,
+    },
+    HalfOpen {
+        trials: u32,
+        successes: u32,
+    },
 }
 
 /// A peer's circuit breaker: a send that finds the link down is a failure, one that finds
@@ -751,7 +765,7 @@ struct Breaker {
 
 impl Breaker {
     fn new(cool_down: Duration) -> Self {
-        Self { cool_down, state: Mutex::new(BreakerState::Closed { failures: 0 }) }
+        Self { cool_down, state: Mutex::new(BreakerState::Closed { failures: 0, last: None }) }
     }
 
     /// Whether a send may try now.
@@ -777,11 +791,18 @@ impl Breaker {
         let mut st = self.state.lock();
         let open = BreakerState::Open { until: now + self.cool_down };
         let (next, opened) = match (*st, ok) {
-            (BreakerState::Closed { .. }, true) => (BreakerState::Closed { failures: 0 }, false),
-            (BreakerState::Closed { failures }, false) if failures + 1 >= BREAKER_FAILURES => (open, true),
-            (BreakerState::Closed { failures }, false) => (BreakerState::Closed { failures: failures + 1 }, false),
+            (BreakerState::Closed { .. }, true) => (BreakerState::Closed { failures: 0, last: None }, false),
+            (s @ BreakerState::Closed { last: Some(last), .. }, false)
+                if now.saturating_duration_since(last) < BREAKER_FAILURE_SPACING =>
+            {
+                (s, false)
+            }
+            (BreakerState::Closed { failures, .. }, false) if failures + 1 >= BREAKER_FAILURES => (open, true),
+            (BreakerState::Closed { failures, .. }, false) => {
+                (BreakerState::Closed { failures: failures + 1, last: Some(now) }, false)
+            }
             (BreakerState::HalfOpen { successes, .. }, true) if successes + 1 >= BREAKER_SUCCESSES => {
-                (BreakerState::Closed { failures: 0 }, false)
+                (BreakerState::Closed { failures: 0, last: None }, false)
             }
             (BreakerState::HalfOpen { trials, successes }, true) => {
                 (BreakerState::HalfOpen { trials, successes: successes + 1 }, false)
@@ -1803,10 +1824,17 @@ mod tests {
     fn the_breaker_opens_after_five_failures_and_closes_after_two_good_trials() {
         let t0 = std::time::Instant::now();
         let b = Breaker::new(Duration::from_secs(30));
-        for i in 0..BREAKER_FAILURES {
+        // Failures closer together than the spacing count once.
+        for _ in 0..20 {
             assert!(b.admit(t0));
-            assert_eq!(b.record(false, t0), i + 1 == BREAKER_FAILURES, "failure {i}");
+            assert!(!b.record(false, t0 + Duration::from_millis(100)), "retries of one wait open nothing");
         }
+        for i in 1..BREAKER_FAILURES {
+            let t = t0 + BREAKER_FAILURE_SPACING * (i + 1);
+            assert!(b.admit(t));
+            assert_eq!(b.record(false, t), i + 1 == BREAKER_FAILURES, "failure {i}");
+        }
+        let t0 = t0 + BREAKER_FAILURE_SPACING * BREAKER_FAILURES;
         assert!(!b.admit(t0 + Duration::from_secs(29)), "open: refused without trying");
         // Half-open after the cool-down: three trials at most.
         let t1 = t0 + Duration::from_secs(30);
@@ -1819,20 +1847,22 @@ mod tests {
             assert!(b.admit(t1));
         }
         // A success resets the count of consecutive failures.
-        for _ in 0..BREAKER_FAILURES - 1 {
-            b.record(false, t1);
+        for i in 0..BREAKER_FAILURES - 1 {
+            b.record(false, t1 + BREAKER_FAILURE_SPACING * i);
         }
-        b.record(true, t1);
-        assert!(!b.record(false, t1), "one failure after a success does not open it");
+        let t2 = t1 + BREAKER_FAILURE_SPACING * BREAKER_FAILURES;
+        b.record(true, t2);
+        assert!(!b.record(false, t2), "one failure after a success does not open it");
     }
 
     #[test]
     fn a_failed_trial_reopens_the_breaker() {
         let t0 = std::time::Instant::now();
         let b = Breaker::new(Duration::from_secs(1));
-        for _ in 0..BREAKER_FAILURES {
-            b.record(false, t0);
+        for i in 0..BREAKER_FAILURES {
+            b.record(false, t0 + BREAKER_FAILURE_SPACING * i);
         }
+        let t0 = t0 + BREAKER_FAILURE_SPACING * (BREAKER_FAILURES - 1);
         let t1 = t0 + Duration::from_secs(1);
         assert!(b.admit(t1));
         assert!(b.record(false, t1), "the failed trial reopens it");
