@@ -295,6 +295,17 @@ pub enum StorageOp {
         /// Step the message was sent at.
         step: u64,
     },
+    /// The message `message_id` stored for `channel` at `step` leaves the inbox, whatever
+    /// else of that step is stored (a received cross-runtime message whose commit is taken
+    /// back; removing a message that is not stored is not an error).
+    RemoveDelivery {
+        /// Channel.
+        channel: ChannelId,
+        /// Step the message was sent at.
+        step: u64,
+        /// The message.
+        message_id: MessageId,
+    },
     /// Insert or replace a cross-runtime channel. [`StorageOp::ChannelStatus`],
     /// [`StorageOp::ChannelFailures`] and [`StorageOp::CloseChannel`] apply to these too
     /// (closing wipes both chains and drops the channel's outbound log).
@@ -652,6 +663,9 @@ impl Storage for MemoryStorage {
                         (d.channel, d.step, seq)
                     });
                     s.deliveries.insert(key, d);
+                }
+                StorageOp::RemoveDelivery { channel, step, message_id } => {
+                    s.deliveries.retain(|(ch, st, _), d| *ch != channel || *st != step || d.message_id != message_id);
                 }
                 StorageOp::AckDelivery { channel, step } => {
                     let oldest =

@@ -537,6 +537,11 @@ pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut 
             "DELETE FROM inbox WHERE id = (SELECT min(id) FROM inbox WHERE channel_id = ? AND step = ?)",
             vec![blob(channel.as_bytes()), Val::Int(range(*step, "inbox", "step")?)],
         )),
+        WriteOp::Runtime(StorageOp::RemoveDelivery { channel, step, message_id }) => out.push(Stmt::new(
+            "remove a message taken back",
+            "DELETE FROM inbox WHERE channel_id = ? AND step = ? AND message_id = ?",
+            vec![blob(channel.as_bytes()), Val::Int(range(*step, "inbox", "step")?), blob(message_id.as_bytes())],
+        )),
         WriteOp::Runtime(StorageOp::RemoteReset { id, reset }) => out.push(Stmt::new(
             "store the reset id of a cross-runtime channel",
             "UPDATE remote_channels SET reset_id = ?, updated_at = ? WHERE channel_id = ? AND status <> 'closed'",
@@ -785,6 +790,7 @@ fn op_name(op: &StorageOp) -> &'static str {
         StorageOp::Sg(_) => "Sg",
         StorageOp::PutDelivery(_) => "PutDelivery",
         StorageOp::AckDelivery { .. } => "AckDelivery",
+        StorageOp::RemoveDelivery { .. } => "RemoveDelivery",
         StorageOp::PutRemoteChannel(_) => "PutRemoteChannel",
         StorageOp::AdvanceRemoteTx { .. } => "AdvanceRemoteTx",
         StorageOp::AdvanceRemoteRx { .. } => "AdvanceRemoteRx",

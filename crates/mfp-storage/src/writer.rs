@@ -518,7 +518,9 @@ fn superseded(group: &[Pending]) -> std::collections::HashSet<(usize, usize)> {
                     }
                 }
                 // Rows of other tables, or no row at all.
-                WriteOp::Runtime(StorageOp::PutDelivery(_) | StorageOp::AckDelivery { .. }) => {}
+                WriteOp::Runtime(
+                    StorageOp::PutDelivery(_) | StorageOp::AckDelivery { .. } | StorageOp::RemoveDelivery { .. },
+                ) => {}
                 // Anything else may touch a channel row (or, for `DeleteAgent`, several).
                 _ => advance.clear(),
             }
