@@ -363,54 +363,63 @@ impl Inner {
             // Its settling would wait behind messages whose tasks may need this thread.
             return Err(Error::WouldBlock { operation });
         }
-        loop {
-            let committed = link.rx.lock().step;
-            let (expected, rewound) = {
-                let q = link.inq.lock();
-                (q.head.as_ref().map_or(committed, |h| h.step), q.rewound)
-            };
-            if header.step < committed {
-                m.remote_duplicates.inc();
-                return Ok(Opened::Done(Ingested::Duplicate { channel: channel.id, step: header.step }));
-            }
-            if header.step < expected {
-                // Again while its first copy is still committing: the answer (duplicate,
-                // or not taken) waits for that copy's outcome.
-                link.inbound_settled(wait).await?;
-                continue;
-            }
-            if header.step > expected {
-                if rewound {
-                    // A message sealed after one whose commit failed here: the peer sends
-                    // again from the failed step; not the peer's fault, not counted.
-                    return Err(reject(Error::Storage(StorageError::Backend(format!(
-                        "an earlier message of channel {} (step {expected}) failed to commit; send again from it",
-                        channel.id.short()
-                    )))));
+        let (bytes, permit, mut q) = loop {
+            loop {
+                let committed = link.rx.lock().step;
+                let (expected, rewound) = {
+                    let q = link.inq.lock();
+                    (q.head.as_ref().map_or(committed, |h| h.step), q.rewound)
+                };
+                if header.step < committed {
+                    m.remote_duplicates.inc();
+                    return Ok(Opened::Done(Ingested::Duplicate { channel: channel.id, step: header.step }));
                 }
-                let e = Error::StepMismatch { channel: channel.id, expected, got: header.step };
-                return Err(self.inbound_failure(&channel, e));
+                if header.step < expected {
+                    // Again while its first copy is still committing: the answer (duplicate,
+                    // or not taken) waits for that copy's outcome.
+                    link.inbound_settled(wait).await?;
+                    continue;
+                }
+                if header.step > expected {
+                    if rewound {
+                        // A message sealed after one whose commit failed here: the peer sends
+                        // again from the failed step; not the peer's fault, not counted.
+                        return Err(reject(Error::Storage(StorageError::Backend(format!(
+                            "an earlier message of channel {} (step {expected}) failed to commit; send again from it",
+                            channel.id.short()
+                        )))));
+                    }
+                    let e = Error::StepMismatch { channel: channel.id, expected, got: header.step };
+                    return Err(self.inbound_failure(&channel, e));
+                }
+                break;
             }
-            break;
-        }
-        match channel.inner.lock().status {
-            ChannelStatus::Active => {}
-            ChannelStatus::Quarantined => return Err(reject(Error::ChannelQuarantined(channel.id))),
-            ChannelStatus::Closed => return Err(reject(Error::ChannelClosed(channel.id))),
-        }
-        // Room in the recipient's mailbox first, so that nothing can fail after the commit.
-        let plain_len = (header.payload_len as usize).saturating_sub(TAG_SIZE);
-        let deadline = self.clock.now() + self.config.pipeline_timeout;
-        // Not counted as a refusal when the caller could not wait: it tries again, waiting.
-        let (bytes, permit) = self
-            .reserve_mailbox(&recipient, plain_len, deadline, wait)
-            .await
-            .map_err(|e| if matches!(e, Error::WouldBlock { .. }) { e } else { reject(e) })?;
+            match channel.inner.lock().status {
+                ChannelStatus::Active => {}
+                ChannelStatus::Quarantined => return Err(reject(Error::ChannelQuarantined(channel.id))),
+                ChannelStatus::Closed => return Err(reject(Error::ChannelClosed(channel.id))),
+            }
+            // Room in the recipient's mailbox first, so that nothing can fail after the commit.
+            let plain_len = (header.payload_len as usize).saturating_sub(TAG_SIZE);
+            let deadline = self.clock.now() + self.config.pipeline_timeout;
+            // Not counted as a refusal when the caller could not wait: it tries again, waiting.
+            let (bytes, permit) = self
+                .reserve_mailbox(&recipient, plain_len, deadline, wait)
+                .await
+                .map_err(|e| if matches!(e, Error::WouldBlock { .. }) { e } else { reject(e) })?;
+            let q = link.inq.lock();
+            if !durable || q.head.as_ref().map_or_else(|| link.rx.lock().step, |h| h.step) == header.step {
+                break (bytes, permit, q);
+            }
+            // The queue moved while the mailbox was reserved (a failed batch sent the head
+            // back): the message is looked at again.
+            drop(q);
+        };
         // VALIDATE → DECODE, at the head's step; with an accepted rotation pending (and not
         // taken by a message queued before), under the rotated chain first (the peer rotates
         // at a step of its choosing).
         let pending = link.rx_rotation.lock().clone();
-        let mut q = link.inq.lock();
+
         let open = |rx: &BilateralState, try_rotated: bool| {
             let rotated = pending.as_ref().filter(|_| try_rotated).and_then(|secret| {
                 rx.rotate(secret, &self.identity, peer).open_inbound(&header, body).ok().map(|(p, n)| (p, n, rx.step))
