@@ -365,10 +365,11 @@ impl Inner {
         }
         let (bytes, permit, mut q) = loop {
             loop {
-                let committed = link.rx.lock().step;
-                let (expected, rewound) = {
+                // Read together (the queue's lock is held while it settles).
+                let (committed, expected, rewound) = {
                     let q = link.inq.lock();
-                    (q.head.as_ref().map_or(committed, |h| h.step), q.rewound)
+                    let committed = link.rx.lock().step;
+                    (committed, q.head.as_ref().map_or(committed, |h| h.step), q.rewound)
                 };
                 if header.step < committed {
                     m.remote_duplicates.inc();
@@ -384,10 +385,7 @@ impl Inner {
                     if rewound {
                         // A message sealed after one whose commit failed here: the peer sends
                         // again from the failed step; not the peer's fault, not counted.
-                        return Err(reject(Error::Storage(StorageError::Backend(format!(
-                            "an earlier message of channel {} (step {expected}) failed to commit; send again from it",
-                            channel.id.short()
-                        )))));
+                        return Err(reject(Error::NotTaken { channel: channel.id, step: expected }));
                     }
                     let e = Error::StepMismatch { channel: channel.id, expected, got: header.step };
                     return Err(self.inbound_failure(&channel, e));
@@ -620,10 +618,7 @@ impl Inner {
                             self.requeue_acks(later.acks);
                             channel.a.mailbox_bytes.add_permits(later.bytes as usize);
                             if let Some(d) = later.done {
-                                let _ = d.send(Err(Error::Storage(StorageError::Backend(format!(
-                                    "an earlier message of channel {} (step {from}) failed to commit; nothing from it on was taken",
-                                    channel.id.short()
-                                )))));
+                                let _ = d.send(Err(Error::NotTaken { channel: channel.id, step: from }));
                             }
                         }
                         q.head = None;
@@ -632,7 +627,11 @@ impl Inner {
                         let back = link.rx.lock().clone();
                         let mut repair: Vec<StorageOp> = taken_back
                             .into_iter()
-                            .map(|(step, message_id)| StorageOp::RemoveDelivery { channel: channel.id, step, message_id })
+                            .map(|(step, message_id)| StorageOp::RemoveDelivery {
+                                channel: channel.id,
+                                step,
+                                message_id,
+                            })
                             .collect();
                         if rotation {
                             let secret = link.rx_rotation.lock().clone();

@@ -112,7 +112,8 @@ impl HeldStore {
 
     /// Steps of the committed inbox rows of `ch`.
     fn inbox_of(&self, ch: &ChannelId) -> Vec<u64> {
-        let mut v: Vec<u64> = self.0.lock().unwrap().inbox.iter().filter(|(c, ..)| c == ch).map(|(_, s, _)| *s).collect();
+        let mut v: Vec<u64> =
+            self.0.lock().unwrap().inbox.iter().filter(|(c, ..)| c == ch).map(|(_, s, _)| *s).collect();
         v.sort_unstable();
         v
     }
@@ -180,7 +181,8 @@ fn pair(store: &HeldStore) -> (Side, Side, ChannelId) {
     let b = side(b"b", Some(store.clone()));
     let (ia, ib) = (a.rt.identity(), b.rt.identity());
     let ch = ChannelId::from_bytes([7; 16]);
-    let chain = |label: u8, x: &RuntimeId, y: &RuntimeId| BilateralState::ceremonial(&State::from_bytes([label; 32]), x, y);
+    let chain =
+        |label: u8, x: &RuntimeId, y: &RuntimeId| BilateralState::ceremonial(&State::from_bytes([label; 32]), x, y);
     let (a_to_b, b_to_a) = (chain(1, &ia, &ib), chain(2, &ib, &ia));
     a.rt.remote_handle()
         .establish(
@@ -391,8 +393,9 @@ async fn a_failed_inbound_batch_in_the_middle_fails_it_and_every_later_one() {
         results.push(t.await.unwrap());
     }
     assert_eq!(results[0].as_ref().unwrap(), &Ingested::Delivered { channel: ch, step: 0 });
-    for r in &results[1..] {
-        assert!(matches!(r, Err(mfp_runtime::Error::Storage(_))), "{r:?}");
+    assert!(matches!(results[1], Err(mfp_runtime::Error::Storage(_))), "{:?}", results[1]);
+    for r in &results[2..] {
+        assert!(matches!(r, Err(mfp_runtime::Error::NotTaken { step: 1, .. })), "{r:?}");
     }
     assert_eq!(*answered.lock().unwrap(), [0], "nothing after the failure answered");
     assert_eq!(b.rt.remote_handle().recovery_point(&ch).unwrap().rx_next, 1, "the peer resends from step 1");
@@ -405,7 +408,7 @@ async fn a_failed_inbound_batch_in_the_middle_fails_it_and_every_later_one() {
     // A message sealed after the failed one is not taken (and not counted) until the
     // failed step comes again.
     let r = b.rt.remote_handle().ingest_async(&a.rt.identity(), &wires[3]).await;
-    assert!(matches!(r, Err(mfp_runtime::Error::Storage(_))), "{r:?}");
+    assert!(matches!(r, Err(mfp_runtime::Error::NotTaken { step: 1, .. })), "{r:?}");
     // The resend from the last acknowledged step goes through, in order.
     store.set_auto(true);
     for (i, w) in wires.iter().enumerate().skip(1) {
@@ -499,7 +502,7 @@ async fn random_failures(seeds: std::ops::RangeInclusive<u64>, ordered: bool) {
                 most_in_flight = most_in_flight.max(pending);
                 quiet = if pending == last { quiet + 1 } else { 0 };
                 last = pending;
-                if pending > 0 && (pending > 1 || quiet > 200) && rng.next().is_multiple_of(3) {
+                if pending > 0 && (pending > 1 || quiet > 1_000) && rng.next().is_multiple_of(3) {
                     store.complete_next(!rng.next().is_multiple_of(6));
                 } else {
                     tokio::task::yield_now().await;
@@ -510,6 +513,7 @@ async fn random_failures(seeds: std::ops::RangeInclusive<u64>, ordered: bool) {
                 match t.await.unwrap() {
                     Ok(Ingested::Delivered { .. }) => {}
                     Err(mfp_runtime::Error::Storage(_)) => failed += 1,
+                    Err(mfp_runtime::Error::NotTaken { .. }) => {}
                     other => panic!("seed {seed}: unexpected {other:?}"),
                 }
             }
@@ -518,7 +522,8 @@ async fn random_failures(seeds: std::ops::RangeInclusive<u64>, ordered: bool) {
                 store.complete_next(!rng.next().is_multiple_of(4));
             }
         }
-        assert!(most_in_flight > 1, "seed {seed}: the channel's ingests never shared the store's queue");
+        // (On several threads a seed's schedule may happen to complete each batch alone.)
+        assert!(!ordered || most_in_flight > 1, "seed {seed}: the channel's ingests never shared the store's queue");
         assert!(failed > 0, "seed {seed}: the schedule should fail some");
         // One more message, committed: it also makes good a compensation that failed.
         store.set_auto(true);
