@@ -429,6 +429,7 @@ async fn a_failed_inbound_compensation_is_made_good_by_the_next_message() {
     let answered = Arc::new(Mutex::new(Vec::new()));
     let tasks = spawn_ingests(&b, &a.rt.identity(), &wires, &answered);
     held(&store, 3, &dog).await;
+    assert!(!dog.fired(), "a channel's inbound messages were not in flight together");
     store.complete_next(false); // step 0 fails
     store.complete_next(true); // steps 1 and 2 commit in storage
     store.complete_next(true);
