@@ -301,7 +301,7 @@ impl Inner {
             Opened::Done(r) => Ok(r),
             Opened::Submitted(h) => match wait {
                 Wait::Yes => h.settle().await,
-                Wait::No(_) => h.settle_blocking(),
+                Wait::No(_) => (*h).settle_blocking(),
             },
         }
     }
@@ -1268,7 +1268,7 @@ impl InHandover {
 
     /// [`InHandover::settle`] blocking the thread (only when nothing else was queued: the
     /// message is the queue's front, settled by its own commit).
-    fn settle_blocking(mut self: Box<Self>) -> Result<Ingested> {
+    fn settle_blocking(mut self) -> Result<Ingested> {
         let outcome = self.ticket.take().map_or(Ok(()), Ticket::wait);
         self.inner.ingest_known(&self.channel, self.seq, outcome);
         let inconsistent = Error::Inconsistent { channel: self.channel.id };

@@ -40,10 +40,10 @@ fn commit(h: &mut Held, ops: Vec<StorageOp>) {
             StorageOp::AdvanceRemoteRx { id, rx } => {
                 h.rx.insert(id, rx);
             }
-            StorageOp::PutDelivery(d) => {
-                if !h.inbox.iter().any(|(c, s, m)| (*c, *s, *m) == (d.channel, d.step, d.message_id)) {
-                    h.inbox.push((d.channel, d.step, d.message_id));
-                }
+            StorageOp::PutDelivery(d)
+                if !h.inbox.iter().any(|(c, s, m)| (*c, *s, *m) == (d.channel, d.step, d.message_id)) =>
+            {
+                h.inbox.push((d.channel, d.step, d.message_id));
             }
             StorageOp::AckDelivery { channel, step } => {
                 if let Some(i) = h.inbox.iter().position(|(c, s, _)| (*c, *s) == (channel, step)) {
