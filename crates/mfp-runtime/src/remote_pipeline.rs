@@ -417,7 +417,6 @@ impl Inner {
         // taken by a message queued before), under the rotated chain first (the peer rotates
         // at a step of its choosing).
         let pending = link.rx_rotation.lock().clone();
-
         let open = |rx: &BilateralState, try_rotated: bool| {
             let rotated = pending.as_ref().filter(|_| try_rotated).and_then(|secret| {
                 rx.rotate(secret, &self.identity, peer).open_inbound(&header, body).ok().map(|(p, n)| (p, n, rx.step))
@@ -582,7 +581,10 @@ impl Inner {
                     Ok(()) => {
                         // Committed: the chain moves on, the message goes to the mailbox
                         // (in step order) and its ingest answers (then it is acknowledged).
-                        *link.rx.lock() = p.next;
+                        if ch.status != ChannelStatus::Closed {
+                            // (A closed channel's chains were wiped; they stay so.)
+                            *link.rx.lock() = p.next;
+                        }
                         if p.rotated {
                             *link.rx_rotation.lock() = None;
                             q.rotated = false;
