@@ -920,6 +920,8 @@ impl Inner {
                 log.acked = 0;
             }
             *link.rx_rotation.lock() = None;
+            // Steps start again at 0: none is waiting for a failed one any more.
+            link.inq.lock().rewound = false;
             *link.reset.lock() = Some(reset);
             // A retry of a discarded send must not be answered with the receipt of a
             // message the peer will never get: it is sent again. Receipts of messages the
