@@ -469,7 +469,10 @@ impl Inner {
             ops.extend(acks.iter().map(|&(channel, step)| StorageOp::AckDelivery { channel, step }));
             // A compensation is not known to have committed: this batch repeats it.
             ops.extend(q.repair.iter().cloned());
-            ops.push(StorageOp::AdvanceRemoteRx { id: channel.id, rx: next.clone() });
+            // Conditional: if an earlier batch of the channel fails, this one cannot commit
+            // past it (storage then holds exactly what was delivered, even if the runtime
+            // stops before its compensation is written).
+            ops.push(StorageOp::AdvanceRemoteRx { id: channel.id, rx: next.clone(), from: Some(step) });
             if rotated {
                 ops.push(StorageOp::RemoteRotation { id: channel.id, secret: None });
             }
@@ -642,7 +645,7 @@ impl Inner {
                         // Not waited for; until a batch of the channel is known to have
                         // committed after it, every batch repeats it (`repair`).
                         q.repair.extend(repair.iter().cloned());
-                        let mut ops = vec![StorageOp::AdvanceRemoteRx { id: channel.id, rx: back }];
+                        let mut ops = vec![StorageOp::AdvanceRemoteRx { id: channel.id, rx: back, from: None }];
                         ops.extend(repair);
                         drop(self.submit(ops));
                     }
@@ -893,7 +896,7 @@ impl Inner {
         if self.persisting() {
             let ops = vec![
                 StorageOp::AdvanceRemoteTx { id: *channel, tx: tx.clone() },
-                StorageOp::AdvanceRemoteRx { id: *channel, rx: rx.clone() },
+                StorageOp::AdvanceRemoteRx { id: *channel, rx: rx.clone(), from: None },
                 StorageOp::RemoteRotation { id: *channel, secret: None },
                 StorageOp::RemoteReset { id: *channel, reset },
                 StorageOp::AckOutbound { channel: *channel, next: u64::MAX },

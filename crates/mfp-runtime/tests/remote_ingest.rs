@@ -37,7 +37,7 @@ fn commit(h: &mut Held, ops: Vec<StorageOp>) {
             StorageOp::PutRemoteChannel(r) => {
                 h.rx.insert(r.id, r.rx);
             }
-            StorageOp::AdvanceRemoteRx { id, rx } => {
+            StorageOp::AdvanceRemoteRx { id, rx, .. } => {
                 h.rx.insert(id, rx);
             }
             StorageOp::PutDelivery(d)
@@ -108,6 +108,21 @@ impl HeldStore {
         while self.pending() > 0 {
             self.complete_next(true);
         }
+    }
+
+    /// For each pending batch, the step its inbound advance is conditional on (`None`: an
+    /// unconditional advance, or none).
+    fn conditions(&self) -> Vec<Option<u64>> {
+        let h = self.0.lock().unwrap();
+        h.pending
+            .iter()
+            .map(|(ops, _)| {
+                ops.iter().find_map(|op| match op {
+                    StorageOp::AdvanceRemoteRx { from, .. } => *from,
+                    _ => None,
+                })
+            })
+            .collect()
     }
 
     /// Steps of the committed inbox rows of `ch`.
@@ -347,6 +362,9 @@ async fn several_inbound_messages_of_one_channel_commit_together_and_are_deliver
     held(&store, 4, &dog).await;
     assert!(!dog.fired(), "a channel's inbound messages were not in flight together");
     assert_eq!(store.pending(), 4);
+    // Each advance is conditional on its own step: storage never commits one past a batch
+    // of the channel that failed (even if the runtime stops before its compensation).
+    assert_eq!(store.conditions(), [Some(0), Some(1), Some(2), Some(3)]);
     // Later commits seen first: nothing is delivered or answered before step 0 is settled.
     store.complete_nth(2, true);
     store.complete_nth(1, true);
