@@ -33,7 +33,8 @@ use std::time::Duration;
 
 use mfp_core::{AgentId, ChannelId, EntropySource, MAX_FRAME_DEPTH, MIN_FRAME_DEPTH, RuntimeId};
 use mfp_runtime::remote::{
-    Chains, Ingested, OutboundMessage, OutboundSlot, ReadyFuture, RemoteEnd, RemoteHandle, Transport, TransportError,
+    Chains, Ingested, OutboundMessage, OutboundSlot, PendingIngest, ReadyFuture, RemoteEnd, RemoteHandle, Transport,
+    TransportError,
 };
 use mfp_runtime::{Error as RuntimeError, Runtime};
 use parking_lot::Mutex;
@@ -1030,8 +1031,9 @@ impl InlineEvents for Inline {
 // ---- one peer's task --------------------------------------------------------------------
 
 async fn peer_task(shared: Arc<Shared>, peer: Arc<Peer>, mut rx: mpsc::Receiver<NetEvent>) {
-    // With storage, inbound messages of different channels are ingested together (their
-    // commits share transactions); a channel's own messages one after the other, in order.
+    // With storage, inbound messages are ingested together (their commits share
+    // transactions); a channel's own messages are opened one after the other, in order,
+    // and acknowledged in step order.
     // Every other event waits until the ingests in flight are done, so it sees what they
     // committed, as when everything ran in turn.
     let mut ingests = Ingests::new(shared.runtime.persisting());
@@ -1064,8 +1066,8 @@ async fn peer_task(shared: Arc<Shared>, peer: Arc<Peer>, mut rx: mpsc::Receiver<
                     return;
                 }
             },
-            (channel, result, wire) = std::future::poll_fn(|cx| ingests.poll_done(cx)), if !ingests.is_idle() => {
-                ingests.done(&shared, &peer, channel, result, &wire);
+            step = std::future::poll_fn(|cx| ingests.poll_done(cx)), if !ingests.is_idle() => {
+                ingests.done(&shared, &peer, step);
             }
             () = peer.resync_wake.notified() => {
                 let channels: Vec<ChannelId> = peer.resyncs.lock().drain().collect();
@@ -1077,21 +1079,31 @@ async fn peer_task(shared: Arc<Shared>, peer: Arc<Peer>, mut rx: mpsc::Receiver<
     }
 }
 
-/// An ingest in flight: its channel, outcome and wire message.
-type IngestOut = (ChannelId, Result<Ingested, RuntimeError>, Vec<u8>);
-type IngestFuture = std::pin::Pin<Box<dyn std::future::Future<Output = IngestOut> + Send>>;
+/// What an ingest in flight finished: opening its message (the channel's next may be
+/// opened then), or the whole ingest (its outcome).
+enum IngestStep {
+    Opened(ChannelId, Result<PendingIngest, RuntimeError>, Vec<u8>),
+    Done(ChannelId, Result<Ingested, RuntimeError>, Vec<u8>),
+}
+type IngestFuture = std::pin::Pin<Box<dyn std::future::Future<Output = IngestStep> + Send>>;
 
-/// Ingests of one peer's messages in flight on different channels (with storage).
+/// Ingests of one peer's messages in flight (with storage). A channel's messages are opened
+/// one after the other, in the order they came; each message's commit is awaited while the
+/// channel's next ones are opened, so they share transactions. The runtime settles a
+/// channel's messages in step order, and finished ingests are taken oldest first, so a
+/// channel's acknowledgements go out in step order.
 struct Ingests {
     concurrent: bool,
+    /// Oldest first.
     running: Vec<IngestFuture>,
-    /// Per channel with an ingest running: its messages that arrived since, in order.
+    /// Per channel with a message being opened: its messages that arrived since, in order.
     waiting: HashMap<ChannelId, std::collections::VecDeque<Vec<u8>>>,
     queued: usize,
 }
 
-/// Channels ingesting at once, and messages queued behind them, at most (beyond, the peer's
-/// event queue fills and the link stops reading: backpressure toward the socket).
+/// Ingests in flight, and messages queued behind a channel's opening one, at most (beyond,
+/// the peer's event queue fills and the link stops reading: backpressure toward the
+/// socket).
 const MAX_INGESTING: usize = 64;
 const MAX_QUEUED_INGESTS: usize = 1024;
 
@@ -1108,7 +1120,7 @@ impl Ingests {
         self.running.len() < MAX_INGESTING && self.queued < MAX_QUEUED_INGESTS
     }
 
-    /// Starts the ingest of `wire`, or queues it behind its channel's running one.
+    /// Starts opening `wire`, or queues it behind its channel's message being opened.
     fn push(&mut self, shared: &Arc<Shared>, peer: &Arc<Peer>, wire: Vec<u8>) {
         let channel = wire
             .get(16..32)
@@ -1120,40 +1132,51 @@ impl Ingests {
             return;
         }
         self.waiting.insert(channel, std::collections::VecDeque::new());
-        self.start(shared, peer, channel, wire);
+        self.open(shared, peer, channel, wire);
     }
 
-    fn start(&mut self, shared: &Arc<Shared>, peer: &Arc<Peer>, channel: ChannelId, wire: Vec<u8>) {
+    fn open(&mut self, shared: &Arc<Shared>, peer: &Arc<Peer>, channel: ChannelId, wire: Vec<u8>) {
         let (shared, peer) = (Arc::clone(shared), Arc::clone(peer));
         self.running.push(Box::pin(async move {
-            let r = shared.runtime.ingest_async(&peer.runtime, &wire).await;
-            (channel, r, wire)
+            let r = shared.runtime.open_ingest_async(&peer.runtime, &wire).await;
+            IngestStep::Opened(channel, r, wire)
         }));
     }
 
-    /// The next finished ingest.
-    fn poll_done(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<IngestOut> {
+    /// The oldest finished step.
+    fn poll_done(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<IngestStep> {
         for i in 0..self.running.len() {
             if let Some(f) = self.running.get_mut(i)
                 && let std::task::Poll::Ready(out) = f.as_mut().poll(cx)
             {
-                drop(self.running.swap_remove(i));
+                drop(self.running.remove(i));
                 return std::task::Poll::Ready(out);
             }
         }
         std::task::Poll::Pending
     }
 
-    /// After an ingest: its acknowledgement (or resend request), then the channel's next.
-    fn done(
-        &mut self,
-        shared: &Arc<Shared>,
-        peer: &Arc<Peer>,
-        channel: ChannelId,
-        result: Result<Ingested, RuntimeError>,
-        wire: &[u8],
-    ) {
-        let refused = ingested(shared, peer, result, wire);
+    /// After a step: an opened message's commit is awaited and the channel's next message
+    /// opened; a finished ingest is acknowledged (or a resend asked for).
+    fn done(&mut self, shared: &Arc<Shared>, peer: &Arc<Peer>, step: IngestStep) {
+        let (channel, refused) = match step {
+            IngestStep::Opened(channel, Ok(pending), wire) => {
+                self.running.push(Box::pin(async move { IngestStep::Done(channel, pending.finish().await, wire) }));
+                (channel, false)
+            }
+            IngestStep::Opened(channel, Err(e), wire) => (channel, ingested(shared, peer, Err(e), &wire)),
+            IngestStep::Done(channel, result, wire) => {
+                if ingested(shared, peer, result, &wire) {
+                    // Not taken: the peer sends again from where this side stands; what
+                    // is queued behind comes again.
+                    if let Some(q) = self.waiting.get_mut(&channel) {
+                        self.queued -= q.len();
+                        q.clear();
+                    }
+                }
+                return;
+            }
+        };
         let next = match self.waiting.get_mut(&channel) {
             // After a refusal the peer sends again from where this side stands: what queued
             // behind it comes again.
@@ -1168,7 +1191,7 @@ impl Ingests {
         match next {
             Some(wire) => {
                 self.queued -= 1;
-                self.start(shared, peer, channel, wire);
+                self.open(shared, peer, channel, wire);
             }
             None => {
                 self.waiting.remove(&channel);
@@ -1179,8 +1202,8 @@ impl Ingests {
     /// Waits for every ingest in flight and queued.
     async fn finish_all(&mut self, shared: &Arc<Shared>, peer: &Arc<Peer>) {
         while !self.is_idle() {
-            let (channel, result, wire) = std::future::poll_fn(|cx| self.poll_done(cx)).await;
-            self.done(shared, peer, channel, result, &wire);
+            let step = std::future::poll_fn(|cx| self.poll_done(cx)).await;
+            self.done(shared, peer, step);
         }
     }
 }
@@ -1196,6 +1219,12 @@ fn ingested(shared: &Shared, peer: &Peer, result: Result<Ingested, RuntimeError>
             false
         }
         Ok(_) => false,
+        Err(e @ RuntimeError::NotTaken { .. }) => {
+            // An earlier message of the channel failed to commit; its refusal asked for the
+            // resend that brings this one again.
+            tracing::debug!(target: "mfp::federation", peer = %peer.runtime.short(), error = %e, "inbound message not taken");
+            true
+        }
         Err(e @ (RuntimeError::MailboxFull(_) | RuntimeError::Storage(_) | RuntimeError::WouldBlock { .. })) => {
             // Not taken now: ask the peer to send again from where this side stands.
             tracing::warn!(target: "mfp::federation", peer = %peer.runtime.short(), error = %e, "inbound message not taken; asking for a resend");

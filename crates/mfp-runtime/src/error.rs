@@ -202,6 +202,20 @@ pub enum Error {
     /// Durable storage failed; the operation was not applied (fail closed).
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    /// An inbound message of a cross-runtime channel was not taken because an earlier one
+    /// of the channel failed to commit (it was opened on top of it, or sent after it). The
+    /// peer sends again from `step`, once asked by the failed message's refusal.
+    #[error(
+        "an earlier inbound message of channel {} (step {step}) failed to commit; this one was not taken \
+         (the peer sends again from that step)",
+        channel.short()
+    )]
+    NotTaken {
+        /// The channel.
+        channel: ChannelId,
+        /// The step of the failed message, where the peer sends again from.
+        step: u64,
+    },
     /// A freshly drawn agent or channel id is already in use. With a working entropy
     /// source this does not happen (ids are 64 to 128 random bits); it points at an entropy
     /// source that repeats itself.

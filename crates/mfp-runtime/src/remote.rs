@@ -320,6 +320,31 @@ pub struct Acknowledged {
     pub bytes: usize,
 }
 
+/// An inbound message opened by [`RemoteHandle::open_ingest_async`], whose commit and
+/// delivery are still to be awaited. Dropped, its commit is still seen to (the message is
+/// delivered if it committed; the transport then learns nothing and the peer's resend is a
+/// duplicate).
+#[must_use = "the message is acknowledged only after `finish`"]
+pub struct PendingIngest(crate::remote_pipeline::Opened);
+
+impl PendingIngest {
+    /// Awaits the commit and the settling of every earlier message of the channel: the
+    /// message was delivered (then acknowledge it), or not taken (an earlier message of
+    /// the channel, or this one, failed to commit: ask the peer to send again).
+    pub async fn finish(self) -> Result<Ingested> {
+        match self.0 {
+            crate::remote_pipeline::Opened::Done(r) => Ok(r),
+            crate::remote_pipeline::Opened::Submitted(h) => h.settle().await,
+        }
+    }
+}
+
+impl std::fmt::Debug for PendingIngest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingIngest").finish_non_exhaustive()
+    }
+}
+
 /// What [`RemoteHandle::ingest`] did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -392,10 +417,20 @@ pub(crate) struct RemoteLink {
     pub(crate) out: Mutex<crate::remote_pipeline::OutQueue>,
     /// Signalled when `out` runs empty.
     pub(crate) drained: tokio::sync::Notify,
-    /// One inbound message at a time per channel, across its commit wait.
+    /// The inbound turn: one inbound message of the channel is opened at a time. A
+    /// durable ingest holds it while it checks the step, reserves the mailbox, opens the
+    /// message at the head and submits (not across its commit); a rotation or a reset
+    /// holds it from before it looks at the chain to its end, once the ingests in flight
+    /// are settled (`inq` empty).
     pub(crate) ingest_turn: tokio::sync::Mutex<()>,
-    /// An accepted rotation of the inbound chain not seen in a message yet (its X25519
-    /// secret). Read and written under `ingest_turn`.
+    /// Durable ingests submitted and not yet settled (see `remote_pipeline.rs`). Its lock
+    /// comes after the channel's and before the chains'.
+    pub(crate) inq: Mutex<crate::remote_pipeline::InQueue>,
+    /// Signalled when `inq` runs empty.
+    pub(crate) in_drained: tokio::sync::Notify,
+    /// An accepted rotation of the inbound chain not seen in a committed message yet (its
+    /// X25519 secret). Written under `ingest_turn`, or cleared when the message that
+    /// rotated the chain is settled.
     pub(crate) rx_rotation: Mutex<Option<mfp_core::State>>,
     /// The id of the channel's latest reset (see [`remote_ids`]). Written by a reset only,
     /// under the channel's lock with the channel set aside, so no send or ingest reads it
@@ -436,6 +471,8 @@ impl RemoteLink {
             out: Mutex::new(crate::remote_pipeline::OutQueue::default()),
             drained: tokio::sync::Notify::new(),
             ingest_turn: tokio::sync::Mutex::new(()),
+            inq: Mutex::new(crate::remote_pipeline::InQueue::default()),
+            in_drained: tokio::sync::Notify::new(),
             rx_rotation: Mutex::new(None),
             reset: Mutex::new(None),
             unconfirmed: std::sync::atomic::AtomicBool::new(false),
@@ -473,6 +510,24 @@ impl RemoteLink {
             drained.as_mut().enable();
             if self.out.lock().is_empty() {
                 return Ok(turn);
+            }
+            match wait {
+                crate::admin::Wait::Yes => drained.await,
+                crate::admin::Wait::No(operation) => return Err(Error::WouldBlock { operation }),
+            }
+        }
+    }
+
+    /// Waits (holding the inbound turn) until every durable ingest in flight is settled:
+    /// the inbound chain is then the committed one. A blocking call on the thread that
+    /// drives the runtime fails at once instead of waiting.
+    pub(crate) async fn inbound_settled(&self, wait: crate::admin::Wait) -> Result<()> {
+        loop {
+            let drained = self.in_drained.notified();
+            let mut drained = std::pin::pin!(drained);
+            drained.as_mut().enable();
+            if self.inq.lock().is_empty() {
+                return Ok(());
             }
             match wait {
                 crate::admin::Wait::Yes => drained.await,
@@ -559,6 +614,17 @@ impl RemoteHandle {
     pub async fn ingest_async(&self, peer: &RuntimeId, wire: &[u8]) -> Result<Ingested> {
         let inner = self.runtime()?;
         inner.ingest(peer, wire, crate::admin::Wait::Yes).await
+    }
+
+    /// The first half of [`RemoteHandle::ingest_async`]: VALIDATE → DECODE of the message
+    /// at the head of its channel's inbound chain and, with storage, the submission of its
+    /// batch. Once this returns, the channel's next message may be opened while this one
+    /// commits; [`PendingIngest::finish`] awaits the commit and delivery. A channel's
+    /// messages must be opened one after the other, in the order they came: they are
+    /// delivered, and their `finish` answers `Delivered`, in step order.
+    pub async fn open_ingest_async(&self, peer: &RuntimeId, wire: &[u8]) -> Result<PendingIngest> {
+        let inner = self.runtime()?;
+        Ok(PendingIngest(inner.ingest_open(peer, wire, crate::admin::Wait::Yes).await?))
     }
 
     /// [`RemoteHandle::ingest_async`] when it can finish at once, for a transport that

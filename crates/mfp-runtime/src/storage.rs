@@ -48,6 +48,11 @@ pub enum StorageError {
     /// message says which).
     #[error("database in use: {0}")]
     InUse(String),
+    /// A batch was built on a state storage does not hold (a channel's inbound chain not at
+    /// the step the batch advances it from: an earlier batch of the channel failed), so it
+    /// was not written. The caller gets the message again later (the peer resends it).
+    #[error("storage refused a write built on a state it does not hold: {0}")]
+    Conflict(String),
     /// The circuit breaker is open after repeated failures.
     #[error("storage circuit breaker open")]
     CircuitOpen,
@@ -295,6 +300,17 @@ pub enum StorageOp {
         /// Step the message was sent at.
         step: u64,
     },
+    /// The message `message_id` stored for `channel` at `step` leaves the inbox, whatever
+    /// else of that step is stored (a received cross-runtime message whose commit is taken
+    /// back; removing a message that is not stored is not an error).
+    RemoveDelivery {
+        /// Channel.
+        channel: ChannelId,
+        /// Step the message was sent at.
+        step: u64,
+        /// The message.
+        message_id: MessageId,
+    },
     /// Insert or replace a cross-runtime channel. [`StorageOp::ChannelStatus`],
     /// [`StorageOp::ChannelFailures`] and [`StorageOp::CloseChannel`] apply to these too
     /// (closing wipes both chains and drops the channel's outbound log).
@@ -314,6 +330,12 @@ pub enum StorageOp {
         id: ChannelId,
         /// The chain after the message.
         rx: BilateralState,
+        /// `Some(step)`: only if the stored inbound chain is at `step` (the message's step);
+        /// otherwise the whole batch fails with [`StorageError::Conflict`] and nothing of it
+        /// is written. So a batch sealed on top of one that failed never commits past it,
+        /// whatever order the two reach storage in. `None`: whatever the stored chain is (a
+        /// compensation, a reset). On a closed channel a conditional advance conflicts.
+        from: Option<u64>,
     },
     /// The pending rotation of a cross-runtime channel's inbound chain is set (accepted)
     /// or cleared (seen in a message, or abandoned).
@@ -552,6 +574,17 @@ impl Storage for MemoryStorage {
             s.fail_next -= 1;
             return Ticket::ready(Err(StorageError::Backend("injected failure".into())));
         }
+        // Conditions first: a batch is written whole or not at all.
+        for op in &ops {
+            if let StorageOp::AdvanceRemoteRx { id, from: Some(from), .. } = op
+                && s.remote.get(id).is_none_or(|c| c.rx.step != *from || c.status == ChannelStatus::Closed)
+            {
+                return Ticket::ready(Err(StorageError::Conflict(format!(
+                    "the inbound chain of channel {} is not at step {from} in storage",
+                    id.short()
+                ))));
+            }
+        }
         for op in ops {
             match op {
                 StorageOp::Meta(m) => s.meta = Some(m),
@@ -614,7 +647,7 @@ impl Storage for MemoryStorage {
                         c.tx = tx;
                     }
                 }
-                StorageOp::AdvanceRemoteRx { id, rx } => {
+                StorageOp::AdvanceRemoteRx { id, rx, .. } => {
                     if let Some(c) = s.remote.get_mut(&id) {
                         c.rx = rx;
                         c.validation_failures = 0;
@@ -652,6 +685,9 @@ impl Storage for MemoryStorage {
                         (d.channel, d.step, seq)
                     });
                     s.deliveries.insert(key, d);
+                }
+                StorageOp::RemoveDelivery { channel, step, message_id } => {
+                    s.deliveries.retain(|(ch, st, _), d| *ch != channel || *st != step || d.message_id != message_id);
                 }
                 StorageOp::AckDelivery { channel, step } => {
                     let oldest =

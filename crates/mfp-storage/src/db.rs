@@ -127,6 +127,12 @@ pub(crate) fn is_rusqlite_constraint(e: &rusqlite::Error) -> bool {
     rusqlite_code(e) == Some(19)
 }
 
+/// An error the fast path treats as a constraint violation (its group goes to the slow
+/// path): a statement that had to change a row changed none.
+pub(crate) fn constraint_error() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(19), Some("a condition of the batch does not hold".into()))
+}
+
 /// `table.column: what`.
 pub(crate) fn corrupt(table: &str, column: &str, what: &str) -> StorageError {
     StorageError::Corrupt(format!("{table}.{column}: {what}"))
@@ -307,11 +313,20 @@ pub(crate) struct Stmt {
     pub(crate) sql: &'static str,
     /// Arguments, in placeholder order.
     pub(crate) args: Vec<Val>,
+    /// A condition of its batch: it must change a row, else the batch is refused
+    /// ([`StorageError::Conflict`]) and nothing of it is written.
+    pub(crate) must_change: Option<String>,
 }
 
 impl Stmt {
     fn new(what: &'static str, sql: &'static str, args: Vec<Val>) -> Self {
-        Self { what, sql, args }
+        Self { what, sql, args, must_change: None }
+    }
+
+    /// The batch conflicts (`why`) when this statement changes no row.
+    fn conditional(mut self, why: String) -> Self {
+        self.must_change = Some(why);
+        self
     }
 
     /// The number of `?` placeholders of the SQL text (each statement has exactly its
@@ -333,7 +348,11 @@ impl Stmt {
                 Val::Null => q.bind(Option::<Vec<u8>>::None),
             };
         }
-        q.execute(&mut *conn).await.map(drop).map_err(|e| exec_error(what, &e))
+        let done = q.execute(&mut *conn).await.map_err(|e| exec_error(what, &e))?;
+        match self.must_change {
+            Some(why) if done.rows_affected() == 0 => Err(ApplyError::Batch(StorageError::Conflict(why))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -537,6 +556,11 @@ pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut 
             "DELETE FROM inbox WHERE id = (SELECT min(id) FROM inbox WHERE channel_id = ? AND step = ?)",
             vec![blob(channel.as_bytes()), Val::Int(range(*step, "inbox", "step")?)],
         )),
+        WriteOp::Runtime(StorageOp::RemoveDelivery { channel, step, message_id }) => out.push(Stmt::new(
+            "remove a message taken back",
+            "DELETE FROM inbox WHERE channel_id = ? AND step = ? AND message_id = ?",
+            vec![blob(channel.as_bytes()), Val::Int(range(*step, "inbox", "step")?), blob(message_id.as_bytes())],
+        )),
         WriteOp::Runtime(StorageOp::RemoteReset { id, reset }) => out.push(Stmt::new(
             "store the reset id of a cross-runtime channel",
             "UPDATE remote_channels SET reset_id = ?, updated_at = ? WHERE channel_id = ? AND status <> 'closed'",
@@ -557,7 +581,7 @@ pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut 
                 vec![step, ratchet, seed, Val::Int(now), blob(id.as_bytes())],
             ));
         }
-        WriteOp::Runtime(StorageOp::AdvanceRemoteRx { id, rx }) => {
+        WriteOp::Runtime(StorageOp::AdvanceRemoteRx { id, rx, from: None }) => {
             let [step, ratchet, seed] = chain_values(cipher, id, Chain::Rx, rx, false)?;
             out.push(Stmt::new(
                 "advance cross-runtime channel (inbound chain)",
@@ -565,6 +589,23 @@ pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut 
                  = 0, updated_at = ? WHERE channel_id = ? AND status <> 'closed'",
                 vec![step, ratchet, seed, Val::Int(now), blob(id.as_bytes())],
             ));
+        }
+        WriteOp::Runtime(StorageOp::AdvanceRemoteRx { id, rx, from: Some(from) }) => {
+            let [step, ratchet, seed] = chain_values(cipher, id, Chain::Rx, rx, false)?;
+            let stored = Val::Int(range(*from, "remote_channels", "rx_step")?);
+            out.push(
+                Stmt::new(
+                    "advance cross-runtime channel (inbound chain, from its step)",
+                    "UPDATE remote_channels SET rx_step = ?, rx_ratchet = ?, rx_prng_seed = ?, \
+                     validation_failure_count = 0, updated_at = ? WHERE channel_id = ? AND status <> 'closed' AND \
+                     rx_step = ?",
+                    vec![step, ratchet, seed, Val::Int(now), blob(id.as_bytes()), stored],
+                )
+                .conditional(format!(
+                    "the inbound chain of channel {} is not at step {from} in storage",
+                    id.short()
+                )),
+            );
         }
         WriteOp::Runtime(StorageOp::RemoteRotation { id, secret }) => {
             let value = match secret {
@@ -785,6 +826,7 @@ fn op_name(op: &StorageOp) -> &'static str {
         StorageOp::Sg(_) => "Sg",
         StorageOp::PutDelivery(_) => "PutDelivery",
         StorageOp::AckDelivery { .. } => "AckDelivery",
+        StorageOp::RemoveDelivery { .. } => "RemoveDelivery",
         StorageOp::PutRemoteChannel(_) => "PutRemoteChannel",
         StorageOp::AdvanceRemoteTx { .. } => "AdvanceRemoteTx",
         StorageOp::AdvanceRemoteRx { .. } => "AdvanceRemoteRx",

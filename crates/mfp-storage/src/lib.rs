@@ -244,7 +244,9 @@
 //! * a closed channel's state is wiped (`local_state` = NULL; the four chain secrets of a
 //!   cross-runtime channel = NULL), so `AdvanceChannel`, `AdvanceRemoteTx`,
 //!   `AdvanceRemoteRx`, `ChannelFailures` and `ChannelStatus` on a closed channel do nothing
-//!   (MemoryStorage would revive it with the all-zero state); `ChannelStatus { Closed }` is
+//!   (MemoryStorage would revive it with the all-zero state) — but a conditional
+//!   `AdvanceRemoteRx` (`from: Some(step)`) on a closed channel fails its batch with
+//!   `Conflict`, in both; `ChannelStatus { Closed }` is
 //!   `CloseChannel` (for a cross-runtime channel, the outbound log is dropped too, which
 //!   MemoryStorage does only for `CloseChannel`);
 //! * `PutOutbound` on a closed cross-runtime channel does nothing (a closed channel's log

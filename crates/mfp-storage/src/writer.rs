@@ -518,7 +518,9 @@ fn superseded(group: &[Pending]) -> std::collections::HashSet<(usize, usize)> {
                     }
                 }
                 // Rows of other tables, or no row at all.
-                WriteOp::Runtime(StorageOp::PutDelivery(_) | StorageOp::AckDelivery { .. }) => {}
+                WriteOp::Runtime(
+                    StorageOp::PutDelivery(_) | StorageOp::AckDelivery { .. } | StorageOp::RemoveDelivery { .. },
+                ) => {}
                 // Anything else may touch a channel row (or, for `DeleteAgent`, several).
                 _ => advance.clear(),
             }
@@ -534,9 +536,15 @@ fn write_fast(conn: &rusqlite::Connection, stmts: &[Stmt]) -> Result<(), (&'stat
     roll_back(conn).map_err(|e| ("rollback of an earlier transaction", e))?;
     run_cached(conn, "BEGIN IMMEDIATE").map_err(|e| ("begin", e))?;
     for stmt in stmts {
-        conn.prepare_cached(stmt.sql)
+        let changed = conn
+            .prepare_cached(stmt.sql)
             .and_then(|mut s| s.execute(rusqlite::params_from_iter(&stmt.args)))
             .map_err(|e| (stmt.what, e))?;
+        if changed == 0 && stmt.must_change.is_some() {
+            // A condition of its batch does not hold: the slow path isolates that batch
+            // (and reports the conflict), as for a constraint.
+            return Err((stmt.what, db::constraint_error()));
+        }
     }
     #[cfg(test)]
     if tests::PANIC_BEFORE_COMMIT.with(std::cell::Cell::take) {

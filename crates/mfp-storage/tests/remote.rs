@@ -82,7 +82,7 @@ fn tx(n: u8, step: u64) -> StorageOp {
 }
 
 fn rx(n: u8, step: u64) -> StorageOp {
-    StorageOp::AdvanceRemoteRx { id: remote_id(n), rx: chain(0x22, u64::from(n) * 1000 + step, step) }
+    StorageOp::AdvanceRemoteRx { id: remote_id(n), rx: chain(0x22, u64::from(n) * 1000 + step, step), from: None }
 }
 
 /// A message received on remote channel `n`: its sender is an agent of the peer runtime.
@@ -255,7 +255,7 @@ fn build(batches: &[Vec<Gen>]) -> Vec<Vec<StorageOp>> {
                     ops.push(StorageOp::AdvanceRemoteTx { id: remote_id(ch), tx: chain(0x11, seed, step) });
                 }
                 Gen::Rx { ch, seed, step } => {
-                    ops.push(StorageOp::AdvanceRemoteRx { id: remote_id(ch), rx: chain(0x22, seed, step) });
+                    ops.push(StorageOp::AdvanceRemoteRx { id: remote_id(ch), rx: chain(0x22, seed, step), from: None });
                 }
                 Gen::Out { ch, step, peer: p, len } => {
                     if state_of(&ch) == Some(Known::Open) {
@@ -1041,4 +1041,57 @@ fn agents_of_a_peer_runtime_are_not_stored_as_agents() {
     assert_eq!(raw_count(&path, "SELECT count(*) FROM agents"), 3);
     assert_eq!(raw_count(&path, "SELECT count(*) FROM pragma_foreign_key_list('remote_channels')"), 1);
     assert_eq!(raw_count(&path, "SELECT count(*) FROM pragma_foreign_key_list('inbox') WHERE \"from\" = 'sender'"), 0);
+}
+
+/// A conditional advance of an inbound chain (`from: Some(step)`) commits only if storage
+/// holds the chain at `step`; otherwise its whole batch fails with `Conflict` and writes
+/// nothing — alone, in a group with other batches, and on a closed channel — in SQLite
+/// (both of the writer's paths) and in `MemoryStorage` alike.
+#[test]
+fn a_conditional_inbound_advance_commits_only_from_the_stored_step() {
+    let dir = TempDir::new("remote-conditional");
+    let sqlite = SqliteStorage::open(config(&dir.file("c.db"), &key(1))).unwrap();
+    let memory = MemoryStorage::new();
+    let stores: [&dyn Storage; 2] = [&sqlite, &memory];
+    for storage in stores {
+        storage.apply(setup_ops()).wait().unwrap();
+        storage
+            .apply(vec![
+                StorageOp::PutRemoteChannel(remote_row(1, 1, ChannelStatus::Active)),
+                StorageOp::PutRemoteChannel(remote_row(3, 1, ChannelStatus::Closed)),
+            ])
+            .wait()
+            .unwrap();
+        let advance = |ch: u8, from: u64| StorageOp::AdvanceRemoteRx {
+            id: remote_id(ch),
+            rx: chain(0x22, 7 + from, from + 1),
+            from: Some(from),
+        };
+        let state = || {
+            let s = storage.load().unwrap().unwrap();
+            let rx = s.remote_channels.iter().find(|c| c.id == remote_id(1)).map(|c| c.rx.step);
+            let inbox: Vec<u64> = s.deliveries.iter().filter(|d| d.channel == remote_id(1)).map(|d| d.step).collect();
+            (rx, inbox)
+        };
+        // Built on step 1 while storage holds step 0 (step 0's batch failed): refused whole.
+        let e = storage.apply(vec![advance(1, 1), remote_delivery(1, 1, 1, b"one")]).wait().unwrap_err();
+        assert!(matches!(e, StorageError::Conflict(_)), "{e}");
+        assert_eq!(state(), (Some(0), vec![]));
+        // From the stored step: written.
+        storage.apply(vec![advance(1, 0), remote_delivery(1, 0, 1, b"zero")]).wait().unwrap();
+        assert_eq!(state(), (Some(1), vec![0]));
+        // Two batches submitted together (one transaction when the writer groups them): the
+        // one built on a step storage does not hold fails alone.
+        let bad = storage.apply(vec![advance(1, 5), remote_delivery(1, 5, 1, b"five")]);
+        let good = storage.apply(vec![advance(1, 1), remote_delivery(1, 1, 1, b"one")]);
+        assert!(matches!(bad.wait().unwrap_err(), StorageError::Conflict(_)));
+        good.wait().unwrap();
+        assert_eq!(state(), (Some(2), vec![0, 1]));
+        // A closed channel takes no conditional advance.
+        let e = storage.apply(vec![advance(3, 0)]).wait().unwrap_err();
+        assert!(matches!(e, StorageError::Conflict(_)), "{e}");
+        // Unconditional advances are as before.
+        storage.apply(vec![rx(1, 9)]).wait().unwrap();
+        assert_eq!(state().0, Some(9));
+    }
 }
