@@ -45,10 +45,10 @@ pub(crate) enum Driver {
 const ADVANCE: &str = "UPDATE channels SET local_state = ?, step = ?, validation_failure_count = 0, updated_at = ? \
                        WHERE channel_id = ? AND status <> 'closed';";
 const INBOX: &str = "INSERT INTO inbox (channel_id, recipient, step, message_id, correlation_id, sender, payload, \
-                     created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id, step) DO UPDATE SET \
-                     recipient = excluded.recipient, message_id = excluded.message_id, correlation_id = \
-                     excluded.correlation_id, sender = excluded.sender, payload = excluded.payload;";
-const REMOVE: &str = "DELETE FROM inbox WHERE channel_id = ? AND step = ?;";
+                     created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id, step, message_id) DO UPDATE SET \
+                     recipient = excluded.recipient, correlation_id = excluded.correlation_id, sender = \
+                     excluded.sender, payload = excluded.payload;";
+const REMOVE: &str = "DELETE FROM inbox WHERE id = (SELECT min(id) FROM inbox WHERE channel_id = ? AND step = ?);";
 const SG: &str = "INSERT INTO sg_cache (id, sg_value, updated_at) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET \
                   sg_value = excluded.sg_value, updated_at = excluded.updated_at;";
 
