@@ -168,7 +168,10 @@ impl Inner {
             let acks = self.take_acks();
             let mut ops = Vec::with_capacity(2 + acks.len());
             ops.extend(acks.iter().map(|&(channel, step)| StorageOp::AckDelivery { channel, step }));
-            ops.push(StorageOp::AdvanceRemoteTx { id: channel.id, tx: out.next.clone() });
+            // Conditional: if an earlier batch of the channel fails, this one cannot commit
+            // past it (no gap in the stored log, even if the runtime stops before its
+            // compensation is written).
+            ops.push(StorageOp::AdvanceRemoteTx { id: channel.id, tx: out.next.clone(), from: Some(step) });
             let wire: Arc<[u8]> = Arc::from(out.wire);
             if q.repair {
                 // A compensation is not known to have committed: this batch repeats it
@@ -281,7 +284,7 @@ impl Inner {
                     // so a failed compensation is made good by the next send.
                     q.repair = true;
                     drop(self.submit(vec![
-                        StorageOp::AdvanceRemoteTx { id: channel.id, tx: back },
+                        StorageOp::AdvanceRemoteTx { id: channel.id, tx: back, from: None },
                         StorageOp::TruncateOutbound { channel: channel.id, from },
                     ]));
                 }
@@ -796,7 +799,8 @@ impl Inner {
         };
         let step = rotated.step;
         if self.persisting() {
-            let ticket = self.submit(vec![StorageOp::AdvanceRemoteTx { id: *channel, tx: rotated.clone() }]);
+            let ticket =
+                self.submit(vec![StorageOp::AdvanceRemoteTx { id: *channel, tx: rotated.clone(), from: None }]);
             match wait {
                 Wait::Yes => self.settle_async(ticket).await?,
                 Wait::No(_) => self.settle(ticket)?,
@@ -895,7 +899,7 @@ impl Inner {
         };
         if self.persisting() {
             let ops = vec![
-                StorageOp::AdvanceRemoteTx { id: *channel, tx: tx.clone() },
+                StorageOp::AdvanceRemoteTx { id: *channel, tx: tx.clone(), from: None },
                 StorageOp::AdvanceRemoteRx { id: *channel, rx: rx.clone(), from: None },
                 StorageOp::RemoteRotation { id: *channel, secret: None },
                 StorageOp::RemoteReset { id: *channel, reset },

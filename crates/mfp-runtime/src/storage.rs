@@ -322,6 +322,13 @@ pub enum StorageOp {
         id: ChannelId,
         /// The chain after the message.
         tx: BilateralState,
+        /// `Some(step)`: only if the stored outbound chain is at `step` (the message's
+        /// step); otherwise the whole batch fails with [`StorageError::Conflict`] and
+        /// nothing of it is written, so a batch sealed on top of one that failed never
+        /// commits past it (no gap in the outbound log). `None`: whatever the stored chain
+        /// is (a compensation, a rotation, a reset). On a closed channel a conditional
+        /// advance conflicts.
+        from: Option<u64>,
     },
     /// A message was received on a cross-runtime channel: the new inbound chain, failure
     /// count reset (same batch as its [`StorageOp::PutDelivery`]).
@@ -576,11 +583,18 @@ impl Storage for MemoryStorage {
         }
         // Conditions first: a batch is written whole or not at all.
         for op in &ops {
-            if let StorageOp::AdvanceRemoteRx { id, from: Some(from), .. } = op
-                && s.remote.get(id).is_none_or(|c| c.rx.step != *from || c.status == ChannelStatus::Closed)
-            {
+            let (id, from, chain, what) = match op {
+                StorageOp::AdvanceRemoteRx { id, from: Some(from), .. } => (id, *from, Chain::Rx, "inbound"),
+                StorageOp::AdvanceRemoteTx { id, from: Some(from), .. } => (id, *from, Chain::Tx, "outbound"),
+                _ => continue,
+            };
+            let stored = s.remote.get(id).filter(|c| c.status != ChannelStatus::Closed).map(|c| match chain {
+                Chain::Rx => c.rx.step,
+                Chain::Tx => c.tx.step,
+            });
+            if stored != Some(from) {
                 return Ticket::ready(Err(StorageError::Conflict(format!(
-                    "the inbound chain of channel {} is not at step {from} in storage",
+                    "the {what} chain of channel {} is not at step {from} in storage",
                     id.short()
                 ))));
             }
@@ -642,7 +656,7 @@ impl Storage for MemoryStorage {
                 StorageOp::PutRemoteChannel(c) => {
                     s.remote.insert(c.id, c);
                 }
-                StorageOp::AdvanceRemoteTx { id, tx } => {
+                StorageOp::AdvanceRemoteTx { id, tx, .. } => {
                     if let Some(c) = s.remote.get_mut(&id) {
                         c.tx = tx;
                     }
@@ -710,4 +724,11 @@ impl Storage for MemoryStorage {
         }
         Ticket::ready(Ok(()))
     }
+}
+
+/// Which chain of a cross-runtime channel a condition is about.
+#[derive(Clone, Copy)]
+enum Chain {
+    Tx,
+    Rx,
 }

@@ -572,7 +572,7 @@ pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut 
             vec![Val::Int(i64::from(*unconfirmed)), Val::Int(now), blob(id.as_bytes())],
         )),
         WriteOp::Runtime(StorageOp::PutRemoteChannel(c)) => put_remote_channel(cipher, c, now, out)?,
-        WriteOp::Runtime(StorageOp::AdvanceRemoteTx { id, tx }) => {
+        WriteOp::Runtime(StorageOp::AdvanceRemoteTx { id, tx, from: None }) => {
             let [step, ratchet, seed] = chain_values(cipher, id, Chain::Tx, tx, false)?;
             out.push(Stmt::new(
                 "advance cross-runtime channel (outbound chain)",
@@ -580,6 +580,22 @@ pub(crate) fn statements(cipher: &CellCipher, op: &WriteOp, now: i64, out: &mut 
                  channel_id = ? AND status <> 'closed'",
                 vec![step, ratchet, seed, Val::Int(now), blob(id.as_bytes())],
             ));
+        }
+        WriteOp::Runtime(StorageOp::AdvanceRemoteTx { id, tx, from: Some(from) }) => {
+            let [step, ratchet, seed] = chain_values(cipher, id, Chain::Tx, tx, false)?;
+            let stored = Val::Int(range(*from, "remote_channels", "tx_step")?);
+            out.push(
+                Stmt::new(
+                    "advance cross-runtime channel (outbound chain, from its step)",
+                    "UPDATE remote_channels SET tx_step = ?, tx_ratchet = ?, tx_prng_seed = ?, updated_at = ? WHERE \
+                     channel_id = ? AND status <> 'closed' AND tx_step = ?",
+                    vec![step, ratchet, seed, Val::Int(now), blob(id.as_bytes()), stored],
+                )
+                .conditional(format!(
+                    "the outbound chain of channel {} is not at step {from} in storage",
+                    id.short()
+                )),
+            );
         }
         WriteOp::Runtime(StorageOp::AdvanceRemoteRx { id, rx, from: None }) => {
             let [step, ratchet, seed] = chain_values(cipher, id, Chain::Rx, rx, false)?;

@@ -78,7 +78,7 @@ fn outbound(n: u8, step: u64) -> StorageOp {
 }
 
 fn tx(n: u8, step: u64) -> StorageOp {
-    StorageOp::AdvanceRemoteTx { id: remote_id(n), tx: chain(0x11, u64::from(n) * 1000 + step, step) }
+    StorageOp::AdvanceRemoteTx { id: remote_id(n), tx: chain(0x11, u64::from(n) * 1000 + step, step), from: None }
 }
 
 fn rx(n: u8, step: u64) -> StorageOp {
@@ -252,7 +252,7 @@ fn build(batches: &[Vec<Gen>]) -> Vec<Vec<StorageOp>> {
                     }));
                 }
                 Gen::Tx { ch, seed, step } => {
-                    ops.push(StorageOp::AdvanceRemoteTx { id: remote_id(ch), tx: chain(0x11, seed, step) });
+                    ops.push(StorageOp::AdvanceRemoteTx { id: remote_id(ch), tx: chain(0x11, seed, step), from: None });
                 }
                 Gen::Rx { ch, seed, step } => {
                     ops.push(StorageOp::AdvanceRemoteRx { id: remote_id(ch), rx: chain(0x22, seed, step), from: None });
@@ -1093,5 +1093,39 @@ fn a_conditional_inbound_advance_commits_only_from_the_stored_step() {
         // Unconditional advances are as before.
         storage.apply(vec![rx(1, 9)]).wait().unwrap();
         assert_eq!(state().0, Some(9));
+    }
+}
+
+/// The outbound side's conditional advance (`AdvanceRemoteTx { from: Some(step) }`): a
+/// sealed message's batch built on a step storage does not hold writes neither the chain
+/// nor the log row, so the stored log never has a gap — in SQLite and `MemoryStorage`.
+#[test]
+fn a_conditional_outbound_advance_leaves_no_gap_in_the_log() {
+    let dir = TempDir::new("remote-conditional-tx");
+    let sqlite = SqliteStorage::open(config(&dir.file("t.db"), &key(1))).unwrap();
+    let memory = MemoryStorage::new();
+    let stores: [&dyn Storage; 2] = [&sqlite, &memory];
+    for storage in stores {
+        storage.apply(setup_ops()).wait().unwrap();
+        storage.apply(vec![StorageOp::PutRemoteChannel(remote_row(1, 1, ChannelStatus::Active))]).wait().unwrap();
+        let sealed = |from: u64| {
+            vec![
+                StorageOp::AdvanceRemoteTx { id: remote_id(1), tx: chain(0x11, 5 + from, from + 1), from: Some(from) },
+                outbound(1, from),
+            ]
+        };
+        let state = || {
+            let s = storage.load().unwrap().unwrap();
+            let tx = s.remote_channels.iter().find(|c| c.id == remote_id(1)).map(|c| c.tx.step);
+            (tx, log_of(&s).into_iter().map(|(_, step)| step).collect::<Vec<_>>())
+        };
+        storage.apply(sealed(0)).wait().unwrap();
+        // Step 1's batch failed (not applied): step 2's, sealed on top of it, is refused.
+        let e = storage.apply(sealed(2)).wait().unwrap_err();
+        assert!(matches!(e, StorageError::Conflict(_)), "{e}");
+        assert_eq!(state(), (Some(1), vec![0]));
+        storage.apply(sealed(1)).wait().unwrap();
+        storage.apply(sealed(2)).wait().unwrap();
+        assert_eq!(state(), (Some(3), vec![0, 1, 2]));
     }
 }

@@ -40,7 +40,7 @@ fn commit(q: &mut ManualQueue, ops: Vec<StorageOp>) {
             StorageOp::PutRemoteChannel(r) => {
                 q.remote_tx.insert(r.id, r.tx);
             }
-            StorageOp::AdvanceRemoteTx { id, tx } => {
+            StorageOp::AdvanceRemoteTx { id, tx, .. } => {
                 q.remote_tx.insert(id, tx);
             }
             StorageOp::PutOutbound(row) => {
