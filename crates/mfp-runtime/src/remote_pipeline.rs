@@ -1149,23 +1149,34 @@ impl Drop for Handover {
     fn drop(&mut self) {
         let Some(ticket) = self.ticket.take() else { return };
         let (inner, channel, seq) = (Arc::clone(&self.inner), Arc::clone(&self.channel), self.seq);
-        let work = Arc::new(parking_lot::Mutex::new(Some(ticket)));
-        let finish = {
-            let work = Arc::clone(&work);
-            move || {
-                if let Some(ticket) = work.lock().take() {
-                    inner.commit_known(&channel, seq, ticket.wait());
-                }
+        finish_elsewhere(ticket, self.channel.id, "send", move |outcome| inner.commit_known(&channel, seq, outcome));
+    }
+}
+
+/// Waits for a cancelled waiter's `ticket` on a thread of its own (`mfp-commit`) and hands
+/// the outcome to `known`, so its channel's queue never stalls; inline (this waits for a
+/// commit already under way) when no thread can be had. `what` names the operation.
+fn finish_elsewhere(
+    ticket: Ticket,
+    channel: ChannelId,
+    what: &'static str,
+    known: impl FnOnce(std::result::Result<(), StorageError>) + Send + 'static,
+) {
+    let work = Arc::new(parking_lot::Mutex::new(Some((ticket, known))));
+    let finish = {
+        let work = Arc::clone(&work);
+        move || {
+            if let Some((ticket, known)) = work.lock().take() {
+                known(ticket.wait());
             }
-        };
-        let spawned = std::thread::Builder::new().name("mfp-commit".into()).spawn(finish);
-        if spawned.is_err()
-            && let Some(ticket) = work.lock().take()
-        {
-            // No thread to be had: wait here (the commit is under way).
-            tracing::warn!(target: "mfp::runtime", channel = %self.channel.id.short(), "no thread for a cancelled send's commit; settling inline");
-            self.inner.commit_known(&self.channel, self.seq, ticket.wait());
         }
+    };
+    let spawned = std::thread::Builder::new().name("mfp-commit".into()).spawn(finish);
+    if spawned.is_err()
+        && let Some((ticket, known)) = work.lock().take()
+    {
+        tracing::warn!(target: "mfp::runtime", channel = %channel.short(), operation = what, "no thread for a cancelled commit wait; settling inline");
+        known(ticket.wait());
     }
 }
 
@@ -1294,21 +1305,6 @@ impl Drop for InHandover {
     fn drop(&mut self) {
         let Some(ticket) = self.ticket.take() else { return };
         let (inner, channel, seq) = (Arc::clone(&self.inner), Arc::clone(&self.channel), self.seq);
-        let work = Arc::new(parking_lot::Mutex::new(Some(ticket)));
-        let finish = {
-            let work = Arc::clone(&work);
-            move || {
-                if let Some(ticket) = work.lock().take() {
-                    inner.ingest_known(&channel, seq, ticket.wait());
-                }
-            }
-        };
-        let spawned = std::thread::Builder::new().name("mfp-commit".into()).spawn(finish);
-        if spawned.is_err()
-            && let Some(ticket) = work.lock().take()
-        {
-            tracing::warn!(target: "mfp::runtime", channel = %self.channel.id.short(), "no thread for a cancelled ingest's commit; settling inline");
-            self.inner.ingest_known(&self.channel, self.seq, ticket.wait());
-        }
+        finish_elsewhere(ticket, self.channel.id, "ingest", move |outcome| inner.ingest_known(&channel, seq, outcome));
     }
 }
