@@ -1,7 +1,7 @@
 //! Blocks, frames and the mirror.
 
+use crate::crypto;
 use core::fmt;
-use subtle::{Choice, ConstantTimeEq};
 
 use crate::{BLOCK_SIZE, Error, MAX_FRAME_DEPTH, MIN_FRAME_DEPTH};
 
@@ -93,12 +93,9 @@ impl Frame {
         if open.len() != n || close.len() != n {
             return Err(Error::FrameValidation);
         }
-        let mut mirrored: Choice = Choice::from(1);
-        for (c, o) in close.iter().zip(open.iter().rev()) {
-            mirrored &= c.ct_eq(o);
-        }
-        let matches = open.ct_eq(expected.as_bytes());
-        if bool::from(mirrored & matches) { Ok(()) } else { Err(Error::FrameValidation) }
+        let mirrored = crypto::xor_or(close.iter().copied().zip(open.iter().rev().copied()));
+        let matches = crypto::xor_or(open.iter().copied().zip(expected.as_bytes().iter().copied()));
+        if bool::from(crypto::ct_zero(mirrored | matches)) { Ok(()) } else { Err(Error::FrameValidation) }
     }
 }
 
