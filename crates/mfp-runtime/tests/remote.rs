@@ -750,3 +750,38 @@ fn a_retried_send_whose_message_a_reset_discarded_is_sent_again() {
     let got = b.inbox.wait_for(2);
     assert_eq!((got[1].payload.as_slice(), got[1].message_id), (&b"lost"[..], again.message_id));
 }
+
+/// A task sending in a loop on a cross-runtime channel, where nothing makes a send wait
+/// (no storage, room in the transport), still gives way to the other tasks of its worker —
+/// among them the link's, which writes the messages out. On a one-thread runtime, a task
+/// spawned after the sender must run before the sender's last send.
+#[test]
+fn a_task_sending_in_a_loop_gives_way_to_the_other_tasks_of_its_worker() {
+    // Under the default rate limit (1,000 a second), well over a task's coop budget (128).
+    const SENDS: usize = 900;
+    let a = side(b"a", None);
+    let b = side(b"b", None);
+    let ch = join(&a, &b, 4);
+    let tokio_rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen_at = tokio_rt.block_on(async {
+        let sender = {
+            let (agent, progress) = (a.agent.clone(), Arc::clone(&progress));
+            tokio::spawn(async move {
+                for i in 0..SENDS {
+                    agent.send_async(ch, &i.to_be_bytes()).await.unwrap();
+                    progress.store(i + 1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        };
+        let other = {
+            let progress = Arc::clone(&progress);
+            tokio::spawn(async move { progress.load(std::sync::atomic::Ordering::Relaxed) })
+        };
+        let seen_at = other.await.unwrap();
+        sender.await.unwrap();
+        seen_at
+    });
+    assert_eq!(a.wire.take().len(), SENDS);
+    assert!(seen_at < SENDS, "the other task ran only after all {SENDS} sends");
+}
