@@ -71,6 +71,17 @@ pub fn federation_config(
     Ok(FederationConfig::new(net, vec![FederatedPeer::new(peer_config(other, peer_endpoint)?)]))
 }
 
+/// The environment variable through which the benchmark asks `mfp-bench-fed-node` to
+/// busy-poll its link ([`mfp_federation::net::NetConfig::busy_poll`], in microseconds).
+pub const BUSY_POLL_ENV: &str = "MFP_BENCH_FED_BUSY_POLL_US";
+
+/// The busy-poll time of the benchmark's links: what [`BUSY_POLL_ENV`] says (zero if unset
+/// or not a number).
+#[must_use]
+pub fn busy_poll_from_env() -> Duration {
+    std::env::var(BUSY_POLL_ENV).ok().and_then(|v| v.parse().ok()).map_or(Duration::ZERO, Duration::from_micros)
+}
+
 /// `instance` as a peer: its runtime id, where to dial it, its pinned key.
 ///
 /// # Errors

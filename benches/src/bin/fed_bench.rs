@@ -3,8 +3,9 @@
 //! floor in one thread; pymfp 1.0.0's federation rate for comparison.
 //!
 //! - one-way: the near runtime's agent sends N messages on a cross-runtime channel with
-//!   many sends in flight ([`SENDER_TASKS`] tasks); the far side times its deliveries from
-//!   the first to the N-th (its rate is the one reported);
+//!   many sends in flight ([`SENDER_TASKS`] tasks; and at 1 KiB also from one task, as
+//!   pymfp's sender is one loop); the far side times its deliveries from the first to the
+//!   N-th (its rate is the one reported);
 //! - ping-pong: 1 KiB to the far side's `echo` agent and back, one message in flight;
 //! - handshake: a fresh `net::Network` dials the far side, timed until its link is up
 //!   (TCP connect, Noise IK, installation), median of [`HANDSHAKES`];
@@ -35,6 +36,8 @@ use crate::{median, percentile};
 const SENDER_TASKS: usize = 64;
 /// Channels of the many-channel one-way row.
 const CHANNELS: usize = 16;
+/// `NetConfig::busy_poll` of the busy-polling round-trip rows.
+const BUSY_POLL: Duration = Duration::from_micros(500);
 /// Handshakes timed.
 const HANDSHAKES: usize = 21;
 /// Time between the starts of two timed handshakes, at least.
@@ -123,8 +126,9 @@ struct Node {
 }
 
 impl Node {
-    fn spawn(db: Option<&Path>) -> Result<Node, String> {
+    fn spawn(db: Option<&Path>, busy_poll: Duration) -> Result<Node, String> {
         let mut cmd = Command::new(sibling("mfp-bench-fed-node")?);
+        cmd.env(fed_common::BUSY_POLL_ENV, busy_poll.as_micros().to_string());
         if let Some(db) = db {
             cmd.arg(db);
         }
@@ -187,10 +191,12 @@ impl Node {
 }
 
 /// One storage mode: a far node, the near runtime federated with it, every measurement.
-fn two_processes(storage: bool, quick: bool, runs: usize) -> Result<Value, String> {
+/// The rows of one configuration: storage off or on; `busy_poll` (non-zero: both links
+/// busy-poll that long, and only the round trips are measured).
+fn two_processes(storage: bool, quick: bool, runs: usize, busy_poll: Duration) -> Result<Value, String> {
     let scratch = Scratch::new(if storage { "fed-storage" } else { "fed-memory" });
     let far_db = storage.then(|| scratch.0.join("far.db"));
-    let mut node = Node::spawn(far_db.as_deref())?;
+    let mut node = Node::spawn(far_db.as_deref(), busy_poll)?;
     let tokio_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut builder = Runtime::builder(fed_common::runtime_config(NEAR)).tokio_handle(tokio_rt.handle().clone());
     if storage {
@@ -226,7 +232,8 @@ fn two_processes(storage: bool, quick: bool, runs: usize) -> Result<Value, Strin
     };
     let far = fed_common::runtime_id(FAR);
     let (fed, sinks, echo, pinger_echo) = tokio_rt.block_on(async {
-        let cfg = fed_common::federation_config(NEAR, false, Some(node.addr.clone())).map_err(|e| e.to_string())?;
+        let mut cfg = fed_common::federation_config(NEAR, false, Some(node.addr.clone())).map_err(|e| e.to_string())?;
+        cfg.net.busy_poll = busy_poll;
         let key = fed_common::key(NEAR).map_err(|e| e.to_string())?;
         let fed = Federation::start(&rt, key, cfg).await.map_err(|e| e.to_string())?;
         tokio::time::timeout(Duration::from_secs(10), fed.wait_up(&far))
@@ -246,14 +253,14 @@ fn two_processes(storage: bool, quick: bool, runs: usize) -> Result<Value, Strin
         Ok::<_, String>((fed, sinks, echo, pinger_echo))
     })?;
 
-    // `n` messages of `size` bytes from SENDER_TASKS tasks, on the first `channels` sink
+    // `n` messages of `size` bytes from `senders` tasks, on the first `channels` sink
     // channels (task t on channel t mod `channels`).
-    let send_many = |n: usize, size: usize, channels: usize| -> Result<f64, String> {
+    let send_from = |n: usize, size: usize, channels: usize, senders: usize| -> Result<f64, String> {
         tokio_rt.block_on(async {
             let start = Instant::now();
             let mut tasks = tokio::task::JoinSet::new();
-            let per = n.div_ceil(SENDER_TASKS);
-            for t in 0..SENDER_TASKS {
+            let per = n.div_ceil(senders);
+            for t in 0..senders {
                 let me = me.clone();
                 let sink = sinks[t % channels];
                 let count = per.min(n.saturating_sub(t * per));
@@ -271,36 +278,49 @@ fn two_processes(storage: bool, quick: bool, runs: usize) -> Result<Value, Strin
             Ok(n as f64 / start.elapsed().as_secs_f64())
         })
     };
-    // Warm-up: connections, allocator, SQLite pages.
-    node.arm(2_000)?;
-    send_many(2_000, 1024, CHANNELS)?;
-    node.far_rate()?;
+    let send_many = |n: usize, size: usize, channels: usize| send_from(n, size, channels, SENDER_TASKS);
+    let (mut one_way, mut many, mut one_task) = (serde_json::Map::new(), Value::Null, Value::Null);
+    if busy_poll.is_zero() {
+        // Warm-up: connections, allocator, SQLite pages.
+        node.arm(2_000)?;
+        send_many(2_000, 1024, CHANNELS)?;
+        node.far_rate()?;
 
-    let mut one_way = serde_json::Map::new();
-    for size in sizes() {
-        let n = messages_for(size, storage, quick);
-        let mut far_rates = Vec::new();
-        let mut near_rates = Vec::new();
+        for size in sizes() {
+            let n = messages_for(size, storage, quick);
+            let mut far_rates = Vec::new();
+            let mut near_rates = Vec::new();
+            for _ in 0..runs {
+                node.arm(n)?;
+                near_rates.push(send_many(n, size, 1)?);
+                far_rates.push(node.far_rate()?);
+            }
+            one_way.insert(
+                size.to_string(),
+                json!({"msgs_per_s": median(far_rates), "sender_msgs_per_s": median(near_rates), "messages": n}),
+            );
+        }
+        // The same 1 KiB messages spread over CHANNELS channels.
+        let n = messages_for(1024, storage, quick) * 2;
+        let (mut far_rates, mut near_rates) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             node.arm(n)?;
-            near_rates.push(send_many(n, size, 1)?);
+            near_rates.push(send_many(n, 1024, CHANNELS)?);
             far_rates.push(node.far_rate()?);
         }
-        one_way.insert(
-            size.to_string(),
-            json!({"msgs_per_s": median(far_rates), "sender_msgs_per_s": median(near_rates), "messages": n}),
-        );
+        many = json!({"channels": CHANNELS, "msgs_per_s": median(far_rates), "sender_msgs_per_s": median(near_rates), "messages": n});
+        // The same 1 KiB messages from one task on one channel (as pymfp's sender: one loop).
+        // Without storage a send does not wait, so one task has as many messages in flight as
+        // the link takes; with storage each send waits for its commit.
+        let n = messages_for(1024, storage, quick);
+        let (mut far_rates, mut near_rates) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            node.arm(n)?;
+            near_rates.push(send_from(n, 1024, 1, 1)?);
+            far_rates.push(node.far_rate()?);
+        }
+        one_task = json!({"msgs_per_s": median(far_rates), "sender_msgs_per_s": median(near_rates), "messages": n});
     }
-    // The same 1 KiB messages spread over CHANNELS channels.
-    let n = messages_for(1024, storage, quick) * 2;
-    let (mut far_rates, mut near_rates) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        node.arm(n)?;
-        near_rates.push(send_many(n, 1024, CHANNELS)?);
-        far_rates.push(node.far_rate()?);
-    }
-    let many = json!({"channels": CHANNELS, "msgs_per_s": median(far_rates), "sender_msgs_per_s": median(near_rates), "messages": n});
-
     let rounds = if quick {
         500
     } else if storage {
@@ -350,40 +370,45 @@ fn two_processes(storage: bool, quick: bool, runs: usize) -> Result<Value, Strin
 
     // Handshakes: the near runtime's federation steps aside; fresh networks with its
     // identity dial the far side, each timed until its link is up.
-    let handshake_ms = tokio_rt.block_on(async {
-        fed.shutdown().await;
-        let mut times = Vec::new();
-        for _ in 0..HANDSHAKES {
-            // The far side's listener admits 10 handshakes per second per source address
-            // (NetConfig::handshakes_per_second_per_source): keep under it, or the dialer's
-            // backoff is what gets measured.
-            let paced = tokio::time::sleep(HANDSHAKE_SPACING);
-            let mut cfg = NetConfig::default();
-            cfg.shutdown_timeout = Duration::from_millis(200);
-            let peers = vec![fed_common::peer_config(FAR, Some(node.addr.clone())).map_err(|e| e.to_string())?];
-            let key = fed_common::key(NEAR).map_err(|e| e.to_string())?;
-            let start = Instant::now();
-            let (net, mut events) =
-                Network::start(key, fed_common::runtime_id(NEAR), peers, cfg).await.map_err(|e| e.to_string())?;
-            let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
-            let peer = net.peer(&far).ok_or("no peer")?;
-            tokio::time::timeout(Duration::from_secs(10), peer.up())
-                .await
-                .map_err(|_| "a handshake did not complete within 10 s".to_string())?
-                .map_err(|e| e.to_string())?;
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-            net.shutdown().await;
-            drain.abort();
-            paced.await;
-        }
-        Ok::<_, String>(median(times))
-    })?;
+    let handshake_ms = if busy_poll.is_zero() {
+        tokio_rt.block_on(async {
+            fed.shutdown().await;
+            let mut times = Vec::new();
+            for _ in 0..HANDSHAKES {
+                // The far side's listener admits 10 handshakes per second per source address
+                // (NetConfig::handshakes_per_second_per_source): keep under it, or the dialer's
+                // backoff is what gets measured.
+                let paced = tokio::time::sleep(HANDSHAKE_SPACING);
+                let mut cfg = NetConfig::default();
+                cfg.shutdown_timeout = Duration::from_millis(200);
+                let peers = vec![fed_common::peer_config(FAR, Some(node.addr.clone())).map_err(|e| e.to_string())?];
+                let key = fed_common::key(NEAR).map_err(|e| e.to_string())?;
+                let start = Instant::now();
+                let (net, mut events) =
+                    Network::start(key, fed_common::runtime_id(NEAR), peers, cfg).await.map_err(|e| e.to_string())?;
+                let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+                let peer = net.peer(&far).ok_or("no peer")?;
+                tokio::time::timeout(Duration::from_secs(10), peer.up())
+                    .await
+                    .map_err(|_| "a handshake did not complete within 10 s".to_string())?
+                    .map_err(|e| e.to_string())?;
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+                net.shutdown().await;
+                drain.abort();
+                paced.await;
+            }
+            Ok::<_, String>(median(times))
+        })?
+    } else {
+        f64::NAN
+    };
     tokio_rt.block_on(rt.shutdown_async());
     drop(tokio_rt);
     node.quit();
     Ok(json!({
         "one_way": Value::Object(one_way),
         "one_way_1024_many_channels": many,
+        "one_way_1024_one_task": one_task,
         "ping_pong_1024": ping_pong,
         "handler_ping_pong_1024": handler_ping_pong,
         "handshake_ms_median": handshake_ms,
@@ -535,7 +560,7 @@ pub(crate) fn run(quick: bool, runs: usize) -> Value {
     }
 
     for (label, storage) in [("memory", false), ("sqlite_normal", true)] {
-        match two_processes(storage, quick, runs) {
+        match two_processes(storage, quick, runs, Duration::ZERO) {
             Ok(v) => {
                 for size in sizes() {
                     let row = &v["one_way"][size.to_string()];
@@ -556,6 +581,14 @@ pub(crate) fn run(quick: bool, runs: usize) -> Value {
                 println!(
                     "federation {label:<13} one-way   1024 B over {CHANNELS} channels  {rate:>10.0} msg/s (sender {:>8.0})  {:>5.1}% of floor",
                     many["sender_msgs_per_s"].as_f64().unwrap_or(f64::NAN),
+                    rate / floor["1024"]["msgs_per_s"].as_f64().unwrap_or(f64::NAN) * 100.0
+                );
+                let one = &v["one_way_1024_one_task"];
+                let rate = one["msgs_per_s"].as_f64().unwrap_or(f64::NAN);
+                let vs_py = py_rate.map(|p| format!("  {:>6.1}× pymfp", rate / p)).unwrap_or_default();
+                println!(
+                    "federation {label:<13} one-way   1024 B from one sender task  {rate:>10.0} msg/s (sender {:>8.0})  {:>5.1}% of floor{vs_py}",
+                    one["sender_msgs_per_s"].as_f64().unwrap_or(f64::NAN),
                     rate / floor["1024"]["msgs_per_s"].as_f64().unwrap_or(f64::NAN) * 100.0
                 );
                 let pp = &v["ping_pong_1024"];
@@ -580,6 +613,24 @@ pub(crate) fn run(quick: bool, runs: usize) -> Value {
             Err(e) => println!("federation {label}: failed: {e}"),
         }
     }
+    // Round trips with both links busy-polling (NetConfig::busy_poll): latency for a core.
+    match two_processes(false, quick, runs, BUSY_POLL) {
+        Ok(v) => {
+            let label = format!("memory, busy_poll {} µs", BUSY_POLL.as_micros());
+            for (key, what) in [("ping_pong_1024", ""), ("handler_ping_pong_1024", ", handler to handler")] {
+                println!(
+                    "federation {label}  ping-pong 1024 B{what}  p50 {:>8.1} µs  p99 {:>8.1} µs",
+                    v[key]["p50_us"].as_f64().unwrap_or(f64::NAN),
+                    v[key]["p99_us"].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+            report.insert(
+                "memory_busy_poll".into(),
+                json!({"busy_poll_us": BUSY_POLL.as_micros(), "ping_pong_1024": v["ping_pong_1024"], "handler_ping_pong_1024": v["handler_ping_pong_1024"]}),
+            );
+        }
+        Err(e) => println!("federation memory, busy poll: failed: {e}"),
+    }
     report.insert("targets".into(), targets(&report, py_rate));
     Value::Object(report)
 }
@@ -589,9 +640,11 @@ pub(crate) fn run(quick: bool, runs: usize) -> Value {
 fn targets(report: &serde_json::Map<String, Value>, py_rate: Option<f64>) -> Value {
     let mut out = serde_json::Map::new();
     let floor_1k = report.get("floor").and_then(|f| f["1024"]["msgs_per_s"].as_f64());
-    for label in ["memory", "sqlite_normal"] {
+    for label in ["memory", "sqlite_normal", "memory_busy_poll"] {
         let Some(v) = report.get(label) else { continue };
         let rate = v["one_way"]["1024"]["msgs_per_s"].as_f64();
+        let one_task = v["one_way_1024_one_task"]["msgs_per_s"].as_f64();
+        let one_task_vs_py = one_task.zip(py_rate).map(|(r, p)| r / p);
         let p50 = v["ping_pong_1024"]["p50_us"].as_f64();
         let handler_p50 = v["handler_ping_pong_1024"]["p50_us"].as_f64();
         let vs_py = rate.zip(py_rate).map(|(r, p)| r / p);
@@ -603,6 +656,11 @@ fn targets(report: &serde_json::Map<String, Value>, py_rate: Option<f64>) -> Val
         };
         let rows = [
             ("one-way 1 KiB >= 20x pymfp", vs_py.map(|x| format!("{x:.1}x")), vs_py.map(|x| x >= 20.0)),
+            (
+                "one-way 1 KiB >= 20x pymfp, one sender task",
+                one_task_vs_py.map(|x| format!("{x:.1}x")),
+                one_task_vs_py.map(|x| x >= 20.0),
+            ),
             (
                 "one-way 1 KiB >= 60% of the floor",
                 of_floor.map(|x| format!("{:.1}%", x * 100.0)),
@@ -617,8 +675,11 @@ fn targets(report: &serde_json::Map<String, Value>, py_rate: Option<f64>) -> Val
         ];
         let mut m = serde_json::Map::new();
         for (name, value, met) in rows {
+            if label == "memory_busy_poll" && value.is_none() {
+                continue; // only the round trips are measured with busy polling
+            }
             println!(
-                "federation target ({label:<13}) {name:<36} {:>10}  {}",
+                "federation target ({label:<13}) {name:<46} {:>10}  {}",
                 value.clone().unwrap_or_else(|| "-".into()),
                 verdict(met)
             );

@@ -7,7 +7,8 @@
 //! connection closes — the benchmark's round-trip floor.
 //!
 //! Usage: `mfp-bench-fed-node [DATABASE]` (SQLite storage, `normal` durability, at
-//! DATABASE; none without it). Prints `listen ADDRESS` once its federation listens, then
+//! DATABASE; none without it); with `MFP_BENCH_FED_BUSY_POLL_US` set, its link busy-polls
+//! that many microseconds (`NetConfig::busy_poll`). Prints `listen ADDRESS` once its federation listens, then
 //! reads commands, one a line, on stdin:
 //! - `count N`: the next N messages to `sink` are counted; once the N-th arrives it prints
 //!   `done N SECONDS`, SECONDS from the first delivery to the N-th;
@@ -112,11 +113,11 @@ fn main() {
         })
         .unwrap();
     let fed = tokio_rt
-        .block_on(Federation::start(
-            &rt,
-            fed_common::key(FAR).unwrap(),
-            fed_common::federation_config(FAR, true, None).unwrap(),
-        ))
+        .block_on(Federation::start(&rt, fed_common::key(FAR).unwrap(), {
+            let mut cfg = fed_common::federation_config(FAR, true, None).unwrap();
+            cfg.net.busy_poll = fed_common::busy_poll_from_env();
+            cfg
+        }))
         .unwrap();
     let addr = fed.local_addr().expect("the federation listens");
     let mut out = std::io::stdout().lock();

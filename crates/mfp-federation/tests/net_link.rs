@@ -192,6 +192,10 @@ async fn configuration_mistakes_are_refused() {
     assert!(e.to_string().contains("its own peer"), "{e}");
     let e = Network::start(low.key(), low.runtime, vec![high.peer(None), high.peer(None)], cfg(1)).await.unwrap_err();
     assert!(e.to_string().contains("configured twice"), "{e}");
+    let mut spin = cfg(1);
+    spin.busy_poll = mfp_federation::net::MAX_BUSY_POLL + Duration::from_millis(1);
+    let e = Network::start(low.key(), low.runtime, vec![], spin).await.unwrap_err();
+    assert!(e.to_string().contains("busy_poll"), "{e}");
     let mut short = cfg(1);
     short.session.idle_timeout = short.session.keepalive;
     assert!(matches!(Network::start(low.key(), low.runtime, vec![], short).await, Err(NetError::Config(_))));
@@ -207,4 +211,37 @@ async fn configuration_mistakes_are_refused() {
     assert!(matches!(h.with_session(|_| ()), Err(NetError::NotConnected(_))));
     assert!(net.peer(&low.runtime).is_none());
     net.shutdown().await;
+}
+
+/// `busy_poll`: the link's task goes round without parking for that long after its last
+/// read or write, then waits for the socket again; with zero (the default) it never spins.
+/// Keepalives are 5 s apart here, so once the link is up nothing is read or written for
+/// the rest of the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_polling_link_spins_after_its_last_byte_and_then_stops() {
+    let (low, high) = two_ids();
+    let quiet = |seed| {
+        let mut c = cfg(seed);
+        c.session.keepalive = Duration::from_secs(5);
+        c.session.idle_timeout = Duration::from_secs(20);
+        c
+    };
+    let mut spinning = quiet(1);
+    spinning.busy_poll = Duration::from_millis(5);
+    let (ln, mut lrx) = start(&low, vec![high.peer(None)], spinning).await;
+    let (hn, mut hrx) = start(&high, vec![low.peer(Some(ln.local_addr().unwrap()))], quiet(2)).await;
+    wait_for(&mut lrx, "Up (listener)", is_up).await;
+    wait_for(&mut hrx, "Up (dialer)", is_up).await;
+    // The handshake's last bytes: the listener's link spun after them, the dialer's did not.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let spun = ln.stats().snapshot().busy_polls;
+    assert!(spun > 0, "the link did not spin after its last byte");
+    assert_eq!(hn.stats().snapshot().busy_polls, 0, "a link without busy_poll spun");
+    // Nothing is read or written now: the window closed, the task waits for the socket.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ln.stats().snapshot().busy_polls, spun, "the link kept spinning with nothing to read or write");
+    let (l, h) = (ln.peer(&high.runtime).unwrap(), hn.peer(&low.runtime).unwrap());
+    assert!(l.is_up() && h.is_up());
+    ln.shutdown().await;
+    hn.shutdown().await;
 }

@@ -345,6 +345,8 @@ pub(super) async fn run(shared: &Shared, slot: &PeerSlot, stream: TcpStream, ins
     let mut pending_input = leftover;
     let mut pending_events = Vec::new();
     let mut replaced = false;
+    // The last read or write, for `busy_poll`.
+    let mut last_io = start;
 
     loop {
         let now = Instant::now();
@@ -424,6 +426,7 @@ pub(super) async fn run(shared: &Shared, slot: &PeerSlot, stream: TcpStream, ins
         let read_deadline = frame_started.map_or(far, |t| t + cfg.read_timeout);
         let write_deadline = out.since.map_or(far, |t| t + cfg.write_timeout);
         let timer = timer.unwrap_or(far);
+        let spinning = !closed && now < last_io + cfg.busy_poll;
         tokio::select! {
             r = rd.read(&mut buf), if !closed => match r {
                 Ok(0) => {
@@ -434,6 +437,7 @@ pub(super) async fn run(shared: &Shared, slot: &PeerSlot, stream: TcpStream, ins
                     NetStats::add(&shared.stats.bytes_in, n as u64);
                     NetStats::add(&slot.counters.bytes_in, n as u64);
                     pending_input.extend_from_slice(buf.get(..n).unwrap_or_default());
+                    last_io = Instant::now();
                 }
                 Err(e) => {
                     reason.get_or_insert_with(|| format!("read failed: {e}"));
@@ -449,6 +453,7 @@ pub(super) async fn run(shared: &Shared, slot: &PeerSlot, stream: TcpStream, ins
                     NetStats::add(&shared.stats.bytes_out, n as u64);
                     NetStats::add(&slot.counters.bytes_out, n as u64);
                     out.advance(n, Instant::now());
+                    last_io = Instant::now();
                 }
                 Err(e) => {
                     reason.get_or_insert_with(|| format!("write failed: {e}"));
@@ -456,6 +461,9 @@ pub(super) async fn run(shared: &Shared, slot: &PeerSlot, stream: TcpStream, ins
                 }
             },
             () = wake.notified() => {}
+            // Busy polling: `yield_now` has the worker poll its I/O driver without waiting
+            // and run its other tasks, then this task goes round again.
+            () = tokio::task::yield_now(), if spinning => NetStats::inc(&shared.stats.busy_polls),
             // Runs the timers at the top of the loop.
             () = tokio::time::sleep_until(timer.into()), if !closed && timer > now => {}
             () = tokio::time::sleep_until(read_deadline.into()), if frame_started.is_some() && !closed => {

@@ -20,6 +20,7 @@ pub struct NetStats {
     pub(super) sessions_active: AtomicU64,
     pub(super) sessions_replaced: AtomicU64,
     pub(super) duplicate_links_refused: AtomicU64,
+    pub(super) busy_polls: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -58,6 +59,9 @@ pub struct NetStatsSnapshot {
     pub sessions_replaced: u64,
     /// New connections closed because the pair already had its link (simultaneous dials).
     pub duplicate_links_refused: u64,
+    /// Times a link's task went round without parking, polling its socket while
+    /// [`super::NetConfig::busy_poll`] lasted after its last read or write.
+    pub busy_polls: u64,
 }
 
 impl NetStats {
@@ -93,6 +97,7 @@ impl NetStats {
             sessions_active: get(&self.sessions_active),
             sessions_replaced: get(&self.sessions_replaced),
             duplicate_links_refused: get(&self.duplicate_links_refused),
+            busy_polls: get(&self.busy_polls),
         }
     }
 }
