@@ -256,6 +256,13 @@ impl AgentHandle {
                     let receipt = inner
                         .send_remote(&self.record, &ch, payload, options, deadline, started, submitted, driver)
                         .await?;
+                    if matches!(caller, Caller::Async) {
+                        // Without storage nothing above had to wait: a task sending in a
+                        // loop would keep its worker from the link's task, which writes
+                        // these messages out. (Not for a blocking send: it has sent, and
+                        // must not then look as if it had to wait.)
+                        tokio::task::consume_budget().await;
+                    }
                     let peer = ch.remote().map_or(ch.a.id, |l| l.end.agent);
                     return Ok((receipt, peer));
                 }

@@ -92,9 +92,6 @@ impl Inner {
             Sealed::Replayed(receipt) => Ok(receipt),
             Sealed::Sent(receipt) => {
                 self.sent(sender, &ctx, &receipt, started, Some(link.end.agent));
-                // Nothing above had to wait: a task sending in a loop would keep its worker
-                // from the link's task, which writes these messages out.
-                tokio::task::consume_budget().await;
                 Ok(receipt)
             }
             Sealed::Submitted(handover) => {

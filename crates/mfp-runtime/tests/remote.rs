@@ -785,3 +785,34 @@ fn a_task_sending_in_a_loop_gives_way_to_the_other_tasks_of_its_worker() {
     assert_eq!(a.wire.take().len(), SENDS);
     assert!(seen_at < SENDS, "the other task ran only after all {SENDS} sends");
 }
+
+/// A blocking send on the thread that drives a current-thread runtime, made when the task
+/// it runs in has spent its coop budget, sends once and says so: it does not report
+/// `WouldBlock` for a message it has sent (a caller would send it again).
+#[test]
+fn a_blocking_send_from_a_task_without_budget_sends_once_and_says_so() {
+    let tokio_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let on = |name: &[u8]| {
+        let rt = Runtime::builder(config(name)).tokio_handle(tokio_rt.handle().clone()).build().unwrap();
+        let wire = Loopback::new();
+        rt.attach_transport(Arc::new(wire.clone())).unwrap();
+        let inbox = Inbox::new();
+        let agent = rt.bind_named("agent", inbox.handler()).unwrap();
+        Side { rt, wire, agent, inbox }
+    };
+    let (a, b) = (on(b"a"), on(b"b"));
+    let ch = join(&a, &b, 4);
+    let sent = tokio_rt.block_on(async {
+        while tokio::task::coop::has_budget_remaining() {
+            tokio::task::consume_budget().await;
+        }
+        a.agent.send(ch, b"once")
+    });
+    assert!(sent.is_ok(), "{sent:?}");
+    assert_eq!(a.wire.take().len(), 1);
+    // The runtimes' tasks live on this runtime: they stop while it is driven.
+    tokio_rt.block_on(async {
+        a.rt.shutdown_async().await;
+        b.rt.shutdown_async().await;
+    });
+}
