@@ -8,7 +8,7 @@
 
 use core::fmt;
 
-use crate::crypto::{hmac_state, sha256};
+use crate::crypto::{HmacKey, hmac_state, sha256};
 use crate::envelope::{EnvelopeFlags, EnvelopeHeader};
 use crate::{ChannelId, Error, Frame, RuntimeId, State, TAG_SIZE, encoding, message, sampling};
 
@@ -87,9 +87,14 @@ impl BilateralState {
     /// The state after a frame was used: `R' = HMAC(R, frame)`, `P' = HMAC(P, frame)`,
     /// `t' = t + 1`. Fails only if the step would overflow.
     pub fn advance(&self, frame: &Frame) -> Result<Self, Error> {
+        self.advance_keyed(&self.keys(), frame)
+    }
+
+    /// [`Self::advance`] with `R` and `P` keyed already.
+    fn advance_keyed(&self, keys: &Keys, frame: &Frame) -> Result<Self, Error> {
         Ok(Self {
-            ratchet: hmac_state(self.ratchet.expose(), &[frame.as_bytes()]),
-            prng_seed: hmac_state(self.prng_seed.expose(), &[frame.as_bytes()]),
+            ratchet: keys.ratchet.mac_state(&[frame.as_bytes()]),
+            prng_seed: keys.prng_seed.mac_state(&[frame.as_bytes()]),
             step: self.step.checked_add(1).ok_or(Error::Crypto("bilateral step exhausted"))?,
         })
     }
@@ -97,7 +102,18 @@ impl BilateralState {
     /// The deterministic frame of depth `k` for the current step: cross-runtime frame
     /// sampling (see [`crate::sampling`]) with `R` as both `Sl` and `Sg`.
     pub fn frame(&self, depth: usize) -> Result<Frame, Error> {
-        sampling::sample_frame_cross(&self.ratchet, self.step, &self.ratchet, &self.prng_seed, depth)
+        self.frame_keyed(&self.keys(), depth)
+    }
+
+    /// [`Self::frame`] with `R` and `P` keyed already.
+    fn frame_keyed(&self, keys: &Keys, depth: usize) -> Result<Frame, Error> {
+        sampling::sample_frame_cross_keyed(&keys.ratchet, self.step, &self.ratchet, &keys.prng_seed, depth)
+    }
+
+    /// `R` and `P` keyed for HMAC: a message computes three MACs under `R` (its frame's
+    /// distribution seed, its encoding key, the next `R`) and two under `P`.
+    fn keys(&self) -> Keys {
+        Keys { ratchet: HmacKey::new(self.ratchet.expose()), prng_seed: HmacKey::new(self.prng_seed.expose()) }
     }
 
     /// Recovery state hash `SHA256(R ‖ P)`.
@@ -130,7 +146,8 @@ impl BilateralState {
         depth: usize,
         payload: &[u8],
     ) -> Result<Outbound, Error> {
-        let frame = self.frame(depth)?;
+        let keys = self.keys();
+        let frame = self.frame_keyed(&keys, depth)?;
         let encoded_len = payload
             .len()
             .checked_add(TAG_SIZE)
@@ -139,11 +156,11 @@ impl BilateralState {
         let depth32 =
             u32::try_from(depth).map_err(|_| Error::FrameDepthTooLarge { depth, max: crate::MAX_FRAME_DEPTH })?;
         let header = EnvelopeHeader::new(EnvelopeFlags::NONE, depth32, encoded_len, *channel, self.step, sender);
-        let msg = message::assemble(&frame, &self.ratchet, channel, self.step, payload)?;
+        let msg = message::assemble_keyed(&frame, &keys.ratchet, channel, self.step, payload)?;
         let mut wire = Vec::with_capacity(crate::ENVELOPE_HEADER_SIZE + msg.len());
         wire.extend_from_slice(&header.to_bytes());
         wire.extend_from_slice(&msg);
-        let next = self.advance(&frame)?;
+        let next = self.advance_keyed(&keys, &frame)?;
         Ok(Outbound { wire, header, frame, next })
     }
 
@@ -161,16 +178,23 @@ impl BilateralState {
             return Err(Error::Envelope(e));
         }
         let depth = header.frame_depth as usize;
-        let expected = self.frame(depth)?;
+        let keys = self.keys();
+        let expected = self.frame_keyed(&keys, depth)?;
         let parts = message::parse(body, depth)?;
         if parts.encoded_payload().len() != header.payload_len as usize {
             return Err(Error::MessageLength { expected: header.body_len() as usize, actual: body.len() });
         }
         Frame::validate_bytes(parts.frame_open_bytes(), parts.frame_close_bytes(), &expected)?;
-        let payload = encoding::decode(&self.ratchet, &header.channel_id, self.step, parts.encoded_payload())?;
-        let next = self.advance(&expected)?;
+        let payload = encoding::decode_keyed(&keys.ratchet, &header.channel_id, self.step, parts.encoded_payload())?;
+        let next = self.advance_keyed(&keys, &expected)?;
         Ok((payload, next))
     }
+}
+
+/// A chain's `R` and `P`, keyed for HMAC once per message.
+struct Keys {
+    ratchet: HmacKey,
+    prng_seed: HmacKey,
 }
 
 /// A rotation message (`RekeyRequest` or `RekeyAccept`; pymfp gives them the same 104-byte

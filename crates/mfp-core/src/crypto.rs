@@ -25,22 +25,53 @@ pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
 }
 
 /// HMAC-SHA-256 with `key` over the concatenation of `parts` (key first, as in pymfp).
-///
-/// The key is brought to SHA-256's block size as RFC 2104 says — hashed when longer,
-/// zero-padded — before the MAC is keyed, so keying cannot fail; the padded copy is wiped.
 #[must_use]
 pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut block = Zeroizing::new([0u8; SHA256_BLOCK]);
-    if let Some(short) = block.get_mut(..key.len()) {
-        short.copy_from_slice(key);
-    } else if let Some(head) = block.get_mut(..32) {
-        head.copy_from_slice(&sha256(&[key]));
+    HmacKey::new(key).mac(parts)
+}
+
+/// An HMAC-SHA-256 key, keyed once: the two block compressions of the key are done when
+/// it is made, not again for each MAC under it (a message computes three MACs under its
+/// chain's ratchet state and two under its PRNG seed). Its states are wiped on drop.
+#[derive(Clone)]
+pub struct HmacKey(Hmac<Sha256>);
+
+impl HmacKey {
+    /// Keys HMAC-SHA-256 with `key`. The key is brought to SHA-256's block size as
+    /// RFC 2104 says — hashed when longer, zero-padded — so keying cannot fail; the padded
+    /// copy is wiped.
+    #[must_use]
+    pub fn new(key: &[u8]) -> Self {
+        let mut block = Zeroizing::new([0u8; SHA256_BLOCK]);
+        if let Some(short) = block.get_mut(..key.len()) {
+            short.copy_from_slice(key);
+        } else if let Some(head) = block.get_mut(..32) {
+            head.copy_from_slice(&sha256(&[key]));
+        }
+        Self(<Hmac<Sha256> as KeyInit>::new(&(*block).into()))
     }
-    let mut mac = <Hmac<Sha256> as KeyInit>::new(&(*block).into());
-    for p in parts {
-        mac.update(p);
+
+    /// The MAC of the concatenation of `parts`.
+    #[must_use]
+    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        for p in parts {
+            mac.update(p);
+        }
+        mac.finalize().into_bytes().into()
     }
-    mac.finalize().into_bytes().into()
+
+    /// [`Self::mac`] as a [`State`] (zeroized on drop).
+    #[must_use]
+    pub fn mac_state(&self, parts: &[&[u8]]) -> State {
+        State::from_bytes(self.mac(parts))
+    }
+}
+
+impl core::fmt::Debug for HmacKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("HmacKey(..)")
+    }
 }
 
 /// HMAC-SHA-256 returning a [`State`] (zeroized on drop).
@@ -162,6 +193,20 @@ mod tests {
         }
         assert!(!ct_eq(&a, &a[..99]));
         assert!(ct_eq(&[], &[]));
+    }
+
+    #[test]
+    fn a_key_made_once_gives_the_macs_of_a_key_made_each_time() {
+        for key in [&b""[..], b"k", &[9u8; 32], &[7u8; 64], &[5u8; 65], &[3u8; 200]] {
+            let keyed = HmacKey::new(key);
+            for data in [&b""[..], b"abc", &[1u8; 100]] {
+                assert_eq!(keyed.mac(&[data]), hmac_sha256(key, &[data]));
+                let ring_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+                assert_eq!(&keyed.mac(&[data])[..], ring::hmac::sign(&ring_key, data).as_ref());
+            }
+            // Used again after other MACs: the keyed state is not consumed.
+            assert_eq!(keyed.mac_state(&[b"x"]).expose(), &hmac_sha256(key, &[b"x"]));
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! `Sl` and `t` are the values *before* the message advances the ratchet. Failures are a
 //! bare [`Error::DecodeFailed`]: nothing about why is revealed.
 
-use crate::crypto::{hmac_sha256, hmac_state};
+use crate::crypto::{HmacKey, hmac_sha256, hmac_state};
 use crate::{ChannelId, Error, NONCE_SIZE, State, TAG_SIZE};
 
 /// Label mixed into the encoding key derivation.
@@ -49,6 +49,11 @@ pub fn encoding_key(local: &State, algorithm: Algorithm) -> State {
     hmac_state(local.expose(), &[ENCODING_KEY_LABEL, algorithm.id()])
 }
 
+/// [`encoding_key`] with `Sl` keyed already.
+fn encoding_key_keyed(local: &HmacKey, algorithm: Algorithm) -> State {
+    local.mac_state(&[ENCODING_KEY_LABEL, algorithm.id()])
+}
+
 /// The 24-byte associated data `channel_id ‖ u64be(t)`.
 #[must_use]
 pub fn aad(channel: &ChannelId, step: u64) -> [u8; 24] {
@@ -76,8 +81,8 @@ struct MessageCipher {
 }
 
 impl MessageCipher {
-    fn new(local: &State, channel: &ChannelId, step: u64) -> Result<Self, Error> {
-        let key = encoding_key(local, Algorithm::Aes256Gcm);
+    fn new(local: &HmacKey, channel: &ChannelId, step: u64) -> Result<Self, Error> {
+        let key = encoding_key_keyed(local, Algorithm::Aes256Gcm);
         let nonce = nonce(&key, channel, step);
         Ok(Self { key: crate::crypto::Aes256GcmKey::new(key.expose())?, nonce, aad: aad(channel, step) })
     }
@@ -105,13 +110,31 @@ pub fn encode(local: &State, channel: &ChannelId, step: u64, payload: &[u8]) -> 
 
 /// Encrypts `buf` in place and returns the 16-byte tag the caller appends.
 pub fn encode_in_place(local: &State, channel: &ChannelId, step: u64, buf: &mut [u8]) -> Result<[u8; TAG_SIZE], Error> {
+    encode_in_place_keyed(&HmacKey::new(local.expose()), channel, step, buf)
+}
+
+/// [`encode_in_place`] with `Sl` keyed already.
+pub(crate) fn encode_in_place_keyed(
+    local: &HmacKey,
+    channel: &ChannelId,
+    step: u64,
+    buf: &mut [u8],
+) -> Result<[u8; TAG_SIZE], Error> {
     MessageCipher::new(local, channel, step)?.seal(buf)
 }
 
 /// Decodes `ciphertext ‖ tag` into a new buffer.
 pub fn decode(local: &State, channel: &ChannelId, step: u64, encoded: &[u8]) -> Result<Vec<u8>, Error> {
+    decode_keyed(&HmacKey::new(local.expose()), channel, step, encoded)
+}
+
+/// [`decode`] with `Sl` keyed already.
+pub(crate) fn decode_keyed(local: &HmacKey, channel: &ChannelId, step: u64, encoded: &[u8]) -> Result<Vec<u8>, Error> {
+    if encoded.len() < TAG_SIZE {
+        return Err(Error::DecodeFailed);
+    }
     let mut buf = encoded.to_vec();
-    let n = decode_in_place(local, channel, step, &mut buf)?.len();
+    let n = MessageCipher::new(local, channel, step)?.open(&mut buf)?.len();
     buf.truncate(n);
     Ok(buf)
 }
@@ -126,7 +149,7 @@ pub fn decode_in_place<'a>(
     if buf.len() < TAG_SIZE {
         return Err(Error::DecodeFailed);
     }
-    MessageCipher::new(local, channel, step)?.open(buf)
+    MessageCipher::new(&HmacKey::new(local.expose()), channel, step)?.open(buf)
 }
 
 #[cfg(test)]

@@ -22,6 +22,17 @@ pub fn assemble(
     step: u64,
     payload: &[u8],
 ) -> Result<Vec<u8>, Error> {
+    assemble_keyed(frame, &crate::crypto::HmacKey::new(local.expose()), channel, step, payload)
+}
+
+/// [`assemble`] with `Sl` keyed already.
+pub(crate) fn assemble_keyed(
+    frame: &Frame,
+    local: &crate::crypto::HmacKey,
+    channel: &ChannelId,
+    step: u64,
+    payload: &[u8],
+) -> Result<Vec<u8>, Error> {
     let total = message_len(frame.depth(), payload.len())
         .ok_or(Error::PayloadTooLarge { len: payload.len(), max: encoding::MAX_ENCODABLE_PAYLOAD })?;
     let open = frame.as_bytes();
@@ -29,7 +40,7 @@ pub fn assemble(
     out.extend_from_slice(open);
     out.extend_from_slice(payload);
     let start = open.len();
-    let tag = encoding::encode_in_place(local, channel, step, out.get_mut(start..).unwrap_or_default())?;
+    let tag = encoding::encode_in_place_keyed(local, channel, step, out.get_mut(start..).unwrap_or_default())?;
     out.extend_from_slice(&tag);
     push_mirror(&mut out, open);
     Ok(out)

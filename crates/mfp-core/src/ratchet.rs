@@ -1,6 +1,6 @@
 //! The per-channel ratchet: seed, advance, distribution seed, and plain composition.
 
-use crate::crypto::{hmac_state, sha256};
+use crate::crypto::{HmacKey, hmac_state, sha256};
 use crate::{AgentId, ChannelId, Frame, RuntimeId, State};
 
 /// The initial local state of a channel:
@@ -23,7 +23,13 @@ pub fn advance(state: &State, frame: &Frame) -> State {
 /// For cross-runtime frames pymfp passes the bilateral ratchet state in place of `Sg`.
 #[must_use]
 pub fn distribution_seed(local: &State, step: u64, global: &State) -> State {
-    hmac_state(local.expose(), &[&step.to_be_bytes(), global.expose()])
+    distribution_seed_keyed(&HmacKey::new(local.expose()), step, global)
+}
+
+/// [`distribution_seed`] with `Sl` keyed already.
+#[must_use]
+pub(crate) fn distribution_seed_keyed(local: &HmacKey, step: u64, global: &State) -> State {
+    local.mac_state(&[&step.to_be_bytes(), global.expose()])
 }
 
 /// Plain composition `SHA256(S1 ‖ … ‖ Sn)` of states in the given order.

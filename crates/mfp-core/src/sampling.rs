@@ -1,8 +1,8 @@
 //! Frame sampling: intra-runtime (PRNG ⊕ caller entropy) and cross-runtime (deterministic).
 
-use crate::crypto::hmac_state;
+use crate::crypto::HmacKey;
 use crate::frame::check_depth;
-use crate::ratchet::distribution_seed;
+use crate::ratchet::{distribution_seed, distribution_seed_keyed};
 use crate::{BLOCK_SIZE, EntropySource, Frame, Prng, State};
 
 /// Samples an intra-runtime frame of depth `k`:
@@ -26,7 +26,7 @@ pub fn sample_frame(
 /// The jitter seed of a cross-runtime frame: `HMAC(P, u64be(t))`.
 #[must_use]
 pub fn jitter_seed(shared_prng_seed: &State, step: u64) -> State {
-    hmac_state(shared_prng_seed.expose(), &[&step.to_be_bytes()])
+    HmacKey::new(shared_prng_seed.expose()).mac_state(&[&step.to_be_bytes()])
 }
 
 /// Samples the deterministic cross-runtime frame both runtimes can compute:
@@ -40,10 +40,27 @@ pub fn sample_frame_cross(
     shared_prng_seed: &State,
     depth: usize,
 ) -> Result<Frame, crate::Error> {
+    sample_frame_cross_keyed(
+        &HmacKey::new(local.expose()),
+        step,
+        ratchet,
+        &HmacKey::new(shared_prng_seed.expose()),
+        depth,
+    )
+}
+
+/// [`sample_frame_cross`] with `Sl` and `P` keyed already.
+pub(crate) fn sample_frame_cross_keyed(
+    local: &HmacKey,
+    step: u64,
+    ratchet: &State,
+    shared_prng_seed: &HmacKey,
+    depth: usize,
+) -> Result<Frame, crate::Error> {
     check_depth(depth)?;
     let mut bytes = vec![0u8; depth * BLOCK_SIZE];
-    Prng::new(&distribution_seed(local, step, ratchet)).xor_into(&mut bytes);
-    Prng::new(&jitter_seed(shared_prng_seed, step)).xor_into(&mut bytes);
+    Prng::new(&distribution_seed_keyed(local, step, ratchet)).xor_into(&mut bytes);
+    Prng::new(&shared_prng_seed.mac_state(&[&step.to_be_bytes()])).xor_into(&mut bytes);
     Frame::from_bytes(bytes)
 }
 
