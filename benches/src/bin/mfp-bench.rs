@@ -111,16 +111,18 @@ fn floor_once(size: usize, n: usize, leaves: usize) -> (f64, f64) {
             b.copy_from_slice(&draw[32..32 + b.len()]);
             Ok(())
         });
-        let frame = sampling::sample_frame(&sl, step, &sg, 4, &mut jitter).unwrap();
+        // Sl keyed for HMAC once per message, as the runtime does.
+        let keyed = mfp_core::crypto::HmacKey::new(sl.expose());
+        let frame = sampling::sample_frame_keyed(&keyed, step, &sg, 4, &mut jitter).unwrap();
         let mut m = Vec::with_capacity(payload.len() + 16);
         m.extend_from_slice(&payload);
-        let tag = encoding::encode_in_place(&sl, &channel, step, &mut m).unwrap();
+        let tag = encoding::encode_in_place_keyed(&keyed, &channel, step, &mut m).unwrap();
         m.extend_from_slice(&tag);
         Frame::validate(&frame, &frame.mirror(), &frame).unwrap();
-        let len = encoding::decode_in_place(&sl, &channel, step, &mut m).unwrap().len();
+        let len = encoding::decode_in_place_keyed(&keyed, &channel, step, &mut m).unwrap().len();
         m.truncate(len);
         std::hint::black_box(&m);
-        sl = ratchet::advance(&sl, &frame);
+        sl = ratchet::advance_keyed(&keyed, &frame);
         tree.update(&channel, &sl).unwrap();
     }
     let secs = start.elapsed().as_secs_f64();

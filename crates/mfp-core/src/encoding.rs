@@ -113,8 +113,9 @@ pub fn encode_in_place(local: &State, channel: &ChannelId, step: u64, buf: &mut 
     encode_in_place_keyed(&HmacKey::new(local.expose()), channel, step, buf)
 }
 
-/// [`encode_in_place`] with `Sl` keyed already.
-pub(crate) fn encode_in_place_keyed(
+/// [`encode_in_place`] with `Sl` keyed already ([`HmacKey::new`] of its bytes): a caller
+/// that computes other MACs under `Sl` for the same message keys it once.
+pub fn encode_in_place_keyed(
     local: &HmacKey,
     channel: &ChannelId,
     step: u64,
@@ -146,10 +147,20 @@ pub fn decode_in_place<'a>(
     step: u64,
     buf: &'a mut [u8],
 ) -> Result<&'a mut [u8], Error> {
+    decode_in_place_keyed(&HmacKey::new(local.expose()), channel, step, buf)
+}
+
+/// [`decode_in_place`] with `Sl` keyed already (see [`encode_in_place_keyed`]).
+pub fn decode_in_place_keyed<'a>(
+    local: &HmacKey,
+    channel: &ChannelId,
+    step: u64,
+    buf: &'a mut [u8],
+) -> Result<&'a mut [u8], Error> {
     if buf.len() < TAG_SIZE {
         return Err(Error::DecodeFailed);
     }
-    MessageCipher::new(&HmacKey::new(local.expose()), channel, step)?.open(buf)
+    MessageCipher::new(local, channel, step)?.open(buf)
 }
 
 #[cfg(test)]

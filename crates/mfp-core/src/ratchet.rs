@@ -15,7 +15,13 @@ pub fn channel_seed(runtime: &RuntimeId, a: &AgentId, b: &AgentId, channel: &Cha
 /// The ratchet function `f(S, frame) = HMAC(S, B1 ‖ … ‖ Bk)` over `frame_open`.
 #[must_use]
 pub fn advance(state: &State, frame: &Frame) -> State {
-    hmac_state(state.expose(), &[frame.as_bytes()])
+    advance_keyed(&HmacKey::new(state.expose()), frame)
+}
+
+/// [`advance`] with the state keyed already ([`HmacKey::new`] of its bytes).
+#[must_use]
+pub fn advance_keyed(state: &HmacKey, frame: &Frame) -> State {
+    state.mac_state(&[frame.as_bytes()])
 }
 
 /// The distribution seed `ds = HMAC(Sl, u64be(t) ‖ Sg)` that keys a frame's PRNG.
@@ -26,9 +32,9 @@ pub fn distribution_seed(local: &State, step: u64, global: &State) -> State {
     distribution_seed_keyed(&HmacKey::new(local.expose()), step, global)
 }
 
-/// [`distribution_seed`] with `Sl` keyed already.
+/// [`distribution_seed`] with `Sl` keyed already ([`HmacKey::new`] of its bytes).
 #[must_use]
-pub(crate) fn distribution_seed_keyed(local: &HmacKey, step: u64, global: &State) -> State {
+pub fn distribution_seed_keyed(local: &HmacKey, step: u64, global: &State) -> State {
     local.mac_state(&[&step.to_be_bytes(), global.expose()])
 }
 

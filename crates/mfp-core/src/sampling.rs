@@ -2,7 +2,7 @@
 
 use crate::crypto::HmacKey;
 use crate::frame::check_depth;
-use crate::ratchet::{distribution_seed, distribution_seed_keyed};
+use crate::ratchet::distribution_seed_keyed;
 use crate::{BLOCK_SIZE, EntropySource, Frame, Prng, State};
 
 /// Samples an intra-runtime frame of depth `k`:
@@ -15,10 +15,23 @@ pub fn sample_frame(
     depth: usize,
     entropy: &mut dyn EntropySource,
 ) -> Result<Frame, crate::Error> {
+    sample_frame_keyed(&HmacKey::new(local.expose()), step, global, depth, entropy)
+}
+
+/// [`sample_frame`] with `Sl` keyed already ([`HmacKey::new`] of its bytes): a caller that
+/// computes other MACs under `Sl` for the same message (its encoding key, the next `Sl`)
+/// keys it once.
+pub fn sample_frame_keyed(
+    local: &HmacKey,
+    step: u64,
+    global: &State,
+    depth: usize,
+    entropy: &mut dyn EntropySource,
+) -> Result<Frame, crate::Error> {
     check_depth(depth)?;
     let mut bytes = vec![0u8; depth * BLOCK_SIZE];
     entropy.fill(&mut bytes)?;
-    let ds = distribution_seed(local, step, global);
+    let ds = distribution_seed_keyed(local, step, global);
     Prng::new(&ds).xor_into(&mut bytes);
     Frame::from_bytes(bytes)
 }
@@ -68,6 +81,7 @@ pub(crate) fn sample_frame_cross_keyed(
 mod tests {
     use super::*;
     use crate::FnEntropy;
+    use crate::ratchet::distribution_seed;
 
     #[test]
     fn zero_jitter_gives_the_candidates() {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use mfp_core::crypto::sha256;
+use mfp_core::crypto::{HmacKey, sha256};
 use mfp_core::{BLOCK_SIZE, ChannelId, Frame, MessageId, ReplayEntropy, TAG_SIZE, encoding, ratchet, sampling};
 use tokio::sync::{mpsc, oneshot};
 
@@ -122,8 +122,11 @@ impl Inner {
         }
         // The outbound half (FRAME → ENCODE), then the inbound half (VALIDATE → DECODE) of
         // the same message, in one go: both ends are local.
-        let mut sealed = self.seal_local(&ch, channel, payload, draw)?;
-        let next = match Self::open_local(&ch, channel, &mut sealed) {
+        // Sl keyed for HMAC once: the frame's seed, the encoding key (twice) and the next Sl
+        // are MACs under it.
+        let sl = HmacKey::new(ch.state.expose());
+        let mut sealed = self.seal_local(&ch, &sl, channel, payload, draw)?;
+        let next = match Self::open_local(&sl, channel, &mut sealed) {
             Ok(next) => next,
             Err(Error::FrameValidation) => {
                 self.shared.metrics.validation_failures.inc();
@@ -416,6 +419,7 @@ impl Inner {
     fn seal_local(
         &self,
         ch: &ChannelInner,
+        sl: &HmacKey,
         channel: &ChannelRecord,
         payload: &[u8],
         draw: &mut [u8],
@@ -429,14 +433,14 @@ impl Inner {
         let step = ch.step;
         let depth = usize::from(channel.depth);
         // FRAME
-        let frame: Frame = sampling::sample_frame(&ch.state, step, &sg, depth, &mut ReplayEntropy::new(jitter))?;
+        let frame: Frame = sampling::sample_frame_keyed(sl, step, &sg, depth, &mut ReplayEntropy::new(jitter))?;
         // ENCODE. The protocol message is frame_open ‖ E(P) ‖ frame_close; inside the
         // runtime it is never serialised, so its three parts stay in their own buffers and
         // E(P) is built where the payload's only copy is (no concatenation, and no shift of
         // the plaintext back to the front after decoding).
         let mut m = Vec::with_capacity(payload.len() + TAG_SIZE);
         m.extend_from_slice(payload);
-        let tag = encoding::encode_in_place(&ch.state, &channel.id, step, &mut m)?;
+        let tag = encoding::encode_in_place_keyed(sl, &channel.id, step, &mut m)?;
         m.extend_from_slice(&tag);
         let frame_close = frame.mirror();
         Ok(Sealed { message_id, correlation_id: CorrelationId(corr), step, frame, frame_close, m })
@@ -446,18 +450,18 @@ impl Inner {
     /// place (`sealed.m` then holds the payload). Returns the state after the message;
     /// [`Error::FrameValidation`] or [`Error::Decode`] otherwise, with nothing changed.
     #[inline]
-    fn open_local(ch: &ChannelInner, channel: &ChannelRecord, sealed: &mut Sealed) -> Result<mfp_core::State> {
+    fn open_local(sl: &HmacKey, channel: &ChannelRecord, sealed: &mut Sealed) -> Result<mfp_core::State> {
         // VALIDATE: the frame the receiver derives is the sender's (same state, step and
         // Sg), so a mismatch means memory corruption or a bug; it counts like any failure.
         if Frame::validate(&sealed.frame, &sealed.frame_close, &sealed.frame).is_err() {
             return Err(Error::FrameValidation);
         }
         // DECODE (in place)
-        let plain_len = encoding::decode_in_place(&ch.state, &channel.id, sealed.step, &mut sealed.m)
+        let plain_len = encoding::decode_in_place_keyed(sl, &channel.id, sealed.step, &mut sealed.m)
             .map_err(|_| Error::Decode)?
             .len();
         sealed.m.truncate(plain_len);
-        Ok(ratchet::advance(&ch.state, &sealed.frame))
+        Ok(ratchet::advance_keyed(sl, &sealed.frame))
     }
 
     // ---- Removals from the durable inbox -----------------------------------------------
