@@ -279,6 +279,9 @@ pub(crate) struct FederationSection {
     pub(crate) peers: Vec<PeerEntry>,
     /// Ours: cross-runtime channels with native peers opened at start.
     pub(crate) channels: Vec<FedChannelEntry>,
+    /// Ours: seconds a native link keeps polling its socket after its last byte
+    /// (`NetConfig::busy_poll`; 0, the default, is off; at most 0.1).
+    pub(crate) busy_poll_seconds: Option<Spanned<f64>>,
 }
 
 /// One entry of `federation.peers`: pymfp style (`runtime_id` "deployment/instance",
@@ -636,6 +639,8 @@ pub(crate) struct Validated {
     pub(crate) identity_key: Option<PathBuf>,
     /// `federation.channels`.
     pub(crate) fed_channels: Vec<FedChannelSpec>,
+    /// `federation.busy_poll_seconds` (zero: off).
+    pub(crate) busy_poll: std::time::Duration,
     pub(crate) storage_path: Option<PathBuf>,
     pub(crate) key_file: Option<PathBuf>,
     pub(crate) log_format: LogFormat,
@@ -927,6 +932,21 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
             }
         }
     }
+    let busy_poll = match &raw.federation.busy_poll_seconds {
+        None => std::time::Duration::ZERO,
+        Some(v)
+            if v.value.is_finite() && (0.0..=mfp_federation::net::MAX_BUSY_POLL.as_secs_f64()).contains(&v.value) =>
+        {
+            std::time::Duration::from_secs_f64(v.value)
+        }
+        Some(v) => {
+            problems.push(problem_at(
+                v,
+                "federation.busy_poll_seconds must be between 0 (off) and 0.1: a link keeps a core busy that long after its last byte",
+            ));
+            std::time::Duration::ZERO
+        }
+    };
     let federation_listen = match &raw.federation.listen {
         None => None,
         Some(l) => match l.value.parse::<std::net::SocketAddr>() {
@@ -1095,6 +1115,7 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
             channels,
             peers,
             federation_listen,
+            busy_poll,
             identity_key,
             fed_channels,
             storage_path,
@@ -1596,6 +1617,16 @@ mod tests {
         assert_eq!((v.max_attempts, v.timeout), (7, std::time::Duration::from_millis(2500)));
         assert!(errors("recovery:\n  max_attempts: 0\n").contains("recovery.max_attempts"));
         assert!(errors("recovery:\n  timeout_seconds: -1\n").contains("recovery.timeout_seconds"));
+    }
+
+    #[test]
+    fn busy_poll_reaches_the_configuration_within_its_bounds() {
+        assert_eq!(p("").unwrap().busy_poll, std::time::Duration::ZERO);
+        let v = p("federation:\n  busy_poll_seconds: 0.0005\n").unwrap();
+        assert_eq!(v.busy_poll, std::time::Duration::from_micros(500));
+        let e = errors("federation:\n  busy_poll_seconds: 0.5\n");
+        assert!(e.starts_with("test.yaml:2:") && e.contains("federation.busy_poll_seconds"), "{e}");
+        assert!(errors("federation:\n  busy_poll_seconds: -1\n").contains("between 0 (off) and 0.1"));
     }
 
     #[test]

@@ -181,6 +181,7 @@ async fn start_native(
     tracing::info!(public_key = %identity.public(), "federation identity (peers pin this key)");
     let mut net = NetConfig::default();
     net.listen = cfg.federation_listen;
+    net.busy_poll = cfg.busy_poll;
     let mut peers = Vec::new();
     let mut ids = Vec::new();
     for p in &cfg.peers {
