@@ -762,11 +762,24 @@ enum BreakerState {
 struct Breaker {
     cool_down: Duration,
     state: Mutex<BreakerState>,
+    /// Closed with no failure counted (kept under `state`'s lock, read without it): a send
+    /// then needs neither the clock nor the lock — `admit` would say yes and a success would
+    /// change nothing.
+    healthy: std::sync::atomic::AtomicBool,
 }
 
 impl Breaker {
     fn new(cool_down: Duration) -> Self {
-        Self { cool_down, state: Mutex::new(BreakerState::Closed { failures: 0, last: None }) }
+        Self {
+            cool_down,
+            state: Mutex::new(BreakerState::Closed { failures: 0, last: None }),
+            healthy: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// Closed with no failure counted.
+    fn healthy(&self) -> bool {
+        self.healthy.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether a send may try now.
@@ -812,6 +825,8 @@ impl Breaker {
             (s @ BreakerState::Open { .. }, _) => (s, false),
         };
         *st = next;
+        self.healthy
+            .store(matches!(next, BreakerState::Closed { failures: 0, .. }), std::sync::atomic::Ordering::Relaxed);
         opened
     }
 }
@@ -868,17 +883,22 @@ impl Transport for FedTransport {
 
     fn reserve(&self, peer: &RuntimeId, len: usize) -> Result<Box<dyn OutboundSlot>, TransportError> {
         let p = self.0.peers.get(peer).ok_or(TransportError::UnknownPeer)?;
-        let now = std::time::Instant::now();
-        if !p.breaker.admit(now) {
+        // A healthy breaker (the common case) needs no clock and no lock.
+        let now = (!p.breaker.healthy()).then(std::time::Instant::now);
+        if let Some(now) = now
+            && !p.breaker.admit(now)
+        {
             return Err(TransportError::Open);
         }
         if !p.handle.is_up() {
-            if p.breaker.record(false, now) {
+            if p.breaker.record(false, now.unwrap_or_else(std::time::Instant::now)) {
                 tracing::warn!(target: "mfp::federation", peer = %p.runtime.short(), "circuit breaker open: sends to this peer fail at once until it lets a trial through");
             }
             return Err(TransportError::Down("not connected".into()));
         }
-        p.breaker.record(true, now);
+        if let Some(now) = now {
+            p.breaker.record(true, now);
+        }
         if len > p.max_bytes {
             return Err(TransportError::Down("the message is larger than the peer's in-flight byte limit".into()));
         }
@@ -1853,6 +1873,7 @@ mod tests {
     fn the_breaker_opens_after_five_failures_and_closes_after_two_good_trials() {
         let t0 = std::time::Instant::now();
         let b = Breaker::new(Duration::from_secs(30));
+        assert!(b.healthy());
         // Failures closer together than the spacing count once.
         for _ in 0..20 {
             assert!(b.admit(t0));
@@ -1864,13 +1885,16 @@ mod tests {
             assert_eq!(b.record(false, t), i + 1 == BREAKER_FAILURES, "failure {i}");
         }
         let t0 = t0 + BREAKER_FAILURE_SPACING * BREAKER_FAILURES;
+        assert!(!b.healthy(), "open");
         assert!(!b.admit(t0 + Duration::from_secs(29)), "open: refused without trying");
         // Half-open after the cool-down: three trials at most.
         let t1 = t0 + Duration::from_secs(30);
         assert!(b.admit(t1));
         assert!(!b.record(true, t1));
+        assert!(!b.healthy(), "half-open after one good trial");
         assert!(b.admit(t1));
         assert!(!b.record(true, t1));
+        assert!(b.healthy(), "closed, no failure counted");
         // Two successes closed it: admits freely again.
         for _ in 0..10 {
             assert!(b.admit(t1));
@@ -1879,8 +1903,10 @@ mod tests {
         for i in 0..BREAKER_FAILURES - 1 {
             b.record(false, t1 + BREAKER_FAILURE_SPACING * i);
         }
+        assert!(!b.healthy(), "closed with failures counted: sends must read the clock and record");
         let t2 = t1 + BREAKER_FAILURE_SPACING * BREAKER_FAILURES;
         b.record(true, t2);
+        assert!(b.healthy());
         assert!(!b.record(false, t2), "one failure after a success does not open it");
     }
 
