@@ -8,12 +8,12 @@ mod common;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::manual_store::ManualStore;
+use common::watchdog::{Watchdog, held};
 use common::{Inbox, WAIT, cfg};
 use mfp_core::State;
 use mfp_core::bilateral::BilateralState;
@@ -121,53 +121,6 @@ fn pair(store: &ManualStore) -> (Side, Side, ChannelId) {
         .unwrap();
     store.set_auto(false);
     (a, b, ch)
-}
-
-/// A thread that, unless stopped within a generous bound, completes every held batch and
-/// says so: a send that blocks its executor thread on the commit would otherwise hang the
-/// test instead of failing it.
-struct Watchdog {
-    fired: Arc<AtomicBool>,
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Watchdog {
-    fn start(store: &ManualStore) -> Self {
-        let fired = Arc::new(AtomicBool::new(false));
-        let (stop, rx) = std::sync::mpsc::channel::<()>();
-        let (f, s) = (Arc::clone(&fired), store.clone());
-        let thread = std::thread::spawn(move || {
-            if rx.recv_timeout(Duration::from_secs(10)).is_err() {
-                f.store(true, Ordering::SeqCst);
-                s.set_auto(true);
-                s.complete_all();
-            }
-        });
-        Self { fired, stop: Some(stop), thread: Some(thread) }
-    }
-
-    fn fired(&self) -> bool {
-        self.fired.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-}
-
-/// Yields until `n` batches are held (or the watchdog fired).
-async fn held(store: &ManualStore, n: usize, dog: &Watchdog) {
-    while store.pending() < n && !dog.fired() {
-        tokio::task::yield_now().await;
-    }
 }
 
 /// Polls `fut` once.
@@ -556,19 +509,6 @@ async fn a_failed_compensation_is_made_good_by_the_next_send() {
     agree(&store, &a, &ch);
 }
 
-/// SplitMix64, for a reproducible schedule.
-struct Mix(u64);
-
-impl Mix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// Many senders on one channel, batches failing at random (compensations too): every
 /// message that got a receipt is handed to the transport exactly once, the transport sees
 /// the channel's steps contiguously and in order, a failed send's message never leaves, and
@@ -588,7 +528,8 @@ async fn random_commit_failures(seeds: std::ops::RangeInclusive<u64>) {
         let store = ManualStore::default();
         let (a, b, ch) = pair(&store);
         let dog = Watchdog::start(&store);
-        let mut rng = Mix(seed);
+        // SplitMix64, for a reproducible schedule.
+        let mut rng = mfp_core::testing::SplitMix64(seed);
         let (senders, per_sender) = (6u8, 20u8);
         let tasks: Vec<_> = (0..senders)
             .map(|t| {
@@ -612,8 +553,8 @@ async fn random_commit_failures(seeds: std::ops::RangeInclusive<u64>) {
             most_in_flight = most_in_flight.max(pending);
             quiet = if pending == last { quiet + 1 } else { 0 };
             last = pending;
-            if pending > 0 && (pending > 1 || quiet > 1_000) && rng.next().is_multiple_of(3) {
-                store.complete_next(!rng.next().is_multiple_of(5));
+            if pending > 0 && (pending > 1 || quiet > 1_000) && rng.next_u64().is_multiple_of(3) {
+                store.complete_next(!rng.next_u64().is_multiple_of(5));
             } else {
                 tokio::task::yield_now().await;
             }

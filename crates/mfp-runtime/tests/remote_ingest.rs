@@ -8,10 +8,9 @@
 mod common;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use common::watchdog::{HoldsBatches, Watchdog, held};
 use common::{Inbox, cfg};
 use mfp_core::bilateral::BilateralState;
 use mfp_core::{MessageId, State};
@@ -80,7 +79,7 @@ impl Storage for HeldStore {
     }
 }
 
-impl HeldStore {
+impl HoldsBatches for HeldStore {
     fn pending(&self) -> usize {
         self.0.lock().unwrap().pending.len()
     }
@@ -89,6 +88,14 @@ impl HeldStore {
         self.0.lock().unwrap().auto = auto;
     }
 
+    fn complete_all(&self) {
+        while self.pending() > 0 {
+            self.complete_next(true);
+        }
+    }
+}
+
+impl HeldStore {
     /// Commits (or fails) the `n`-th oldest pending batch.
     fn complete_nth(&self, n: usize, ok: bool) {
         let (ops, done) = self.0.lock().unwrap().pending.remove(n).unwrap();
@@ -102,12 +109,6 @@ impl HeldStore {
 
     fn complete_next(&self, ok: bool) {
         self.complete_nth(0, ok);
-    }
-
-    fn complete_all(&self) {
-        while self.pending() > 0 {
-            self.complete_next(true);
-        }
     }
 
     /// For each pending batch, the step its inbound advance is conditional on (`None`: an
@@ -223,51 +224,6 @@ fn sent(a: &Side, ch: ChannelId, n: u8) -> Vec<Vec<u8>> {
     let wire = a.wire.0.lock().unwrap().clone();
     assert_eq!(wire.iter().map(|m| m.step).collect::<Vec<_>>(), (0..u64::from(n)).collect::<Vec<_>>());
     wire.iter().map(|m| m.wire.to_vec()).collect()
-}
-
-/// A thread that, unless stopped within a generous bound, commits every held batch and
-/// says so: an ingest that stalls would otherwise hang the test instead of failing it.
-struct Watchdog {
-    fired: Arc<AtomicBool>,
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Watchdog {
-    fn start(store: &HeldStore) -> Self {
-        let fired = Arc::new(AtomicBool::new(false));
-        let (stop, rx) = std::sync::mpsc::channel::<()>();
-        let (f, s) = (Arc::clone(&fired), store.clone());
-        let thread = std::thread::spawn(move || {
-            if rx.recv_timeout(Duration::from_secs(10)).is_err() {
-                f.store(true, Ordering::SeqCst);
-                s.set_auto(true);
-                s.complete_all();
-            }
-        });
-        Self { fired, stop: Some(stop), thread: Some(thread) }
-    }
-
-    fn fired(&self) -> bool {
-        self.fired.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-}
-
-async fn held(store: &HeldStore, n: usize, dog: &Watchdog) {
-    while store.pending() < n && !dog.fired() {
-        tokio::task::yield_now().await;
-    }
 }
 
 type IngestTask = tokio::task::JoinHandle<Result<Ingested, mfp_runtime::Error>>;
@@ -465,19 +421,6 @@ async fn a_failed_inbound_compensation_is_made_good_by_the_next_message() {
     consistent(&store, &b, &ch);
 }
 
-/// SplitMix64, for a reproducible schedule.
-struct Mix(u64);
-
-impl Mix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// A peer sends a channel's messages; batches fail at random (compensations too); after
 /// each round the peer sends again from where the receiver stands, as a transport does on
 /// a refusal. Every message is delivered exactly once, in step order, and storage ends
@@ -500,7 +443,8 @@ async fn random_failures(seeds: std::ops::RangeInclusive<u64>, ordered: bool) {
         let n = 40u8;
         let wires = sent(&a, ch, n);
         let dog = Watchdog::start(&store);
-        let mut rng = Mix(seed);
+        // SplitMix64, for a reproducible schedule.
+        let mut rng = mfp_core::testing::SplitMix64(seed);
         let answered = Arc::new(Mutex::new(Vec::new()));
         let (mut most_in_flight, mut failed, mut rounds) = (0, 0, 0);
         loop {
@@ -521,8 +465,8 @@ async fn random_failures(seeds: std::ops::RangeInclusive<u64>, ordered: bool) {
                 most_in_flight = most_in_flight.max(pending);
                 quiet = if pending == last { quiet + 1 } else { 0 };
                 last = pending;
-                if pending > 0 && (pending > 1 || quiet > 1_000) && rng.next().is_multiple_of(3) {
-                    store.complete_next(!rng.next().is_multiple_of(6));
+                if pending > 0 && (pending > 1 || quiet > 1_000) && rng.next_u64().is_multiple_of(3) {
+                    store.complete_next(!rng.next_u64().is_multiple_of(6));
                 } else {
                     tokio::task::yield_now().await;
                 }
@@ -538,7 +482,7 @@ async fn random_failures(seeds: std::ops::RangeInclusive<u64>, ordered: bool) {
             }
             // What is left (compensations) commits or fails too.
             while store.pending() > 0 {
-                store.complete_next(!rng.next().is_multiple_of(4));
+                store.complete_next(!rng.next_u64().is_multiple_of(4));
             }
         }
         // (On several threads a seed's schedule may happen to complete each batch alone.)
