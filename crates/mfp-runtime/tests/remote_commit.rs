@@ -8,64 +8,16 @@ mod common;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex};
 use std::task::Poll;
-use std::time::Instant;
 
+use common::cfg;
 use common::manual_store::ManualStore;
+use common::recorder::{self, Recorder, Side};
 use common::watchdog::{Watchdog, held};
-use common::{Inbox, WAIT, cfg};
 use mfp_core::State;
 use mfp_core::bilateral::BilateralState;
-use mfp_runtime::remote::{Chains, Ingested, OutboundMessage, OutboundSlot, ReadyFuture, RemoteEnd, Transport};
-use mfp_runtime::{AgentHandle, ChannelId, ChannelStatus, Runtime, RuntimeConfig, RuntimeId};
-
-/// What a runtime handed to its transport, in hand-over order.
-#[derive(Clone, Default)]
-struct Recorder(Arc<(Mutex<Vec<OutboundMessage>>, Condvar)>);
-
-struct Slot(Recorder);
-
-impl OutboundSlot for Slot {
-    fn send(self: Box<Self>, message: OutboundMessage) {
-        let (lock, cv) = &*self.0.0;
-        lock.lock().unwrap().push(message);
-        cv.notify_all();
-    }
-}
-
-impl Transport for Recorder {
-    fn reserve(
-        &self,
-        _peer: &RuntimeId,
-        _len: usize,
-    ) -> Result<Box<dyn OutboundSlot>, mfp_runtime::remote::TransportError> {
-        Ok(Box::new(Slot(self.clone())))
-    }
-
-    fn ready(&self, _peer: &RuntimeId) -> ReadyFuture {
-        Box::pin(std::future::ready(()))
-    }
-}
-
-impl Recorder {
-    fn sent(&self) -> Vec<OutboundMessage> {
-        self.0.0.lock().unwrap().clone()
-    }
-
-    /// Waits until at least `n` messages were handed over (at most `WAIT`).
-    fn wait_for(&self, n: usize) -> Vec<OutboundMessage> {
-        let (lock, cv) = &*self.0;
-        let deadline = Instant::now() + WAIT;
-        let mut g = lock.lock().unwrap();
-        while g.len() < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "expected {n} messages handed to the transport, have {}", g.len());
-            g = cv.wait_timeout(g, left).unwrap().0;
-        }
-        g.clone()
-    }
-}
+use mfp_runtime::remote::{Chains, Ingested, RemoteEnd};
+use mfp_runtime::{AgentHandle, ChannelId, ChannelStatus, RuntimeConfig, RuntimeId};
 
 fn config(name: &[u8]) -> RuntimeConfig {
     let mut c = cfg();
@@ -78,24 +30,8 @@ fn chain(label: u8, a: &RuntimeId, b: &RuntimeId) -> BilateralState {
     BilateralState::ceremonial(&State::from_bytes([label; 32]), a, b)
 }
 
-struct Side {
-    rt: Runtime,
-    wire: Recorder,
-    agent: AgentHandle,
-    inbox: Inbox,
-}
-
 fn side(name: &[u8], store: Option<ManualStore>) -> Side {
-    let mut b = Runtime::builder(config(name));
-    if let Some(s) = store {
-        b = b.storage(s);
-    }
-    let rt = b.build().unwrap();
-    let wire = Recorder::default();
-    rt.attach_transport(Arc::new(wire.clone())).unwrap();
-    let inbox = Inbox::new();
-    let agent = rt.bind_named("agent", inbox.handler()).unwrap();
-    Side { rt, wire, agent, inbox }
+    recorder::side(config(name), store)
 }
 
 /// Side A (durable, on a held store) and side B (in memory), joined by one channel; the

@@ -10,13 +10,14 @@ mod common;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use common::recorder::{self, Side};
 use common::watchdog::{HoldsBatches, Watchdog, held};
 use common::{Inbox, cfg};
 use mfp_core::bilateral::BilateralState;
 use mfp_core::{MessageId, State};
-use mfp_runtime::remote::{Chains, Ingested, OutboundMessage, OutboundSlot, ReadyFuture, RemoteEnd, Transport};
+use mfp_runtime::remote::{Chains, Ingested, RemoteEnd};
 use mfp_runtime::storage::{Storage, StorageError, StorageOp, Ticket, TicketSender};
-use mfp_runtime::{AgentHandle, ChannelId, Runtime, RuntimeConfig, RuntimeId};
+use mfp_runtime::{ChannelId, RuntimeConfig, RuntimeId};
 
 // ---- a held store with a model of what committed ------------------------------------
 
@@ -137,31 +138,6 @@ impl HeldStore {
 
 // ---- two runtimes -----------------------------------------------------------------------
 
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<OutboundMessage>>>);
-
-struct Slot(Recorder);
-
-impl OutboundSlot for Slot {
-    fn send(self: Box<Self>, message: OutboundMessage) {
-        self.0.0.lock().unwrap().push(message);
-    }
-}
-
-impl Transport for Recorder {
-    fn reserve(
-        &self,
-        _peer: &RuntimeId,
-        _len: usize,
-    ) -> Result<Box<dyn OutboundSlot>, mfp_runtime::remote::TransportError> {
-        Ok(Box::new(Slot(self.clone())))
-    }
-
-    fn ready(&self, _peer: &RuntimeId) -> ReadyFuture {
-        Box::pin(std::future::ready(()))
-    }
-}
-
 fn config(name: &[u8]) -> RuntimeConfig {
     let mut c = cfg();
     c.deployment_id = b"remote-ingest-test".to_vec();
@@ -169,24 +145,8 @@ fn config(name: &[u8]) -> RuntimeConfig {
     c
 }
 
-struct Side {
-    rt: Runtime,
-    wire: Recorder,
-    agent: AgentHandle,
-    inbox: Inbox,
-}
-
 fn side(name: &[u8], store: Option<HeldStore>) -> Side {
-    let mut b = Runtime::builder(config(name));
-    if let Some(s) = store {
-        b = b.storage(s);
-    }
-    let rt = b.build().unwrap();
-    let wire = Recorder::default();
-    rt.attach_transport(Arc::new(wire.clone())).unwrap();
-    let inbox = Inbox::new();
-    let agent = rt.bind_named("agent", inbox.handler()).unwrap();
-    Side { rt, wire, agent, inbox }
+    recorder::side(config(name), store)
 }
 
 /// Side A (in memory, the sender) and side B (durable, on a held store), joined by one
@@ -221,7 +181,7 @@ fn sent(a: &Side, ch: ChannelId, n: u8) -> Vec<Vec<u8>> {
     for i in 0..n {
         a.agent.send(ch, &[i]).unwrap();
     }
-    let wire = a.wire.0.lock().unwrap().clone();
+    let wire = a.wire.sent();
     assert_eq!(wire.iter().map(|m| m.step).collect::<Vec<_>>(), (0..u64::from(n)).collect::<Vec<_>>());
     wire.iter().map(|m| m.wire.to_vec()).collect()
 }
@@ -491,7 +451,7 @@ async fn random_failures(seeds: std::ops::RangeInclusive<u64>, ordered: bool) {
         // One more message, committed: it also makes good a compensation that failed.
         store.set_auto(true);
         a.agent.send(ch, &[n]).unwrap();
-        let last = a.wire.0.lock().unwrap().last().unwrap().wire.to_vec();
+        let last = a.wire.sent().last().unwrap().wire.to_vec();
         let r = b.rt.remote_handle().ingest_async(&a.rt.identity(), &last).await.unwrap();
         assert_eq!(r, Ingested::Delivered { channel: ch, step: u64::from(n) });
         let all: Vec<u64> = (0..=u64::from(n)).collect();

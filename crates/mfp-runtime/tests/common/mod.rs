@@ -4,6 +4,7 @@
 //! deterministic entropy source.
 
 pub(crate) mod manual_store;
+pub(crate) mod recorder;
 pub(crate) mod watchdog;
 
 use std::sync::{Arc, Condvar, Mutex};
