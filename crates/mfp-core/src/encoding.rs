@@ -9,7 +9,7 @@
 //! `Sl` and `t` are the values *before* the message advances the ratchet. Failures are a
 //! bare [`Error::DecodeFailed`]: nothing about why is revealed.
 
-use crate::crypto::{HmacKey, hmac_sha256, hmac_state};
+use crate::crypto::{HmacKey, hmac_sha256};
 use crate::{ChannelId, Error, NONCE_SIZE, State, TAG_SIZE};
 
 /// Label mixed into the encoding key derivation.
@@ -46,7 +46,7 @@ impl Algorithm {
 /// `HMAC(Sl, "mfp-encoding-key" ‖ algorithm_id)`.
 #[must_use]
 pub fn encoding_key(local: &State, algorithm: Algorithm) -> State {
-    hmac_state(local.expose(), &[ENCODING_KEY_LABEL, algorithm.id()])
+    encoding_key_keyed(&HmacKey::new(local.expose()), algorithm)
 }
 
 /// [`encoding_key`] with `Sl` keyed already.
@@ -131,11 +131,8 @@ pub fn decode(local: &State, channel: &ChannelId, step: u64, encoded: &[u8]) -> 
 
 /// [`decode`] with `Sl` keyed already.
 pub(crate) fn decode_keyed(local: &HmacKey, channel: &ChannelId, step: u64, encoded: &[u8]) -> Result<Vec<u8>, Error> {
-    if encoded.len() < TAG_SIZE {
-        return Err(Error::DecodeFailed);
-    }
     let mut buf = encoded.to_vec();
-    let n = MessageCipher::new(local, channel, step)?.open(&mut buf)?.len();
+    let n = decode_in_place_keyed(local, channel, step, &mut buf)?.len();
     buf.truncate(n);
     Ok(buf)
 }

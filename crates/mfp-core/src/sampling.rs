@@ -39,7 +39,12 @@ pub fn sample_frame_keyed(
 /// The jitter seed of a cross-runtime frame: `HMAC(P, u64be(t))`.
 #[must_use]
 pub fn jitter_seed(shared_prng_seed: &State, step: u64) -> State {
-    HmacKey::new(shared_prng_seed.expose()).mac_state(&[&step.to_be_bytes()])
+    jitter_seed_keyed(&HmacKey::new(shared_prng_seed.expose()), step)
+}
+
+/// [`jitter_seed`] with `P` keyed already.
+fn jitter_seed_keyed(shared_prng_seed: &HmacKey, step: u64) -> State {
+    shared_prng_seed.mac_state(&[&step.to_be_bytes()])
 }
 
 /// Samples the deterministic cross-runtime frame both runtimes can compute:
@@ -73,7 +78,7 @@ pub(crate) fn sample_frame_cross_keyed(
     check_depth(depth)?;
     let mut bytes = vec![0u8; depth * BLOCK_SIZE];
     Prng::new(&distribution_seed_keyed(local, step, ratchet)).xor_into(&mut bytes);
-    Prng::new(&shared_prng_seed.mac_state(&[&step.to_be_bytes()])).xor_into(&mut bytes);
+    Prng::new(&jitter_seed_keyed(shared_prng_seed, step)).xor_into(&mut bytes);
     Frame::from_bytes(bytes)
 }
 
