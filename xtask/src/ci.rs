@@ -20,9 +20,38 @@ fn have_nextest() -> bool {
     Command::new("cargo").args(["nextest", "--version"]).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
+/// What a cold run writes under `target/` (debug builds of every test, three Python
+/// venvs, the docs), with some room for the tests' own temporary databases.
+const DISK_NEEDED_GIB: u64 = 6;
+
+/// Free space, in KiB, of the file system holding `path`, as `df -Pk` reports it; `None`
+/// when `df` is missing or says something else.
+fn free_kib(path: &std::path::Path) -> Option<u64> {
+    let out = Command::new("df").arg("-Pk").arg(path).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(out.stdout).ok()?;
+    // POSIX format: a header line, then "fs blocks used available capacity mount".
+    text.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()
+}
+
 pub(crate) fn run() -> ExitCode {
     let root = workspace_root();
     let started = Instant::now();
+    if let Some(kib) = free_kib(&root) {
+        let gib = kib as f64 / (1024.0 * 1024.0);
+        if kib < DISK_NEEDED_GIB * 1024 * 1024 {
+            println!(
+                "==> ci: warning: {gib:.1} GiB free on the file system of {}; a cold run writes about \
+                 {DISK_NEEDED_GIB} GiB (builds, Python venvs, test databases): tests failing with \
+                 \"No space left on device\" mean the disk is full, not that the code is wrong",
+                root.display()
+            );
+        } else {
+            println!("==> ci: {gib:.1} GiB free on the file system of {}", root.display());
+        }
+    }
     let mut timings: Vec<(&'static str, f64)> = Vec::new();
     // Every cargo step selects the same packages and features, so the dependency graph is
     // resolved once and each profile (check for clippy, test for the rest) is built once.
@@ -94,4 +123,16 @@ fn fail(name: &str, why: &str, passed: usize, total: usize, timings: &[(&str, f6
     eprintln!("==> ci: step '{name}' failed: {why}");
     println!("ci: {passed} passed, 1 failed, {} skipped", total - passed - 1);
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_is_read_for_the_workspace_and_not_for_a_missing_path() {
+        let kib = free_kib(&workspace_root()).expect("df reports the workspace's file system");
+        assert!(kib > 0, "a file system this build is running on has some room");
+        assert_eq!(free_kib(std::path::Path::new("/no/such/directory/anywhere")), None);
+    }
 }
