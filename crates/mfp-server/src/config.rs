@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+mod link;
+pub(crate) use link::LinkTuning;
+
 /// Largest configuration file read.
 pub(crate) const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
@@ -282,6 +285,10 @@ pub(crate) struct FederationSection {
     /// Ours: seconds a native link keeps polling its socket after its last byte
     /// (`NetConfig::busy_poll`; 0, the default, is off; at most 0.1).
     pub(crate) busy_poll_seconds: Option<Spanned<f64>>,
+    /// Ours: timers of native links (`NetConfig`'s defaults when missing).
+    pub(crate) link: link::LinkSection,
+    /// Ours: limits of the native listener (`NetConfig`'s defaults when missing).
+    pub(crate) listener: link::ListenerSection,
 }
 
 /// One entry of `federation.peers`: pymfp style (`runtime_id` "deployment/instance",
@@ -641,6 +648,8 @@ pub(crate) struct Validated {
     pub(crate) fed_channels: Vec<FedChannelSpec>,
     /// `federation.busy_poll_seconds` (zero: off).
     pub(crate) busy_poll: std::time::Duration,
+    /// `federation.link`, `federation.listener` and `transport.*`'s timeouts.
+    pub(crate) link: LinkTuning,
     pub(crate) storage_path: Option<PathBuf>,
     pub(crate) key_file: Option<PathBuf>,
     pub(crate) log_format: LogFormat,
@@ -803,13 +812,7 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
 
     // Transport and recovery: pymfp's ranges.
     let _ = int_in(&mut problems, &raw.transport.port, "transport.port", 1, 65535);
-    for (v, what) in [
-        (&raw.transport.connect_timeout, "transport.connect_timeout"),
-        (&raw.transport.read_timeout, "transport.read_timeout"),
-        (&raw.transport.write_timeout, "transport.write_timeout"),
-    ] {
-        positive_secs(&mut problems, v, what);
-    }
+    let link = link::validate(&mut problems, &raw.federation.link, &raw.federation.listener, &raw.transport);
     let mut recovery = mfp_federation::recovery::RecoveryLimits::default();
     recovery.max_attempts = int_in(&mut problems, &raw.recovery.max_attempts, "recovery.max_attempts", 1, 1_000_000)
         .and_then(|n| u32::try_from(n).ok())
@@ -1116,6 +1119,7 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
             peers,
             federation_listen,
             busy_poll,
+            link,
             identity_key,
             fed_channels,
             storage_path,
@@ -1627,6 +1631,83 @@ mod tests {
         let e = errors("federation:\n  busy_poll_seconds: 0.5\n");
         assert!(e.starts_with("test.yaml:2:") && e.contains("federation.busy_poll_seconds"), "{e}");
         assert!(errors("federation:\n  busy_poll_seconds: -1\n").contains("between 0 (off) and 0.1"));
+    }
+
+    #[test]
+    fn native_link_timers_and_listener_limits_reach_the_transport() {
+        use mfp_federation::net::NetConfig;
+        use std::time::Duration;
+        let defaults = NetConfig::default();
+        let mut net = NetConfig::default();
+        p("").unwrap().link.apply(&mut net);
+        assert_eq!(format!("{net:?}"), format!("{defaults:?}"), "nothing set: the transport's defaults");
+
+        let v = p("federation:\n  link:\n    handshake_timeout_seconds: 2\n    read_timeout_seconds: 3.5\n    \
+                   write_timeout_seconds: 4\n    keepalive_seconds: 1\n    idle_timeout_seconds: 2.5\n    \
+                   dial_backoff_initial_seconds: 0.25\n    dial_backoff_max_seconds: 5\n  listener:\n    \
+                   max_connections: 8\n    max_pending_handshakes: 4\n    handshakes_per_second: 20\n    \
+                   handshakes_per_second_per_source: 2\n")
+        .unwrap();
+        let mut net = NetConfig::default();
+        v.link.apply(&mut net);
+        assert_eq!(
+            (net.handshake_timeout, net.read_timeout, net.write_timeout),
+            (Duration::from_secs(2), Duration::from_millis(3500), Duration::from_secs(4))
+        );
+        assert_eq!(
+            (net.session.keepalive, net.session.idle_timeout),
+            (Duration::from_secs(1), Duration::from_millis(2500))
+        );
+        assert_eq!(
+            (net.dial_backoff_initial, net.dial_backoff_max),
+            (Duration::from_millis(250), Duration::from_secs(5))
+        );
+        assert_eq!((net.max_connections, net.max_pending_handshakes), (8, 4));
+        assert_eq!((net.handshakes_per_second, net.handshakes_per_second_per_source), (20, 2));
+        net.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_link_settings_are_refused_where_they_are_written() {
+        // The transport's own rule: the idle timeout must exceed the keepalive.
+        let e = errors("federation:\n  link:\n    keepalive_seconds: 30\n");
+        assert!(e.starts_with("test.yaml:3:") && e.contains("idle_timeout must exceed"), "{e}");
+        let e = errors("federation:\n  link:\n    dial_backoff_initial_seconds: 60\n");
+        assert!(e.contains("federation.link:") && e.contains("dial_backoff_initial"), "{e}");
+        let e = errors("federation:\n  link:\n    read_timeout_seconds: 0\n");
+        assert!(e.starts_with("test.yaml:3:") && e.contains("federation.link.read_timeout_seconds"), "{e}");
+        let e = errors("federation:\n  link:\n    write_timeout_seconds: .nan\n");
+        assert!(e.contains("federation.link.write_timeout_seconds"), "{e}");
+        let e = errors("federation:\n  listener:\n    max_connections: 0\n");
+        assert!(e.starts_with("test.yaml:3:") && e.contains("federation.listener.max_connections"), "{e}");
+        let e = errors("federation:\n  listener:\n    handshakes_per_second: 5000000000\n");
+        assert!(e.contains("federation.listener.handshakes_per_second must be between 1 and 1000000"), "{e}");
+        let e = errors("federation:\n  link:\n    idle_seconds: 3\n");
+        assert!(e.starts_with("test.yaml:3:") && e.contains("idle_seconds"), "{e}");
+    }
+
+    #[test]
+    fn pymfp_transport_timeouts_reach_the_pymfp_peers_transport() {
+        use mfp_federation::compat_net::CompatNetConfig;
+        use std::time::Duration;
+        let mut c = CompatNetConfig::default();
+        p("").unwrap().link.apply_compat(&mut c);
+        // pymfp's defaults: 30 s each; renewed at 20 s, before a pymfp listener drops it.
+        assert_eq!(
+            (c.connect_timeout, c.read_timeout, c.write_timeout),
+            (Duration::from_secs(30), Duration::from_secs(30), Duration::from_secs(30))
+        );
+        assert_eq!(c.idle_renew, Duration::from_secs(20));
+        let v = p("transport:\n  connect_timeout: 2\n  read_timeout: 6\n  write_timeout: 7.5\n").unwrap();
+        let mut c = CompatNetConfig::default();
+        v.link.apply_compat(&mut c);
+        assert_eq!(
+            (c.connect_timeout, c.read_timeout, c.write_timeout),
+            (Duration::from_secs(2), Duration::from_secs(6), Duration::from_millis(7500))
+        );
+        assert_eq!(c.idle_renew, Duration::from_secs(4), "two thirds of a read timeout below 30 s");
+        let e = errors("transport:\n  read_timeout: -3\n");
+        assert!(e.starts_with("test.yaml:2:") && e.contains("transport.read_timeout"), "{e}");
     }
 
     #[test]

@@ -182,6 +182,7 @@ async fn start_native(
     let mut net = NetConfig::default();
     net.listen = cfg.federation_listen;
     net.busy_poll = cfg.busy_poll;
+    cfg.link.apply(&mut net);
     let mut peers = Vec::new();
     let mut ids = Vec::new();
     for p in &cfg.peers {
@@ -343,7 +344,8 @@ async fn start_compat(
             })?
         }
     };
-    let config = CompatNetConfig { listen: Some(listen), ..CompatNetConfig::default() };
+    let mut config = CompatNetConfig { listen: Some(listen), ..CompatNetConfig::default() };
+    cfg.link.apply_compat(&mut config);
     let net =
         CompatNetwork::start(mfp.runtime(), peers, config).await.map_err(|e| FedStartError::Compat(e.to_string()))?;
     if let Some(a) = net.local_addr() {

@@ -560,3 +560,50 @@ fn the_example_pair_runs() {
     drop(a);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `federation.link` and `federation.listener` reach the native listener: with one pending
+/// handshake allowed, a second silent connection is closed at once (well before any
+/// handshake timeout), and the first is closed after the configured handshake timeout
+/// (1.5 s), long before the default 5 s.
+#[test]
+fn the_listener_keeps_the_limits_and_timers_of_its_configuration() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let dir = temp_dir("fed", "listener");
+    let ka = dir.join("a.key");
+    let (_pa, pb) = (identity(&ka), identity(&dir.join("b.key")));
+    let config_a = format!(
+        "runtime:\n  deployment_id: fedtest\n  instance_id: a\nadmin:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\nfederation:\n  listen: \"127.0.0.1:0\"\n  identity_key: \"{}\"\n  link:\n    handshake_timeout_seconds: 1.5\n  listener:\n    max_pending_handshakes: 1\n  peers:\n    - runtime_id: fedtest/b\n      public_key: \"{pb}\"\n",
+        ka.display()
+    );
+    let a = Server::start(&dir.join("a.yaml"), &config_a);
+    a.find_or_wait("INFO mfp_server::server: ready");
+    let a_fed = a.addr("federation listener bound");
+    // Reads until the server closes the connection (EOF or reset), at most 4.5 s; returns
+    // the moment it was closed.
+    let closed_at = |c: &mut std::net::TcpStream| {
+        let start = Instant::now();
+        c.set_read_timeout(Some(Duration::from_millis(4500))).unwrap();
+        let mut buf = [0u8; 64];
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) if start.elapsed() < Duration::from_millis(4500) => Some(Instant::now()),
+            _ => None,
+        }
+    };
+    let opened = Instant::now();
+    let mut first = std::net::TcpStream::connect(&a_fed).unwrap();
+    // The first connection is accepted (its handshake slot taken) before the second arrives.
+    std::thread::sleep(Duration::from_millis(100));
+    let second_opened = Instant::now();
+    let mut second = std::net::TcpStream::connect(&a_fed).unwrap();
+    let refused = closed_at(&mut second).expect("the second connection is closed") - second_opened;
+    assert!(refused < Duration::from_secs(1), "closed at once for want of a handshake slot: {refused:?}");
+    let timed_out = closed_at(&mut first).expect("the silent connection is closed") - opened;
+    assert!(timed_out >= Duration::from_millis(1450), "kept until its handshake timed out: {timed_out:?}");
+    assert!(
+        timed_out < Duration::from_secs(3),
+        "closed by the 0.5 s handshake timeout, not the default 5 s: {timed_out:?}"
+    );
+    drop(a);
+    std::fs::remove_dir_all(&dir).ok();
+}
