@@ -9,31 +9,26 @@ use serde_json::{Value, json};
 
 use crate::workspace_root;
 
-fn run(cmd: &mut Command) -> Result<(), String> {
+pub(crate) fn run(cmd: &mut Command) -> Result<(), String> {
     let st = cmd.status().map_err(|e| format!("could not start {cmd:?}: {e}"))?;
     if st.success() { Ok(()) } else { Err(format!("{cmd:?} failed: {st}")) }
 }
 
-fn read_json(p: &Path) -> Result<Value, String> {
+pub(crate) fn read_json(p: &Path) -> Result<Value, String> {
     let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", p.display()))
 }
 
-/// Creates `target/pymfp-venv` with pymfp 1.0.0 unless it already has it.
-fn pymfp_venv(root: &Path) -> Result<PathBuf, String> {
-    let venv = root.join("target/pymfp-venv");
-    let py = venv.join("bin/python");
-    let ok = Command::new(&py)
-        .args(["-c", "import importlib.metadata as m; assert m.version('pymfp') == '1.0.0'"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        println!("==> bench: installing pymfp 1.0.0 into {}", venv.display());
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        run(Command::new(&py).args(["-m", "pip", "install", "--quiet", "pymfp==1.0.0"]))?;
-    }
-    Ok(py)
+/// `target/pymfp-venv/bin/python` with pymfp 1.0.0 from PyPI: the venv the tests use
+/// (`mfp-testkit`), made if missing. The benchmark program finds it there too, for the
+/// federation section's pymfp row.
+pub(crate) fn pymfp_python(root: &Path) -> Result<PathBuf, String> {
+    let venv = mfp_testkit::PythonVenv::new(root.join("target"), "pymfp-venv")
+        .package("pymfp==1.0.0")
+        .check("import mfp, sys; sys.exit(0 if mfp.__version__ == '1.0.0' else 1)");
+    // The helper panics with what failed (it is made for tests); its message is printed.
+    std::panic::catch_unwind(move || venv.python())
+        .map_err(|_| "could not make target/pymfp-venv with pymfp 1.0.0 (see above)".to_string())
 }
 
 fn num(v: &Value, path: &[&str]) -> Option<f64> {
@@ -210,6 +205,8 @@ fn bench(args: &[String]) -> Result<(), String> {
     let quick = args.iter().any(|a| a == "--quick");
     let passthrough: Vec<&String> = args.iter().filter(|a| *a != "--vs-pymfp").collect();
 
+    // The federation section measures pymfp's federation in the same run.
+    let py = pymfp_python(&root)?;
     println!("==> bench: building the benchmark programs and the server (release)");
     run(Command::new("cargo")
         .args(["build", "--release", "--locked", "-p", "mfp-benches", "-p", "mfp-server"])
@@ -220,7 +217,6 @@ fn bench(args: &[String]) -> Result<(), String> {
     let m = read_json(&mfp_json)?;
 
     let p = if vs_pymfp {
-        let py = pymfp_venv(&root)?;
         let pjson = out_dir.join("pymfp.json");
         println!("==> bench: pymfp 1.0.0");
         let mut cmd = Command::new(py);

@@ -1,4 +1,6 @@
-//! `cargo xtask ci`: every check CI runs, in order, stopping at the first failure.
+//! `cargo xtask ci`: every check CI runs, in order, stopping at the first failure: format,
+//! pymfp vectors, clippy, the tests, doc tests, docs, and a smoke run of the benchmark
+//! programs.
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -72,7 +74,8 @@ pub(crate) fn run() -> ExitCode {
     doc.env.push(("RUSTDOCFLAGS", "-D warnings"));
     steps.push(doc);
 
-    let total = steps.len() + 1;
+    // + the vectors and the benchmark programs' smoke run.
+    let total = steps.len() + 2;
     let mut passed = 0usize;
     for (i, s) in steps.iter().enumerate() {
         println!("==> ci: {} (cargo {})", s.name, s.args.join(" "));
@@ -104,6 +107,16 @@ pub(crate) fn run() -> ExitCode {
                 Err(e) => return fail("vectors", &e, passed, total, &timings),
             }
         }
+    }
+    // Last: the benchmark programs, which no test runs, for a handful of iterations each.
+    println!("==> ci: bench smoke (mfp-bench --smoke, debug build)");
+    let t = Instant::now();
+    match crate::smoke::run_smoke(&root) {
+        Ok(()) => {
+            passed += 1;
+            timings.push(("bench smoke", t.elapsed().as_secs_f64()));
+        }
+        Err(e) => return fail("bench smoke", &e, passed, total, &timings),
     }
     print_timings(&timings);
     println!("==> ci: all steps passed in {:.1} s", started.elapsed().as_secs_f64());

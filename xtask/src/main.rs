@@ -1,7 +1,7 @@
 //! Project automation for mfp.
 //!
 //! ```text
-//! cargo xtask ci               fmt, clippy, tests, doc tests, docs, vectors — fail fast
+//! cargo xtask ci               fmt, vectors, clippy, tests, doc tests, docs, bench smoke — fail fast
 //! cargo xtask vectors [FILE]   check the implementation against a vectors file
 //! cargo xtask bench [--quick] [--vs-pymfp] [--runs N] [--scale-max N]
 //!                              end-to-end benchmarks; report in target/bench/
@@ -10,6 +10,7 @@
 
 mod bench;
 mod ci;
+mod smoke;
 mod trace;
 mod trace_cross;
 mod vectors;

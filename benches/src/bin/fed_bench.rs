@@ -19,6 +19,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mfp_benches::Scale;
 use mfp_benches::fed_common::{self, DEPTH, FAR, NEAR};
 use mfp_core::bilateral::BilateralState;
 use mfp_core::envelope::EnvelopeHeader;
@@ -51,14 +52,14 @@ fn sizes() -> [usize; 3] {
 }
 
 /// Messages of one one-way run: about a second each (durable ones are slower).
-fn messages_for(size: usize, storage: bool, quick: bool) -> usize {
+fn messages_for(size: usize, storage: bool, scale: Scale) -> usize {
     let n = match (size <= 1024, storage) {
         (true, false) => 40_000,
         (false, false) => 4_000,
         (true, true) => 5_000,
         (false, true) => 1_000,
     };
-    if quick { n / 5 } else { n }
+    scale.pick(n, n / 5)
 }
 
 // ---- the cross-runtime floor ------------------------------------------------------------
@@ -193,7 +194,7 @@ impl Node {
 /// One storage mode: a far node, the near runtime federated with it, every measurement.
 /// The rows of one configuration: storage off or on; `busy_poll` (non-zero: both links
 /// busy-poll that long, and only the round trips are measured).
-fn two_processes(storage: bool, quick: bool, runs: usize, busy_poll: Duration) -> Result<Value, String> {
+fn two_processes(storage: bool, scale: Scale, runs: usize, busy_poll: Duration) -> Result<Value, String> {
     let scratch = Scratch::new(if storage { "fed-storage" } else { "fed-memory" });
     let far_db = storage.then(|| scratch.0.join("far.db"));
     let mut node = Node::spawn(far_db.as_deref(), busy_poll)?;
@@ -282,12 +283,13 @@ fn two_processes(storage: bool, quick: bool, runs: usize, busy_poll: Duration) -
     let (mut one_way, mut many, mut one_task) = (serde_json::Map::new(), Value::Null, Value::Null);
     if busy_poll.is_zero() {
         // Warm-up: connections, allocator, SQLite pages.
-        node.arm(2_000)?;
-        send_many(2_000, 1024, CHANNELS)?;
+        let warm_up = scale.pick(2_000, 2_000);
+        node.arm(warm_up)?;
+        send_many(warm_up, 1024, CHANNELS)?;
         node.far_rate()?;
 
         for size in sizes() {
-            let n = messages_for(size, storage, quick);
+            let n = messages_for(size, storage, scale);
             let mut far_rates = Vec::new();
             let mut near_rates = Vec::new();
             for _ in 0..runs {
@@ -301,7 +303,7 @@ fn two_processes(storage: bool, quick: bool, runs: usize, busy_poll: Duration) -
             );
         }
         // The same 1 KiB messages spread over CHANNELS channels.
-        let n = messages_for(1024, storage, quick) * 2;
+        let n = messages_for(1024, storage, scale) * 2;
         let (mut far_rates, mut near_rates) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             node.arm(n)?;
@@ -312,7 +314,7 @@ fn two_processes(storage: bool, quick: bool, runs: usize, busy_poll: Duration) -
         // The same 1 KiB messages from one task on one channel (as pymfp's sender: one loop).
         // Without storage a send does not wait, so one task has as many messages in flight as
         // the link takes; with storage each send waits for its commit.
-        let n = messages_for(1024, storage, quick);
+        let n = messages_for(1024, storage, scale);
         let (mut far_rates, mut near_rates) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             node.arm(n)?;
@@ -321,13 +323,7 @@ fn two_processes(storage: bool, quick: bool, runs: usize, busy_poll: Duration) -
         }
         one_task = json!({"msgs_per_s": median(far_rates), "sender_msgs_per_s": median(near_rates), "messages": n});
     }
-    let rounds = if quick {
-        500
-    } else if storage {
-        1_000
-    } else {
-        3_000
-    };
+    let rounds = scale.pick(if storage { 1_000 } else { 3_000 }, 500);
     let rtts = tokio_rt.block_on(async {
         let payload = vec![0x17u8; 1024];
         let mut rtts = Vec::with_capacity(rounds);
@@ -374,7 +370,7 @@ fn two_processes(storage: bool, quick: bool, runs: usize, busy_poll: Duration) -
         tokio_rt.block_on(async {
             fed.shutdown().await;
             let mut times = Vec::new();
-            for _ in 0..HANDSHAKES {
+            for _ in 0..if scale == Scale::Smoke { 3 } else { HANDSHAKES } {
                 // The far side's listener admits 10 handshakes per second per source address
                 // (NetConfig::handshakes_per_second_per_source): keep under it, or the dialer's
                 // backoff is what gets measured.
@@ -491,15 +487,15 @@ fn pymfp_python() -> Option<PathBuf> {
     python.exists().then_some(python)
 }
 
-fn pymfp(quick: bool) -> Result<Value, String> {
+fn pymfp(scale: Scale) -> Result<Value, String> {
     let python = pymfp_python().ok_or(
         "target/pymfp-venv is missing (python3 -m venv target/pymfp-venv && target/pymfp-venv/bin/pip install pymfp==1.0.0)",
     )?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/pymfp_federation.py");
-    let (n, rounds) = if quick { ("3000", "300") } else { ("10000", "2000") };
+    let (n, rounds) = (scale.pick(10_000, 3_000).to_string(), scale.pick(2_000, 300).to_string());
     let out = Command::new(python)
         .arg(script)
-        .args(["--messages", n, "--size", "1024", "--rounds", rounds])
+        .args(["--messages", &n, "--size", "1024", "--rounds", &rounds])
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("cannot run the pymfp script: {e}"))?;
@@ -512,12 +508,12 @@ fn pymfp(quick: bool) -> Result<Value, String> {
 // ---- the section --------------------------------------------------------------------------
 
 /// Runs the section, prints its table, returns its JSON.
-pub(crate) fn run(quick: bool, runs: usize) -> Value {
+pub(crate) fn run(scale: Scale, runs: usize) -> Value {
     let mut report = serde_json::Map::new();
     let mut floor = serde_json::Map::new();
     for size in sizes() {
         let n = if size <= 1024 { 100_000 } else { 5_000 };
-        let n = if quick { n / 5 } else { n };
+        let n = scale.pick(n, n / 5);
         let rs: Vec<(f64, f64)> = (0..runs).map(|_| floor_once(size, n)).collect();
         let (rate, us) = (median(rs.iter().map(|r| r.0).collect()), median(rs.iter().map(|r| r.1).collect()));
         println!(
@@ -527,7 +523,7 @@ pub(crate) fn run(quick: bool, runs: usize) -> Value {
     }
     report.insert("floor".into(), Value::Object(floor.clone()));
 
-    let py = match pymfp(quick) {
+    let py = match pymfp(scale) {
         Ok(v) => {
             println!(
                 "federation pymfp 1.0.0 one-way {:>6} B  {:>10.0} msg/s   ping-pong p50 {:>8.1} µs  p99 {:>8.1} µs",
@@ -549,7 +545,7 @@ pub(crate) fn run(quick: bool, runs: usize) -> Value {
     let py_rate = py.as_ref().and_then(|v| v["one_way_msgs_per_s"].as_f64());
     let py_p50 = py.as_ref().and_then(|v| v["ping_pong_p50_us"].as_f64());
 
-    match tcp_round_trip(if quick { 1_000 } else { 5_000 }) {
+    match tcp_round_trip(scale.pick(5_000, 1_000)) {
         Ok((p50, p99)) => {
             println!(
                 "federation loopback TCP round trip, 1024 B, blocking sockets, no MFP   p50 {p50:>8.1} µs  p99 {p99:>8.1} µs"
@@ -560,7 +556,7 @@ pub(crate) fn run(quick: bool, runs: usize) -> Value {
     }
 
     for (label, storage) in [("memory", false), ("sqlite_normal", true)] {
-        match two_processes(storage, quick, runs, Duration::ZERO) {
+        match two_processes(storage, scale, runs, Duration::ZERO) {
             Ok(v) => {
                 for size in sizes() {
                     let row = &v["one_way"][size.to_string()];
@@ -614,7 +610,7 @@ pub(crate) fn run(quick: bool, runs: usize) -> Value {
         }
     }
     // Round trips with both links busy-polling (NetConfig::busy_poll): latency for a core.
-    match two_processes(false, quick, runs, BUSY_POLL) {
+    match two_processes(false, scale, runs, BUSY_POLL) {
         Ok(v) => {
             let label = format!("memory, busy_poll {} µs", BUSY_POLL.as_micros());
             for (key, what) in [("ping_pong_1024", ""), ("handler_ping_pong_1024", ", handler to handler")] {

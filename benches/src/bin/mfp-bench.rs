@@ -6,7 +6,8 @@
 //! establish channels and the memory per channel. Every figure is the median of several
 //! runs. Messages through the standalone server and subprocess agents (`server`). Durable sends are measured beside raw-SQLite floors (the same rows written by sqlx,
 //! and by rusqlite, with no runtime around them). Prints a table and writes JSON (`--json PATH`); `--only
-//! floor,send,async,persist,fanout,scale,server,federation` runs some sections; `federation`
+//! floor,send,async,persist,fanout,scale,server,federation` runs some sections; `--quick` does
+//! less work, `--smoke` a handful of iterations of everything (to show it all still runs); `federation`
 //! (two runtimes in separate processes over 127.0.0.1) is described in `fed_bench.rs`.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use mfp_benches::Scale;
 use mfp_core::{ChannelId, EntropySource, Frame, MerkleSg, State, encoding, ratchet, sampling};
 use mfp_runtime::{AgentHandle, DeliveredMessage, Runtime, RuntimeConfig, SystemEntropy};
 use serde_json::{Value, json};
@@ -34,7 +36,7 @@ const SIZES: [usize; 4] = [64, 1024, 65536, 1 << 20];
 struct Opts {
     /// Sections to run (`--only a,b`); empty: all of them.
     only: Vec<String>,
-    quick: bool,
+    scale: Scale,
     runs: usize,
     json: Option<String>,
     scale_max: usize,
@@ -60,13 +62,13 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 /// Iterations for a payload size: enough for a stable figure within a time budget.
-fn iterations(size: usize, quick: bool) -> usize {
+fn iterations(size: usize, scale: Scale) -> usize {
     let base = match size {
         0..=1024 => 200_000,
         1025..=65536 => 20_000,
         _ => 1_000,
     };
-    if quick { base / 10 } else { base }
+    scale.pick(base, base / 10)
 }
 
 fn config() -> RuntimeConfig {
@@ -469,14 +471,19 @@ fn main() {
         println!("{}", json!([r.0, r.1, r.2, r.3, r.4]));
         return;
     }
-    let mut opts = Opts { only: Vec::new(), quick: false, runs: 3, json: None, scale_max: 1_000_000 };
+    let mut opts = Opts { only: Vec::new(), scale: Scale::Full, runs: 3, json: None, scale_max: 1_000_000 };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => {
-                opts.quick = true;
+                opts.scale = Scale::Quick;
                 opts.runs = 1;
                 opts.scale_max = 100_000;
+            }
+            "--smoke" => {
+                opts.scale = Scale::Smoke;
+                opts.runs = 1;
+                opts.scale_max = 1_000;
             }
             "--runs" => opts.runs = it.next().and_then(|v| v.parse().ok()).unwrap_or(3).max(1),
             "--json" => opts.json = it.next().cloned(),
@@ -493,19 +500,24 @@ fn main() {
     let runs = opts.runs;
     let mut report = serde_json::Map::new();
     report.insert("runs".into(), json!(runs));
-    report.insert("quick".into(), json!(opts.quick));
+    report.insert("quick".into(), json!(opts.scale != Scale::Full));
+    report.insert("scale".into(), json!(opts.scale.name()));
 
     let mut floor = serde_json::Map::new();
     let mut floor_1000 = serde_json::Map::new();
     if opts.wants("floor") || opts.wants("send") {
         // Floors.
         for size in SIZES {
-            let n = iterations(size, opts.quick) / 2;
+            let n = iterations(size, opts.scale) / 2;
             let (rate, us) = {
-                let rs: Vec<(f64, f64)> = (0..runs).map(|_| floor_once(size, n.max(100), 1)).collect();
+                let rs: Vec<(f64, f64)> = (0..runs)
+                    .map(|_| {
+                        floor_once(size, n.max(if opts.scale == Scale::Smoke { Scale::SMOKE_MIN } else { 100 }), 1)
+                    })
+                    .collect();
                 (median(rs.iter().map(|r| r.0).collect()), median(rs.iter().map(|r| r.1).collect()))
             };
-            let aes = median((0..runs).map(|_| aes_floor_once(size, n.clamp(50, 100_000))).collect());
+            let aes = median((0..runs).map(|_| aes_floor_once(size, n.clamp(Scale::SMOKE_MIN, 100_000))).collect());
             println!(
                 "floor     {size:>8} B  {rate:>12.0} msg/s  {us:>8.2} µs/msg   raw AES-GCM seal+open {:>8.0} MB/s",
                 aes / 1e6
@@ -517,8 +529,10 @@ fn main() {
         }
         // The same primitives when Sg has 1,000 leaves (every message updates its Merkle path).
         for size in [64usize, 1024] {
-            let n = iterations(size, opts.quick) / 2;
-            let rs: Vec<(f64, f64)> = (0..runs).map(|_| floor_once(size, n.max(100), 1000)).collect();
+            let n = iterations(size, opts.scale) / 2;
+            let rs: Vec<(f64, f64)> = (0..runs)
+                .map(|_| floor_once(size, n.max(if opts.scale == Scale::Smoke { Scale::SMOKE_MIN } else { 100 }), 1000))
+                .collect();
             let (rate, us) = (median(rs.iter().map(|r| r.0).collect()), median(rs.iter().map(|r| r.1).collect()));
             println!("floor@1000 channels {size:>8} B  {rate:>12.0} msg/s  {us:>8.2} µs/msg");
             floor_1000.insert(size.to_string(), json!({"msgs_per_s": rate, "us_per_msg": us}));
@@ -537,7 +551,7 @@ fn main() {
         ] {
             let mut m = serde_json::Map::new();
             for &size in sizes {
-                let n = iterations(size, opts.quick) / senders;
+                let n = iterations(size, opts.scale) / senders;
                 let rs: Vec<(f64, f64, f64)> = (0..runs).map(|_| send_once(size, n, senders, channels)).collect();
                 let rate = median(rs.iter().map(|r| r.0).collect());
                 let p50 = median(rs.iter().map(|r| r.1).collect());
@@ -565,7 +579,7 @@ fn main() {
     if opts.wants("async") {
         let mut asy = serde_json::Map::new();
         for size in [64usize, 1024] {
-            let n = iterations(size, opts.quick);
+            let n = iterations(size, opts.scale);
             let rate = median((0..runs).map(|_| async_send_once(size, n)).collect());
             println!("async send       {size:>8} B  {rate:>12.0} msg/s");
             asy.insert(size.to_string(), json!({"msgs_per_s": rate}));
@@ -582,7 +596,7 @@ fn main() {
         for (label, durability) in
             [("normal", mfp_storage::Durability::Normal), ("sync", mfp_storage::Durability::Sync)]
         {
-            let base = if opts.quick { 600 } else { 3_000 };
+            let base = opts.scale.pick(3_000, 600);
             // Two floors: written by sqlx (one query per transaction) and by rusqlite on the
             // calling thread (cached statements), the way the storage writer's fast path writes.
             let mut floors = serde_json::Map::new();
@@ -649,7 +663,7 @@ fn main() {
         // Fan-out.
         let mut fan = serde_json::Map::new();
         for (label, is_async) in [("sync_handlers", false), ("async_handlers", true)] {
-            let n = if opts.quick { 20_000 } else { 100_000 };
+            let n = opts.scale.pick(100_000, 20_000);
             let rate = median((0..runs).map(|_| fanout_once(n, is_async)).collect());
             println!("fan-out to 1,000 idle agents, {label:<15} {rate:>10.0} msg/s");
             fan.insert(label.into(), json!({"msgs_per_s": rate}));
@@ -665,7 +679,7 @@ fn main() {
                 continue;
             }
             let scale_runs = if n >= 1_000_000 { 1.max(runs / 2) } else { runs };
-            let sends = if opts.quick { 2_000 } else { 20_000 };
+            let sends = opts.scale.pick(20_000, 2_000);
             let rs: Vec<(f64, f64, f64, f64, f64)> = (0..scale_runs).map(|_| scale_in_child(n, sends)).collect();
             let est = median(rs.iter().map(|r| r.0).collect());
             let bpc = median(rs.iter().map(|r| r.1).collect());
@@ -688,7 +702,7 @@ fn main() {
         let mut server = serde_json::Map::new();
         let mem_rate = report.get("send").and_then(|s| s["1_channel"]["64"]["msgs_per_s"].as_f64()).unwrap_or(f64::NAN);
         for (label, echo) in [("rust_echo", server_bench::Echo::Rust), ("python_echo", server_bench::Echo::Python)] {
-            let (rounds, n) = if opts.quick { (300, 3_000) } else { (2_000, 20_000) };
+            let (rounds, n) = (opts.scale.pick(2_000, 300), opts.scale.pick(20_000, 3_000));
             let rs: Vec<Value> = (0..runs)
                 .filter_map(|_| match server_bench::once(echo, rounds, n, 64) {
                     Ok(v) => Some(v),
@@ -716,7 +730,7 @@ fn main() {
         report.insert("server_subprocess_64".into(), Value::Object(server));
     }
     if opts.wants("federation") {
-        report.insert("federation".into(), fed_bench::run(opts.quick, runs));
+        report.insert("federation".into(), fed_bench::run(opts.scale, runs));
     }
     report.insert("peak_rss_kib".into(), json!(rss_kib("VmHWM:")));
 
