@@ -412,8 +412,8 @@ pub(crate) struct RemoteLink {
     /// comes between a send's seal and its settle. Taken before `ingest_turn` and the
     /// channel's lock.
     pub(crate) send_turn: Arc<tokio::sync::Mutex<()>>,
-    /// Durable sends submitted and not yet settled (see `remote_pipeline.rs`). Its lock
-    /// comes after the channel's and before the chains'.
+    /// Durable sends submitted and not yet settled (see `remote_pipeline/outbound.rs`).
+    /// Its lock comes after the channel's and before the chains'.
     pub(crate) out: Mutex<crate::remote_pipeline::OutQueue>,
     /// Signalled when `out` runs empty.
     pub(crate) drained: tokio::sync::Notify,
@@ -423,8 +423,8 @@ pub(crate) struct RemoteLink {
     /// holds it from before it looks at the chain to its end, once the ingests in flight
     /// are settled (`inq` empty).
     pub(crate) ingest_turn: tokio::sync::Mutex<()>,
-    /// Durable ingests submitted and not yet settled (see `remote_pipeline.rs`). Its lock
-    /// comes after the channel's and before the chains'.
+    /// Durable ingests submitted and not yet settled (see `remote_pipeline/inbound.rs`).
+    /// Its lock comes after the channel's and before the chains'.
     pub(crate) inq: Mutex<crate::remote_pipeline::InQueue>,
     /// Signalled when `inq` runs empty.
     pub(crate) in_drained: tokio::sync::Notify,

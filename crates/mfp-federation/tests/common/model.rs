@@ -6,7 +6,7 @@
 //!
 //! The model keeps what a runtime commits ([`DurableChannel`], its SQLite rows) apart from
 //! what it holds in memory ([`ModelChannel`], the writer's queue, the handler's mailbox),
-//! and commits in the same units as the runtime (`remote_pipeline.rs`):
+//! and commits in the same units as the runtime (`remote_pipeline/`):
 //!
 //! - a send: the tx chain's advance and the outbound log row, in one batch; the chain
 //!   moves in memory, the message may leave and the sender gets its receipt only once that
