@@ -482,7 +482,7 @@ pub(crate) enum Opened {
 }
 
 /// The durable ingests of a cross-runtime channel that were submitted and not yet settled:
-/// the inbound mirror of [`OutQueue`].
+/// the inbound mirror of [`OutQueue`](super::OutQueue).
 ///
 /// A durable ingest checks the message's step against the *head* (the inbound chain after
 /// the last message submitted), reserves room in the recipient's mailbox, opens the message
