@@ -162,6 +162,11 @@ impl Mfp {
         &self.runtime
     }
 
+    /// The name of agent `id`, if it has one.
+    pub(crate) fn agent_name(&self, id: &mfp_runtime::AgentId) -> Option<String> {
+        self.names.read().get(id).cloned()
+    }
+
     /// Counters of cross-runtime channels, for `/metrics`.
     pub(crate) fn remote_stats(&self) -> RemoteStats {
         let m = self.runtime.metrics();

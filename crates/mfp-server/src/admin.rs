@@ -1,5 +1,6 @@
 //! The admin listener: `/livez`, `/readyz` (and pymfp's `/health/live`, `/health/ready`),
-//! `/metrics` in Prometheus text. No per-agent or per-channel labels.
+//! `/metrics` in Prometheus text (no per-agent or per-channel labels), and the operator
+//! endpoints of the federation (`/federation…`, behind `admin.token`; see `operator.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +9,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -23,11 +24,16 @@ use crate::agents::Counters;
 pub(crate) struct AdminState {
     pub(crate) ready: AtomicBool,
     pub(crate) registry: Registry,
-    /// pymfp compat peers add their own counters (`mfp_compat_*`) to `/metrics`.
+    /// pymfp compat peers add their own counters (`mfp_compat_*`) to `/metrics`; the
+    /// operator endpoints act on the native ones.
     pub(crate) federation: FedSlot,
+    /// The runtime, once it runs (the operator endpoints).
+    pub(crate) mfp: std::sync::OnceLock<Arc<Mfp>>,
+    /// `admin.token`: the operator endpoints answer only to it; `None`: they are off.
+    pub(crate) operator_token: Option<Arc<zeroize::Zeroizing<String>>>,
 }
 
-/// The admin routes.
+/// The admin routes: health and metrics, and the operator endpoints (`operator.rs`).
 pub(crate) fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/livez", get(live))
@@ -35,6 +41,8 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/readyz", get(ready))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/federation", get(crate::operator::status))
+        .route("/federation/channels/{channel}/{action}", post(crate::operator::act))
         .with_state(state)
 }
 

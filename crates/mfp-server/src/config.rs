@@ -371,11 +371,15 @@ pub(crate) struct AdminSection {
     pub(crate) enabled: bool,
     pub(crate) host: Spanned<String>,
     pub(crate) port: Spanned<i64>,
+    /// Ours: the bearer token of the operator endpoints (`/federation`); none: they are off.
+    pub(crate) token: Option<Spanned<String>>,
+    /// Ours: the environment variable holding that token.
+    pub(crate) token_env: Option<Spanned<String>>,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
-        Self { enabled: true, host: unspanned("127.0.0.1".into()), port: unspanned(9877) }
+        Self { enabled: true, host: unspanned("127.0.0.1".into()), port: unspanned(9877), token: None, token_env: None }
     }
 }
 
@@ -655,6 +659,8 @@ pub(crate) struct Validated {
     pub(crate) log_format: LogFormat,
     pub(crate) log_filter: String,
     pub(crate) admin_addr: Option<String>,
+    /// `admin.token` / `admin.token_env`: the operator endpoints' token (`None`: off).
+    pub(crate) admin_token: TokenSource,
     pub(crate) http_addr: String,
     pub(crate) delivery_timeout_ms: u64,
     pub(crate) drain_timeout_ms: u64,
@@ -1073,6 +1079,11 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
     };
 
     // Listeners.
+    let admin_token =
+        token_of(&raw.admin.token, &raw.admin.token_env, "admin.", &mut problems).unwrap_or(TokenSource::None);
+    if admin_token != TokenSource::None && !raw.admin.enabled {
+        warnings.push("admin.token is set but admin.enabled is false: the operator endpoints are not served".into());
+    }
     let admin_addr = if raw.admin.enabled {
         int_in(&mut problems, &raw.admin.port, "admin.port", 0, 65535)
             .map(|p| format!("{}:{p}", bracket(&raw.admin.host.value)))
@@ -1127,6 +1138,7 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
             log_format,
             log_filter,
             admin_addr,
+            admin_token,
             http_addr,
             delivery_timeout_ms,
             drain_timeout_ms,
@@ -1358,19 +1370,30 @@ fn validate_agent(
 
 /// `token` / `token_env` of a webhook or mcp agent.
 fn token_source(e: &AgentEntry, problems: &mut Vec<Problem>) -> Option<TokenSource> {
-    match (&e.token, &e.token_env) {
+    token_of(&e.token, &e.token_env, "", problems)
+}
+
+/// A bearer token given in the file (`token`, at least 16 characters) or by the name of an
+/// environment variable (`token_env`), not both; `prefix` names the section in messages.
+fn token_of(
+    token: &Option<Spanned<String>>,
+    token_env: &Option<Spanned<String>>,
+    prefix: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<TokenSource> {
+    match (token, token_env) {
         (Some(t), None) if t.value.len() >= 16 => Some(TokenSource::Literal(t.value.clone())),
         (Some(t), None) => {
-            problems.push(problem_at(t, "token must be at least 16 characters"));
+            problems.push(problem_at(t, format!("{prefix}token must be at least 16 characters")));
             None
         }
         (None, Some(v)) if !v.value.is_empty() => Some(TokenSource::Env(v.value.clone())),
         (None, Some(v)) => {
-            problems.push(problem_at(v, "token_env must name an environment variable"));
+            problems.push(problem_at(v, format!("{prefix}token_env must name an environment variable")));
             None
         }
         (Some(t), Some(_)) => {
-            problems.push(problem_at(t, "give token or token_env, not both"));
+            problems.push(problem_at(t, format!("give {prefix}token or {prefix}token_env, not both")));
             None
         }
         (None, None) => Some(TokenSource::None),
@@ -1684,6 +1707,20 @@ mod tests {
         assert!(e.contains("federation.listener.handshakes_per_second must be between 1 and 1000000"), "{e}");
         let e = errors("federation:\n  link:\n    idle_seconds: 3\n");
         assert!(e.starts_with("test.yaml:3:") && e.contains("idle_seconds"), "{e}");
+    }
+
+    #[test]
+    fn the_operator_token_is_checked_like_an_agent_token() {
+        assert_eq!(p("").unwrap().admin_token, TokenSource::None);
+        let v = p("admin:\n  token: \"0123456789abcdef\"\n").unwrap();
+        assert_eq!(v.admin_token, TokenSource::Literal("0123456789abcdef".into()));
+        assert_eq!(p("admin:\n  token_env: MFP_ADMIN\n").unwrap().admin_token, TokenSource::Env("MFP_ADMIN".into()));
+        let e = errors("admin:\n  token: short\n");
+        assert!(e.starts_with("test.yaml:2:") && e.contains("admin.token must be at least 16 characters"), "{e}");
+        let e = errors("admin:\n  token: \"0123456789abcdef\"\n  token_env: X\n");
+        assert!(e.contains("give admin.token or admin.token_env, not both"), "{e}");
+        let v = p("admin:\n  enabled: false\n  token: \"0123456789abcdef\"\n").unwrap();
+        assert!(v.warnings.iter().any(|w| w.contains("admin.enabled is false")), "{:?}", v.warnings);
     }
 
     #[test]

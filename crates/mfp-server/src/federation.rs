@@ -44,6 +44,55 @@ pub(crate) enum FedStartError {
     Compat(String),
 }
 
+/// What an operator may do to a cross-runtime channel of a native peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Quarantine it here: sends fail, the peer's messages wait in its log.
+    Suspend,
+    /// `Federation::resume_channel`.
+    Resume,
+    /// `Federation::reset_channel`: both chains restart from a new secret.
+    Reset,
+    /// `Federation::rotate`: this side's outbound chain rotates.
+    Rotate,
+}
+
+impl Action {
+    /// The action named in a request path.
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "suspend" => Some(Self::Suspend),
+            "resume" => Some(Self::Resume),
+            "reset" => Some(Self::Reset),
+            "rotate" => Some(Self::Rotate),
+            _ => None,
+        }
+    }
+
+    /// Its name.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Suspend => "suspend",
+            Self::Resume => "resume",
+            Self::Reset => "reset",
+            Self::Rotate => "rotate",
+        }
+    }
+}
+
+/// Why an operator's action was not done: an HTTP status and what to tell the operator.
+#[derive(Debug)]
+pub(crate) struct OpError {
+    pub(crate) status: u16,
+    pub(crate) message: String,
+}
+
+impl OpError {
+    pub(crate) fn new(status: u16, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+}
+
 /// Counters read at each scrape.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct FedStats {
@@ -66,6 +115,10 @@ pub(crate) struct Running {
 struct Native {
     fed: Arc<Federation>,
     peers: Vec<RuntimeId>,
+    /// Each peer's `runtime_id` as the configuration writes it.
+    names: HashMap<RuntimeId, String>,
+    /// The runtime's positions of cross-runtime channels.
+    remote: mfp_runtime::remote::RemoteHandle,
     opener: Option<tokio::task::JoinHandle<()>>,
     opened: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -74,6 +127,8 @@ struct Native {
 struct Compat {
     net: CompatNetwork,
     peers: Vec<RuntimeId>,
+    /// Each peer's "deployment/instance".
+    names: HashMap<RuntimeId, String>,
 }
 
 impl Running {
@@ -106,7 +161,7 @@ impl Running {
             s.bytes_out = n.bytes_out;
             s.channels_opened = opened.load(std::sync::atomic::Ordering::Relaxed);
         }
-        if let Some(Compat { net, peers }) = &self.compat {
+        if let Some(Compat { net, peers, .. }) = &self.compat {
             s.peers += peers.len() as u64;
             s.links_up += peers.iter().filter(|p| net.is_up(p)).count() as u64;
         }
@@ -116,6 +171,116 @@ impl Running {
     /// The compat network's own Prometheus text (pymfp peers only).
     pub(crate) fn compat_prometheus(&self) -> Option<String> {
         self.compat.as_ref().map(|c| c.net.stats().prometheus())
+    }
+
+    /// The peers with their links, and the native peers' channels with their positions,
+    /// for the operator (`GET /federation`). Ids and counters only: no state, no key.
+    pub(crate) fn status(&self, agent_name: &dyn Fn(&mfp_core::AgentId) -> Option<String>) -> serde_json::Value {
+        use serde_json::json;
+        let mut peers = Vec::new();
+        let mut channels = Vec::new();
+        let mut recovery = serde_json::Value::Null;
+        let peer = |id: &RuntimeId, name: Option<&String>, kind: &str, up: bool| json!({"runtime_id": id.to_string(), "name": name, "kind": kind, "link_up": up});
+        if let Some(n) = &self.native {
+            for id in &n.peers {
+                peers.push(peer(id, n.names.get(id), "native", n.fed.is_up(id)));
+                for p in n.remote.positions(id).unwrap_or_default() {
+                    channels.push(json!({
+                        "channel": p.channel.to_string(),
+                        "peer": id.to_string(),
+                        "local_agent": agent_name(&p.local_agent),
+                        "local_agent_id": p.local_agent.to_string(),
+                        "remote_agent_id": p.remote.agent.to_string(),
+                        "status": p.status.as_str(),
+                        "tx_next": p.tx_next,
+                        "rx_next": p.rx_next,
+                        "acked": p.acked,
+                        "unacknowledged": p.tx_next.saturating_sub(p.acked),
+                        "unconfirmed": p.unconfirmed,
+                    }));
+                }
+            }
+            let r = n.fed.recovery_stats();
+            recovery = json!({
+                "negotiations": r.negotiations, "in_step": r.in_step, "resyncs": r.resyncs,
+                "completed": r.completed, "corruption": r.corruption, "gap_beyond_log": r.gap_beyond_log,
+                "never_sent": r.never_sent, "attempts_exhausted": r.attempts_exhausted,
+                "timed_out": r.timed_out, "resets": r.resets,
+            });
+        }
+        if let Some(c) = &self.compat {
+            for id in &c.peers {
+                peers.push(peer(id, c.names.get(id), "pymfp", c.net.is_up(id)));
+            }
+        }
+        json!({"peers": peers, "channels": channels, "recovery": recovery})
+    }
+
+    /// Carries out an operator's `action` on cross-runtime channel `channel` of a native
+    /// peer; answers what it did, or why not with the HTTP status that says so.
+    pub(crate) async fn act(
+        &self,
+        runtime: &mfp_runtime::Runtime,
+        channel: &mfp_core::ChannelId,
+        action: Action,
+    ) -> Result<serde_json::Value, OpError> {
+        use mfp_federation::federation::FederationError as F;
+        use serde_json::json;
+        let Some(n) = &self.native else {
+            return Err(OpError::new(
+                404,
+                "this server has no native federation peer (federation.peers with public_key)",
+            ));
+        };
+        let found = n
+            .peers
+            .iter()
+            .find_map(|id| n.remote.positions(id).ok()?.into_iter().find(|p| p.channel == *channel).map(|p| (*id, p)));
+        let Some((peer, pos)) = found else {
+            return Err(OpError::new(
+                404,
+                format!("channel {channel} is not a cross-runtime channel with a native peer of this server"),
+            ));
+        };
+        let outcome = match action {
+            Action::Suspend => runtime
+                .quarantine_channel_async(channel, "suspended by the operator")
+                .await
+                .map(|()| json!({"status": "quarantined"}))
+                .map_err(F::from),
+            Action::Resume => n.fed.resume_channel(channel).await.map(|()| json!({"status": "active"})),
+            Action::Reset => {
+                n.fed.reset_channel(channel).await.map(|discarded| json!({"status": "active", "discarded": discarded}))
+            }
+            Action::Rotate => n.fed.rotate(channel).map(|()| json!({"requested": true})),
+        };
+        let peer_name = n.names.get(&peer).cloned().unwrap_or_else(|| peer.short());
+        match outcome {
+            Ok(mut v) => {
+                tracing::info!(channel = %channel.short(), peer = %peer_name, action = action.as_str(), "operator action on a federation channel");
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("channel".into(), json!(channel.to_string()));
+                    o.insert("action".into(), json!(action.as_str()));
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                let status = match &e {
+                    F::NotSuspended(_) | F::ResetRefused { .. } | F::Runtime(_) => 409,
+                    F::PeerDown(_) | F::ShutDown => 503,
+                    F::Timeout(_) | F::ResetUnanswered { .. } => 504,
+                    _ => 500,
+                };
+                let message = match (&e, action) {
+                    (F::Runtime(_), Action::Resume) => {
+                        format!("{e} (a channel is resumed once suspended: its status is {})", pos.status.as_str())
+                    }
+                    _ => e.to_string(),
+                };
+                tracing::warn!(channel = %channel.short(), peer = %peer_name, action = action.as_str(), error = %message, "operator action on a federation channel failed");
+                Err(OpError::new(status, message))
+            }
+        }
     }
 
     /// Closes the links (native: a Close message to each peer) and stops the tasks.
@@ -185,6 +350,7 @@ async fn start_native(
     cfg.link.apply(&mut net);
     let mut peers = Vec::new();
     let mut ids = Vec::new();
+    let mut names = HashMap::new();
     for p in &cfg.peers {
         let PeerKind::Native { runtime_id, id, public_key, max_in_flight_messages, max_in_flight_bytes, accept } =
             &p.kind
@@ -206,6 +372,7 @@ async fn start_native(
         tracing::info!(peer = %runtime_id, runtime = %id.short(), endpoint = p.endpoint.as_deref().unwrap_or("(waits for it to dial)"), "federation peer");
         peers.push(fp);
         ids.push(*id);
+        names.insert(*id, runtime_id.clone());
     }
     let mut fed_cfg = FederationConfig::new(net, peers);
     fed_cfg.recovery = cfg.recovery;
@@ -240,7 +407,7 @@ async fn start_native(
     }
     let opener =
         (!wanted.is_empty()).then(|| tokio::spawn(open_channels(Arc::clone(&fed), wanted, Arc::clone(&opened))));
-    Ok(Native { fed, peers: ids, opener, opened })
+    Ok(Native { fed, peers: ids, names, remote: mfp.runtime().remote_handle(), opener, opened })
 }
 
 /// Opens each wanted channel once its peer's link is up; a failure is retried with backoff.
@@ -286,6 +453,7 @@ async fn start_compat(
 ) -> Result<Compat, FedStartError> {
     let mut peers = Vec::new();
     let mut ids = Vec::new();
+    let mut names = HashMap::new();
     for p in &cfg.peers {
         let PeerKind::Pymfp { deployment_id, instance_id, bootstrap, channels, ceremonial } = &p.kind else {
             continue;
@@ -326,7 +494,9 @@ async fn start_compat(
             })
             .map_err(|e| FedStartError::Compat(e.to_string()))?;
         }
-        ids.push(RuntimeId::derive(deployment_id.as_bytes(), instance_id.as_bytes()));
+        let id = RuntimeId::derive(deployment_id.as_bytes(), instance_id.as_bytes());
+        ids.push(id);
+        names.insert(id, name);
         peers.push(peer);
     }
     // pymfp listens on transport.host:port whenever peers are configured; federation.listen
@@ -351,7 +521,7 @@ async fn start_compat(
     if let Some(a) = net.local_addr() {
         tracing::warn!(addr = %a, "listening for pymfp peers: UNAUTHENTICATED (see docs/interop.md)");
     }
-    Ok(Compat { net, peers: ids })
+    Ok(Compat { net, peers: ids, names })
 }
 
 fn bracket(host: &str) -> String {

@@ -9,6 +9,7 @@ mod federation;
 mod inbox;
 mod keygen;
 mod mcp;
+mod operator;
 mod rpc;
 mod server;
 mod storage_admin;

@@ -49,6 +49,9 @@ pub(crate) enum RunError {
     /// A webhook or mcp agent's token could not be read.
     #[error("agent {agent}: token_env {var} is not set or empty")]
     Token { agent: String, var: String },
+    /// `admin.token_env` names a variable that is not set.
+    #[error("admin.token_env {var} is not set or empty: set it, or remove admin.token_env")]
+    AdminToken { var: String },
     /// `mfp-server mcp --agent NAME` names no mcp agent of the configuration.
     #[error("{file}: no agent of type mcp named {agent:?} (the mcp agents are: {known})")]
     NotMcp { file: String, agent: String, known: String },
@@ -126,7 +129,21 @@ pub(crate) async fn run(cfg: Validated, mode: Mode) -> Result<(), RunError> {
     });
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(Arc::clone(&collector)));
-    let admin_state = Arc::new(AdminState { ready: false.into(), registry, federation: Arc::clone(&fed_slot) });
+    let operator_token = match &cfg.admin_token {
+        TokenSource::None => None,
+        TokenSource::Literal(t) => Some(Arc::new(zeroize::Zeroizing::new(t.clone()))),
+        TokenSource::Env(var) => match std::env::var(var) {
+            Ok(t) if !t.is_empty() => Some(Arc::new(zeroize::Zeroizing::new(t))),
+            _ => return Err(RunError::AdminToken { var: var.clone() }),
+        },
+    };
+    let admin_state = Arc::new(AdminState {
+        ready: false.into(),
+        registry,
+        federation: Arc::clone(&fed_slot),
+        mfp: std::sync::OnceLock::new(),
+        operator_token,
+    });
 
     // Listeners first: a port in use stops the start before anything else happens.
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
@@ -200,6 +217,7 @@ pub(crate) async fn run(cfg: Validated, mode: Mode) -> Result<(), RunError> {
         })?;
     let mfp = Arc::new(mfp);
     let _ = collector.mfp.set(Arc::clone(&mfp));
+    let _ = admin_state.mfp.set(Arc::clone(&mfp));
     match &cfg.storage_path {
         Some(p) if mfp.restored() => {
             tracing::info!(runtime = %mfp.identity_short(), db = %p.display(), "runtime restored from storage")

@@ -601,9 +601,129 @@ fn the_listener_keeps_the_limits_and_timers_of_its_configuration() {
     let timed_out = closed_at(&mut first).expect("the silent connection is closed") - opened;
     assert!(timed_out >= Duration::from_millis(1450), "kept until its handshake timed out: {timed_out:?}");
     assert!(
-        timed_out < Duration::from_secs(3),
-        "closed by the 0.5 s handshake timeout, not the default 5 s: {timed_out:?}"
+        timed_out < Duration::from_millis(4500),
+        "closed by the 1.5 s handshake timeout, not the default 5 s: {timed_out:?}"
     );
+    drop(a);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+const OPERATOR: &str = "operator-token-0123456789";
+
+/// The operator endpoints of the admin listener, on two federated servers with storage:
+/// `GET /federation` lists the link and the channel; `POST …/{action}` suspends, resets,
+/// resumes and rotates the channel, each followed by what it should change (messages fail
+/// while suspended and cross again after a reset or a resume, the rotation is counted);
+/// bad requests get 400/401/403/404/409 with a message.
+#[test]
+fn an_operator_suspends_resets_resumes_and_rotates_a_federation_channel() {
+    let dir = temp_dir("fed", "operator");
+    let (ka, kb) = (dir.join("a.key"), dir.join("b.key"));
+    let (pa, pb) = (identity(&ka), identity(&kb));
+    // a has no operator token: its operator endpoints are off.
+    let config_a = format!(
+        "runtime:\n  deployment_id: fedtest\n  instance_id: a\nstorage:\n  path: \"{}\"\nadmin:\n  port: 0\nagents:\n  - name: echo\n    type: builtin\n    builtin: echo\nfederation:\n  listen: \"127.0.0.1:0\"\n  identity_key: \"{}\"\n  peers:\n    - runtime_id: fedtest/b\n      public_key: \"{pb}\"\n",
+        dir.join("a.db").display(),
+        ka.display()
+    );
+    let a = Server::start(&dir.join("a.yaml"), &config_a);
+    a.find_or_wait("INFO mfp_server::server: ready");
+    let a_admin = a.addr("admin listener bound");
+    let a_fed = a.addr("federation listener bound");
+    let (hook_addr, deliveries) = hook();
+    let config_b = format!(
+        "runtime:\n  deployment_id: fedtest\n  instance_id: b\nstorage:\n  path: \"{}\"\nadmin:\n  port: 0\n  token: \"{OPERATOR}\"\nhttp:\n  port: 0\nagents:\n  - name: driver\n    type: webhook\n    url: \"http://{hook_addr}/in\"\n    token: \"{TOKEN}\"\nfederation:\n  identity_key: \"{}\"\n  peers:\n    - runtime_id: fedtest/a\n      endpoint: \"{a_fed}\"\n      public_key: \"{pa}\"\n  channels:\n    - agent: driver\n      peer: fedtest/a\n      remote_agent: echo\n",
+        dir.join("b.db").display(),
+        kb.display()
+    );
+    let b = Server::start(&dir.join("b.yaml"), &config_b);
+    b.find_or_wait("federation channel opened");
+    let b_admin = b.addr("admin listener bound");
+    let b_http = b.addr("http listener bound");
+    let bearer = format!("Bearer {OPERATOR}");
+    let op = |method: &str, path: &str| http(&b_admin, method, path, &[("Authorization", &bearer)], "");
+    let status_of = |channel: &str| {
+        let (code, body) = op("GET", "/federation");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let c = v["channels"].as_array().unwrap().iter().find(|c| c["channel"] == channel).cloned();
+        c.unwrap_or_else(|| panic!("channel {channel} not listed: {body}"))["status"].as_str().unwrap().to_string()
+    };
+
+    // Authentication, and the listing.
+    assert_eq!(http(&b_admin, "GET", "/federation", &[], "").0, 401);
+    assert_eq!(http(&b_admin, "GET", "/federation", &[("Authorization", "Bearer wrong-token-0123456789")], "").0, 401);
+    let (code, body) = http(&a_admin, "GET", "/federation", &[("Authorization", &bearer)], "");
+    assert_eq!(code, 403, "no admin.token on a: {body}");
+    assert!(body.contains("admin.token"), "{body}");
+    let (code, body) = op("GET", "/federation");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["peers"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(v["peers"][0]["name"], "fedtest/a", "{body}");
+    assert_eq!(v["peers"][0]["kind"], "native", "{body}");
+    assert_eq!(v["peers"][0]["link_up"], true, "{body}");
+    let channels = v["channels"].as_array().unwrap();
+    assert_eq!(channels.len(), 1, "{body}");
+    assert_eq!(channels[0]["local_agent"], "driver", "{body}");
+    assert_eq!(channels[0]["status"], "active", "{body}");
+    let channel = channels[0]["channel"].as_str().unwrap().to_string();
+
+    let auth = format!("Bearer {TOKEN}");
+    let send = |payload: &str| {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":2,"method":"send","params":{{"channel":"{channel}","payload":"{payload}"}}}}"#
+        );
+        http(&b_http, "POST", "/agents/driver", &[("Authorization", &auth)], &body).1
+    };
+    let echoed = |payload: &str| {
+        let r = send(payload);
+        assert!(r.contains("\"step\""), "{r}");
+        let body = deliveries.recv_timeout(WAIT).expect("an echo from runtime a");
+        assert!(body.contains(&format!(r#""payload":"{payload}""#)), "{body}");
+    };
+    echoed("before");
+
+    // Bad requests.
+    assert_eq!(op("POST", &format!("/federation/channels/{channel}/explode")).0, 404);
+    assert_eq!(op("POST", "/federation/channels/not-hex/suspend").0, 400);
+    let (code, body) = op("POST", &format!("/federation/channels/{}/suspend", "ab".repeat(16)));
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("not a cross-runtime channel"), "{body}");
+    let (code, body) = op("POST", &format!("/federation/channels/{channel}/reset"));
+    assert_eq!(code, 409, "only a suspended channel is reset: {body}");
+    assert_eq!(http(&b_admin, "POST", &format!("/federation/channels/{channel}/suspend"), &[], "").0, 401);
+
+    // Rotation: counted once the peer's answer came back.
+    let (code, body) = op("POST", &format!("/federation/channels/{channel}/rotate"));
+    assert_eq!(code, 200, "{body}");
+    metrics_until(&b_admin, |m| metric(m, "mfp_remote_rotations_total") >= 1);
+    echoed("after-rotation");
+
+    // Suspend: sends fail; reset: both chains start again and messages cross.
+    let (code, body) = op("POST", &format!("/federation/channels/{channel}/suspend"));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status_of(&channel), "quarantined");
+    let r = send("while-suspended");
+    assert!(r.contains("\"error\""), "a suspended channel takes no message: {r}");
+    let (code, body) = op("POST", &format!("/federation/channels/{channel}/reset"));
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["discarded"], 0, "{body}");
+    assert_eq!(status_of(&channel), "active");
+    echoed("after-reset");
+
+    // Suspend and resume.
+    assert_eq!(op("POST", &format!("/federation/channels/{channel}/suspend")).0, 200);
+    assert_eq!(status_of(&channel), "quarantined");
+    let (code, body) = op("POST", &format!("/federation/channels/{channel}/resume"));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status_of(&channel), "active");
+    echoed("after-resume");
+    assert!(deliveries.try_recv().is_err(), "nothing sent while suspended came through");
+    assert!(b.log().contains("operator action on a federation channel"), "{}", b.log());
+    assert!(!b.log().contains(OPERATOR), "the token is never logged");
+    drop(b);
     drop(a);
     std::fs::remove_dir_all(&dir).ok();
 }
