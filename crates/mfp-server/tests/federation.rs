@@ -479,7 +479,7 @@ fn a_server_has_native_and_pymfp_peers_at_once() {
     // transport.port takes no 0 (pymfp's schema): a port free a moment ago.
     let free = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config_b = format!(
-        "runtime:\n  deployment_id: fedtest\n  instance_id: b\nadmin:\n  port: 0\nhttp:\n  port: 0\ntransport:\n  host: 127.0.0.1\n  port: {free}\nagents:\n  - name: driver\n    type: webhook\n    url: \"http://{hook_addr}/in\"\n    token: \"{TOKEN}\"\nfederation:\n  identity_key: \"{}\"\n  peers:\n    - runtime_id: fedtest/a\n      endpoint: \"{a_fed}\"\n      public_key: \"{pa}\"\n    - runtime_id: fedtest/py\n      endpoint: \"{closed}\"\n      channels:\n        - id: \"{pymfp_channel}\"\n          agent: driver\n          remote_agent: \"{}\"\n          depth: 4\n  channels:\n    - agent: driver\n      peer: fedtest/a\n      remote_agent: echo\n      depth: 4\n",
+        "runtime:\n  deployment_id: fedtest\n  instance_id: b\nadmin:\n  port: 0\n  token: \"{OPERATOR}\"\nhttp:\n  port: 0\ntransport:\n  host: 127.0.0.1\n  port: {free}\nagents:\n  - name: driver\n    type: webhook\n    url: \"http://{hook_addr}/in\"\n    token: \"{TOKEN}\"\nfederation:\n  identity_key: \"{}\"\n  peers:\n    - runtime_id: fedtest/a\n      endpoint: \"{a_fed}\"\n      public_key: \"{pa}\"\n    - runtime_id: fedtest/py\n      endpoint: \"{closed}\"\n      channels:\n        - id: \"{pymfp_channel}\"\n          agent: driver\n          remote_agent: \"{}\"\n          depth: 4\n  channels:\n    - agent: driver\n      peer: fedtest/a\n      remote_agent: echo\n      depth: 4\n",
         kb.display(),
         "ab".repeat(32)
     );
@@ -522,6 +522,33 @@ fn a_server_has_native_and_pymfp_peers_at_once() {
     assert_eq!(metric(&m, "mfp_federation_peers"), 2, "{m}");
     assert_eq!(metric(&m, "mfp_federation_links_up"), 1, "{m}");
     assert!(m.contains("\nmfp_compat_peers 1\n"), "{m}");
+    // The operator's listing has both peers, and only the native peer's channel; the pymfp
+    // peer's channel takes no operator action.
+    let bearer = format!("Bearer {OPERATOR}");
+    let (code, body) = http(&b_admin, "GET", "/federation", &[("Authorization", &bearer)], "");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let kinds: Vec<_> = v["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].clone(), p["kind"].clone(), p["link_up"].clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("fedtest/a".into(), "native".into(), true.into()), ("fedtest/py".into(), "pymfp".into(), false.into())],
+        "{body}"
+    );
+    assert_eq!(v["channels"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(v["channels"][0]["channel"], channel_id.as_str(), "{body}");
+    let (code, body) = http(
+        &b_admin,
+        "POST",
+        &format!("/federation/channels/{pymfp_channel}/rotate"),
+        &[("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!(code, 404, "{body}");
     drop(b);
     drop(a);
     std::fs::remove_dir_all(&dir).ok();
