@@ -289,6 +289,8 @@ pub(crate) struct FederationSection {
     pub(crate) link: link::LinkSection,
     /// Ours: limits of the native listener (`NetConfig`'s defaults when missing).
     pub(crate) listener: link::ListenerSection,
+    /// Ours: when native channels' chains rotate (pymfp's `RotationConfig` defaults).
+    pub(crate) rotation: link::RotationSection,
 }
 
 /// One entry of `federation.peers`: pymfp style (`runtime_id` "deployment/instance",
@@ -818,7 +820,13 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
 
     // Transport and recovery: pymfp's ranges.
     let _ = int_in(&mut problems, &raw.transport.port, "transport.port", 1, 65535);
-    let link = link::validate(&mut problems, &raw.federation.link, &raw.federation.listener, &raw.transport);
+    let link = link::validate(
+        &mut problems,
+        &raw.federation.link,
+        &raw.federation.listener,
+        &raw.federation.rotation,
+        &raw.transport,
+    );
     let mut recovery = mfp_federation::recovery::RecoveryLimits::default();
     recovery.max_attempts = int_in(&mut problems, &raw.recovery.max_attempts, "recovery.max_attempts", 1, 1_000_000)
         .and_then(|n| u32::try_from(n).ok())
@@ -1083,6 +1091,16 @@ fn validate(raw: Config, file: &Path, base: &Path) -> Result<Validated, Vec<Prob
         token_of(&raw.admin.token, &raw.admin.token_env, "admin.", &mut problems).unwrap_or(TokenSource::None);
     if admin_token != TokenSource::None && !raw.admin.enabled {
         warnings.push("admin.token is set but admin.enabled is false: the operator endpoints are not served".into());
+    }
+    if admin_token != TokenSource::None
+        && raw.admin.enabled
+        && !["127.0.0.1", "localhost", "::1", "[::1]"].contains(&raw.admin.host.value.as_str())
+    {
+        warnings.push(format!(
+            "admin.host {} is not loopback and admin.token is set: the admin listener speaks plain HTTP, so the token \
+             crosses the network in clear (keep it on loopback, or put a TLS proxy in front)",
+            raw.admin.host.value
+        ));
     }
     let admin_addr = if raw.admin.enabled {
         int_in(&mut problems, &raw.admin.port, "admin.port", 0, 65535)
@@ -1710,6 +1728,33 @@ mod tests {
     }
 
     #[test]
+    fn rotation_triggers_reach_the_federation() {
+        use mfp_federation::federation::FederationConfig;
+        use std::time::Duration;
+        let fresh = || FederationConfig::new(mfp_federation::net::NetConfig::default(), Vec::new());
+        let mut f = fresh();
+        p("").unwrap().link.apply_federation(&mut f);
+        assert_eq!((f.rotate_after_messages, f.rotate_after), (1_000_000, Duration::from_secs(86_400)));
+        let mut f = fresh();
+        p("federation:\n  rotation:\n    after_messages: 5000\n    after_seconds: 3600\n")
+            .unwrap()
+            .link
+            .apply_federation(&mut f);
+        assert_eq!((f.rotate_after_messages, f.rotate_after), (5_000, Duration::from_secs(3_600)));
+        let mut f = fresh();
+        p("federation:\n  rotation:\n    after_messages: 0\n    after_seconds: 0\n")
+            .unwrap()
+            .link
+            .apply_federation(&mut f);
+        assert_eq!((f.rotate_after_messages, f.rotate_after), (0, Duration::ZERO), "0 turns a trigger off");
+        let e = errors("federation:\n  rotation:\n    after_messages: 10\n");
+        assert!(e.starts_with("test.yaml:3:") && e.contains("at least 1000"), "{e}");
+        let e = errors("federation:\n  rotation:\n    after_seconds: 5\n");
+        assert!(e.starts_with("test.yaml:3:") && e.contains("federation.rotation.after_seconds"), "{e}");
+        assert!(errors("federation:\n  rotation:\n    after_seconds: -1\n").contains("after_seconds"));
+    }
+
+    #[test]
     fn the_operator_token_is_checked_like_an_agent_token() {
         assert_eq!(p("").unwrap().admin_token, TokenSource::None);
         let v = p("admin:\n  token: \"0123456789abcdef\"\n").unwrap();
@@ -1721,6 +1766,10 @@ mod tests {
         assert!(e.contains("give admin.token or admin.token_env, not both"), "{e}");
         let v = p("admin:\n  enabled: false\n  token: \"0123456789abcdef\"\n").unwrap();
         assert!(v.warnings.iter().any(|w| w.contains("admin.enabled is false")), "{:?}", v.warnings);
+        let v = p("admin:\n  host: 0.0.0.0\n  token: \"0123456789abcdef\"\n").unwrap();
+        assert!(v.warnings.iter().any(|w| w.contains("in clear")), "{:?}", v.warnings);
+        let v = p("admin:\n  token: \"0123456789abcdef\"\n").unwrap();
+        assert!(!v.warnings.iter().any(|w| w.contains("in clear")), "loopback: {:?}", v.warnings);
     }
 
     #[test]

@@ -376,6 +376,7 @@ async fn start_native(
     }
     let mut fed_cfg = FederationConfig::new(net, peers);
     fed_cfg.recovery = cfg.recovery;
+    cfg.link.apply_federation(&mut fed_cfg);
     let fed =
         Federation::start(mfp.runtime(), identity, fed_cfg).await.map_err(|e| FedStartError::Native(e.to_string()))?;
     if let Some(a) = fed.local_addr() {

@@ -1,5 +1,5 @@
-//! `federation.link` and `federation.listener` (ours): the timers of native links and the
-//! limits of the native listener; and pymfp's `transport.*` timeouts, applied to the links
+//! `federation.link`, `federation.listener` and `federation.rotation` (ours): the timers of
+//! native links, the limits of the native listener, when channels' chains rotate; and pymfp's `transport.*` timeouts, applied to the links
 //! with pymfp peers.
 
 use std::time::Duration;
@@ -32,6 +32,17 @@ pub(crate) struct LinkSection {
     pub(crate) dial_backoff_max_seconds: Option<Spanned<f64>>,
 }
 
+/// `federation.rotation:` — when a cross-runtime channel's outbound chain rotates
+/// (PROTOCOL §4.11); pymfp's `RotationConfig` defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RotationSection {
+    /// Messages on a channel before its outbound chain rotates (1,000,000); 0: never by count.
+    pub(crate) after_messages: Option<Spanned<i64>>,
+    /// Seconds before it rotates (86,400); 0: never by time.
+    pub(crate) after_seconds: Option<Spanned<f64>>,
+}
+
 /// `federation.listener:` — every key optional; a missing one keeps `NetConfig`'s default.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -61,6 +72,9 @@ pub(crate) struct LinkTuning {
     pub(crate) max_pending_handshakes: Option<usize>,
     pub(crate) handshakes_per_second: Option<u32>,
     pub(crate) handshakes_per_second_per_source: Option<u32>,
+    /// `federation.rotation`.
+    pub(crate) rotate_after_messages: Option<u64>,
+    pub(crate) rotate_after: Option<Duration>,
     /// pymfp's `transport.connect_timeout`, `read_timeout` and `write_timeout`.
     pub(crate) compat_connect_timeout: Duration,
     pub(crate) compat_read_timeout: Duration,
@@ -76,6 +90,7 @@ pub(crate) fn validate(
     problems: &mut Vec<Problem>,
     link: &LinkSection,
     listener: &ListenerSection,
+    rotation: &RotationSection,
     transport: &TransportSection,
 ) -> LinkTuning {
     let mut secs = |v: &Option<Spanned<f64>>, what: &str| {
@@ -107,6 +122,32 @@ pub(crate) fn validate(
     t.handshakes_per_second = count(&listener.handshakes_per_second, "federation.listener.handshakes_per_second");
     t.handshakes_per_second_per_source =
         count(&listener.handshakes_per_second_per_source, "federation.listener.handshakes_per_second_per_source");
+
+    // Rotation costs a key exchange with the peer: not more often than every 1,000 messages
+    // or every minute.
+    if let Some(v) = &rotation.after_messages {
+        if v.value == 0 || (1_000..=i64::MAX).contains(&v.value) {
+            t.rotate_after_messages = u64::try_from(v.value).ok();
+        } else {
+            problems.push(problem_at(
+                v,
+                format!(
+                    "federation.rotation.after_messages must be 0 (never by count) or at least 1000, not {}",
+                    v.value
+                ),
+            ));
+        }
+    }
+    if let Some(v) = &rotation.after_seconds {
+        if v.value == 0.0 || (v.value.is_finite() && (60.0..=31_536_000.0).contains(&v.value)) {
+            t.rotate_after = Some(Duration::from_secs_f64(v.value));
+        } else {
+            problems.push(problem_at(
+                v,
+                "federation.rotation.after_seconds must be 0 (never by time) or between 60 and 31536000 (a year)",
+            ));
+        }
+    }
 
     // The relations between values are the transport's own rules: ask it, and place its
     // answer at the section that holds the values.
@@ -145,6 +186,16 @@ impl LinkTuning {
         set(&mut net.max_pending_handshakes, self.max_pending_handshakes);
         set(&mut net.handshakes_per_second, self.handshakes_per_second);
         set(&mut net.handshakes_per_second_per_source, self.handshakes_per_second_per_source);
+    }
+
+    /// Sets the rotation triggers on a federation's configuration.
+    pub(crate) fn apply_federation(&self, fed: &mut mfp_federation::federation::FederationConfig) {
+        if let Some(n) = self.rotate_after_messages {
+            fed.rotate_after_messages = n;
+        }
+        if let Some(d) = self.rotate_after {
+            fed.rotate_after = d;
+        }
     }
 
     /// Sets pymfp's `transport.*` timeouts on the transport of pymfp peers. The outbound
