@@ -619,18 +619,8 @@ impl Federation {
     /// [`FederationConfig::rotate_after_messages`] and [`FederationConfig::rotate_after`]).
     /// The rotation takes effect when the peer's answer arrives.
     pub fn rotate(&self, channel: &ChannelId) -> Result<(), FederationError> {
-        let pos = self
-            .shared
-            .peers
-            .values()
-            .find_map(|p| {
-                let ps = self.shared.runtime.positions(&p.runtime).ok()?;
-                ps.into_iter().find(|x| x.channel == *channel).map(|x| (Arc::clone(p), x))
-            })
-            .ok_or_else(|| {
-                FederationError::Invalid(format!("channel {} is not a federated channel", channel.short()))
-            })?;
-        request_rotation(&self.shared, &pos.0, *channel, pos.1.tx_next, pos.1.acked)
+        let (peer, pos) = self.channel_peer(channel)?;
+        request_rotation(&self.shared, &peer, *channel, pos.tx_next, pos.acked)
     }
 
     /// The peer and positions of federated channel `channel`.
