@@ -222,14 +222,8 @@ impl Inner {
         let Some(link) = channel.remote() else { return };
         let mut ch = channel.inner.lock();
         let mut q = link.out.lock();
-        // Queued messages have consecutive numbers; one that is gone was failed already.
-        let index = q.queue.front().and_then(|f| seq.checked_sub(f.seq)).and_then(|i| usize::try_from(i).ok());
-        if let Some(p) = index.and_then(|i| q.queue.get_mut(i)).filter(|p| p.seq == seq) {
-            p.outcome = Some(outcome);
-        }
-        while q.queue.front().is_some_and(|p| p.outcome.is_some()) {
-            let Some(mut p) = q.queue.pop_front() else { break };
-            let outcome = p.outcome.take().unwrap_or(Err(StorageError::Closed));
+        super::record(&mut q.queue, seq, outcome);
+        while let Some((mut p, outcome)) = super::pop_known(&mut q.queue) {
             let done = p.done.take();
             match outcome.or_else(|e| self.storage_failed(e)) {
                 Ok(()) => {
@@ -361,6 +355,16 @@ struct OutPending {
     repairs: bool,
     /// Where its sender waits for the outcome.
     done: Option<oneshot::Sender<Result<Receipt>>>,
+}
+
+impl super::Queued for OutPending {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn outcome(&mut self) -> &mut Option<std::result::Result<(), StorageError>> {
+        &mut self.outcome
+    }
 }
 
 /// A queued durable cross-runtime send, waiting for its commit and then for its settling.
