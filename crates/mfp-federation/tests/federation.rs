@@ -572,21 +572,8 @@ async fn the_acceptor_sends_only_once_the_opener_stored_the_channel() {
 
     store_b.hold();
     let fed_b = std::sync::Arc::new(fed_b);
-    let opening = {
-        let (fed_b, bob_id) = (std::sync::Arc::clone(&fed_b), bob.id());
-        tokio::spawn(async move { fed_b.open_channel(bob_id, A.runtime_id(), Target::Name("alice".into()), 4).await })
-    };
     // The acceptor has the channel as soon as it accepted.
-    let ch = tokio::time::timeout(BOUND, async {
-        loop {
-            if let Some(c) = alice.channels().ok().and_then(|cs| cs.first().map(|c| c.channel_id)) {
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .expect("the acceptor never had the channel");
+    let (opening, ch) = open_from_b(&fed_b, bob.id(), &alice).await;
     let early = alice.send_async(ch, b"early").await;
     assert!(
         matches!(early, Err(mfp_runtime::Error::PeerUnavailable { .. })),
@@ -722,20 +709,7 @@ async fn an_acceptor_restarted_before_the_confirmation_still_waits_for_it() {
     // B's commit of the channel is held: A accepted, B has not confirmed.
     store_b.hold();
     let fed_b = std::sync::Arc::new(fed_b);
-    let opening = {
-        let (fed_b, bob_id) = (std::sync::Arc::clone(&fed_b), bob.id());
-        tokio::spawn(async move { fed_b.open_channel(bob_id, A.runtime_id(), Target::Name("alice".into()), 4).await })
-    };
-    let ch = tokio::time::timeout(BOUND, async {
-        loop {
-            if let Some(c) = alice.channels().ok().and_then(|cs| cs.first().map(|c| c.channel_id)) {
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .expect("the acceptor never had the channel");
+    let (opening, ch) = open_from_b(&fed_b, bob.id(), &alice).await;
     assert!(matches!(alice.send_async(ch, b"early").await, Err(mfp_runtime::Error::PeerUnavailable { .. })));
 
     // A stops before the confirmation; B then stores the channel (its confirmation finds
@@ -776,4 +750,29 @@ async fn an_acceptor_restarted_before_the_confirmation_still_waits_for_it() {
         fed_b.shutdown().await;
     }
     rt_b.shutdown_async().await;
+}
+
+/// B's `bob` opens a channel with A's `alice` in a task of its own; returns that task and
+/// the channel's id once the acceptor (A) has it, which is before B has stored it when B's
+/// store is held.
+async fn open_from_b(
+    fed_b: &std::sync::Arc<Federation>,
+    bob: mfp_core::AgentId,
+    alice: &AgentHandle,
+) -> (tokio::task::JoinHandle<Result<ChannelId, mfp_federation::federation::FederationError>>, ChannelId) {
+    let opening = {
+        let fed_b = std::sync::Arc::clone(fed_b);
+        tokio::spawn(async move { fed_b.open_channel(bob, A.runtime_id(), Target::Name("alice".into()), 4).await })
+    };
+    let ch = tokio::time::timeout(BOUND, async {
+        loop {
+            if let Some(c) = alice.channels().ok().and_then(|cs| cs.first().map(|c| c.channel_id)) {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the acceptor never had the channel");
+    (opening, ch)
 }

@@ -454,11 +454,8 @@ fn peers_round_trip_and_a_later_row_replaces_the_earlier() {
     assert_eq!(inspect(&path, &k).unwrap().snapshot.unwrap().peers, want);
 }
 
-#[test]
-fn ack_outbound_removes_everything_below_next_on_that_channel_only() {
-    let dir = TempDir::new("remote-ack");
-    let path = dir.file("a.db");
-    let storage = SqliteStorage::open(config(&path, &key(1))).unwrap();
+/// Two active remote channels, 1 with steps 0..6 in its outbound log and 2 with 0..3.
+fn two_logged_channels(storage: &SqliteStorage) {
     storage.apply(setup_ops()).wait().unwrap();
     storage
         .apply(vec![
@@ -470,17 +467,20 @@ fn ack_outbound_removes_everything_below_next_on_that_channel_only() {
     let mut ops: Vec<StorageOp> = (0..6).map(|s| outbound(1, s)).collect();
     ops.extend((0..3).map(|s| outbound(2, s)));
     storage.apply(ops).wait().unwrap();
-    let steps = |ch: u8| -> Vec<u64> {
-        storage
-            .load()
-            .unwrap()
-            .unwrap()
-            .outbound
-            .iter()
-            .filter(|o| o.channel == remote_id(ch))
-            .map(|o| o.step)
-            .collect()
-    };
+}
+
+/// The steps of remote channel `ch`'s outbound log, as loaded.
+fn logged_steps(storage: &SqliteStorage, ch: u8) -> Vec<u64> {
+    storage.load().unwrap().unwrap().outbound.iter().filter(|o| o.channel == remote_id(ch)).map(|o| o.step).collect()
+}
+
+#[test]
+fn ack_outbound_removes_everything_below_next_on_that_channel_only() {
+    let dir = TempDir::new("remote-ack");
+    let path = dir.file("a.db");
+    let storage = SqliteStorage::open(config(&path, &key(1))).unwrap();
+    two_logged_channels(&storage);
+    let steps = |ch: u8| logged_steps(&storage, ch);
     let ack = |ch: u8, next: u64| storage.apply(vec![StorageOp::AckOutbound { channel: remote_id(ch), next }]).wait();
     ack(1, 3).unwrap();
     assert_eq!(steps(1), [3, 4, 5]);
@@ -505,28 +505,8 @@ fn truncate_outbound_removes_from_a_step_on_on_that_channel_only() {
     let dir = TempDir::new("remote-truncate");
     let path = dir.file("t.db");
     let storage = SqliteStorage::open(config(&path, &key(1))).unwrap();
-    storage.apply(setup_ops()).wait().unwrap();
-    storage
-        .apply(vec![
-            StorageOp::PutRemoteChannel(remote_row(1, 1, ChannelStatus::Active)),
-            StorageOp::PutRemoteChannel(remote_row(2, 2, ChannelStatus::Active)),
-        ])
-        .wait()
-        .unwrap();
-    let mut ops: Vec<StorageOp> = (0..6).map(|s| outbound(1, s)).collect();
-    ops.extend((0..3).map(|s| outbound(2, s)));
-    storage.apply(ops).wait().unwrap();
-    let steps = |ch: u8| -> Vec<u64> {
-        storage
-            .load()
-            .unwrap()
-            .unwrap()
-            .outbound
-            .iter()
-            .filter(|o| o.channel == remote_id(ch))
-            .map(|o| o.step)
-            .collect()
-    };
+    two_logged_channels(&storage);
+    let steps = |ch: u8| logged_steps(&storage, ch);
     let truncate =
         |ch: u8, from: u64| storage.apply(vec![StorageOp::TruncateOutbound { channel: remote_id(ch), from }]).wait();
     truncate(1, 4).unwrap();
