@@ -10,6 +10,7 @@ mod inbox;
 mod keygen;
 mod mcp;
 mod operator;
+mod operator_cli;
 mod rpc;
 mod server;
 mod storage_admin;
@@ -119,6 +120,10 @@ enum Cmd {
     /// is stopped.
     #[command(subcommand)]
     Storage(storage_admin::StorageCmd),
+    /// The federation of a running server: `status` (peers, links, channels), and
+    /// `suspend`, `resume`, `reset`, `rotate` of a channel with a native peer. Asks the
+    /// server's admin listener with the `admin.token` of its configuration.
+    Federation(operator_cli::FederationArgs),
 }
 
 fn main() -> ExitCode {
@@ -161,6 +166,16 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Cmd::Federation(args)) => match operator_cli::run(&args) {
+            Ok(out) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
                 ExitCode::FAILURE
             }
         },

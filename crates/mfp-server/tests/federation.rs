@@ -740,13 +740,49 @@ fn an_operator_suspends_resets_resumes_and_rotates_a_federation_channel() {
     assert_eq!(status_of(&channel), "active");
     echoed("after-reset");
 
-    // Suspend and resume.
-    assert_eq!(op("POST", &format!("/federation/channels/{channel}/suspend")).0, 200);
-    assert_eq!(status_of(&channel), "quarantined");
-    let (code, body) = op("POST", &format!("/federation/channels/{channel}/resume"));
-    assert_eq!(code, 200, "{body}");
+    // Suspend and resume, from the command line: address and token from b's configuration.
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["federation", "--config"])
+            .arg(dir.join("b.yaml"))
+            .args(["--admin", &b_admin])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = cli(&["suspend", &channel]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"quarantined\""), "{out}");
+    let (code, out, err) = cli(&["status"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["channels"][0]["status"], "quarantined", "{out}");
+    let (code, _, err) = cli(&["suspend", "not-a-channel"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("32 hex digits"), "{err}");
+    let (code, out, err) = cli(&["resume", &channel]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"active\""), "{out}");
     assert_eq!(status_of(&channel), "active");
+    let (code, _, err) = cli(&["resume", &channel]);
+    assert_eq!(code, Some(1), "resuming an active channel is refused");
+    assert!(err.contains("409"), "{err}");
+    assert!(!err.contains(OPERATOR) && !b.log().contains(OPERATOR), "the token is never shown");
     echoed("after-resume");
+    // a's configuration has no token: the command says so without asking.
+    let out =
+        Command::new(BIN).args(["federation", "--config"]).arg(dir.join("a.yaml")).arg("status").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no admin.token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(deliveries.try_recv().is_err(), "nothing sent while suspended came through");
     assert!(b.log().contains("operator action on a federation channel"), "{}", b.log());
     assert!(!b.log().contains(OPERATOR), "the token is never logged");
