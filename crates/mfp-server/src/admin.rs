@@ -217,6 +217,21 @@ impl Collector for MetricsCollector {
                 "Channels of federation.channels opened by this process.",
                 f.channels_opened,
             )?;
+            gauge(&mut enc, "mfp_federation_channels", "Cross-runtime channels with native peers.", f.channels)?;
+            gauge(
+                &mut enc,
+                "mfp_federation_channels_suspended",
+                "Cross-runtime channels with native peers suspended now (quarantined: by a recovery that could not repair them, or by an operator).",
+                f.channels_suspended,
+            )?;
+            counter(&mut enc, "mfp_federation_resyncs", "Recoveries that resent what a peer lacked.", f.resyncs)?;
+            counter(
+                &mut enc,
+                "mfp_federation_suspensions",
+                "Recoveries that ended in suspending their channel (corruption, gap beyond the log, never sent, attempts or time exhausted).",
+                f.suspensions,
+            )?;
+            counter(&mut enc, "mfp_federation_resets", "Channel resets completed with a peer.", f.resets)?;
         }
         Ok(())
     }

@@ -103,6 +103,15 @@ pub(crate) struct FedStats {
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
     pub(crate) channels_opened: u64,
+    /// Cross-runtime channels with native peers, and those of them suspended now.
+    pub(crate) channels: u64,
+    pub(crate) channels_suspended: u64,
+    /// Recoveries that resent what the peer lacked, and those that ended in a suspension
+    /// (corruption, a gap beyond the log, never sent, attempts or time exhausted).
+    pub(crate) resyncs: u64,
+    pub(crate) suspensions: u64,
+    /// Channel resets completed.
+    pub(crate) resets: u64,
 }
 
 /// The running federation: native peers, pymfp peers, or both.
@@ -151,7 +160,7 @@ impl Running {
     /// Counters now (both kinds of peers added up).
     pub(crate) fn stats(&self) -> FedStats {
         let mut s = FedStats::default();
-        if let Some(Native { fed, peers, opened, .. }) = &self.native {
+        if let Some(Native { fed, peers, opened, remote, .. }) = &self.native {
             let n = fed.net_stats().unwrap_or_default();
             s.peers += peers.len() as u64;
             s.links_up += peers.iter().filter(|p| fed.is_up(p)).count() as u64;
@@ -160,6 +169,14 @@ impl Running {
             s.bytes_in = n.bytes_in;
             s.bytes_out = n.bytes_out;
             s.channels_opened = opened.load(std::sync::atomic::Ordering::Relaxed);
+            for p in peers.iter().flat_map(|p| remote.positions(p).unwrap_or_default()) {
+                s.channels += 1;
+                s.channels_suspended += u64::from(p.status == mfp_runtime::ChannelStatus::Quarantined);
+            }
+            let r = fed.recovery_stats();
+            s.resyncs = r.resyncs;
+            s.suspensions = r.corruption + r.gap_beyond_log + r.never_sent + r.attempts_exhausted + r.timed_out;
+            s.resets = r.resets;
         }
         if let Some(Compat { net, peers, .. }) = &self.compat {
             s.peers += peers.len() as u64;

@@ -733,11 +733,17 @@ fn an_operator_suspends_resets_resumes_and_rotates_a_federation_channel() {
     assert_eq!(status_of(&channel), "quarantined");
     let r = send("while-suspended");
     assert!(r.contains("\"error\""), "a suspended channel takes no message: {r}");
+    let m = metrics_until(&b_admin, |m| metric(m, "mfp_federation_channels_suspended") == 1);
+    assert_eq!(metric(&m, "mfp_federation_channels"), 1, "{m}");
+    assert_eq!(metric(&m, "mfp_federation_resets_total"), 0, "{m}");
     let (code, body) = op("POST", &format!("/federation/channels/{channel}/reset"));
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["discarded"], 0, "{body}");
     assert_eq!(status_of(&channel), "active");
+    let m = metrics_until(&b_admin, |m| metric(m, "mfp_federation_channels_suspended") == 0);
+    assert_eq!(metric(&m, "mfp_federation_resets_total"), 1, "{m}");
+    assert_eq!(metric(&m, "mfp_federation_suspensions_total"), 0, "an operator's suspension is not a recovery's: {m}");
     echoed("after-reset");
 
     // Suspend and resume, from the command line: address and token from b's configuration.
