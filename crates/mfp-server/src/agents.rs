@@ -276,7 +276,8 @@ async fn session(
         });
     }
 
-    // stdout → requests and responses.
+    // stdout → requests and responses; `reader_done` once it reached the end.
+    let (reader_done_tx, mut reader_done) = watch::channel(false);
     let reader = child.stdout.take().map(|out| {
         let name = name.to_string();
         let max = spec.max_line_bytes;
@@ -338,6 +339,7 @@ async fn session(
                     }
                 }
             }
+            let _ = reader_done_tx.send(true);
         })
     });
 
@@ -371,14 +373,14 @@ async fn session(
                 }
             }
         }
+        let ack = tokio::time::timeout(shared.delivery_timeout, ack);
+        tokio::pin!(ack);
         tokio::select! {
-            r = tokio::time::timeout(shared.delivery_timeout, ack) => match r {
-                Ok(Ok(err)) => {
-                    if let Some(e) = err {
-                        tracing::warn!(agent = %name, error = %e, "agent answered deliver with an error; message not redelivered");
-                    }
-                    done(&shared.counters, msg);
-                }
+            // An answer and the agent's exit can be ready at once (it answered, then
+            // exited): the answer first.
+            biased;
+            r = &mut ack => match r {
+                Ok(Ok(err)) => answered(name, &shared.counters, msg, err),
                 Ok(Err(_)) => {
                     // The reader ended: the agent closed stdout or died.
                     *current = Some(msg);
@@ -391,7 +393,23 @@ async fn session(
                 }
             },
             status = child.wait() => {
-                *current = Some(msg);
+                // Its answer may still be in the pipe, or on its way through the reader,
+                // which reads stdout to its end: wait for it there (bounded), or the
+                // message would be delivered again although the agent handled it.
+                let answer = tokio::time::timeout(READER_DRAIN, async {
+                    tokio::select! {
+                        biased;
+                        r = &mut ack => r.ok().and_then(Result::ok),
+                        _ = reader_done.wait_for(|d| *d) => None,
+                    }
+                })
+                .await
+                .ok()
+                .flatten();
+                match answer {
+                    Some(err) => answered(name, &shared.counters, msg, err),
+                    None => *current = Some(msg),
+                }
                 break exited(name, status);
             }
             // The server is stopping: the message stays unacknowledged (with storage, it is
@@ -421,6 +439,14 @@ async fn session(
     }
     pending.lock().clear();
     outcome
+}
+
+/// The agent answered the delivery of `msg` (with an error, or not): it is done with it.
+fn answered(name: &str, counters: &Counters, msg: Incoming, err: Option<String>) {
+    if let Some(e) = err {
+        tracing::warn!(agent = %name, error = %e, "agent answered deliver with an error; message not redelivered");
+    }
+    done(counters, msg);
 }
 
 fn exited(name: &str, status: std::io::Result<std::process::ExitStatus>) -> Session {

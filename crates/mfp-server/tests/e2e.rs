@@ -551,3 +551,58 @@ fn unanswered_message_survives_a_graceful_stop() {
     assert!(!s.log().contains("got g0"), "g0 delivered a second time:\n{}", s.log());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// An agent's answer to a delivery counts even when the server sees the agent's process
+/// gone before it has read that answer from the pipe (an agent that answers and exits at
+/// once races the server's reader; here the answer is written by a process the agent left
+/// behind, 0.3 s after the agent exited, so the server always sees the exit first). Each
+/// instance of `once` handles one message and exits; `restart: always` starts the next.
+/// Every message must be handled exactly once, and the server must stop without waiting
+/// for a message it believes unanswered.
+#[test]
+fn an_answer_read_after_the_agent_exited_acknowledges_the_delivery() {
+    let dir = temp_dir("e2e", "answer-after-exit");
+    let token = "test-token-0123456789";
+    let seen = dir.join("seen.txt");
+    let script = dir.join("once.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import json, os, sys, time\n\
+             msg = json.loads(sys.stdin.readline())\n\
+             with open({seen:?}, 'a') as f:\n\
+             \x20   f.write(msg['params']['payload'] + '\\n')\n\
+             if os.fork() == 0:\n\
+             \x20   time.sleep(0.3)\n\
+             \x20   sys.stdout.write(json.dumps({{'jsonrpc': '2.0', 'id': msg['id'], 'result': {{}}}}) + '\\n')\n\
+             \x20   sys.stdout.flush()\n\
+             \x20   os._exit(0)\n\
+             os._exit(0)\n",
+            seen = seen.display().to_string()
+        ),
+    )
+    .unwrap();
+    let config = format!(
+        "storage:\n  path: \"{}\"\nadmin:\n  port: 0\nserver:\n  drain_timeout_seconds: 30\nhttp:\n  port: 0\nagents:\n  - name: driver\n    type: webhook\n    url: \"http://127.0.0.1:9/unused\"\n    token: \"{token}\"\n  - name: victim\n    type: subprocess\n    restart: always\n    command: [\"python3\", \"{}\"]\nchannels:\n  - agents: [driver, victim]\n",
+        dir.join("d.db").display(),
+        script.display()
+    );
+    let mut s = Server::start(&dir.join("config.yaml"), &config);
+    s.find_or_wait("INFO mfp_server::server: ready");
+    let admin = s.admin();
+    const N: u64 = 3;
+    for i in 0..N {
+        driver_send(&mut s, token, &format!("once-{i}"));
+    }
+    metrics_until(&admin, |m| metric(m, "mfp_server_deliveries_total") >= N);
+    // Stopping does not wait for a delivery the agent answered.
+    let stopping = Instant::now();
+    s.signal(rustix::process::Signal::TERM);
+    assert!(s.wait_exit().success(), "{}", s.log());
+    assert!(stopping.elapsed() < Duration::from_secs(20), "the stop waited for the drain deadline:\n{}", s.log());
+    assert!(!s.log().contains("stay stored"), "an answered message was kept as unanswered:\n{}", s.log());
+    let lines: Vec<String> = std::fs::read_to_string(&seen).unwrap().lines().map(str::to_string).collect();
+    let want: Vec<String> = (0..N).map(|i| format!("once-{i}")).collect();
+    assert_eq!(lines, want, "each message handled once, in order:\n{}", s.log());
+    std::fs::remove_dir_all(&dir).ok();
+}
