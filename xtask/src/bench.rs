@@ -208,7 +208,7 @@ fn bench(args: &[String]) -> Result<(), String> {
     // The federation section measures pymfp's federation in the same run.
     let py = pymfp_python(&root)?;
     println!("==> bench: building the benchmark programs and the server (release)");
-    run(Command::new("cargo")
+    run(crate::cargo()
         .args(["build", "--release", "--locked", "-p", "mfp-benches", "-p", "mfp-server"])
         .current_dir(&root))?;
     let mfp_json = out_dir.join("mfp.json");

@@ -9,17 +9,16 @@ use crate::{default_vectors, vectors, workspace_root};
 
 struct Step {
     name: &'static str,
-    program: &'static str,
     args: Vec<&'static str>,
     env: Vec<(&'static str, &'static str)>,
 }
 
 fn step(name: &'static str, args: &[&'static str]) -> Step {
-    Step { name, program: "cargo", args: args.to_vec(), env: Vec::new() }
+    Step { name, args: args.to_vec(), env: Vec::new() }
 }
 
 fn have_nextest() -> bool {
-    Command::new("cargo").args(["nextest", "--version"]).output().map(|o| o.status.success()).unwrap_or(false)
+    crate::cargo().args(["nextest", "--version"]).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 /// What a cold run writes under `target/` (debug builds of every test, three Python
@@ -80,7 +79,7 @@ pub(crate) fn run() -> ExitCode {
     for (i, s) in steps.iter().enumerate() {
         println!("==> ci: {} (cargo {})", s.name, s.args.join(" "));
         let t = Instant::now();
-        let status = Command::new(s.program).args(&s.args).envs(s.env.iter().copied()).current_dir(&root).status();
+        let status = crate::cargo().args(&s.args).envs(s.env.iter().copied()).current_dir(&root).status();
         match status {
             Ok(st) if st.success() => {
                 passed += 1;

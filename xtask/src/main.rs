@@ -24,6 +24,28 @@ fn usage() -> ExitCode {
 }
 
 /// The workspace root (the parent of this crate's directory).
+/// `cargo`, without what `cargo run` told this program about itself (`CARGO_PKG_*`,
+/// `CARGO_MANIFEST_*`, `CARGO_CRATE_NAME`, …). Build scripts watch some of these
+/// (`ring`'s: `CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, …), so a build started from here with
+/// them set would be redone by the next plain `cargo` command, and the other way round.
+pub(crate) fn cargo() -> std::process::Command {
+    let mut cmd = std::process::Command::new("cargo");
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_about_this_program) {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// Whether `name` is one of the variables `cargo run` sets for the program it runs.
+fn is_about_this_program(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_MANIFEST_")
+        || name.starts_with("CARGO_BIN_")
+        || matches!(name, "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR")
+}
+
 pub(crate) fn workspace_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     here.parent().map(PathBuf::from).unwrap_or(here)
@@ -59,5 +81,20 @@ fn main() -> ExitCode {
             }
         }
         _ => usage(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_about_this_program;
+
+    #[test]
+    fn only_what_cargo_run_sets_is_removed() {
+        for gone in ["CARGO_PKG_NAME", "CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "OUT_DIR"] {
+            assert!(is_about_this_program(gone), "{gone}");
+        }
+        for kept in ["CARGO", "CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_INCREMENTAL", "RUSTFLAGS", "PATH"] {
+            assert!(!is_about_this_program(kept), "{kept}");
+        }
     }
 }

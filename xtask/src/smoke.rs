@@ -88,7 +88,7 @@ fn target_dir(root: &Path) -> PathBuf {
 /// programs are compiled; without it every crate whose features differ is built again, and
 /// again by the next test build.
 pub(crate) fn run_smoke(root: &Path) -> Result<(), String> {
-    run(Command::new("cargo")
+    run(crate::cargo()
         .args(["build", "--workspace", "--all-features", "--locked", "--bins", "--tests"])
         .current_dir(root))?;
     pymfp_python(root)?;
