@@ -283,13 +283,15 @@ impl Running {
             }
             Err(e) => {
                 let status = match &e {
+                    // Storage failed: not the request's fault.
+                    F::Runtime(mfp_runtime::Error::Storage(_)) => 500,
                     F::NotSuspended(_) | F::ResetRefused { .. } | F::Runtime(_) => 409,
                     F::PeerDown(_) | F::ShutDown => 503,
                     F::Timeout(_) | F::ResetUnanswered { .. } => 504,
                     _ => 500,
                 };
                 let message = match (&e, action) {
-                    (F::Runtime(_), Action::Resume) => {
+                    (F::Runtime(r), Action::Resume) if !matches!(r, mfp_runtime::Error::Storage(_)) => {
                         format!("{e} (a channel is resumed once suspended: its status is {})", pos.status.as_str())
                     }
                     _ => e.to_string(),
