@@ -1,5 +1,6 @@
 //! The admin listener: `/livez`, `/readyz` (and pymfp's `/health/live`, `/health/ready`),
-//! `/metrics` in Prometheus text (no per-agent or per-channel labels), and the operator
+//! `/metrics` in Prometheus text (no per-agent or per-channel labels; one gauge per configured
+//! peer), and the operator
 //! endpoints of the federation (`/federation…`, behind `admin.token`; see `operator.rs`).
 
 use std::sync::Arc;
@@ -202,6 +203,17 @@ impl Collector for MetricsCollector {
         if let Some(f) = fed {
             gauge(&mut enc, "mfp_federation_peers", "Configured peer runtimes.", f.peers)?;
             gauge(&mut enc, "mfp_federation_links_up", "Peer runtimes with a link up now.", f.links_up)?;
+            // One series per configured peer: their number is the configuration's.
+            let mut family = enc.encode_descriptor(
+                "mfp_federation_link_up",
+                "Whether the link to each configured peer runtime is up now (1) or not (0).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (peer, kind, up) in &f.links {
+                let labels = [("peer", peer.as_str()), ("kind", *kind)];
+                ConstGauge::new(i64::from(*up)).encode(family.encode_family(&labels)?)?;
+            }
             counter(&mut enc, "mfp_federation_handshakes", "Authenticated handshakes completed.", f.handshakes)?;
             counter(
                 &mut enc,

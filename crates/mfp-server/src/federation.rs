@@ -94,8 +94,11 @@ impl OpError {
 }
 
 /// Counters read at each scrape.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct FedStats {
+    /// Each configured peer (its `runtime_id` as configured, native or pymfp) and whether
+    /// its link is up now.
+    pub(crate) links: Vec<(String, &'static str, bool)>,
     pub(crate) peers: u64,
     pub(crate) links_up: u64,
     pub(crate) handshakes: u64,
@@ -160,10 +163,14 @@ impl Running {
     /// Counters now (both kinds of peers added up).
     pub(crate) fn stats(&self) -> FedStats {
         let mut s = FedStats::default();
-        if let Some(Native { fed, peers, opened, remote, .. }) = &self.native {
+        if let Some(Native { fed, peers, names, opened, remote, .. }) = &self.native {
             let n = fed.net_stats().unwrap_or_default();
             s.peers += peers.len() as u64;
-            s.links_up += peers.iter().filter(|p| fed.is_up(p)).count() as u64;
+            for p in peers {
+                let up = fed.is_up(p);
+                s.links_up += u64::from(up);
+                s.links.push((names.get(p).cloned().unwrap_or_else(|| p.to_string()), "native", up));
+            }
             s.handshakes = n.handshakes_ok;
             s.handshake_failures = n.handshakes_failed;
             s.bytes_in = n.bytes_in;
@@ -178,9 +185,13 @@ impl Running {
             s.suspensions = r.corruption + r.gap_beyond_log + r.never_sent + r.attempts_exhausted + r.timed_out;
             s.resets = r.resets;
         }
-        if let Some(Compat { net, peers, .. }) = &self.compat {
+        if let Some(Compat { net, peers, names }) = &self.compat {
             s.peers += peers.len() as u64;
-            s.links_up += peers.iter().filter(|p| net.is_up(p)).count() as u64;
+            for p in peers {
+                let up = net.is_up(p);
+                s.links_up += u64::from(up);
+                s.links.push((names.get(p).cloned().unwrap_or_else(|| p.to_string()), "pymfp", up));
+            }
         }
         s
     }

@@ -522,6 +522,8 @@ fn a_server_has_native_and_pymfp_peers_at_once() {
     assert_eq!(metric(&m, "mfp_federation_peers"), 2, "{m}");
     assert_eq!(metric(&m, "mfp_federation_links_up"), 1, "{m}");
     assert!(m.contains("\nmfp_compat_peers 1\n"), "{m}");
+    assert!(m.contains("\nmfp_federation_link_up{peer=\"fedtest/a\",kind=\"native\"} 1\n"), "{m}");
+    assert!(m.contains("\nmfp_federation_link_up{peer=\"fedtest/py\",kind=\"pymfp\"} 0\n"), "{m}");
     // The operator's listing has both peers, and only the native peer's channel; the pymfp
     // peer's channel takes no operator action.
     let bearer = format!("Bearer {OPERATOR}");
