@@ -68,7 +68,7 @@ pub(crate) struct Config {
     pub(crate) quarantine: QuarantineSection,
     /// pymfp: storage.
     pub(crate) storage: StorageSection,
-    /// pymfp: federation transport (parsed; federation is not built yet).
+    /// pymfp: the federation transport: where pymfp peers connect, and the timeouts of their links.
     pub(crate) transport: TransportSection,
     /// pymfp: recovery settings (the native federation's recovery limits).
     pub(crate) recovery: RecoverySection,
@@ -160,7 +160,7 @@ impl Default for StorageSection {
     }
 }
 
-/// `transport:` (pymfp's federation listener; kept for compatibility).
+/// `transport:` (pymfp's federation listener and its timeouts, applied to pymfp peers' links).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct TransportSection {
@@ -673,7 +673,7 @@ pub(crate) struct Validated {
     pub(crate) mcp_addr: String,
     /// Extra `Host` values the MCP listener accepts (besides loopback).
     pub(crate) mcp_allowed_hosts: Vec<String>,
-    /// pymfp's `transport:` values, kept for federation.
+    /// pymfp's `transport:` values (its host and port; the timeouts are in `link`).
     pub(crate) transport: TransportSection,
     /// `recovery.max_attempts` and `recovery.timeout_seconds`: the limits of a native
     /// federation's recovery exchange.
