@@ -75,6 +75,14 @@ pub(crate) async fn act(
     if let Some(r) = unauthorized(&s, &headers) {
         return r;
     }
+    // Not once the server is stopping (or before it is ready): an action then would hold the
+    // federation its stop is closing.
+    if !s.ready.load(std::sync::atomic::Ordering::Acquire) {
+        return refuse(OpError::new(
+            503,
+            "the server is not ready (starting or stopping): ask again once /readyz answers 200",
+        ));
+    }
     let Some(action) = Action::parse(&action) else {
         return refuse(OpError::new(404, format!("unknown action {action:?}: suspend, resume, reset or rotate")));
     };
