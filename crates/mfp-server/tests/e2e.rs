@@ -606,3 +606,52 @@ fn an_answer_read_after_the_agent_exited_acknowledges_the_delivery() {
     assert_eq!(lines, want, "each message handled once, in order:\n{}", s.log());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The operator token can come from the environment (`admin.token_env`), and a server whose
+/// variable is missing does not start; while the server stops (here held by an unanswered
+/// message until its drain deadline), operator actions are refused with 503.
+#[test]
+fn operator_actions_wait_for_a_ready_server_and_the_token_comes_from_the_environment() {
+    let dir = temp_dir("e2e", "operator-stop");
+    let token = "test-token-0123456789";
+    let operator = "operator-token-from-env-01";
+    let config = durable_config(&dir, token, "deaf", 1)
+        .replace("admin:\n  enabled: false\n", "admin:\n  port: 0\n  token_env: MFP_TEST_OPERATOR\n");
+    // Without the variable: no start, and the message says which variable.
+    let mut s = Server::start(&dir.join("config.yaml"), &config);
+    assert!(!s.wait_exit().success());
+    assert!(s.log().contains("admin.token_env MFP_TEST_OPERATOR is not set"), "{}", s.log());
+
+    let mut s = Server::start_with(&dir.join("config.yaml"), &config, &[], &[("MFP_TEST_OPERATOR", operator)]);
+    s.find_or_wait("INFO mfp_server::server: ready");
+    deaf_pid(&mut s);
+    let admin = s.admin();
+    let bearer = format!("Bearer {operator}");
+    let act = || {
+        http(
+            &admin,
+            "POST",
+            &format!("/federation/channels/{}/suspend", "ab".repeat(16)),
+            &[("Authorization", &bearer)],
+            "",
+        )
+    };
+    // Ready, the token accepted: this server has no federation to act on.
+    let (code, body) = act();
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("no federation"), "{body}");
+    // An unanswered message holds the stop in its drain.
+    driver_send(&mut s, token, "held");
+    s.signal(rustix::process::Signal::TERM);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while http(&admin, "GET", "/readyz", &[], "").0 != 503 {
+        assert!(Instant::now() < deadline, "never stopped being ready:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, body) = act();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not ready"), "{body}");
+    assert!(s.wait_exit().success(), "{}", s.log());
+    assert!(!s.log().contains(operator), "the token is never logged");
+    std::fs::remove_dir_all(&dir).ok();
+}
