@@ -683,6 +683,31 @@ impl Inner {
         self.event(ev);
     }
 
+    /// Counts one more validation failure on channel `id`, whose lock the caller holds
+    /// (`ch`); at `validation_failure_threshold` the channel is quarantined. Returns the
+    /// storage writes that record it, and whether it was quarantined now: then, once the
+    /// lock is released, call [`Inner::failures_quarantined`].
+    pub(crate) fn count_validation_failure(
+        &self,
+        id: ChannelId,
+        ch: &mut crate::channel::ChannelInner,
+    ) -> (Vec<StorageOp>, bool) {
+        ch.validation_failures = ch.validation_failures.saturating_add(1);
+        let mut ops = vec![StorageOp::ChannelFailures { id, count: ch.validation_failures }];
+        let quarantine = ch.validation_failures >= self.config.validation_failure_threshold;
+        if quarantine {
+            ch.status = ChannelStatus::Quarantined;
+            ops.push(StorageOp::ChannelStatus { id, status: ChannelStatus::Quarantined });
+        }
+        (ops, quarantine)
+    }
+
+    /// Records a quarantine by [`Inner::count_validation_failure`] (its cause, the event).
+    pub(crate) fn failures_quarantined(&self, id: &ChannelId, reason: &str) {
+        self.quarantine_causes.lock().insert(*id, QuarantineCause::Channel);
+        self.channel_quarantined_event(id, reason);
+    }
+
     pub(crate) fn channel_quarantined_event(&self, id: &ChannelId, reason: &str) {
         self.shared.metrics.channel_quarantines.inc();
         tracing::warn!(target: "mfp::runtime", channel = %id.short(), reason, "channel quarantined");

@@ -15,7 +15,7 @@ use crate::channel::{ChannelInner, ChannelRecord, Dedup, DedupHit, PeerRef};
 use crate::config::{Backpressure, RateLimitAction};
 use crate::error::{Error, Result};
 use crate::hooks::SendContext;
-use crate::runtime::{Inner, QuarantineCause, Route};
+use crate::runtime::{Inner, Route};
 use crate::storage::{DeliveryRow, StorageOp};
 use crate::types::{AgentState, ChannelStatus, CorrelationId, Receipt, SendOptions};
 
@@ -130,17 +130,10 @@ impl Inner {
             Ok(next) => next,
             Err(Error::FrameValidation) => {
                 self.shared.metrics.validation_failures.inc();
-                ch.validation_failures += 1;
-                let mut ops = vec![StorageOp::ChannelFailures { id: channel.id, count: ch.validation_failures }];
-                let quarantine = ch.validation_failures >= self.config.validation_failure_threshold;
-                if quarantine {
-                    ch.status = ChannelStatus::Quarantined;
-                    ops.push(StorageOp::ChannelStatus { id: channel.id, status: ChannelStatus::Quarantined });
-                }
+                let (ops, quarantine) = self.count_validation_failure(channel.id, &mut ch);
                 drop(ch);
                 if quarantine {
-                    self.quarantine_causes.lock().insert(channel.id, QuarantineCause::Channel);
-                    self.channel_quarantined_event(&channel.id, "Validation failure threshold");
+                    self.failures_quarantined(&channel.id, "Validation failure threshold");
                 }
                 // Best effort: the count and the quarantine hold in memory regardless (pymfp
                 // persists neither).

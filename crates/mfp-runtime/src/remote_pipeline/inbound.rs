@@ -18,7 +18,7 @@ use crate::audit::{AuditEvent, AuditEventType};
 use crate::channel::ChannelRecord;
 use crate::error::{Error, Result};
 use crate::remote::Ingested;
-use crate::runtime::{Inner, QuarantineCause};
+use crate::runtime::Inner;
 use crate::storage::{DeliveryRow, StorageError, StorageOp, Ticket};
 use crate::types::{ChannelStatus, DeliveredMessage};
 
@@ -401,17 +401,10 @@ impl Inner {
         if ch.status != ChannelStatus::Active {
             return e;
         }
-        ch.validation_failures = ch.validation_failures.saturating_add(1);
-        let mut ops = vec![StorageOp::ChannelFailures { id: channel.id, count: ch.validation_failures }];
-        let quarantine = ch.validation_failures >= self.config.validation_failure_threshold;
-        if quarantine {
-            ch.status = ChannelStatus::Quarantined;
-            ops.push(StorageOp::ChannelStatus { id: channel.id, status: ChannelStatus::Quarantined });
-        }
+        let (ops, quarantine) = self.count_validation_failure(channel.id, &mut ch);
         drop(ch);
         if quarantine {
-            self.quarantine_causes.lock().insert(channel.id, QuarantineCause::Channel);
-            self.channel_quarantined_event(&channel.id, "Validation failure threshold (inbound from a peer runtime)");
+            self.failures_quarantined(&channel.id, "Validation failure threshold (inbound from a peer runtime)");
         }
         // Best effort, not awaited: the count and the quarantine hold in memory regardless.
         if channel.remote().is_some_and(|l| !l.rx.is_shared()) {
